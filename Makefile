@@ -1,0 +1,38 @@
+# crm2fa — build, test, demo and package.
+# `make demo` and `make test` install the Debian packages they need (as root).
+
+CARGO ?= cargo
+SHELL := /bin/bash
+
+.PHONY: all deps build release test lint demo bench clean
+
+all: build
+
+deps:
+	bash scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --workspace
+
+release: deps
+	$(CARGO) build --workspace --release
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Every test: unit tests, and end-to-end logins through real libpam
+# (pam_wrapper + pam_matrix + pamtester), which use the built module and CLI.
+test: deps lint
+	$(CARGO) build --workspace
+	$(CARGO) test --workspace
+
+demo: build
+	bash scripts/demo.sh
+
+bench: deps
+	bash benches/bench.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf demo-sandbox

@@ -1,0 +1,572 @@
+//! The configuration file: parsed once into raw structs that reject unknown
+//! keys, then validated into [`Config`]. Every error names the file and line.
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Where the configuration lives unless `config=`, `--config` or
+/// `CRM2FA_CONFIG` say otherwise.
+pub const DEFAULT_PATH: &str = "/etc/crm2fa/crm2fa.toml";
+/// Environment variable that overrides [`DEFAULT_PATH`].
+pub const ENV_VAR: &str = "CRM2FA_CONFIG";
+/// The shipped configuration, written by `crm2fa-admin init` when none exists.
+pub const EXAMPLE: &str = include_str!("../../packaging/crm2fa.toml");
+
+/// The config path to use: an explicit one, else `CRM2FA_CONFIG`, else the default.
+pub fn resolve_path(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    match std::env::var_os(ENV_VAR) {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => PathBuf::from(DEFAULT_PATH),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Enforce {
+    All,
+    Groups,
+    OptIn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unenrolled {
+    Deny,
+    Allow,
+    Enroll,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    Secure,
+    Safe,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tls {
+    None,
+    Starttls,
+    Tls,
+}
+
+// ---- raw file shape -------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    store: RawStore,
+    totp: RawTotp,
+    policy: RawPolicy,
+    lockout: RawLockout,
+    remember: RawRemember,
+    backup_codes: RawBackupCodes,
+    email: Option<RawEmail>,
+    sms: Option<RawSms>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    path: PathBuf,
+    key_file: PathBuf,
+}
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            path: "/var/lib/crm2fa/crm2fa.db".into(),
+            key_file: "/etc/crm2fa/secret.key".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTotp {
+    digits: u32,
+    period: u64,
+    skew: u32,
+    issuer: String,
+}
+impl Default for RawTotp {
+    fn default() -> Self {
+        RawTotp {
+            digits: 6,
+            period: 30,
+            skew: 1,
+            issuer: "crm2fa".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPolicy {
+    enforce: Enforce,
+    enforce_groups: Vec<String>,
+    exempt_groups: Vec<String>,
+    unenrolled: Unenrolled,
+    protected_users: Vec<String>,
+    failmode: FailMode,
+    prompts: u32,
+}
+impl Default for RawPolicy {
+    fn default() -> Self {
+        RawPolicy {
+            enforce: Enforce::All,
+            enforce_groups: vec![],
+            exempt_groups: vec![],
+            unenrolled: Unenrolled::Deny,
+            protected_users: vec!["root".into()],
+            failmode: FailMode::Secure,
+            prompts: 3,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLockout {
+    max_failures: u32,
+    lock_seconds: u64,
+}
+impl Default for RawLockout {
+    fn default() -> Self {
+        RawLockout {
+            max_failures: 5,
+            lock_seconds: 300,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRemember {
+    days: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBackupCodes {
+    count: u32,
+}
+impl Default for RawBackupCodes {
+    fn default() -> Self {
+        RawBackupCodes { count: 10 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEmail {
+    smtp_host: String,
+    smtp_port: u16,
+    tls: Tls,
+    from: String,
+    username: String,
+    password_file: PathBuf,
+    code_ttl: String,
+}
+impl Default for RawEmail {
+    fn default() -> Self {
+        RawEmail {
+            smtp_host: "localhost".into(),
+            smtp_port: 25,
+            tls: Tls::Starttls,
+            from: "crm2fa <root@localhost>".into(),
+            username: String::new(),
+            password_file: PathBuf::new(),
+            code_ttl: "10m".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSms {
+    command: Vec<String>,
+    url: String,
+    headers: std::collections::BTreeMap<String, String>,
+    body_template: String,
+    credentials_file: PathBuf,
+    code_ttl: String,
+}
+impl Default for RawSms {
+    fn default() -> Self {
+        RawSms {
+            command: vec![],
+            url: String::new(),
+            headers: Default::default(),
+            body_template: String::new(),
+            credentials_file: PathBuf::new(),
+            code_ttl: "10m".into(),
+        }
+    }
+}
+
+// ---- checked configuration ------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct TotpConfig {
+    pub digits: u32,
+    pub period: u64,
+    pub skew: u32,
+    pub issuer: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub enforce: Enforce,
+    pub enforce_groups: Vec<String>,
+    pub exempt_groups: Vec<String>,
+    pub unenrolled: Unenrolled,
+    pub protected_users: Vec<String>,
+    pub failmode: FailMode,
+    pub prompts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct LockoutConfig {
+    pub max_failures: u32,
+    pub lock_seconds: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmailConfig {
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub tls: Tls,
+    pub from: String,
+    pub username: String,
+    pub password_file: Option<PathBuf>,
+    pub code_ttl: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmsConfig {
+    pub command: Vec<String>,
+    pub url: String,
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub body_template: String,
+    pub credentials_file: Option<PathBuf>,
+    pub code_ttl: i64,
+}
+
+/// A validated configuration. Paths are absolute.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this configuration was read from.
+    pub source: PathBuf,
+    pub store: StoreConfig,
+    pub totp: TotpConfig,
+    pub policy: PolicyConfig,
+    pub lockout: LockoutConfig,
+    /// Days a successful login from one remote host is remembered (0: never).
+    pub remember_days: u32,
+    pub backup_code_count: u32,
+    pub email: Option<EmailConfig>,
+    pub sms: Option<SmsConfig>,
+}
+
+impl Config {
+    /// Read, check ownership and permissions, parse and validate `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        crate::fsperm::check_private_file(path, crate::fsperm::Secrecy::NotWritableByOthers)?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Config::parse(&text, path)
+    }
+
+    /// Parse and validate configuration text; `path` names it in errors and
+    /// anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((1, 1));
+            Error::ConfigSyntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })?;
+        let invalid = |section: &str, key: &str, message: String| {
+            let at = locate(text, section, key)
+                .map(|l| format!(":{l}"))
+                .unwrap_or_default();
+            Error::ConfigInvalid {
+                path: PathBuf::from(format!("{}{at}", path.display())),
+                message: format!("[{section}] {key}: {message}"),
+            }
+        };
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        let anchor = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let optional_path = |p: &Path| -> Option<PathBuf> {
+            if p.as_os_str().is_empty() {
+                None
+            } else {
+                Some(anchor(p))
+            }
+        };
+        let duration = |section: &str, key: &str, v: &str| -> Result<i64> {
+            parse_duration(v).map_err(|m| invalid(section, key, m))
+        };
+
+        let t = raw.totp;
+        if t.digits != 6 && t.digits != 8 {
+            return Err(invalid("totp", "digits", format!("must be 6 or 8, not {}", t.digits)));
+        }
+        if !(1..=300).contains(&t.period) {
+            return Err(invalid("totp", "period", format!("must be 1 to 300 seconds, not {}", t.period)));
+        }
+        if t.skew > 10 {
+            return Err(invalid("totp", "skew", format!("must be 0 to 10 steps, not {}", t.skew)));
+        }
+        if t.issuer.is_empty() || t.issuer.contains(':') {
+            return Err(invalid("totp", "issuer", "must be non-empty and contain no ':'".into()));
+        }
+        let p = raw.policy;
+        if p.prompts == 0 || p.prompts > 10 {
+            return Err(invalid("policy", "prompts", format!("must be 1 to 10, not {}", p.prompts)));
+        }
+        if p.enforce == Enforce::Groups && p.enforce_groups.is_empty() {
+            return Err(invalid(
+                "policy",
+                "enforce_groups",
+                "enforce = \"groups\" needs at least one group here".into(),
+            ));
+        }
+        let l = raw.lockout;
+        if l.max_failures == 0 {
+            return Err(invalid("lockout", "max_failures", "must be at least 1".into()));
+        }
+        if l.lock_seconds > 365 * 86400 {
+            return Err(invalid("lockout", "lock_seconds", "must be at most one year".into()));
+        }
+        if !(1..=100).contains(&raw.backup_codes.count) {
+            return Err(invalid(
+                "backup_codes",
+                "count",
+                format!("must be 1 to 100, not {}", raw.backup_codes.count),
+            ));
+        }
+        if raw.remember.days > 365 {
+            return Err(invalid("remember", "days", "must be 0 to 365".into()));
+        }
+        let email = match raw.email {
+            None => None,
+            Some(e) => Some(EmailConfig {
+                code_ttl: duration("email", "code_ttl", &e.code_ttl)?,
+                smtp_host: e.smtp_host,
+                smtp_port: e.smtp_port,
+                tls: e.tls,
+                from: e.from,
+                username: e.username,
+                password_file: optional_path(&e.password_file),
+            }),
+        };
+        let sms = match raw.sms {
+            None => None,
+            Some(s) => {
+                if !s.command.is_empty() && !s.url.is_empty() {
+                    return Err(invalid("sms", "url", "set either command or url, not both".into()));
+                }
+                Some(SmsConfig {
+                    code_ttl: duration("sms", "code_ttl", &s.code_ttl)?,
+                    command: s.command,
+                    url: s.url,
+                    headers: s.headers,
+                    body_template: s.body_template,
+                    credentials_file: optional_path(&s.credentials_file),
+                })
+            }
+        };
+        Ok(Config {
+            source: path.to_path_buf(),
+            store: StoreConfig {
+                path: anchor(&raw.store.path),
+                key_file: anchor(&raw.store.key_file),
+            },
+            totp: TotpConfig {
+                digits: t.digits,
+                period: t.period,
+                skew: t.skew,
+                issuer: t.issuer,
+            },
+            policy: PolicyConfig {
+                enforce: p.enforce,
+                enforce_groups: p.enforce_groups,
+                exempt_groups: p.exempt_groups,
+                unenrolled: p.unenrolled,
+                protected_users: p.protected_users,
+                failmode: p.failmode,
+                prompts: p.prompts,
+            },
+            lockout: LockoutConfig {
+                max_failures: l.max_failures,
+                lock_seconds: l.lock_seconds as i64,
+            },
+            remember_days: raw.remember.days,
+            backup_code_count: raw.backup_codes.count,
+            email,
+            sms,
+        })
+    }
+}
+
+/// Parse a duration such as `90s`, `10m`, `48h` or `2d` into seconds.
+pub fn parse_duration(v: &str) -> std::result::Result<i64, String> {
+    let d = humantime::parse_duration(v.trim())
+        .map_err(|e| format!("{v:?} is not a duration like 10m, 48h or 2d ({e})"))?;
+    let secs = d.as_secs();
+    if secs == 0 || secs > 10 * 365 * 86400 {
+        return Err(format!("{v:?} must be between 1 second and 10 years"));
+    }
+    Ok(secs as i64)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+/// Line number of `key` inside `[section]`, for errors found after parsing.
+fn locate(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            current = name.trim().to_string();
+        } else if current == section {
+            if let Some((k, _)) = l.split_once('=') {
+                if k.trim() == key {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/etc/crm2fa/crm2fa.toml"))
+    }
+
+    #[test]
+    fn shipped_example_config_parses_with_design_defaults() {
+        let c = parse(EXAMPLE).expect("packaging/crm2fa.toml must parse");
+        assert_eq!(c.store.path, PathBuf::from("/var/lib/crm2fa/crm2fa.db"));
+        assert_eq!(c.store.key_file, PathBuf::from("/etc/crm2fa/secret.key"));
+        assert_eq!(c.totp.digits, 6);
+        assert_eq!(c.totp.period, 30);
+        assert_eq!(c.totp.skew, 1);
+        assert_eq!(c.policy.enforce, Enforce::All);
+        assert_eq!(c.policy.unenrolled, Unenrolled::Deny);
+        assert_eq!(c.policy.failmode, FailMode::Secure);
+        assert_eq!(c.policy.prompts, 3);
+        assert_eq!(c.policy.protected_users, vec!["root".to_string()]);
+        assert_eq!(c.lockout.max_failures, 5);
+        assert_eq!(c.lockout.lock_seconds, 300);
+        assert_eq!(c.backup_code_count, 10);
+        assert_eq!(c.email.as_ref().map(|e| e.code_ttl), Some(600));
+        assert_eq!(c.sms.as_ref().map(|s| s.code_ttl), Some(600));
+    }
+
+    #[test]
+    fn empty_config_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.policy.enforce, Enforce::All);
+        assert!(c.email.is_none());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_file_and_line() {
+        let err = parse("[totp]\ndigits = 6\nperiode = 30\n").unwrap_err().to_string();
+        assert!(err.starts_with("/etc/crm2fa/crm2fa.toml:3:"), "{err}");
+        assert!(err.contains("periode"), "{err}");
+    }
+
+    #[test]
+    fn unknown_section_is_an_error() {
+        let err = parse("[totps]\n").unwrap_err().to_string();
+        assert!(err.contains(":1:"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let err = parse("[store]\npath = \n").unwrap_err().to_string();
+        assert!(err.starts_with("/etc/crm2fa/crm2fa.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn bad_enum_value_names_line() {
+        let err = parse("\n[policy]\nenforce = \"some\"\n").unwrap_err().to_string();
+        assert!(err.contains(":3:"), "{err}");
+    }
+
+    #[test]
+    fn invalid_digits_names_line() {
+        let err = parse("[totp]\n\ndigits = 7\n").unwrap_err().to_string();
+        assert!(err.contains("crm2fa.toml:3"), "{err}");
+        assert!(err.contains("6 or 8"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_directory() {
+        let c = Config::parse(
+            "[store]\npath = \"db/x.db\"\nkey_file = \"k\"\n",
+            Path::new("/srv/conf/crm2fa.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.store.path, PathBuf::from("/srv/conf/db/x.db"));
+        assert_eq!(c.store.key_file, PathBuf::from("/srv/conf/k"));
+    }
+
+    #[test]
+    fn groups_policy_needs_groups() {
+        let err = parse("[policy]\nenforce = \"groups\"\n").unwrap_err().to_string();
+        assert!(err.contains("enforce_groups"), "{err}");
+    }
+
+    #[test]
+    fn durations_accept_minutes_hours_days() {
+        assert_eq!(parse_duration("10m").unwrap(), 600);
+        assert_eq!(parse_duration("48h").unwrap(), 172800);
+        assert_eq!(parse_duration("2d").unwrap(), 172800);
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+}

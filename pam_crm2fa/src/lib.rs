@@ -1,0 +1,111 @@
+//! pam_crm2fa.so: PAM glue only. It reads the PAM items, talks to the user
+//! through the PAM conversation, and maps the outcome of
+//! [`crm2fa_common::login::run`] to a PAM code. Panics never cross the FFI
+//! boundary: the `pam_hooks!` entry points catch them and return PAM_ABORT.
+#![deny(unsafe_code)]
+
+use std::ffi::CStr;
+
+use crm2fa_common::audit::Logger;
+use crm2fa_common::login::{self, Conversation, ModuleArgs, Outcome, Request};
+use pam::constants::{
+    PamFlag, PamResultCode, PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON, PAM_TEXT_INFO,
+};
+use pam::conv::Conv;
+use pam::items::RHost;
+use pam::module::{PamHandle, PamHooks};
+
+pub struct Crm2fa;
+
+// SAFETY: the macro defines the extern "C" entry points libpam calls; it
+// checks the handle and argv for null and catches panics before returning.
+#[allow(unsafe_code)]
+mod hooks {
+    use super::Crm2fa;
+    pam::pam_hooks!(Crm2fa);
+}
+
+/// The PAM conversation behind crm2fa's [`Conversation`] trait.
+struct PamConversation<'a>(Conv<'a>);
+
+impl PamConversation<'_> {
+    fn ask(&mut self, style: pam::constants::PamMessageStyle, msg: &str) -> Result<Option<String>, ()> {
+        match self.0.send(style, msg) {
+            Ok(Some(answer)) => Ok(Some(String::from_utf8_lossy(answer.as_bytes()).into_owned())),
+            Ok(None) => Ok(None),
+            Err(_) => Err(()),
+        }
+    }
+}
+
+impl Conversation for PamConversation<'_> {
+    fn prompt_hidden(&mut self, msg: &str) -> Result<Option<String>, ()> {
+        self.ask(PAM_PROMPT_ECHO_OFF, msg)
+    }
+    fn prompt_visible(&mut self, msg: &str) -> Result<Option<String>, ()> {
+        self.ask(PAM_PROMPT_ECHO_ON, msg)
+    }
+    fn info(&mut self, msg: &str) {
+        let _ = self.0.send(PAM_TEXT_INFO, msg);
+    }
+    fn error(&mut self, msg: &str) {
+        let _ = self.0.send(PAM_ERROR_MSG, msg);
+    }
+}
+
+/// Map a login outcome to the PAM code the design names.
+pub fn pam_code(o: Outcome) -> PamResultCode {
+    match o {
+        Outcome::Success => PamResultCode::PAM_SUCCESS,
+        Outcome::Ignore => PamResultCode::PAM_IGNORE,
+        Outcome::AuthErr => PamResultCode::PAM_AUTH_ERR,
+        Outcome::MaxTries => PamResultCode::PAM_MAXTRIES,
+        Outcome::Unavailable => PamResultCode::PAM_AUTHINFO_UNAVAIL,
+    }
+}
+
+fn item_string<'a, T>(pamh: &'a PamHandle) -> String
+where
+    T: pam::items::Item<'a> + std::ops::Deref<Target = &'a CStr>,
+{
+    match pamh.get_item::<T>() {
+        Ok(Some(v)) => v.to_string_lossy().into_owned(),
+        _ => String::new(),
+    }
+}
+
+impl PamHooks for Crm2fa {
+    fn sm_authenticate(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
+        let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args = ModuleArgs::parse(args.iter().map(String::as_str));
+        let mut log = Logger::new("pam_crm2fa", args.debug);
+        let user = match pamh.get_user(None) {
+            Ok(u) if !u.is_empty() => u,
+            _ => {
+                log.error("cannot get the user name from PAM; login denied");
+                return PamResultCode::PAM_AUTHINFO_UNAVAIL;
+            }
+        };
+        let service = item_string::<pam::items::Service>(pamh);
+        let rhost = item_string::<RHost>(pamh);
+        let req = Request {
+            user,
+            service,
+            rhost,
+            now: crm2fa_common::unix_now(),
+        };
+        let conv = match pamh.get_item::<Conv>() {
+            Ok(Some(c)) => c,
+            _ => {
+                log.error(&format!("no PAM conversation for {}; login denied", req.user));
+                return PamResultCode::PAM_CONV_ERR;
+            }
+        };
+        let mut conv = PamConversation(conv);
+        pam_code(login::run(&args, &req, &mut conv, &mut log))
+    }
+
+    fn sm_setcred(_pamh: &mut PamHandle, _args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
+        PamResultCode::PAM_SUCCESS
+    }
+}

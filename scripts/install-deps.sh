@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that building, testing, the demo and the
+# benchmark need. Safe to run again: it only installs what is missing.
+set -euo pipefail
+
+pkgs=(
+  build-essential pkg-config
+  libpam0g-dev        # PAM headers (the module links against libpam)
+  pamtester           # drives a PAM service from tests
+  libpam-wrapper      # sandboxed PAM services (pam_wrapper, pam_matrix)
+  libnss-wrapper      # test users and groups without touching /etc
+  oathtool            # reference TOTP implementation for tests
+  expect              # scripted terminal sessions in tests and the demo
+  sqlite3             # store inspection in tests
+  "$@"
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing packages: ${missing[*]}" >&2
+  echo "install-deps: run as root (or: sudo apt-get install -y ${missing[*]})" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends "${missing[@]}"
