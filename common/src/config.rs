@@ -292,10 +292,7 @@ impl Config {
     /// anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((1, 1));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             Error::ConfigSyntax {
                 path: path.to_path_buf(),
                 line,
@@ -341,20 +338,40 @@ impl Config {
 
         let t = raw.totp;
         if t.digits != 6 && t.digits != 8 {
-            return Err(invalid("totp", "digits", format!("must be 6 or 8, not {}", t.digits)));
+            return Err(invalid(
+                "totp",
+                "digits",
+                format!("must be 6 or 8, not {}", t.digits),
+            ));
         }
         if !(1..=300).contains(&t.period) {
-            return Err(invalid("totp", "period", format!("must be 1 to 300 seconds, not {}", t.period)));
+            return Err(invalid(
+                "totp",
+                "period",
+                format!("must be 1 to 300 seconds, not {}", t.period),
+            ));
         }
         if t.skew > 10 {
-            return Err(invalid("totp", "skew", format!("must be 0 to 10 steps, not {}", t.skew)));
+            return Err(invalid(
+                "totp",
+                "skew",
+                format!("must be 0 to 10 steps, not {}", t.skew),
+            ));
         }
         if t.issuer.is_empty() || t.issuer.contains(':') {
-            return Err(invalid("totp", "issuer", "must be non-empty and contain no ':'".into()));
+            return Err(invalid(
+                "totp",
+                "issuer",
+                "must be non-empty and contain no ':'".into(),
+            ));
         }
         let p = raw.policy;
         if p.prompts == 0 || p.prompts > 10 {
-            return Err(invalid("policy", "prompts", format!("must be 1 to 10, not {}", p.prompts)));
+            return Err(invalid(
+                "policy",
+                "prompts",
+                format!("must be 1 to 10, not {}", p.prompts),
+            ));
         }
         if p.enforce == Enforce::Groups && p.enforce_groups.is_empty() {
             return Err(invalid(
@@ -365,10 +382,18 @@ impl Config {
         }
         let l = raw.lockout;
         if l.max_failures == 0 {
-            return Err(invalid("lockout", "max_failures", "must be at least 1".into()));
+            return Err(invalid(
+                "lockout",
+                "max_failures",
+                "must be at least 1".into(),
+            ));
         }
         if l.lock_seconds > 365 * 86400 {
-            return Err(invalid("lockout", "lock_seconds", "must be at most one year".into()));
+            return Err(invalid(
+                "lockout",
+                "lock_seconds",
+                "must be at most one year".into(),
+            ));
         }
         if !(1..=100).contains(&raw.backup_codes.count) {
             return Err(invalid(
@@ -396,7 +421,11 @@ impl Config {
             None => None,
             Some(s) => {
                 if !s.command.is_empty() && !s.url.is_empty() {
-                    return Err(invalid("sms", "url", "set either command or url, not both".into()));
+                    return Err(invalid(
+                        "sms",
+                        "url",
+                        "set either command or url, not both".into(),
+                    ));
                 }
                 Some(SmsConfig {
                     code_ttl: duration("sms", "code_ttl", &s.code_ttl)?,
@@ -514,7 +543,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_an_error_with_file_and_line() {
-        let err = parse("[totp]\ndigits = 6\nperiode = 30\n").unwrap_err().to_string();
+        let err = parse("[totp]\ndigits = 6\nperiode = 30\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("/etc/crm2fa/crm2fa.toml:3:"), "{err}");
         assert!(err.contains("periode"), "{err}");
     }
@@ -533,7 +564,9 @@ mod tests {
 
     #[test]
     fn bad_enum_value_names_line() {
-        let err = parse("\n[policy]\nenforce = \"some\"\n").unwrap_err().to_string();
+        let err = parse("\n[policy]\nenforce = \"some\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(":3:"), "{err}");
     }
 
@@ -557,7 +590,9 @@ mod tests {
 
     #[test]
     fn groups_policy_needs_groups() {
-        let err = parse("[policy]\nenforce = \"groups\"\n").unwrap_err().to_string();
+        let err = parse("[policy]\nenforce = \"groups\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("enforce_groups"), "{err}");
     }
 

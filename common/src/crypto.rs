@@ -158,6 +158,9 @@ mod tests {
             let k2 = HostKey::load(&p).unwrap();
             assert_eq!(k2.open("u", &sealed).unwrap().expose(), b"s");
         }
-        assert!(HostKey::create(&p).is_err(), "an existing key is never overwritten");
+        assert!(
+            HostKey::create(&p).is_err(),
+            "an existing key is never overwritten"
+        );
     }
 }

@@ -6,7 +6,7 @@ use crate::codes::{self, Code};
 use crate::config::Config;
 use crate::crypto::{HostKey, Secret};
 use crate::error::{Error, Result};
-use crate::store::{AuditEntry, Store, TotpState};
+use crate::store::{AuditEntry, NewEnrollment, Store, TotpState};
 use crate::totp;
 
 /// A new, pending enrolment: what the user needs to set up their app.
@@ -29,7 +29,15 @@ pub fn account_name(user: &str) -> String {
 }
 
 /// An audit entry for an administrative or login event.
-pub fn audit_entry(now: i64, user: &str, service: &str, rhost: &str, event: &str, outcome: &str, detail: impl Into<String>) -> AuditEntry {
+pub fn audit_entry(
+    now: i64,
+    user: &str,
+    service: &str,
+    rhost: &str,
+    event: &str,
+    outcome: &str,
+    detail: impl Into<String>,
+) -> AuditEntry {
     AuditEntry {
         time: now,
         user: user.into(),
@@ -63,8 +71,22 @@ pub fn begin(
     let hashes: Vec<_> = set.iter().map(|(_, h)| *h).collect();
     let sealed_codes = key.seal(user, plain.as_bytes());
     let sealed_secret = key.seal(user, secret.expose());
-    let audit = audit_entry(now, user, service, "", "enroll", "pending", "new TOTP secret");
-    store.begin_enrollment(user, &sealed_secret, &salt, &hashes, &sealed_codes, now, &audit)?;
+    let audit = audit_entry(
+        now,
+        user,
+        service,
+        "",
+        "enroll",
+        "pending",
+        "new TOTP secret",
+    );
+    let new = NewEnrollment {
+        sealed_secret: &sealed_secret,
+        code_salt: &salt,
+        backup_hashes: &hashes,
+        sealed_codes: &sealed_codes,
+    };
+    store.begin_enrollment(user, &new, now, &audit)?;
     Ok(Enrollment {
         user: user.into(),
         base32: Zeroizing::new(totp::secret_base32(&secret)),
@@ -79,7 +101,8 @@ pub fn open_codes(key: &HostKey, user: &str, sealed: &[u8]) -> Result<Vec<Code>>
         return Ok(vec![]);
     }
     let plain = key.open(user, sealed)?;
-    let text = std::str::from_utf8(plain.expose()).map_err(|_| Error::Decrypt { user: user.into() })?;
+    let text =
+        std::str::from_utf8(plain.expose()).map_err(|_| Error::Decrypt { user: user.into() })?;
     Ok(text.lines().map(Code::normalize).collect())
 }
 
@@ -105,7 +128,9 @@ pub fn regenerate_backup_codes(
     let record = store
         .user(user)?
         .filter(|r| r.state == TotpState::Active)
-        .ok_or_else(|| Error::Refused(format!("{user} has no active enrolment; enrol them first")))?;
+        .ok_or_else(|| {
+            Error::Refused(format!("{user} has no active enrolment; enrol them first"))
+        })?;
     let set = codes::backup_set(cfg.backup_code_count, &record.code_salt);
     let hashes: Vec<_> = set.iter().map(|(_, h)| *h).collect();
     let audit = audit_entry(
@@ -118,7 +143,9 @@ pub fn regenerate_backup_codes(
         format!("{} new codes; the old set is void", set.len()),
     );
     if !store.replace_backup_codes(user, &hashes, now, &audit)? {
-        return Err(Error::Refused(format!("{user} has no active enrolment; enrol them first")));
+        return Err(Error::Refused(format!(
+            "{user} has no active enrolment; enrol them first"
+        )));
     }
     Ok(set.into_iter().map(|(c, _)| c).collect())
 }

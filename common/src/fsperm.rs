@@ -49,7 +49,11 @@ pub fn check_private_file(path: &Path, secrecy: Secrecy) -> Result<()> {
             path: path.into(),
             message: format!(
                 "has mode {mode:04o}, which lets other users {}; fix: chmod {want:04o} {}",
-                if mode & 0o022 != 0 { "change it" } else { "read it" },
+                if mode & 0o022 != 0 {
+                    "change it"
+                } else {
+                    "read it"
+                },
                 path.display()
             ),
         });

@@ -10,7 +10,9 @@ use crate::enroll;
 use crate::error::Error;
 use crate::policy;
 use crate::qr::{self, QrStyle};
-use crate::store::{AuditCtx, AuditEntry, Candidate, Lockout, Store, TotpState, UserRecord, Verdict};
+use crate::store::{
+    AuditCtx, AuditEntry, Candidate, Lockout, Store, TotpState, UserRecord, Verdict,
+};
 use crate::totp;
 
 /// The prompt for a code.
@@ -20,12 +22,22 @@ pub const INVALID: &str = "Invalid verification code.";
 /// The last prompt after new backup codes, so they are seen before the login ends.
 pub const SAVED_PROMPT: &str = "Press Enter when you have saved them: ";
 
+/// The conversation broke down (the client went away or refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvError;
+
+impl std::fmt::Display for ConvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the PAM conversation failed")
+    }
+}
+
 /// The conversation with the person logging in.
 pub trait Conversation {
     /// Ask with echo off. `Ok(None)`: no answer (end of input).
-    fn prompt_hidden(&mut self, msg: &str) -> Result<Option<String>, ()>;
+    fn prompt_hidden(&mut self, msg: &str) -> Result<Option<String>, ConvError>;
     /// Ask with echo on.
-    fn prompt_visible(&mut self, msg: &str) -> Result<Option<String>, ()>;
+    fn prompt_visible(&mut self, msg: &str) -> Result<Option<String>, ConvError>;
     /// Show information.
     fn info(&mut self, msg: &str);
     /// Show an error.
@@ -91,7 +103,12 @@ pub struct Request {
 }
 
 /// Run the whole login: load the config and store, then [`authenticate`].
-pub fn run(args: &ModuleArgs, req: &Request, conv: &mut dyn Conversation, log: &mut Logger) -> Outcome {
+pub fn run(
+    args: &ModuleArgs,
+    req: &Request,
+    conv: &mut dyn Conversation,
+    log: &mut Logger,
+) -> Outcome {
     for a in &args.unknown {
         log.warn(&format!("ignoring unknown module argument {a:?}"));
     }
@@ -99,7 +116,10 @@ pub fn run(args: &ModuleArgs, req: &Request, conv: &mut dyn Conversation, log: &
         Ok(c) => c,
         Err(e) => {
             // An unreadable or invalid config always denies.
-            log.error(&format!("login of {} denied: configuration error: {e}", req.user));
+            log.error(&format!(
+                "login of {} denied: configuration error: {e}",
+                req.user
+            ));
             return Outcome::Unavailable;
         }
     };
@@ -118,7 +138,10 @@ pub fn run(args: &ModuleArgs, req: &Request, conv: &mut dyn Conversation, log: &
 fn store_failure(cfg: &Config, req: &Request, log: &mut Logger, e: &Error) -> Outcome {
     match cfg.policy.failmode {
         FailMode::Secure => {
-            log.error(&format!("login of {} denied (failmode = secure): {e}", req.user));
+            log.error(&format!(
+                "login of {} denied (failmode = secure): {e}",
+                req.user
+            ));
             Outcome::Unavailable
         }
         FailMode::Safe => {
@@ -153,7 +176,12 @@ impl Login<'_> {
     }
 
     /// Write a decision to the audit table and syslog.
-    fn record(&mut self, event: &str, outcome: &str, detail: impl Into<String>) -> Result<(), Error> {
+    fn record(
+        &mut self,
+        event: &str,
+        outcome: &str,
+        detail: impl Into<String>,
+    ) -> Result<(), Error> {
         let e = self.entry(event, outcome, detail);
         self.log.entry(&e);
         self.store.record(&e)
@@ -199,7 +227,11 @@ pub fn authenticate(
     };
     let decision = policy::decide(&cfg.policy, user, &groups, record.as_ref(), has_recovery);
     if !decision.ask {
-        l.record("login", "skipped", format!("2FA not required: {}", decision.reason))?;
+        l.record(
+            "login",
+            "skipped",
+            format!("2FA not required: {}", decision.reason),
+        )?;
         return Ok(Outcome::Ignore);
     }
     let enrolled = record
@@ -212,11 +244,19 @@ pub fn authenticate(
                     "Two-factor authentication is required for this account, but it has no \
                      second factor set up. Ask an administrator to enrol you.",
                 );
-                l.record("login", "denied", "required but not enrolled (unenrolled = deny)")?;
+                l.record(
+                    "login",
+                    "denied",
+                    "required but not enrolled (unenrolled = deny)",
+                )?;
                 Ok(Outcome::AuthErr)
             }
             Unenrolled::Allow => {
-                l.record("login", "allowed", "required but not enrolled (unenrolled = allow)")?;
+                l.record(
+                    "login",
+                    "allowed",
+                    "required but not enrolled (unenrolled = allow)",
+                )?;
                 Ok(Outcome::Ignore)
             }
             Unenrolled::Enroll => enroll_during_login(&mut l, qr_style),
@@ -265,7 +305,7 @@ fn ask_for_codes(
     for _ in 0..l.cfg.policy.prompts {
         let answer = match l.conv.prompt_hidden(PROMPT) {
             Ok(a) => zeroize::Zeroizing::new(a.unwrap_or_default()),
-            Err(()) => {
+            Err(ConvError) => {
                 l.log.warn(&format!("conversation with {user} failed"));
                 return Ok(Outcome::AuthErr);
             }
@@ -277,7 +317,8 @@ fn ask_for_codes(
         }
         let word = answer.trim().to_ascii_lowercase();
         if word == "email" || word == "sms" {
-            l.conv.error("Codes by email or SMS are not available for this account.");
+            l.conv
+                .error("Codes by email or SMS are not available for this account.");
             continue;
         }
         let mut candidate = Candidate {
@@ -300,7 +341,9 @@ fn ask_for_codes(
                 candidate.recovery_hash = Some(code.hash(&record.code_salt));
             }
         }
-        let verdict = l.store.redeem(&user, &candidate, l.req.now, lockout, &ctx)?;
+        let verdict = l
+            .store
+            .redeem(&user, &candidate, l.req.now, lockout, &ctx)?;
         match verdict {
             Verdict::Accepted {
                 factor,
@@ -328,7 +371,10 @@ fn ask_for_codes(
                     l.req.service
                 ));
                 if let Some(until) = locked_until {
-                    l.log.warn(&format!("user {user} locked until {}", crate::rfc3339(until)));
+                    l.log.warn(&format!(
+                        "user {user} locked until {}",
+                        crate::rfc3339(until)
+                    ));
                     l.locked_message(until);
                     return Ok(Outcome::MaxTries);
                 }
@@ -399,7 +445,8 @@ fn enroll_during_login(l: &mut Login<'_>, qr_style: QrStyle) -> Result<Outcome, 
         e.otpauth_uri.as_str()
     ));
     l.conv.info(&text);
-    l.log.info(&format!("enrolment started during login user={user}"));
+    l.log
+        .info(&format!("enrolment started during login user={user}"));
     let record = l
         .store
         .user(&user)?
@@ -429,9 +476,9 @@ mod tests {
                 errors: vec![],
             }
         }
-        fn next(&mut self, msg: &str) -> Result<Option<String>, ()> {
+        fn next(&mut self, msg: &str) -> Result<Option<String>, ConvError> {
             self.prompts.push(msg.to_string());
-            self.answers.pop_front().ok_or(())
+            self.answers.pop_front().ok_or(ConvError)
         }
         fn all_used(&self) -> bool {
             self.answers.is_empty()
@@ -439,10 +486,10 @@ mod tests {
     }
 
     impl Conversation for Script {
-        fn prompt_hidden(&mut self, msg: &str) -> Result<Option<String>, ()> {
+        fn prompt_hidden(&mut self, msg: &str) -> Result<Option<String>, ConvError> {
             self.next(msg)
         }
-        fn prompt_visible(&mut self, msg: &str) -> Result<Option<String>, ()> {
+        fn prompt_visible(&mut self, msg: &str) -> Result<Option<String>, ConvError> {
             self.next(msg)
         }
         fn info(&mut self, msg: &str) {
@@ -489,8 +536,15 @@ mod tests {
     }
 
     fn login(e: &mut Env, user: &str, now: i64, script: &mut Script) -> Outcome {
-        authenticate(&e.cfg, &mut e.store, QrStyle::None, &req(user, now), script, &mut e.log)
-            .unwrap()
+        authenticate(
+            &e.cfg,
+            &mut e.store,
+            QrStyle::None,
+            &req(user, now),
+            script,
+            &mut e.log,
+        )
+        .unwrap()
     }
 
     fn enrolled(e: &mut Env, user: &str) -> Secret {
@@ -512,8 +566,15 @@ mod tests {
         assert_eq!(sc.prompts, vec![PROMPT, SAVED_PROMPT]);
         assert!(sc.all_used());
         let shown = &sc.infos[0];
-        assert_eq!(shown.lines().filter(|l| l.starts_with("    ")).count(), 3, "{shown}");
-        assert_eq!(e.store.user("alice").unwrap().unwrap().state, TotpState::Active);
+        assert_eq!(
+            shown.lines().filter(|l| l.starts_with("    ")).count(),
+            3,
+            "{shown}"
+        );
+        assert_eq!(
+            e.store.user("alice").unwrap().unwrap().state,
+            TotpState::Active
+        );
     }
 
     #[test]
@@ -526,7 +587,11 @@ mod tests {
         assert_eq!(login(&mut e, "bob", NOW, &mut sc), Outcome::AuthErr);
         assert_eq!(sc.prompts, vec![PROMPT; 3]);
         assert_eq!(sc.errors, vec![INVALID; 2]);
-        assert_eq!(e.store.user("bob").unwrap().unwrap().failures, 2, "empty answer not counted");
+        assert_eq!(
+            e.store.user("bob").unwrap().unwrap().failures,
+            2,
+            "empty answer not counted"
+        );
     }
 
     #[test]
@@ -568,10 +633,18 @@ mod tests {
         let bad = if good == "000000" { "111111" } else { "000000" };
         let mut sc = Script::new(&[Some(bad), Some(bad), Some(bad)]);
         assert_eq!(login(&mut e, "frank", NOW, &mut sc), Outcome::MaxTries);
-        assert_eq!(sc.errors.len(), 4, "three invalid, then the lock message: {:?}", sc.errors);
+        assert_eq!(
+            sc.errors.len(),
+            4,
+            "three invalid, then the lock message: {:?}",
+            sc.errors
+        );
         let mut sc = Script::new(&[]);
         assert_eq!(login(&mut e, "frank", NOW + 1, &mut sc), Outcome::MaxTries);
-        assert!(sc.prompts.is_empty(), "locked: no code is asked for or checked");
+        assert!(
+            sc.prompts.is_empty(),
+            "locked: no code is asked for or checked"
+        );
         // After the lock expires the right code works and resets the counter.
         let later = NOW + 61;
         let mut sc = Script::new(&[Some(&code(&e, &s, later)), Some("")]);

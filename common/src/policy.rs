@@ -127,7 +127,10 @@ mod tests {
         assert!(decide(&c, "u", &[], Some(&rec(TotpState::Pending, false)), false).ask);
         assert!(decide(&c, "u", &[], Some(&rec(TotpState::Active, false)), false).ask);
         assert!(!decide(&c, "u", &[], Some(&rec(TotpState::None, false)), false).ask);
-        assert!(decide(&c, "u", &[], None, true).ask, "a recovery code is a factor");
+        assert!(
+            decide(&c, "u", &[], None, true).ask,
+            "a recovery code is a factor"
+        );
     }
 
     #[test]

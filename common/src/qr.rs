@@ -59,7 +59,11 @@ mod tests {
         let q = render("otpauth://totp/crm2fa:alice?secret=ABC", QrStyle::Ascii).unwrap();
         assert!(q.is_ascii());
         let lines: Vec<&str> = q.lines().collect();
-        assert_eq!(lines[0].len(), lines.len() * 2, "each module is two characters wide");
+        assert_eq!(
+            lines[0].len(),
+            lines.len() * 2,
+            "each module is two characters wide"
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::config::DbConfig;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{
+    params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
+};
 use subtle::ConstantTimeEq;
 
 use crate::codes::HASH_LEN;
@@ -146,6 +148,15 @@ pub struct AuditEntry {
     pub event: String,
     pub outcome: String,
     pub detail: String,
+}
+
+/// A new enrolment as the store keeps it: all secrets already sealed or hashed.
+#[derive(Debug, Clone, Copy)]
+pub struct NewEnrollment<'a> {
+    pub sealed_secret: &'a [u8],
+    pub code_salt: &'a [u8],
+    pub backup_hashes: &'a [[u8; HASH_LEN]],
+    pub sealed_codes: &'a [u8],
 }
 
 /// What a login attempt offers, worked out before the write lock is taken:
@@ -366,7 +377,8 @@ impl Store {
 
     // ---- reading ----------------------------------------------------------
 
-    const USER_COLUMNS: &'static str = "name, state, disabled, secret, code_salt, last_step, failures,
+    const USER_COLUMNS: &'static str =
+        "name, state, disabled, secret, code_salt, last_step, failures,
          locked_until, last_success,
          (SELECT count(*) FROM backup_codes b WHERE b.user = users.name AND b.used_at IS NULL),
          email, phone";
@@ -428,6 +440,24 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// Would this backup (or recovery) code be accepted now? Consumes nothing.
+    pub fn code_usable(
+        &self,
+        name: &str,
+        backup: bool,
+        hash: &[u8; HASH_LEN],
+        now: i64,
+    ) -> Result<bool> {
+        let kind = if backup {
+            HashedCode::Backup
+        } else {
+            HashedCode::Recovery
+        };
+        find_hashed(&self.conn, kind, name, hash, now)
+            .map(|id| id.is_some())
+            .map_err(|e| self.err(e))
+    }
+
     /// Audit rows, oldest first, optionally for one user and from a time on.
     pub fn audit(&self, user: Option<&str>, since: Option<i64>) -> Result<Vec<AuditEntry>> {
         let mut stmt = self
@@ -469,13 +499,16 @@ impl Store {
     pub fn begin_enrollment(
         &mut self,
         name: &str,
-        sealed_secret: &[u8],
-        code_salt: &[u8],
-        backup_hashes: &[[u8; HASH_LEN]],
-        sealed_codes: &[u8],
+        new: &NewEnrollment<'_>,
         now: i64,
         audit: &AuditEntry,
     ) -> Result<()> {
+        let NewEnrollment {
+            sealed_secret,
+            code_salt,
+            backup_hashes,
+            sealed_codes,
+        } = *new;
         self.write(|tx| {
             ensure_user(tx, name, code_salt, now)?;
             tx.execute(
@@ -493,7 +526,13 @@ impl Store {
     /// Activate a pending enrolment with a TOTP step the user's app showed
     /// (`confirm`). Returns the sealed backup codes to show, or `None` when
     /// the user is not pending or the step was already used.
-    pub fn confirm(&mut self, name: &str, step: i64, now: i64, audit: &AuditEntry) -> Result<Option<Vec<u8>>> {
+    pub fn confirm(
+        &mut self,
+        name: &str,
+        step: i64,
+        now: i64,
+        audit: &AuditEntry,
+    ) -> Result<Option<Vec<u8>>> {
         self.write(|tx| {
             let pending: Option<Option<Vec<u8>>> = tx
                 .query_row(
@@ -556,7 +595,7 @@ impl Store {
                     Some(until) => {
                         let until = until.unwrap_or(now);
                         insert_audit(
-                            &tx,
+                            tx,
                             &entry("login", "locked", format!("locked until {}", crate::rfc3339(until))),
                         )?;
                         Ok(Verdict::Locked { until })
@@ -619,12 +658,12 @@ impl Store {
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )?;
                     insert_audit(
-                        &tx,
+                        tx,
                         &entry("login", "failure", format!("wrong code ({failures} in a row)")),
                     )?;
                     if let Some(until) = locked_until {
                         insert_audit(
-                            &tx,
+                            tx,
                             &entry(
                                 "lock",
                                 "locked",
@@ -746,7 +785,12 @@ impl Store {
 }
 
 /// Create the user's row if missing.
-fn ensure_user(tx: &Transaction<'_>, name: &str, code_salt: &[u8], now: i64) -> rusqlite::Result<()> {
+fn ensure_user(
+    tx: &Transaction<'_>,
+    name: &str,
+    code_salt: &[u8],
+    now: i64,
+) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO users(name, code_salt, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
          ON CONFLICT(name) DO NOTHING",
@@ -806,7 +850,9 @@ impl HashedCode {
     }
     fn consume_sql(self) -> &'static str {
         match self {
-            HashedCode::Backup => "UPDATE backup_codes SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL",
+            HashedCode::Backup => {
+                "UPDATE backup_codes SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL"
+            }
             HashedCode::Recovery => {
                 "UPDATE recovery_codes SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL"
             }
@@ -814,16 +860,16 @@ impl HashedCode {
     }
 }
 
-/// Mark the user's usable code with hash `hash` used. Hashes are compared
-/// in constant time; the conditional write's row count decides.
-fn consume_hashed(
-    tx: &Transaction<'_>,
+/// The id of the user's usable code whose hash is `hash`. Every stored hash
+/// is compared, in constant time.
+fn find_hashed(
+    conn: &Connection,
     kind: HashedCode,
     name: &str,
     hash: &[u8; HASH_LEN],
     now: i64,
-) -> rusqlite::Result<bool> {
-    let mut stmt = tx.prepare(kind.usable_sql())?;
+) -> rusqlite::Result<Option<i64>> {
+    let mut stmt = conn.prepare(kind.usable_sql())?;
     let rows = stmt
         .query_map(params![name, now], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
@@ -835,10 +881,22 @@ fn consume_hashed(
             found = Some(id);
         }
     }
-    let Some(id) = found else {
-        return Ok(false);
-    };
-    Ok(tx.execute(kind.consume_sql(), params![id, now])? == 1)
+    Ok(found)
+}
+
+/// Mark the user's usable code with hash `hash` used; the conditional
+/// write's row count decides.
+fn consume_hashed(
+    tx: &Transaction<'_>,
+    kind: HashedCode,
+    name: &str,
+    hash: &[u8; HASH_LEN],
+    now: i64,
+) -> rusqlite::Result<bool> {
+    match find_hashed(tx, kind, name, hash, now)? {
+        Some(id) => Ok(tx.execute(kind.consume_sql(), params![id, now])? == 1),
+        None => Ok(false),
+    }
 }
 
 fn insert_audit(tx: &Transaction<'_>, e: &AuditEntry) -> rusqlite::Result<()> {

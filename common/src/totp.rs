@@ -125,8 +125,14 @@ mod tests {
     fn uri_names_issuer_and_account() {
         let s = Secret::new(b"12345678901234567890".to_vec());
         let uri = otpauth_uri(&cfg(6), &s, "alice@host");
-        assert!(uri.starts_with("otpauth://totp/crm2fa:alice%40host?"), "{uri}");
-        assert!(uri.contains("secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"), "{uri}");
+        assert!(
+            uri.starts_with("otpauth://totp/crm2fa:alice%40host?"),
+            "{uri}"
+        );
+        assert!(
+            uri.contains("secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"),
+            "{uri}"
+        );
         assert!(uri.contains("issuer=crm2fa"), "{uri}");
         assert_eq!(grouped("ABCDEFGHIJ"), "ABCD EFGH IJ");
     }

@@ -7,7 +7,7 @@
 use std::ffi::CStr;
 
 use crm2fa_common::audit::Logger;
-use crm2fa_common::login::{self, Conversation, ModuleArgs, Outcome, Request};
+use crm2fa_common::login::{self, ConvError, Conversation, ModuleArgs, Outcome, Request};
 use pam::constants::{
     PamFlag, PamResultCode, PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON, PAM_TEXT_INFO,
 };
@@ -29,20 +29,26 @@ mod hooks {
 struct PamConversation<'a>(Conv<'a>);
 
 impl PamConversation<'_> {
-    fn ask(&mut self, style: pam::constants::PamMessageStyle, msg: &str) -> Result<Option<String>, ()> {
+    fn ask(
+        &mut self,
+        style: pam::constants::PamMessageStyle,
+        msg: &str,
+    ) -> Result<Option<String>, ConvError> {
         match self.0.send(style, msg) {
-            Ok(Some(answer)) => Ok(Some(String::from_utf8_lossy(answer.as_bytes()).into_owned())),
+            Ok(Some(answer)) => Ok(Some(
+                String::from_utf8_lossy(answer.as_bytes()).into_owned(),
+            )),
             Ok(None) => Ok(None),
-            Err(_) => Err(()),
+            Err(_) => Err(ConvError),
         }
     }
 }
 
 impl Conversation for PamConversation<'_> {
-    fn prompt_hidden(&mut self, msg: &str) -> Result<Option<String>, ()> {
+    fn prompt_hidden(&mut self, msg: &str) -> Result<Option<String>, ConvError> {
         self.ask(PAM_PROMPT_ECHO_OFF, msg)
     }
-    fn prompt_visible(&mut self, msg: &str) -> Result<Option<String>, ()> {
+    fn prompt_visible(&mut self, msg: &str) -> Result<Option<String>, ConvError> {
         self.ask(PAM_PROMPT_ECHO_ON, msg)
     }
     fn info(&mut self, msg: &str) {
@@ -76,7 +82,10 @@ where
 
 impl PamHooks for Crm2fa {
     fn sm_authenticate(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
-        let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let args = ModuleArgs::parse(args.iter().map(String::as_str));
         let mut log = Logger::new("pam_crm2fa", args.debug);
         let user = match pamh.get_user(None) {
@@ -97,7 +106,10 @@ impl PamHooks for Crm2fa {
         let conv = match pamh.get_item::<Conv>() {
             Ok(Some(c)) => c,
             _ => {
-                log.error(&format!("no PAM conversation for {}; login denied", req.user));
+                log.error(&format!(
+                    "no PAM conversation for {}; login denied",
+                    req.user
+                ));
                 return PamResultCode::PAM_CONV_ERR;
             }
         };
