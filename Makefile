@@ -30,7 +30,9 @@ test: deps lint
 demo: build
 	bash scripts/demo.sh
 
+# Benchmarks print tables; they are never part of `make test`.
 bench: deps
+	$(CARGO) bench -p crm2fa-common --bench backup_codes
 	bash benches/bench.sh
 
 clean:
