@@ -14,7 +14,10 @@ const NOW: i64 = 1_800_000_000;
 fn median_p95(mut v: Vec<Duration>) -> (f64, f64) {
     v.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    (ms(v[v.len() / 2]), ms(v[(v.len() * 95 / 100).min(v.len() - 1)]))
+    (
+        ms(v[v.len() / 2]),
+        ms(v[(v.len() * 95 / 100).min(v.len() - 1)]),
+    )
 }
 
 /// One attempt as the login makes it: normalise, one argon2, one transaction.
@@ -94,7 +97,10 @@ fn main() {
     }
 
     println!("backup-code verification ({n} runs each)");
-    println!("{:<38} {:>10} {:>10} {:>12}", "case", "median ms", "p95 ms", "x argon2");
+    println!(
+        "{:<38} {:>10} {:>10} {:>12}",
+        "case", "median ms", "p95 ms", "x argon2"
+    );
     for (name, (med, p95)) in rows {
         println!("{name:<38} {med:>10.2} {p95:>10.2} {:>12.2}", med / argon.0);
     }

@@ -652,6 +652,76 @@ mod tests {
         assert_eq!(e.store.user("frank").unwrap().unwrap().failures, 0);
     }
 
+    /// A user who reads the manual key off the screen and types the app's code.
+    struct NewUser {
+        cfg: crate::config::TotpConfig,
+        now: i64,
+        key: Option<String>,
+        prompts: Vec<String>,
+        infos: Vec<String>,
+    }
+
+    impl Conversation for NewUser {
+        fn prompt_hidden(&mut self, msg: &str) -> Result<Option<String>, ConvError> {
+            self.prompts.push(msg.into());
+            let b32 = self.key.clone().ok_or(ConvError)?;
+            let raw = totp_rs::Secret::Encoded(b32)
+                .to_bytes()
+                .map_err(|_| ConvError)?;
+            let s = Secret::new(raw);
+            Ok(Some(totp::code_at_step(
+                &self.cfg,
+                &s,
+                totp::step_at(&self.cfg, self.now),
+            )))
+        }
+        fn prompt_visible(&mut self, msg: &str) -> Result<Option<String>, ConvError> {
+            self.prompts.push(msg.into());
+            Ok(Some(String::new()))
+        }
+        fn info(&mut self, msg: &str) {
+            if let Some(line) = msg.lines().find(|l| l.starts_with("Manual key: ")) {
+                self.key = Some(line["Manual key: ".len()..].replace(' ', ""));
+            }
+            self.infos.push(msg.into());
+        }
+        fn error(&mut self, _msg: &str) {}
+    }
+
+    #[test]
+    fn unenrolled_enroll_sets_up_totp_inside_the_login() {
+        let mut e = env("[policy]\nenforce = \"all\"\nunenrolled = \"enroll\"\n");
+        let mut user = NewUser {
+            cfg: e.cfg.totp.clone(),
+            now: NOW,
+            key: None,
+            prompts: vec![],
+            infos: vec![],
+        };
+        let out = authenticate(
+            &e.cfg,
+            &mut e.store,
+            QrStyle::Ascii,
+            &req("gina", NOW),
+            &mut user,
+            &mut e.log,
+        )
+        .unwrap();
+        assert_eq!(out, Outcome::Success);
+        assert!(
+            user.infos[0].contains("otpauth://totp/"),
+            "{}",
+            user.infos[0]
+        );
+        assert!(user.infos[0].contains("##"), "the ASCII QR code is shown");
+        assert_eq!(user.prompts, vec![PROMPT, SAVED_PROMPT]);
+        assert!(user.infos[1].contains("backup codes"));
+        assert_eq!(
+            e.store.user("gina").unwrap().unwrap().state,
+            TotpState::Active
+        );
+    }
+
     #[test]
     fn module_args_parse_and_keep_unknown_ones() {
         let a = ModuleArgs::parse(["config=/x/y.toml", "qr=ascii", "debug", "frobnicate"]);

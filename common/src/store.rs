@@ -907,3 +907,268 @@ fn insert_audit(tx: &Transaction<'_>, e: &AuditEntry) -> rusqlite::Result<()> {
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codes::{self, Code};
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn audit(event: &str) -> AuditEntry {
+        crate::enroll::audit_entry(NOW, "u", "test", "", event, "done", "")
+    }
+
+    fn lockout(max: u32) -> Lockout {
+        Lockout {
+            max_failures: max,
+            lock_seconds: 60,
+        }
+    }
+
+    /// A store with user `u`, active, and `n` backup codes.
+    fn active_user(dir: &Path, n: u32) -> (Store, Vec<u8>, Vec<Code>) {
+        let mut s = Store::create(&dir.join("db")).unwrap();
+        let salt = codes::new_salt();
+        let set = codes::backup_set(n, &salt);
+        let hashes: Vec<_> = set.iter().map(|(_, h)| *h).collect();
+        let new = NewEnrollment {
+            sealed_secret: b"sealed",
+            code_salt: &salt,
+            backup_hashes: &hashes,
+            sealed_codes: b"",
+        };
+        s.begin_enrollment("u", &new, NOW, &audit("enroll"))
+            .unwrap();
+        assert!(s
+            .confirm("u", 10, NOW, &audit("confirm"))
+            .unwrap()
+            .is_some());
+        (s, salt, set.into_iter().map(|(c, _)| c).collect())
+    }
+
+    fn backup(code: &Code, salt: &[u8]) -> Candidate {
+        Candidate {
+            backup_hash: Some(code.hash(salt)),
+            ..Candidate::default()
+        }
+    }
+
+    #[test]
+    fn backup_code_is_accepted_once_and_regeneration_voids_the_old_set() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, salt, set) = active_user(d.path(), 3);
+        let ctx = AuditCtx::default();
+        let v = s
+            .redeem("u", &backup(&set[0], &salt), NOW, lockout(9), &ctx)
+            .unwrap();
+        assert_eq!(
+            v,
+            Verdict::Accepted {
+                factor: Factor::Backup,
+                activated_codes: None,
+                backup_codes_left: 2
+            }
+        );
+        let v = s
+            .redeem("u", &backup(&set[0], &salt), NOW, lockout(9), &ctx)
+            .unwrap();
+        assert!(matches!(v, Verdict::Rejected { failures: 1, .. }), "{v:?}");
+        let new = codes::backup_set(2, &salt);
+        let hashes: Vec<_> = new.iter().map(|(_, h)| *h).collect();
+        assert!(s
+            .replace_backup_codes("u", &hashes, NOW, &audit("regen"))
+            .unwrap());
+        let v = s
+            .redeem("u", &backup(&set[1], &salt), NOW, lockout(9), &ctx)
+            .unwrap();
+        assert!(
+            matches!(v, Verdict::Rejected { .. }),
+            "old set is void: {v:?}"
+        );
+        let v = s
+            .redeem("u", &backup(&new[1].0, &salt), NOW, lockout(9), &ctx)
+            .unwrap();
+        assert!(matches!(v, Verdict::Accepted { .. }), "{v:?}");
+    }
+
+    #[test]
+    fn pending_enrolment_backup_codes_are_unusable() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::create(&d.path().join("db")).unwrap();
+        let salt = codes::new_salt();
+        let set = codes::backup_set(1, &salt);
+        let new = NewEnrollment {
+            sealed_secret: b"sealed",
+            code_salt: &salt,
+            backup_hashes: &[set[0].1],
+            sealed_codes: b"",
+        };
+        s.begin_enrollment("u", &new, NOW, &audit("enroll"))
+            .unwrap();
+        let v = s
+            .redeem(
+                "u",
+                &backup(&set[0].0, &salt),
+                NOW,
+                lockout(9),
+                &AuditCtx::default(),
+            )
+            .unwrap();
+        assert!(matches!(v, Verdict::Rejected { .. }), "{v:?}");
+    }
+
+    #[test]
+    fn recovery_code_works_once_and_not_after_expiry() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::create(&d.path().join("db")).unwrap();
+        let salt = codes::new_salt();
+        let c = Code::generate(codes::RECOVERY_LEN);
+        s.add_recovery(
+            "u",
+            &salt,
+            &c.hash(&salt),
+            NOW + 60,
+            NOW,
+            &audit("recovery"),
+        )
+        .unwrap();
+        let cand = Candidate {
+            recovery_hash: Some(c.hash(&salt)),
+            ..Candidate::default()
+        };
+        let ctx = AuditCtx::default();
+        assert!(s.has_valid_recovery("u", NOW).unwrap());
+        assert!(!s.has_valid_recovery("u", NOW + 60).unwrap());
+        let v = s.redeem("u", &cand, NOW + 60, lockout(9), &ctx).unwrap();
+        assert!(matches!(v, Verdict::Rejected { .. }), "expired: {v:?}");
+        let v = s.redeem("u", &cand, NOW + 59, lockout(9), &ctx).unwrap();
+        assert!(
+            matches!(
+                v,
+                Verdict::Accepted {
+                    factor: Factor::Recovery,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
+        let v = s.redeem("u", &cand, NOW + 59, lockout(9), &ctx).unwrap();
+        assert!(matches!(v, Verdict::Rejected { .. }), "used: {v:?}");
+    }
+
+    #[test]
+    fn lock_refuses_without_checking_and_unlock_clears_it() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, salt, set) = active_user(d.path(), 1);
+        let ctx = AuditCtx::default();
+        let wrong = Candidate::default();
+        for i in 1..=2 {
+            let v = s.redeem("u", &wrong, NOW, lockout(3), &ctx).unwrap();
+            assert_eq!(
+                v,
+                Verdict::Rejected {
+                    failures: i,
+                    locked_until: None
+                }
+            );
+        }
+        let v = s.redeem("u", &wrong, NOW, lockout(3), &ctx).unwrap();
+        assert_eq!(
+            v,
+            Verdict::Rejected {
+                failures: 3,
+                locked_until: Some(NOW + 60)
+            }
+        );
+        let v = s
+            .redeem("u", &backup(&set[0], &salt), NOW + 1, lockout(3), &ctx)
+            .unwrap();
+        assert_eq!(
+            v,
+            Verdict::Locked { until: NOW + 60 },
+            "a right code is refused while locked"
+        );
+        assert!(s.unlock("u", NOW + 2, &audit("unlock")).unwrap());
+        let v = s
+            .redeem("u", &backup(&set[0], &salt), NOW + 2, lockout(3), &ctx)
+            .unwrap();
+        assert!(matches!(v, Verdict::Accepted { .. }), "{v:?}");
+        assert_eq!(s.user("u").unwrap().unwrap().failures, 0);
+    }
+
+    #[test]
+    fn parallel_wrong_guesses_never_exceed_max_failures() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _, _) = active_user(d.path(), 1);
+        let path = s.path().to_path_buf();
+        drop(s);
+        let rejected: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| {
+                    let path = path.clone();
+                    scope.spawn(move || {
+                        let mut s = Store::open(&path).unwrap();
+                        (0..3)
+                            .filter(|_| {
+                                matches!(
+                                    s.redeem(
+                                        "u",
+                                        &Candidate::default(),
+                                        NOW,
+                                        lockout(5),
+                                        &AuditCtx::default()
+                                    )
+                                    .unwrap(),
+                                    Verdict::Rejected { .. }
+                                )
+                            })
+                            .count()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(rejected, 5, "exactly max_failures attempts were checked");
+    }
+
+    #[test]
+    fn totp_step_is_consumed_once_and_older_steps_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _, _) = active_user(d.path(), 0);
+        let ctx = AuditCtx::default();
+        let at = |step| Candidate {
+            totp_step: Some(step),
+            ..Candidate::default()
+        };
+        assert!(matches!(
+            s.redeem("u", &at(12), NOW, lockout(9), &ctx).unwrap(),
+            Verdict::Accepted { .. }
+        ));
+        assert!(matches!(
+            s.redeem("u", &at(12), NOW, lockout(9), &ctx).unwrap(),
+            Verdict::Rejected { .. }
+        ));
+        assert!(matches!(
+            s.redeem("u", &at(11), NOW, lockout(9), &ctx).unwrap(),
+            Verdict::Rejected { .. }
+        ));
+        assert!(matches!(
+            s.redeem("u", &at(13), NOW, lockout(9), &ctx).unwrap(),
+            Verdict::Accepted { .. }
+        ));
+    }
+
+    #[test]
+    fn corrupt_store_is_an_error_naming_the_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("db");
+        std::fs::write(&p, vec![0x5a; 8192]).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = Store::open(&p).unwrap_err().to_string();
+        assert!(err.contains(&p.display().to_string()), "{err}");
+        let missing = Store::open(&d.path().join("nope")).unwrap_err().to_string();
+        assert!(missing.contains("crm2fa-admin init"), "{missing}");
+    }
+}
