@@ -13,7 +13,8 @@ pub enum Level {
 }
 
 /// Writes to syslog's authpriv facility; with `mirror` (module argument
-/// `debug`), or when no syslog socket is there, also to standard error.
+/// `debug`) also to standard error. Without `debug` nothing goes to standard
+/// error: under su or sudo that is the user's terminal.
 pub struct Logger {
     ident: String,
     syslog: Option<syslog::Logger<syslog::LoggerBackend, Formatter3164>>,
@@ -37,16 +38,14 @@ impl Logger {
     }
 
     pub fn log(&mut self, level: Level, msg: &str) {
-        let sent = match self.syslog.as_mut() {
-            Some(s) => match level {
+        if let Some(s) = self.syslog.as_mut() {
+            let _ = match level {
                 Level::Info => s.info(msg),
                 Level::Warning => s.warning(msg),
                 Level::Error => s.err(msg),
-            }
-            .is_ok(),
-            None => false,
-        };
-        if self.mirror || !sent {
+            };
+        }
+        if self.mirror {
             eprintln!("{}: {msg}", self.ident);
         }
     }

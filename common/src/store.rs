@@ -18,6 +18,9 @@ use crate::codes::HASH_LEN;
 use crate::error::{Error, Result};
 use crate::fsperm::{self, Secrecy};
 
+/// WAL size past which a write checkpoints and truncates it.
+const WAL_TRUNCATE_BYTES: u64 = 1024 * 1024;
+
 /// Schema version this build reads and writes.
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -267,7 +270,7 @@ impl Store {
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
              PRAGMA foreign_keys = ON;
-             PRAGMA journal_size_limit = 4194304;",
+             PRAGMA journal_size_limit = 1048576;",
         )
         .map_err(err)?;
         let mut store = Store {
@@ -372,7 +375,22 @@ impl Store {
             .map_err(err)?;
         let out = f(&tx).map_err(err)?;
         tx.commit().map_err(err)?;
+        self.trim_wal();
         Ok(out)
+    }
+
+    /// Each login is its own process and the WAL is not checkpointed on
+    /// close, so SQLite never restarts it by itself: past a size, checkpoint
+    /// and truncate it here. A failure only postpones that to a later write.
+    fn trim_wal(&self) {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_TRUNCATE_BYTES);
+        if big {
+            let _ = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
     }
 
     // ---- reading ----------------------------------------------------------
@@ -380,7 +398,8 @@ impl Store {
     const USER_COLUMNS: &'static str =
         "name, state, disabled, secret, code_salt, last_step, failures,
          locked_until, last_success,
-         (SELECT count(*) FROM backup_codes b WHERE b.user = users.name AND b.used_at IS NULL),
+         CASE WHEN state = 'active' THEN (SELECT count(*) FROM backup_codes b
+              WHERE b.user = users.name AND b.used_at IS NULL) ELSE 0 END,
          email, phone";
 
     fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
