@@ -25,7 +25,10 @@ lint:
 # (pam_wrapper + pam_matrix + pamtester), which use the built module and CLI.
 test: deps lint
 	$(CARGO) build --workspace
-	$(CARGO) test --workspace
+	@mkdir -p target
+	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test.log
+	@awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$i ~ /^passed/) p += $$(i-1); if ($$i ~ /^failed/) f += $$(i-1) } } \
+	     END { printf "tests: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0) }' target/test.log
 
 demo: build
 	bash scripts/demo.sh

@@ -82,7 +82,7 @@ enum Command {
     /// Issue a one-time recovery code for a user who lost every factor; clears a lock
     Recovery {
         user: String,
-        /// How long the code is valid (m, h or d)
+        /// How long the code is valid, e.g. 30m, 48h, 2d
         #[arg(long, value_name = "DURATION", default_value = "48h")]
         valid: String,
     },
