@@ -723,6 +723,46 @@ mod tests {
     }
 
     #[test]
+    fn store_files_are_0600_and_hold_no_plain_secret() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut e = env("[policy]\nenforce = \"all\"\n");
+        let en = enroll::begin(&e.cfg, &e.key, &mut e.store, "hank", NOW, "t").unwrap();
+        let mut sc = Script::new(&[Some(&code(&e, &en.secret, NOW)), Some("")]);
+        assert_eq!(login(&mut e, "hank", NOW, &mut sc), Outcome::Success);
+        let codes_shown = sc.infos[0].clone();
+        let mut bytes = vec![];
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = e.cfg.store.path.clone().into_os_string();
+            p.push(suffix);
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{p:?}");
+            bytes.extend(std::fs::read(&p).unwrap());
+        }
+        let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(
+            !contains(en.secret.expose()),
+            "raw TOTP secret in the store"
+        );
+        assert!(
+            !contains(en.base32.as_bytes()),
+            "base32 TOTP secret in the store"
+        );
+        let first_code = codes_shown
+            .lines()
+            .find(|l| l.starts_with("    "))
+            .unwrap()
+            .trim();
+        assert!(
+            !contains(first_code.as_bytes()),
+            "plain backup code in the store"
+        );
+        assert!(
+            !contains(first_code.replace('-', "").as_bytes()),
+            "plain backup code in the store"
+        );
+    }
+
+    #[test]
     fn module_args_parse_and_keep_unknown_ones() {
         let a = ModuleArgs::parse(["config=/x/y.toml", "qr=ascii", "debug", "frobnicate"]);
         assert_eq!(a.config, PathBuf::from("/x/y.toml"));

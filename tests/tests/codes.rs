@@ -233,3 +233,147 @@ fn recovery_clears_a_lock_but_a_recovery_code_never_bypasses_one() {
     sb.admin_ok(&["unlock", "alice"]);
     sb.login("alice", &[PW, &code]).assert_success();
 }
+
+#[test]
+fn regenerate_with_output_writes_a_printable_0600_page() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    sb.add_user("alice", PW);
+    sb.enroll_active("alice");
+    let file = sb.root().join("alice-codes.txt");
+    let file_arg = file.to_str().unwrap();
+    let v = sb.admin_json(&[
+        "backup-codes",
+        "alice",
+        "--regenerate",
+        "--yes",
+        "--output",
+        file_arg,
+    ]);
+    let codes = json_strings(&v["backup_codes"]);
+    let page = std::fs::read_to_string(&file).expect("the page was written");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "backup code page mode");
+    assert!(
+        page.contains("alice@"),
+        "names the account and host:\n{page}"
+    );
+    assert!(page.contains("Generated:"), "has a date:\n{page}");
+    assert!(
+        page.contains("Verification code"),
+        "says how to use them:\n{page}"
+    );
+    for c in &codes {
+        assert!(page.contains(c.as_str()), "code {c} missing from:\n{page}");
+    }
+    // An existing file is never overwritten, and nothing changes.
+    let out = sb.admin(&[
+        "backup-codes",
+        "alice",
+        "--regenerate",
+        "--yes",
+        "--output",
+        file_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", show_output(&out));
+    sb.login("alice", &[PW, &codes[0]]).assert_success();
+}
+
+#[test]
+fn login_warns_when_two_or_fewer_backup_codes_remain() {
+    let sb = Sandbox::with_config("[policy]\nenforce = \"opt-in\"\n[backup_codes]\ncount = 4\n");
+    sb.add_user("alice", PW);
+    let e = sb.enroll_active("alice");
+    let r = sb.login("alice", &[PW, &e.backup_codes[0]]);
+    r.assert_success();
+    assert!(r.output.contains("3 left"), "{r}");
+    assert_eq!(
+        r.count("backup codes left"),
+        0,
+        "no warning with 3 left: {r}"
+    );
+    let r = sb.login("alice", &[PW, &e.backup_codes[1]]);
+    r.assert_success();
+    assert!(r.output.contains("Only 2 backup codes left"), "{r}");
+    assert!(
+        r.output.contains("--regenerate"),
+        "says how to get more: {r}"
+    );
+}
+
+#[test]
+fn recovery_login_tells_the_user_to_re_enrol() {
+    let sb = Sandbox::new();
+    sb.add_user("alice", PW);
+    sb.enroll_active("alice");
+    let v = sb.admin_json(&["recovery", "alice"]);
+    let code = v["code"].as_str().expect("recovery JSON code").to_string();
+    let r = sb.login("alice", &[PW, &code.to_uppercase()]);
+    r.assert_success();
+    assert!(r.output.contains("Recovery code accepted"), "{r}");
+    assert!(r.output.contains("re-enrol"), "{r}");
+}
+
+#[test]
+fn lock_message_says_until_when() {
+    let sb = Sandbox::with_config(LOCKOUT3);
+    sb.add_user("alice", PW);
+    let e = sb.enroll_active("alice");
+    let wrong = wrong_codes(&e.secret, 3);
+    let r = sb.login("alice", &[PW, &wrong[0], &wrong[1], &wrong[2]]);
+    assert_eq!(r.pam_result(), PamResult::MaxTries, "{r}");
+    let st = sb.status("alice");
+    let until = st["locked_until"].as_str().expect("locked_until in status");
+    assert!(
+        r.output.contains(&format!("locked until {until}")),
+        "{r}\n{st}"
+    );
+    let r = sb.login("alice", &[PW]);
+    assert!(r.output.contains(&format!("locked until {until}")), "{r}");
+    assert_eq!(r.count(CODE_PROMPT), 0, "no prompt while locked: {r}");
+}
+
+#[test]
+fn audit_records_codes_used_regenerated_recovery_lock_and_unlock() {
+    let sb = Sandbox::with_config(LOCKOUT3);
+    sb.add_user("alice", PW);
+    let e = sb.enroll_active("alice");
+    sb.login("alice", &[PW, &e.backup_codes[0]])
+        .assert_success();
+    sb.admin_ok(&["backup-codes", "alice", "--regenerate", "--yes"]);
+    let wrong = wrong_codes(&e.secret, 3);
+    sb.login("alice", &[PW, &wrong[0], &wrong[1], &wrong[2]]);
+    sb.admin_ok(&["unlock", "alice"]);
+    let v = sb.admin_json(&["recovery", "alice"]);
+    let code = v["code"].as_str().unwrap().to_string();
+    sb.login("alice", &[PW, &code]).assert_success();
+
+    let rows = sb.audit("alice");
+    let has = |event: &str, outcome: &str, detail: &str| {
+        rows.iter().any(|r| {
+            r["event"] == event
+                && r["outcome"] == outcome
+                && r["detail"].as_str().is_some_and(|d| d.contains(detail))
+        })
+    };
+    assert!(has("login", "success", "backup"), "{rows:#?}");
+    assert!(has("backup-codes", "regenerated", ""), "{rows:#?}");
+    assert!(has("login", "failure", "wrong code"), "{rows:#?}");
+    assert!(has("lock", "locked", "locked until"), "{rows:#?}");
+    assert!(has("unlock", "done", ""), "{rows:#?}");
+    assert!(has("recovery", "issued", "valid until"), "{rows:#?}");
+    assert!(has("login", "success", "recovery"), "{rows:#?}");
+    for r in &rows {
+        for keys in [
+            "time", "user", "service", "rhost", "event", "outcome", "detail",
+        ] {
+            assert!(r.get(keys).is_some(), "audit row lacks {keys}: {r}");
+        }
+        let text = r.to_string();
+        assert!(!text.contains(&code), "audit holds a recovery code: {r}");
+        assert!(
+            !text.contains(&e.backup_codes[0]),
+            "audit holds a backup code: {r}"
+        );
+    }
+}
