@@ -945,8 +945,8 @@ mod tests {
         }
     }
 
-    /// A store with user `u`, active, and `n` backup codes.
-    fn active_user(dir: &Path, n: u32) -> (Store, Vec<u8>, Vec<Code>) {
+    /// A store with user `u`, enrolled (pending) with `n` backup codes.
+    fn pending_user(dir: &Path, n: u32) -> (Store, Vec<u8>, Vec<Code>) {
         let mut s = Store::create(&dir.join("db")).unwrap();
         let salt = codes::new_salt();
         let set = codes::backup_set(n, &salt);
@@ -959,11 +959,17 @@ mod tests {
         };
         s.begin_enrollment("u", &new, NOW, &audit("enroll"))
             .unwrap();
+        (s, salt, set.into_iter().map(|(c, _)| c).collect())
+    }
+
+    /// The same, activated.
+    fn active_user(dir: &Path, n: u32) -> (Store, Vec<u8>, Vec<Code>) {
+        let (mut s, salt, set) = pending_user(dir, n);
         assert!(s
             .confirm("u", 10, NOW, &audit("confirm"))
             .unwrap()
             .is_some());
-        (s, salt, set.into_iter().map(|(c, _)| c).collect())
+        (s, salt, set)
     }
 
     fn backup(code: &Code, salt: &[u8]) -> Candidate {
@@ -1014,21 +1020,11 @@ mod tests {
     #[test]
     fn pending_enrolment_backup_codes_are_unusable() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = Store::create(&d.path().join("db")).unwrap();
-        let salt = codes::new_salt();
-        let set = codes::backup_set(1, &salt);
-        let new = NewEnrollment {
-            sealed_secret: b"sealed",
-            code_salt: &salt,
-            backup_hashes: &[set[0].1],
-            sealed_codes: b"",
-        };
-        s.begin_enrollment("u", &new, NOW, &audit("enroll"))
-            .unwrap();
+        let (mut s, salt, set) = pending_user(d.path(), 1);
         let v = s
             .redeem(
                 "u",
-                &backup(&set[0].0, &salt),
+                &backup(&set[0], &salt),
                 NOW,
                 lockout(9),
                 &AuditCtx::default(),
