@@ -93,13 +93,34 @@ impl ModuleArgs {
     }
 }
 
-/// Who is logging in, from where, and when.
-#[derive(Debug, Clone)]
+/// The time source of a login: read again after every answer, since a code
+/// is typed well after the prompt was sent.
+pub type Clock = std::sync::Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// Who is logging in, from where, and the clock.
+#[derive(Clone)]
 pub struct Request {
     pub user: String,
     pub service: String,
     pub rhost: String,
-    pub now: i64,
+    pub clock: Clock,
+}
+
+impl Request {
+    /// The time now, in seconds since the epoch.
+    pub fn now(&self) -> i64 {
+        (self.clock)()
+    }
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("user", &self.user)
+            .field("service", &self.service)
+            .field("rhost", &self.rhost)
+            .finish()
+    }
 }
 
 /// Run the whole login: load the config and store, then [`authenticate`].
@@ -165,7 +186,7 @@ struct Login<'a> {
 impl Login<'_> {
     fn entry(&self, event: &str, outcome: &str, detail: impl Into<String>) -> AuditEntry {
         enroll::audit_entry(
-            self.req.now,
+            self.req.now(),
             &self.req.user,
             &self.req.service,
             &self.req.rhost,
@@ -192,7 +213,7 @@ impl Login<'_> {
     }
 
     fn locked_message(&mut self, until: i64) {
-        let minutes = ((until - self.req.now).max(1) + 59) / 60;
+        let minutes = ((until - self.req.now()).max(1) + 59) / 60;
         self.conv.error(&format!(
             "Too many wrong codes: this account is locked until {} (in about {minutes} min). \
              Try again then, or ask an administrator to unlock it.",
@@ -219,7 +240,7 @@ pub fn authenticate(
     };
     let user = req.user.as_str();
     let record = l.store.user(user)?;
-    let has_recovery = l.store.has_valid_recovery(user, req.now)?;
+    let has_recovery = l.store.has_valid_recovery(user, req.now())?;
     let groups = if policy::needs_groups(&cfg.policy) {
         policy::unix_groups(user)?
     } else {
@@ -269,7 +290,7 @@ pub fn authenticate(
             return Err(Error::NotEnrolled(user.into()));
         }
     };
-    if let Some(until) = record.locked_at(req.now) {
+    if let Some(until) = record.locked_at(req.now()) {
         l.locked_message(until);
         l.record(
             "login",
@@ -321,6 +342,7 @@ fn ask_for_codes(
                 .error("Codes by email or SMS are not available for this account.");
             continue;
         }
+        let now = l.req.now();
         let mut candidate = Candidate {
             totp_step: secret.and_then(|s| {
                 let typed = zeroize::Zeroizing::new(
@@ -329,7 +351,7 @@ fn ask_for_codes(
                         .filter(|c| !c.is_whitespace() && *c != '-')
                         .collect::<String>(),
                 );
-                totp::matching_step(&l.cfg.totp, s, &typed, l.req.now)
+                totp::matching_step(&l.cfg.totp, s, &typed, now)
             }),
             ..Candidate::default()
         };
@@ -341,9 +363,7 @@ fn ask_for_codes(
                 candidate.recovery_hash = Some(code.hash(&record.code_salt));
             }
         }
-        let verdict = l
-            .store
-            .redeem(&user, &candidate, l.req.now, lockout, &ctx)?;
+        let verdict = l.store.redeem(&user, &candidate, now, lockout, &ctx)?;
         match verdict {
             Verdict::Accepted {
                 factor,
@@ -430,7 +450,7 @@ fn show_backup_codes(l: &mut Login<'_>, codes: &[Code]) {
 fn enroll_during_login(l: &mut Login<'_>, qr_style: QrStyle) -> Result<Outcome, Error> {
     let key = l.key()?;
     let user = l.req.user.clone();
-    let e = enroll::begin(l.cfg, &key, l.store, &user, l.req.now, &l.req.service)?;
+    let e = enroll::begin(l.cfg, &key, l.store, &user, l.req.now(), &l.req.service)?;
     let mut text = String::from(
         "Two-factor authentication is required for this account. Set it up now:\n\
          scan this QR code with your authenticator app, then enter the code it shows.\n",
@@ -531,7 +551,7 @@ mod tests {
             user: user.into(),
             service: "test".into(),
             rhost: "".into(),
-            now,
+            clock: std::sync::Arc::new(move || now),
         }
     }
 
@@ -760,6 +780,57 @@ mod tests {
             !contains(first_code.replace('-', "").as_bytes()),
             "plain backup code in the store"
         );
+    }
+
+    /// Answers after a delay: the clock moves on while the user types.
+    struct SlowTyper {
+        time: std::sync::Arc<std::sync::atomic::AtomicI64>,
+        delay: i64,
+        code_at: Box<dyn Fn(i64) -> String>,
+    }
+
+    impl Conversation for SlowTyper {
+        fn prompt_hidden(&mut self, _msg: &str) -> Result<Option<String>, ConvError> {
+            use std::sync::atomic::Ordering;
+            let t = self.time.fetch_add(self.delay, Ordering::SeqCst) + self.delay;
+            Ok(Some((self.code_at)(t)))
+        }
+        fn prompt_visible(&mut self, _msg: &str) -> Result<Option<String>, ConvError> {
+            Ok(Some(String::new()))
+        }
+        fn info(&mut self, _msg: &str) {}
+        fn error(&mut self, _msg: &str) {}
+    }
+
+    #[test]
+    fn code_is_checked_at_the_time_it_is_typed_not_when_prompted() {
+        use std::sync::atomic::{AtomicI64, Ordering};
+        let mut e = env("[policy]\nenforce = \"all\"\nprompts = 1\n");
+        let s = enrolled(&mut e, "ivan");
+        let time = std::sync::Arc::new(AtomicI64::new(NOW));
+        let clock_time = time.clone();
+        let r = Request {
+            clock: std::sync::Arc::new(move || clock_time.load(Ordering::SeqCst)),
+            ..req("ivan", NOW)
+        };
+        let (cfg, secret) = (e.cfg.totp.clone(), s.clone());
+        let mut typer = SlowTyper {
+            time,
+            delay: 75,
+            code_at: Box::new(move |t| totp::code_at_step(&cfg, &secret, totp::step_at(&cfg, t))),
+        };
+        // Typed 75 s (two steps) after the prompt: outside the window of the
+        // prompt's time, inside the window of the time it arrives.
+        let out = authenticate(
+            &e.cfg,
+            &mut e.store,
+            QrStyle::None,
+            &r,
+            &mut typer,
+            &mut e.log,
+        )
+        .unwrap();
+        assert_eq!(out, Outcome::Success);
     }
 
     #[test]

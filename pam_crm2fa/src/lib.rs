@@ -101,7 +101,7 @@ impl PamHooks for Crm2fa {
             user,
             service,
             rhost,
-            now: crm2fa_common::unix_now(),
+            clock: std::sync::Arc::new(crm2fa_common::unix_now),
         };
         let conv = match pamh.get_item::<Conv>() {
             Ok(Some(c)) => c,
