@@ -12,6 +12,7 @@ pkgs=(
   oathtool            # reference TOTP implementation for tests
   expect              # scripted terminal sessions in tests and the demo
   sqlite3             # store inspection in tests
+  python3             # demo and benchmark helpers
   "$@"
 )
 
