@@ -3,11 +3,12 @@
 //! Run with `cargo bench -p crm2fa-common --bench backup_codes` (or `make bench`).
 use std::time::{Duration, Instant};
 
+use crm2fa_common::audit::Logger;
 use crm2fa_common::codes::{self, Code};
 use crm2fa_common::config::Config;
 use crm2fa_common::crypto::HostKey;
 use crm2fa_common::enroll;
-use crm2fa_common::store::{AuditCtx, Candidate, Lockout, Store, Verdict};
+use crm2fa_common::store::{AuditCtx, Candidate, Lockout, Store, TotpMatch, Verdict};
 
 const NOW: i64 = 1_800_000_000;
 
@@ -46,11 +47,19 @@ fn main() {
     let cfg = Config::parse("[store]\npath = \"db\"\nkey_file = \"key\"\n", &path).expect("config");
     let key = HostKey::create(&cfg.store.key_file).expect("key");
     let mut store = Store::create(&cfg.store.path).expect("store");
-    let e = enroll::begin(&cfg, &key, &mut store, "bench", NOW, "bench").expect("enrol");
-    let step = crm2fa_common::totp::step_at(&cfg.totp, NOW);
+    let mut log = Logger::new("crm2fa-bench", false);
+    enroll::begin(&cfg, &key, &mut store, "bench", NOW, "bench", &mut log).expect("enrol");
+    let totp = TotpMatch {
+        step: crm2fa_common::totp::step_at(&cfg.totp, NOW),
+        sealed_secret: store
+            .user("bench")
+            .expect("user")
+            .expect("row")
+            .secret
+            .expect("secret"),
+    };
     let audit = enroll::audit_entry(NOW, "bench", "bench", "", "enroll", "active", "");
-    store.confirm("bench", step, NOW, &audit).expect("confirm");
-    drop(e);
+    store.confirm("bench", &totp, NOW, &audit).expect("confirm");
     let salt = store.user("bench").expect("user").expect("row").code_salt;
 
     let mut rows: Vec<(String, (f64, f64))> = vec![];
@@ -69,8 +78,10 @@ fn main() {
             let mut times = vec![];
             for _ in 0..n {
                 // A fresh set with `left` codes (not timed).
-                let set = enroll::regenerate_backup_codes(&cfg, &mut store, "bench", NOW, "bench")
-                    .expect("regenerate");
+                let set = enroll::regenerate_backup_codes(
+                    &cfg, &mut store, "bench", NOW, "bench", &mut log,
+                )
+                .expect("regenerate");
                 for c in set.iter().skip(left as usize) {
                     let v = attempt(&mut store, &salt, c.as_str());
                     assert!(matches!(v, Verdict::Accepted { .. }));

@@ -15,14 +15,14 @@ pub const ENV_VAR: &str = "CRM2FA_CONFIG";
 pub const EXAMPLE: &str = include_str!("../../packaging/crm2fa.toml");
 
 /// The config path to use: an explicit one, else `CRM2FA_CONFIG`, else the default.
+/// The result is absolute, so the paths in the file are anchored to it.
 pub fn resolve_path(explicit: Option<&Path>) -> PathBuf {
-    if let Some(p) = explicit {
-        return p.to_path_buf();
-    }
-    match std::env::var_os(ENV_VAR) {
-        Some(v) if !v.is_empty() => PathBuf::from(v),
+    let p = match (explicit, std::env::var_os(ENV_VAR)) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(v)) if !v.is_empty() => PathBuf::from(v),
         _ => PathBuf::from(DEFAULT_PATH),
-    }
+    };
+    std::path::absolute(&p).unwrap_or(p)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -388,11 +388,11 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
-        if l.lock_seconds > 365 * 86400 {
+        if l.lock_seconds == 0 || l.lock_seconds > 365 * 86400 {
             return Err(invalid(
                 "lockout",
                 "lock_seconds",
-                "must be at most one year".into(),
+                "must be 1 second to one year".into(),
             ));
         }
         if !(1..=100).contains(&raw.backup_codes.count) {

@@ -2,6 +2,7 @@
 //! The CLI and the in-login enrolment both go through here.
 use zeroize::Zeroizing;
 
+use crate::audit::Logger;
 use crate::codes::{self, Code};
 use crate::config::Config;
 use crate::crypto::{HostKey, Secret};
@@ -58,6 +59,7 @@ pub fn begin(
     user: &str,
     now: i64,
     service: &str,
+    log: &mut Logger,
 ) -> Result<Enrollment> {
     let secret = Secret::random(totp::SECRET_LEN);
     let salt = codes::new_salt();
@@ -87,6 +89,7 @@ pub fn begin(
         sealed_codes: &sealed_codes,
     };
     store.begin_enrollment(user, &new, now, &audit)?;
+    log.entry(&audit);
     Ok(Enrollment {
         user: user.into(),
         base32: Zeroizing::new(totp::secret_base32(&secret)),
@@ -124,6 +127,7 @@ pub fn regenerate_backup_codes(
     user: &str,
     now: i64,
     service: &str,
+    log: &mut Logger,
 ) -> Result<Vec<Code>> {
     let record = store
         .user(user)?
@@ -147,6 +151,7 @@ pub fn regenerate_backup_codes(
             "{user} has no active enrolment; enrol them first"
         )));
     }
+    log.entry(&audit);
     Ok(set.into_iter().map(|(c, _)| c).collect())
 }
 
@@ -157,6 +162,7 @@ pub fn issue_recovery(
     valid_seconds: i64,
     now: i64,
     service: &str,
+    log: &mut Logger,
 ) -> Result<(Code, i64)> {
     let salt = match store.user(user)? {
         Some(r) => r.code_salt,
@@ -175,5 +181,6 @@ pub fn issue_recovery(
         format!("valid until {}", crate::rfc3339(expires)),
     );
     store.add_recovery(user, &salt, &hash, expires, now, &audit)?;
+    log.entry(&audit);
     Ok((code, expires))
 }

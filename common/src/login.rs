@@ -11,7 +11,7 @@ use crate::error::Error;
 use crate::policy;
 use crate::qr::{self, QrStyle};
 use crate::store::{
-    AuditCtx, AuditEntry, Candidate, Lockout, Store, TotpState, UserRecord, Verdict,
+    AuditCtx, AuditEntry, Candidate, Lockout, Store, TotpMatch, TotpState, UserRecord, Verdict,
 };
 use crate::totp;
 
@@ -81,7 +81,9 @@ impl ModuleArgs {
         };
         for a in args {
             match a.split_once('=') {
-                Some(("config", p)) if !p.is_empty() => out.config = PathBuf::from(p),
+                Some(("config", p)) if !p.is_empty() => {
+                    out.config = std::path::absolute(p).unwrap_or_else(|_| PathBuf::from(p))
+                }
                 Some(("qr", s)) if QrStyle::parse(s).is_some() => {
                     out.qr = QrStyle::parse(s).unwrap_or(QrStyle::Unicode)
                 }
@@ -255,6 +257,16 @@ pub fn authenticate(
         )?;
         return Ok(Outcome::Ignore);
     }
+    // A lock holds whatever else the user has or lacks.
+    if let Some(until) = record.as_ref().and_then(|r| r.locked_at(req.now())) {
+        l.locked_message(until);
+        l.record(
+            "login",
+            "locked",
+            format!("locked until {}; no code checked", crate::rfc3339(until)),
+        )?;
+        return Ok(Outcome::MaxTries);
+    }
     let enrolled = record
         .as_ref()
         .is_some_and(|r| matches!(r.state, TotpState::Pending | TotpState::Active));
@@ -283,26 +295,19 @@ pub fn authenticate(
             Unenrolled::Enroll => enroll_during_login(&mut l, qr_style),
         };
     }
-    let record = match record {
-        Some(r) => r,
-        None => {
-            // Only a recovery code: it made a row when it was issued.
-            return Err(Error::NotEnrolled(user.into()));
-        }
-    };
-    if let Some(until) = record.locked_at(req.now()) {
-        l.locked_message(until);
-        l.record(
-            "login",
-            "locked",
-            format!("locked until {}; no code checked", crate::rfc3339(until)),
-        )?;
-        return Ok(Outcome::MaxTries);
-    }
+    // Only a recovery code makes a row too, when it is issued.
+    let record = record.ok_or_else(|| Error::NotEnrolled(user.into()))?;
     let secret = match (&record.state, &record.secret) {
         (TotpState::Pending | TotpState::Active, Some(s)) => Some(l.key()?.open(user, s)?),
         _ => None,
     };
+    // Under self-enrolment a pending secret is shown again: the login that
+    // first showed it may have ended before the app was set up.
+    if let (TotpState::Pending, Unenrolled::Enroll, Some(s)) =
+        (record.state, cfg.policy.unenrolled, &secret)
+    {
+        show_setup(&mut l, qr_style, s);
+    }
     ask_for_codes(&mut l, &record, secret.as_ref(), has_recovery)
 }
 
@@ -323,11 +328,16 @@ fn ask_for_codes(
         rhost: l.req.rhost.clone(),
     };
     let backup_usable = record.state == TotpState::Active && record.backup_codes_left > 0;
+    let mut attempted = false;
     for _ in 0..l.cfg.policy.prompts {
         let answer = match l.conv.prompt_hidden(PROMPT) {
             Ok(a) => zeroize::Zeroizing::new(a.unwrap_or_default()),
             Err(ConvError) => {
-                l.log.warn(&format!("conversation with {user} failed"));
+                l.record(
+                    "login",
+                    "failure",
+                    "the conversation with the client failed",
+                )?;
                 return Ok(Outcome::AuthErr);
             }
         };
@@ -336,26 +346,32 @@ fn ask_for_codes(
             // Not a guess: uses up a prompt, not counted toward the lockout.
             continue;
         }
-        let word = answer.trim().to_ascii_lowercase();
-        if word == "email" || word == "sms" {
+        attempted = true;
+        let word = zeroize::Zeroizing::new(answer.trim().to_ascii_lowercase());
+        if word.as_str() == "email" || word.as_str() == "sms" {
             l.conv
                 .error("Codes by email or SMS are not available for this account.");
             continue;
         }
         let now = l.req.now();
         let mut candidate = Candidate {
-            totp_step: secret.and_then(|s| {
-                let typed = zeroize::Zeroizing::new(
-                    answer
-                        .chars()
-                        .filter(|c| !c.is_whitespace() && *c != '-')
-                        .collect::<String>(),
-                );
-                totp::matching_step(&l.cfg.totp, s, &typed, now)
-            }),
+            totp: secret
+                .zip(record.secret.as_deref())
+                .and_then(|(s, sealed)| {
+                    let typed = zeroize::Zeroizing::new(
+                        answer
+                            .chars()
+                            .filter(|c| !c.is_whitespace() && *c != '-')
+                            .collect::<String>(),
+                    );
+                    totp::matching_step(&l.cfg.totp, s, &typed, now).map(|step| TotpMatch {
+                        step,
+                        sealed_secret: sealed.to_vec(),
+                    })
+                }),
             ..Candidate::default()
         };
-        if candidate.totp_step.is_none() {
+        if candidate.totp.is_none() {
             // At most one argon2 evaluation per attempt.
             if backup_usable && code.is_code_of_len(codes::BACKUP_LEN) {
                 candidate.backup_hash = Some(code.hash(&record.code_salt));
@@ -406,6 +422,9 @@ fn ask_for_codes(
             Verdict::UnknownUser => return Err(Error::NotEnrolled(user)),
         }
     }
+    if !attempted {
+        l.record("login", "failure", "no code entered")?;
+    }
     Ok(Outcome::AuthErr)
 }
 
@@ -450,28 +469,44 @@ fn show_backup_codes(l: &mut Login<'_>, codes: &[Code]) {
 fn enroll_during_login(l: &mut Login<'_>, qr_style: QrStyle) -> Result<Outcome, Error> {
     let key = l.key()?;
     let user = l.req.user.clone();
-    let e = enroll::begin(l.cfg, &key, l.store, &user, l.req.now(), &l.req.service)?;
-    let mut text = String::from(
-        "Two-factor authentication is required for this account. Set it up now:\n\
-         scan this QR code with your authenticator app, then enter the code it shows.\n",
-    );
-    if let Some(q) = qr::render(&e.otpauth_uri, qr_style) {
-        text.push_str(&q);
-        text.push('\n');
-    }
-    text.push_str(&format!(
-        "Manual key: {}\nURI: {}\n",
-        totp::grouped(&e.base32),
-        e.otpauth_uri.as_str()
-    ));
-    l.conv.info(&text);
-    l.log
-        .info(&format!("enrolment started during login user={user}"));
+    let e = enroll::begin(
+        l.cfg,
+        &key,
+        l.store,
+        &user,
+        l.req.now(),
+        &l.req.service,
+        l.log,
+    )?;
+    show_setup(l, qr_style, &e.secret);
     let record = l
         .store
         .user(&user)?
         .ok_or_else(|| Error::NotEnrolled(user.clone()))?;
     ask_for_codes(l, &record, Some(&e.secret), false)
+}
+
+/// Show what the user needs to set up their app: QR code, manual key, URI.
+fn show_setup(l: &mut Login<'_>, qr_style: QrStyle, secret: &Secret) {
+    let uri = zeroize::Zeroizing::new(totp::otpauth_uri(
+        &l.cfg.totp,
+        secret,
+        &enroll::account_name(&l.req.user),
+    ));
+    let mut text = zeroize::Zeroizing::new(String::from(
+        "Two-factor authentication is required for this account. Set it up now:\n\
+         scan this QR code with your authenticator app, then enter the code it shows.\n",
+    ));
+    if let Some(q) = qr::render(&uri, qr_style) {
+        text.push_str(&q);
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "Manual key: {}\nURI: {}\n",
+        totp::grouped(&totp::secret_base32(secret)),
+        uri.as_str()
+    ));
+    l.conv.info(&text);
 }
 
 #[cfg(test)]
@@ -568,7 +603,16 @@ mod tests {
     }
 
     fn enrolled(e: &mut Env, user: &str) -> Secret {
-        let en = enroll::begin(&e.cfg, &e.key, &mut e.store, user, NOW - 600, "t").unwrap();
+        let en = enroll::begin(
+            &e.cfg,
+            &e.key,
+            &mut e.store,
+            user,
+            NOW - 600,
+            "t",
+            &mut e.log,
+        )
+        .unwrap();
         en.secret
     }
 
@@ -746,7 +790,7 @@ mod tests {
     fn store_files_are_0600_and_hold_no_plain_secret() {
         use std::os::unix::fs::PermissionsExt;
         let mut e = env("[policy]\nenforce = \"all\"\n");
-        let en = enroll::begin(&e.cfg, &e.key, &mut e.store, "hank", NOW, "t").unwrap();
+        let en = enroll::begin(&e.cfg, &e.key, &mut e.store, "hank", NOW, "t", &mut e.log).unwrap();
         let mut sc = Script::new(&[Some(&code(&e, &en.secret, NOW)), Some("")]);
         assert_eq!(login(&mut e, "hank", NOW, &mut sc), Outcome::Success);
         let codes_shown = sc.infos[0].clone();
@@ -831,6 +875,43 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, Outcome::Success);
+    }
+
+    #[test]
+    fn abandoned_self_enrolment_is_shown_again_at_the_next_login() {
+        let mut e = env("[policy]\nenforce = \"all\"\nunenrolled = \"enroll\"\n");
+        let mut gone = Script::new(&[None, None, None]);
+        assert_eq!(login(&mut e, "jill", NOW, &mut gone), Outcome::AuthErr);
+        assert_eq!(
+            e.store.user("jill").unwrap().unwrap().state,
+            TotpState::Pending
+        );
+        let audit = e.store.audit(Some("jill"), None).unwrap();
+        assert!(
+            audit.iter().any(|a| a.detail == "no code entered"),
+            "{audit:?}"
+        );
+        let mut user = NewUser {
+            cfg: e.cfg.totp.clone(),
+            now: NOW + 60,
+            key: None,
+            prompts: vec![],
+            infos: vec![],
+        };
+        let out = authenticate(
+            &e.cfg,
+            &mut e.store,
+            QrStyle::None,
+            &req("jill", NOW + 60),
+            &mut user,
+            &mut e.log,
+        )
+        .unwrap();
+        assert_eq!(out, Outcome::Success, "{:?}", user.infos);
+        assert_eq!(
+            e.store.user("jill").unwrap().unwrap().state,
+            TotpState::Active
+        );
     }
 
     #[test]

@@ -162,12 +162,22 @@ pub struct NewEnrollment<'a> {
     pub sealed_codes: &'a [u8],
 }
 
+/// A TOTP code matched time step `step` of the secret that was stored
+/// sealed as `sealed_secret` when it was read. The consuming write checks
+/// both, so a code of a secret replaced meanwhile (re-enrolment during an
+/// open login) is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TotpMatch {
+    pub step: i64,
+    pub sealed_secret: Vec<u8>,
+}
+
 /// What a login attempt offers, worked out before the write lock is taken:
 /// the TOTP step the code matched, and the argon2 hash of the code under the
 /// user's salt when it is shaped like a backup or recovery code.
 #[derive(Debug, Clone, Default)]
 pub struct Candidate {
-    pub totp_step: Option<i64>,
+    pub totp: Option<TotpMatch>,
     pub backup_hash: Option<[u8; HASH_LEN]>,
     pub recovery_hash: Option<[u8; HASH_LEN]>,
 }
@@ -548,7 +558,7 @@ impl Store {
     pub fn confirm(
         &mut self,
         name: &str,
-        step: i64,
+        totp: &TotpMatch,
         now: i64,
         audit: &AuditEntry,
     ) -> Result<Option<Vec<u8>>> {
@@ -563,7 +573,7 @@ impl Store {
             let Some(codes) = pending else {
                 return Ok(None);
             };
-            if !consume_step(tx, name, step, now)? {
+            if !consume_step(tx, name, totp, now)? {
                 return Ok(None);
             }
             insert_audit(tx, audit)?;
@@ -622,13 +632,13 @@ impl Store {
                 };
             }
             let mut accepted: Option<(Factor, Option<Vec<u8>>)> = None;
-            if let Some(step) = candidate.totp_step {
+            if let Some(totp) = &candidate.totp {
                 let pending: Option<Vec<u8>> = tx.query_row(
                     "SELECT CASE WHEN state = 'pending' THEN pending_codes END FROM users WHERE name = ?1",
                     [name],
                     |r| r.get(0),
                 )?;
-                if consume_step(tx, name, step, now)? {
+                if consume_step(tx, name, totp, now)? {
                     accepted = Some((Factor::Totp, pending));
                 }
             }
@@ -835,11 +845,17 @@ fn replace_backup_codes(
 
 /// Accept TOTP step `step` for `name` if it is newer than every step used
 /// before; activates a pending enrolment. The affected-row count decides.
-fn consume_step(tx: &Transaction<'_>, name: &str, step: i64, now: i64) -> rusqlite::Result<bool> {
+fn consume_step(
+    tx: &Transaction<'_>,
+    name: &str,
+    totp: &TotpMatch,
+    now: i64,
+) -> rusqlite::Result<bool> {
     let n = tx.execute(
         "UPDATE users SET last_step = ?2, state = 'active', pending_codes = NULL, updated_at = ?3
-         WHERE name = ?1 AND state IN ('pending', 'active') AND disabled = 0 AND last_step < ?2",
-        params![name, step, now],
+         WHERE name = ?1 AND state IN ('pending', 'active') AND disabled = 0 AND last_step < ?2
+           AND secret = ?4",
+        params![name, totp.step, now, totp.sealed_secret],
     )?;
     Ok(n == 1)
 }
@@ -966,10 +982,53 @@ mod tests {
     fn active_user(dir: &Path, n: u32) -> (Store, Vec<u8>, Vec<Code>) {
         let (mut s, salt, set) = pending_user(dir, n);
         assert!(s
-            .confirm("u", 10, NOW, &audit("confirm"))
+            .confirm("u", &at(10), NOW, &audit("confirm"))
             .unwrap()
             .is_some());
         (s, salt, set)
+    }
+
+    /// Step `step` of the test user's secret.
+    fn at(step: i64) -> TotpMatch {
+        TotpMatch {
+            step,
+            sealed_secret: b"sealed".to_vec(),
+        }
+    }
+
+    #[test]
+    fn code_of_a_replaced_secret_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, salt, _) = active_user(d.path(), 1);
+        // Re-enrolment while a login holds a code of the old secret.
+        let new = NewEnrollment {
+            sealed_secret: b"new sealed",
+            code_salt: &salt,
+            backup_hashes: &[],
+            sealed_codes: b"new codes",
+        };
+        s.begin_enrollment("u", &new, NOW, &audit("enroll"))
+            .unwrap();
+        let old = Candidate {
+            totp: Some(at(20)),
+            ..Candidate::default()
+        };
+        let v = s
+            .redeem("u", &old, NOW, lockout(9), &AuditCtx::default())
+            .unwrap();
+        assert!(matches!(v, Verdict::Rejected { .. }), "{v:?}");
+        assert!(s
+            .confirm("u", &at(21), NOW, &audit("confirm"))
+            .unwrap()
+            .is_none());
+        let fresh = TotpMatch {
+            step: 20,
+            sealed_secret: b"new sealed".to_vec(),
+        };
+        assert_eq!(
+            s.confirm("u", &fresh, NOW, &audit("confirm")).unwrap(),
+            Some(b"new codes".to_vec())
+        );
     }
 
     fn backup(code: &Code, salt: &[u8]) -> Candidate {
@@ -1153,7 +1212,7 @@ mod tests {
         let (mut s, _, _) = active_user(d.path(), 0);
         let ctx = AuditCtx::default();
         let at = |step| Candidate {
-            totp_step: Some(step),
+            totp: Some(at(step)),
             ..Candidate::default()
         };
         assert!(matches!(

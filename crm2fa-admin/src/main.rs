@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::{json, Value};
 
+use crm2fa_common::audit::Logger;
 use crm2fa_common::codes::{self, Code};
 use crm2fa_common::config::{self, Config};
 use crm2fa_common::crypto::HostKey;
@@ -16,7 +17,7 @@ use crm2fa_common::enroll::{self, audit_entry};
 use crm2fa_common::fsperm;
 use crm2fa_common::policy;
 use crm2fa_common::qr::{self, QrStyle};
-use crm2fa_common::store::{Store, TotpState, UserRecord};
+use crm2fa_common::store::{Store, TotpMatch, TotpState, UserRecord};
 use crm2fa_common::{rfc3339, totp, unix_now, Error};
 
 /// The service name written to the audit log for administrative actions.
@@ -83,8 +84,8 @@ enum Command {
     Recovery {
         user: String,
         /// How long the code is valid, e.g. 30m, 48h, 2d
-        #[arg(long, value_name = "DURATION", default_value = "48h")]
-        valid: String,
+        #[arg(long, value_name = "DURATION", default_value = "48h", value_parser = config::parse_duration)]
+        valid: i64,
     },
     /// Clear USER's lockout
     Unlock { user: String },
@@ -95,8 +96,8 @@ enum Command {
         #[arg(long, value_name = "USER")]
         user: Option<String>,
         /// RFC 3339 time, YYYY-MM-DD, or a duration back from now (e.g. 24h)
-        #[arg(long, value_name = "TIME")]
-        since: Option<String>,
+        #[arg(long, value_name = "TIME", value_parser = parse_since)]
+        since: Option<i64>,
     },
     /// Print shell completions
     Completions { shell: clap_complete::Shell },
@@ -153,6 +154,8 @@ fn main() -> ExitCode {
 struct Ctx {
     cfg: Config,
     store: Store,
+    /// Every change is written to syslog (authpriv) as well as the audit table.
+    log: Logger,
 }
 
 impl Ctx {
@@ -168,7 +171,11 @@ impl Ctx {
             e => e,
         })?;
         let store = Store::open(&cfg.store.path)?;
-        Ok(Ctx { cfg, store })
+        Ok(Ctx {
+            cfg,
+            store,
+            log: Logger::new(SERVICE, false),
+        })
     }
 
     fn key(&self) -> Result<HostKey, Error> {
@@ -259,7 +266,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                         "{:<20} {:<9} {:>6} {:<7} {}",
                         v["user"].as_str().unwrap_or(""),
                         v["state"].as_str().unwrap_or(""),
-                        v["backup_codes_left"],
+                        v["backup_codes_left"].to_string(),
                         if v["locked"].as_bool() == Some(true) {
                             "yes"
                         } else {
@@ -279,6 +286,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     "{user} has no factors; nothing to reset"
                 )));
             }
+            if ctx.cfg.policy.protected_users.contains(&user) {
+                return Err(Error::Refused(format!(
+                    "{user} is a protected user: their 2FA can be replaced, never removed; \
+                     give them a new device with `crm2fa-admin enroll {user}`"
+                )));
+            }
             ui.confirm(&format!(
                 "This removes every factor of {user}: authenticator app, backup and recovery codes"
             ))?;
@@ -292,6 +305,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 "all factors removed",
             );
             ctx.store.reset(&user, now, &audit)?;
+            ctx.log.entry(&audit);
             if ui.json {
                 ui.print_json(&json!({"user": user, "state": "none"}));
             } else {
@@ -316,21 +330,40 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            if let Some(out) = &output {
-                if out.exists() {
-                    return Err(Error::Refused(format!(
-                        "{} already exists; remove it or choose another file",
-                        out.display()
-                    )));
-                }
-            }
             ui.confirm(&format!(
                 "This makes new backup codes for {user}; the old ones stop working at once"
             ))?;
-            let codes =
-                enroll::regenerate_backup_codes(&ctx.cfg, &mut ctx.store, &user, now, SERVICE)?;
-            if let Some(out) = &output {
-                fsperm::create_private_file(out, printable_page(&user, &codes, now).as_bytes())?;
+            // Open the page first: a path that cannot be written must not
+            // void the old set and lose the new one.
+            let mut page = match &output {
+                Some(out) => Some(
+                    fsperm::open_private_new(out)
+                        .map_err(|e| Error::Refused(format!("{e}; nothing was changed")))?,
+                ),
+                None => None,
+            };
+            let codes = enroll::regenerate_backup_codes(
+                &ctx.cfg,
+                &mut ctx.store,
+                &user,
+                now,
+                SERVICE,
+                &mut ctx.log,
+            );
+            let codes = match codes {
+                Ok(c) => c,
+                Err(e) => {
+                    if let Some(out) = &output {
+                        let _ = std::fs::remove_file(out);
+                    }
+                    return Err(e);
+                }
+            };
+            if let (Some(f), Some(out)) = (page.as_mut(), &output) {
+                let text = zeroize::Zeroizing::new(printable_page(&user, &codes, now));
+                if let Err(e) = f.write_all(text.as_bytes()).and_then(|_| f.sync_all()) {
+                    eprintln!("crm2fa-admin: cannot write {}: {e}", out.display());
+                }
             }
             if ui.json {
                 ui.print_json(&json!({"user": user, "backup_codes": shown(&codes)}));
@@ -344,10 +377,11 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Recovery { user, valid } => {
-            let secs = config::parse_duration(&valid).map_err(Error::Refused)?;
+            let secs = valid;
             let mut ctx = Ctx::open(config)?;
+            warn_if_no_account(&user);
             let (code, expires) =
-                enroll::issue_recovery(&mut ctx.store, &user, secs, now, SERVICE)?;
+                enroll::issue_recovery(&mut ctx.store, &user, secs, now, SERVICE, &mut ctx.log)?;
             if ui.json {
                 ui.print_json(
                     &json!({"user": user, "code": code.display(), "expires_at": rfc3339(expires)}),
@@ -368,6 +402,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             if !ctx.store.unlock(&user, now, &audit)? {
                 return Err(Error::Refused(format!("{user} is not known to crm2fa")));
             }
+            ctx.log.entry(&audit);
             if ui.json {
                 ui.print_json(&json!({"user": user, "locked": false}));
             } else {
@@ -403,7 +438,6 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Audit { user, since } => {
             let ctx = Ctx::open(config)?;
-            let since = since.map(|s| parse_since(&s, now)).transpose()?;
             let rows = ctx.store.audit(user.as_deref(), since)?;
             if ui.json {
                 let v: Vec<Value> = rows
@@ -500,8 +534,17 @@ fn enroll_user(
             ))?;
         }
     }
+    warn_if_no_account(user);
     let key = ctx.key()?;
-    let e = enroll::begin(&ctx.cfg, &key, &mut ctx.store, user, now, SERVICE)?;
+    let e = enroll::begin(
+        &ctx.cfg,
+        &key,
+        &mut ctx.store,
+        user,
+        now,
+        SERVICE,
+        &mut ctx.log,
+    )?;
     let interactive = !ui.json && std::io::stdin().is_terminal();
     if !ui.json {
         println!("Enrolling {user}. Scan this QR code with an authenticator app");
@@ -517,13 +560,12 @@ fn enroll_user(
         );
     }
     let mut activated = None;
+    // A wrong --code still prints the enrolment: it stays pending, and the
+    // secret must not be lost.
+    let mut wrong_code = false;
     if let Some(c) = code {
-        activated = Some(confirm_code(ctx, user, &c, now)?.ok_or_else(|| {
-            Error::Refused(format!(
-                "invalid verification code for {user}; the enrolment stays pending \
-                 (confirm with `crm2fa-admin confirm {user} CODE`)"
-            ))
-        })?);
+        activated = confirm_code(ctx, user, &c, now)?;
+        wrong_code = activated.is_none();
     } else if interactive {
         for _ in 0..3 {
             print!("Enter the code the app shows to confirm (Enter to leave it pending): ");
@@ -563,6 +605,12 @@ fn enroll_user(
         );
         println!("or at {user}'s first login with a valid code (the backup codes are shown then).");
     }
+    if wrong_code {
+        return Err(Error::Refused(format!(
+            "invalid verification code for {user}; the enrolment stays pending \
+             (confirm with `crm2fa-admin confirm {user} CODE`)"
+        )));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -574,10 +622,20 @@ fn confirm_code(
     code: &str,
     now: i64,
 ) -> Result<Option<Vec<Code>>, Error> {
-    let key = ctx.key()?;
-    let Some(secret) = enroll::totp_secret(&key, &ctx.store, user)? else {
-        return Err(Error::NotEnrolled(user.into()));
+    let rec = ctx
+        .record(user)?
+        .ok_or_else(|| Error::NotEnrolled(user.into()))?;
+    let sealed = match (rec.state, rec.secret.clone()) {
+        (TotpState::Pending, Some(s)) => s,
+        _ => {
+            return Err(Error::Refused(format!(
+                "{user} has no pending enrolment (state: {}); nothing to confirm",
+                rec.display_state()
+            )))
+        }
     };
+    let key = ctx.key()?;
+    let secret = key.open(user, &sealed)?;
     let typed: String = code
         .chars()
         .filter(|c| !c.is_whitespace() && *c != '-')
@@ -594,8 +652,15 @@ fn confirm_code(
         "active",
         "confirmed with a TOTP code",
     );
-    match ctx.store.confirm(user, step, now, &audit)? {
-        Some(sealed) => Ok(Some(enroll::open_codes(&key, user, &sealed)?)),
+    let totp = TotpMatch {
+        step,
+        sealed_secret: sealed,
+    };
+    match ctx.store.confirm(user, &totp, now, &audit)? {
+        Some(codes) => {
+            ctx.log.entry(&audit);
+            Ok(Some(enroll::open_codes(&key, user, &codes)?))
+        }
         None => Ok(None),
     }
 }
@@ -753,7 +818,7 @@ fn printable_page(user: &str, codes: &[Code], now: i64) -> String {
 }
 
 /// `--since`: RFC 3339, a date (YYYY-MM-DD), or a duration back from now.
-fn parse_since(s: &str, now: i64) -> Result<i64, Error> {
+fn parse_since(s: &str) -> Result<i64, String> {
     if let Ok(t) = humantime::parse_rfc3339_weak(s) {
         return Ok(unix(t));
     }
@@ -761,8 +826,17 @@ fn parse_since(s: &str, now: i64) -> Result<i64, Error> {
         return Ok(unix(t));
     }
     config::parse_duration(s)
-        .map(|d| now - d)
-        .map_err(|_| Error::Refused(format!("--since {s:?}: give a time (2026-11-23T10:00:00Z), a date (2026-11-23) or a duration (24h)")))
+        .map(|d| unix_now() - d)
+        .map_err(|_| {
+            "give a time (2026-11-23T10:00:00Z), a date (2026-11-23) or a duration (24h)".into()
+        })
+}
+
+/// Warn (on stderr) when USER has no account on this host: likely a typo.
+fn warn_if_no_account(user: &str) {
+    if let Ok(None) = nix::unistd::User::from_name(user) {
+        eprintln!("crm2fa-admin: warning: there is no account named {user} on this host");
+    }
 }
 
 fn unix(t: std::time::SystemTime) -> i64 {

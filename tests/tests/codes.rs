@@ -377,3 +377,36 @@ fn audit_records_codes_used_regenerated_recovery_lock_and_unlock() {
         );
     }
 }
+
+#[test]
+fn regenerate_to_an_unwritable_page_changes_nothing() {
+    let sb = Sandbox::new();
+    sb.add_user("alice", PW);
+    let e = sb.enroll_active("alice");
+    let bad = sb.root().join("no-such-dir/page.txt");
+    let out = sb.admin(&[
+        "backup-codes",
+        "alice",
+        "--regenerate",
+        "--yes",
+        "--output",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", show_output(&out));
+    assert_eq!(left(&sb, "alice"), e.backup_codes.len() as u64);
+    sb.login("alice", &[PW, &e.backup_codes[0]])
+        .assert_success();
+}
+
+#[test]
+fn protected_user_cannot_be_reset_only_re_enrolled() {
+    let sb =
+        Sandbox::with_config("[policy]\nenforce = \"opt-in\"\nprotected_users = [\"alice\"]\n");
+    sb.add_user("alice", PW);
+    let e = sb.enroll_active("alice");
+    let out = sb.admin(&["reset", "alice", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show_output(&out));
+    assert_eq!(sb.status("alice")["state"], "active");
+    sb.login("alice", &[PW, &e.backup_codes[0]])
+        .assert_success();
+}
