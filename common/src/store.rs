@@ -18,8 +18,9 @@ use crate::codes::HASH_LEN;
 use crate::error::{Error, Result};
 use crate::fsperm::{self, Secrecy};
 
-/// WAL size past which a write checkpoints and truncates it.
-const WAL_TRUNCATE_BYTES: u64 = 1024 * 1024;
+/// WAL size past which a write checkpoints and truncates it. Every login
+/// process reads the whole WAL to rebuild its index, so it is kept small.
+const WAL_TRUNCATE_BYTES: u64 = 256 * 1024;
 
 /// Schema version this build reads and writes.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -278,9 +279,9 @@ impl Store {
             .map_err(err)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
+             PRAGMA synchronous = FULL; -- a used code stays used across a power cut
              PRAGMA foreign_keys = ON;
-             PRAGMA journal_size_limit = 1048576;",
+             PRAGMA journal_size_limit = 262144;",
         )
         .map_err(err)?;
         let mut store = Store {
