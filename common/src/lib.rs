@@ -9,6 +9,7 @@ pub mod audit;
 pub mod codes;
 pub mod config;
 pub mod crypto;
+pub mod doctor;
 pub mod enroll;
 pub mod error;
 pub mod fsperm;

@@ -99,6 +99,8 @@ enum Command {
         #[arg(long, value_name = "TIME", value_parser = parse_since)]
         since: Option<i64>,
     },
+    /// Check permissions, config, key and store integrity; say how to fix
+    Doctor,
     /// Print shell completions
     Completions { shell: clap_complete::Shell },
 }
@@ -196,6 +198,30 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
     let config = cli.config.as_deref();
     match cli.command {
         Command::Init => init(&ui, config),
+        Command::Doctor => {
+            let checks = crm2fa_common::doctor::run(&config::resolve_path(config));
+            let healthy = checks.iter().all(|c| c.ok);
+            if ui.json {
+                ui.print_json(&json!({"ok": healthy, "checks": checks}));
+            } else {
+                for c in &checks {
+                    println!(
+                        "{:<7} {:<16} {}",
+                        if c.ok { "ok" } else { "PROBLEM" },
+                        c.check,
+                        c.detail
+                    );
+                    if let Some(fix) = &c.fix {
+                        println!("{:<7} {:<16} fix: {fix}", "", "");
+                    }
+                }
+            }
+            Ok(if healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

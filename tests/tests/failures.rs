@@ -177,3 +177,24 @@ fn remove_store(sb: &Sandbox) {
         let _ = fs::remove_file(p);
     }
 }
+
+#[test]
+fn doctor_passes_a_healthy_setup_and_names_the_fix_for_a_readable_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    let out = sb.admin(&["doctor"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show_output(&out));
+    std::fs::set_permissions(sb.key_path(), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = sb.admin(&["--json", "doctor"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show_output(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor JSON");
+    assert_eq!(v["ok"], false, "{v}");
+    let key = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "key file")
+        .expect("key file check");
+    assert_eq!(key["ok"], false, "{v}");
+    assert!(key["fix"].as_str().unwrap().contains("chmod 0600"), "{v}");
+}

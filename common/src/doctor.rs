@@ -1,0 +1,241 @@
+//! `crm2fa-admin doctor`: check what a login depends on — config, host key,
+//! store, their owners and modes — and say how to fix each problem.
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::config::Config;
+use crate::crypto::HostKey;
+use crate::fsperm::{self, Secrecy};
+use crate::store::Store;
+
+/// One check and its result.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Check {
+    pub check: String,
+    pub ok: bool,
+    pub detail: String,
+    /// What to do about it, when not ok.
+    pub fix: Option<String>,
+}
+
+fn ok(check: &str, detail: impl Into<String>) -> Check {
+    Check {
+        check: check.into(),
+        ok: true,
+        detail: detail.into(),
+        fix: None,
+    }
+}
+
+fn problem(check: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check {
+        check: check.into(),
+        ok: false,
+        detail: detail.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+/// A failed check from an error: the error's own "fix:" advice if it has
+/// one, else `fallback`.
+fn failed(check: &str, e: &crate::Error, fallback: &str) -> Check {
+    let text = e.to_string();
+    match text.split_once("; fix: ") {
+        Some((detail, fix)) => problem(check, detail, fix),
+        None => problem(check, text.as_str(), fallback),
+    }
+}
+
+/// A directory that holds a trusted file: whoever may write it may replace
+/// or remove the file.
+fn check_dir(name: &str, dir: &Path) -> Check {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.uid() != 0 => problem(
+            name,
+            format!("{} is owned by uid {}, not root", dir.display(), m.uid()),
+            format!("chown root:root {}", dir.display()),
+        ),
+        Ok(m) if m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 => problem(
+            name,
+            format!(
+                "{} has mode {:04o}: other users can replace the files in it",
+                dir.display(),
+                m.mode() & 0o7777
+            ),
+            format!("chmod go-w {}", dir.display()),
+        ),
+        Ok(_) => ok(
+            name,
+            format!("{} belongs to root, closed to others", dir.display()),
+        ),
+        Err(e) => problem(
+            name,
+            format!("{}: {e}", dir.display()),
+            "run `crm2fa-admin init`",
+        ),
+    }
+}
+
+/// Run every check for the configuration at `config_path`.
+pub fn run(config_path: &Path) -> Vec<Check> {
+    let mut out = vec![];
+    let cfg = match Config::load(config_path) {
+        Ok(c) => {
+            out.push(ok("config", format!("{} is valid", config_path.display())));
+            c
+        }
+        Err(e) => {
+            let fix = match &e {
+                crate::Error::Io { .. } => {
+                    "run `crm2fa-admin init` to write the default configuration".to_string()
+                }
+                crate::Error::Permissions { message, .. } => message
+                    .split("fix: ")
+                    .nth(1)
+                    .unwrap_or("make it owned by root and not writable by others")
+                    .to_string(),
+                _ => "correct the file at the line named".to_string(),
+            };
+            out.push(problem("config", e.to_string(), fix));
+            return out;
+        }
+    };
+    let key = match HostKey::load(&cfg.store.key_file) {
+        Ok(k) => {
+            out.push(ok(
+                "key file",
+                format!("{} is readable by root only", cfg.store.key_file.display()),
+            ));
+            Some(k)
+        }
+        Err(e) => {
+            let fallback = if cfg.store.key_file.exists() {
+                "restore the key file from backup"
+            } else {
+                "run `crm2fa-admin init` (a new key cannot read secrets sealed with a lost one: \
+                 restore it from backup if users are enrolled)"
+            };
+            out.push(failed("key file", &e, fallback));
+            None
+        }
+    };
+    for (name, file) in [
+        ("key directory", &cfg.store.key_file),
+        ("store directory", &cfg.store.path),
+    ] {
+        if let Some(dir) = file.parent() {
+            out.push(check_dir(name, dir));
+        }
+    }
+    let store = match Store::open(&cfg.store.path) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            let fallback = match &e {
+                crate::Error::StoreMissing { .. } => "run `crm2fa-admin init`",
+                _ => "restore the store from backup",
+            };
+            out.push(failed("store", &e, fallback));
+            None
+        }
+    };
+    let Some(store) = store else {
+        return out;
+    };
+    for suffix in ["-wal", "-shm"] {
+        let mut p = cfg.store.path.clone().into_os_string();
+        p.push(suffix);
+        let p = std::path::PathBuf::from(p);
+        if p.exists() {
+            if let Err(e) = fsperm::check_private_file(&p, Secrecy::OwnerOnly) {
+                out.push(problem(
+                    "store",
+                    e.to_string(),
+                    format!("chmod 0600 {}", p.display()),
+                ));
+            }
+        }
+    }
+    match store.integrity_check() {
+        Ok(errors) if errors.is_empty() => out.push(ok(
+            "store",
+            format!(
+                "{} opens, schema is current, integrity check passed",
+                cfg.store.path.display()
+            ),
+        )),
+        Ok(errors) => out.push(problem(
+            "store",
+            format!("integrity check: {}", errors.join("; ")),
+            "restore the store from backup",
+        )),
+        Err(e) => out.push(problem(
+            "store",
+            e.to_string(),
+            "restore the store from backup",
+        )),
+    }
+    if let (Some(key), Ok(users)) = (key, store.users()) {
+        let sealed: Vec<_> = users
+            .iter()
+            .filter_map(|u| u.secret.as_ref().map(|s| (u.name.as_str(), s)))
+            .collect();
+        let unreadable: Vec<&str> = sealed
+            .iter()
+            .filter(|(name, s)| key.open(name, s).is_err())
+            .map(|(name, _)| *name)
+            .collect();
+        if unreadable.is_empty() {
+            out.push(ok(
+                "secrets",
+                format!("the host key opens all {} enrolled secret(s)", sealed.len()),
+            ));
+        } else {
+            out.push(problem(
+                "secrets",
+                format!(
+                    "the host key cannot open the secret of: {}",
+                    unreadable.join(", ")
+                ),
+                "restore the key file that enrolled them, or re-enrol these users",
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn healthy_setup_passes_and_problems_say_how_to_fix() {
+        if nix::unistd::geteuid().as_raw() != 0 {
+            return; // the rules are about root-owned files
+        }
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cfg_path = d.path().join("crm2fa.toml");
+        fsperm::create_private_file(&cfg_path, b"[store]\npath = \"db\"\nkey_file = \"key\"\n")
+            .unwrap();
+        let missing = run(&cfg_path);
+        assert!(
+            missing.iter().any(|c| !c.ok && c.check == "key file"),
+            "{missing:?}"
+        );
+        let cfg = Config::load(&cfg_path).unwrap();
+        HostKey::create(&cfg.store.key_file).unwrap();
+        Store::create(&cfg.store.path).unwrap();
+        let checks = run(&cfg_path);
+        assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
+        std::fs::set_permissions(&cfg.store.key_file, std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let checks = run(&cfg_path);
+        let key = checks.iter().find(|c| c.check == "key file").unwrap();
+        assert!(!key.ok);
+        assert!(
+            key.fix.as_deref().unwrap().contains("chmod 0600"),
+            "{key:?}"
+        );
+    }
+}
