@@ -48,7 +48,13 @@ fn main() {
     let key = HostKey::create(&cfg.store.key_file).expect("key");
     let mut store = Store::create(&cfg.store.path).expect("store");
     let mut log = Logger::new("crm2fa-bench", false);
-    enroll::begin(&cfg, &key, &mut store, "bench", NOW, "bench", &mut log).expect("enrol");
+    let req = enroll::EnrollRequest {
+        user: "bench",
+        now: NOW,
+        service: "bench",
+        replace: true,
+    };
+    enroll::begin(&cfg, &key, &mut store, &req, &mut log).expect("enrol");
     let totp = TotpMatch {
         step: crm2fa_common::totp::step_at(&cfg.totp, NOW),
         sealed_secret: store

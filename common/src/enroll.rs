@@ -50,17 +50,31 @@ pub fn audit_entry(
     }
 }
 
+/// Who is enrolled, when, by which service, and whether an existing factor
+/// may be replaced (an administrator's `enroll`) or not (a login's).
+#[derive(Debug, Clone, Copy)]
+pub struct EnrollRequest<'a> {
+    pub user: &'a str,
+    pub now: i64,
+    pub service: &'a str,
+    pub replace: bool,
+}
+
 /// Start a new TOTP enrolment for `user` (pending until a first valid code),
 /// with its backup codes made and hashed now, so activation costs nothing.
 pub fn begin(
     cfg: &Config,
     key: &HostKey,
     store: &mut Store,
-    user: &str,
-    now: i64,
-    service: &str,
+    req: &EnrollRequest<'_>,
     log: &mut Logger,
 ) -> Result<Enrollment> {
+    let EnrollRequest {
+        user,
+        now,
+        service,
+        replace,
+    } = *req;
     let secret = Secret::random(totp::SECRET_LEN);
     let salt = codes::new_salt();
     let set = codes::backup_set(cfg.backup_code_count, &salt);
@@ -87,8 +101,11 @@ pub fn begin(
         code_salt: &salt,
         backup_hashes: &hashes,
         sealed_codes: &sealed_codes,
+        replace,
     };
-    store.begin_enrollment(user, &new, now, &audit)?;
+    if !store.begin_enrollment(user, &new, now, &audit)? {
+        return Err(Error::Refused(format!("{user} is already enrolled")));
+    }
     log.entry(&audit);
     Ok(Enrollment {
         user: user.into(),

@@ -81,9 +81,7 @@ impl ModuleArgs {
         };
         for a in args {
             match a.split_once('=') {
-                Some(("config", p)) if !p.is_empty() => {
-                    out.config = std::path::absolute(p).unwrap_or_else(|_| PathBuf::from(p))
-                }
+                Some(("config", p)) if !p.is_empty() => out.config = PathBuf::from(p),
                 Some(("qr", s)) if QrStyle::parse(s).is_some() => {
                     out.qr = QrStyle::parse(s).unwrap_or(QrStyle::Unicode)
                 }
@@ -134,6 +132,15 @@ pub fn run(
 ) -> Outcome {
     for a in &args.unknown {
         log.warn(&format!("ignoring unknown module argument {a:?}"));
+    }
+    if !args.config.is_absolute() {
+        // Relative to what? Under su or sudo the caller picks the directory.
+        log.error(&format!(
+            "login of {} denied: config={} must be an absolute path",
+            req.user,
+            args.config.display()
+        ));
+        return Outcome::Unavailable;
     }
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,
@@ -346,13 +353,13 @@ fn ask_for_codes(
             // Not a guess: uses up a prompt, not counted toward the lockout.
             continue;
         }
-        attempted = true;
         let word = zeroize::Zeroizing::new(answer.trim().to_ascii_lowercase());
         if word.as_str() == "email" || word.as_str() == "sms" {
             l.conv
                 .error("Codes by email or SMS are not available for this account.");
             continue;
         }
+        attempted = true;
         let now = l.req.now();
         let mut candidate = Candidate {
             totp: secret
@@ -416,6 +423,11 @@ fn ask_for_codes(
                 }
             }
             Verdict::Locked { until } => {
+                l.log.warn(&format!(
+                    "login locked user={user} service={}: locked until {}; no code checked",
+                    l.req.service,
+                    crate::rfc3339(until)
+                ));
                 l.locked_message(until);
                 return Ok(Outcome::MaxTries);
             }
@@ -469,15 +481,23 @@ fn show_backup_codes(l: &mut Login<'_>, codes: &[Code]) {
 fn enroll_during_login(l: &mut Login<'_>, qr_style: QrStyle) -> Result<Outcome, Error> {
     let key = l.key()?;
     let user = l.req.user.clone();
-    let e = enroll::begin(
-        l.cfg,
-        &key,
-        l.store,
-        &user,
-        l.req.now(),
-        &l.req.service,
-        l.log,
-    )?;
+    let req = enroll::EnrollRequest {
+        user: &user,
+        now: l.req.now(),
+        service: &l.req.service,
+        replace: false,
+    };
+    let e = match enroll::begin(l.cfg, &key, l.store, &req, l.log) {
+        Ok(e) => e,
+        Err(Error::Refused(why)) => {
+            // Enrolled by someone else since this login read the store.
+            l.conv
+                .error("Your second factor changed during this login. Please log in again.");
+            l.record("login", "failure", why)?;
+            return Ok(Outcome::AuthErr);
+        }
+        Err(e) => return Err(e),
+    };
     show_setup(l, qr_style, &e.secret);
     let record = l
         .store
@@ -603,16 +623,13 @@ mod tests {
     }
 
     fn enrolled(e: &mut Env, user: &str) -> Secret {
-        let en = enroll::begin(
-            &e.cfg,
-            &e.key,
-            &mut e.store,
+        let req = enroll::EnrollRequest {
             user,
-            NOW - 600,
-            "t",
-            &mut e.log,
-        )
-        .unwrap();
+            now: NOW - 600,
+            service: "t",
+            replace: true,
+        };
+        let en = enroll::begin(&e.cfg, &e.key, &mut e.store, &req, &mut e.log).unwrap();
         en.secret
     }
 
@@ -790,7 +807,13 @@ mod tests {
     fn store_files_are_0600_and_hold_no_plain_secret() {
         use std::os::unix::fs::PermissionsExt;
         let mut e = env("[policy]\nenforce = \"all\"\n");
-        let en = enroll::begin(&e.cfg, &e.key, &mut e.store, "hank", NOW, "t", &mut e.log).unwrap();
+        let req = enroll::EnrollRequest {
+            user: "hank",
+            now: NOW,
+            service: "t",
+            replace: true,
+        };
+        let en = enroll::begin(&e.cfg, &e.key, &mut e.store, &req, &mut e.log).unwrap();
         let mut sc = Script::new(&[Some(&code(&e, &en.secret, NOW)), Some("")]);
         assert_eq!(login(&mut e, "hank", NOW, &mut sc), Outcome::Success);
         let codes_shown = sc.infos[0].clone();
@@ -912,6 +935,18 @@ mod tests {
             e.store.user("jill").unwrap().unwrap().state,
             TotpState::Active
         );
+    }
+
+    #[test]
+    fn relative_config_path_is_refused() {
+        let args = ModuleArgs::parse(["config=crm2fa.toml"]);
+        let mut sc = Script::new(&[]);
+        let mut log = Logger::new("crm2fa-test", false);
+        assert_eq!(
+            run(&args, &req("kim", NOW), &mut sc, &mut log),
+            Outcome::Unavailable
+        );
+        assert!(sc.prompts.is_empty());
     }
 
     #[test]

@@ -161,6 +161,9 @@ pub struct NewEnrollment<'a> {
     pub code_salt: &'a [u8],
     pub backup_hashes: &'a [[u8; HASH_LEN]],
     pub sealed_codes: &'a [u8],
+    /// Replace a pending or active enrolment; otherwise only a user with no
+    /// factor is enrolled.
+    pub replace: bool,
 }
 
 /// A TOTP code matched time step `step` of the secret that was stored
@@ -227,10 +230,30 @@ pub enum Verdict {
     UnknownUser,
 }
 
+/// How hard a commit insists on reaching the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// fsync the WAL at every commit: for everything that consumes a code.
+    Full,
+    /// Leave the fsync to the next checkpoint: for audit-only rows.
+    Light,
+}
+
+impl Durability {
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Full => "PRAGMA synchronous = FULL",
+            Durability::Light => "PRAGMA synchronous = NORMAL",
+        }
+    }
+}
+
 /// The crm2fa store.
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The `synchronous` level the connection is set to, if known.
+    durability: Option<Durability>,
 }
 
 impl std::fmt::Debug for Store {
@@ -279,7 +302,6 @@ impl Store {
             .map_err(err)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL; -- a used code stays used across a power cut
              PRAGMA foreign_keys = ON;
              PRAGMA journal_size_limit = 262144;",
         )
@@ -287,6 +309,7 @@ impl Store {
         let mut store = Store {
             conn,
             path: path.into(),
+            durability: None,
         };
         store.migrate()?;
         Ok(store)
@@ -373,8 +396,27 @@ impl Store {
     }
 
     /// Run `f` in one `BEGIN IMMEDIATE` transaction (the write lock is taken
-    /// up front, so concurrent logins queue instead of failing) and commit.
+    /// up front, so concurrent logins queue instead of failing) and commit,
+    /// with `synchronous = FULL`: what it consumes stays consumed across a
+    /// power cut.
     fn write<T>(&mut self, f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>) -> Result<T> {
+        self.write_with(Durability::Full, f)
+    }
+
+    fn write_with<T>(
+        &mut self,
+        durability: Durability,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        if self.durability != Some(durability) {
+            // Set before the transaction (SQLite refuses it inside one); on
+            // failure nothing is written.
+            self.durability = None;
+            self.conn
+                .execute_batch(durability.pragma())
+                .map_err(|e| self.err(e))?;
+            self.durability = Some(durability);
+        }
         let path = self.path.clone();
         let err = |e: rusqlite::Error| Error::Store {
             path: path.clone(),
@@ -521,19 +563,10 @@ impl Store {
     /// It consumes nothing, so it is not worth an fsync: a login that needs
     /// no code (exempt, opt-in) pays no disk flush for its audit row.
     pub fn record(&mut self, entry: &AuditEntry) -> Result<()> {
-        self.set_synchronous("NORMAL")?;
-        let out = self.write(|tx| insert_audit(tx, entry));
-        self.set_synchronous("FULL")?;
-        out
+        self.write_with(Durability::Light, |tx| insert_audit(tx, entry))
     }
 
-    fn set_synchronous(&self, level: &str) -> Result<()> {
-        self.conn
-            .execute_batch(&format!("PRAGMA synchronous = {level}"))
-            .map_err(|e| self.err(e))
-    }
-
-    /// Start (or replace) the user's TOTP enrolment: state pending, the new
+    /// Start (or, with `replace`, replace) the user's TOTP enrolment: state pending, the new
     /// sealed secret, and a new set of backup codes (hashes, plus the sealed
     /// plain codes to show once) that stay unusable until activation. Every
     /// older factor and code of the user is void.
@@ -543,24 +576,29 @@ impl Store {
         new: &NewEnrollment<'_>,
         now: i64,
         audit: &AuditEntry,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let NewEnrollment {
             sealed_secret,
             code_salt,
             backup_hashes,
             sealed_codes,
+            replace,
         } = *new;
         self.write(|tx| {
             ensure_user(tx, name, code_salt, now)?;
-            tx.execute(
+            let n = tx.execute(
                 "UPDATE users SET state = 'pending', disabled = 0, secret = ?2, pending_codes = ?3,
                         code_salt = ?4, last_step = -1, updated_at = ?5
-                 WHERE name = ?1",
-                params![name, sealed_secret, sealed_codes, code_salt, now],
+                 WHERE name = ?1 AND (?6 OR state = 'none')",
+                params![name, sealed_secret, sealed_codes, code_salt, now, replace],
             )?;
+            if n == 0 {
+                return Ok(false);
+            }
             replace_backup_codes(tx, name, backup_hashes, now)?;
             tx.execute("DELETE FROM recovery_codes WHERE user = ?1", [name])?;
-            insert_audit(tx, audit)
+            insert_audit(tx, audit)?;
+            Ok(true)
         })
     }
 
@@ -984,6 +1022,7 @@ mod tests {
             code_salt: &salt,
             backup_hashes: &hashes,
             sealed_codes: b"",
+            replace: true,
         };
         s.begin_enrollment("u", &new, NOW, &audit("enroll"))
             .unwrap();
@@ -1009,6 +1048,32 @@ mod tests {
     }
 
     #[test]
+    fn enrolment_without_replace_never_overwrites_a_factor() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, salt, _) = active_user(d.path(), 1);
+        let new = NewEnrollment {
+            sealed_secret: b"other",
+            code_salt: &salt,
+            backup_hashes: &[],
+            sealed_codes: b"",
+            replace: false,
+        };
+        assert!(!s
+            .begin_enrollment("u", &new, NOW, &audit("enroll"))
+            .unwrap());
+        let r = s.user("u").unwrap().unwrap();
+        assert_eq!(
+            (r.state, r.secret.as_deref()),
+            (TotpState::Active, Some(&b"sealed"[..]))
+        );
+        assert!(
+            s.begin_enrollment("v", &new, NOW, &audit("enroll"))
+                .unwrap(),
+            "a new user is enrolled"
+        );
+    }
+
+    #[test]
     fn code_of_a_replaced_secret_is_refused() {
         let d = tempfile::tempdir().unwrap();
         let (mut s, salt, _) = active_user(d.path(), 1);
@@ -1018,6 +1083,7 @@ mod tests {
             code_salt: &salt,
             backup_hashes: &[],
             sealed_codes: b"new codes",
+            replace: true,
         };
         s.begin_enrollment("u", &new, NOW, &audit("enroll"))
             .unwrap();
@@ -1256,5 +1322,27 @@ mod tests {
         assert!(err.contains(&p.display().to_string()), "{err}");
         let missing = Store::open(&d.path().join("nope")).unwrap_err().to_string();
         assert!(missing.contains("crm2fa-admin init"), "{missing}");
+    }
+}
+
+#[cfg(test)]
+mod durability_tests {
+    use super::*;
+
+    fn synchronous(s: &Store) -> i64 {
+        s.conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn consuming_writes_are_full_and_audit_rows_light() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::create(&d.path().join("db")).unwrap();
+        let e = crate::enroll::audit_entry(1, "u", "t", "", "login", "skipped", "");
+        s.record(&e).unwrap();
+        assert_eq!(synchronous(&s), 1, "audit-only row: NORMAL");
+        s.unlock("u", 1, &e).unwrap();
+        assert_eq!(synchronous(&s), 2, "any other write: FULL");
     }
 }

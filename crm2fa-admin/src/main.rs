@@ -362,10 +362,17 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             // Open the page first: a path that cannot be written must not
             // void the old set and lose the new one.
             let mut page = match &output {
-                Some(out) => Some(
-                    fsperm::open_private_new(out)
-                        .map_err(|e| Error::Refused(format!("{e}; nothing was changed")))?,
-                ),
+                Some(out) => Some(fsperm::open_private_new(out).map_err(|e| match e {
+                    Error::Io { source, .. }
+                        if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                    {
+                        Error::Refused(format!(
+                            "{} already exists; remove it or choose another file; nothing was changed",
+                            out.display()
+                        ))
+                    }
+                    e => Error::Refused(format!("{e}; nothing was changed")),
+                })?),
                 None => None,
             };
             let codes = enroll::regenerate_backup_codes(
@@ -385,22 +392,31 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     return Err(e);
                 }
             };
+            let mut page_error = None;
             if let (Some(f), Some(out)) = (page.as_mut(), &output) {
                 let text = zeroize::Zeroizing::new(printable_page(&user, &codes, now));
                 if let Err(e) = f.write_all(text.as_bytes()).and_then(|_| f.sync_all()) {
-                    eprintln!("crm2fa-admin: cannot write {}: {e}", out.display());
+                    let _ = std::fs::remove_file(out);
+                    page_error = Some(Error::Refused(format!(
+                        "cannot write {}: {e}; the new codes are shown above, copy them by hand",
+                        out.display()
+                    )));
                 }
             }
+            // The new set is in force: show it whatever happened to the page.
             if ui.json {
                 ui.print_json(&json!({"user": user, "backup_codes": shown(&codes)}));
             } else {
                 println!("New backup codes for {user} (the old set no longer works):");
                 print_backup_codes(&codes);
-                if let Some(out) = &output {
+                if let (Some(out), None) = (&output, &page_error) {
                     println!("Written to {} (mode 0600), ready to print.", out.display());
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            match page_error {
+                Some(e) => Err(e),
+                None => Ok(ExitCode::SUCCESS),
+            }
         }
         Command::Recovery { user, valid } => {
             let secs = valid;
@@ -562,15 +578,13 @@ fn enroll_user(
     }
     warn_if_no_account(user);
     let key = ctx.key()?;
-    let e = enroll::begin(
-        &ctx.cfg,
-        &key,
-        &mut ctx.store,
+    let req = enroll::EnrollRequest {
         user,
         now,
-        SERVICE,
-        &mut ctx.log,
-    )?;
+        service: SERVICE,
+        replace: true,
+    };
+    let e = enroll::begin(&ctx.cfg, &key, &mut ctx.store, &req, &mut ctx.log)?;
     let interactive = !ui.json && std::io::stdin().is_terminal();
     if !ui.json {
         println!("Enrolling {user}. Scan this QR code with an authenticator app");
@@ -588,10 +602,18 @@ fn enroll_user(
     let mut activated = None;
     // A wrong --code still prints the enrolment: it stays pending, and the
     // secret must not be lost.
-    let mut wrong_code = false;
+    let mut failure = None;
     if let Some(c) = code {
-        activated = confirm_code(ctx, user, &c, now)?;
-        wrong_code = activated.is_none();
+        match confirm_code(ctx, user, &c, now) {
+            Ok(Some(codes)) => activated = Some(codes),
+            Ok(None) => {
+                failure = Some(Error::Refused(format!(
+                    "invalid verification code for {user}; the enrolment stays pending \
+                     (confirm with `crm2fa-admin confirm {user} CODE`)"
+                )))
+            }
+            Err(e) => failure = Some(e),
+        }
     } else if interactive {
         for _ in 0..3 {
             print!("Enter the code the app shows to confirm (Enter to leave it pending): ");
@@ -602,12 +624,17 @@ fn enroll_user(
             {
                 break;
             }
-            match confirm_code(ctx, user, line.trim(), unix_now())? {
-                Some(c) => {
+            match confirm_code(ctx, user, line.trim(), unix_now()) {
+                Ok(Some(c)) => {
                     activated = Some(c);
                     break;
                 }
-                None => println!("Invalid verification code. Check the app and try again."),
+                Ok(None) => println!("Invalid verification code. Check the app and try again."),
+                Err(e) => {
+                    // E.g. the user's first login activated it meanwhile.
+                    println!("Not confirmed here: {e}");
+                    break;
+                }
             }
         }
     }
@@ -631,13 +658,11 @@ fn enroll_user(
         );
         println!("or at {user}'s first login with a valid code (the backup codes are shown then).");
     }
-    if wrong_code {
-        return Err(Error::Refused(format!(
-            "invalid verification code for {user}; the enrolment stays pending \
-             (confirm with `crm2fa-admin confirm {user} CODE`)"
-        )));
+    match failure {
+        // Printed above all the same: the secret is never lost.
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Activate `user`'s pending enrolment with `code`; the new backup codes, or

@@ -438,3 +438,17 @@ fn unknown_module_argument_is_ignored() {
         "unknown arguments are logged:\n{r}"
     );
 }
+
+#[test]
+fn enroll_with_a_wrong_code_still_prints_the_pending_enrolment() {
+    let sb = Sandbox::new();
+    sb.add_user("alice", PW);
+    let out = sb.admin(&["--json", "enroll", "alice", "--no-qr", "--code", "000000"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show_output(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(v["state"], "pending", "{v}");
+    let secret = v["secret"].as_str().expect("secret").to_string();
+    // The printed secret is the one in force: its code activates it.
+    sb.admin_ok(&["confirm", "alice", &totp(&secret, 0)]);
+    assert_eq!(sb.status("alice")["state"], "active");
+}
