@@ -623,14 +623,17 @@ mod tests {
     }
 
     fn enrolled(e: &mut Env, user: &str) -> Secret {
+        enrolment(e, user).secret
+    }
+
+    fn enrolment(e: &mut Env, user: &str) -> enroll::Enrollment {
         let req = enroll::EnrollRequest {
             user,
             now: NOW - 600,
             service: "t",
             replace: true,
         };
-        let en = enroll::begin(&e.cfg, &e.key, &mut e.store, &req, &mut e.log).unwrap();
-        en.secret
+        enroll::begin(&e.cfg, &e.key, &mut e.store, &req, &mut e.log).unwrap()
     }
 
     fn code(e: &Env, s: &Secret, now: i64) -> String {
@@ -807,13 +810,7 @@ mod tests {
     fn store_files_are_0600_and_hold_no_plain_secret() {
         use std::os::unix::fs::PermissionsExt;
         let mut e = env("[policy]\nenforce = \"all\"\n");
-        let req = enroll::EnrollRequest {
-            user: "hank",
-            now: NOW,
-            service: "t",
-            replace: true,
-        };
-        let en = enroll::begin(&e.cfg, &e.key, &mut e.store, &req, &mut e.log).unwrap();
+        let en = enrolment(&mut e, "hank");
         let mut sc = Script::new(&[Some(&code(&e, &en.secret, NOW)), Some("")]);
         assert_eq!(login(&mut e, "hank", NOW, &mut sc), Outcome::Success);
         let codes_shown = sc.infos[0].clone();
