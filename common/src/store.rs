@@ -832,6 +832,23 @@ impl Store {
         )
     }
 
+    /// Turn the user's 2FA off (`disabled`) or back on, keeping every factor.
+    /// Returns false unless the user has a factor to turn off or on.
+    pub fn set_disabled(
+        &mut self,
+        name: &str,
+        disabled: bool,
+        now: i64,
+        audit: &AuditEntry,
+    ) -> Result<bool> {
+        let sql = if disabled {
+            "UPDATE users SET disabled = 1, updated_at = ?2 WHERE name = ?1 AND state != 'none'"
+        } else {
+            "UPDATE users SET disabled = 0, updated_at = ?2 WHERE name = ?1 AND state != 'none'"
+        };
+        self.update_user(name, sql, now, audit)
+    }
+
     /// Lost device: remove the TOTP secret, every backup and recovery code
     /// and the lock. Contact details stay. Returns false for an unknown user.
     pub fn reset(&mut self, name: &str, now: i64, audit: &AuditEntry) -> Result<bool> {

@@ -89,6 +89,15 @@ enum Command {
     },
     /// Clear USER's lockout
     Unlock { user: String },
+    /// Turn USER's 2FA off, keeping their factors (`enable` turns it back on)
+    Disable {
+        user: String,
+        /// Also when the policy requires 2FA of USER
+        #[arg(long)]
+        override_policy: bool,
+    },
+    /// Turn USER's 2FA back on with the factors they had
+    Enable { user: String },
     /// Explain whether 2FA is required for USER, and why
     Policy { user: String },
     /// The audit log, oldest first
@@ -452,16 +461,35 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Disable {
+            user,
+            override_policy,
+        } => {
+            let mut ctx = Ctx::open(config)?;
+            if ctx.cfg.policy.protected_users.contains(&user) {
+                return Err(Error::Refused(format!(
+                    "{user} is a protected user: their 2FA can never be disabled"
+                )));
+            }
+            let d = decide_for(&ctx, &user, now)?;
+            if d.required && !override_policy {
+                return Err(Error::Refused(format!(
+                    "the policy requires 2FA of {user} ({}); pass --override-policy to disable it anyway",
+                    d.reason
+                )));
+            }
+            ui.confirm(&format!(
+                "{user} will log in with the password alone until `crm2fa-admin enable {user}`"
+            ))?;
+            set_disabled(&ui, &mut ctx, &user, true, now)
+        }
+        Command::Enable { user } => {
+            let mut ctx = Ctx::open(config)?;
+            set_disabled(&ui, &mut ctx, &user, false, now)
+        }
         Command::Policy { user } => {
             let ctx = Ctx::open(config)?;
-            let groups = if policy::needs_groups(&ctx.cfg.policy) {
-                policy::unix_groups(&user)?
-            } else {
-                vec![]
-            };
-            let rec = ctx.record(&user)?;
-            let has_recovery = ctx.store.has_valid_recovery(&user, now)?;
-            let d = policy::decide(&ctx.cfg.policy, &user, &groups, rec.as_ref(), has_recovery);
+            let d = decide_for(&ctx, &user, now)?;
             if ui.json {
                 ui.print_json(&json!({"user": user, "required": d.required, "asked": d.ask, "reason": d.reason}));
             } else {
@@ -511,6 +539,57 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The policy's decision for USER, as the login would make it now.
+fn decide_for(ctx: &Ctx, user: &str, now: i64) -> Result<policy::Decision, Error> {
+    let groups = if policy::needs_groups(&ctx.cfg.policy) {
+        policy::unix_groups(user)?
+    } else {
+        vec![]
+    };
+    let rec = ctx.record(user)?;
+    let has_recovery = ctx.store.has_valid_recovery(user, now)?;
+    Ok(policy::decide(
+        &ctx.cfg.policy,
+        user,
+        &groups,
+        rec.as_ref(),
+        has_recovery,
+    ))
+}
+
+fn set_disabled(
+    ui: &Ui,
+    ctx: &mut Ctx,
+    user: &str,
+    disabled: bool,
+    now: i64,
+) -> Result<ExitCode, Error> {
+    let (event, detail) = if disabled {
+        ("disable", "2FA turned off; factors kept")
+    } else {
+        ("enable", "2FA turned back on")
+    };
+    let audit = audit_entry(now, user, SERVICE, "", event, "done", detail);
+    if !ctx.store.set_disabled(user, disabled, now, &audit)? {
+        return Err(Error::Refused(format!(
+            "{user} has no second factor to {event}; enrol them with `crm2fa-admin enroll {user}`"
+        )));
+    }
+    ctx.log.entry(&audit);
+    let state = ctx
+        .record(user)?
+        .map(|r| r.display_state())
+        .unwrap_or("none");
+    if ui.json {
+        ui.print_json(&json!({"user": user, "state": state}));
+    } else if disabled {
+        println!("2FA is off for {user}: the login will not ask for a code. Undo: crm2fa-admin enable {user}");
+    } else {
+        println!("2FA is on again for {user} (state: {state}).");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init(ui: &Ui, config: Option<&Path>) -> Result<ExitCode, Error> {

@@ -452,3 +452,30 @@ fn enroll_with_a_wrong_code_still_prints_the_pending_enrolment() {
     sb.admin_ok(&["confirm", "alice", &totp(&secret, 0)]);
     assert_eq!(sb.status("alice")["state"], "active");
 }
+
+#[test]
+fn disable_keeps_the_factor_and_enable_restores_it() {
+    let sb = Sandbox::with_config("[policy]\nenforce = \"all\"\n");
+    sb.add_user("alice", PW);
+    sb.add_user("root", PW);
+    let e = sb.enroll_active("alice");
+    // Required by the policy: refused without --override-policy.
+    let out = sb.admin(&["disable", "alice", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show_output(&out));
+    // Protected users never.
+    sb.enroll_active("root");
+    let out = sb.admin(&["disable", "root", "--override-policy", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show_output(&out));
+
+    sb.admin_ok(&["disable", "alice", "--override-policy", "--yes"]);
+    assert_eq!(sb.status("alice")["state"], "disabled");
+    let r = sb.login("alice", &[PW]);
+    r.assert_success();
+    assert_eq!(r.prompts_seen, 0, "disabled: no code asked: {r}");
+
+    sb.admin_ok(&["enable", "alice"]);
+    assert_eq!(sb.status("alice")["state"], "active");
+    let r = sb.login("alice", &[PW, &totp(&e.secret, 0)]);
+    r.assert_success();
+    assert_eq!(r.prompts_seen, 1, "{r}");
+}
