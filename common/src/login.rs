@@ -622,6 +622,10 @@ mod tests {
         .unwrap()
     }
 
+    fn state(e: &Env, user: &str) -> TotpState {
+        e.store.user(user).unwrap().unwrap().state
+    }
+
     fn enrolled(e: &mut Env, user: &str) -> Secret {
         enrolment(e, user).secret
     }
@@ -655,10 +659,7 @@ mod tests {
             3,
             "{shown}"
         );
-        assert_eq!(
-            e.store.user("alice").unwrap().unwrap().state,
-            TotpState::Active
-        );
+        assert_eq!(state(&e, "alice"), TotpState::Active);
     }
 
     #[test]
@@ -800,10 +801,7 @@ mod tests {
         assert!(user.infos[0].contains("##"), "the ASCII QR code is shown");
         assert_eq!(user.prompts, vec![PROMPT, SAVED_PROMPT]);
         assert!(user.infos[1].contains("backup codes"));
-        assert_eq!(
-            e.store.user("gina").unwrap().unwrap().state,
-            TotpState::Active
-        );
+        assert_eq!(state(&e, "gina"), TotpState::Active);
     }
 
     #[test]
@@ -902,10 +900,7 @@ mod tests {
         let mut e = env("[policy]\nenforce = \"all\"\nunenrolled = \"enroll\"\n");
         let mut gone = Script::new(&[None, None, None]);
         assert_eq!(login(&mut e, "jill", NOW, &mut gone), Outcome::AuthErr);
-        assert_eq!(
-            e.store.user("jill").unwrap().unwrap().state,
-            TotpState::Pending
-        );
+        assert_eq!(state(&e, "jill"), TotpState::Pending);
         let audit = e.store.audit(Some("jill"), None).unwrap();
         assert!(
             audit.iter().any(|a| a.detail == "no code entered"),
@@ -928,10 +923,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, Outcome::Success, "{:?}", user.infos);
-        assert_eq!(
-            e.store.user("jill").unwrap().unwrap().state,
-            TotpState::Active
-        );
+        assert_eq!(state(&e, "jill"), TotpState::Active);
     }
 
     #[test]
