@@ -126,17 +126,6 @@ pub fn open_codes(key: &HostKey, user: &str, sealed: &[u8]) -> Result<Vec<Code>>
     Ok(text.lines().map(Code::normalize).collect())
 }
 
-/// The user's TOTP secret, if they have one.
-pub fn totp_secret(key: &HostKey, store: &Store, user: &str) -> Result<Option<Secret>> {
-    match store.user(user)? {
-        Some(r) if r.state != TotpState::None => match r.secret {
-            Some(s) => Ok(Some(key.open(user, &s)?)),
-            None => Ok(None),
-        },
-        _ => Ok(None),
-    }
-}
-
 /// Void the user's backup codes and make a new set; returns the codes to show once.
 pub fn regenerate_backup_codes(
     cfg: &Config,

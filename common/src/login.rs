@@ -304,9 +304,10 @@ pub fn authenticate(
     }
     // Only a recovery code makes a row too, when it is issued.
     let record = record.ok_or_else(|| Error::NotEnrolled(user.into()))?;
-    let secret = match (&record.state, &record.secret) {
-        (TotpState::Pending | TotpState::Active, Some(s)) => Some(l.key()?.open(user, s)?),
-        _ => None,
+    let secret = if record.has_totp() {
+        record.open_totp_secret(&l.key()?)?
+    } else {
+        None
     };
     // Under self-enrolment a pending secret is shown again: the login that
     // first showed it may have ended before the app was set up.
@@ -365,13 +366,7 @@ fn ask_for_codes(
             totp: secret
                 .zip(record.secret.as_deref())
                 .and_then(|(s, sealed)| {
-                    let typed = zeroize::Zeroizing::new(
-                        answer
-                            .chars()
-                            .filter(|c| !c.is_whitespace() && *c != '-')
-                            .collect::<String>(),
-                    );
-                    totp::matching_step(&l.cfg.totp, s, &typed, now).map(|step| TotpMatch {
+                    totp::matching_step(&l.cfg.totp, s, &answer, now).map(|step| TotpMatch {
                         step,
                         sealed_secret: sealed.to_vec(),
                     })
@@ -746,6 +741,18 @@ mod tests {
         infos: Vec<String>,
     }
 
+    impl NewUser {
+        fn new(e: &Env, now: i64) -> NewUser {
+            NewUser {
+                cfg: e.cfg.totp.clone(),
+                now,
+                key: None,
+                prompts: vec![],
+                infos: vec![],
+            }
+        }
+    }
+
     impl Conversation for NewUser {
         fn prompt_hidden(&mut self, msg: &str) -> Result<Option<String>, ConvError> {
             self.prompts.push(msg.into());
@@ -776,13 +783,7 @@ mod tests {
     #[test]
     fn unenrolled_enroll_sets_up_totp_inside_the_login() {
         let mut e = env("[policy]\nenforce = \"all\"\nunenrolled = \"enroll\"\n");
-        let mut user = NewUser {
-            cfg: e.cfg.totp.clone(),
-            now: NOW,
-            key: None,
-            prompts: vec![],
-            infos: vec![],
-        };
+        let mut user = NewUser::new(&e, NOW);
         let out = authenticate(
             &e.cfg,
             &mut e.store,
@@ -906,13 +907,7 @@ mod tests {
             audit.iter().any(|a| a.detail == "no code entered"),
             "{audit:?}"
         );
-        let mut user = NewUser {
-            cfg: e.cfg.totp.clone(),
-            now: NOW + 60,
-            key: None,
-            prompts: vec![],
-            infos: vec![],
-        };
+        let mut user = NewUser::new(&e, NOW + 60);
         let out = authenticate(
             &e.cfg,
             &mut e.store,

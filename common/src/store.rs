@@ -125,6 +125,22 @@ impl UserRecord {
     pub fn locked_at(&self, now: i64) -> Option<i64> {
         self.locked_until.filter(|&t| t > now)
     }
+    /// Has a TOTP secret, pending or active.
+    pub fn has_totp(&self) -> bool {
+        matches!(self.state, TotpState::Pending | TotpState::Active) && self.secret.is_some()
+    }
+
+    /// The TOTP secret, decrypted with the host key, if the user has one.
+    pub fn open_totp_secret(
+        &self,
+        key: &crate::crypto::HostKey,
+    ) -> Result<Option<crate::crypto::Secret>> {
+        match (&self.secret, self.has_totp()) {
+            (Some(sealed), true) => key.open(&self.name, sealed).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// State as `status` reports it: none, pending, active or disabled.
     pub fn display_state(&self) -> &'static str {
         if self.disabled {

@@ -30,9 +30,16 @@ pub fn code_at_step(cfg: &TotpConfig, secret: &Secret, step: i64) -> String {
     totp(cfg, secret, "").generate((step.max(0) as u64) * cfg.period)
 }
 
-/// Does `code` match a step within `skew` of `now`? Returns the matching step.
-/// Every step in the window is compared, in constant time, whatever matches.
-pub fn matching_step(cfg: &TotpConfig, secret: &Secret, code: &str, now: i64) -> Option<i64> {
+/// Does `typed` match a step within `skew` of `now`? Returns the matching
+/// step. Whitespace and dashes are ignored, as people type them. Every step
+/// in the window is compared, in constant time, whatever matches.
+pub fn matching_step(cfg: &TotpConfig, secret: &Secret, typed: &str, now: i64) -> Option<i64> {
+    let code = zeroize::Zeroizing::new(
+        typed
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != '-')
+            .collect::<String>(),
+    );
     if code.len() != cfg.digits as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -119,6 +126,9 @@ mod tests {
         }
         assert_eq!(matching_step(&c, &s, "12345", now), None);
         assert_eq!(matching_step(&c, &s, "abcdef", now), None);
+        let spaced = code_at_step(&c, &s, cur);
+        let spaced = format!(" {}-{} ", &spaced[..3], &spaced[3..]);
+        assert_eq!(matching_step(&c, &s, &spaced, now), Some(cur));
     }
 
     #[test]

@@ -766,11 +766,7 @@ fn confirm_code(
     };
     let key = ctx.key()?;
     let secret = key.open(user, &sealed)?;
-    let typed: String = code
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '-')
-        .collect();
-    let Some(step) = totp::matching_step(&ctx.cfg.totp, &secret, &typed, now) else {
+    let Some(step) = totp::matching_step(&ctx.cfg.totp, &secret, code, now) else {
         return Ok(None);
     };
     let audit = audit_entry(
@@ -800,19 +796,15 @@ fn check(ui: &Ui, ctx: &Ctx, user: &str, code: &str, now: i64) -> Result<ExitCod
         .record(user)?
         .ok_or_else(|| Error::NotEnrolled(user.into()))?;
     let key = ctx.key()?;
-    let typed: String = code
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '-')
-        .collect();
     let mut result = json!({"user": user, "valid": false});
     let mut text = format!("The code is not valid for {user}.");
-    if let Some(secret) = enroll::totp_secret(&key, &ctx.store, user)? {
+    if let Some(secret) = rec.open_totp_secret(&key)? {
         // Look well beyond the window to report clock drift.
         let wide = config::TotpConfig {
             skew: 20,
             ..ctx.cfg.totp.clone()
         };
-        if let Some(step) = totp::matching_step(&wide, &secret, &typed, now) {
+        if let Some(step) = totp::matching_step(&wide, &secret, code, now) {
             let drift = step - totp::step_at(&ctx.cfg.totp, now);
             let within = drift.unsigned_abs() <= u64::from(ctx.cfg.totp.skew);
             let unused = step > rec.last_step;
