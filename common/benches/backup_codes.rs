@@ -3,12 +3,13 @@
 //! Run with `cargo bench -p crm2fa-common --bench backup_codes` (or `make bench`).
 use std::time::{Duration, Instant};
 
-use crm2fa_common::audit::Logger;
+use crm2fa_common::audit::{AuditCtx, Fact, Logger};
 use crm2fa_common::codes::{self, Code};
-use crm2fa_common::config::Config;
+use crm2fa_common::config::{Config, LockoutConfig};
 use crm2fa_common::crypto::HostKey;
-use crm2fa_common::enroll;
-use crm2fa_common::store::{AuditCtx, Candidate, Lockout, Store, TotpMatch, Verdict};
+use crm2fa_common::model::{Candidate, TotpMatch, Verdict};
+use crm2fa_common::ops::Ops;
+use crm2fa_common::store::{self, Store};
 
 const NOW: i64 = 1_800_000_000;
 
@@ -22,18 +23,18 @@ fn median_p95(mut v: Vec<Duration>) -> (f64, f64) {
 }
 
 /// One attempt as the login makes it: normalise, one argon2, one transaction.
-fn attempt(store: &mut Store, salt: &[u8], typed: &str) -> Verdict {
+fn attempt(store: &mut dyn Store, salt: &[u8], typed: &str) -> Verdict {
     let code = Code::normalize(typed);
     let candidate = Candidate {
         backup_hash: Some(code.hash(salt)),
         ..Candidate::default()
     };
-    let lockout = Lockout {
+    let lockout = LockoutConfig {
         max_failures: u32::MAX,
         lock_seconds: 1,
     };
     store
-        .redeem("bench", &candidate, NOW, lockout, &AuditCtx::default())
+        .redeem("bench", &candidate, NOW, &lockout, &AuditCtx::default())
         .expect("store")
 }
 
@@ -46,15 +47,16 @@ fn main() {
     let path = dir.path().join("crm2fa.toml");
     let cfg = Config::parse("[store]\npath = \"db\"\nkey_file = \"key\"\n", &path).expect("config");
     let key = HostKey::create(&cfg.store.key_file).expect("key");
-    let mut store = Store::create(&cfg.store.path).expect("store");
+    let mut store = store::create(&cfg.store).expect("store");
     let mut log = Logger::new("crm2fa-bench", false);
-    let req = enroll::EnrollRequest {
-        user: "bench",
-        now: NOW,
-        service: "bench",
-        replace: true,
+    let mut ops = Ops {
+        cfg: &cfg,
+        store: store.as_mut(),
+        log: &mut log,
+        ctx: AuditCtx::default(),
     };
-    enroll::begin(&cfg, &key, &mut store, &req, &mut log).expect("enrol");
+    ops.begin_enrollment(&key, "bench", NOW, true)
+        .expect("enrol");
     let totp = TotpMatch {
         step: crm2fa_common::totp::step_at(&cfg.totp, NOW),
         sealed_secret: store
@@ -64,7 +66,7 @@ fn main() {
             .secret
             .expect("secret"),
     };
-    let audit = enroll::audit_entry(NOW, "bench", "bench", "", "enroll", "active", "");
+    let audit = AuditCtx::default().entry(NOW, "bench", &Fact::Confirmed);
     store.confirm("bench", &totp, NOW, &audit).expect("confirm");
     let salt = store.user("bench").expect("user").expect("row").code_salt;
 
@@ -84,12 +86,17 @@ fn main() {
             let mut times = vec![];
             for _ in 0..n {
                 // A fresh set with `left` codes (not timed).
-                let set = enroll::regenerate_backup_codes(
-                    &cfg, &mut store, "bench", NOW, "bench", &mut log,
-                )
-                .expect("regenerate");
+                let mut ops = Ops {
+                    cfg: &cfg,
+                    store: store.as_mut(),
+                    log: &mut log,
+                    ctx: AuditCtx::default(),
+                };
+                let set = ops
+                    .regenerate_backup_codes("bench", NOW)
+                    .expect("regenerate");
                 for c in set.iter().skip(left as usize) {
-                    let v = attempt(&mut store, &salt, c.as_str());
+                    let v = attempt(store.as_mut(), &salt, c.as_str());
                     assert!(matches!(v, Verdict::Accepted { .. }));
                 }
                 let typed = if right {
@@ -98,7 +105,7 @@ fn main() {
                     Code::generate(codes::BACKUP_LEN).display()
                 };
                 let t = Instant::now();
-                let v = attempt(&mut store, &salt, &typed);
+                let v = attempt(store.as_mut(), &salt, &typed);
                 times.push(t.elapsed());
                 assert_eq!(matches!(v, Verdict::Accepted { .. }), right);
             }

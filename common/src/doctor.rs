@@ -6,13 +6,16 @@ use std::path::Path;
 use crate::config::Config;
 use crate::crypto::HostKey;
 use crate::fsperm::{self, Secrecy};
-use crate::store::Store;
+use crate::store;
 
 /// One check and its result.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Check {
+    /// What was checked: `config`, `key file`, `store` …
     pub check: String,
+    /// It is fine.
     pub ok: bool,
+    /// What was found.
     pub detail: String,
     /// What to do about it, when not ok.
     pub fix: Option<String>,
@@ -36,14 +39,10 @@ fn problem(check: &str, detail: impl Into<String>, fix: impl Into<String>) -> Ch
     }
 }
 
-/// A failed check from an error: the error's own "fix:" advice if it has
-/// one, else `fallback`.
+/// A failed check from an error: the error's own fix if it has one, else
+/// `fallback`.
 fn failed(check: &str, e: &crate::Error, fallback: &str) -> Check {
-    let text = e.to_string();
-    match text.split_once("; fix: ") {
-        Some((detail, fix)) => problem(check, detail, fix),
-        None => problem(check, text.as_str(), fallback),
-    }
+    problem(check, e.problem(), e.fix().unwrap_or(fallback))
 }
 
 /// A directory that holds a trusted file: whoever may write it may replace
@@ -85,18 +84,13 @@ pub fn run(config_path: &Path) -> Vec<Check> {
             c
         }
         Err(e) => {
-            let fix = match &e {
-                crate::Error::Io { .. } => {
-                    "run `crm2fa-admin init` to write the default configuration".to_string()
+            let fallback = match &e {
+                crate::Error::ConfigMissing { .. } | crate::Error::Io { .. } => {
+                    "run `crm2fa-admin init` to write the default configuration"
                 }
-                crate::Error::Permissions { message, .. } => message
-                    .split("fix: ")
-                    .nth(1)
-                    .unwrap_or("make it owned by root and not writable by others")
-                    .to_string(),
-                _ => "correct the file at the line named".to_string(),
+                _ => "correct the file at the line named",
             };
-            out.push(problem("config", e.to_string(), fix));
+            out.push(failed("config", &e, fallback));
             return out;
         }
     };
@@ -127,7 +121,7 @@ pub fn run(config_path: &Path) -> Vec<Check> {
             out.push(check_dir(name, dir));
         }
     }
-    let store = match Store::open(&cfg.store.path) {
+    let store = match store::open(&cfg.store) {
         Ok(s) => Some(s),
         Err(e) => {
             let fallback = match &e {
@@ -138,7 +132,7 @@ pub fn run(config_path: &Path) -> Vec<Check> {
             None
         }
     };
-    let Some(store) = store else {
+    let Some(mut store) = store else {
         return out;
     };
     for suffix in ["-wal", "-shm"] {
@@ -147,15 +141,11 @@ pub fn run(config_path: &Path) -> Vec<Check> {
         let p = std::path::PathBuf::from(p);
         if p.exists() {
             if let Err(e) = fsperm::check_private_file(&p, Secrecy::OwnerOnly) {
-                out.push(problem(
-                    "store",
-                    e.to_string(),
-                    format!("chmod 0600 {}", p.display()),
-                ));
+                out.push(failed("store", &e, "restore the store from backup"));
             }
         }
     }
-    match store.integrity_check() {
+    match store.check_integrity() {
         Ok(errors) if errors.is_empty() => out.push(ok(
             "store",
             format!(
@@ -225,7 +215,7 @@ mod tests {
         );
         let cfg = Config::load(&cfg_path).unwrap();
         HostKey::create(&cfg.store.key_file).unwrap();
-        Store::create(&cfg.store.path).unwrap();
+        crate::store::create(&cfg.store).unwrap();
         let checks = run(&cfg_path);
         assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
         std::fs::set_permissions(&cfg.store.key_file, std::fs::Permissions::from_mode(0o644))

@@ -19,21 +19,22 @@ pub enum Secrecy {
 /// group/other write bit (and, for [`Secrecy::OwnerOnly`], no group/other bits at all).
 pub fn check_private_file(path: &Path, secrecy: Secrecy) -> Result<()> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let refuse = |problem: String, fix: String| Error::Permissions {
+        path: path.into(),
+        problem,
+        fix,
+    };
     if !meta.is_file() {
-        return Err(Error::Permissions {
-            path: path.into(),
-            message: "is not a regular file".into(),
-        });
+        return Err(refuse(
+            "is not a regular file".into(),
+            format!("replace {} with a regular file", path.display()),
+        ));
     }
     if meta.uid() != 0 {
-        return Err(Error::Permissions {
-            path: path.into(),
-            message: format!(
-                "is owned by uid {}, not root; fix: chown root:root {}",
-                meta.uid(),
-                path.display()
-            ),
-        });
+        return Err(refuse(
+            format!("is owned by uid {}, not root", meta.uid()),
+            format!("chown root:root {}", path.display()),
+        ));
     }
     let mode = meta.permissions().mode() & 0o777;
     let forbidden = match secrecy {
@@ -45,18 +46,17 @@ pub fn check_private_file(path: &Path, secrecy: Secrecy) -> Result<()> {
             Secrecy::NotWritableByOthers => mode & !0o022,
             Secrecy::OwnerOnly => mode & 0o700,
         };
-        return Err(Error::Permissions {
-            path: path.into(),
-            message: format!(
-                "has mode {mode:04o}, which lets other users {}; fix: chmod {want:04o} {}",
+        return Err(refuse(
+            format!(
+                "has mode {mode:04o}, which lets other users {}",
                 if mode & 0o022 != 0 {
                     "change it"
                 } else {
                     "read it"
-                },
-                path.display()
+                }
             ),
-        });
+            format!("chmod {want:04o} {}", path.display()),
+        ));
     }
     Ok(())
 }

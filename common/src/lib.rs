@@ -1,19 +1,25 @@
 //! crm2fa-common: everything crm2fa knows, shared by the PAM module and the CLI.
 //!
-//! Configuration, the encrypted store, TOTP, backup and recovery codes, policy,
-//! lockout and audit live here. Nothing in this crate talks to a terminal, and
-//! the current time is always passed in by the caller.
+//! Configuration, the store and its contract, TOTP, backup and recovery
+//! codes, policy, lockout and audit live here. Nothing in this crate talks
+//! to a terminal, and the current time is always passed in by the caller.
+//!
+//! Where things are: [`auth`] is the login, step by step; [`ops`] what the
+//! CLI and the module do to a user's factors; [`store`] the store contract
+//! and its backends; [`model`] the plain data and the lockout arithmetic;
+//! [`audit`] the wording of every decision.
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod auth;
 pub mod codes;
 pub mod config;
 pub mod crypto;
 pub mod doctor;
-pub mod enroll;
 pub mod error;
 pub mod fsperm;
-pub mod login;
+pub mod model;
+pub mod ops;
 pub mod policy;
 pub mod qr;
 pub mod store;
@@ -25,12 +31,14 @@ pub use error::{Error, Result};
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
         .unwrap_or(0)
 }
 
 /// RFC 3339 UTC rendering of a Unix time, for humans and JSON.
 pub fn rfc3339(t: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64);
+    let secs = u64::try_from(t).unwrap_or(0);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
     humantime::format_rfc3339_seconds(t).to_string()
 }

@@ -1,7 +1,7 @@
-//! Who must use a second factor, and why.
+//! Who must use a second factor, and why; whose 2FA may never be removed.
 use crate::config::{Enforce, PolicyConfig};
-use crate::error::{Error, Result};
-use crate::store::{TotpState, UserRecord};
+use crate::error::{Error, ProtectedAction, Result};
+use crate::model::{TotpState, UserRecord};
 
 /// The policy's answer for one user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,8 +19,26 @@ pub fn needs_groups(cfg: &PolicyConfig) -> bool {
     !cfg.exempt_groups.is_empty() || cfg.enforce == Enforce::Groups
 }
 
+/// Is `user` one of `protected_users`, whose 2FA can be replaced but never
+/// removed or turned off?
+pub fn is_protected(cfg: &PolicyConfig, user: &str) -> bool {
+    cfg.protected_users.iter().any(|p| p == user)
+}
+
+/// Refuse `action` on a protected user.
+pub fn ensure_unprotected(cfg: &PolicyConfig, user: &str, action: ProtectedAction) -> Result<()> {
+    if is_protected(cfg, user) {
+        return Err(Error::Protected {
+            user: user.into(),
+            action,
+        });
+    }
+    Ok(())
+}
+
 /// Decide for `user`, who is in `groups`, with what the store holds for them.
-/// `has_recovery`: the user holds a valid, unused recovery code.
+/// `has_recovery`: the user holds a valid, unused recovery code. A
+/// protected user's `disabled` flag (which `disable` never sets) is ignored.
 pub fn decide(
     cfg: &PolicyConfig,
     user: &str,
@@ -38,7 +56,7 @@ pub fn decide(
     if let Some(g) = cfg.exempt_groups.iter().find(|g| groups.contains(g)) {
         return not(format!("member of exempt group {g}"));
     }
-    if record.is_some_and(|r| r.disabled) {
+    if record.is_some_and(|r| r.disabled) && !is_protected(cfg, user) {
         return not(format!("2FA is disabled for {user}"));
     }
     let (required, reason) = match cfg.enforce {
@@ -70,12 +88,15 @@ pub fn decide(
 /// Names of the Unix groups `user` belongs to (primary and supplementary).
 pub fn unix_groups(user: &str) -> Result<Vec<String>> {
     use nix::unistd::{getgrouplist, Group, User};
-    let lookup = |e: nix::Error| Error::Refused(format!("cannot look up groups of {user}: {e}"));
+    let lookup = |source: nix::Error| Error::Groups {
+        user: user.into(),
+        source,
+    };
     let u = User::from_name(user)
         .map_err(lookup)?
-        .ok_or_else(|| Error::Refused(format!("no such user: {user}")))?;
-    let name = std::ffi::CString::new(user)
-        .map_err(|_| Error::Refused(format!("invalid user name {user:?}")))?;
+        .ok_or_else(|| Error::NoSuchAccount { user: user.into() })?;
+    let name =
+        std::ffi::CString::new(user).map_err(|_| Error::NoSuchAccount { user: user.into() })?;
     let gids = getgrouplist(&name, u.gid).map_err(lookup)?;
     let mut names = Vec::with_capacity(gids.len());
     for gid in gids {
@@ -105,18 +126,9 @@ mod tests {
 
     fn rec(state: TotpState, disabled: bool) -> UserRecord {
         UserRecord {
-            name: "u".into(),
             state,
             disabled,
-            secret: None,
-            code_salt: vec![],
-            last_step: -1,
-            failures: 0,
-            locked_until: None,
-            last_success: None,
-            backup_codes_left: 0,
-            email: None,
-            phone: None,
+            ..UserRecord::new("u", vec![])
         }
     }
 
@@ -141,6 +153,10 @@ mod tests {
         let d = decide(&c, "u", &["robots".into()], None, false);
         assert!(!d.required && !d.ask, "{}", d.reason);
         assert!(!decide(&c, "u", &[], Some(&rec(TotpState::Active, true)), false).ask);
+        assert!(
+            !decide(&c, "u", &[], Some(&rec(TotpState::None, true)), false).ask,
+            "a disabled user without a factor is exempt"
+        );
     }
 
     #[test]
@@ -148,5 +164,20 @@ mod tests {
         let c = cfg(Enforce::Groups);
         assert!(decide(&c, "u", &["admins".into()], None, false).required);
         assert!(!decide(&c, "u", &["staff".into()], None, false).required);
+    }
+
+    #[test]
+    fn protected_users_are_refused_and_never_disabled() {
+        let c = cfg(Enforce::All);
+        assert!(is_protected(&c, "root") && !is_protected(&c, "u"));
+        let err = ensure_unprotected(&c, "root", ProtectedAction::Disable).unwrap_err();
+        assert!(matches!(err, Error::Protected { .. }), "{err}");
+        ensure_unprotected(&c, "u", ProtectedAction::Reset).unwrap();
+        let mut r = rec(TotpState::Active, true);
+        r.name = "root".into();
+        assert!(
+            decide(&c, "root", &[], Some(&r), false).ask,
+            "a disabled flag on a protected user is ignored"
+        );
     }
 }

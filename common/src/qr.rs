@@ -15,6 +15,7 @@ pub enum QrStyle {
 }
 
 impl QrStyle {
+    /// Read a style name: `unicode`, `ascii` or `none`.
     pub fn parse(s: &str) -> Option<QrStyle> {
         match s {
             "unicode" => Some(QrStyle::Unicode),
@@ -48,6 +49,26 @@ pub fn render(data: &str, style: QrStyle) -> Option<String> {
             .quiet_zone(true)
             .build(),
     })
+}
+
+/// What a user needs to set up an authenticator app: the QR code of `uri`
+/// in `style`, then the manual key and the URI (labelled `uri_label`).
+pub fn setup_block(
+    uri: &str,
+    base32: &str,
+    style: QrStyle,
+    uri_label: &str,
+) -> zeroize::Zeroizing<String> {
+    let mut text = zeroize::Zeroizing::new(String::new());
+    if let Some(q) = render(uri, style) {
+        text.push_str(&q);
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "Manual key: {}\n{uri_label}{uri}\n",
+        crate::totp::grouped(base32)
+    ));
+    text
 }
 
 #[cfg(test)]

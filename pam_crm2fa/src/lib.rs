@@ -1,13 +1,13 @@
 //! pam_crm2fa.so: PAM glue only. It reads the PAM items, talks to the user
 //! through the PAM conversation, and maps the outcome of
-//! [`crm2fa_common::login::run`] to a PAM code. Panics never cross the FFI
+//! [`crm2fa_common::auth::run`] to a PAM code. Panics never cross the FFI
 //! boundary: the `pam_hooks!` entry points catch them and return PAM_ABORT.
 #![deny(unsafe_code)]
 
 use std::ffi::CStr;
 
 use crm2fa_common::audit::Logger;
-use crm2fa_common::login::{self, ConvError, Conversation, ModuleArgs, Outcome, Request};
+use crm2fa_common::auth::{self, ConvError, Conversation, ModuleArgs, Outcome, Request};
 use pam::constants::{
     PamFlag, PamResultCode, PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON, PAM_TEXT_INFO,
 };
@@ -114,7 +114,7 @@ impl PamHooks for Crm2fa {
             }
         };
         let mut conv = PamConversation(conv);
-        pam_code(login::run(&args, &req, &mut conv, &mut log))
+        pam_code(auth::run(&args, &req, &mut conv, &mut log))
     }
 
     fn sm_setcred(_pamh: &mut PamHandle, _args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {

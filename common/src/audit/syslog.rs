@@ -2,13 +2,16 @@
 //! table through the store, in the transaction that made them.
 use syslog::{Facility, Formatter3164};
 
-use crate::store::AuditEntry;
+use super::{AuditEntry, Outcome};
 
 /// Severity of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
+    /// Normal operation.
     Info,
+    /// Refused logins, locks.
     Warning,
+    /// Failures of the configuration or the store.
     Error,
 }
 
@@ -21,7 +24,17 @@ pub struct Logger {
     mirror: bool,
 }
 
+impl std::fmt::Debug for Logger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Logger")
+            .field("ident", &self.ident)
+            .field("mirror", &self.mirror)
+            .finish()
+    }
+}
+
 impl Logger {
+    /// A logger that names itself `ident`.
     pub fn new(ident: &str, mirror: bool) -> Logger {
         let syslog = syslog::unix(Formatter3164 {
             facility: Facility::LOG_AUTHPRIV,
@@ -37,6 +50,7 @@ impl Logger {
         }
     }
 
+    /// Log one line.
     pub fn log(&mut self, level: Level, msg: &str) {
         if let Some(s) = self.syslog.as_mut() {
             let _ = match level {
@@ -50,25 +64,31 @@ impl Logger {
         }
     }
 
+    /// Log at [`Level::Info`].
     pub fn info(&mut self, msg: &str) {
         self.log(Level::Info, msg)
     }
+    /// Log at [`Level::Warning`].
     pub fn warn(&mut self, msg: &str) {
         self.log(Level::Warning, msg)
     }
+    /// Log at [`Level::Error`].
     pub fn error(&mut self, msg: &str) {
         self.log(Level::Error, msg)
     }
 
     /// Log an audit entry as one line (never a code or a secret: entries hold neither).
     pub fn entry(&mut self, e: &AuditEntry) {
-        let level = match e.outcome.as_str() {
-            "failure" | "locked" | "denied" | "error" => Level::Warning,
+        let level = match e.outcome {
+            Outcome::Failure | Outcome::Locked | Outcome::Denied => Level::Warning,
             _ => Level::Info,
         };
         let mut line = format!(
             "{} {} user={} service={}",
-            e.event, e.outcome, e.user, e.service
+            e.event.as_str(),
+            e.outcome.as_str(),
+            e.user,
+            e.service
         );
         if !e.rhost.is_empty() {
             line.push_str(&format!(" rhost={}", e.rhost));
@@ -77,5 +97,12 @@ impl Logger {
             line.push_str(&format!(": {}", e.detail));
         }
         self.log(level, &line);
+    }
+
+    /// Log each of `entries`.
+    pub fn entries(&mut self, entries: &[AuditEntry]) {
+        for e in entries {
+            self.entry(e);
+        }
     }
 }

@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod raw;
+use raw::RawConfig;
+
 use crate::error::{Error, Result};
 
 /// Where the configuration lives unless `config=`, `--config` or
@@ -12,7 +15,7 @@ pub const DEFAULT_PATH: &str = "/etc/crm2fa/crm2fa.toml";
 /// Environment variable that overrides [`DEFAULT_PATH`].
 pub const ENV_VAR: &str = "CRM2FA_CONFIG";
 /// The shipped configuration, written by `crm2fa-admin init` when none exists.
-pub const EXAMPLE: &str = include_str!("../../packaging/crm2fa.toml");
+pub const EXAMPLE: &str = include_str!("../../../packaging/crm2fa.toml");
 
 /// The config path to use: an explicit one, else `CRM2FA_CONFIG`, else the default.
 /// The result is absolute, so the paths in the file are anchored to it.
@@ -25,242 +28,137 @@ pub fn resolve_path(explicit: Option<&Path>) -> PathBuf {
     std::path::absolute(&p).unwrap_or(p)
 }
 
+/// Who must use 2FA (`[policy] enforce`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Enforce {
+    /// Every user.
     All,
+    /// Members of `enforce_groups`.
     Groups,
+    /// Users who enrolled.
     OptIn,
 }
 
+/// What a required but unenrolled user gets (`[policy] unenrolled`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Unenrolled {
+    /// Refuse the login.
     Deny,
+    /// Let the password decide.
     Allow,
+    /// Set up TOTP during the login.
     Enroll,
 }
 
+/// What a store or key failure does to a login (`[policy] failmode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FailMode {
+    /// Deny.
     Secure,
+    /// Let the password step decide.
     Safe,
 }
 
+/// How the SMTP connection is protected (`[email] tls`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Tls {
+    /// Plain SMTP.
     None,
+    /// Upgrade with STARTTLS.
     Starttls,
+    /// TLS from the first byte.
     Tls,
-}
-
-// ---- raw file shape -------------------------------------------------------
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawConfig {
-    store: RawStore,
-    totp: RawTotp,
-    policy: RawPolicy,
-    lockout: RawLockout,
-    remember: RawRemember,
-    backup_codes: RawBackupCodes,
-    email: Option<RawEmail>,
-    sms: Option<RawSms>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawStore {
-    path: PathBuf,
-    key_file: PathBuf,
-}
-impl Default for RawStore {
-    fn default() -> Self {
-        RawStore {
-            path: "/var/lib/crm2fa/crm2fa.db".into(),
-            key_file: "/etc/crm2fa/secret.key".into(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawTotp {
-    digits: u32,
-    period: u64,
-    skew: u32,
-    issuer: String,
-}
-impl Default for RawTotp {
-    fn default() -> Self {
-        RawTotp {
-            digits: 6,
-            period: 30,
-            skew: 1,
-            issuer: "crm2fa".into(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawPolicy {
-    enforce: Enforce,
-    enforce_groups: Vec<String>,
-    exempt_groups: Vec<String>,
-    unenrolled: Unenrolled,
-    protected_users: Vec<String>,
-    failmode: FailMode,
-    prompts: u32,
-}
-impl Default for RawPolicy {
-    fn default() -> Self {
-        RawPolicy {
-            enforce: Enforce::All,
-            enforce_groups: vec![],
-            exempt_groups: vec![],
-            unenrolled: Unenrolled::Deny,
-            protected_users: vec!["root".into()],
-            failmode: FailMode::Secure,
-            prompts: 3,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawLockout {
-    max_failures: u32,
-    lock_seconds: u64,
-}
-impl Default for RawLockout {
-    fn default() -> Self {
-        RawLockout {
-            max_failures: 5,
-            lock_seconds: 300,
-        }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawRemember {
-    days: u32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawBackupCodes {
-    count: u32,
-}
-impl Default for RawBackupCodes {
-    fn default() -> Self {
-        RawBackupCodes { count: 10 }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawEmail {
-    smtp_host: String,
-    smtp_port: u16,
-    tls: Tls,
-    from: String,
-    username: String,
-    password_file: PathBuf,
-    code_ttl: String,
-}
-impl Default for RawEmail {
-    fn default() -> Self {
-        RawEmail {
-            smtp_host: "localhost".into(),
-            smtp_port: 25,
-            tls: Tls::Starttls,
-            from: "crm2fa <root@localhost>".into(),
-            username: String::new(),
-            password_file: PathBuf::new(),
-            code_ttl: "10m".into(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawSms {
-    command: Vec<String>,
-    url: String,
-    headers: std::collections::BTreeMap<String, String>,
-    body_template: String,
-    credentials_file: PathBuf,
-    code_ttl: String,
-}
-impl Default for RawSms {
-    fn default() -> Self {
-        RawSms {
-            command: vec![],
-            url: String::new(),
-            headers: Default::default(),
-            body_template: String::new(),
-            credentials_file: PathBuf::new(),
-            code_ttl: "10m".into(),
-        }
-    }
 }
 
 // ---- checked configuration ------------------------------------------------
 
+/// `[store]`.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
+    /// The SQLite store.
     pub path: PathBuf,
+    /// The host key that seals secrets.
     pub key_file: PathBuf,
 }
 
+/// `[totp]`.
 #[derive(Debug, Clone)]
 pub struct TotpConfig {
+    /// 6 or 8.
     pub digits: u32,
+    /// Seconds per step.
     pub period: u64,
+    /// Steps accepted either side of now.
     pub skew: u32,
+    /// Shown in the authenticator app.
     pub issuer: String,
 }
 
+/// `[policy]`.
 #[derive(Debug, Clone)]
 pub struct PolicyConfig {
+    /// Who must use 2FA.
     pub enforce: Enforce,
+    /// With `enforce = "groups"`: the groups that must.
     pub enforce_groups: Vec<String>,
+    /// Groups never asked.
     pub exempt_groups: Vec<String>,
+    /// Required but not enrolled.
     pub unenrolled: Unenrolled,
+    /// Users whose 2FA can be replaced, never removed.
     pub protected_users: Vec<String>,
+    /// Store or key failure.
     pub failmode: FailMode,
+    /// Code attempts per login.
     pub prompts: u32,
 }
 
+/// `[lockout]`.
 #[derive(Debug, Clone)]
 pub struct LockoutConfig {
+    /// Consecutive wrong codes before a lock.
     pub max_failures: u32,
+    /// How long a lock lasts.
     pub lock_seconds: i64,
 }
 
+/// `[email]`.
 #[derive(Debug, Clone)]
 pub struct EmailConfig {
+    /// SMTP server.
     pub smtp_host: String,
+    /// SMTP port.
     pub smtp_port: u16,
+    /// Connection protection.
     pub tls: Tls,
+    /// Sender.
     pub from: String,
+    /// SMTP user, empty for none.
     pub username: String,
+    /// Root-only file with the SMTP password.
     pub password_file: Option<PathBuf>,
+    /// Seconds a sent code stays valid.
     pub code_ttl: i64,
 }
 
+/// `[sms]`.
 #[derive(Debug, Clone)]
 pub struct SmsConfig {
+    /// Program and arguments; the phone and message are appended.
     pub command: Vec<String>,
+    /// HTTP gateway.
     pub url: String,
+    /// HTTP headers.
     pub headers: std::collections::BTreeMap<String, String>,
+    /// HTTP body with `{phone}`, `{message}` and `{code}`.
     pub body_template: String,
+    /// Root-only file with `user:password` for the gateway.
     pub credentials_file: Option<PathBuf>,
+    /// Seconds a sent code stays valid.
     pub code_ttl: i64,
 }
 
@@ -269,22 +167,36 @@ pub struct SmsConfig {
 pub struct Config {
     /// The file this configuration was read from.
     pub source: PathBuf,
+    /// `[store]`.
     pub store: StoreConfig,
+    /// `[totp]`.
     pub totp: TotpConfig,
+    /// `[policy]`.
     pub policy: PolicyConfig,
+    /// `[lockout]`.
     pub lockout: LockoutConfig,
     /// Days a successful login from one remote host is remembered (0: never).
     pub remember_days: u32,
+    /// Backup codes per set.
     pub backup_code_count: u32,
+    /// `[email]`, when configured.
     pub email: Option<EmailConfig>,
+    /// `[sms]`, when configured.
     pub sms: Option<SmsConfig>,
 }
 
 impl Config {
     /// Read, check ownership and permissions, parse and validate `path`.
     pub fn load(path: &Path) -> Result<Config> {
-        crate::fsperm::check_private_file(path, crate::fsperm::Secrecy::NotWritableByOthers)?;
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let not_found = |e: Error| match e {
+            Error::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
+                Error::ConfigMissing { path }
+            }
+            e => e,
+        };
+        crate::fsperm::check_private_file(path, crate::fsperm::Secrecy::NotWritableByOthers)
+            .map_err(not_found)?;
+        let text = std::fs::read_to_string(path).map_err(|e| not_found(Error::io(path, e)))?;
         Config::parse(&text, path)
     }
 
@@ -305,7 +217,7 @@ impl Config {
                 .map(|l| format!(":{l}"))
                 .unwrap_or_default();
             Error::ConfigInvalid {
-                path: PathBuf::from(format!("{}{at}", path.display())),
+                location: format!("{}{at}", path.display()),
                 message: format!("[{section}] {key}: {message}"),
             }
         };

@@ -1,48 +1,27 @@
-//! The login (`pam_sm_authenticate`), behind one [`Conversation`] trait so it
-//! can be driven by libpam or by a scripted conversation in tests.
-use std::path::PathBuf;
-
-use crate::audit::Logger;
-use crate::codes::{self, Code};
-use crate::config::{self, Config, FailMode, Unenrolled};
+//! The login (`pam_sm_authenticate`), behind one [`Conversation`] trait so
+//! it can be driven by libpam or by a scripted conversation in tests.
+//!
+//! The steps, in order: decide whether this user is asked
+//! ([`Ops::decide`]); refuse a locked user without checking anything;
+//! handle a required user without a factor (`unenrolled`); then prompt and
+//! redeem what the user types ([`crate::store`]'s `redeem`), showing new
+//! backup codes when the first code activated an enrolment.
+use crate::audit::{AuditCtx, Fact, Logger};
+use crate::codes::Code;
+use crate::config::{Config, FailMode, Unenrolled};
 use crate::crypto::{HostKey, Secret};
-use crate::enroll;
 use crate::error::Error;
-use crate::policy;
+use crate::model::{Candidate, CodeKind, Factor, TotpMatch, TotpState, UserRecord, Verdict};
+use crate::ops::{self, Drift, Ops};
 use crate::qr::{self, QrStyle};
-use crate::store::{
-    AuditCtx, AuditEntry, Candidate, Lockout, Store, TotpMatch, TotpState, UserRecord, Verdict,
-};
+use crate::store::{self, Store};
 use crate::totp;
 
-/// The prompt for a code.
-pub const PROMPT: &str = "Verification code: ";
-/// Said after every wrong code.
-pub const INVALID: &str = "Invalid verification code.";
-/// The last prompt after new backup codes, so they are seen before the login ends.
-pub const SAVED_PROMPT: &str = "Press Enter when you have saved them: ";
+mod args;
+mod conversation;
 
-/// The conversation broke down (the client went away or refused).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvError;
-
-impl std::fmt::Display for ConvError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the PAM conversation failed")
-    }
-}
-
-/// The conversation with the person logging in.
-pub trait Conversation {
-    /// Ask with echo off. `Ok(None)`: no answer (end of input).
-    fn prompt_hidden(&mut self, msg: &str) -> Result<Option<String>, ConvError>;
-    /// Ask with echo on.
-    fn prompt_visible(&mut self, msg: &str) -> Result<Option<String>, ConvError>;
-    /// Show information.
-    fn info(&mut self, msg: &str);
-    /// Show an error.
-    fn error(&mut self, msg: &str);
-}
+pub use args::ModuleArgs;
+pub use conversation::{ConvError, Conversation, INVALID, PROMPT, SAVED_PROMPT};
 
 /// What the login decided, mapped to a PAM code by the module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,40 +38,6 @@ pub enum Outcome {
     Unavailable,
 }
 
-/// Module arguments: `config=PATH`, `qr=unicode|ascii|none`, `debug`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModuleArgs {
-    pub config: PathBuf,
-    pub qr: QrStyle,
-    pub debug: bool,
-    /// Arguments not understood: logged and ignored.
-    pub unknown: Vec<String>,
-}
-
-impl ModuleArgs {
-    /// Parse the module's arguments. The environment is never read: under
-    /// su or sudo it belongs to the calling user.
-    pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> ModuleArgs {
-        let mut out = ModuleArgs {
-            config: PathBuf::from(config::DEFAULT_PATH),
-            qr: QrStyle::Unicode,
-            debug: false,
-            unknown: vec![],
-        };
-        for a in args {
-            match a.split_once('=') {
-                Some(("config", p)) if !p.is_empty() => out.config = PathBuf::from(p),
-                Some(("qr", s)) if QrStyle::parse(s).is_some() => {
-                    out.qr = QrStyle::parse(s).unwrap_or(QrStyle::Unicode)
-                }
-                None if a == "debug" => out.debug = true,
-                _ => out.unknown.push(a.to_string()),
-            }
-        }
-        out
-    }
-}
-
 /// The time source of a login: read again after every answer, since a code
 /// is typed well after the prompt was sent.
 pub type Clock = std::sync::Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -100,9 +45,13 @@ pub type Clock = std::sync::Arc<dyn Fn() -> i64 + Send + Sync>;
 /// Who is logging in, from where, and the clock.
 #[derive(Clone)]
 pub struct Request {
+    /// The user name.
     pub user: String,
+    /// The PAM service.
     pub service: String,
+    /// The remote host (PAM_RHOST), empty when local or unknown.
     pub rhost: String,
+    /// The clock.
     pub clock: Clock,
 }
 
@@ -110,6 +59,13 @@ impl Request {
     /// The time now, in seconds since the epoch.
     pub fn now(&self) -> i64 {
         (self.clock)()
+    }
+
+    fn audit_ctx(&self) -> AuditCtx {
+        AuditCtx {
+            service: self.service.clone(),
+            rhost: self.rhost.clone(),
+        }
     }
 }
 
@@ -153,11 +109,11 @@ pub fn run(
             return Outcome::Unavailable;
         }
     };
-    let mut store = match Store::open(&cfg.store.path) {
+    let mut store = match store::open(&cfg.store) {
         Ok(s) => s,
         Err(e) => return store_failure(&cfg, req, log, &e),
     };
-    match authenticate(&cfg, &mut store, args.qr, req, conv, log) {
+    match authenticate(&cfg, store.as_mut(), args.qr, req, conv, log) {
         Ok(o) => o,
         Err(e) => store_failure(&cfg, req, log, &e),
     }
@@ -184,41 +140,23 @@ fn store_failure(cfg: &Config, req: &Request, log: &mut Logger, e: &Error) -> Ou
     }
 }
 
+/// One login in progress.
 struct Login<'a> {
-    cfg: &'a Config,
-    store: &'a mut Store,
+    ops: Ops<'a>,
     req: &'a Request,
     conv: &'a mut dyn Conversation,
-    log: &'a mut Logger,
+    qr: QrStyle,
 }
 
 impl Login<'_> {
-    fn entry(&self, event: &str, outcome: &str, detail: impl Into<String>) -> AuditEntry {
-        enroll::audit_entry(
-            self.req.now(),
-            &self.req.user,
-            &self.req.service,
-            &self.req.rhost,
-            event,
-            outcome,
-            detail,
-        )
+    fn user(&self) -> &str {
+        &self.req.user
     }
 
     /// Write a decision to the audit table and syslog.
-    fn record(
-        &mut self,
-        event: &str,
-        outcome: &str,
-        detail: impl Into<String>,
-    ) -> Result<(), Error> {
-        let e = self.entry(event, outcome, detail);
-        self.log.entry(&e);
-        self.store.record(&e)
-    }
-
-    fn key(&self) -> Result<HostKey, Error> {
-        HostKey::load(&self.cfg.store.key_file)
+    fn record(&mut self, fact: Fact) -> Result<(), Error> {
+        let now = self.req.now();
+        self.ops.record(now, &self.req.user, &fact)
     }
 
     fn locked_message(&mut self, until: i64) {
@@ -234,44 +172,37 @@ impl Login<'_> {
 /// The login sequence of the design, on an open store.
 pub fn authenticate(
     cfg: &Config,
-    store: &mut Store,
-    qr_style: QrStyle,
+    store: &mut dyn Store,
+    qr: QrStyle,
     req: &Request,
     conv: &mut dyn Conversation,
     log: &mut Logger,
 ) -> Result<Outcome, Error> {
     let mut l = Login {
-        cfg,
-        store,
+        ops: Ops {
+            cfg,
+            store,
+            log,
+            ctx: req.audit_ctx(),
+        },
         req,
         conv,
-        log,
+        qr,
     };
     let user = req.user.as_str();
-    let record = l.store.user(user)?;
-    let has_recovery = l.store.has_valid_recovery(user, req.now())?;
-    let groups = if policy::needs_groups(&cfg.policy) {
-        policy::unix_groups(user)?
-    } else {
-        vec![]
-    };
-    let decision = policy::decide(&cfg.policy, user, &groups, record.as_ref(), has_recovery);
+    let record = l.ops.store.user(user)?;
+    let has_recovery = l.ops.store.has_valid_recovery(user, req.now())?;
+    let decision = l.ops.decide_with(user, record.as_ref(), has_recovery)?;
     if !decision.ask {
-        l.record(
-            "login",
-            "skipped",
-            format!("2FA not required: {}", decision.reason),
-        )?;
+        l.record(Fact::NotRequired {
+            reason: decision.reason,
+        })?;
         return Ok(Outcome::Ignore);
     }
     // A lock holds whatever else the user has or lacks.
     if let Some(until) = record.as_ref().and_then(|r| r.locked_at(req.now())) {
         l.locked_message(until);
-        l.record(
-            "login",
-            "locked",
-            format!("locked until {}; no code checked", crate::rfc3339(until)),
-        )?;
+        l.record(Fact::Locked { until })?;
         return Ok(Outcome::MaxTries);
     }
     let enrolled = record
@@ -284,28 +215,20 @@ pub fn authenticate(
                     "Two-factor authentication is required for this account, but it has no \
                      second factor set up. Ask an administrator to enrol you.",
                 );
-                l.record(
-                    "login",
-                    "denied",
-                    "required but not enrolled (unenrolled = deny)",
-                )?;
+                l.record(Fact::UnenrolledDenied)?;
                 Ok(Outcome::AuthErr)
             }
             Unenrolled::Allow => {
-                l.record(
-                    "login",
-                    "allowed",
-                    "required but not enrolled (unenrolled = allow)",
-                )?;
+                l.record(Fact::UnenrolledAllowed)?;
                 Ok(Outcome::Ignore)
             }
-            Unenrolled::Enroll => enroll_during_login(&mut l, qr_style),
+            Unenrolled::Enroll => enroll_during_login(&mut l),
         };
     }
     // Only a recovery code makes a row too, when it is issued.
-    let record = record.ok_or_else(|| Error::NotEnrolled(user.into()))?;
+    let record = record.ok_or_else(|| Error::NotEnrolled { user: user.into() })?;
     let secret = if record.has_totp() {
-        record.open_totp_secret(&l.key()?)?
+        record.open_totp_secret(&l.ops.key()?)?
     } else {
         None
     };
@@ -314,9 +237,45 @@ pub fn authenticate(
     if let (TotpState::Pending, Unenrolled::Enroll, Some(s)) =
         (record.state, cfg.policy.unenrolled, &secret)
     {
-        show_setup(&mut l, qr_style, s);
+        show_setup(&mut l, s);
     }
     ask_for_codes(&mut l, &record, secret.as_ref(), has_recovery)
+}
+
+/// What the typed `answer` could be, worked out before the write lock:
+/// the TOTP step it matches, else at most one argon2 hash, for the kind of
+/// code it is shaped like.
+fn candidate(
+    l: &Login<'_>,
+    record: &UserRecord,
+    secret: Option<&Secret>,
+    has_recovery: bool,
+    answer: &str,
+    now: i64,
+) -> Candidate {
+    let totp = secret
+        .zip(record.secret.as_deref())
+        .and_then(|(s, sealed)| {
+            totp::matching_step(&l.ops.cfg.totp, s, answer, now).map(|step| TotpMatch {
+                step,
+                sealed_secret: sealed.to_vec(),
+            })
+        });
+    if totp.is_some() {
+        return Candidate {
+            totp,
+            ..Candidate::default()
+        };
+    }
+    let code = Code::normalize(answer);
+    let backup = record.backup_codes_usable() && record.backup_codes_left > 0;
+    let mut c = Candidate::default();
+    if backup && code.is_code_of_len(CodeKind::Backup.code_len()) {
+        c.backup_hash = Some(code.hash(&record.code_salt));
+    } else if has_recovery && code.is_code_of_len(CodeKind::Recovery.code_len()) {
+        c.recovery_hash = Some(code.hash(&record.code_salt));
+    }
+    c
 }
 
 /// Prompt up to `prompts` times and redeem what the user types.
@@ -326,31 +285,17 @@ fn ask_for_codes(
     secret: Option<&Secret>,
     has_recovery: bool,
 ) -> Result<Outcome, Error> {
-    let user = l.req.user.clone();
-    let lockout = Lockout {
-        max_failures: l.cfg.lockout.max_failures,
-        lock_seconds: l.cfg.lockout.lock_seconds,
-    };
-    let ctx = AuditCtx {
-        service: l.req.service.clone(),
-        rhost: l.req.rhost.clone(),
-    };
-    let backup_usable = record.state == TotpState::Active && record.backup_codes_left > 0;
+    let user = l.user().to_string();
     let mut attempted = false;
-    for _ in 0..l.cfg.policy.prompts {
+    for _ in 0..l.ops.cfg.policy.prompts {
         let answer = match l.conv.prompt_hidden(PROMPT) {
             Ok(a) => zeroize::Zeroizing::new(a.unwrap_or_default()),
             Err(ConvError) => {
-                l.record(
-                    "login",
-                    "failure",
-                    "the conversation with the client failed",
-                )?;
+                l.record(Fact::ConversationFailed)?;
                 return Ok(Outcome::AuthErr);
             }
         };
-        let code = Code::normalize(&answer);
-        if code.as_str().is_empty() {
+        if Code::normalize(&answer).as_str().is_empty() {
             // Not a guess: uses up a prompt, not counted toward the lockout.
             continue;
         }
@@ -362,81 +307,79 @@ fn ask_for_codes(
         }
         attempted = true;
         let now = l.req.now();
-        let mut candidate = Candidate {
-            totp: secret
-                .zip(record.secret.as_deref())
-                .and_then(|(s, sealed)| {
-                    totp::matching_step(&l.cfg.totp, s, &answer, now).map(|step| TotpMatch {
-                        step,
-                        sealed_secret: sealed.to_vec(),
-                    })
-                }),
-            ..Candidate::default()
-        };
-        if candidate.totp.is_none() {
-            // At most one argon2 evaluation per attempt.
-            if backup_usable && code.is_code_of_len(codes::BACKUP_LEN) {
-                candidate.backup_hash = Some(code.hash(&record.code_salt));
-            } else if has_recovery && code.is_code_of_len(codes::RECOVERY_LEN) {
-                candidate.recovery_hash = Some(code.hash(&record.code_salt));
-            }
-        }
-        let verdict = l.store.redeem(&user, &candidate, now, lockout, &ctx)?;
+        let offer = candidate(l, record, secret, has_recovery, &answer, now);
+        let verdict = l
+            .ops
+            .store
+            .redeem(&user, &offer, now, &l.ops.cfg.lockout, &l.ops.ctx)?;
+        let entries = l.ops.ctx.entries(now, &user, &Fact::of_verdict(&verdict));
+        l.ops.log.entries(&entries);
         match verdict {
             Verdict::Accepted {
                 factor,
                 activated_codes,
                 backup_codes_left,
             } => {
-                l.log.info(&format!(
-                    "login success user={user} service={} factor={}",
-                    l.req.service,
-                    factor.as_str()
-                ));
-                if let Some(sealed) = activated_codes {
-                    let key = l.key()?;
-                    let codes = enroll::open_codes(&key, &user, &sealed)?;
-                    show_backup_codes(l, &codes);
-                } else {
-                    after_success(l, factor, backup_codes_left);
+                match activated_codes {
+                    Some(sealed) => {
+                        let codes = ops::open_codes(&l.ops.key()?, &user, &sealed)?;
+                        show_backup_codes(l, &codes);
+                    }
+                    None => after_success(l, factor, backup_codes_left),
                 }
                 return Ok(Outcome::Success);
             }
             Verdict::Rejected { locked_until, .. } => {
                 l.conv.error(INVALID);
-                l.log.warn(&format!(
-                    "login failure user={user} service={}: invalid code",
-                    l.req.service
-                ));
+                log_drift(l, record, secret, &answer, now);
                 if let Some(until) = locked_until {
-                    l.log.warn(&format!(
-                        "user {user} locked until {}",
-                        crate::rfc3339(until)
-                    ));
                     l.locked_message(until);
                     return Ok(Outcome::MaxTries);
                 }
             }
             Verdict::Locked { until } => {
-                l.log.warn(&format!(
-                    "login locked user={user} service={}: locked until {}; no code checked",
-                    l.req.service,
-                    crate::rfc3339(until)
-                ));
                 l.locked_message(until);
                 return Ok(Outcome::MaxTries);
             }
-            Verdict::UnknownUser => return Err(Error::NotEnrolled(user)),
+            Verdict::UnknownUser => return Err(Error::NotEnrolled { user }),
         }
     }
     if !attempted {
-        l.record("login", "failure", "no code entered")?;
+        l.record(Fact::NoCode)?;
     }
     Ok(Outcome::AuthErr)
 }
 
-fn after_success(l: &mut Login<'_>, factor: crate::store::Factor, left: u32) {
-    use crate::store::Factor;
+/// A refused code that is the user's TOTP code at another time: say so in
+/// syslog, so an administrator sees a clock problem (or a used code) for
+/// what it is.
+fn log_drift(
+    l: &mut Login<'_>,
+    record: &UserRecord,
+    secret: Option<&Secret>,
+    answer: &str,
+    now: i64,
+) {
+    let Some(secret) = secret else { return };
+    let cfg = &l.ops.cfg.totp;
+    let Some(d) = Drift::find(cfg, secret, answer, now, record.last_step) else {
+        return;
+    };
+    let why = if !d.within_window {
+        format!(
+            "it is the code of {:+} step(s) ({:+} s) from now: check the clocks of the \
+             phone and of this host",
+            d.steps,
+            d.seconds(cfg)
+        )
+    } else {
+        "its time step was already used".to_string()
+    };
+    let msg = format!("code refused for {}: {why}", l.req.user);
+    l.ops.log.warn(&msg);
+}
+
+fn after_success(l: &mut Login<'_>, factor: Factor, left: u32) {
     match factor {
         Factor::Backup if left <= 2 => l.conv.info(&format!(
             "Backup code accepted. Only {left} backup code{} left: ask an administrator for a \
@@ -457,11 +400,11 @@ fn after_success(l: &mut Login<'_>, factor: crate::store::Factor, left: u32) {
 
 /// Show new backup codes before a final prompt, so `ssh host command` shows them too.
 fn show_backup_codes(l: &mut Login<'_>, codes: &[Code]) {
-    let mut text = String::from(
+    let mut text = zeroize::Zeroizing::new(String::from(
         "Two-factor authentication is now active.\n\
          Your backup codes: each works once if you lose your phone. Keep them somewhere safe;\n\
          they will not be shown again.\n",
-    );
+    ));
     for c in codes {
         text.push_str("    ");
         text.push_str(&c.display());
@@ -473,53 +416,45 @@ fn show_backup_codes(l: &mut Login<'_>, codes: &[Code]) {
 
 /// `unenrolled = "enroll"`: set up TOTP inside the login. The user scans the
 /// QR code, types the first code, and the enrolment is active.
-fn enroll_during_login(l: &mut Login<'_>, qr_style: QrStyle) -> Result<Outcome, Error> {
-    let key = l.key()?;
-    let user = l.req.user.clone();
-    let req = enroll::EnrollRequest {
-        user: &user,
-        now: l.req.now(),
-        service: &l.req.service,
-        replace: false,
-    };
-    let e = match enroll::begin(l.cfg, &key, l.store, &req, l.log) {
+fn enroll_during_login(l: &mut Login<'_>) -> Result<Outcome, Error> {
+    let key: HostKey = l.ops.key()?;
+    let user = l.user().to_string();
+    let e = match l.ops.begin_enrollment(&key, &user, l.req.now(), false) {
         Ok(e) => e,
-        Err(Error::Refused(why)) => {
+        Err(Error::AlreadyEnrolled { .. }) => {
             // Enrolled by someone else since this login read the store.
             l.conv
                 .error("Your second factor changed during this login. Please log in again.");
-            l.record("login", "failure", why)?;
+            l.record(Fact::EnrolmentChanged)?;
             return Ok(Outcome::AuthErr);
         }
         Err(e) => return Err(e),
     };
-    show_setup(l, qr_style, &e.secret);
+    show_setup(l, &e.secret);
     let record = l
+        .ops
         .store
         .user(&user)?
-        .ok_or_else(|| Error::NotEnrolled(user.clone()))?;
+        .ok_or_else(|| Error::NotEnrolled { user: user.clone() })?;
     ask_for_codes(l, &record, Some(&e.secret), false)
 }
 
 /// Show what the user needs to set up their app: QR code, manual key, URI.
-fn show_setup(l: &mut Login<'_>, qr_style: QrStyle, secret: &Secret) {
+fn show_setup(l: &mut Login<'_>, secret: &Secret) {
     let uri = zeroize::Zeroizing::new(totp::otpauth_uri(
-        &l.cfg.totp,
+        &l.ops.cfg.totp,
         secret,
-        &enroll::account_name(&l.req.user),
+        &ops::account_name(&l.req.user),
     ));
     let mut text = zeroize::Zeroizing::new(String::from(
         "Two-factor authentication is required for this account. Set it up now:\n\
          scan this QR code with your authenticator app, then enter the code it shows.\n",
     ));
-    if let Some(q) = qr::render(&uri, qr_style) {
-        text.push_str(&q);
-        text.push('\n');
-    }
-    text.push_str(&format!(
-        "Manual key: {}\nURI: {}\n",
-        totp::grouped(&totp::secret_base32(secret)),
-        uri.as_str()
+    text.push_str(&qr::setup_block(
+        &uri,
+        &totp::secret_base32(secret),
+        l.qr,
+        "URI: ",
     ));
     l.conv.info(&text);
 }
@@ -573,7 +508,7 @@ mod tests {
     struct Env {
         _dir: tempfile::TempDir,
         cfg: Config,
-        store: Store,
+        store: Box<dyn Store>,
         key: HostKey,
         log: Logger,
     }
@@ -584,7 +519,7 @@ mod tests {
         let text = format!("[store]\npath = \"db\"\nkey_file = \"key\"\n{extra}");
         let cfg = Config::parse(&text, &path).unwrap();
         let key = HostKey::create(&cfg.store.key_file).unwrap();
-        let store = Store::create(&cfg.store.path).unwrap();
+        let store = store::create(&cfg.store).unwrap();
         Env {
             _dir: dir,
             cfg,
@@ -608,7 +543,7 @@ mod tests {
     fn login(e: &mut Env, user: &str, now: i64, script: &mut Script) -> Outcome {
         authenticate(
             &e.cfg,
-            &mut e.store,
+            e.store.as_mut(),
             QrStyle::None,
             &req(user, now),
             script,
@@ -617,7 +552,7 @@ mod tests {
         .unwrap()
     }
 
-    fn state(e: &Env, user: &str) -> TotpState {
+    fn state(e: &mut Env, user: &str) -> TotpState {
         e.store.user(user).unwrap().unwrap().state
     }
 
@@ -625,14 +560,14 @@ mod tests {
         enrolment(e, user).secret
     }
 
-    fn enrolment(e: &mut Env, user: &str) -> enroll::Enrollment {
-        let req = enroll::EnrollRequest {
-            user,
-            now: NOW - 600,
-            service: "t",
-            replace: true,
+    fn enrolment(e: &mut Env, user: &str) -> ops::Enrollment {
+        let mut ops = Ops {
+            cfg: &e.cfg,
+            store: e.store.as_mut(),
+            log: &mut e.log,
+            ctx: AuditCtx::default(),
         };
-        enroll::begin(&e.cfg, &e.key, &mut e.store, &req, &mut e.log).unwrap()
+        ops.begin_enrollment(&e.key, user, NOW - 600, true).unwrap()
     }
 
     fn code(e: &Env, s: &Secret, now: i64) -> String {
@@ -654,7 +589,7 @@ mod tests {
             3,
             "{shown}"
         );
-        assert_eq!(state(&e, "alice"), TotpState::Active);
+        assert_eq!(state(&mut e, "alice"), TotpState::Active);
     }
 
     #[test]
@@ -668,7 +603,7 @@ mod tests {
         assert_eq!(sc.prompts, vec![PROMPT; 3]);
         assert_eq!(sc.errors, vec![INVALID; 2]);
         assert_eq!(
-            e.store.user("bob").unwrap().unwrap().failures,
+            e.store.user("bob").unwrap().unwrap().lock.failures,
             2,
             "empty answer not counted"
         );
@@ -729,7 +664,7 @@ mod tests {
         let later = NOW + 61;
         let mut sc = Script::new(&[Some(&code(&e, &s, later)), Some("")]);
         assert_eq!(login(&mut e, "frank", later, &mut sc), Outcome::Success);
-        assert_eq!(e.store.user("frank").unwrap().unwrap().failures, 0);
+        assert_eq!(e.store.user("frank").unwrap().unwrap().lock.failures, 0);
     }
 
     /// A user who reads the manual key off the screen and types the app's code.
@@ -786,7 +721,7 @@ mod tests {
         let mut user = NewUser::new(&e, NOW);
         let out = authenticate(
             &e.cfg,
-            &mut e.store,
+            e.store.as_mut(),
             QrStyle::Ascii,
             &req("gina", NOW),
             &mut user,
@@ -802,7 +737,7 @@ mod tests {
         assert!(user.infos[0].contains("##"), "the ASCII QR code is shown");
         assert_eq!(user.prompts, vec![PROMPT, SAVED_PROMPT]);
         assert!(user.infos[1].contains("backup codes"));
-        assert_eq!(state(&e, "gina"), TotpState::Active);
+        assert_eq!(state(&mut e, "gina"), TotpState::Active);
     }
 
     #[test]
@@ -886,7 +821,7 @@ mod tests {
         // prompt's time, inside the window of the time it arrives.
         let out = authenticate(
             &e.cfg,
-            &mut e.store,
+            e.store.as_mut(),
             QrStyle::None,
             &r,
             &mut typer,
@@ -901,8 +836,14 @@ mod tests {
         let mut e = env("[policy]\nenforce = \"all\"\nunenrolled = \"enroll\"\n");
         let mut gone = Script::new(&[None, None, None]);
         assert_eq!(login(&mut e, "jill", NOW, &mut gone), Outcome::AuthErr);
-        assert_eq!(state(&e, "jill"), TotpState::Pending);
-        let audit = e.store.audit(Some("jill"), None).unwrap();
+        assert_eq!(state(&mut e, "jill"), TotpState::Pending);
+        let audit = e
+            .store
+            .audit(&crate::audit::AuditFilter {
+                user: Some("jill".into()),
+                since: None,
+            })
+            .unwrap();
         assert!(
             audit.iter().any(|a| a.detail == "no code entered"),
             "{audit:?}"
@@ -910,7 +851,7 @@ mod tests {
         let mut user = NewUser::new(&e, NOW + 60);
         let out = authenticate(
             &e.cfg,
-            &mut e.store,
+            e.store.as_mut(),
             QrStyle::None,
             &req("jill", NOW + 60),
             &mut user,
@@ -918,7 +859,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, Outcome::Success, "{:?}", user.infos);
-        assert_eq!(state(&e, "jill"), TotpState::Active);
+        assert_eq!(state(&mut e, "jill"), TotpState::Active);
     }
 
     #[test]
@@ -931,17 +872,5 @@ mod tests {
             Outcome::Unavailable
         );
         assert!(sc.prompts.is_empty());
-    }
-
-    #[test]
-    fn module_args_parse_and_keep_unknown_ones() {
-        let a = ModuleArgs::parse(["config=/x/y.toml", "qr=ascii", "debug", "frobnicate"]);
-        assert_eq!(a.config, PathBuf::from("/x/y.toml"));
-        assert_eq!(a.qr, QrStyle::Ascii);
-        assert!(a.debug);
-        assert_eq!(a.unknown, vec!["frobnicate".to_string()]);
-        let d = ModuleArgs::parse([]);
-        assert_eq!(d.config, PathBuf::from(config::DEFAULT_PATH));
-        assert_eq!(d.qr, QrStyle::Unicode);
     }
 }

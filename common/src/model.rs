@@ -1,0 +1,342 @@
+//! What the store keeps and what a login attempt decides: plain data, and
+//! the rules decided from it (the lockout arithmetic), written once here
+//! for every store backend.
+use crate::codes::HASH_LEN;
+use crate::config::LockoutConfig;
+use crate::crypto::{HostKey, Secret};
+use crate::error::Result;
+
+/// Enrolment state of a user's TOTP factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TotpState {
+    /// No TOTP secret.
+    None,
+    /// A secret was made, no code from it accepted yet.
+    Pending,
+    /// A code from the secret was accepted: the factor is in use.
+    Active,
+}
+
+impl TotpState {
+    /// The state as the store and `status` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TotpState::None => "none",
+            TotpState::Pending => "pending",
+            TotpState::Active => "active",
+        }
+    }
+
+    /// Read a stored state; anything unknown is `None` (no factor).
+    pub fn parse(s: &str) -> TotpState {
+        match s {
+            "pending" => TotpState::Pending,
+            "active" => TotpState::Active,
+            _ => TotpState::None,
+        }
+    }
+}
+
+/// The lockout counters of one user.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LockState {
+    /// Wrong codes in a row (attempts counted, not yet cleared by a success).
+    pub failures: u32,
+    /// When the current or last lock ends.
+    pub locked_until: Option<i64>,
+}
+
+impl LockState {
+    /// Locked at `now`: the time the lock ends.
+    pub fn locked_at(&self, now: i64) -> Option<i64> {
+        self.locked_until.filter(|&t| t > now)
+    }
+
+    /// The state after counting one more attempt as a failure, before the
+    /// attempt is checked (a success clears it again). After a lock has
+    /// expired the count starts over; reaching `max_failures` locks the
+    /// user for `lock_seconds`.
+    pub fn after_attempt(&self, cfg: &LockoutConfig, now: i64) -> LockState {
+        let failures = if self.locked_until.is_some() {
+            1
+        } else {
+            self.failures.saturating_add(1)
+        };
+        LockState {
+            failures,
+            locked_until: (failures >= cfg.max_failures).then_some(now + cfg.lock_seconds),
+        }
+    }
+}
+
+/// What the store knows about one user.
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    /// The account name.
+    pub name: String,
+    /// TOTP enrolment state.
+    pub state: TotpState,
+    /// 2FA turned off for this user (`disable`); factors are kept.
+    pub disabled: bool,
+    /// The sealed TOTP secret (see [`HostKey::open`]).
+    pub secret: Option<Vec<u8>>,
+    /// Salt of the user's backup and recovery code hashes.
+    pub code_salt: Vec<u8>,
+    /// Newest TOTP step accepted (-1: none).
+    pub last_step: i64,
+    /// Lockout counters.
+    pub lock: LockState,
+    /// Time of the last successful code.
+    pub last_success: Option<i64>,
+    /// Unused backup codes of an active enrolment.
+    pub backup_codes_left: u32,
+    /// Where email codes and notices go.
+    pub email: Option<String>,
+    /// Where SMS codes go.
+    pub phone: Option<String>,
+}
+
+impl UserRecord {
+    /// A record for a user the store has just been told about.
+    pub fn new(name: &str, code_salt: Vec<u8>) -> UserRecord {
+        UserRecord {
+            name: name.into(),
+            state: TotpState::None,
+            disabled: false,
+            secret: None,
+            code_salt,
+            last_step: -1,
+            lock: LockState::default(),
+            last_success: None,
+            backup_codes_left: 0,
+            email: None,
+            phone: None,
+        }
+    }
+
+    /// Locked at `now`: the time the lock ends.
+    pub fn locked_at(&self, now: i64) -> Option<i64> {
+        self.lock.locked_at(now)
+    }
+
+    /// Has a TOTP secret, pending or active.
+    pub fn has_totp(&self) -> bool {
+        matches!(self.state, TotpState::Pending | TotpState::Active) && self.secret.is_some()
+    }
+
+    /// Backup codes can be redeemed: the enrolment is active and on.
+    pub fn backup_codes_usable(&self) -> bool {
+        self.state == TotpState::Active && !self.disabled
+    }
+
+    /// The TOTP secret, decrypted with the host key, if the user has one.
+    pub fn open_totp_secret(&self, key: &HostKey) -> Result<Option<Secret>> {
+        match (&self.secret, self.has_totp()) {
+            (Some(sealed), true) => key.open(&self.name, sealed).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// State as `status` reports it: none, pending, active or disabled.
+    pub fn display_state(&self) -> &'static str {
+        if self.disabled {
+            "disabled"
+        } else {
+            self.state.as_str()
+        }
+    }
+}
+
+/// A kind of second factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Factor {
+    /// A code from the authenticator app.
+    Totp,
+    /// A single-use backup code.
+    Backup,
+    /// A temporary single-use recovery code.
+    Recovery,
+}
+
+impl Factor {
+    /// The factor's name in the audit log and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Factor::Totp => "totp",
+            Factor::Backup => "backup",
+            Factor::Recovery => "recovery",
+        }
+    }
+}
+
+/// The two kinds of single-use code kept as hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeKind {
+    /// Backup codes: a set per enrolment, usable once it is active.
+    Backup,
+    /// Recovery codes: one at a time, until it expires.
+    Recovery,
+}
+
+impl CodeKind {
+    /// Characters of a code of this kind.
+    pub fn code_len(self) -> usize {
+        match self {
+            CodeKind::Backup => crate::codes::BACKUP_LEN,
+            CodeKind::Recovery => crate::codes::RECOVERY_LEN,
+        }
+    }
+
+    /// The factor a code of this kind is.
+    pub fn factor(self) -> Factor {
+        match self {
+            CodeKind::Backup => Factor::Backup,
+            CodeKind::Recovery => Factor::Recovery,
+        }
+    }
+}
+
+/// An unused code as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCode {
+    /// The row that holds it.
+    pub id: i64,
+    /// argon2id of the code under the user's salt.
+    pub hash: Vec<u8>,
+}
+
+/// A TOTP code matched time step `step` of the secret that was stored
+/// sealed as `sealed_secret` when it was read. The consuming write checks
+/// both, so a code of a secret replaced meanwhile (re-enrolment during an
+/// open login) is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TotpMatch {
+    /// The time step the code belongs to.
+    pub step: i64,
+    /// The sealed secret it was computed from.
+    pub sealed_secret: Vec<u8>,
+}
+
+/// What a login attempt offers, worked out before the write lock is taken:
+/// the TOTP step the code matched, and the argon2 hash of the code under the
+/// user's salt when it is shaped like a backup or recovery code.
+#[derive(Debug, Clone, Default)]
+pub struct Candidate {
+    /// The TOTP step the code matched.
+    pub totp: Option<TotpMatch>,
+    /// The hash, if the code is shaped like a backup code.
+    pub backup_hash: Option<[u8; HASH_LEN]>,
+    /// The hash, if the code is shaped like a recovery code.
+    pub recovery_hash: Option<[u8; HASH_LEN]>,
+}
+
+impl Candidate {
+    /// The hash offered for codes of `kind`.
+    pub fn hash(&self, kind: CodeKind) -> Option<&[u8; HASH_LEN]> {
+        match kind {
+            CodeKind::Backup => self.backup_hash.as_ref(),
+            CodeKind::Recovery => self.recovery_hash.as_ref(),
+        }
+    }
+}
+
+/// A new enrolment as the store keeps it: all secrets already sealed or hashed.
+#[derive(Debug, Clone, Copy)]
+pub struct NewEnrollment<'a> {
+    /// The sealed TOTP secret.
+    pub sealed_secret: &'a [u8],
+    /// The salt of the backup code hashes.
+    pub code_salt: &'a [u8],
+    /// The new backup codes, hashed.
+    pub backup_hashes: &'a [[u8; HASH_LEN]],
+    /// The new backup codes, sealed, to show once at activation.
+    pub sealed_codes: &'a [u8],
+    /// Replace a pending or active enrolment; otherwise only a user with no
+    /// factor is enrolled.
+    pub replace: bool,
+}
+
+/// The outcome of one login attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A factor matched and was consumed.
+    Accepted {
+        /// Which one.
+        factor: Factor,
+        /// Sealed backup codes to show once: set when this login activated a pending enrolment.
+        activated_codes: Option<Vec<u8>>,
+        /// Unused backup codes after this attempt.
+        backup_codes_left: u32,
+    },
+    /// Nothing matched; the attempt counted as a failure.
+    Rejected {
+        /// Wrong codes in a row, this one included.
+        failures: u32,
+        /// Set when this failure locked the user.
+        locked_until: Option<i64>,
+    },
+    /// The user was locked: nothing was checked.
+    Locked {
+        /// When the lock ends.
+        until: i64,
+    },
+    /// The store has no record of the user.
+    UnknownUser,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(max: u32) -> LockoutConfig {
+        LockoutConfig {
+            max_failures: max,
+            lock_seconds: 60,
+        }
+    }
+
+    #[test]
+    fn failures_count_up_and_lock_at_the_limit() {
+        let c = cfg(3);
+        let one = LockState::default().after_attempt(&c, 100);
+        assert_eq!(
+            one,
+            LockState {
+                failures: 1,
+                locked_until: None
+            }
+        );
+        let three = one.after_attempt(&c, 101).after_attempt(&c, 102);
+        assert_eq!(
+            three,
+            LockState {
+                failures: 3,
+                locked_until: Some(162)
+            }
+        );
+        assert_eq!(three.locked_at(161), Some(162));
+        assert_eq!(three.locked_at(162), None, "the lock ends at its time");
+    }
+
+    #[test]
+    fn count_starts_over_after_an_expired_lock() {
+        let c = cfg(3);
+        let expired = LockState {
+            failures: 3,
+            locked_until: Some(50),
+        };
+        assert_eq!(
+            expired.after_attempt(&c, 100),
+            LockState {
+                failures: 1,
+                locked_until: None
+            }
+        );
+    }
+
+    #[test]
+    fn one_allowed_failure_locks_at_once() {
+        let s = LockState::default().after_attempt(&cfg(1), 10);
+        assert_eq!(s.locked_until, Some(70));
+    }
+}

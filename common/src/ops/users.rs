@@ -1,0 +1,185 @@
+//! A user's state, and the administrator's switches: reset, disable,
+//! enable, unlock.
+use super::Ops;
+use crate::audit::Fact;
+use crate::codes;
+use crate::error::{Error, ProtectedAction, Result};
+use crate::model::{Factor, TotpState, UserRecord};
+use crate::policy;
+
+/// What `status` and `list` show of one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The user.
+    pub user: String,
+    /// none, pending, active or disabled.
+    pub state: &'static str,
+    /// The factors a login would accept now.
+    pub methods: Vec<Factor>,
+    /// Unused backup codes.
+    pub backup_codes_left: u32,
+    /// Wrong codes in a row.
+    pub failures: u32,
+    /// When the current lock ends, if locked.
+    pub locked_until: Option<i64>,
+    /// The last successful code.
+    pub last_success: Option<i64>,
+}
+
+impl Status {
+    /// The status of `user`, whose record is `record`, at `now`.
+    pub fn of(user: &str, record: Option<&UserRecord>, has_recovery: bool, now: i64) -> Status {
+        let mut methods = vec![];
+        let Some(r) = record else {
+            if has_recovery {
+                methods.push(Factor::Recovery);
+            }
+            return Status {
+                user: user.into(),
+                state: TotpState::None.as_str(),
+                methods,
+                backup_codes_left: 0,
+                failures: 0,
+                locked_until: None,
+                last_success: None,
+            };
+        };
+        if r.state == TotpState::Active {
+            methods.push(Factor::Totp);
+            if r.backup_codes_left > 0 {
+                methods.push(Factor::Backup);
+            }
+        }
+        if has_recovery {
+            methods.push(Factor::Recovery);
+        }
+        Status {
+            user: user.into(),
+            state: r.display_state(),
+            methods,
+            backup_codes_left: r.backup_codes_left,
+            failures: r.lock.failures,
+            locked_until: r.locked_at(now),
+            last_success: r.last_success,
+        }
+    }
+}
+
+impl Ops<'_> {
+    /// The status of one user.
+    pub fn status(&mut self, user: &str, now: i64) -> Result<Status> {
+        let record = self.store.user(user)?;
+        let has_recovery = self.store.has_valid_recovery(user, now)?;
+        Ok(Status::of(user, record.as_ref(), has_recovery, now))
+    }
+
+    /// The status of every user the store knows.
+    pub fn statuses(&mut self, now: i64) -> Result<Vec<Status>> {
+        let users = self.store.users()?;
+        let mut out = Vec::with_capacity(users.len());
+        for r in &users {
+            let has_recovery = self.store.has_valid_recovery(&r.name, now)?;
+            out.push(Status::of(&r.name, Some(r), has_recovery, now));
+        }
+        Ok(out)
+    }
+
+    /// Refuse a reset that [`Ops::reset`] would refuse, before asking
+    /// whether to go ahead.
+    pub fn check_reset(&mut self, user: &str) -> Result<()> {
+        policy::ensure_unprotected(&self.cfg.policy, user, ProtectedAction::Reset)?;
+        match self.store.user(user)? {
+            Some(_) => Ok(()),
+            None => Err(Error::UnknownUser { user: user.into() }),
+        }
+    }
+
+    /// Lost device: remove every factor and code of `user`. Refused for
+    /// protected users.
+    pub fn reset(&mut self, user: &str, now: i64) -> Result<()> {
+        self.check_reset(user)?;
+        let audit = self.entry(now, user, &Fact::Reset);
+        if !self.store.reset(user, now, &audit)? {
+            return Err(Error::UnknownUser { user: user.into() });
+        }
+        self.log.entry(&audit);
+        Ok(())
+    }
+
+    /// Refuse a `disable` that [`Ops::disable`] would refuse, before asking
+    /// whether to go ahead.
+    pub fn check_disable(&mut self, user: &str, override_policy: bool, now: i64) -> Result<()> {
+        policy::ensure_unprotected(&self.cfg.policy, user, ProtectedAction::Disable)?;
+        let d = self.decide(user, now)?;
+        if d.required && !override_policy {
+            return Err(Error::PolicyRequires {
+                user: user.into(),
+                reason: d.reason,
+            });
+        }
+        Ok(())
+    }
+
+    /// Turn `user`'s 2FA off, factor or not: the per-user exemption.
+    /// Refused for protected users, and when the policy requires 2FA of the
+    /// user unless `override_policy`.
+    pub fn disable(&mut self, user: &str, override_policy: bool, now: i64) -> Result<()> {
+        self.check_disable(user, override_policy, now)?;
+        let audit = self.entry(now, user, &Fact::Disabled);
+        self.store.disable(user, &codes::new_salt(), now, &audit)?;
+        self.log.entry(&audit);
+        Ok(())
+    }
+
+    /// Turn `user`'s 2FA back on with the factors they had.
+    pub fn enable(&mut self, user: &str, now: i64) -> Result<()> {
+        let audit = self.entry(now, user, &Fact::Enabled);
+        if !self.store.enable(user, now, &audit)? {
+            return Err(Error::UnknownUser { user: user.into() });
+        }
+        self.log.entry(&audit);
+        Ok(())
+    }
+
+    /// Clear `user`'s lockout.
+    pub fn unlock(&mut self, user: &str, now: i64) -> Result<()> {
+        let audit = self.entry(now, user, &Fact::Unlocked);
+        if !self.store.unlock(user, now, &audit)? {
+            return Err(Error::UnknownUser { user: user.into() });
+        }
+        self.log.entry(&audit);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lists_the_methods_a_login_would_accept() {
+        let mut r = UserRecord::new("u", vec![]);
+        assert!(Status::of("u", Some(&r), false, 0).methods.is_empty());
+        r.state = TotpState::Active;
+        r.backup_codes_left = 2;
+        let s = Status::of("u", Some(&r), true, 0);
+        assert_eq!(
+            s.methods,
+            vec![Factor::Totp, Factor::Backup, Factor::Recovery]
+        );
+        r.state = TotpState::Pending;
+        assert!(Status::of("u", Some(&r), false, 0).methods.is_empty());
+        assert_eq!(
+            Status::of("x", None, true, 0).methods,
+            vec![Factor::Recovery]
+        );
+    }
+
+    #[test]
+    fn status_shows_a_lock_only_while_it_holds() {
+        let mut r = UserRecord::new("u", vec![]);
+        r.lock.locked_until = Some(100);
+        assert_eq!(Status::of("u", Some(&r), false, 99).locked_until, Some(100));
+        assert_eq!(Status::of("u", Some(&r), false, 100).locked_until, None);
+    }
+}

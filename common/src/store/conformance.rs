@@ -1,0 +1,701 @@
+//! The conformance suite: what every store backend must do, written once
+//! against the [`Store`] contract, races included.
+//!
+//! A backend's tests provide a [`Backend`] (a new, empty store per test,
+//! opened as often as a test needs, as separate processes and hosts would)
+//! and expand [`store_conformance!`](crate::store_conformance) in a module
+//! named `conformance`, which makes one `#[test]` per check:
+//!
+//! ```ignore
+//! mod conformance {
+//!     crm2fa_common::store_conformance!(MyBackend::new());
+//! }
+//! ```
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::{Durability, Store};
+use crate::audit::{AuditCtx, AuditEntry, AuditFilter, Event, Fact, Outcome};
+use crate::codes::{self, Code};
+use crate::config::LockoutConfig;
+use crate::error::Error;
+use crate::model::{Candidate, CodeKind, Factor, NewEnrollment, TotpMatch, TotpState, Verdict};
+
+/// A store backend under test.
+pub trait Backend: Sync {
+    /// A new connection to this test's store.
+    fn open(&self) -> Box<dyn Store>;
+}
+
+/// One `#[test]` per conformance check, each on a store made by `$backend`
+/// (an expression evaluated afresh in every test).
+#[macro_export]
+macro_rules! store_conformance {
+    ($backend:expr) => {
+        $crate::store_conformance!(@each $backend;
+            enrolment_without_replace_never_overwrites_a_factor,
+            code_of_a_replaced_secret_is_refused,
+            first_totp_code_activates_a_pending_enrolment_and_hands_over_its_codes,
+            confirm_activates_once_and_counts_nothing,
+            totp_step_is_consumed_once_and_older_steps_are_refused,
+            backup_code_is_accepted_once_and_regeneration_voids_the_old_set,
+            pending_enrolment_backup_codes_are_unusable,
+            recovery_code_works_once_and_not_after_expiry,
+            new_recovery_code_replaces_the_unused_one_and_clears_a_lock,
+            attempt_is_counted_before_it_is_checked,
+            lock_refuses_without_checking_and_unlock_clears_it,
+            count_starts_over_after_a_lock_expires,
+            disable_exempts_any_user_and_enable_takes_it_back,
+            disabled_user_codes_are_refused,
+            reset_removes_every_factor_and_code,
+            unknown_user_is_reported_and_nothing_is_written,
+            audit_rows_are_kept_in_order_and_filtered,
+            failed_transaction_leaves_nothing_behind,
+            users_are_listed_by_name,
+            parallel_wrong_guesses_never_exceed_max_failures,
+            parallel_logins_with_one_totp_step_exactly_one_succeeds,
+            parallel_logins_with_one_backup_code_exactly_one_succeeds,
+            parallel_logins_with_one_recovery_code_exactly_one_succeeds,
+            parallel_enrolments_keep_one_factor,
+        );
+    };
+    (@each $backend:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let backend = $backend;
+                $crate::store::conformance::$name(&backend);
+            }
+        )*
+    };
+}
+
+const NOW: i64 = 1_800_000_000;
+const SEALED: &[u8] = b"sealed secret";
+
+fn ctx() -> AuditCtx {
+    AuditCtx {
+        service: "conformance".into(),
+        rhost: String::new(),
+    }
+}
+
+fn audit(fact: Fact) -> AuditEntry {
+    ctx().entry(NOW, "u", &fact)
+}
+
+fn lockout(max: u32) -> LockoutConfig {
+    LockoutConfig {
+        max_failures: max,
+        lock_seconds: 60,
+    }
+}
+
+/// User `u`, enrolled (pending) with `n` backup codes: the salt and the codes.
+fn pending_user(s: &mut dyn Store, n: u32) -> (Vec<u8>, Vec<Code>) {
+    let salt = codes::new_salt();
+    let set = codes::backup_set(n, &salt);
+    let hashes: Vec<_> = set.iter().map(|(_, h)| *h).collect();
+    let new = NewEnrollment {
+        sealed_secret: SEALED,
+        code_salt: &salt,
+        backup_hashes: &hashes,
+        sealed_codes: b"sealed codes",
+        replace: true,
+    };
+    assert!(s
+        .begin_enrollment("u", &new, NOW, &audit(Fact::Enrolled))
+        .unwrap());
+    (salt, set.into_iter().map(|(c, _)| c).collect())
+}
+
+/// The same, activated with step 10.
+fn active_user(s: &mut dyn Store, n: u32) -> (Vec<u8>, Vec<Code>) {
+    let (salt, set) = pending_user(s, n);
+    assert!(s
+        .confirm("u", &step(10), NOW, &audit(Fact::Confirmed))
+        .unwrap()
+        .is_some());
+    (salt, set)
+}
+
+/// Step `n` of the test user's secret.
+fn step(n: i64) -> TotpMatch {
+    TotpMatch {
+        step: n,
+        sealed_secret: SEALED.to_vec(),
+    }
+}
+
+fn totp(n: i64) -> Candidate {
+    Candidate {
+        totp: Some(step(n)),
+        ..Candidate::default()
+    }
+}
+
+fn backup(code: &Code, salt: &[u8]) -> Candidate {
+    Candidate {
+        backup_hash: Some(code.hash(salt)),
+        ..Candidate::default()
+    }
+}
+
+fn recovery(code: &Code, salt: &[u8]) -> Candidate {
+    Candidate {
+        recovery_hash: Some(code.hash(salt)),
+        ..Candidate::default()
+    }
+}
+
+fn redeem(s: &mut dyn Store, c: &Candidate, now: i64, max: u32) -> Verdict {
+    s.redeem("u", c, now, &lockout(max), &ctx()).unwrap()
+}
+
+fn accepted(v: &Verdict) -> bool {
+    matches!(v, Verdict::Accepted { .. })
+}
+
+fn rejected(v: &Verdict) -> bool {
+    matches!(v, Verdict::Rejected { .. })
+}
+
+/// Run `attempt` on `n` threads, each with its own connection, all
+/// released together; the verdicts.
+fn in_parallel(
+    b: &dyn Backend,
+    n: usize,
+    attempt: impl Fn(&mut dyn Store) -> Verdict + Sync,
+) -> Vec<Verdict> {
+    let gate = std::sync::Barrier::new(n);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut s = b.open();
+                    gate.wait();
+                    attempt(s.as_mut())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// A new enrolment without `replace` never overwrites a factor; a user
+/// without one is enrolled.
+pub fn enrolment_without_replace_never_overwrites_a_factor(b: &dyn Backend) {
+    let mut s = b.open();
+    let (salt, _) = active_user(s.as_mut(), 1);
+    let new = NewEnrollment {
+        sealed_secret: b"other",
+        code_salt: &salt,
+        backup_hashes: &[],
+        sealed_codes: b"",
+        replace: false,
+    };
+    assert!(!s
+        .begin_enrollment("u", &new, NOW, &audit(Fact::Enrolled))
+        .unwrap());
+    let r = s.user("u").unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.secret.as_deref()),
+        (TotpState::Active, Some(SEALED))
+    );
+    assert!(s
+        .begin_enrollment("v", &new, NOW, &audit(Fact::Enrolled))
+        .unwrap());
+    assert_eq!(s.user("v").unwrap().unwrap().state, TotpState::Pending);
+}
+
+/// A code of a secret that was replaced after it was read is refused.
+pub fn code_of_a_replaced_secret_is_refused(b: &dyn Backend) {
+    let mut s = b.open();
+    let (salt, _) = active_user(s.as_mut(), 1);
+    let new = NewEnrollment {
+        sealed_secret: b"new sealed",
+        code_salt: &salt,
+        backup_hashes: &[],
+        sealed_codes: b"new codes",
+        replace: true,
+    };
+    s.begin_enrollment("u", &new, NOW, &audit(Fact::Enrolled))
+        .unwrap();
+    assert!(rejected(&redeem(s.as_mut(), &totp(20), NOW, 9)));
+    assert!(s
+        .confirm("u", &step(21), NOW, &audit(Fact::Confirmed))
+        .unwrap()
+        .is_none());
+    let fresh = TotpMatch {
+        step: 20,
+        sealed_secret: b"new sealed".to_vec(),
+    };
+    assert_eq!(
+        s.confirm("u", &fresh, NOW, &audit(Fact::Confirmed))
+            .unwrap(),
+        Some(b"new codes".to_vec())
+    );
+}
+
+/// The first TOTP code of a pending enrolment activates it and hands over
+/// the kept codes, once; they are gone afterwards.
+pub fn first_totp_code_activates_a_pending_enrolment_and_hands_over_its_codes(b: &dyn Backend) {
+    let mut s = b.open();
+    pending_user(s.as_mut(), 2);
+    assert_eq!(
+        redeem(s.as_mut(), &totp(5), NOW, 9),
+        Verdict::Accepted {
+            factor: Factor::Totp,
+            activated_codes: Some(b"sealed codes".to_vec()),
+            backup_codes_left: 2,
+        }
+    );
+    let r = s.user("u").unwrap().unwrap();
+    assert_eq!((r.state, r.backup_codes_left), (TotpState::Active, 2));
+    assert_eq!(
+        redeem(s.as_mut(), &totp(6), NOW, 9),
+        Verdict::Accepted {
+            factor: Factor::Totp,
+            activated_codes: None,
+            backup_codes_left: 2,
+        }
+    );
+}
+
+/// `confirm` activates a pending enrolment once; a wrong or used step and
+/// an active user give nothing, and no failure is counted.
+pub fn confirm_activates_once_and_counts_nothing(b: &dyn Backend) {
+    let mut s = b.open();
+    pending_user(s.as_mut(), 1);
+    let wrong = TotpMatch {
+        step: 3,
+        sealed_secret: b"not the secret".to_vec(),
+    };
+    assert!(s
+        .confirm("u", &wrong, NOW, &audit(Fact::Confirmed))
+        .unwrap()
+        .is_none());
+    assert!(s
+        .confirm("u", &step(3), NOW, &audit(Fact::Confirmed))
+        .unwrap()
+        .is_some());
+    assert!(s
+        .confirm("u", &step(4), NOW, &audit(Fact::Confirmed))
+        .unwrap()
+        .is_none());
+    let r = s.user("u").unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.lock.failures, r.last_step),
+        (TotpState::Active, 0, 3)
+    );
+}
+
+/// A TOTP step is accepted once; an older step never.
+pub fn totp_step_is_consumed_once_and_older_steps_are_refused(b: &dyn Backend) {
+    let mut s = b.open();
+    active_user(s.as_mut(), 0);
+    assert!(accepted(&redeem(s.as_mut(), &totp(12), NOW, 9)));
+    assert!(rejected(&redeem(s.as_mut(), &totp(12), NOW, 9)));
+    assert!(rejected(&redeem(s.as_mut(), &totp(11), NOW, 9)));
+    assert!(accepted(&redeem(s.as_mut(), &totp(13), NOW, 9)));
+    assert_eq!(s.user("u").unwrap().unwrap().last_step, 13);
+}
+
+/// A backup code works once; a new set voids the old one at once.
+pub fn backup_code_is_accepted_once_and_regeneration_voids_the_old_set(b: &dyn Backend) {
+    let mut s = b.open();
+    let (salt, set) = active_user(s.as_mut(), 3);
+    assert_eq!(
+        redeem(s.as_mut(), &backup(&set[0], &salt), NOW, 9),
+        Verdict::Accepted {
+            factor: Factor::Backup,
+            activated_codes: None,
+            backup_codes_left: 2
+        }
+    );
+    assert_eq!(s.user("u").unwrap().unwrap().backup_codes_left, 2);
+    assert!(!s
+        .code_usable(CodeKind::Backup, "u", &set[0].hash(&salt), NOW)
+        .unwrap());
+    assert!(matches!(
+        redeem(s.as_mut(), &backup(&set[0], &salt), NOW, 9),
+        Verdict::Rejected { failures: 1, .. }
+    ));
+    let new = codes::backup_set(2, &salt);
+    let hashes: Vec<_> = new.iter().map(|(_, h)| *h).collect();
+    assert!(s
+        .replace_backup_codes(
+            "u",
+            &hashes,
+            NOW,
+            &audit(Fact::BackupCodesRegenerated { count: 2 })
+        )
+        .unwrap());
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &backup(&set[1], &salt),
+        NOW,
+        9
+    )));
+    assert!(s
+        .code_usable(CodeKind::Backup, "u", &new[1].1, NOW)
+        .unwrap());
+    assert!(accepted(&redeem(
+        s.as_mut(),
+        &backup(&new[1].0, &salt),
+        NOW,
+        9
+    )));
+}
+
+/// Backup codes of a pending enrolment cannot be used, nor replaced.
+pub fn pending_enrolment_backup_codes_are_unusable(b: &dyn Backend) {
+    let mut s = b.open();
+    let (salt, set) = pending_user(s.as_mut(), 1);
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &backup(&set[0], &salt),
+        NOW,
+        9
+    )));
+    assert!(!s
+        .code_usable(CodeKind::Backup, "u", &set[0].hash(&salt), NOW)
+        .unwrap());
+    assert!(!s
+        .replace_backup_codes(
+            "u",
+            &[],
+            NOW,
+            &audit(Fact::BackupCodesRegenerated { count: 0 })
+        )
+        .unwrap());
+}
+
+/// A recovery code works once, and not from its expiry on.
+pub fn recovery_code_works_once_and_not_after_expiry(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = codes::new_salt();
+    let c = Code::generate(codes::RECOVERY_LEN);
+    let issued = audit(Fact::RecoveryIssued { until: NOW + 60 });
+    s.add_recovery("u", &salt, &c.hash(&salt), NOW + 60, NOW, &issued)
+        .unwrap();
+    assert!(s.has_valid_recovery("u", NOW).unwrap());
+    assert!(!s.has_valid_recovery("u", NOW + 60).unwrap());
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &recovery(&c, &salt),
+        NOW + 60,
+        9
+    )));
+    assert!(matches!(
+        redeem(s.as_mut(), &recovery(&c, &salt), NOW + 59, 9),
+        Verdict::Accepted {
+            factor: Factor::Recovery,
+            ..
+        }
+    ));
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &recovery(&c, &salt),
+        NOW + 59,
+        9
+    )));
+    assert!(!s.has_valid_recovery("u", NOW).unwrap());
+}
+
+/// A new recovery code voids the unused earlier one and clears a lock.
+pub fn new_recovery_code_replaces_the_unused_one_and_clears_a_lock(b: &dyn Backend) {
+    let mut s = b.open();
+    let (salt, _) = active_user(s.as_mut(), 0);
+    redeem(s.as_mut(), &Candidate::default(), NOW, 1);
+    assert!(s.user("u").unwrap().unwrap().locked_at(NOW).is_some());
+    let first = Code::generate(codes::RECOVERY_LEN);
+    let second = Code::generate(codes::RECOVERY_LEN);
+    for c in [&first, &second] {
+        let issued = audit(Fact::RecoveryIssued { until: NOW + 600 });
+        s.add_recovery("u", b"unused", &c.hash(&salt), NOW + 600, NOW, &issued)
+            .unwrap();
+    }
+    let r = s.user("u").unwrap().unwrap();
+    assert_eq!((r.lock.failures, r.locked_at(NOW)), (0, None));
+    assert_eq!(r.code_salt, salt, "an existing user keeps their salt");
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &recovery(&first, &salt),
+        NOW,
+        9
+    )));
+    assert!(accepted(&redeem(
+        s.as_mut(),
+        &recovery(&second, &salt),
+        NOW,
+        9
+    )));
+}
+
+/// The attempt counts before it is checked; a success clears the count.
+pub fn attempt_is_counted_before_it_is_checked(b: &dyn Backend) {
+    let mut s = b.open();
+    active_user(s.as_mut(), 0);
+    for i in 1..=2 {
+        assert_eq!(
+            redeem(s.as_mut(), &Candidate::default(), NOW, 5),
+            Verdict::Rejected {
+                failures: i,
+                locked_until: None
+            }
+        );
+        assert_eq!(s.user("u").unwrap().unwrap().lock.failures, i);
+    }
+    assert!(accepted(&redeem(s.as_mut(), &totp(30), NOW + 5, 5)));
+    let r = s.user("u").unwrap().unwrap();
+    assert_eq!((r.lock.failures, r.last_success), (0, Some(NOW + 5)));
+}
+
+/// Reaching `max_failures` locks; a right code is then refused without
+/// being consumed; `unlock` clears it.
+pub fn lock_refuses_without_checking_and_unlock_clears_it(b: &dyn Backend) {
+    let mut s = b.open();
+    let (salt, set) = active_user(s.as_mut(), 1);
+    for _ in 1..=2 {
+        redeem(s.as_mut(), &Candidate::default(), NOW, 3);
+    }
+    assert_eq!(
+        redeem(s.as_mut(), &Candidate::default(), NOW, 3),
+        Verdict::Rejected {
+            failures: 3,
+            locked_until: Some(NOW + 60)
+        }
+    );
+    assert_eq!(
+        redeem(s.as_mut(), &backup(&set[0], &salt), NOW + 1, 3),
+        Verdict::Locked { until: NOW + 60 },
+        "a right code is refused while locked"
+    );
+    assert!(s
+        .code_usable(CodeKind::Backup, "u", &set[0].hash(&salt), NOW)
+        .unwrap());
+    assert!(s.unlock("u", NOW + 2, &audit(Fact::Unlocked)).unwrap());
+    assert!(!s.unlock("nobody", NOW + 2, &audit(Fact::Unlocked)).unwrap());
+    assert!(accepted(&redeem(
+        s.as_mut(),
+        &backup(&set[0], &salt),
+        NOW + 2,
+        3
+    )));
+    assert_eq!(s.user("u").unwrap().unwrap().lock.failures, 0);
+}
+
+/// Once a lock has expired, the next wrong code counts from one.
+pub fn count_starts_over_after_a_lock_expires(b: &dyn Backend) {
+    let mut s = b.open();
+    active_user(s.as_mut(), 0);
+    redeem(s.as_mut(), &Candidate::default(), NOW, 2);
+    redeem(s.as_mut(), &Candidate::default(), NOW, 2);
+    assert_eq!(
+        redeem(s.as_mut(), &Candidate::default(), NOW + 60, 2),
+        Verdict::Rejected {
+            failures: 1,
+            locked_until: None
+        }
+    );
+}
+
+/// `disable` works for a user with or without a factor (and one the
+/// store never saw); `enable` takes it back with the factor kept.
+pub fn disable_exempts_any_user_and_enable_takes_it_back(b: &dyn Backend) {
+    let mut s = b.open();
+    active_user(s.as_mut(), 1);
+    for name in ["u", "nobody"] {
+        s.disable(name, b"salt-if-new", NOW, &audit(Fact::Disabled))
+            .unwrap();
+        assert!(s.user(name).unwrap().unwrap().disabled, "{name}");
+    }
+    assert_eq!(s.user("nobody").unwrap().unwrap().state, TotpState::None);
+    assert!(s.enable("u", NOW, &audit(Fact::Enabled)).unwrap());
+    let r = s.user("u").unwrap().unwrap();
+    assert_eq!((r.disabled, r.state), (false, TotpState::Active));
+    assert!(!s.enable("stranger", NOW, &audit(Fact::Enabled)).unwrap());
+}
+
+/// While 2FA is off for a user, none of their codes is accepted.
+pub fn disabled_user_codes_are_refused(b: &dyn Backend) {
+    let mut s = b.open();
+    let (salt, set) = active_user(s.as_mut(), 1);
+    s.disable("u", b"", NOW, &audit(Fact::Disabled)).unwrap();
+    assert!(rejected(&redeem(s.as_mut(), &totp(40), NOW, 9)));
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &backup(&set[0], &salt),
+        NOW,
+        9
+    )));
+}
+
+/// `reset` removes the secret, every code, the lock and the exemption.
+pub fn reset_removes_every_factor_and_code(b: &dyn Backend) {
+    let mut s = b.open();
+    let (salt, set) = active_user(s.as_mut(), 2);
+    let c = Code::generate(codes::RECOVERY_LEN);
+    let issued = audit(Fact::RecoveryIssued { until: NOW + 60 });
+    s.add_recovery("u", &salt, &c.hash(&salt), NOW + 60, NOW, &issued)
+        .unwrap();
+    redeem(s.as_mut(), &Candidate::default(), NOW, 1);
+    s.disable("u", b"", NOW, &audit(Fact::Disabled)).unwrap();
+    assert!(s.reset("u", NOW, &audit(Fact::Reset)).unwrap());
+    let r = s.user("u").unwrap().unwrap();
+    assert_eq!(
+        (
+            r.state,
+            r.disabled,
+            r.secret,
+            r.backup_codes_left,
+            r.lock.locked_until
+        ),
+        (TotpState::None, false, None, 0, None)
+    );
+    assert!(!s.has_valid_recovery("u", NOW).unwrap());
+    assert!(!s
+        .code_usable(CodeKind::Backup, "u", &set[1].hash(&salt), NOW)
+        .unwrap());
+    assert!(!s.reset("nobody", NOW, &audit(Fact::Reset)).unwrap());
+}
+
+/// A login attempt for a user the store does not know is reported as such
+/// and writes nothing.
+pub fn unknown_user_is_reported_and_nothing_is_written(b: &dyn Backend) {
+    let mut s = b.open();
+    assert_eq!(redeem(s.as_mut(), &totp(1), NOW, 3), Verdict::UnknownUser);
+    assert!(s.user("u").unwrap().is_none());
+    assert!(s.audit(&AuditFilter::default()).unwrap().is_empty());
+}
+
+/// Audit rows come back oldest first, with the wording of their decision,
+/// and filtered by user and time.
+pub fn audit_rows_are_kept_in_order_and_filtered(b: &dyn Backend) {
+    let mut s = b.open();
+    active_user(s.as_mut(), 0);
+    redeem(s.as_mut(), &Candidate::default(), NOW + 10, 1);
+    s.record(&ctx().entry(NOW + 20, "w", &Fact::NoCode))
+        .unwrap();
+    let all = s.audit(&AuditFilter::default()).unwrap();
+    let events: Vec<_> = all.iter().map(|e| (e.event, e.outcome)).collect();
+    assert_eq!(
+        events,
+        vec![
+            (Event::Enroll, Outcome::Pending),
+            (Event::Enroll, Outcome::Active),
+            (Event::Login, Outcome::Failure),
+            (Event::Lock, Outcome::Locked),
+            (Event::Login, Outcome::Failure),
+        ]
+    );
+    assert_eq!(all[2].detail, "wrong code (1 in a row)");
+    assert_eq!(all[2].service, "conformance");
+    let only_u = AuditFilter {
+        user: Some("u".into()),
+        since: Some(NOW + 1),
+    };
+    let rows = s.audit(&only_u).unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().all(|e| e.user == "u" && e.time == NOW + 10));
+}
+
+/// A transaction whose body fails changes nothing.
+pub fn failed_transaction_leaves_nothing_behind(b: &dyn Backend) {
+    let mut s = b.open();
+    active_user(s.as_mut(), 0);
+    let result: Result<(), Error> = s.write(Durability::Full, |tx| {
+        tx.set_disabled("u", true, NOW)?;
+        tx.insert_audit(&audit(Fact::Disabled))?;
+        Err(Error::UnknownUser { user: "u".into() })
+    });
+    assert!(result.is_err());
+    assert!(!s.user("u").unwrap().unwrap().disabled);
+    assert_eq!(s.audit(&AuditFilter::default()).unwrap().len(), 2);
+}
+
+/// `users` lists every user once, by name.
+pub fn users_are_listed_by_name(b: &dyn Backend) {
+    let mut s = b.open();
+    for name in ["carol", "alice", "bob"] {
+        s.disable(name, b"", NOW, &audit(Fact::Disabled)).unwrap();
+    }
+    let names: Vec<_> = s.users().unwrap().into_iter().map(|u| u.name).collect();
+    assert_eq!(names, vec!["alice", "bob", "carol"]);
+}
+
+/// Parallel wrong guesses on separate connections: exactly `max_failures`
+/// are checked, the rest find the user locked.
+pub fn parallel_wrong_guesses_never_exceed_max_failures(b: &dyn Backend) {
+    active_user(b.open().as_mut(), 0);
+    let verdicts = in_parallel(b, 16, |s| redeem(s, &Candidate::default(), NOW, 5));
+    assert_eq!(verdicts.iter().filter(|v| rejected(v)).count(), 5);
+    assert_eq!(
+        verdicts
+            .iter()
+            .filter(|v| matches!(v, Verdict::Locked { .. }))
+            .count(),
+        11
+    );
+}
+
+/// One TOTP step offered by many parallel logins: exactly one succeeds.
+pub fn parallel_logins_with_one_totp_step_exactly_one_succeeds(b: &dyn Backend) {
+    active_user(b.open().as_mut(), 0);
+    let verdicts = in_parallel(b, 12, |s| redeem(s, &totp(50), NOW, 100));
+    assert_eq!(verdicts.iter().filter(|v| accepted(v)).count(), 1);
+}
+
+/// One backup code offered by many parallel logins: exactly one succeeds.
+pub fn parallel_logins_with_one_backup_code_exactly_one_succeeds(b: &dyn Backend) {
+    let (salt, set) = active_user(b.open().as_mut(), 2);
+    let offer = backup(&set[0], &salt);
+    let verdicts = in_parallel(b, 12, |s| redeem(s, &offer, NOW, 100));
+    assert_eq!(verdicts.iter().filter(|v| accepted(v)).count(), 1);
+    assert_eq!(b.open().user("u").unwrap().unwrap().backup_codes_left, 1);
+}
+
+/// One recovery code offered by many parallel logins: exactly one succeeds.
+pub fn parallel_logins_with_one_recovery_code_exactly_one_succeeds(b: &dyn Backend) {
+    let salt = codes::new_salt();
+    let c = Code::generate(codes::RECOVERY_LEN);
+    let issued = audit(Fact::RecoveryIssued { until: NOW + 60 });
+    b.open()
+        .add_recovery("u", &salt, &c.hash(&salt), NOW + 60, NOW, &issued)
+        .unwrap();
+    let offer = recovery(&c, &salt);
+    let verdicts = in_parallel(b, 12, |s| redeem(s, &offer, NOW, 100));
+    assert_eq!(verdicts.iter().filter(|v| accepted(v)).count(), 1);
+}
+
+/// Parallel enrolments that may not replace a factor: exactly one wins,
+/// and its secret is the one kept.
+pub fn parallel_enrolments_keep_one_factor(b: &dyn Backend) {
+    let wins = std::sync::atomic::AtomicUsize::new(0);
+    let gate = std::sync::Barrier::new(8);
+    std::thread::scope(|scope| {
+        for i in 0..8u8 {
+            let (wins, gate) = (&wins, &gate);
+            scope.spawn(move || {
+                let mut s = b.open();
+                let secret = [i; 8];
+                let new = NewEnrollment {
+                    sealed_secret: &secret,
+                    code_salt: b"salt",
+                    backup_hashes: &[],
+                    sealed_codes: b"",
+                    replace: false,
+                };
+                gate.wait();
+                if s.begin_enrollment("u", &new, NOW, &audit(Fact::Enrolled))
+                    .unwrap()
+                {
+                    wins.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    assert_eq!(wins.into_inner(), 1);
+    let r = b.open().user("u").unwrap().unwrap();
+    assert_eq!(r.state, TotpState::Pending);
+}

@@ -1,0 +1,509 @@
+//! The store contract: everything crm2fa keeps, behind one trait.
+//!
+//! A backend ([`sqlite`]; a server database later) implements [`Store`],
+//! which runs transactions, and [`Tx`], the reads and conditional writes
+//! inside one. Each write's promise is in its documentation, and the
+//! [`conformance`] suite checks every backend against them, races included.
+//!
+//! The operations the login and the CLI call (redeem a code, enrol,
+//! unlock …) are written once, below, on `dyn Store`: the rules decided
+//! from data (the lockout arithmetic in [`crate::model`], the audit wording
+//! in [`crate::audit`]) never live in a backend. Every check-and-consume is
+//! one conditional write whose affected-row count decides (`… WHERE
+//! last_step < ?`, `… WHERE used_at IS NULL`), inside one transaction: that
+//! is exactly-once in SQLite and in a server database, on one host or many.
+use subtle::ConstantTimeEq;
+
+use crate::audit::{AuditCtx, AuditEntry, AuditFilter, Fact};
+use crate::codes::HASH_LEN;
+use crate::config::{LockoutConfig, StoreConfig};
+use crate::error::{Error, Result};
+use crate::model::{
+    Candidate, CodeKind, Factor, LockState, NewEnrollment, StoredCode, TotpMatch, UserRecord,
+    Verdict,
+};
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod sqlite;
+
+/// How hard a commit insists on reaching the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk before the commit returns: for everything that consumes a
+    /// code or changes a factor, so it stays done across a power cut.
+    Full,
+    /// May reach the disk a little later: for audit-only rows, which
+    /// consume nothing (a login that needs no code pays no disk flush).
+    Light,
+}
+
+/// What a transaction may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxKind {
+    /// Read only: a consistent view, no lock held against writers.
+    Read,
+    /// Read and write: concurrent writers queue behind it (up to the
+    /// backend's busy timeout) rather than fail.
+    Write(Durability),
+}
+
+/// The body of a transaction: called once, or again from the start when
+/// the backend reports [`Error::Conflict`].
+pub type TxBody<'a> = dyn FnMut(&mut dyn Tx) -> Result<()> + 'a;
+
+/// A store backend: opens transactions.
+pub trait Store {
+    /// Where the store lives (a path, or an address without credentials),
+    /// for messages.
+    fn location(&self) -> &str;
+
+    /// Run `body` in one transaction and commit if it returns `Ok`; roll
+    /// back if it returns an error or the commit fails. All of a write
+    /// transaction's changes become visible together or not at all, to
+    /// every process and host sharing the store.
+    fn transaction(&mut self, kind: TxKind, body: &mut TxBody<'_>) -> Result<()>;
+
+    /// The backend's own consistency check: a list of problems, empty when
+    /// all is well.
+    fn check_integrity(&mut self) -> Result<Vec<String>>;
+}
+
+/// The reads and conditional writes inside one transaction.
+///
+/// Writes whose result is a `bool` are conditional: they report whether
+/// they changed a row, and that count is what decides (never a read made
+/// before them).
+pub trait Tx {
+    /// One user, if the store knows them.
+    fn user(&mut self, name: &str) -> Result<Option<UserRecord>>;
+
+    /// Every user, ordered by name.
+    fn users(&mut self) -> Result<Vec<UserRecord>>;
+
+    /// The user's unused codes of `kind`; recovery codes only while
+    /// unexpired at `now`.
+    fn unused_codes(&mut self, kind: CodeKind, name: &str, now: i64) -> Result<Vec<StoredCode>>;
+
+    /// The sealed backup codes kept for display while the user's enrolment
+    /// is pending (`None` when it is not pending; empty when none are kept).
+    fn pending_codes(&mut self, name: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Audit rows matching `filter`, oldest first.
+    fn audit(&mut self, filter: &AuditFilter) -> Result<Vec<AuditEntry>>;
+
+    /// Add a user with no factor, unless the store knows them already.
+    fn insert_user(&mut self, name: &str, code_salt: &[u8], now: i64) -> Result<()>;
+
+    /// Set the user's lock counters to `to` if they are still `expected`
+    /// (any value when `None`). False when the user is unknown, or when a
+    /// concurrent attempt changed the counters first: two attempts never
+    /// both count from the same value.
+    fn update_lock(
+        &mut self,
+        name: &str,
+        expected: Option<&LockState>,
+        to: &LockState,
+        now: i64,
+    ) -> Result<bool>;
+
+    /// Note a successful code at `now`.
+    fn record_success(&mut self, name: &str, now: i64) -> Result<()>;
+
+    /// Accept TOTP step `totp.step` of the secret `totp.sealed_secret`:
+    /// only if that secret is still the user's (pending or active, not
+    /// disabled) and the step is newer than every step accepted before.
+    /// Activates a pending enrolment and drops its kept codes. True for
+    /// exactly one caller per step, ever, across every process and host
+    /// sharing this store.
+    fn consume_step(&mut self, name: &str, totp: &TotpMatch, now: i64) -> Result<bool>;
+
+    /// Mark the code in row `id` used at `now`, if it is still unused. True
+    /// for exactly one caller per code, ever.
+    fn consume_code(&mut self, kind: CodeKind, id: i64, now: i64) -> Result<bool>;
+
+    /// Give the user the new enrolment `new`, pending, with `last_step`
+    /// reset: only if `new.replace`, or if the user has no TOTP factor.
+    /// Turns 2FA back on. False when a factor was kept.
+    fn set_enrollment(&mut self, name: &str, new: &NewEnrollment<'_>, now: i64) -> Result<bool>;
+
+    /// Drop the sealed codes kept for display.
+    fn clear_pending_codes(&mut self, name: &str, now: i64) -> Result<()>;
+
+    /// Remove the user's codes of `kind` (only the unused ones with
+    /// `unused_only`).
+    fn delete_codes(&mut self, kind: CodeKind, name: &str, unused_only: bool) -> Result<()>;
+
+    /// Add unused backup codes (their hashes).
+    fn insert_backup_codes(
+        &mut self,
+        name: &str,
+        hashes: &[[u8; HASH_LEN]],
+        now: i64,
+    ) -> Result<()>;
+
+    /// Add an unused recovery code (its hash), valid until `expires_at`.
+    fn insert_recovery_code(
+        &mut self,
+        name: &str,
+        hash: &[u8; HASH_LEN],
+        expires_at: i64,
+        now: i64,
+    ) -> Result<()>;
+
+    /// Turn the user's 2FA off or on. False for an unknown user.
+    fn set_disabled(&mut self, name: &str, disabled: bool, now: i64) -> Result<bool>;
+
+    /// Remove the TOTP factor: state none, no secret, no kept codes, 2FA on,
+    /// `last_step` reset. False for an unknown user.
+    fn clear_totp(&mut self, name: &str, now: i64) -> Result<bool>;
+
+    /// Append an audit row.
+    fn insert_audit(&mut self, entry: &AuditEntry) -> Result<()>;
+}
+
+/// How often a write transaction is run again after [`Error::Conflict`].
+const CONFLICT_RETRIES: usize = 5;
+
+/// Open the configured store (never creates one).
+pub fn open(cfg: &StoreConfig) -> Result<Box<dyn Store>> {
+    Ok(Box::new(sqlite::SqliteStore::open(&cfg.path)?))
+}
+
+/// Create the configured store if missing, then open it. Idempotent.
+pub fn create(cfg: &StoreConfig) -> Result<Box<dyn Store>> {
+    Ok(Box::new(sqlite::SqliteStore::create(&cfg.path)?))
+}
+
+/// The id of the one usable code whose hash is `hash`. Every stored hash
+/// is compared, in constant time.
+fn find_code(
+    tx: &mut dyn Tx,
+    kind: CodeKind,
+    user: &UserRecord,
+    hash: &[u8; HASH_LEN],
+    now: i64,
+) -> Result<Option<i64>> {
+    if kind == CodeKind::Backup && !user.backup_codes_usable() {
+        return Ok(None);
+    }
+    let mut found = None;
+    for code in tx.unused_codes(kind, &user.name, now)? {
+        if bool::from(code.hash.as_slice().ct_eq(&hash[..])) {
+            found = Some(code.id);
+        }
+    }
+    Ok(found)
+}
+
+impl dyn Store + '_ {
+    /// Run `body` in a read transaction and return what it returns.
+    pub fn read<T>(&mut self, mut body: impl FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
+        let mut out = None;
+        self.transaction(TxKind::Read, &mut |tx| {
+            out = Some(body(tx)?);
+            Ok(())
+        })?;
+        out.ok_or_else(|| self.no_result())
+    }
+
+    /// Run `body` in a write transaction with `durability` and return what
+    /// it returns; run it again from the start when a concurrent writer
+    /// got in between (never more than a few times).
+    pub fn write<T>(
+        &mut self,
+        durability: Durability,
+        mut body: impl FnMut(&mut dyn Tx) -> Result<T>,
+    ) -> Result<T> {
+        let mut attempt = 0;
+        loop {
+            let mut out = None;
+            match self.transaction(TxKind::Write(durability), &mut |tx| {
+                out = Some(body(tx)?);
+                Ok(())
+            }) {
+                Err(Error::Conflict { .. }) if attempt < CONFLICT_RETRIES => attempt += 1,
+                Err(e) => return Err(e),
+                Ok(()) => return out.ok_or_else(|| self.no_result()),
+            }
+        }
+    }
+
+    fn no_result(&self) -> Error {
+        Error::store(
+            self.location(),
+            "a transaction committed without running its body",
+        )
+    }
+
+    /// One user, if the store knows them.
+    pub fn user(&mut self, name: &str) -> Result<Option<UserRecord>> {
+        self.read(|tx| tx.user(name))
+    }
+
+    /// Every user the store knows, by name.
+    pub fn users(&mut self) -> Result<Vec<UserRecord>> {
+        self.read(|tx| tx.users())
+    }
+
+    /// Does the user hold an unused, unexpired recovery code?
+    pub fn has_valid_recovery(&mut self, name: &str, now: i64) -> Result<bool> {
+        self.read(|tx| Ok(!tx.unused_codes(CodeKind::Recovery, name, now)?.is_empty()))
+    }
+
+    /// Would this backup or recovery code be accepted now? Consumes and
+    /// counts nothing.
+    pub fn code_usable(
+        &mut self,
+        kind: CodeKind,
+        name: &str,
+        hash: &[u8; HASH_LEN],
+        now: i64,
+    ) -> Result<bool> {
+        self.read(|tx| match tx.user(name)? {
+            Some(u) => Ok(find_code(tx, kind, &u, hash, now)?.is_some()),
+            None => Ok(false),
+        })
+    }
+
+    /// Audit rows, oldest first.
+    pub fn audit(&mut self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        self.read(|tx| tx.audit(filter))
+    }
+
+    /// Record an audit row on its own, with [`Durability::Light`].
+    pub fn record(&mut self, entry: &AuditEntry) -> Result<()> {
+        self.write(Durability::Light, |tx| tx.insert_audit(entry))
+    }
+
+    /// Start (or, with `new.replace`, replace) the user's TOTP enrolment:
+    /// pending, the new sealed secret, and a new set of backup codes that
+    /// stay unusable until activation. Every older code of the user is
+    /// void. False, and nothing changed, when the user has a factor and
+    /// `replace` is off.
+    pub fn begin_enrollment(
+        &mut self,
+        name: &str,
+        new: &NewEnrollment<'_>,
+        now: i64,
+        audit: &AuditEntry,
+    ) -> Result<bool> {
+        self.write(Durability::Full, |tx| {
+            tx.insert_user(name, new.code_salt, now)?;
+            if !tx.set_enrollment(name, new, now)? {
+                return Ok(false);
+            }
+            tx.delete_codes(CodeKind::Backup, name, false)?;
+            tx.insert_backup_codes(name, new.backup_hashes, now)?;
+            tx.delete_codes(CodeKind::Recovery, name, false)?;
+            tx.insert_audit(audit)?;
+            Ok(true)
+        })
+    }
+
+    /// Activate a pending enrolment with a TOTP step the user's app showed
+    /// (`confirm`): the step is consumed as by a login. Returns the sealed
+    /// backup codes to show, or `None` when the user is not pending or the
+    /// step was already used. Counts nothing toward the lockout.
+    pub fn confirm(
+        &mut self,
+        name: &str,
+        totp: &TotpMatch,
+        now: i64,
+        audit: &AuditEntry,
+    ) -> Result<Option<Vec<u8>>> {
+        self.write(Durability::Full, |tx| {
+            let Some(codes) = tx.pending_codes(name)? else {
+                return Ok(None);
+            };
+            if !tx.consume_step(name, totp, now)? {
+                return Ok(None);
+            }
+            tx.insert_audit(audit)?;
+            Ok(Some(codes))
+        })
+    }
+
+    /// One login attempt, in one transaction. A locked user is refused and
+    /// nothing is checked. Otherwise the attempt is counted as a failure
+    /// before it is checked (so parallel guesses never exceed
+    /// `max_failures`), then the first factor that matches is consumed — a
+    /// TOTP step newer than the last one used, an unused backup code of an
+    /// active enrolment, an unused unexpired recovery code — and the count
+    /// cleared if one did. The audit rows go in with it.
+    pub fn redeem(
+        &mut self,
+        name: &str,
+        candidate: &Candidate,
+        now: i64,
+        lockout: &LockoutConfig,
+        ctx: &AuditCtx,
+    ) -> Result<Verdict> {
+        let location = self.location().to_string();
+        self.write(Durability::Full, |tx| {
+            let Some(user) = tx.user(name)? else {
+                return Ok(Verdict::UnknownUser);
+            };
+            let verdict = match user.locked_at(now) {
+                Some(until) => Verdict::Locked { until },
+                None => {
+                    let counted = user.lock.after_attempt(lockout, now);
+                    if !tx.update_lock(name, Some(&user.lock), &counted, now)? {
+                        return Err(Error::Conflict {
+                            location: location.clone(),
+                        });
+                    }
+                    match consume_first_match(tx, &user, candidate, now)? {
+                        Some((factor, activated_codes)) => {
+                            tx.update_lock(name, None, &LockState::default(), now)?;
+                            tx.record_success(name, now)?;
+                            let left = tx.unused_codes(CodeKind::Backup, name, now)?.len();
+                            Verdict::Accepted {
+                                factor,
+                                activated_codes,
+                                backup_codes_left: u32::try_from(left).unwrap_or(u32::MAX),
+                            }
+                        }
+                        None => Verdict::Rejected {
+                            failures: counted.failures,
+                            locked_until: counted.locked_until,
+                        },
+                    }
+                }
+            };
+            for e in ctx.entries(now, name, &Fact::of_verdict(&verdict)) {
+                tx.insert_audit(&e)?;
+            }
+            Ok(verdict)
+        })
+    }
+
+    /// Replace the user's backup codes with a new set (the old set is void
+    /// at once). False, and nothing changed, unless the user's enrolment is
+    /// active.
+    pub fn replace_backup_codes(
+        &mut self,
+        name: &str,
+        hashes: &[[u8; HASH_LEN]],
+        now: i64,
+        audit: &AuditEntry,
+    ) -> Result<bool> {
+        self.write(Durability::Full, |tx| {
+            let active = tx
+                .user(name)?
+                .is_some_and(|u| u.state == crate::model::TotpState::Active);
+            if !active {
+                return Ok(false);
+            }
+            tx.delete_codes(CodeKind::Backup, name, false)?;
+            tx.insert_backup_codes(name, hashes, now)?;
+            tx.clear_pending_codes(name, now)?;
+            tx.insert_audit(audit)?;
+            Ok(true)
+        })
+    }
+
+    /// Add a one-time recovery code (hash) valid until `expires_at`; it
+    /// replaces any earlier unused one and clears a lock. A user the store
+    /// does not know is added with `code_salt_if_new`.
+    pub fn add_recovery(
+        &mut self,
+        name: &str,
+        code_salt_if_new: &[u8],
+        hash: &[u8; HASH_LEN],
+        expires_at: i64,
+        now: i64,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        self.write(Durability::Full, |tx| {
+            tx.insert_user(name, code_salt_if_new, now)?;
+            tx.delete_codes(CodeKind::Recovery, name, true)?;
+            tx.insert_recovery_code(name, hash, expires_at, now)?;
+            tx.update_lock(name, None, &LockState::default(), now)?;
+            tx.insert_audit(audit)
+        })
+    }
+
+    /// Clear the lockout. False for an unknown user.
+    pub fn unlock(&mut self, name: &str, now: i64, audit: &AuditEntry) -> Result<bool> {
+        self.write(Durability::Full, |tx| {
+            let done = tx.update_lock(name, None, &LockState::default(), now)?;
+            if done {
+                tx.insert_audit(audit)?;
+            }
+            Ok(done)
+        })
+    }
+
+    /// Turn the user's 2FA off, keeping every factor; a user with no factor
+    /// (or unknown, then added with `code_salt_if_new`) is thereby exempt.
+    pub fn disable(
+        &mut self,
+        name: &str,
+        code_salt_if_new: &[u8],
+        now: i64,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        self.write(Durability::Full, |tx| {
+            tx.insert_user(name, code_salt_if_new, now)?;
+            tx.set_disabled(name, true, now)?;
+            tx.insert_audit(audit)
+        })
+    }
+
+    /// Turn the user's 2FA back on with the factors they had. False for an
+    /// unknown user.
+    pub fn enable(&mut self, name: &str, now: i64, audit: &AuditEntry) -> Result<bool> {
+        self.write(Durability::Full, |tx| {
+            let done = tx.set_disabled(name, false, now)?;
+            if done {
+                tx.insert_audit(audit)?;
+            }
+            Ok(done)
+        })
+    }
+
+    /// Lost device: remove the TOTP secret, every backup and recovery code,
+    /// the lock and the per-user exemption. Contact details stay. False for
+    /// an unknown user.
+    pub fn reset(&mut self, name: &str, now: i64, audit: &AuditEntry) -> Result<bool> {
+        self.write(Durability::Full, |tx| {
+            if !tx.clear_totp(name, now)? {
+                return Ok(false);
+            }
+            tx.update_lock(name, None, &LockState::default(), now)?;
+            tx.delete_codes(CodeKind::Backup, name, false)?;
+            tx.delete_codes(CodeKind::Recovery, name, false)?;
+            tx.insert_audit(audit)?;
+            Ok(true)
+        })
+    }
+}
+
+/// Consume the first factor of `candidate` that matches: TOTP, then a
+/// backup code, then a recovery code. The factor, and the sealed codes to
+/// show when a TOTP code activated a pending enrolment.
+fn consume_first_match(
+    tx: &mut dyn Tx,
+    user: &UserRecord,
+    candidate: &Candidate,
+    now: i64,
+) -> Result<Option<(Factor, Option<Vec<u8>>)>> {
+    if let Some(totp) = &candidate.totp {
+        let pending = tx.pending_codes(&user.name)?;
+        if tx.consume_step(&user.name, totp, now)? {
+            return Ok(Some((Factor::Totp, pending)));
+        }
+    }
+    for kind in [CodeKind::Backup, CodeKind::Recovery] {
+        let Some(hash) = candidate.hash(kind) else {
+            continue;
+        };
+        if let Some(id) = find_code(tx, kind, user, hash, now)? {
+            if tx.consume_code(kind, id, now)? {
+                return Ok(Some((kind.factor(), None)));
+            }
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,696 @@
+//! The SQLite backend: one file, WAL, for one host.
+//!
+//! Write transactions are `BEGIN IMMEDIATE`: the write lock is taken up
+//! front, so concurrent logins queue (up to the busy timeout) instead of
+//! failing, and a conditional write never races another.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::config::DbConfig;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use super::{Durability, Store, Tx, TxBody, TxKind};
+use crate::audit::{AuditEntry, AuditFilter, Event, Outcome};
+use crate::codes::HASH_LEN;
+use crate::error::{Error, Result};
+use crate::fsperm::{self, Secrecy};
+use crate::model::{
+    CodeKind, LockState, NewEnrollment, StoredCode, TotpMatch, TotpState, UserRecord,
+};
+
+/// WAL size past which a write checkpoints and truncates it. Every login
+/// process reads the whole WAL to rebuild its index, so it is kept small.
+const WAL_TRUNCATE_BYTES: u64 = 256 * 1024;
+
+/// How long a transaction waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Schema version this build reads and writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Migrations: entry `i` brings the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE users (
+    name          TEXT PRIMARY KEY,
+    state         TEXT NOT NULL DEFAULT 'none',   -- none | pending | active
+    disabled      INTEGER NOT NULL DEFAULT 0,
+    secret        BLOB,                           -- sealed TOTP secret
+    pending_codes BLOB,                           -- sealed backup codes, shown once at activation
+    code_salt     BLOB NOT NULL,                  -- per-user salt of backup/recovery code hashes
+    last_step     INTEGER NOT NULL DEFAULT -1,    -- newest TOTP step accepted
+    failures      INTEGER NOT NULL DEFAULT 0,     -- consecutive wrong codes
+    locked_until  INTEGER,
+    last_success  INTEGER,
+    email         TEXT,
+    phone         TEXT,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL
+);
+CREATE TABLE backup_codes (
+    id         INTEGER PRIMARY KEY,
+    user       TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    hash       BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    used_at    INTEGER
+);
+CREATE INDEX backup_codes_user ON backup_codes(user);
+CREATE TABLE recovery_codes (
+    id         INTEGER PRIMARY KEY,
+    user       TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    hash       BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at    INTEGER
+);
+CREATE INDEX recovery_codes_user ON recovery_codes(user);
+CREATE TABLE audit (
+    id      INTEGER PRIMARY KEY,
+    time    INTEGER NOT NULL,
+    user    TEXT NOT NULL,
+    service TEXT NOT NULL,
+    rhost   TEXT NOT NULL,
+    event   TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail  TEXT NOT NULL
+);
+CREATE INDEX audit_user_time ON audit(user, time);
+"#];
+/// A store in one SQLite file.
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+    location: String,
+    /// The `synchronous` level the connection is set to, if known.
+    durability: Option<Durability>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn pragma(durability: Durability) -> &'static str {
+    match durability {
+        Durability::Full => "PRAGMA synchronous = FULL",
+        Durability::Light => "PRAGMA synchronous = NORMAL",
+    }
+}
+
+impl SqliteStore {
+    /// Open an existing store (never creates one). Checks ownership and mode,
+    /// and brings an older schema up to date.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        if !path.exists() {
+            return Err(Error::StoreMissing { path: path.into() });
+        }
+        fsperm::check_private_file(path, Secrecy::OwnerOnly)?;
+        SqliteStore::connect(path)
+    }
+
+    /// Create the store if missing (mode 0600 before SQLite sees it, so the
+    /// -wal and -shm files inherit it), then open it. Idempotent.
+    pub fn create(path: &Path) -> Result<SqliteStore> {
+        if !path.exists() {
+            if let Some(dir) = path.parent() {
+                fsperm::ensure_dir(dir, 0o700)?;
+            }
+            fsperm::create_private_file(path, b"")?;
+        }
+        SqliteStore::open(path)
+    }
+
+    fn connect(path: &Path) -> Result<SqliteStore> {
+        let location = path.display().to_string();
+        let err = |e: rusqlite::Error| Error::store(location.clone(), e);
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        // One process per login: do not checkpoint and delete the WAL at every
+        // close; let it grow to a bound and be truncated past it instead.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA journal_size_limit = 262144;",
+        )
+        .map_err(err)?;
+        let mut store = SqliteStore {
+            conn,
+            path: path.into(),
+            location,
+            durability: None,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: rusqlite::Error) -> Error {
+        Error::store(self.location.clone(), e)
+    }
+
+    fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
+        let has_meta: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_meta {
+            return Ok(0);
+        }
+        conn.query_row(
+            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map(|v| v.unwrap_or(0))
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let v = SqliteStore::schema_version(&self.conn).map_err(|e| self.err(e))?;
+        if v == SCHEMA_VERSION {
+            return Ok(());
+        }
+        if v > SCHEMA_VERSION {
+            return Err(Error::StoreSchema {
+                location: self.location.clone(),
+                found: v,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let location = self.location.clone();
+        let err = |e: rusqlite::Error| {
+            Error::store(location.clone(), format!("schema upgrade failed: {e}"))
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let mut v = SqliteStore::schema_version(&tx).map_err(err)?;
+        while v < SCHEMA_VERSION {
+            let step = usize::try_from(v)
+                .ok()
+                .and_then(|i| MIGRATIONS.get(i))
+                .ok_or_else(|| {
+                    Error::store(location.clone(), format!("no migration from version {v}"))
+                })?;
+            tx.execute_batch(step).map_err(err)?;
+            v += 1;
+            tx.execute(
+                "INSERT INTO meta(key, value) VALUES ('schema_version', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [v.to_string()],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Each login is its own process and the WAL is not checkpointed on
+    /// close, so SQLite never restarts it by itself: past a size, checkpoint
+    /// and truncate it here. A failure only postpones that to a later write.
+    fn trim_wal(&self) {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_TRUNCATE_BYTES);
+        if big {
+            let _ = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
+    }
+}
+
+impl Store for SqliteStore {
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn transaction(&mut self, kind: TxKind, body: &mut TxBody<'_>) -> Result<()> {
+        let behavior = match kind {
+            TxKind::Read => TransactionBehavior::Deferred,
+            TxKind::Write(durability) => {
+                if self.durability != Some(durability) {
+                    // Set before the transaction (SQLite refuses it inside
+                    // one); on failure nothing is written.
+                    self.durability = None;
+                    self.conn
+                        .execute_batch(pragma(durability))
+                        .map_err(|e| self.err(e))?;
+                    self.durability = Some(durability);
+                }
+                TransactionBehavior::Immediate
+            }
+        };
+        let location = &self.location;
+        let tx = self
+            .conn
+            .transaction_with_behavior(behavior)
+            .map_err(|e| Error::store(location.clone(), e))?;
+        body(&mut SqliteTx {
+            conn: &tx,
+            location,
+        })?;
+        tx.commit().map_err(|e| Error::store(location.clone(), e))?;
+        if kind != TxKind::Read {
+            self.trim_wal();
+        }
+        Ok(())
+    }
+
+    fn check_integrity(&mut self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("PRAGMA integrity_check")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| Error::store(self.location.clone(), e))?;
+        Ok(rows.into_iter().filter(|r| r != "ok").collect())
+    }
+}
+
+/// One transaction on the store's connection.
+struct SqliteTx<'a> {
+    conn: &'a Connection,
+    location: &'a str,
+}
+
+const USER_COLUMNS: &str = "name, state, disabled, secret, code_salt, last_step, failures,
+     locked_until, last_success,
+     CASE WHEN state = 'active' THEN (SELECT count(*) FROM backup_codes b
+          WHERE b.user = users.name AND b.used_at IS NULL) ELSE 0 END,
+     email, phone";
+
+fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
+    Ok(UserRecord {
+        name: r.get(0)?,
+        state: TotpState::parse(&r.get::<_, String>(1)?),
+        disabled: r.get(2)?,
+        secret: r.get(3)?,
+        code_salt: r.get(4)?,
+        last_step: r.get(5)?,
+        lock: LockState {
+            failures: r.get(6)?,
+            locked_until: r.get(7)?,
+        },
+        last_success: r.get(8)?,
+        backup_codes_left: r.get(9)?,
+        email: r.get(10)?,
+        phone: r.get(11)?,
+    })
+}
+
+fn table(kind: CodeKind) -> &'static str {
+    match kind {
+        CodeKind::Backup => "backup_codes",
+        CodeKind::Recovery => "recovery_codes",
+    }
+}
+
+impl SqliteTx<'_> {
+    fn err(&self, e: rusqlite::Error) -> Error {
+        Error::store(self.location, e)
+    }
+
+    /// Run one statement; the number of rows it changed.
+    fn exec(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
+        self.conn.execute(sql, params).map_err(|e| self.err(e))
+    }
+
+    fn rows<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params, f)
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
+        rows.map_err(|e| self.err(e))
+    }
+}
+
+impl Tx for SqliteTx<'_> {
+    fn user(&mut self, name: &str) -> Result<Option<UserRecord>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"),
+                [name],
+                user_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    fn users(&mut self) -> Result<Vec<UserRecord>> {
+        self.rows(
+            &format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"),
+            [],
+            user_row,
+        )
+    }
+
+    fn unused_codes(&mut self, kind: CodeKind, name: &str, now: i64) -> Result<Vec<StoredCode>> {
+        let code = |r: &rusqlite::Row<'_>| {
+            Ok(StoredCode {
+                id: r.get(0)?,
+                hash: r.get(1)?,
+            })
+        };
+        match kind {
+            CodeKind::Backup => self.rows(
+                "SELECT id, hash FROM backup_codes WHERE user = ?1 AND used_at IS NULL",
+                params![name],
+                code,
+            ),
+            CodeKind::Recovery => self.rows(
+                "SELECT id, hash FROM recovery_codes
+                 WHERE user = ?1 AND used_at IS NULL AND expires_at > ?2",
+                params![name, now],
+                code,
+            ),
+        }
+    }
+
+    fn pending_codes(&mut self, name: &str) -> Result<Option<Vec<u8>>> {
+        let codes: Option<Option<Vec<u8>>> = self
+            .conn
+            .query_row(
+                "SELECT pending_codes FROM users WHERE name = ?1 AND state = 'pending'",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(codes.map(Option::unwrap_or_default))
+    }
+
+    fn audit(&mut self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        let rows = self.rows(
+            "SELECT time, user, service, rhost, event, outcome, detail FROM audit
+             WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR time >= ?2)
+             ORDER BY time, id",
+            params![filter.user, filter.since],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                ))
+            },
+        )?;
+        rows.into_iter()
+            .map(|(time, user, service, rhost, event, outcome, detail)| {
+                let unknown = |what: &str, word: &str| {
+                    Error::store(self.location, format!("unknown audit {what} {word:?}"))
+                };
+                Ok(AuditEntry {
+                    time,
+                    event: Event::parse(&event).ok_or_else(|| unknown("event", &event))?,
+                    outcome: Outcome::parse(&outcome)
+                        .ok_or_else(|| unknown("outcome", &outcome))?,
+                    user,
+                    service,
+                    rhost,
+                    detail,
+                })
+            })
+            .collect()
+    }
+
+    fn insert_user(&mut self, name: &str, code_salt: &[u8], now: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO users(name, code_salt, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT(name) DO NOTHING",
+            params![name, code_salt, now],
+        )
+        .map(drop)
+    }
+
+    fn update_lock(
+        &mut self,
+        name: &str,
+        expected: Option<&LockState>,
+        to: &LockState,
+        now: i64,
+    ) -> Result<bool> {
+        let n = match expected {
+            Some(from) => self.exec(
+                "UPDATE users SET failures = ?2, locked_until = ?3, updated_at = ?4
+                 WHERE name = ?1 AND failures = ?5 AND locked_until IS ?6",
+                params![
+                    name,
+                    to.failures,
+                    to.locked_until,
+                    now,
+                    from.failures,
+                    from.locked_until
+                ],
+            )?,
+            None => self.exec(
+                "UPDATE users SET failures = ?2, locked_until = ?3, updated_at = ?4 WHERE name = ?1",
+                params![name, to.failures, to.locked_until, now],
+            )?,
+        };
+        Ok(n == 1)
+    }
+
+    fn record_success(&mut self, name: &str, now: i64) -> Result<()> {
+        self.exec(
+            "UPDATE users SET last_success = ?2 WHERE name = ?1",
+            params![name, now],
+        )
+        .map(drop)
+    }
+
+    fn consume_step(&mut self, name: &str, totp: &TotpMatch, now: i64) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE users SET last_step = ?2, state = 'active', pending_codes = NULL, updated_at = ?3
+             WHERE name = ?1 AND state IN ('pending', 'active') AND disabled = 0 AND last_step < ?2
+               AND secret = ?4",
+            params![name, totp.step, now, totp.sealed_secret],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn consume_code(&mut self, kind: CodeKind, id: i64, now: i64) -> Result<bool> {
+        let n = self.exec(
+            &format!(
+                "UPDATE {} SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL",
+                table(kind)
+            ),
+            params![id, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn set_enrollment(&mut self, name: &str, new: &NewEnrollment<'_>, now: i64) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE users SET state = 'pending', disabled = 0, secret = ?2, pending_codes = ?3,
+                    code_salt = ?4, last_step = -1, updated_at = ?5
+             WHERE name = ?1 AND (?6 OR state = 'none')",
+            params![
+                name,
+                new.sealed_secret,
+                new.sealed_codes,
+                new.code_salt,
+                now,
+                new.replace
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn clear_pending_codes(&mut self, name: &str, now: i64) -> Result<()> {
+        self.exec(
+            "UPDATE users SET pending_codes = NULL, updated_at = ?2 WHERE name = ?1",
+            params![name, now],
+        )
+        .map(drop)
+    }
+
+    fn delete_codes(&mut self, kind: CodeKind, name: &str, unused_only: bool) -> Result<()> {
+        self.exec(
+            &format!(
+                "DELETE FROM {} WHERE user = ?1 AND (NOT ?2 OR used_at IS NULL)",
+                table(kind)
+            ),
+            params![name, unused_only],
+        )
+        .map(drop)
+    }
+
+    fn insert_backup_codes(
+        &mut self,
+        name: &str,
+        hashes: &[[u8; HASH_LEN]],
+        now: i64,
+    ) -> Result<()> {
+        for h in hashes {
+            self.exec(
+                "INSERT INTO backup_codes(user, hash, created_at) VALUES (?1, ?2, ?3)",
+                params![name, &h[..], now],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn insert_recovery_code(
+        &mut self,
+        name: &str,
+        hash: &[u8; HASH_LEN],
+        expires_at: i64,
+        now: i64,
+    ) -> Result<()> {
+        self.exec(
+            "INSERT INTO recovery_codes(user, hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![name, &hash[..], now, expires_at],
+        )
+        .map(drop)
+    }
+
+    fn set_disabled(&mut self, name: &str, disabled: bool, now: i64) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE users SET disabled = ?2, updated_at = ?3 WHERE name = ?1",
+            params![name, disabled, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn clear_totp(&mut self, name: &str, now: i64) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE users SET state = 'none', disabled = 0, secret = NULL, pending_codes = NULL,
+                    last_step = -1, updated_at = ?2
+             WHERE name = ?1",
+            params![name, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn insert_audit(&mut self, e: &AuditEntry) -> Result<()> {
+        self.exec(
+            "INSERT INTO audit(time, user, service, rhost, event, outcome, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                e.time,
+                e.user,
+                e.service,
+                e.rhost,
+                e.event.as_str(),
+                e.outcome.as_str(),
+                e.detail
+            ],
+        )
+        .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod conformance {
+    use super::*;
+    use crate::store::conformance::Backend;
+
+    /// A new, empty SQLite store in a temporary directory.
+    struct Sqlite {
+        dir: tempfile::TempDir,
+    }
+
+    impl Sqlite {
+        fn new() -> Sqlite {
+            let dir = tempfile::tempdir().unwrap();
+            SqliteStore::create(&dir.path().join("crm2fa.db")).unwrap();
+            Sqlite { dir }
+        }
+    }
+
+    impl Backend for Sqlite {
+        fn open(&self) -> Box<dyn Store> {
+            Box::new(SqliteStore::open(&self.dir.path().join("crm2fa.db")).unwrap())
+        }
+    }
+
+    crate::store_conformance!(Sqlite::new());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditCtx, Fact};
+
+    #[test]
+    fn corrupt_store_is_an_error_naming_the_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("db");
+        std::fs::write(&p, vec![0x5a; 8192]).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = SqliteStore::open(&p).unwrap_err().to_string();
+        assert!(err.contains(&p.display().to_string()), "{err}");
+        let missing = SqliteStore::open(&d.path().join("nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("crm2fa-admin init"), "{missing}");
+    }
+
+    #[test]
+    fn newer_schema_is_refused_with_the_versions() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("db");
+        drop(SqliteStore::create(&p).unwrap());
+        let conn = Connection::open(&p).unwrap();
+        conn.execute(
+            "UPDATE meta SET value = '99' WHERE key = 'schema_version'",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let err = SqliteStore::open(&p).unwrap_err();
+        assert!(matches!(err, Error::StoreSchema { found: 99, .. }), "{err}");
+    }
+
+    fn synchronous(s: &SqliteStore) -> i64 {
+        s.conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn consuming_writes_are_full_and_audit_rows_light() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::create(&d.path().join("db")).unwrap();
+        let e = AuditCtx::default().entry(1, "u", &Fact::Unlocked);
+        {
+            let store: &mut dyn Store = &mut s;
+            store.record(&e).unwrap();
+        }
+        assert_eq!(synchronous(&s), 1, "audit-only row: NORMAL");
+        {
+            let store: &mut dyn Store = &mut s;
+            store.unlock("u", 1, &e).unwrap();
+        }
+        assert_eq!(synchronous(&s), 2, "any other write: FULL");
+    }
+}

@@ -1,0 +1,178 @@
+//! The command line, declared once: `main` parses it, and the shell
+//! completions (and man page) are generated from it.
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use crm2fa_common::config;
+use crm2fa_common::qr::QrStyle;
+
+/// Manage crm2fa two-factor authentication.
+#[derive(Debug, Parser)]
+#[command(
+    name = "crm2fa-admin",
+    version,
+    about = "Manage crm2fa two-factor authentication"
+)]
+pub(crate) struct Cli {
+    /// Configuration file [default: $CRM2FA_CONFIG or /etc/crm2fa/crm2fa.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub(crate) config: Option<PathBuf>,
+    /// Machine-readable output: one JSON document on stdout
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    /// Do not ask for confirmation of destructive actions
+    #[arg(long, short = 'y', global = true)]
+    pub(crate) yes: bool,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// How `enroll` draws the QR code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum QrArg {
+    /// Half-block characters: compact, needs a UTF-8 terminal
+    Unicode,
+    /// `##` cells: any terminal, twice as tall
+    Ascii,
+}
+
+impl From<QrArg> for QrStyle {
+    fn from(q: QrArg) -> QrStyle {
+        match q {
+            QrArg::Unicode => QrStyle::Unicode,
+            QrArg::Ascii => QrStyle::Ascii,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create the config directory, host key file (0600) and store; idempotent
+    Init,
+    /// Give USER a new TOTP secret: prints a QR code, the manual key and the URI
+    Enroll {
+        user: String,
+        /// Do not print the QR code
+        #[arg(long)]
+        no_qr: bool,
+        /// How to draw the QR code
+        #[arg(long, value_name = "STYLE", value_enum, default_value_t = QrArg::Unicode)]
+        qr: QrArg,
+        /// The first code from the app: confirms and activates at once
+        #[arg(long, value_name = "CODE")]
+        code: Option<String>,
+    },
+    /// Activate a pending enrolment with a code from the app
+    Confirm {
+        user: String,
+        /// The code; without it, it is read from the terminal (hidden) or
+        /// one line of standard input
+        code: Option<String>,
+    },
+    /// Show USER's 2FA state
+    Status { user: String },
+    /// Show every user the store knows
+    List,
+    /// Verify a code without logging in: consumes and counts nothing
+    Check {
+        user: String,
+        /// The code; without it, it is read from the terminal (hidden) or
+        /// one line of standard input
+        code: Option<String>,
+    },
+    /// Lost device: remove all of USER's factors and codes
+    Reset { user: String },
+    /// Show how many backup codes are left, or make a new set
+    BackupCodes {
+        user: String,
+        /// Make a new set; the old set stops working at once
+        #[arg(long)]
+        regenerate: bool,
+        /// Also write the new codes to FILE (mode 0600), ready to print
+        #[arg(long, value_name = "FILE", requires = "regenerate")]
+        output: Option<PathBuf>,
+    },
+    /// Issue a one-time recovery code for a user who lost every factor; clears a lock
+    Recovery {
+        user: String,
+        /// How long the code is valid, e.g. 30m, 48h, 2d
+        #[arg(long, value_name = "DURATION", default_value = "48h", value_parser = config::parse_duration)]
+        valid: i64,
+    },
+    /// Clear USER's lockout
+    Unlock { user: String },
+    /// Turn USER's 2FA off, factor or not (`enable` turns it back on)
+    Disable {
+        user: String,
+        /// Also when the policy requires 2FA of USER
+        #[arg(long)]
+        override_policy: bool,
+    },
+    /// Turn USER's 2FA back on with the factors they had
+    Enable { user: String },
+    /// Explain whether 2FA is required for USER, and why
+    Policy { user: String },
+    /// The audit log, oldest first
+    Audit {
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// RFC 3339 time, YYYY-MM-DD, or a duration back from now (e.g. 24h)
+        #[arg(long, value_name = "TIME", value_parser = parse_since)]
+        since: Option<i64>,
+    },
+    /// Check permissions, config, key and store integrity; say how to fix
+    Doctor,
+    /// Print shell completions
+    Completions { shell: clap_complete::Shell },
+}
+
+/// `--since`: RFC 3339, a date (YYYY-MM-DD), or a duration back from now.
+fn parse_since(s: &str) -> Result<i64, String> {
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_secs()).ok())
+            .unwrap_or(0)
+    };
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(unix(t));
+    }
+    if let Ok(t) = humantime::parse_rfc3339_weak(&format!("{s} 00:00:00")) {
+        return Ok(unix(t));
+    }
+    config::parse_duration(s)
+        .map(|d| crm2fa_common::unix_now() - d)
+        .map_err(|_| {
+            "give a time (2026-11-23T10:00:00Z), a date (2026-11-23) or a duration (24h)".into()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn since_accepts_times_dates_and_durations() {
+        assert_eq!(parse_since("2026-11-23T10:00:00Z"), Ok(1_795_428_000));
+        assert_eq!(parse_since("2026-11-23"), Ok(1_795_392_000));
+        let d = parse_since("24h").unwrap();
+        assert!((crm2fa_common::unix_now() - 86_400 - d).abs() <= 1);
+        assert!(parse_since("yesterday").is_err());
+    }
+
+    #[test]
+    fn code_is_optional_for_confirm_and_check() {
+        let cli = Cli::try_parse_from(["crm2fa-admin", "confirm", "alice"]).unwrap();
+        assert!(matches!(cli.command, Command::Confirm { code: None, .. }));
+        let cli =
+            Cli::try_parse_from(["crm2fa-admin", "check", "alice", "123456", "--json"]).unwrap();
+        assert!(cli.json);
+        assert!(Cli::try_parse_from(["crm2fa-admin", "enroll", "a", "--qr", "big"]).is_err());
+    }
+}

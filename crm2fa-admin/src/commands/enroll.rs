@@ -1,0 +1,233 @@
+//! `enroll` and `confirm`: a new TOTP secret, and its activation.
+use std::io::{self, Write};
+
+use crm2fa_common::model::TotpState;
+use crm2fa_common::qr::{self, QrStyle};
+use crm2fa_common::Error;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use super::{warn_if_no_account, Ctx, Done, Status};
+use crate::cli::QrArg;
+use crate::error::CliError;
+use crate::output::{shown, write_backup_codes, Shown, Text};
+use crate::terminal;
+
+/// What the new user needs to set up their app.
+#[derive(Serialize)]
+struct SetupReport {
+    user: String,
+    #[serde(skip)]
+    qr: QrStyle,
+    secret: Zeroizing<String>,
+    otpauth_uri: Zeroizing<String>,
+    #[serde(skip)]
+    digits: u32,
+    #[serde(skip)]
+    period: u64,
+}
+
+impl Text for SetupReport {
+    fn write_text(&self, w: &mut dyn Write) -> io::Result<()> {
+        writeln!(
+            w,
+            "Enrolling {}. Scan this QR code with an authenticator app",
+            self.user
+        )?;
+        writeln!(
+            w,
+            "(Google Authenticator, Microsoft Authenticator, FreeOTP, Authy ...):"
+        )?;
+        let block = qr::setup_block(&self.otpauth_uri, &self.secret, self.qr, "URI:        ");
+        w.write_all(block.as_bytes())?;
+        writeln!(
+            w,
+            "({} digits, every {} seconds, SHA1)",
+            self.digits, self.period
+        )
+    }
+}
+
+/// `enroll`: the setup (unless already shown on the terminal) and whether
+/// it is active.
+#[derive(Serialize)]
+struct EnrollReport {
+    #[serde(flatten)]
+    setup: SetupReport,
+    #[serde(skip)]
+    setup_shown: bool,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backup_codes: Option<Shown>,
+}
+
+impl Text for EnrollReport {
+    fn write_text(&self, w: &mut dyn Write) -> io::Result<()> {
+        if !self.setup_shown {
+            Text::write_text(&self.setup, w)?;
+        }
+        let user = &self.setup.user;
+        match &self.backup_codes {
+            Some(codes) => write_activated(w, user, codes),
+            None => {
+                writeln!(
+                    w,
+                    "The enrolment is pending. It becomes active with `crm2fa-admin confirm {user} CODE`,"
+                )?;
+                writeln!(
+                    w,
+                    "or at {user}'s first login with a valid code (the backup codes are shown then)."
+                )
+            }
+        }
+    }
+}
+
+fn write_activated(w: &mut dyn Write, user: &str, codes: &[String]) -> io::Result<()> {
+    writeln!(w, "Two-factor authentication is now active for {user}.")?;
+    write_backup_codes(w, codes)
+}
+
+/// A new TOTP secret for `user`, pending; confirmed at once with `code`,
+/// or with a code typed on the terminal.
+pub(super) fn enroll(
+    ctx: &mut Ctx,
+    user: &str,
+    no_qr: bool,
+    qr: QrArg,
+    code: Option<String>,
+) -> Result<Done, CliError> {
+    if let Some(r) = ctx.store.user(user)? {
+        if r.state != TotpState::None {
+            ctx.confirm(&format!(
+                "{user} already has a {} enrolment; a new secret replaces it and its backup codes",
+                r.state.as_str()
+            ))?;
+        }
+    }
+    warn_if_no_account(user);
+    let now = ctx.now;
+    let mut ops = ctx.ops();
+    let key = ops.key()?;
+    let e = ops.begin_enrollment(&key, user, now, true)?;
+    let setup = SetupReport {
+        user: user.into(),
+        qr: if no_qr { QrStyle::None } else { qr.into() },
+        secret: e.base32.clone(),
+        otpauth_uri: e.otpauth_uri.clone(),
+        digits: ctx.cfg.totp.digits,
+        period: ctx.cfg.totp.period,
+    };
+    let interactive = !ctx.json && terminal::interactive();
+    let setup_shown = interactive && code.is_none();
+    if setup_shown {
+        ctx.out.show(&setup).map_err(CliError::Output)?;
+    }
+    // A wrong --code still prints the enrolment: it stays pending, and the
+    // secret must not be lost.
+    let mut activated = None;
+    let mut failure = None;
+    if let Some(c) = code {
+        match ctx.ops().confirm(user, &c, now) {
+            Ok(Some(codes)) => activated = Some(codes),
+            Ok(None) => {
+                failure = Some(CliError::from(Error::InvalidCode {
+                    user: user.into(),
+                    consequence: format!(
+                        "the enrolment stays pending (confirm with `crm2fa-admin confirm {user}`)"
+                    ),
+                }))
+            }
+            Err(e) => failure = Some(e.into()),
+        }
+    } else if interactive {
+        activated = confirm_on_terminal(ctx, user)?;
+    }
+    let report = EnrollReport {
+        setup_shown,
+        setup,
+        state: if activated.is_some() {
+            "active"
+        } else {
+            "pending"
+        },
+        backup_codes: activated.as_deref().map(shown),
+    };
+    match failure {
+        Some(e) => Done::with(report, Status::Failed(e)),
+        None => Done::ok(report),
+    }
+}
+
+/// Ask for the app's code up to three times; Enter leaves it pending.
+fn confirm_on_terminal(
+    ctx: &mut Ctx,
+    user: &str,
+) -> Result<Option<Vec<crm2fa_common::codes::Code>>, CliError> {
+    for _ in 0..3 {
+        let mut out = io::stdout();
+        let _ = write!(
+            out,
+            "Enter the code the app shows to confirm (Enter to leave it pending): "
+        );
+        let _ = out.flush();
+        let mut line = Zeroizing::new(String::new());
+        let read = io::stdin().read_line(&mut line).unwrap_or(0);
+        if read == 0 || line.trim().is_empty() {
+            return Ok(None);
+        }
+        match ctx
+            .ops()
+            .confirm(user, line.trim(), crm2fa_common::unix_now())
+        {
+            Ok(Some(codes)) => return Ok(Some(codes)),
+            Ok(None) => {
+                let _ = writeln!(
+                    out,
+                    "Invalid verification code. Check the app and try again."
+                );
+            }
+            Err(e) => {
+                // E.g. the user's first login activated it meanwhile.
+                let _ = writeln!(out, "Not confirmed here: {e}");
+                return Ok(None);
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// `confirm`: the new backup codes.
+#[derive(Serialize)]
+struct ConfirmReport {
+    user: String,
+    state: &'static str,
+    backup_codes: Shown,
+}
+
+impl Text for ConfirmReport {
+    fn write_text(&self, w: &mut dyn Write) -> io::Result<()> {
+        write_activated(w, &self.user, &self.backup_codes)
+    }
+}
+
+/// Activate `user`'s pending enrolment with a code from their app.
+pub(super) fn confirm(ctx: &mut Ctx, user: &str, code: Option<String>) -> Result<Done, CliError> {
+    let code = match code {
+        Some(c) => Zeroizing::new(c),
+        None => terminal::read_code("Code from the app: ")?,
+    };
+    let now = ctx.now;
+    match ctx.ops().confirm(user, &code, now)? {
+        Some(codes) => Done::ok(ConfirmReport {
+            user: user.into(),
+            state: "active",
+            backup_codes: shown(&codes),
+        }),
+        None => Err(Error::InvalidCode {
+            user: user.into(),
+            consequence: "nothing was activated".into(),
+        }
+        .into()),
+    }
+}

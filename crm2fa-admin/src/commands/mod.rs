@@ -1,0 +1,144 @@
+//! The commands, one module per group. Each returns a typed report for
+//! [`crate::output`] to print; none prints JSON of its own.
+use std::path::Path;
+
+use crm2fa_common::audit::{AuditCtx, Logger};
+use crm2fa_common::config::{self, Config};
+use crm2fa_common::ops::{Ops, ADMIN_SERVICE};
+use crm2fa_common::store::{self, Store};
+
+use crate::cli::{Cli, Command};
+use crate::error::CliError;
+use crate::output::{Output, Report};
+
+mod audit;
+mod codes;
+mod enroll;
+mod setup;
+mod users;
+
+/// How a command ended, after its report was printed.
+#[derive(Debug)]
+pub(crate) enum Status {
+    /// Exit 0.
+    Success,
+    /// Exit 1, the report says why (`check` of a wrong code, `doctor` with problems).
+    Unsuccessful,
+    /// Exit 1 with this error on stderr, after the report (which shows what
+    /// must not be lost, such as a new secret or new codes).
+    Failed(CliError),
+}
+
+/// A command's report and how it ended.
+pub(crate) struct Done {
+    /// What to print.
+    pub(crate) report: Box<dyn Report>,
+    /// The exit status.
+    pub(crate) status: Status,
+}
+
+impl Done {
+    fn ok(report: impl Report + 'static) -> Result<Done, CliError> {
+        Ok(Done {
+            report: Box::new(report),
+            status: Status::Success,
+        })
+    }
+
+    fn with(report: impl Report + 'static, status: Status) -> Result<Done, CliError> {
+        Ok(Done {
+            report: Box::new(report),
+            status,
+        })
+    }
+}
+
+/// A command's surroundings: the global flags, the clock, and (opened on
+/// first use) the configuration and store.
+pub(crate) struct Ctx {
+    cfg: Config,
+    store: Box<dyn Store>,
+    /// Every change is written to syslog (authpriv) as well as the audit table.
+    log: Logger,
+    now: i64,
+    json: bool,
+    yes: bool,
+    out: Output,
+}
+
+impl Ctx {
+    fn open(config: Option<&Path>, json: bool, yes: bool, out: Output) -> Result<Ctx, CliError> {
+        let cfg = Config::load(&config::resolve_path(config))?;
+        let store = store::open(&cfg.store)?;
+        Ok(Ctx {
+            cfg,
+            store,
+            log: Logger::new(ADMIN_SERVICE, false),
+            now: crm2fa_common::unix_now(),
+            json,
+            yes,
+            out,
+        })
+    }
+
+    /// The operations, as the administrator.
+    fn ops(&mut self) -> Ops<'_> {
+        Ops {
+            cfg: &self.cfg,
+            store: self.store.as_mut(),
+            log: &mut self.log,
+            ctx: AuditCtx {
+                service: ADMIN_SERVICE.into(),
+                rhost: String::new(),
+            },
+        }
+    }
+
+    /// Ask before a destructive action (see [`crate::terminal::confirm`]).
+    fn confirm(&self, what: &str) -> Result<(), CliError> {
+        crate::terminal::confirm(what, self.yes, self.json)
+    }
+}
+
+/// Warn (on stderr) when USER has no account on this host: likely a typo.
+fn warn_if_no_account(user: &str) {
+    if let Ok(None) = nix::unistd::User::from_name(user) {
+        eprintln!("crm2fa-admin: warning: there is no account named {user} on this host");
+    }
+}
+
+/// Run the command `cli` names.
+pub(crate) fn run(cli: Cli, out: Output) -> Result<Done, CliError> {
+    let config = cli.config.as_deref();
+    let open = || Ctx::open(config, cli.json, cli.yes, out);
+    match cli.command {
+        Command::Init => setup::init(config),
+        Command::Doctor => setup::doctor(config),
+        Command::Completions { shell } => setup::completions(shell),
+        Command::Enroll {
+            user,
+            no_qr,
+            qr,
+            code,
+        } => enroll::enroll(&mut open()?, &user, no_qr, qr, code),
+        Command::Confirm { user, code } => enroll::confirm(&mut open()?, &user, code),
+        Command::Status { user } => users::status(&mut open()?, &user),
+        Command::List => users::list(&mut open()?),
+        Command::Reset { user } => users::reset(&mut open()?, &user),
+        Command::Disable {
+            user,
+            override_policy,
+        } => users::disable(&mut open()?, &user, override_policy),
+        Command::Enable { user } => users::enable(&mut open()?, &user),
+        Command::Unlock { user } => users::unlock(&mut open()?, &user),
+        Command::Policy { user } => users::policy(&mut open()?, &user),
+        Command::Check { user, code } => codes::check(&mut open()?, &user, code),
+        Command::BackupCodes {
+            user,
+            regenerate,
+            output,
+        } => codes::backup_codes(&mut open()?, &user, regenerate, output),
+        Command::Recovery { user, valid } => codes::recovery(&mut open()?, &user, valid),
+        Command::Audit { user, since } => audit::audit(&mut open()?, user, since),
+    }
+}

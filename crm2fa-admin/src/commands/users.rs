@@ -1,0 +1,254 @@
+//! `status`, `list`, `reset`, `disable`, `enable`, `unlock`, `policy`.
+use std::io::{self, Write};
+
+use crm2fa_common::ops::Status;
+use serde::Serialize;
+
+use super::{Ctx, Done};
+use crate::error::CliError;
+use crate::output::{self, Text};
+
+/// One user's state.
+#[derive(Serialize)]
+struct StatusReport {
+    user: String,
+    state: &'static str,
+    locked: bool,
+    #[serde(serialize_with = "output::opt_time")]
+    locked_until: Option<i64>,
+    backup_codes_left: u32,
+    methods: Vec<&'static str>,
+    failures: u32,
+    #[serde(serialize_with = "output::opt_time")]
+    last_success: Option<i64>,
+}
+
+impl From<Status> for StatusReport {
+    fn from(s: Status) -> StatusReport {
+        StatusReport {
+            user: s.user,
+            state: s.state,
+            locked: s.locked_until.is_some(),
+            locked_until: s.locked_until,
+            backup_codes_left: s.backup_codes_left,
+            methods: s.methods.iter().map(|m| m.as_str()).collect(),
+            failures: s.failures,
+            last_success: s.last_success,
+        }
+    }
+}
+
+fn last_success(t: Option<i64>) -> String {
+    t.map(crm2fa_common::rfc3339)
+        .unwrap_or_else(|| "never".into())
+}
+
+impl Text for StatusReport {
+    fn write_text(&self, w: &mut dyn Write) -> io::Result<()> {
+        let methods = if self.methods.is_empty() {
+            "none".to_string()
+        } else {
+            self.methods.join(", ")
+        };
+        writeln!(w, "User:              {}", self.user)?;
+        writeln!(w, "State:             {}", self.state)?;
+        writeln!(w, "Methods:           {methods}")?;
+        writeln!(w, "Backup codes left: {}", self.backup_codes_left)?;
+        match self.locked_until {
+            Some(t) => writeln!(
+                w,
+                "Locked until:      {} (crm2fa-admin unlock to clear)",
+                crm2fa_common::rfc3339(t)
+            )?,
+            None => writeln!(w, "Locked:            no")?,
+        }
+        writeln!(w, "Last success:      {}", last_success(self.last_success))
+    }
+}
+
+/// `status USER`.
+pub(super) fn status(ctx: &mut Ctx, user: &str) -> Result<Done, CliError> {
+    let now = ctx.now;
+    Done::ok(StatusReport::from(ctx.ops().status(user, now)?))
+}
+
+/// Every user's state.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct ListReport {
+    users: Vec<StatusReport>,
+}
+
+impl Text for ListReport {
+    fn write_text(&self, w: &mut dyn Write) -> io::Result<()> {
+        if self.users.is_empty() {
+            return writeln!(w, "No users enrolled.");
+        }
+        writeln!(
+            w,
+            "{:<20} {:<9} {:>6} {:<7} LAST SUCCESS",
+            "USER", "STATE", "BACKUP", "LOCKED"
+        )?;
+        for u in &self.users {
+            writeln!(
+                w,
+                "{:<20} {:<9} {:>6} {:<7} {}",
+                u.user,
+                u.state,
+                u.backup_codes_left,
+                if u.locked { "yes" } else { "no" },
+                last_success(u.last_success),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `list`.
+pub(super) fn list(ctx: &mut Ctx) -> Result<Done, CliError> {
+    let now = ctx.now;
+    let users = ctx.ops().statuses(now)?;
+    Done::ok(ListReport {
+        users: users.into_iter().map(StatusReport::from).collect(),
+    })
+}
+
+/// `reset USER`: every factor removed.
+#[derive(Serialize)]
+struct ResetReport {
+    user: String,
+    state: &'static str,
+}
+
+impl Text for ResetReport {
+    fn write_text(&self, w: &mut dyn Write) -> io::Result<()> {
+        let user = &self.user;
+        writeln!(
+            w,
+            "All factors of {user} removed. Enrol them again with `crm2fa-admin enroll {user}`."
+        )
+    }
+}
+
+/// Lost device: remove every factor and code of `user`, after asking.
+pub(super) fn reset(ctx: &mut Ctx, user: &str) -> Result<Done, CliError> {
+    ctx.ops().check_reset(user)?;
+    ctx.confirm(&format!(
+        "This removes every factor of {user}: authenticator app, backup and recovery codes"
+    ))?;
+    let now = ctx.now;
+    ctx.ops().reset(user, now)?;
+    Done::ok(ResetReport {
+        user: user.into(),
+        state: "none",
+    })
+}
+
+/// `disable` or `enable`: the user's state afterwards.
+#[derive(Serialize)]
+struct SwitchReport {
+    user: String,
+    state: &'static str,
+}
+
+impl Text for SwitchReport {
+    fn write_text(&self, w: &mut dyn Write) -> io::Result<()> {
+        let user = &self.user;
+        if self.state == "disabled" {
+            writeln!(
+                w,
+                "2FA is off for {user}: the login will not ask for a code. Undo: crm2fa-admin enable {user}"
+            )
+        } else {
+            writeln!(w, "2FA is on again for {user} (state: {}).", self.state)
+        }
+    }
+}
+
+fn switched(ctx: &mut Ctx, user: &str) -> Result<Done, CliError> {
+    let now = ctx.now;
+    let status = ctx.ops().status(user, now)?;
+    Done::ok(SwitchReport {
+        user: user.into(),
+        state: status.state,
+    })
+}
+
+/// Turn `user`'s 2FA off, factor or not, after asking.
+pub(super) fn disable(ctx: &mut Ctx, user: &str, override_policy: bool) -> Result<Done, CliError> {
+    let now = ctx.now;
+    ctx.ops().check_disable(user, override_policy, now)?;
+    ctx.confirm(&format!(
+        "{user} will log in with the password alone until `crm2fa-admin enable {user}`"
+    ))?;
+    ctx.ops().disable(user, override_policy, now)?;
+    switched(ctx, user)
+}
+
+/// Turn `user`'s 2FA back on.
+pub(super) fn enable(ctx: &mut Ctx, user: &str) -> Result<Done, CliError> {
+    let now = ctx.now;
+    ctx.ops().enable(user, now)?;
+    switched(ctx, user)
+}
+
+/// `unlock USER`.
+#[derive(Serialize)]
+struct UnlockReport {
+    user: String,
+    locked: bool,
+}
+
+impl Text for UnlockReport {
+    fn write_text(&self, w: &mut dyn Write) -> io::Result<()> {
+        writeln!(w, "{} is unlocked.", self.user)
+    }
+}
+
+/// Clear `user`'s lockout.
+pub(super) fn unlock(ctx: &mut Ctx, user: &str) -> Result<Done, CliError> {
+    let now = ctx.now;
+    ctx.ops().unlock(user, now)?;
+    Done::ok(UnlockReport {
+        user: user.into(),
+        locked: false,
+    })
+}
+
+/// `policy USER`: the login's decision, explained.
+#[derive(Serialize)]
+struct PolicyReport {
+    user: String,
+    required: bool,
+    asked: bool,
+    reason: String,
+}
+
+impl Text for PolicyReport {
+    fn write_text(&self, w: &mut dyn Write) -> io::Result<()> {
+        writeln!(
+            w,
+            "{}: 2FA is {} ({}); the login {} ask for a code.",
+            self.user,
+            if self.required {
+                "required"
+            } else {
+                "not required"
+            },
+            self.reason,
+            if self.asked { "will" } else { "will not" }
+        )
+    }
+}
+
+/// Explain whether 2FA is required of `user`, and why.
+pub(super) fn policy(ctx: &mut Ctx, user: &str) -> Result<Done, CliError> {
+    let now = ctx.now;
+    let d = ctx.ops().decide(user, now)?;
+    Done::ok(PolicyReport {
+        user: user.into(),
+        required: d.required,
+        asked: d.ask,
+        reason: d.reason,
+    })
+}
