@@ -42,8 +42,8 @@ impl Output {
         let mut w = stdout.lock();
         if self.json {
             let v = report.to_json().map_err(io::Error::other)?;
-            serde_json::to_writer_pretty(&mut w, &v).map_err(io::Error::other)?;
-            writeln!(w)?;
+            let text = serde_json::to_string_pretty(&v).map_err(io::Error::other)?;
+            writeln!(w, "{text}")?;
         } else {
             report.write_text(&mut w)?;
         }

@@ -844,10 +844,60 @@ impl Sandbox {
 
     /// `crm2fa-admin --config <cfg> ARGS…` with no terminal.
     pub fn admin(&self, args: &[&str]) -> Output {
+        run_with_timeout(self.admin_command(args), "crm2fa-admin", args, b"")
+    }
+
+    /// Like [`Sandbox::admin`], with `input` on standard input.
+    pub fn admin_with_input(&self, args: &[&str], input: &str) -> Output {
+        run_with_timeout(
+            self.admin_command(args),
+            "crm2fa-admin",
+            args,
+            input.as_bytes(),
+        )
+    }
+
+    /// `crm2fa-admin --config <cfg> ARGS…` on a terminal (a pty, through
+    /// `expect`): for each `(prompt, answer)` of `dialogue`, waits for the
+    /// prompt and types the answer. The output is what the terminal showed.
+    pub fn admin_on_terminal(&self, args: &[&str], dialogue: &[(&str, &str)]) -> Output {
+        let mut script = String::from(
+            "set timeout 30\n\
+             spawn -noecho {*}$argv\n",
+        );
+        for (i, _) in dialogue.iter().enumerate() {
+            script.push_str(&format!(
+                "expect {{\n  -ex $env(PROMPT_{i}) {{ send -- \"$env(ANSWER_{i})\\r\" }}\n  \
+                 timeout {{ puts \"\\nno prompt $env(PROMPT_{i})\"; exit 124 }}\n  \
+                 eof {{ puts \"\\nended before $env(PROMPT_{i})\"; exit 125 }}\n}}\n"
+            ));
+        }
+        script.push_str(
+            "expect eof\n\
+             lassign [wait] pid spawn_id os_error value\n\
+             exit $value\n",
+        );
+        let n = self.serial.fetch_add(1, Ordering::SeqCst);
+        let script_path = self.transcripts.join(format!("{n:04}.exp"));
+        write_file(&script_path, &script, 0o600);
+        let mut cmd = Command::new("expect");
+        cmd.arg(&script_path).arg(admin_path());
+        cmd.arg("--config").arg(&self.cfg).args(args);
+        self.nss_env(&mut cmd);
+        for (i, (prompt, answer)) in dialogue.iter().enumerate() {
+            cmd.env(format!("PROMPT_{i}"), prompt)
+                .env(format!("ANSWER_{i}"), answer);
+        }
+        run_with_timeout(cmd, "expect crm2fa-admin", args, b"")
+    }
+
+    /// The command [`Sandbox::admin`] runs, for a test that wires its
+    /// streams itself.
+    pub fn admin_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(admin_path());
         cmd.arg("--config").arg(&self.cfg).args(args);
         self.nss_env(&mut cmd);
-        run_with_timeout(cmd, "crm2fa-admin", args)
+        cmd
     }
 
     /// Like [`Sandbox::admin`], panicking unless it exits 0.
@@ -1082,10 +1132,18 @@ pub fn write_bytes(path: &Path, bytes: &[u8], mode: u32) {
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
-fn run_with_timeout(mut cmd: Command, what: &str, args: &[&str]) -> Output {
+fn run_with_timeout(mut cmd: Command, what: &str, args: &[&str], input: &[u8]) -> Output {
     let mut out = tempfile::tempfile().expect("tempfile");
     let mut err = tempfile::tempfile().expect("tempfile");
-    cmd.stdin(Stdio::null())
+    let stdin = if input.is_empty() {
+        Stdio::null()
+    } else {
+        let mut f = tempfile::tempfile().expect("tempfile");
+        f.write_all(input).expect("write stdin");
+        f.seek(SeekFrom::Start(0)).expect("seek");
+        Stdio::from(f)
+    };
+    cmd.stdin(stdin)
         .stdout(Stdio::from(out.try_clone().expect("dup")))
         .stderr(Stdio::from(err.try_clone().expect("dup")));
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {what}: {e}"));

@@ -1,0 +1,148 @@
+//! The CLI as an administrator uses it: in a pipeline, on a terminal, with
+//! codes kept off the command line, and the per-user exemption.
+
+use std::process::Stdio;
+
+use crm2fa_tests::*;
+
+const PW: &str = "secret-pw";
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let sb = Sandbox::new();
+    for u in ["alice", "bob"] {
+        sb.add_user(u, PW);
+        sb.enroll(u);
+    }
+    for args in [
+        &["list"][..],
+        &["--json", "audit"],
+        &["completions", "bash"],
+    ] {
+        // The reader is gone before the first byte is written, as with
+        // `crm2fa-admin list | head -0`.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = sb
+            .admin_command(args)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run crm2fa-admin");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "{args:?}: {}\n{stderr}",
+            out.status
+        );
+    }
+}
+
+#[test]
+fn confirm_and_check_read_the_code_from_standard_input() {
+    let sb = Sandbox::new();
+    sb.add_user("alice", PW);
+    let secret = sb.enroll("alice");
+    wait_for_step_margin(std::time::Duration::from_secs(3));
+    let out = sb.admin_with_input(
+        &["--json", "confirm", "alice"],
+        &format!("{}\n", totp(&secret, -1)),
+    );
+    assert!(out.status.success(), "{}", show_output(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(v["state"], "active", "{v}");
+    assert_eq!(json_strings(&v["backup_codes"]).len(), 10);
+
+    let code = totp(&secret, 0);
+    let out = sb.admin_with_input(&["check", "alice"], &format!("{code}\n"));
+    assert!(out.status.success(), "{}", show_output(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("valid"),
+        "{}",
+        show_output(&out)
+    );
+    let out = sb.admin_with_input(&["check", "alice"], &format!("{}\n", wrong_code(&secret)));
+    assert_eq!(out.status.code(), Some(1), "{}", show_output(&out));
+    let out = sb.admin(&["check", "alice"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show_output(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no code given"),
+        "{}",
+        show_output(&out)
+    );
+    // Nothing was consumed: the login takes the checked code.
+    sb.login("alice", &[PW, &code]).assert_success();
+}
+
+#[test]
+fn confirm_on_a_terminal_reads_the_code_without_echo() {
+    let sb = Sandbox::new();
+    sb.add_user("alice", PW);
+    let secret = sb.enroll("alice");
+    wait_for_step_margin(std::time::Duration::from_secs(3));
+    let code = totp(&secret, 0);
+    let out = sb.admin_on_terminal(&["confirm", "alice"], &[("Code from the app: ", &code)]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", show_output(&out));
+    assert!(shown.contains("now active for alice"), "{shown}");
+    assert!(!shown.contains(&code), "the code was echoed: {shown}");
+    assert_eq!(sb.status("alice")["state"], "active");
+}
+
+#[test]
+fn disable_exempts_a_user_without_a_factor_and_enable_takes_it_back() {
+    let sb = Sandbox::with_config("[policy]\nenforce = \"all\"\nunenrolled = \"deny\"\n");
+    sb.add_user("bob", PW);
+    sb.add_user("root", PW);
+    sb.login("bob", &[PW]).assert_denied();
+
+    // Enforced: only with --override-policy; protected users never.
+    let out = sb.admin(&["disable", "bob", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show_output(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--override-policy"),
+        "{}",
+        show_output(&out)
+    );
+    let out = sb.admin(&["disable", "root", "--override-policy", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show_output(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("protected"),
+        "{}",
+        show_output(&out)
+    );
+
+    let v = sb.admin_json(&["disable", "bob", "--override-policy", "--yes"]);
+    assert_eq!(v["state"], "disabled", "{v}");
+    assert_eq!(sb.status("bob")["state"], "disabled");
+    let r = sb.login("bob", &[PW]);
+    r.assert_success();
+    assert_eq!(r.prompts_seen, 0, "exempt: no code asked: {r}");
+    let policy = sb.admin_json(&["policy", "bob"]);
+    assert_eq!(policy["asked"], false, "{policy}");
+
+    let v = sb.admin_json(&["enable", "bob"]);
+    assert_eq!(v["state"], "none", "{v}");
+    sb.login("bob", &[PW]).assert_denied();
+    assert!(
+        sb.audit("bob")
+            .iter()
+            .any(|r| r["event"] == "disable" && r["outcome"] == "done"),
+        "the exemption is in the audit log"
+    );
+}
+
+#[test]
+fn disable_without_a_terminal_needs_yes() {
+    let sb = Sandbox::new();
+    sb.add_user("carol", PW);
+    let out = sb.admin(&["disable", "carol"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show_output(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--yes"),
+        "{}",
+        show_output(&out)
+    );
+    assert_eq!(sb.status("carol")["state"], "none", "nothing changed");
+}
