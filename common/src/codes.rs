@@ -56,6 +56,7 @@ impl Code {
         )
     }
 
+    /// The canonical form.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -76,17 +77,28 @@ impl Code {
     }
 
     /// argon2id of the canonical code under the user's salt.
+    ///
+    /// # Panics
+    ///
+    /// If `salt` is shorter than argon2's minimum of 8 bytes. Salts are
+    /// made [`SALT_LEN`] bytes long by [`new_salt`], and the store refuses
+    /// to read any other length.
     pub fn hash(&self, salt: &[u8]) -> [u8; HASH_LEN] {
         let mut out = [0u8; HASH_LEN];
+        // SALT_LEN bytes of salt and HASH_LEN bytes of output are within
+        // argon2's limits: this cannot fail for a salt the store hands out.
+        #[allow(clippy::expect_used)]
         hasher()
             .hash_password_into(self.0.as_bytes(), salt, &mut out)
-            .expect("argon2 parameters and salt length are fixed and valid");
+            .expect("argon2 accepts the salt and output lengths");
         out
     }
 }
 
 /// The one argon2id configuration used for codes (OWASP's minimum: 19 MiB, 2 passes).
 fn hasher() -> Argon2<'static> {
+    // Constant parameters, within argon2's limits.
+    #[allow(clippy::expect_used)]
     let params = Params::new(19 * 1024, 2, 1, Some(HASH_LEN)).expect("valid argon2 parameters");
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }

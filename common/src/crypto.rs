@@ -20,12 +20,15 @@ const SEALED_V1: u8 = 1;
 pub struct Secret(Vec<u8>);
 
 impl Secret {
+    /// Keep `bytes` as a secret.
     pub fn new(bytes: Vec<u8>) -> Self {
         Secret(bytes)
     }
+    /// A new random secret of `len` bytes.
     pub fn random(len: usize) -> Self {
         Secret(random_bytes(len))
     }
+    /// The bytes, for the one computation that needs them.
     pub fn expose(&self) -> &[u8] {
         &self.0
     }
@@ -38,8 +41,14 @@ impl std::fmt::Debug for Secret {
 }
 
 /// Cryptographically secure random bytes from the kernel.
+///
+/// # Panics
+///
+/// If the kernel has no randomness to give: no secret, salt or code can
+/// be made safely then (the module turns the panic into a refused login).
 pub fn random_bytes(len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
+    #[allow(clippy::expect_used)]
     getrandom::getrandom(&mut v).expect("the kernel random number generator failed");
     v
 }
@@ -78,6 +87,7 @@ impl HostKey {
         Ok(HostKey(key))
     }
 
+    /// A fixed key, for tests.
     #[cfg(test)]
     pub fn for_tests(byte: u8) -> HostKey {
         HostKey(Zeroizing::new([byte; KEY_LEN]))
@@ -87,6 +97,8 @@ impl HostKey {
     pub fn seal(&self, user: &str, plain: &[u8]) -> Vec<u8> {
         let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.0[..]));
         let nonce = random_bytes(NONCE_LEN);
+        // Encryption fails only past 2^38 bytes of plaintext.
+        #[allow(clippy::expect_used)]
         let ct = cipher
             .encrypt(
                 Nonce::from_slice(&nonce),

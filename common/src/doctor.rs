@@ -215,7 +215,7 @@ mod tests {
         );
         let cfg = Config::load(&cfg_path).unwrap();
         HostKey::create(&cfg.store.key_file).unwrap();
-        crate::store::create(&cfg.store).unwrap();
+        store::create(&cfg.store).unwrap();
         let checks = run(&cfg_path);
         assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
         std::fs::set_permissions(&cfg.store.key_file, std::fs::Permissions::from_mode(0o644))

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+/// Who may read a trusted file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Secrecy {
     /// Others may read it, nobody but root may change it (the config).

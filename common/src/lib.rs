@@ -9,6 +9,11 @@
 //! and its backends; [`model`] the plain data and the lockout arithmetic;
 //! [`audit`] the wording of every decision.
 #![forbid(unsafe_code)]
+// The module runs this code inside every login: no panics on bad data.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod audit;
 pub mod auth;

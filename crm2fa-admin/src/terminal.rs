@@ -53,11 +53,15 @@ fn read_line(what: &'static str) -> Result<Zeroizing<String>, CliError> {
 /// echo off on a terminal, else one line of standard input.
 pub(crate) fn read_code(prompt: &str) -> Result<Zeroizing<String>, CliError> {
     let code = if interactive() {
-        let mut err = io::stderr();
-        let _ = write!(err, "{prompt}");
-        let _ = err.flush();
-        let typed = without_echo(|| read_line("the code"));
-        let _ = writeln!(err);
+        // Echo off before the prompt: whatever is typed once it shows is hidden.
+        let typed = without_echo(|| {
+            let mut err = io::stderr();
+            let _ = write!(err, "{prompt}");
+            let _ = err.flush();
+            let typed = read_line("the code");
+            let _ = writeln!(err);
+            typed
+        });
         typed?
     } else {
         read_line("the code")?
@@ -77,8 +81,8 @@ fn without_echo<T>(f: impl FnOnce() -> T) -> T {
     };
     let mut quiet = saved.clone();
     quiet.local_flags.remove(LocalFlags::ECHO);
-    let _ = tcsetattr(&stdin, SetArg::TCSAFLUSH, &quiet);
+    let _ = tcsetattr(&stdin, SetArg::TCSANOW, &quiet);
     let out = f();
-    let _ = tcsetattr(&stdin, SetArg::TCSAFLUSH, &saved);
+    let _ = tcsetattr(&stdin, SetArg::TCSANOW, &saved);
     out
 }

@@ -3,6 +3,7 @@
 //! [`crm2fa_common::auth::run`] to a PAM code. Panics never cross the FFI
 //! boundary: the `pam_hooks!` entry points catch them and return PAM_ABORT.
 #![deny(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::ffi::CStr;
 
@@ -15,6 +16,8 @@ use pam::conv::Conv;
 use pam::items::RHost;
 use pam::module::{PamHandle, PamHooks};
 
+/// The module: libpam calls its hooks.
+#[derive(Debug)]
 pub struct Crm2fa;
 
 // SAFETY: the macro defines the extern "C" entry points libpam calls; it

@@ -237,6 +237,7 @@ fn oathtool(secret: &str, step: u64, window: u32, digits: u32) -> Vec<String> {
 /// What libpam returned to pamtester, from pamtester's last line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PamResult {
+    /// PAM_SUCCESS
     Success,
     /// PAM_AUTH_ERR
     AuthErr,
@@ -282,7 +283,9 @@ impl PamResult {
 /// One finished pamtester run.
 #[derive(Clone)]
 pub struct LoginResult {
+    /// Who logged in.
     pub user: String,
+    /// pamtester's exit status.
     pub status: ExitStatus,
     /// pamtester exited 0: libpam returned PAM_SUCCESS.
     pub success: bool,
@@ -290,6 +293,7 @@ pub struct LoginResult {
     pub output: String,
     /// How many times the module asked `Verification code: `.
     pub prompts_seen: usize,
+    /// From start to end of the pamtester run.
     pub elapsed: Duration,
 }
 
@@ -334,6 +338,7 @@ impl LoginResult {
         self.status.code().is_some()
     }
 
+    /// Panics, showing the transcript, unless the login succeeded.
     #[track_caller]
     pub fn assert_success(&self) -> &Self {
         assert!(self.success, "expected a successful login, got:\n{self}");
@@ -415,6 +420,7 @@ struct Semaphore {
 }
 
 /// One slot of [`LIVE_PAMTESTERS`], given back on drop.
+#[allow(missing_debug_implementations)]
 pub struct Permit(&'static Semaphore);
 
 impl Semaphore {
@@ -450,6 +456,7 @@ impl Drop for Permit {
 }
 
 /// A started pamtester whose answers have not necessarily been sent yet.
+#[allow(missing_debug_implementations)]
 pub struct PendingLogin {
     user: String,
     child: Option<Child>,
@@ -588,8 +595,11 @@ fn read_all_at(file: &File) -> String {
 /// An activated enrolment.
 #[derive(Clone, Debug)]
 pub struct Enrolled {
+    /// The user.
     pub user: String,
+    /// The TOTP secret, base32.
     pub secret: String,
+    /// The backup codes shown at activation.
     pub backup_codes: Vec<String>,
 }
 
@@ -602,6 +612,7 @@ struct Accounts {
 }
 
 /// A self-contained crm2fa installation plus a PAM service, in a tempdir.
+#[allow(missing_debug_implementations)]
 pub struct Sandbox {
     dir: TempDir,
     /// `crm2fa.toml`

@@ -184,7 +184,7 @@ fn doctor_passes_a_healthy_setup_and_names_the_fix_for_a_readable_key() {
     let sb = Sandbox::new();
     let out = sb.admin(&["doctor"]);
     assert_eq!(out.status.code(), Some(0), "{}", show_output(&out));
-    std::fs::set_permissions(sb.key_path(), std::fs::Permissions::from_mode(0o640)).unwrap();
+    fs::set_permissions(sb.key_path(), fs::Permissions::from_mode(0o640)).unwrap();
     let out = sb.admin(&["--json", "doctor"]);
     assert_eq!(out.status.code(), Some(1), "{}", show_output(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor JSON");

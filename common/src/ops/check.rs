@@ -8,7 +8,7 @@ use crate::model::{CodeKind, Factor};
 use crate::totp;
 
 /// How far from now the steps are searched for a drift report.
-pub const DRIFT_SEARCH_STEPS: u32 = 20;
+const DRIFT_SEARCH_STEPS: u32 = 20;
 
 /// Where a TOTP code sits relative to the host's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -412,8 +412,15 @@ pub fn new_recovery_code_replaces_the_unused_one_and_clears_a_lock(b: &dyn Backe
     let second = Code::generate(codes::RECOVERY_LEN);
     for c in [&first, &second] {
         let issued = audit(Fact::RecoveryIssued { until: NOW + 600 });
-        s.add_recovery("u", b"unused", &c.hash(&salt), NOW + 600, NOW, &issued)
-            .unwrap();
+        s.add_recovery(
+            "u",
+            &codes::new_salt(),
+            &c.hash(&salt),
+            NOW + 600,
+            NOW,
+            &issued,
+        )
+        .unwrap();
     }
     let r = s.user("u").unwrap().unwrap();
     assert_eq!((r.lock.failures, r.locked_at(NOW)), (0, None));
@@ -506,7 +513,7 @@ pub fn disable_exempts_any_user_and_enable_takes_it_back(b: &dyn Backend) {
     let mut s = b.open();
     active_user(s.as_mut(), 1);
     for name in ["u", "nobody"] {
-        s.disable(name, b"salt-if-new", NOW, &audit(Fact::Disabled))
+        s.disable(name, &codes::new_salt(), NOW, &audit(Fact::Disabled))
             .unwrap();
         assert!(s.user(name).unwrap().unwrap().disabled, "{name}");
     }
@@ -521,7 +528,8 @@ pub fn disable_exempts_any_user_and_enable_takes_it_back(b: &dyn Backend) {
 pub fn disabled_user_codes_are_refused(b: &dyn Backend) {
     let mut s = b.open();
     let (salt, set) = active_user(s.as_mut(), 1);
-    s.disable("u", b"", NOW, &audit(Fact::Disabled)).unwrap();
+    s.disable("u", &codes::new_salt(), NOW, &audit(Fact::Disabled))
+        .unwrap();
     assert!(rejected(&redeem(s.as_mut(), &totp(40), NOW, 9)));
     assert!(rejected(&redeem(
         s.as_mut(),
@@ -540,7 +548,8 @@ pub fn reset_removes_every_factor_and_code(b: &dyn Backend) {
     s.add_recovery("u", &salt, &c.hash(&salt), NOW + 60, NOW, &issued)
         .unwrap();
     redeem(s.as_mut(), &Candidate::default(), NOW, 1);
-    s.disable("u", b"", NOW, &audit(Fact::Disabled)).unwrap();
+    s.disable("u", &codes::new_salt(), NOW, &audit(Fact::Disabled))
+        .unwrap();
     assert!(s.reset("u", NOW, &audit(Fact::Reset)).unwrap());
     let r = s.user("u").unwrap().unwrap();
     assert_eq!(
@@ -618,7 +627,8 @@ pub fn failed_transaction_leaves_nothing_behind(b: &dyn Backend) {
 pub fn users_are_listed_by_name(b: &dyn Backend) {
     let mut s = b.open();
     for name in ["carol", "alice", "bob"] {
-        s.disable(name, b"", NOW, &audit(Fact::Disabled)).unwrap();
+        s.disable(name, &codes::new_salt(), NOW, &audit(Fact::Disabled))
+            .unwrap();
     }
     let names: Vec<_> = s.users().unwrap().into_iter().map(|u| u.name).collect();
     assert_eq!(names, vec!["alice", "bob", "carol"]);
@@ -681,7 +691,7 @@ pub fn parallel_enrolments_keep_one_factor(b: &dyn Backend) {
                 let secret = [i; 8];
                 let new = NewEnrollment {
                     sealed_secret: &secret,
-                    code_salt: b"salt",
+                    code_salt: &codes::new_salt(),
                     backup_hashes: &[],
                     sealed_codes: b"",
                     replace: false,

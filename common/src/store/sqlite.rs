@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 
 use super::{Durability, Store, Tx, TxBody, TxKind};
 use crate::audit::{AuditEntry, AuditFilter, Event, Outcome};
-use crate::codes::HASH_LEN;
+use crate::codes::{HASH_LEN, SALT_LEN};
 use crate::error::{Error, Result};
 use crate::fsperm::{self, Secrecy};
 use crate::model::{
@@ -300,12 +300,24 @@ const USER_COLUMNS: &str = "name, state, disabled, secret, code_salt, last_step,
      email, phone";
 
 fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
+    let code_salt: Vec<u8> = r.get(4)?;
+    if code_salt.len() != SALT_LEN {
+        return Err(rusqlite::Error::FromSqlConversionFailure(
+            4,
+            rusqlite::types::Type::Blob,
+            format!(
+                "the code salt has {} bytes, not {SALT_LEN}: the store is damaged",
+                code_salt.len()
+            )
+            .into(),
+        ));
+    }
     Ok(UserRecord {
         name: r.get(0)?,
         state: TotpState::parse(&r.get::<_, String>(1)?),
         disabled: r.get(2)?,
         secret: r.get(3)?,
-        code_salt: r.get(4)?,
+        code_salt,
         last_step: r.get(5)?,
         lock: LockState {
             failures: r.get(6)?,
@@ -669,6 +681,23 @@ mod tests {
         drop(conn);
         let err = SqliteStore::open(&p).unwrap_err();
         assert!(matches!(err, Error::StoreSchema { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_code_salt_is_a_store_error_not_a_panic() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("db");
+        let mut s = SqliteStore::create(&p).unwrap();
+        let store: &mut dyn Store = &mut s;
+        let e = AuditCtx::default().entry(1, "u", &Fact::Disabled);
+        store
+            .disable("u", &crate::codes::new_salt(), 1, &e)
+            .unwrap();
+        let conn = Connection::open(&p).unwrap();
+        conn.execute("UPDATE users SET code_salt = x'01'", [])
+            .unwrap();
+        let err = store.user("u").unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
     }
 
     fn synchronous(s: &SqliteStore) -> i64 {
