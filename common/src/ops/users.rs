@@ -1,11 +1,12 @@
 //! A user's state, and the administrator's switches: reset, disable,
 //! enable, unlock.
 use super::Ops;
-use crate::audit::Fact;
+use crate::audit::{AuditEntry, Fact};
 use crate::codes;
 use crate::error::{Error, ProtectedAction, Result};
 use crate::model::{Factor, TotpState, UserRecord};
 use crate::policy;
+use crate::store::Store;
 
 /// What `status` and `list` show of one user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,12 +99,9 @@ impl Ops<'_> {
     /// protected users.
     pub fn reset(&mut self, user: &str, now: i64) -> Result<()> {
         self.check_reset(user)?;
-        let audit = self.entry(now, user, &Fact::Reset);
-        if !self.store.reset(user, now, &audit)? {
-            return Err(Error::UnknownUser { user: user.into() });
-        }
-        self.log.entry(&audit);
-        Ok(())
+        self.change(user, now, &Fact::Reset, |store, audit| {
+            store.reset(user, now, audit)
+        })
     }
 
     /// Refuse a `disable` that [`Ops::disable`] would refuse, before asking
@@ -125,26 +123,38 @@ impl Ops<'_> {
     /// user unless `override_policy`.
     pub fn disable(&mut self, user: &str, override_policy: bool, now: i64) -> Result<()> {
         self.check_disable(user, override_policy, now)?;
-        let audit = self.entry(now, user, &Fact::Disabled);
-        self.store.disable(user, &codes::new_salt(), now, &audit)?;
-        self.log.entry(&audit);
-        Ok(())
+        self.change(user, now, &Fact::Disabled, |store, audit| {
+            store.disable(user, &codes::new_salt(), now, audit)?;
+            Ok(true)
+        })
     }
 
     /// Turn `user`'s 2FA back on with the factors they had.
     pub fn enable(&mut self, user: &str, now: i64) -> Result<()> {
-        let audit = self.entry(now, user, &Fact::Enabled);
-        if !self.store.enable(user, now, &audit)? {
-            return Err(Error::UnknownUser { user: user.into() });
-        }
-        self.log.entry(&audit);
-        Ok(())
+        self.change(user, now, &Fact::Enabled, |store, audit| {
+            store.enable(user, now, audit)
+        })
     }
 
     /// Clear `user`'s lockout.
     pub fn unlock(&mut self, user: &str, now: i64) -> Result<()> {
-        let audit = self.entry(now, user, &Fact::Unlocked);
-        if !self.store.unlock(user, now, &audit)? {
+        self.change(user, now, &Fact::Unlocked, |store, audit| {
+            store.unlock(user, now, audit)
+        })
+    }
+
+    /// Make a change recorded as `fact`: `write` performs it with the audit
+    /// row in its transaction and says whether the store knew `user`; the
+    /// same line goes to syslog once it is committed.
+    fn change(
+        &mut self,
+        user: &str,
+        now: i64,
+        fact: &Fact,
+        write: impl FnOnce(&mut dyn Store, &AuditEntry) -> Result<bool>,
+    ) -> Result<()> {
+        let audit = self.entry(now, user, fact);
+        if !write(&mut *self.store, &audit)? {
             return Err(Error::UnknownUser { user: user.into() });
         }
         self.log.entry(&audit);
