@@ -7,7 +7,7 @@ use crm2fa_common::audit::{AuditCtx, Fact, Logger};
 use crm2fa_common::codes::{self, Code};
 use crm2fa_common::config::{Config, LockoutConfig};
 use crm2fa_common::crypto::HostKey;
-use crm2fa_common::model::{Candidate, TotpMatch, Verdict};
+use crm2fa_common::model::{Candidate, Origin, TotpMatch, Verdict};
 use crm2fa_common::ops::Ops;
 use crm2fa_common::store::{self, Store};
 
@@ -32,6 +32,7 @@ fn attempt(store: &mut dyn Store, salt: &[u8], typed: &str) -> Verdict {
     let lockout = LockoutConfig {
         max_failures: u32::MAX,
         lock_seconds: 1,
+        max_lock_seconds: 1,
     };
     store
         .redeem("bench", &candidate, NOW, &lockout, &AuditCtx::default())
@@ -55,7 +56,7 @@ fn main() {
         log: &mut log,
         ctx: AuditCtx::default(),
     };
-    ops.begin_enrollment(&key, "bench", NOW, true)
+    ops.begin_enrollment(&key, "bench", NOW, Origin::Admin)
         .expect("enrol");
     let totp = TotpMatch {
         step: crm2fa_common::totp::step_at(&cfg.totp, NOW),

@@ -44,6 +44,9 @@ pub struct LockState {
     pub failures: u32,
     /// When the current or last lock ends.
     pub locked_until: Option<i64>,
+    /// Locks since the last success or `unlock`: the next lasts
+    /// `lock_seconds × 2^level`, up to `max_lock_seconds`.
+    pub level: u32,
 }
 
 impl LockState {
@@ -55,16 +58,63 @@ impl LockState {
     /// The state after counting one more attempt as a failure, before the
     /// attempt is checked (a success clears it again). After a lock has
     /// expired the count starts over; reaching `max_failures` locks the
-    /// user for `lock_seconds`.
+    /// user, for `lock_seconds` the first time and twice as long at each
+    /// further lock without a success in between, up to `max_lock_seconds`.
     pub fn after_attempt(&self, cfg: &LockoutConfig, now: i64) -> LockState {
         let failures = if self.locked_until.is_some() {
             1
         } else {
             self.failures.saturating_add(1)
         };
+        if failures < cfg.max_failures {
+            return LockState {
+                failures,
+                locked_until: None,
+                level: self.level,
+            };
+        }
         LockState {
             failures,
-            locked_until: (failures >= cfg.max_failures).then_some(now + cfg.lock_seconds),
+            locked_until: Some(now.saturating_add(lock_length(cfg, self.level))),
+            level: self.level.saturating_add(1),
+        }
+    }
+}
+
+/// How long the lock that follows `level` earlier ones lasts.
+pub fn lock_length(cfg: &LockoutConfig, level: u32) -> i64 {
+    let doubled = 1i64
+        .checked_shl(level.min(62))
+        .and_then(|f| cfg.lock_seconds.checked_mul(f))
+        .unwrap_or(i64::MAX);
+    doubled.min(cfg.max_lock_seconds)
+}
+
+/// Who made a TOTP enrolment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// An administrator (`crm2fa-admin enroll`): the secret went to them.
+    Admin,
+    /// The user's own login (`unenrolled = "enroll"`): the secret was shown
+    /// to whoever passed the password step.
+    Login,
+}
+
+impl Origin {
+    /// The word the store keeps.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Admin => "admin",
+            Origin::Login => "login",
+        }
+    }
+
+    /// Read a stored word; anything unknown is [`Origin::Admin`], whose
+    /// secret a login never shows.
+    pub fn parse(s: &str) -> Origin {
+        match s {
+            "login" => Origin::Login,
+            _ => Origin::Admin,
         }
     }
 }
@@ -80,6 +130,8 @@ pub struct UserRecord {
     pub disabled: bool,
     /// The sealed TOTP secret (see [`HostKey::open`]).
     pub secret: Option<Vec<u8>>,
+    /// Who made the TOTP enrolment.
+    pub enrolled_by: Origin,
     /// Salt of the user's backup and recovery code hashes.
     pub code_salt: Vec<u8>,
     /// Newest TOTP step accepted (-1: none).
@@ -104,6 +156,7 @@ impl UserRecord {
             state: TotpState::None,
             disabled: false,
             secret: None,
+            enrolled_by: Origin::Admin,
             code_salt,
             last_step: -1,
             lock: LockState::default(),
@@ -254,6 +307,8 @@ pub struct NewEnrollment<'a> {
     /// Replace a pending or active enrolment; otherwise only a user with no
     /// factor is enrolled.
     pub replace: bool,
+    /// Who makes it.
+    pub origin: Origin,
 }
 
 /// The outcome of one login attempt.
@@ -292,6 +347,7 @@ mod tests {
         LockoutConfig {
             max_failures: max,
             lock_seconds: 60,
+            max_lock_seconds: 300,
         }
     }
 
@@ -299,39 +355,41 @@ mod tests {
     fn failures_count_up_and_lock_at_the_limit() {
         let c = cfg(3);
         let one = LockState::default().after_attempt(&c, 100);
-        assert_eq!(
-            one,
-            LockState {
-                failures: 1,
-                locked_until: None
-            }
-        );
+        assert_eq!((one.failures, one.locked_until, one.level), (1, None, 0));
         let three = one.after_attempt(&c, 101).after_attempt(&c, 102);
         assert_eq!(
-            three,
-            LockState {
-                failures: 3,
-                locked_until: Some(162)
-            }
+            (three.failures, three.locked_until, three.level),
+            (3, Some(162), 1)
         );
         assert_eq!(three.locked_at(161), Some(162));
         assert_eq!(three.locked_at(162), None, "the lock ends at its time");
     }
 
     #[test]
-    fn count_starts_over_after_an_expired_lock() {
+    fn count_starts_over_after_an_expired_lock_but_the_level_stays() {
         let c = cfg(3);
         let expired = LockState {
             failures: 3,
             locked_until: Some(50),
+            level: 1,
         };
-        assert_eq!(
-            expired.after_attempt(&c, 100),
-            LockState {
-                failures: 1,
-                locked_until: None
-            }
-        );
+        let next = expired.after_attempt(&c, 100);
+        assert_eq!((next.failures, next.locked_until, next.level), (1, None, 1));
+    }
+
+    #[test]
+    fn each_further_lock_doubles_up_to_the_maximum() {
+        let c = cfg(1);
+        let mut s = LockState::default();
+        let mut lengths = vec![];
+        for i in 0..6 {
+            let now = 1000 * (i + 1);
+            s = s.after_attempt(&c, now);
+            lengths.push(s.locked_until.unwrap() - now);
+        }
+        assert_eq!(lengths, vec![60, 120, 240, 300, 300, 300]);
+        assert_eq!(s.level, 6);
+        assert_eq!(lock_length(&c, u32::MAX), 300, "no overflow");
     }
 
     #[test]

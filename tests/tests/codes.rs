@@ -410,3 +410,59 @@ fn protected_user_cannot_be_reset_only_re_enrolled() {
     sb.login("alice", &[PW, &e.backup_codes[0]])
         .assert_success();
 }
+
+#[test]
+fn each_further_lock_lasts_twice_as_long_until_an_unlock() {
+    let sb = Sandbox::with_config(
+        "[policy]\nenforce = \"opt-in\"\n\
+         [lockout]\nmax_failures = 1\nlock_seconds = 1\nmax_lock_seconds = 3\n",
+    );
+    sb.add_user("alice", PW);
+    let e = sb.enroll_active("alice");
+    let wrong = wrong_codes(&e.secret, 3);
+    let lock_seconds = |sb: &Sandbox| {
+        let st = sb.status("alice");
+        let until = st["locked_until"].as_str().expect("locked").to_string();
+        (st["lock_level"].as_u64().expect("lock_level"), until)
+    };
+    let mut levels = vec![];
+    for code in &wrong {
+        let before = unix_now();
+        let r = sb.login("alice", &[PW, code]);
+        assert_eq!(r.pam_result(), PamResult::MaxTries, "{r}");
+        let (level, until) = lock_seconds(&sb);
+        let length = rfc3339_to_unix(&until) - before;
+        levels.push((level, length));
+        // Wait the lock out (it ends at `until`).
+        while sb.status("alice")["locked"] == true {
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let lengths: Vec<u64> = levels.iter().map(|(_, l)| *l).collect();
+    assert_eq!(
+        levels.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert!(
+        (1..=2).contains(&lengths[0])
+            && (2..=3).contains(&lengths[1])
+            && (3..=4).contains(&lengths[2]),
+        "locks of 1, 2, then at most 3 s: {lengths:?}"
+    );
+    sb.admin_ok(&["unlock", "alice"]);
+    assert_eq!(sb.status("alice")["lock_level"], 0);
+    sb.login("alice", &[PW, &totp(&e.secret, 0)])
+        .assert_success();
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC time as crm2fa prints it.
+fn rfc3339_to_unix(t: &str) -> u64 {
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", t, "+%s"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("date cannot read {t:?}"))
+}

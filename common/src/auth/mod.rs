@@ -11,7 +11,9 @@ use crate::codes::Code;
 use crate::config::{Config, FailMode, Unenrolled};
 use crate::crypto::{HostKey, Secret};
 use crate::error::Error;
-use crate::model::{Candidate, CodeKind, Factor, TotpMatch, TotpState, UserRecord, Verdict};
+use crate::model::{
+    Candidate, CodeKind, Factor, Origin, TotpMatch, TotpState, UserRecord, Verdict,
+};
 use crate::ops::{self, Drift, Ops};
 use crate::qr::{self, QrStyle};
 use crate::store::{self, Store};
@@ -232,11 +234,16 @@ pub fn authenticate(
     } else {
         None
     };
-    // Under self-enrolment a pending secret is shown again: the login that
-    // first showed it may have ended before the app was set up.
-    if let (TotpState::Pending, Unenrolled::Enroll, Some(s)) =
-        (record.state, cfg.policy.unenrolled, &secret)
-    {
+    // Under self-enrolment a pending secret made by a login is shown again:
+    // that login may have ended before the app was set up. One an
+    // administrator made went to the administrator, never to whoever got
+    // past the password.
+    if let (TotpState::Pending, Unenrolled::Enroll, Origin::Login, Some(s)) = (
+        record.state,
+        cfg.policy.unenrolled,
+        record.enrolled_by,
+        &secret,
+    ) {
         show_setup(&mut l, s);
     }
     ask_for_codes(&mut l, &record, secret.as_ref(), has_recovery)
@@ -419,7 +426,10 @@ fn show_backup_codes(l: &mut Login<'_>, codes: &[Code]) {
 fn enroll_during_login(l: &mut Login<'_>) -> Result<Outcome, Error> {
     let key: HostKey = l.ops.key()?;
     let user = l.user().to_string();
-    let e = match l.ops.begin_enrollment(&key, &user, l.req.now(), false) {
+    let e = match l
+        .ops
+        .begin_enrollment(&key, &user, l.req.now(), Origin::Login)
+    {
         Ok(e) => e,
         Err(Error::AlreadyEnrolled { .. }) => {
             // Enrolled by someone else since this login read the store.
@@ -567,7 +577,8 @@ mod tests {
             log: &mut e.log,
             ctx: AuditCtx::default(),
         };
-        ops.begin_enrollment(&e.key, user, NOW - 600, true).unwrap()
+        ops.begin_enrollment(&e.key, user, NOW - 600, Origin::Admin)
+            .unwrap()
     }
 
     fn code(e: &Env, s: &Secret, now: i64) -> String {
@@ -860,6 +871,23 @@ mod tests {
         .unwrap();
         assert_eq!(out, Outcome::Success, "{:?}", user.infos);
         assert_eq!(state(&mut e, "jill"), TotpState::Active);
+    }
+
+    #[test]
+    fn a_pending_secret_an_administrator_made_is_never_shown_by_a_login() {
+        let mut e = env("[policy]\nenforce = \"all\"\nunenrolled = \"enroll\"\n");
+        let en = enrolment(&mut e, "kate");
+        let mut sc = Script::new(&[Some("")]);
+        assert_eq!(login(&mut e, "kate", NOW, &mut sc), Outcome::AuthErr);
+        let shown = sc.infos.join("\n");
+        assert!(!shown.contains("Manual key"), "{shown}");
+        assert!(
+            !shown.contains(en.base32.as_str()),
+            "the secret was shown: {shown}"
+        );
+        assert_eq!(sc.prompts[0], PROMPT, "asked for the code the app shows");
+        let mut sc = Script::new(&[Some(&code(&e, &en.secret, NOW)), Some("")]);
+        assert_eq!(login(&mut e, "kate", NOW, &mut sc), Outcome::Success);
     }
 
     #[test]

@@ -122,8 +122,10 @@ pub struct PolicyConfig {
 pub struct LockoutConfig {
     /// Consecutive wrong codes before a lock.
     pub max_failures: u32,
-    /// How long a lock lasts.
+    /// How long the first lock lasts.
     pub lock_seconds: i64,
+    /// The longest lock: each further lock without a success doubles, up to this.
+    pub max_lock_seconds: i64,
 }
 
 /// `[email]`.
@@ -307,6 +309,13 @@ impl Config {
                 "must be 1 second to one year".into(),
             ));
         }
+        if l.max_lock_seconds < l.lock_seconds || l.max_lock_seconds > 365 * 86400 {
+            return Err(invalid(
+                "lockout",
+                "max_lock_seconds",
+                format!("must be lock_seconds ({}) to one year", l.lock_seconds),
+            ));
+        }
         if !(1..=100).contains(&raw.backup_codes.count) {
             return Err(invalid(
                 "backup_codes",
@@ -372,7 +381,8 @@ impl Config {
             },
             lockout: LockoutConfig {
                 max_failures: l.max_failures,
-                lock_seconds: l.lock_seconds as i64,
+                lock_seconds: i64::try_from(l.lock_seconds).unwrap_or(i64::MAX),
+                max_lock_seconds: i64::try_from(l.max_lock_seconds).unwrap_or(i64::MAX),
             },
             remember_days: raw.remember.days,
             backup_code_count: raw.backup_codes.count,
@@ -441,6 +451,7 @@ mod tests {
         assert_eq!(c.policy.protected_users, vec!["root".to_string()]);
         assert_eq!(c.lockout.max_failures, 5);
         assert_eq!(c.lockout.lock_seconds, 300);
+        assert_eq!(c.lockout.max_lock_seconds, 86400);
         assert_eq!(c.backup_code_count, 10);
         assert_eq!(c.email.as_ref().map(|e| e.code_ttl), Some(600));
         assert_eq!(c.sms.as_ref().map(|s| s.code_ttl), Some(600));

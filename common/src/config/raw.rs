@@ -83,12 +83,14 @@ impl Default for RawPolicy {
 pub(super) struct RawLockout {
     pub(super) max_failures: u32,
     pub(super) lock_seconds: u64,
+    pub(super) max_lock_seconds: u64,
 }
 impl Default for RawLockout {
     fn default() -> Self {
         RawLockout {
             max_failures: 5,
             lock_seconds: 300,
+            max_lock_seconds: 86400,
         }
     }
 }

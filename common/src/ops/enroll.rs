@@ -6,7 +6,7 @@ use crate::audit::Fact;
 use crate::codes::{self, Code};
 use crate::crypto::{HostKey, Secret};
 use crate::error::{Error, Result};
-use crate::model::{NewEnrollment, TotpMatch, TotpState};
+use crate::model::{NewEnrollment, Origin, TotpMatch, TotpState};
 use crate::totp;
 
 /// A new, pending enrolment: what the user needs to set up their app.
@@ -45,15 +45,14 @@ pub fn open_codes(key: &HostKey, user: &str, sealed: &[u8]) -> Result<Vec<Code>>
 impl Ops<'_> {
     /// Start a new TOTP enrolment for `user`, pending until a first valid
     /// code, with its backup codes made and hashed now, so activation costs
-    /// nothing. With `replace`, an existing factor is replaced (an
-    /// administrator's `enroll`); without, [`Error::AlreadyEnrolled`] (a
-    /// login's).
+    /// nothing. An administrator's enrolment replaces an existing factor; a
+    /// login's never does ([`Error::AlreadyEnrolled`]).
     pub fn begin_enrollment(
         &mut self,
         key: &HostKey,
         user: &str,
         now: i64,
-        replace: bool,
+        origin: Origin,
     ) -> Result<Enrollment> {
         let secret = Secret::random(totp::SECRET_LEN);
         let salt = codes::new_salt();
@@ -73,7 +72,8 @@ impl Ops<'_> {
             code_salt: &salt,
             backup_hashes: &hashes,
             sealed_codes: &sealed_codes,
-            replace,
+            replace: origin == Origin::Admin,
+            origin,
         };
         if !self.store.begin_enrollment(user, &new, now, &audit)? {
             return Err(Error::AlreadyEnrolled { user: user.into() });

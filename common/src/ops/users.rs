@@ -3,8 +3,9 @@
 use super::Ops;
 use crate::audit::{AuditEntry, Fact};
 use crate::codes;
+use crate::config::LockoutConfig;
 use crate::error::{Error, ProtectedAction, Result};
-use crate::model::{Factor, TotpState, UserRecord};
+use crate::model::{lock_length, Factor, TotpState, UserRecord};
 use crate::policy;
 use crate::store::Store;
 
@@ -23,13 +24,24 @@ pub struct Status {
     pub failures: u32,
     /// When the current lock ends, if locked.
     pub locked_until: Option<i64>,
+    /// Locks since the last success or unlock.
+    pub lock_level: u32,
+    /// How long the next lock would last.
+    pub next_lock_seconds: i64,
     /// The last successful code.
     pub last_success: Option<i64>,
 }
 
 impl Status {
-    /// The status of `user`, whose record is `record`, at `now`.
-    pub fn of(user: &str, record: Option<&UserRecord>, has_recovery: bool, now: i64) -> Status {
+    /// The status of `user`, whose record is `record`, at `now`, under the
+    /// lockout rules `lockout`.
+    pub fn of(
+        user: &str,
+        record: Option<&UserRecord>,
+        has_recovery: bool,
+        now: i64,
+        lockout: &LockoutConfig,
+    ) -> Status {
         let mut methods = vec![];
         let Some(r) = record else {
             if has_recovery {
@@ -42,6 +54,8 @@ impl Status {
                 backup_codes_left: 0,
                 failures: 0,
                 locked_until: None,
+                lock_level: 0,
+                next_lock_seconds: lock_length(lockout, 0),
                 last_success: None,
             };
         };
@@ -61,6 +75,8 @@ impl Status {
             backup_codes_left: r.backup_codes_left,
             failures: r.lock.failures,
             locked_until: r.locked_at(now),
+            lock_level: r.lock.level,
+            next_lock_seconds: lock_length(lockout, r.lock.level),
             last_success: r.last_success,
         }
     }
@@ -71,7 +87,13 @@ impl Ops<'_> {
     pub fn status(&mut self, user: &str, now: i64) -> Result<Status> {
         let record = self.store.user(user)?;
         let has_recovery = self.store.has_valid_recovery(user, now)?;
-        Ok(Status::of(user, record.as_ref(), has_recovery, now))
+        Ok(Status::of(
+            user,
+            record.as_ref(),
+            has_recovery,
+            now,
+            &self.cfg.lockout,
+        ))
     }
 
     /// The status of every user the store knows.
@@ -80,7 +102,13 @@ impl Ops<'_> {
         let mut out = Vec::with_capacity(users.len());
         for r in &users {
             let has_recovery = self.store.has_valid_recovery(&r.name, now)?;
-            out.push(Status::of(&r.name, Some(r), has_recovery, now));
+            out.push(Status::of(
+                &r.name,
+                Some(r),
+                has_recovery,
+                now,
+                &self.cfg.lockout,
+            ));
         }
         Ok(out)
     }
@@ -166,21 +194,31 @@ impl Ops<'_> {
 mod tests {
     use super::*;
 
+    const LOCKOUT: LockoutConfig = LockoutConfig {
+        max_failures: 3,
+        lock_seconds: 60,
+        max_lock_seconds: 600,
+    };
+
     #[test]
     fn status_lists_the_methods_a_login_would_accept() {
         let mut r = UserRecord::new("u", vec![]);
-        assert!(Status::of("u", Some(&r), false, 0).methods.is_empty());
+        assert!(Status::of("u", Some(&r), false, 0, &LOCKOUT)
+            .methods
+            .is_empty());
         r.state = TotpState::Active;
         r.backup_codes_left = 2;
-        let s = Status::of("u", Some(&r), true, 0);
+        let s = Status::of("u", Some(&r), true, 0, &LOCKOUT);
         assert_eq!(
             s.methods,
             vec![Factor::Totp, Factor::Backup, Factor::Recovery]
         );
         r.state = TotpState::Pending;
-        assert!(Status::of("u", Some(&r), false, 0).methods.is_empty());
+        assert!(Status::of("u", Some(&r), false, 0, &LOCKOUT)
+            .methods
+            .is_empty());
         assert_eq!(
-            Status::of("x", None, true, 0).methods,
+            Status::of("x", None, true, 0, &LOCKOUT).methods,
             vec![Factor::Recovery]
         );
     }
@@ -189,7 +227,15 @@ mod tests {
     fn status_shows_a_lock_only_while_it_holds() {
         let mut r = UserRecord::new("u", vec![]);
         r.lock.locked_until = Some(100);
-        assert_eq!(Status::of("u", Some(&r), false, 99).locked_until, Some(100));
-        assert_eq!(Status::of("u", Some(&r), false, 100).locked_until, None);
+        r.lock.level = 2;
+        let s = Status::of("u", Some(&r), false, 99, &LOCKOUT);
+        assert_eq!(
+            (s.locked_until, s.lock_level, s.next_lock_seconds),
+            (Some(100), 2, 240)
+        );
+        assert_eq!(
+            Status::of("u", Some(&r), false, 100, &LOCKOUT).locked_until,
+            None
+        );
     }
 }

@@ -18,7 +18,9 @@ use crate::audit::{AuditCtx, AuditEntry, AuditFilter, Event, Fact, Outcome};
 use crate::codes::{self, Code};
 use crate::config::LockoutConfig;
 use crate::error::Error;
-use crate::model::{Candidate, CodeKind, Factor, NewEnrollment, TotpMatch, TotpState, Verdict};
+use crate::model::{
+    Candidate, CodeKind, Factor, NewEnrollment, Origin, TotpMatch, TotpState, Verdict,
+};
 
 /// A store backend under test.
 pub trait Backend: Sync {
@@ -44,6 +46,8 @@ macro_rules! store_conformance {
             attempt_is_counted_before_it_is_checked,
             lock_refuses_without_checking_and_unlock_clears_it,
             count_starts_over_after_a_lock_expires,
+            locks_escalate_until_a_success_or_unlock,
+            enrolment_keeps_who_made_it,
             disable_exempts_any_user_and_enable_takes_it_back,
             disabled_user_codes_are_refused,
             reset_removes_every_factor_and_code,
@@ -87,6 +91,7 @@ fn lockout(max: u32) -> LockoutConfig {
     LockoutConfig {
         max_failures: max,
         lock_seconds: 60,
+        max_lock_seconds: 240,
     }
 }
 
@@ -101,6 +106,7 @@ fn pending_user(s: &mut dyn Store, n: u32) -> (Vec<u8>, Vec<Code>) {
         backup_hashes: &hashes,
         sealed_codes: b"sealed codes",
         replace: true,
+        origin: Origin::Admin,
     };
     assert!(s
         .begin_enrollment("u", &new, NOW, &audit(Fact::Enrolled))
@@ -192,6 +198,7 @@ pub fn enrolment_without_replace_never_overwrites_a_factor(b: &dyn Backend) {
         backup_hashes: &[],
         sealed_codes: b"",
         replace: false,
+        origin: Origin::Login,
     };
     assert!(!s
         .begin_enrollment("u", &new, NOW, &audit(Fact::Enrolled))
@@ -217,6 +224,7 @@ pub fn code_of_a_replaced_secret_is_refused(b: &dyn Backend) {
         backup_hashes: &[],
         sealed_codes: b"new codes",
         replace: true,
+        origin: Origin::Admin,
     };
     s.begin_enrollment("u", &new, NOW, &audit(Fact::Enrolled))
         .unwrap();
@@ -507,6 +515,79 @@ pub fn count_starts_over_after_a_lock_expires(b: &dyn Backend) {
     );
 }
 
+/// Each lock without a success in between lasts twice as long as the one
+/// before, up to the maximum; a success, `unlock` or a recovery code starts
+/// over.
+pub fn locks_escalate_until_a_success_or_unlock(b: &dyn Backend) {
+    let mut s = b.open();
+    let (salt, set) = active_user(s.as_mut(), 2);
+    let lock_at = |s: &mut dyn Store, now: i64| match redeem(s, &Candidate::default(), now, 1) {
+        Verdict::Rejected {
+            locked_until: Some(t),
+            ..
+        } => t - now,
+        v => panic!("expected a lock, got {v:?}"),
+    };
+    let lengths: Vec<i64> = (1..=4)
+        .map(|i| lock_at(s.as_mut(), NOW + i * 1000))
+        .collect();
+    assert_eq!(lengths, vec![60, 120, 240, 240]);
+    assert_eq!(s.user("u").unwrap().unwrap().lock.level, 4);
+    assert!(accepted(&redeem(
+        s.as_mut(),
+        &backup(&set[0], &salt),
+        NOW + 9000,
+        1
+    )));
+    assert_eq!(s.user("u").unwrap().unwrap().lock.level, 0);
+    assert_eq!(
+        lock_at(s.as_mut(), NOW + 10_000),
+        60,
+        "a success starts over"
+    );
+    lock_at(s.as_mut(), NOW + 11_000);
+    s.unlock("u", NOW + 11_001, &audit(Fact::Unlocked)).unwrap();
+    assert_eq!(lock_at(s.as_mut(), NOW + 12_000), 60, "unlock starts over");
+    let c = Code::generate(codes::RECOVERY_LEN);
+    let issued = audit(Fact::RecoveryIssued {
+        until: NOW + 20_000,
+    });
+    s.add_recovery(
+        "u",
+        &salt,
+        &c.hash(&salt),
+        NOW + 20_000,
+        NOW + 12_001,
+        &issued,
+    )
+    .unwrap();
+    assert_eq!(
+        s.user("u").unwrap().unwrap().lock.level,
+        0,
+        "so does a recovery code"
+    );
+}
+
+/// The store remembers who made an enrolment.
+pub fn enrolment_keeps_who_made_it(b: &dyn Backend) {
+    let mut s = b.open();
+    pending_user(s.as_mut(), 0);
+    assert_eq!(s.user("u").unwrap().unwrap().enrolled_by, Origin::Admin);
+    let salt = codes::new_salt();
+    let new = NewEnrollment {
+        sealed_secret: b"by a login",
+        code_salt: &salt,
+        backup_hashes: &[],
+        sealed_codes: b"",
+        replace: false,
+        origin: Origin::Login,
+    };
+    assert!(s
+        .begin_enrollment("w", &new, NOW, &audit(Fact::Enrolled))
+        .unwrap());
+    assert_eq!(s.user("w").unwrap().unwrap().enrolled_by, Origin::Login);
+}
+
 /// `disable` works for a user with or without a factor (and one the
 /// store never saw); `enable` takes it back with the factor kept.
 pub fn disable_exempts_any_user_and_enable_takes_it_back(b: &dyn Backend) {
@@ -695,6 +776,7 @@ pub fn parallel_enrolments_keep_one_factor(b: &dyn Backend) {
                     backup_hashes: &[],
                     sealed_codes: b"",
                     replace: false,
+                    origin: Origin::Login,
                 };
                 gate.wait();
                 if s.begin_enrollment("u", &new, NOW, &audit(Fact::Enrolled))

@@ -15,7 +15,7 @@ use crate::codes::{HASH_LEN, SALT_LEN};
 use crate::error::{Error, Result};
 use crate::fsperm::{self, Secrecy};
 use crate::model::{
-    CodeKind, LockState, NewEnrollment, StoredCode, TotpMatch, TotpState, UserRecord,
+    CodeKind, LockState, NewEnrollment, Origin, StoredCode, TotpMatch, TotpState, UserRecord,
 };
 
 /// WAL size past which a write checkpoints and truncates it. Every login
@@ -26,10 +26,11 @@ const WAL_TRUNCATE_BYTES: u64 = 256 * 1024;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Migrations: entry `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -78,7 +79,15 @@ CREATE TABLE audit (
     detail  TEXT NOT NULL
 );
 CREATE INDEX audit_user_time ON audit(user, time);
-"#];
+"#,
+    r#"
+-- Escalating locks: locks since the last success or unlock.
+ALTER TABLE users ADD COLUMN lock_level INTEGER NOT NULL DEFAULT 0;
+-- Who made the TOTP enrolment: 'admin' (crm2fa-admin) or 'login' (the user's
+-- own login under unenrolled = "enroll"). Existing ones count as 'admin'.
+ALTER TABLE users ADD COLUMN enrolled_by TEXT NOT NULL DEFAULT 'admin';
+"#,
+];
 /// A store in one SQLite file.
 pub struct SqliteStore {
     conn: Connection,
@@ -224,16 +233,37 @@ impl SqliteStore {
 
     /// Each login is its own process and the WAL is not checkpointed on
     /// close, so SQLite never restarts it by itself: past a size, checkpoint
-    /// and truncate it here. A failure only postpones that to a later write.
+    /// it here and truncate it. Never waits: the checkpoint is PASSIVE (it
+    /// copies what no reader still needs), and the truncation is tried, with
+    /// no busy wait, only when that copied everything. With a reader open
+    /// (a `sqlite3` shell, a backup, `doctor`) both are left to a later
+    /// write; the login goes on at once.
     fn trim_wal(&self) {
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
         let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_TRUNCATE_BYTES);
-        if big {
-            let _ = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        if !big {
+            return;
         }
+        let passive = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            });
+        let Ok((0, frames, copied)) = passive else {
+            return;
+        };
+        if frames != copied || self.conn.busy_timeout(Duration::ZERO).is_err() {
+            return;
+        }
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
     }
 }
 
@@ -297,7 +327,7 @@ const USER_COLUMNS: &str = "name, state, disabled, secret, code_salt, last_step,
      locked_until, last_success,
      CASE WHEN state = 'active' THEN (SELECT count(*) FROM backup_codes b
           WHERE b.user = users.name AND b.used_at IS NULL) ELSE 0 END,
-     email, phone";
+     email, phone, lock_level, enrolled_by";
 
 fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
     let code_salt: Vec<u8> = r.get(4)?;
@@ -317,11 +347,13 @@ fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
         state: TotpState::parse(&r.get::<_, String>(1)?),
         disabled: r.get(2)?,
         secret: r.get(3)?,
+        enrolled_by: Origin::parse(&r.get::<_, String>(13)?),
         code_salt,
         last_step: r.get(5)?,
         lock: LockState {
             failures: r.get(6)?,
             locked_until: r.get(7)?,
+            level: r.get(12)?,
         },
         last_success: r.get(8)?,
         backup_codes_left: r.get(9)?,
@@ -471,20 +503,23 @@ impl Tx for SqliteTx<'_> {
     ) -> Result<bool> {
         let n = match expected {
             Some(from) => self.exec(
-                "UPDATE users SET failures = ?2, locked_until = ?3, updated_at = ?4
-                 WHERE name = ?1 AND failures = ?5 AND locked_until IS ?6",
+                "UPDATE users SET failures = ?2, locked_until = ?3, lock_level = ?4, updated_at = ?5
+                 WHERE name = ?1 AND failures = ?6 AND locked_until IS ?7 AND lock_level = ?8",
                 params![
                     name,
                     to.failures,
                     to.locked_until,
+                    to.level,
                     now,
                     from.failures,
-                    from.locked_until
+                    from.locked_until,
+                    from.level
                 ],
             )?,
             None => self.exec(
-                "UPDATE users SET failures = ?2, locked_until = ?3, updated_at = ?4 WHERE name = ?1",
-                params![name, to.failures, to.locked_until, now],
+                "UPDATE users SET failures = ?2, locked_until = ?3, lock_level = ?4, updated_at = ?5
+                 WHERE name = ?1",
+                params![name, to.failures, to.locked_until, to.level, now],
             )?,
         };
         Ok(n == 1)
@@ -522,7 +557,7 @@ impl Tx for SqliteTx<'_> {
     fn set_enrollment(&mut self, name: &str, new: &NewEnrollment<'_>, now: i64) -> Result<bool> {
         let n = self.exec(
             "UPDATE users SET state = 'pending', disabled = 0, secret = ?2, pending_codes = ?3,
-                    code_salt = ?4, last_step = -1, updated_at = ?5
+                    code_salt = ?4, last_step = -1, enrolled_by = ?7, updated_at = ?5
              WHERE name = ?1 AND (?6 OR state = 'none')",
             params![
                 name,
@@ -530,7 +565,8 @@ impl Tx for SqliteTx<'_> {
                 new.sealed_codes,
                 new.code_salt,
                 now,
-                new.replace
+                new.replace,
+                new.origin.as_str()
             ],
         )?;
         Ok(n == 1)
@@ -681,6 +717,48 @@ mod tests {
         drop(conn);
         let err = SqliteStore::open(&p).unwrap_err();
         assert!(matches!(err, Error::StoreSchema { found: 99, .. }), "{err}");
+    }
+
+    /// Writes past the WAL limit while a reader holds a snapshot (a
+    /// `sqlite3` shell, a backup): none waits for the reader, and the WAL is
+    /// truncated by the first write after the reader is gone.
+    #[test]
+    fn writes_never_wait_for_a_reader_to_trim_the_wal() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("db");
+        let mut s = SqliteStore::create(&p).unwrap();
+        let reader = Connection::open(&p).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT count(*) FROM users;")
+            .unwrap();
+        let wal = d.path().join("db-wal");
+        let entry = |i: i64| AuditEntry {
+            detail: "x".repeat(3000),
+            ..AuditCtx::default().entry(i, "u", &Fact::NoCode)
+        };
+        let mut slowest = Duration::ZERO;
+        let mut i = 0;
+        while std::fs::metadata(&wal).unwrap().len() <= 2 * WAL_TRUNCATE_BYTES {
+            i += 1;
+            let t = std::time::Instant::now();
+            let store: &mut dyn Store = &mut s;
+            store.record(&entry(i)).unwrap();
+            slowest = slowest.max(t.elapsed());
+        }
+        assert!(
+            slowest < BUSY_TIMEOUT / 2,
+            "a write waited {slowest:?} behind the reader"
+        );
+        reader.execute_batch("COMMIT").unwrap();
+        drop(reader);
+        let store: &mut dyn Store = &mut s;
+        store.record(&entry(i + 1)).unwrap();
+        let left = std::fs::metadata(&wal).unwrap().len();
+        assert!(left < WAL_TRUNCATE_BYTES, "WAL not trimmed: {left} bytes");
+        assert_eq!(
+            store.audit(&AuditFilter::default()).unwrap().len() as i64,
+            i + 1
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `enroll` and `confirm`: a new TOTP secret, and its activation.
 use std::io::{self, Write};
 
-use crm2fa_common::model::TotpState;
+use crm2fa_common::model::{Origin, TotpState};
 use crm2fa_common::qr::{self, QrStyle};
 use crm2fa_common::Error;
 use serde::Serialize;
@@ -109,7 +109,7 @@ pub(super) fn enroll(
     let now = ctx.now;
     let mut ops = ctx.ops();
     let key = ops.key()?;
-    let e = ops.begin_enrollment(&key, user, now, true)?;
+    let e = ops.begin_enrollment(&key, user, now, Origin::Admin)?;
     let setup = SetupReport {
         user: user.into(),
         qr: if no_qr { QrStyle::None } else { qr.into() },

@@ -19,6 +19,8 @@ struct StatusReport {
     backup_codes_left: u32,
     methods: Vec<&'static str>,
     failures: u32,
+    lock_level: u32,
+    next_lock_seconds: i64,
     #[serde(serialize_with = "output::opt_time")]
     last_success: Option<i64>,
 }
@@ -33,6 +35,8 @@ impl From<Status> for StatusReport {
             backup_codes_left: s.backup_codes_left,
             methods: s.methods.iter().map(|m| m.as_str()).collect(),
             failures: s.failures,
+            lock_level: s.lock_level,
+            next_lock_seconds: s.next_lock_seconds,
             last_success: s.last_success,
         }
     }
@@ -62,6 +66,11 @@ impl Text for StatusReport {
             )?,
             None => writeln!(w, "Locked:            no")?,
         }
+        writeln!(
+            w,
+            "Lock level:        {} (locks since the last success; a next lock lasts {} s)",
+            self.lock_level, self.next_lock_seconds
+        )?;
         writeln!(w, "Last success:      {}", last_success(self.last_success))
     }
 }
