@@ -67,13 +67,15 @@ impl Code {
     }
 
     /// The form shown to people: groups of four joined by dashes.
-    pub fn display(&self) -> String {
-        self.0
-            .as_bytes()
-            .chunks(4)
-            .map(|c| std::str::from_utf8(c).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("-")
+    pub fn display(&self) -> Zeroizing<String> {
+        let mut out = Zeroizing::new(String::with_capacity(self.0.len() * 5 / 4));
+        for (i, c) in self.0.chars().enumerate() {
+            if i > 0 && i % 4 == 0 {
+                out.push('-');
+            }
+            out.push(c);
+        }
+        out
     }
 
     /// argon2id of the canonical code under the user's salt.
@@ -128,7 +130,11 @@ mod tests {
         let c = Code::normalize("AB1O-x9zL");
         assert_eq!(c.as_str(), "ab10x9z1");
         assert_eq!(Code::normalize(" ab10 x9z1 ").as_str(), "ab10x9z1");
-        assert_eq!(Code::normalize("ab10-x9z1").display(), "ab10-x9z1");
+        assert_eq!(Code::normalize("ab10-x9z1").display().as_str(), "ab10-x9z1");
+        assert_eq!(
+            Code::normalize("ab10x9z1wxyz").display().as_str(),
+            "ab10-x9z1-wxyz"
+        );
     }
 
     #[test]

@@ -105,6 +105,13 @@ pub enum Error {
         /// The store's path or address.
         location: String,
     },
+    /// The user's factors changed while the command ran (another
+    /// administrator or host); nothing was written.
+    #[error("the factors of {user} changed while this ran; nothing was written, run it again")]
+    Changed {
+        /// The user.
+        user: String,
+    },
     /// A sealed secret does not open with the host key.
     #[error("secret of user {user} cannot be decrypted with the host key (wrong key file or tampered store)")]
     Decrypt {

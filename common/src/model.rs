@@ -132,7 +132,8 @@ pub struct UserRecord {
     pub secret: Option<Vec<u8>>,
     /// Who made the TOTP enrolment.
     pub enrolled_by: Origin,
-    /// Salt of the user's backup and recovery code hashes.
+    /// Salt of the user's backup and recovery code hashes: set when the
+    /// store first hears of the user, never changed.
     pub code_salt: Vec<u8>,
     /// Newest TOTP step accepted (-1: none).
     pub last_step: i64,
@@ -140,8 +141,9 @@ pub struct UserRecord {
     pub lock: LockState,
     /// Time of the last successful code.
     pub last_success: Option<i64>,
-    /// Unused backup codes of an active enrolment.
-    pub backup_codes_left: u32,
+    /// Unused backup codes, whatever the enrolment's state (see
+    /// [`UserRecord::backup_codes_left`]).
+    pub unused_backup_codes: u32,
     /// Where email codes and notices go.
     pub email: Option<String>,
     /// Where SMS codes go.
@@ -161,7 +163,7 @@ impl UserRecord {
             last_step: -1,
             lock: LockState::default(),
             last_success: None,
-            backup_codes_left: 0,
+            unused_backup_codes: 0,
             email: None,
             phone: None,
         }
@@ -177,9 +179,36 @@ impl UserRecord {
         matches!(self.state, TotpState::Pending | TotpState::Active) && self.secret.is_some()
     }
 
-    /// Backup codes can be redeemed: the enrolment is active and on.
+    /// Backup codes can be redeemed: the enrolment is active (a pending
+    /// enrolment's codes wait for its first TOTP code).
     pub fn backup_codes_usable(&self) -> bool {
-        self.state == TotpState::Active && !self.disabled
+        self.state == TotpState::Active
+    }
+
+    /// Backup codes a login would accept.
+    pub fn backup_codes_left(&self) -> u32 {
+        if self.backup_codes_usable() {
+            self.unused_backup_codes
+        } else {
+            0
+        }
+    }
+
+    /// The factors a login would accept from this user now; `has_recovery`:
+    /// they hold an unused, unexpired recovery code. Whether the user is
+    /// asked at all is the policy's decision.
+    pub fn methods(&self, has_recovery: bool) -> Vec<Factor> {
+        let mut out = vec![];
+        if self.has_totp() {
+            out.push(Factor::Totp);
+        }
+        if self.backup_codes_left() > 0 {
+            out.push(Factor::Backup);
+        }
+        if has_recovery {
+            out.push(Factor::Recovery);
+        }
+        out
     }
 
     /// The TOTP secret, decrypted with the host key, if the user has one.
@@ -298,7 +327,9 @@ impl Candidate {
 pub struct NewEnrollment<'a> {
     /// The sealed TOTP secret.
     pub sealed_secret: &'a [u8],
-    /// The salt of the backup code hashes.
+    /// The salt the backup codes were hashed with: the user's (see
+    /// [`UserRecord::code_salt`]), or a new one for a user the store does
+    /// not know yet.
     pub code_salt: &'a [u8],
     /// The new backup codes, hashed.
     pub backup_hashes: &'a [[u8; HASH_LEN]],

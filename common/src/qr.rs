@@ -2,6 +2,7 @@
 //! blank, which scans on the usual light-on-dark terminal.
 use qrcode::render::unicode::Dense1x2;
 use qrcode::{EcLevel, QrCode};
+use zeroize::Zeroizing;
 
 /// How to draw the QR code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,14 +28,14 @@ impl QrStyle {
 }
 
 /// Render `data` as text lines, or `None` for [`QrStyle::None`].
-pub fn render(data: &str, style: QrStyle) -> Option<String> {
+pub fn render(data: &str, style: QrStyle) -> Option<Zeroizing<String>> {
     if style == QrStyle::None {
         return None;
     }
     let code = QrCode::with_error_correction_level(data.as_bytes(), EcLevel::L)
         .or_else(|_| QrCode::new(data.as_bytes()))
         .ok()?;
-    Some(match style {
+    Some(Zeroizing::new(match style {
         QrStyle::Unicode => code
             .render::<Dense1x2>()
             .dark_color(Dense1x2::Light)
@@ -48,26 +49,27 @@ pub fn render(data: &str, style: QrStyle) -> Option<String> {
             .module_dimensions(2, 1)
             .quiet_zone(true)
             .build(),
-    })
+    }))
 }
 
 /// What a user needs to set up an authenticator app: the QR code of `uri`
 /// in `style`, then the manual key and the URI (labelled `uri_label`).
-pub fn setup_block(
-    uri: &str,
-    base32: &str,
-    style: QrStyle,
-    uri_label: &str,
-) -> zeroize::Zeroizing<String> {
-    let mut text = zeroize::Zeroizing::new(String::new());
+pub fn setup_block(uri: &str, base32: &str, style: QrStyle, uri_label: &str) -> Zeroizing<String> {
+    let mut text = Zeroizing::new(String::new());
     if let Some(q) = render(uri, style) {
         text.push_str(&q);
         text.push('\n');
     }
-    text.push_str(&format!(
-        "Manual key: {}\n{uri_label}{uri}\n",
-        crate::totp::grouped(base32)
-    ));
+    for part in [
+        "Manual key: ",
+        &crate::totp::grouped(base32),
+        "\n",
+        uri_label,
+        uri,
+        "\n",
+    ] {
+        text.push_str(part);
+    }
     text
 }
 

@@ -1,6 +1,7 @@
 //! RFC 6238 TOTP (HMAC-SHA1), as every authenticator app computes it.
 use subtle::ConstantTimeEq;
 use totp_rs::{Algorithm, TOTP};
+use zeroize::Zeroizing;
 
 use crate::config::TotpConfig;
 use crate::crypto::Secret;
@@ -26,15 +27,16 @@ pub fn step_at(cfg: &TotpConfig, now: i64) -> i64 {
 }
 
 /// The code for time step `step`.
-pub fn code_at_step(cfg: &TotpConfig, secret: &Secret, step: i64) -> String {
-    totp(cfg, secret, "").generate((step.max(0) as u64) * cfg.period)
+pub fn code_at_step(cfg: &TotpConfig, secret: &Secret, step: i64) -> Zeroizing<String> {
+    let step = u64::try_from(step).unwrap_or(0);
+    Zeroizing::new(totp(cfg, secret, "").generate(step.saturating_mul(cfg.period)))
 }
 
 /// Does `typed` match a step within `skew` of `now`? Returns the matching
 /// step. Whitespace and dashes are ignored, as people type them. Every step
 /// in the window is compared, in constant time, whatever matches.
 pub fn matching_step(cfg: &TotpConfig, secret: &Secret, typed: &str, now: i64) -> Option<i64> {
-    let code = zeroize::Zeroizing::new(
+    let code = Zeroizing::new(
         typed
             .chars()
             .filter(|c| !c.is_whitespace() && *c != '-')
@@ -59,25 +61,27 @@ pub fn matching_step(cfg: &TotpConfig, secret: &Secret, typed: &str, now: i64) -
 }
 
 /// Base32 of the secret (no padding), as apps expect it for manual entry.
-pub fn secret_base32(secret: &Secret) -> String {
-    totp_rs::Secret::Raw(secret.expose().to_vec())
-        .to_encoded()
-        .to_string()
+pub fn secret_base32(secret: &Secret) -> Zeroizing<String> {
+    let raw = totp_rs::Secret::Raw(secret.expose().to_vec());
+    let encoded = raw.to_encoded();
+    Zeroizing::new(encoded.to_string())
 }
 
 /// Base32 secret in groups of four, easier to type by hand.
-pub fn grouped(base32: &str) -> String {
-    base32
-        .as_bytes()
-        .chunks(4)
-        .map(|c| std::str::from_utf8(c).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join(" ")
+pub fn grouped(base32: &str) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::with_capacity(base32.len() * 5 / 4));
+    for (i, c) in base32.chars().enumerate() {
+        if i > 0 && i % 4 == 0 {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The `otpauth://totp/ISSUER:ACCOUNT?secret=…&issuer=…` URI an app scans.
-pub fn otpauth_uri(cfg: &TotpConfig, secret: &Secret, account: &str) -> String {
-    totp(cfg, secret, account).get_url()
+pub fn otpauth_uri(cfg: &TotpConfig, secret: &Secret, account: &str) -> Zeroizing<String> {
+    Zeroizing::new(totp(cfg, secret, account).get_url())
 }
 
 #[cfg(test)]
@@ -106,7 +110,7 @@ mod tests {
             (2000000000, "69279037"),
             (20000000000, "65353130"),
         ] {
-            assert_eq!(code_at_step(&c, &s, step_at(&c, t)), code, "t={t}");
+            assert_eq!(code_at_step(&c, &s, step_at(&c, t)).as_str(), code, "t={t}");
         }
     }
 
@@ -137,13 +141,15 @@ mod tests {
         let uri = otpauth_uri(&cfg(6), &s, "alice@host");
         assert!(
             uri.starts_with("otpauth://totp/crm2fa:alice%40host?"),
-            "{uri}"
+            "{}",
+            uri.as_str()
         );
         assert!(
             uri.contains("secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"),
-            "{uri}"
+            "{}",
+            uri.as_str()
         );
-        assert!(uri.contains("issuer=crm2fa"), "{uri}");
-        assert_eq!(grouped("ABCDEFGHIJ"), "ABCD EFGH IJ");
+        assert!(uri.contains("issuer=crm2fa"), "{}", uri.as_str());
+        assert_eq!(grouped("ABCDEFGHIJ").as_str(), "ABCD EFGH IJ");
     }
 }

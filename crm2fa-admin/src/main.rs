@@ -25,10 +25,18 @@ fn main() -> ExitCode {
     let out = output::Output { json: cli.json };
     let done = match commands::run(cli, out) {
         Ok(done) => done,
+        Err(CliError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
+            return ExitCode::SUCCESS
+        }
         Err(e) => return failed(&e),
     };
-    if let Err(e) = out.show(done.report.as_ref()) {
-        return failed(&CliError::Output(e));
+    // A reader that went away (`| head -1`) is not worth a word; the
+    // command's own outcome still decides the exit status.
+    match out.show(done.report.as_ref()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            return failed(&CliError::Output(e));
+        }
+        _ => {}
     }
     match done.status {
         Status::Success => ExitCode::SUCCESS,
@@ -37,14 +45,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Say why on stderr; exit 1. A reader that went away (`| head -1`) is
-/// not an error worth a word.
+/// Say why on stderr; exit 1.
 fn failed(e: &CliError) -> ExitCode {
-    if let CliError::Output(io) = e {
-        if io.kind() == io::ErrorKind::BrokenPipe {
-            return ExitCode::SUCCESS;
-        }
-    }
     let _ = writeln!(io::stderr(), "crm2fa-admin: {e}");
     ExitCode::from(1)
 }

@@ -13,15 +13,20 @@ pub(crate) trait Text {
 
 /// A command's result: text for people, JSON for scripts.
 pub(crate) trait Report {
-    /// The JSON document.
-    fn to_json(&self) -> serde_json::Result<serde_json::Value>;
-    /// The text.
+    /// Write the JSON document, straight from the report (no copy of the
+    /// secrets it may hold is left behind).
+    fn write_json(&self, w: &mut dyn Write) -> io::Result<()>;
+    /// Write the text.
     fn write_text(&self, w: &mut dyn Write) -> io::Result<()>;
 }
 
 impl<T: Serialize + Text> Report for T {
-    fn to_json(&self) -> serde_json::Result<serde_json::Value> {
-        serde_json::to_value(self)
+    fn write_json(&self, w: &mut dyn Write) -> io::Result<()> {
+        serde_json::to_writer_pretty(&mut *w, self).map_err(|e| match e.io_error_kind() {
+            Some(kind) => io::Error::new(kind, e),
+            None => io::Error::other(e),
+        })?;
+        writeln!(w)
     }
     fn write_text(&self, w: &mut dyn Write) -> io::Result<()> {
         Text::write_text(self, w)
@@ -41,9 +46,7 @@ impl Output {
         let stdout = io::stdout();
         let mut w = stdout.lock();
         if self.json {
-            let v = report.to_json().map_err(io::Error::other)?;
-            let text = serde_json::to_string_pretty(&v).map_err(io::Error::other)?;
-            writeln!(w, "{text}")?;
+            report.write_json(&mut w)?;
         } else {
             report.write_text(&mut w)?;
         }
@@ -69,7 +72,7 @@ pub(crate) type Shown = zeroize::Zeroizing<Vec<String>>;
 
 /// `codes` as shown to people.
 pub(crate) fn shown(codes: &[Code]) -> Shown {
-    zeroize::Zeroizing::new(codes.iter().map(Code::display).collect())
+    zeroize::Zeroizing::new(codes.iter().map(|c| c.display().to_string()).collect())
 }
 
 /// New backup codes, one per line under a heading.

@@ -52,6 +52,12 @@ fn read_line(what: &'static str) -> Result<Zeroizing<String>, CliError> {
 /// process list and shell history would keep it): typed at `prompt` with
 /// echo off on a terminal, else one line of standard input.
 pub(crate) fn read_code(prompt: &str) -> Result<Zeroizing<String>, CliError> {
+    ask_code(prompt)?.ok_or(CliError::NoCode)
+}
+
+/// Like [`read_code`]; `None` when the answer is empty (just Enter, or
+/// end of input).
+pub(crate) fn ask_code(prompt: &str) -> Result<Option<Zeroizing<String>>, CliError> {
     let code = if interactive() {
         // Echo off before the prompt: whatever is typed once it shows is hidden.
         let typed = without_echo(|| {
@@ -67,9 +73,9 @@ pub(crate) fn read_code(prompt: &str) -> Result<Zeroizing<String>, CliError> {
         read_line("the code")?
     };
     if code.trim().is_empty() {
-        return Err(CliError::NoCode);
+        return Ok(None);
     }
-    Ok(code)
+    Ok(Some(code))
 }
 
 /// Run `f` with the terminal on standard input not echoing what is typed.

@@ -274,13 +274,20 @@ fn candidate(
             ..Candidate::default()
         };
     }
+    // At most one argon2 evaluation: for the first kind of code the user
+    // holds that the answer is shaped like.
     let code = Code::normalize(answer);
-    let backup = record.backup_codes_usable() && record.backup_codes_left > 0;
+    let methods = record.methods(has_recovery);
     let mut c = Candidate::default();
-    if backup && code.is_code_of_len(CodeKind::Backup.code_len()) {
-        c.backup_hash = Some(code.hash(&record.code_salt));
-    } else if has_recovery && code.is_code_of_len(CodeKind::Recovery.code_len()) {
-        c.recovery_hash = Some(code.hash(&record.code_salt));
+    for kind in [CodeKind::Backup, CodeKind::Recovery] {
+        if methods.contains(&kind.factor()) && code.is_code_of_len(kind.code_len()) {
+            let hash = Some(code.hash(&record.code_salt));
+            match kind {
+                CodeKind::Backup => c.backup_hash = hash,
+                CodeKind::Recovery => c.recovery_hash = hash,
+            }
+            break;
+        }
     }
     c
 }
@@ -451,11 +458,7 @@ fn enroll_during_login(l: &mut Login<'_>) -> Result<Outcome, Error> {
 
 /// Show what the user needs to set up their app: QR code, manual key, URI.
 fn show_setup(l: &mut Login<'_>, secret: &Secret) {
-    let uri = zeroize::Zeroizing::new(totp::otpauth_uri(
-        &l.ops.cfg.totp,
-        secret,
-        &ops::account_name(&l.req.user),
-    ));
+    let uri = totp::otpauth_uri(&l.ops.cfg.totp, secret, &ops::account_name(&l.req.user));
     let mut text = zeroize::Zeroizing::new(String::from(
         "Two-factor authentication is required for this account. Set it up now:\n\
          scan this QR code with your authenticator app, then enter the code it shows.\n",
@@ -582,7 +585,7 @@ mod tests {
     }
 
     fn code(e: &Env, s: &Secret, now: i64) -> String {
-        totp::code_at_step(&e.cfg.totp, s, totp::step_at(&e.cfg.totp, now))
+        totp::code_at_step(&e.cfg.totp, s, totp::step_at(&e.cfg.totp, now)).to_string()
     }
 
     #[test]
@@ -707,11 +710,8 @@ mod tests {
                 .to_bytes()
                 .map_err(|_| ConvError)?;
             let s = Secret::new(raw);
-            Ok(Some(totp::code_at_step(
-                &self.cfg,
-                &s,
-                totp::step_at(&self.cfg, self.now),
-            )))
+            let code = totp::code_at_step(&self.cfg, &s, totp::step_at(&self.cfg, self.now));
+            Ok(Some(code.to_string()))
         }
         fn prompt_visible(&mut self, msg: &str) -> Result<Option<String>, ConvError> {
             self.prompts.push(msg.into());
@@ -826,7 +826,9 @@ mod tests {
         let mut typer = SlowTyper {
             time,
             delay: 75,
-            code_at: Box::new(move |t| totp::code_at_step(&cfg, &secret, totp::step_at(&cfg, t))),
+            code_at: Box::new(move |t| {
+                totp::code_at_step(&cfg, &secret, totp::step_at(&cfg, t)).to_string()
+            }),
         };
         // Typed 75 s (two steps) after the prompt: outside the window of the
         // prompt's time, inside the window of the time it arrives.

@@ -23,7 +23,7 @@ impl Ops<'_> {
         );
         if !self
             .store
-            .replace_backup_codes(user, &hashes, now, &audit)?
+            .replace_backup_codes(user, &record.code_salt, &hashes, now, &audit)?
         {
             return Err(not_active());
         }

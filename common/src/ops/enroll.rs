@@ -10,7 +10,6 @@ use crate::model::{NewEnrollment, Origin, TotpMatch, TotpState};
 use crate::totp;
 
 /// A new, pending enrolment: what the user needs to set up their app.
-#[derive(Debug)]
 pub struct Enrollment {
     /// Whose.
     pub user: String,
@@ -20,6 +19,14 @@ pub struct Enrollment {
     pub base32: Zeroizing<String>,
     /// The `otpauth://` URI the QR code holds.
     pub otpauth_uri: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrollment")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The account name shown in the app: `user@host`.
@@ -55,7 +62,10 @@ impl Ops<'_> {
         origin: Origin,
     ) -> Result<Enrollment> {
         let secret = Secret::random(totp::SECRET_LEN);
-        let salt = codes::new_salt();
+        let salt = match self.store.user(user)? {
+            Some(r) => r.code_salt,
+            None => codes::new_salt(),
+        };
         let set = codes::backup_set(self.cfg.backup_code_count, &salt);
         let plain = Zeroizing::new(
             set.iter()
@@ -81,12 +91,8 @@ impl Ops<'_> {
         self.log.entry(&audit);
         Ok(Enrollment {
             user: user.into(),
-            base32: Zeroizing::new(totp::secret_base32(&secret)),
-            otpauth_uri: Zeroizing::new(totp::otpauth_uri(
-                &self.cfg.totp,
-                &secret,
-                &account_name(user),
-            )),
+            base32: totp::secret_base32(&secret),
+            otpauth_uri: totp::otpauth_uri(&self.cfg.totp, &secret, &account_name(user)),
             secret,
         })
     }

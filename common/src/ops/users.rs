@@ -5,7 +5,7 @@ use crate::audit::{AuditEntry, Fact};
 use crate::codes;
 use crate::config::LockoutConfig;
 use crate::error::{Error, ProtectedAction, Result};
-use crate::model::{lock_length, Factor, TotpState, UserRecord};
+use crate::model::{lock_length, Factor, UserRecord};
 use crate::policy;
 use crate::store::Store;
 
@@ -42,37 +42,13 @@ impl Status {
         now: i64,
         lockout: &LockoutConfig,
     ) -> Status {
-        let mut methods = vec![];
-        let Some(r) = record else {
-            if has_recovery {
-                methods.push(Factor::Recovery);
-            }
-            return Status {
-                user: user.into(),
-                state: TotpState::None.as_str(),
-                methods,
-                backup_codes_left: 0,
-                failures: 0,
-                locked_until: None,
-                lock_level: 0,
-                next_lock_seconds: lock_length(lockout, 0),
-                last_success: None,
-            };
-        };
-        if r.state == TotpState::Active {
-            methods.push(Factor::Totp);
-            if r.backup_codes_left > 0 {
-                methods.push(Factor::Backup);
-            }
-        }
-        if has_recovery {
-            methods.push(Factor::Recovery);
-        }
+        let none = UserRecord::new(user, vec![]);
+        let r = record.unwrap_or(&none);
         Status {
             user: user.into(),
             state: r.display_state(),
-            methods,
-            backup_codes_left: r.backup_codes_left,
+            methods: r.methods(has_recovery),
+            backup_codes_left: r.backup_codes_left(),
             failures: r.lock.failures,
             locked_until: r.locked_at(now),
             lock_level: r.lock.level,
@@ -193,6 +169,7 @@ impl Ops<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::TotpState;
 
     const LOCKOUT: LockoutConfig = LockoutConfig {
         max_failures: 3,
@@ -207,16 +184,19 @@ mod tests {
             .methods
             .is_empty());
         r.state = TotpState::Active;
-        r.backup_codes_left = 2;
+        r.secret = Some(vec![1]);
+        r.unused_backup_codes = 2;
         let s = Status::of("u", Some(&r), true, 0, &LOCKOUT);
         assert_eq!(
             s.methods,
             vec![Factor::Totp, Factor::Backup, Factor::Recovery]
         );
         r.state = TotpState::Pending;
-        assert!(Status::of("u", Some(&r), false, 0, &LOCKOUT)
-            .methods
-            .is_empty());
+        assert_eq!(
+            Status::of("u", Some(&r), false, 0, &LOCKOUT).methods,
+            vec![Factor::Totp],
+            "a pending secret's first code is accepted; its backup codes are not yet"
+        );
         assert_eq!(
             Status::of("x", None, true, 0, &LOCKOUT).methods,
             vec![Factor::Recovery]

@@ -19,7 +19,7 @@ use crate::codes::{self, Code};
 use crate::config::LockoutConfig;
 use crate::error::Error;
 use crate::model::{
-    Candidate, CodeKind, Factor, NewEnrollment, Origin, TotpMatch, TotpState, Verdict,
+    Candidate, CodeKind, Factor, LockState, NewEnrollment, Origin, TotpMatch, TotpState, Verdict,
 };
 
 /// A store backend under test.
@@ -49,12 +49,15 @@ macro_rules! store_conformance {
             locks_escalate_until_a_success_or_unlock,
             enrolment_keeps_who_made_it,
             disable_exempts_any_user_and_enable_takes_it_back,
-            disabled_user_codes_are_refused,
             reset_removes_every_factor_and_code,
             unknown_user_is_reported_and_nothing_is_written,
             audit_rows_are_kept_in_order_and_filtered,
             failed_transaction_leaves_nothing_behind,
             users_are_listed_by_name,
+            the_code_salt_never_changes_and_a_stale_one_is_refused,
+            confirm_never_reactivates_an_active_enrolment,
+            a_code_row_is_consumed_once,
+            a_stale_lock_count_is_not_written,
             parallel_wrong_guesses_never_exceed_max_failures,
             parallel_logins_with_one_totp_step_exactly_one_succeeds,
             parallel_logins_with_one_backup_code_exactly_one_succeeds,
@@ -99,10 +102,17 @@ fn lockout(max: u32) -> LockoutConfig {
 fn pending_user(s: &mut dyn Store, n: u32) -> (Vec<u8>, Vec<Code>) {
     let salt = codes::new_salt();
     let set = codes::backup_set(n, &salt);
+    pending_with(s, &salt, &set);
+    (salt, set.into_iter().map(|(c, _)| c).collect())
+}
+
+/// Enrol `u` (pending, replacing) with the backup codes `set`, hashed
+/// with `salt`.
+fn pending_with(s: &mut dyn Store, salt: &[u8], set: &[(Code, [u8; codes::HASH_LEN])]) {
     let hashes: Vec<_> = set.iter().map(|(_, h)| *h).collect();
     let new = NewEnrollment {
         sealed_secret: SEALED,
-        code_salt: &salt,
+        code_salt: salt,
         backup_hashes: &hashes,
         sealed_codes: b"sealed codes",
         replace: true,
@@ -111,7 +121,6 @@ fn pending_user(s: &mut dyn Store, n: u32) -> (Vec<u8>, Vec<Code>) {
     assert!(s
         .begin_enrollment("u", &new, NOW, &audit(Fact::Enrolled))
         .unwrap());
-    (salt, set.into_iter().map(|(c, _)| c).collect())
 }
 
 /// The same, activated with step 10.
@@ -258,7 +267,7 @@ pub fn first_totp_code_activates_a_pending_enrolment_and_hands_over_its_codes(b:
         }
     );
     let r = s.user("u").unwrap().unwrap();
-    assert_eq!((r.state, r.backup_codes_left), (TotpState::Active, 2));
+    assert_eq!((r.state, r.backup_codes_left()), (TotpState::Active, 2));
     assert_eq!(
         redeem(s.as_mut(), &totp(6), NOW, 9),
         Verdict::Accepted {
@@ -320,7 +329,7 @@ pub fn backup_code_is_accepted_once_and_regeneration_voids_the_old_set(b: &dyn B
             backup_codes_left: 2
         }
     );
-    assert_eq!(s.user("u").unwrap().unwrap().backup_codes_left, 2);
+    assert_eq!(s.user("u").unwrap().unwrap().backup_codes_left(), 2);
     assert!(!s
         .code_usable(CodeKind::Backup, "u", &set[0].hash(&salt), NOW)
         .unwrap());
@@ -333,6 +342,7 @@ pub fn backup_code_is_accepted_once_and_regeneration_voids_the_old_set(b: &dyn B
     assert!(s
         .replace_backup_codes(
             "u",
+            &salt,
             &hashes,
             NOW,
             &audit(Fact::BackupCodesRegenerated { count: 2 })
@@ -371,6 +381,7 @@ pub fn pending_enrolment_backup_codes_are_unusable(b: &dyn Backend) {
     assert!(!s
         .replace_backup_codes(
             "u",
+            &salt,
             &[],
             NOW,
             &audit(Fact::BackupCodesRegenerated { count: 0 })
@@ -420,19 +431,11 @@ pub fn new_recovery_code_replaces_the_unused_one_and_clears_a_lock(b: &dyn Backe
     let second = Code::generate(codes::RECOVERY_LEN);
     for c in [&first, &second] {
         let issued = audit(Fact::RecoveryIssued { until: NOW + 600 });
-        s.add_recovery(
-            "u",
-            &codes::new_salt(),
-            &c.hash(&salt),
-            NOW + 600,
-            NOW,
-            &issued,
-        )
-        .unwrap();
+        s.add_recovery("u", &salt, &c.hash(&salt), NOW + 600, NOW, &issued)
+            .unwrap();
     }
     let r = s.user("u").unwrap().unwrap();
     assert_eq!((r.lock.failures, r.locked_at(NOW)), (0, None));
-    assert_eq!(r.code_salt, salt, "an existing user keeps their salt");
     assert!(rejected(&redeem(
         s.as_mut(),
         &recovery(&first, &salt),
@@ -605,21 +608,6 @@ pub fn disable_exempts_any_user_and_enable_takes_it_back(b: &dyn Backend) {
     assert!(!s.enable("stranger", NOW, &audit(Fact::Enabled)).unwrap());
 }
 
-/// While 2FA is off for a user, none of their codes is accepted.
-pub fn disabled_user_codes_are_refused(b: &dyn Backend) {
-    let mut s = b.open();
-    let (salt, set) = active_user(s.as_mut(), 1);
-    s.disable("u", &codes::new_salt(), NOW, &audit(Fact::Disabled))
-        .unwrap();
-    assert!(rejected(&redeem(s.as_mut(), &totp(40), NOW, 9)));
-    assert!(rejected(&redeem(
-        s.as_mut(),
-        &backup(&set[0], &salt),
-        NOW,
-        9
-    )));
-}
-
 /// `reset` removes the secret, every code, the lock and the exemption.
 pub fn reset_removes_every_factor_and_code(b: &dyn Backend) {
     let mut s = b.open();
@@ -637,8 +625,8 @@ pub fn reset_removes_every_factor_and_code(b: &dyn Backend) {
         (
             r.state,
             r.disabled,
-            r.secret,
-            r.backup_codes_left,
+            r.secret.clone(),
+            r.unused_backup_codes,
             r.lock.locked_until
         ),
         (TotpState::None, false, None, 0, None)
@@ -704,6 +692,117 @@ pub fn failed_transaction_leaves_nothing_behind(b: &dyn Backend) {
     assert_eq!(s.audit(&AuditFilter::default()).unwrap().len(), 2);
 }
 
+/// A user's code salt is set once; an operation whose codes were hashed
+/// with another salt (read before a concurrent change) writes nothing.
+pub fn the_code_salt_never_changes_and_a_stale_one_is_refused(b: &dyn Backend) {
+    let mut s = b.open();
+    let (salt, _) = active_user(s.as_mut(), 1);
+    pending_with(s.as_mut(), &salt, &codes::backup_set(1, &salt));
+    assert_eq!(
+        s.user("u").unwrap().unwrap().code_salt,
+        salt,
+        "re-enrolment keeps the salt"
+    );
+    let stale = codes::new_salt();
+    let other = NewEnrollment {
+        sealed_secret: b"other",
+        code_salt: &stale,
+        backup_hashes: &[],
+        sealed_codes: b"",
+        replace: true,
+        origin: Origin::Admin,
+    };
+    let err = s
+        .begin_enrollment("u", &other, NOW, &audit(Fact::Enrolled))
+        .unwrap_err();
+    assert!(matches!(err, Error::Changed { .. }), "{err}");
+    assert_eq!(
+        s.user("u").unwrap().unwrap().secret.as_deref(),
+        Some(SEALED)
+    );
+    let c = Code::generate(codes::RECOVERY_LEN);
+    let issued = audit(Fact::RecoveryIssued { until: NOW + 60 });
+    let err = s
+        .add_recovery("u", &stale, &c.hash(&stale), NOW + 60, NOW, &issued)
+        .unwrap_err();
+    assert!(matches!(err, Error::Changed { .. }), "{err}");
+    assert!(!s.has_valid_recovery("u", NOW).unwrap());
+    let regen = audit(Fact::BackupCodesRegenerated { count: 1 });
+    assert!(s
+        .replace_backup_codes("u", &stale, &[[7; 32]], NOW, &regen)
+        .is_err());
+}
+
+/// `confirm` activates only a pending enrolment: once active (by a login,
+/// say), a newer step confirms nothing and hands out no codes again.
+pub fn confirm_never_reactivates_an_active_enrolment(b: &dyn Backend) {
+    let mut s = b.open();
+    pending_user(s.as_mut(), 1);
+    assert!(accepted(&redeem(s.as_mut(), &totp(5), NOW, 9)));
+    assert_eq!(
+        s.confirm("u", &step(6), NOW, &audit(Fact::Confirmed))
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.user("u").unwrap().unwrap().last_step,
+        5,
+        "step 6 is still unused"
+    );
+}
+
+/// [`Tx::consume_code`] marks a code used once: the second call, on the
+/// same connection or another, changes nothing and says so.
+pub fn a_code_row_is_consumed_once(b: &dyn Backend) {
+    let mut s = b.open();
+    active_user(s.as_mut(), 1);
+    let id = s
+        .read(|tx| tx.unused_codes(CodeKind::Backup, "u", NOW))
+        .unwrap()[0]
+        .id;
+    let consume = |s: &mut dyn Store| {
+        s.write(Durability::Full, |tx| {
+            tx.consume_code(CodeKind::Backup, id, NOW)
+        })
+        .unwrap()
+    };
+    assert!(consume(s.as_mut()));
+    assert!(!consume(s.as_mut()));
+    assert!(!consume(b.open().as_mut()));
+    assert!(s
+        .read(|tx| tx.unused_codes(CodeKind::Backup, "u", NOW))
+        .unwrap()
+        .is_empty());
+}
+
+/// [`Tx::update_lock`] with counters that are no longer the stored ones
+/// writes nothing and says so.
+pub fn a_stale_lock_count_is_not_written(b: &dyn Backend) {
+    let mut s = b.open();
+    active_user(s.as_mut(), 0);
+    redeem(s.as_mut(), &Candidate::default(), NOW, 9);
+    let stored = s.user("u").unwrap().unwrap().lock;
+    let stale = LockState::default();
+    let to = LockState {
+        failures: 7,
+        ..LockState::default()
+    };
+    let written = s
+        .write(Durability::Full, |tx| {
+            tx.update_lock("u", Some(&stale), &to, NOW)
+        })
+        .unwrap();
+    assert!(!written);
+    assert_eq!(s.user("u").unwrap().unwrap().lock, stored);
+    let written = s
+        .write(Durability::Full, |tx| {
+            tx.update_lock("u", Some(&stored), &to, NOW)
+        })
+        .unwrap();
+    assert!(written);
+    assert_eq!(s.user("u").unwrap().unwrap().lock.failures, 7);
+}
+
 /// `users` lists every user once, by name.
 pub fn users_are_listed_by_name(b: &dyn Backend) {
     let mut s = b.open();
@@ -743,7 +842,7 @@ pub fn parallel_logins_with_one_backup_code_exactly_one_succeeds(b: &dyn Backend
     let offer = backup(&set[0], &salt);
     let verdicts = in_parallel(b, 12, |s| redeem(s, &offer, NOW, 100));
     assert_eq!(verdicts.iter().filter(|v| accepted(v)).count(), 1);
-    assert_eq!(b.open().user("u").unwrap().unwrap().backup_codes_left, 1);
+    assert_eq!(b.open().user("u").unwrap().unwrap().backup_codes_left(), 1);
 }
 
 /// One recovery code offered by many parallel logins: exactly one succeeds.
@@ -762,32 +861,37 @@ pub fn parallel_logins_with_one_recovery_code_exactly_one_succeeds(b: &dyn Backe
 /// Parallel enrolments that may not replace a factor: exactly one wins,
 /// and its secret is the one kept.
 pub fn parallel_enrolments_keep_one_factor(b: &dyn Backend) {
-    let wins = std::sync::atomic::AtomicUsize::new(0);
+    let winner = std::sync::Mutex::new(vec![]);
     let gate = std::sync::Barrier::new(8);
     std::thread::scope(|scope| {
         for i in 0..8u8 {
-            let (wins, gate) = (&wins, &gate);
+            let (winner, gate) = (&winner, &gate);
             scope.spawn(move || {
                 let mut s = b.open();
                 let secret = [i; 8];
+                let salt = codes::new_salt();
                 let new = NewEnrollment {
                     sealed_secret: &secret,
-                    code_salt: &codes::new_salt(),
+                    code_salt: &salt,
                     backup_hashes: &[],
                     sealed_codes: b"",
                     replace: false,
                     origin: Origin::Login,
                 };
                 gate.wait();
-                if s.begin_enrollment("u", &new, NOW, &audit(Fact::Enrolled))
-                    .unwrap()
-                {
-                    wins.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // A loser is told the factor was kept, or that the user
+                // appeared meanwhile with another salt.
+                if let Ok(true) = s.begin_enrollment("u", &new, NOW, &audit(Fact::Enrolled)) {
+                    winner.lock().unwrap().push(secret.to_vec());
                 }
             });
         }
     });
-    assert_eq!(wins.into_inner(), 1);
+    let winner = winner.into_inner().unwrap();
+    assert_eq!(winner.len(), 1, "{winner:?}");
     let r = b.open().user("u").unwrap().unwrap();
-    assert_eq!(r.state, TotpState::Pending);
+    assert_eq!(
+        (r.state, r.secret),
+        (TotpState::Pending, Some(winner[0].clone()))
+    );
 }

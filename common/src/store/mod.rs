@@ -75,6 +75,11 @@ pub trait Store {
 /// they changed a row, and that count is what decides (never a read made
 /// before them).
 pub trait Tx {
+    /// One user, if the store knows them, and their row locked against
+    /// other writers until the transaction ends: what a write operation
+    /// decides from this read stays true while it writes.
+    fn lock_user(&mut self, name: &str) -> Result<Option<UserRecord>>;
+
     /// One user, if the store knows them.
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>>;
 
@@ -111,12 +116,18 @@ pub trait Tx {
     fn record_success(&mut self, name: &str, now: i64) -> Result<()>;
 
     /// Accept TOTP step `totp.step` of the secret `totp.sealed_secret`:
-    /// only if that secret is still the user's (pending or active, not
-    /// disabled) and the step is newer than every step accepted before.
-    /// Activates a pending enrolment and drops its kept codes. True for
-    /// exactly one caller per step, ever, across every process and host
-    /// sharing this store.
-    fn consume_step(&mut self, name: &str, totp: &TotpMatch, now: i64) -> Result<bool>;
+    /// only if that secret is still the user's, in a state `use_` allows,
+    /// and the step is newer than every step accepted before. Activates a
+    /// pending enrolment and drops its kept codes. True for exactly one
+    /// caller per step, ever, across every process and host sharing this
+    /// store.
+    fn consume_step(
+        &mut self,
+        name: &str,
+        totp: &TotpMatch,
+        use_: StepUse,
+        now: i64,
+    ) -> Result<bool>;
 
     /// Mark the code in row `id` used at `now`, if it is still unused. True
     /// for exactly one caller per code, ever.
@@ -124,7 +135,8 @@ pub trait Tx {
 
     /// Give the user the new enrolment `new`, pending, with `last_step`
     /// reset: only if `new.replace`, or if the user has no TOTP factor.
-    /// Turns 2FA back on. False when a factor was kept.
+    /// Turns 2FA back on. False when a factor was kept. The user's code
+    /// salt stays as it is.
     fn set_enrollment(&mut self, name: &str, new: &NewEnrollment<'_>, now: i64) -> Result<bool>;
 
     /// Drop the sealed codes kept for display.
@@ -162,8 +174,17 @@ pub trait Tx {
     fn insert_audit(&mut self, entry: &AuditEntry) -> Result<()>;
 }
 
+/// What a TOTP step is consumed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepUse {
+    /// A login: the enrolment may be pending (then activated) or active.
+    Login,
+    /// `confirm`: only a pending enrolment.
+    Activation,
+}
+
 /// How often a write transaction is run again after [`Error::Conflict`].
-const CONFLICT_RETRIES: usize = 5;
+const CONFLICT_RETRIES: u32 = 5;
 
 /// Open the configured store (never creates one).
 pub fn open(cfg: &StoreConfig) -> Result<Box<dyn Store>> {
@@ -173,6 +194,15 @@ pub fn open(cfg: &StoreConfig) -> Result<Box<dyn Store>> {
 /// Create the configured store if missing, then open it. Idempotent.
 pub fn create(cfg: &StoreConfig) -> Result<Box<dyn Store>> {
     Ok(Box::new(sqlite::SqliteStore::create(&cfg.path)?))
+}
+
+/// Lock the user's row; [`Error::Changed`] unless codes hashed with `salt`
+/// are theirs to keep (the salt was read, or made, before the transaction).
+fn lock_with_salt(tx: &mut dyn Tx, name: &str, salt: &[u8]) -> Result<UserRecord> {
+    match tx.lock_user(name)? {
+        Some(u) if u.code_salt == salt => Ok(u),
+        _ => Err(Error::Changed { user: name.into() }),
+    }
 }
 
 /// The id of the one usable code whose hash is `hash`. Every stored hash
@@ -222,7 +252,14 @@ impl dyn Store + '_ {
                 out = Some(body(tx)?);
                 Ok(())
             }) {
-                Err(Error::Conflict { .. }) if attempt < CONFLICT_RETRIES => attempt += 1,
+                Err(Error::Conflict { .. }) if attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    // Back off a random 1 to 8 ms times the attempt, so
+                    // writers that collided do not collide again.
+                    let jitter = crate::crypto::random_bytes(1).first().copied().unwrap_or(0);
+                    let ms = u64::from(attempt) * (1 + u64::from(jitter % 8));
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                }
                 Err(e) => return Err(e),
                 Ok(()) => return out.ok_or_else(|| self.no_result()),
             }
@@ -290,6 +327,7 @@ impl dyn Store + '_ {
     ) -> Result<bool> {
         self.write(Durability::Full, |tx| {
             tx.insert_user(name, new.code_salt, now)?;
+            lock_with_salt(tx, name, new.code_salt)?;
             if !tx.set_enrollment(name, new, now)? {
                 return Ok(false);
             }
@@ -313,10 +351,11 @@ impl dyn Store + '_ {
         audit: &AuditEntry,
     ) -> Result<Option<Vec<u8>>> {
         self.write(Durability::Full, |tx| {
+            tx.lock_user(name)?;
             let Some(codes) = tx.pending_codes(name)? else {
                 return Ok(None);
             };
-            if !tx.consume_step(name, totp, now)? {
+            if !tx.consume_step(name, totp, StepUse::Activation, now)? {
                 return Ok(None);
             }
             tx.insert_audit(audit)?;
@@ -341,7 +380,7 @@ impl dyn Store + '_ {
     ) -> Result<Verdict> {
         let location = self.location().to_string();
         self.write(Durability::Full, |tx| {
-            let Some(user) = tx.user(name)? else {
+            let Some(user) = tx.lock_user(name)? else {
                 return Ok(Verdict::UnknownUser);
             };
             let verdict = match user.locked_at(now) {
@@ -357,11 +396,14 @@ impl dyn Store + '_ {
                         Some((factor, activated_codes)) => {
                             tx.update_lock(name, None, &LockState::default(), now)?;
                             tx.record_success(name, now)?;
-                            let left = tx.unused_codes(CodeKind::Backup, name, now)?.len();
+                            let left = tx
+                                .user(name)?
+                                .map(|u| u.backup_codes_left())
+                                .unwrap_or_default();
                             Verdict::Accepted {
                                 factor,
                                 activated_codes,
-                                backup_codes_left: u32::try_from(left).unwrap_or(u32::MAX),
+                                backup_codes_left: left,
                             }
                         }
                         None => Verdict::Rejected {
@@ -378,21 +420,22 @@ impl dyn Store + '_ {
         })
     }
 
-    /// Replace the user's backup codes with a new set (the old set is void
-    /// at once). False, and nothing changed, unless the user's enrolment is
-    /// active.
+    /// Replace the user's backup codes with a new set, hashed with `salt`
+    /// (the old set is void at once). False, and nothing changed, unless the
+    /// user's enrolment is active.
     pub fn replace_backup_codes(
         &mut self,
         name: &str,
+        salt: &[u8],
         hashes: &[[u8; HASH_LEN]],
         now: i64,
         audit: &AuditEntry,
     ) -> Result<bool> {
         self.write(Durability::Full, |tx| {
-            let active = tx
-                .user(name)?
-                .is_some_and(|u| u.state == crate::model::TotpState::Active);
-            if !active {
+            if tx.user(name)?.is_none() {
+                return Ok(false);
+            }
+            if lock_with_salt(tx, name, salt)?.state != crate::model::TotpState::Active {
                 return Ok(false);
             }
             tx.delete_codes(CodeKind::Backup, name, false)?;
@@ -403,20 +446,21 @@ impl dyn Store + '_ {
         })
     }
 
-    /// Add a one-time recovery code (hash) valid until `expires_at`; it
-    /// replaces any earlier unused one and clears a lock. A user the store
-    /// does not know is added with `code_salt_if_new`.
+    /// Add a one-time recovery code (hash, made with `salt`) valid until
+    /// `expires_at`; it replaces any earlier unused one and clears a lock.
+    /// A user the store does not know is added with `salt`.
     pub fn add_recovery(
         &mut self,
         name: &str,
-        code_salt_if_new: &[u8],
+        salt: &[u8],
         hash: &[u8; HASH_LEN],
         expires_at: i64,
         now: i64,
         audit: &AuditEntry,
     ) -> Result<()> {
         self.write(Durability::Full, |tx| {
-            tx.insert_user(name, code_salt_if_new, now)?;
+            tx.insert_user(name, salt, now)?;
+            lock_with_salt(tx, name, salt)?;
             tx.delete_codes(CodeKind::Recovery, name, true)?;
             tx.insert_recovery_code(name, hash, expires_at, now)?;
             tx.update_lock(name, None, &LockState::default(), now)?;
@@ -491,7 +535,7 @@ fn consume_first_match(
 ) -> Result<Option<(Factor, Option<Vec<u8>>)>> {
     if let Some(totp) = &candidate.totp {
         let pending = tx.pending_codes(&user.name)?;
-        if tx.consume_step(&user.name, totp, now)? {
+        if tx.consume_step(&user.name, totp, StepUse::Login, now)? {
             return Ok(Some((Factor::Totp, pending)));
         }
     }

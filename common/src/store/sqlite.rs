@@ -9,7 +9,7 @@ use std::time::Duration;
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use super::{Durability, Store, Tx, TxBody, TxKind};
+use super::{Durability, StepUse, Store, Tx, TxBody, TxKind};
 use crate::audit::{AuditEntry, AuditFilter, Event, Outcome};
 use crate::codes::{HASH_LEN, SALT_LEN};
 use crate::error::{Error, Result};
@@ -325,8 +325,7 @@ struct SqliteTx<'a> {
 
 const USER_COLUMNS: &str = "name, state, disabled, secret, code_salt, last_step, failures,
      locked_until, last_success,
-     CASE WHEN state = 'active' THEN (SELECT count(*) FROM backup_codes b
-          WHERE b.user = users.name AND b.used_at IS NULL) ELSE 0 END,
+     (SELECT count(*) FROM backup_codes b WHERE b.user = users.name AND b.used_at IS NULL),
      email, phone, lock_level, enrolled_by";
 
 fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
@@ -356,7 +355,7 @@ fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
             level: r.get(12)?,
         },
         last_success: r.get(8)?,
-        backup_codes_left: r.get(9)?,
+        unused_backup_codes: r.get(9)?,
         email: r.get(10)?,
         phone: r.get(11)?,
     })
@@ -394,6 +393,11 @@ impl SqliteTx<'_> {
 }
 
 impl Tx for SqliteTx<'_> {
+    fn lock_user(&mut self, name: &str) -> Result<Option<UserRecord>> {
+        // The transaction holds SQLite's one write lock already.
+        self.user(name)
+    }
+
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>> {
         self.conn
             .query_row(
@@ -533,11 +537,22 @@ impl Tx for SqliteTx<'_> {
         .map(drop)
     }
 
-    fn consume_step(&mut self, name: &str, totp: &TotpMatch, now: i64) -> Result<bool> {
+    fn consume_step(
+        &mut self,
+        name: &str,
+        totp: &TotpMatch,
+        use_: StepUse,
+        now: i64,
+    ) -> Result<bool> {
+        let states = match use_ {
+            StepUse::Login => "('pending', 'active')",
+            StepUse::Activation => "('pending')",
+        };
         let n = self.exec(
-            "UPDATE users SET last_step = ?2, state = 'active', pending_codes = NULL, updated_at = ?3
-             WHERE name = ?1 AND state IN ('pending', 'active') AND disabled = 0 AND last_step < ?2
-               AND secret = ?4",
+            &format!(
+                "UPDATE users SET last_step = ?2, state = 'active', pending_codes = NULL, updated_at = ?3
+                 WHERE name = ?1 AND state IN {states} AND last_step < ?2 AND secret = ?4"
+            ),
             params![name, totp.step, now, totp.sealed_secret],
         )?;
         Ok(n == 1)
@@ -557,13 +572,12 @@ impl Tx for SqliteTx<'_> {
     fn set_enrollment(&mut self, name: &str, new: &NewEnrollment<'_>, now: i64) -> Result<bool> {
         let n = self.exec(
             "UPDATE users SET state = 'pending', disabled = 0, secret = ?2, pending_codes = ?3,
-                    code_salt = ?4, last_step = -1, enrolled_by = ?7, updated_at = ?5
-             WHERE name = ?1 AND (?6 OR state = 'none')",
+                    last_step = -1, enrolled_by = ?6, updated_at = ?4
+             WHERE name = ?1 AND (?5 OR state = 'none')",
             params![
                 name,
                 new.sealed_secret,
                 new.sealed_codes,
-                new.code_salt,
                 now,
                 new.replace,
                 new.origin.as_str()

@@ -143,7 +143,7 @@ pub(super) fn backup_codes(
         let left = ctx
             .store
             .user(user)?
-            .map(|r| r.backup_codes_left)
+            .map(|r| r.backup_codes_left())
             .unwrap_or(0);
         return Done::ok(CodesLeftReport {
             user: user.into(),
@@ -244,7 +244,7 @@ pub(super) fn recovery(ctx: &mut Ctx, user: &str, valid: i64) -> Result<Done, Cl
     let (code, expires_at) = ctx.ops().issue_recovery(user, valid, now)?;
     Done::ok(RecoveryReport {
         user: user.into(),
-        code: Zeroizing::new(code.display()),
+        code: code.display(),
         expires_at,
     })
 }

@@ -1,6 +1,7 @@
 //! `enroll` and `confirm`: a new TOTP secret, and its activation.
 use std::io::{self, Write};
 
+use crm2fa_common::codes::Code;
 use crm2fa_common::model::{Origin, TotpState};
 use crm2fa_common::qr::{self, QrStyle};
 use crm2fa_common::Error;
@@ -141,7 +142,10 @@ pub(super) fn enroll(
             Err(e) => failure = Some(e.into()),
         }
     } else if interactive {
-        activated = confirm_on_terminal(ctx, user)?;
+        match confirm_on_terminal(ctx, user) {
+            Ok(codes) => activated = codes,
+            Err(e) => failure = Some(e),
+        }
     }
     let report = EnrollReport {
         setup_shown,
@@ -160,38 +164,23 @@ pub(super) fn enroll(
 }
 
 /// Ask for the app's code up to three times; Enter leaves it pending.
-fn confirm_on_terminal(
-    ctx: &mut Ctx,
-    user: &str,
-) -> Result<Option<Vec<crm2fa_common::codes::Code>>, CliError> {
+fn confirm_on_terminal(ctx: &mut Ctx, user: &str) -> Result<Option<Vec<Code>>, CliError> {
     for _ in 0..3 {
-        let mut out = io::stdout();
-        let _ = write!(
-            out,
-            "Enter the code the app shows to confirm (Enter to leave it pending): "
-        );
-        let _ = out.flush();
-        let mut line = Zeroizing::new(String::new());
-        let read = io::stdin().read_line(&mut line).unwrap_or(0);
-        if read == 0 || line.trim().is_empty() {
+        let Some(code) = terminal::ask_code(
+            "Enter the code the app shows to confirm (Enter to leave it pending): ",
+        )?
+        else {
             return Ok(None);
-        }
-        match ctx
-            .ops()
-            .confirm(user, line.trim(), crm2fa_common::unix_now())
-        {
+        };
+        match ctx.ops().confirm(user, &code, crm2fa_common::unix_now()) {
             Ok(Some(codes)) => return Ok(Some(codes)),
-            Ok(None) => {
-                let _ = writeln!(
-                    out,
-                    "Invalid verification code. Check the app and try again."
-                );
-            }
-            Err(e) => {
-                // E.g. the user's first login activated it meanwhile.
-                let _ = writeln!(out, "Not confirmed here: {e}");
+            Ok(None) => eprintln!("Invalid verification code. Check the app and try again."),
+            Err(e @ Error::NotPending { .. }) => {
+                // The user's first login activated it meanwhile.
+                eprintln!("Not confirmed here: {e}");
                 return Ok(None);
             }
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(None)
