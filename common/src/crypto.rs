@@ -65,8 +65,11 @@ impl std::fmt::Debug for HostKey {
 impl HostKey {
     /// Read the key file: 64 hex digits, owned by root, mode 0600.
     pub fn load(path: &Path) -> Result<HostKey> {
-        fsperm::check_private_file(path, Secrecy::OwnerOnly)?;
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?);
+        use std::io::Read;
+        let mut file = fsperm::open_trusted(path, Secrecy::OwnerOnly)?;
+        let mut text = Zeroizing::new(String::new());
+        file.read_to_string(&mut text)
+            .map_err(|e| Error::io(path, e))?;
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         hex::decode_to_slice(text.trim(), &mut key[..]).map_err(|_| Error::Key {
             path: path.into(),

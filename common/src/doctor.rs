@@ -1,11 +1,10 @@
 //! `crm2fa-admin doctor`: check what a login depends on — config, host key,
 //! store, their owners and modes — and say how to fix each problem.
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::config::Config;
 use crate::crypto::HostKey;
-use crate::fsperm::{self, Secrecy};
+use crate::fsperm;
 use crate::store;
 
 /// One check and its result.
@@ -45,33 +44,18 @@ fn failed(check: &str, e: &crate::Error, fallback: &str) -> Check {
     problem(check, e.problem(), e.fix().unwrap_or(fallback))
 }
 
-/// A directory that holds a trusted file: whoever may write it may replace
-/// or remove the file.
-fn check_dir(name: &str, dir: &Path) -> Check {
-    match std::fs::metadata(dir) {
-        Ok(m) if m.uid() != 0 => problem(
-            name,
-            format!("{} is owned by uid {}, not root", dir.display(), m.uid()),
-            format!("chown root:root {}", dir.display()),
-        ),
-        Ok(m) if m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 => problem(
+/// The directories above a trusted file: whoever may write one may
+/// replace or remove the file.
+fn check_dirs(name: &str, file: &Path) -> Check {
+    match fsperm::check_parent_dirs(file) {
+        Ok(()) => ok(
             name,
             format!(
-                "{} has mode {:04o}: other users can replace the files in it",
-                dir.display(),
-                m.mode() & 0o7777
+                "the directories above {} belong to root, closed to others",
+                file.display()
             ),
-            format!("chmod go-w {}", dir.display()),
         ),
-        Ok(_) => ok(
-            name,
-            format!("{} belongs to root, closed to others", dir.display()),
-        ),
-        Err(e) => problem(
-            name,
-            format!("{}: {e}", dir.display()),
-            "run `crm2fa-admin init`",
-        ),
+        Err(e) => failed(name, &e, "run `crm2fa-admin init`"),
     }
 }
 
@@ -117,9 +101,7 @@ pub fn run(config_path: &Path) -> Vec<Check> {
         ("key directory", &cfg.store.key_file),
         ("store directory", &cfg.store.path),
     ] {
-        if let Some(dir) = file.parent() {
-            out.push(check_dir(name, dir));
-        }
+        out.push(check_dirs(name, file));
     }
     let store = match store::open(&cfg.store) {
         Ok(s) => Some(s),
@@ -135,16 +117,6 @@ pub fn run(config_path: &Path) -> Vec<Check> {
     let Some(mut store) = store else {
         return out;
     };
-    for suffix in ["-wal", "-shm"] {
-        let mut p = cfg.store.path.clone().into_os_string();
-        p.push(suffix);
-        let p = std::path::PathBuf::from(p);
-        if p.exists() {
-            if let Err(e) = fsperm::check_private_file(&p, Secrecy::OwnerOnly) {
-                out.push(failed("store", &e, "restore the store from backup"));
-            }
-        }
-    }
     match store.check_integrity() {
         Ok(errors) if errors.is_empty() => out.push(ok(
             "store",

@@ -118,8 +118,8 @@ pub enum Error {
         /// Whose secret.
         user: String,
     },
-    /// The user's groups could not be looked up.
-    #[error("cannot look up the groups of {user}: {source}")]
+    /// The user's account or groups could not be looked up.
+    #[error("cannot look up the account or groups of {user}: {source}")]
     Groups {
         /// The user.
         user: String,

@@ -16,10 +16,42 @@ pub enum Secrecy {
     OwnerOnly,
 }
 
-/// Refuse `path` unless it is a regular file owned by root with no
-/// group/other write bit (and, for [`Secrecy::OwnerOnly`], no group/other bits at all).
-pub fn check_private_file(path: &Path, secrecy: Secrecy) -> Result<()> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+/// Open `path` for reading without following a symbolic link, and check
+/// the opened file (not the name, which could be swapped after a check):
+/// a regular file owned by root with no group/other write bit (and, for
+/// [`Secrecy::OwnerOnly`], no group/other bits at all); and every directory
+/// above it owned by root and closed to writes by others (see
+/// [`check_parent_dirs`]). A file that cannot be opened is the system's
+/// error for it (not found, permission denied …).
+pub fn open_trusted(path: &Path, secrecy: Secrecy) -> Result<File> {
+    check_parent_dirs(path)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Error::Permissions {
+                path: path.into(),
+                problem: "is a symbolic link".into(),
+                fix: format!("replace {} with the file it points to", path.display()),
+            },
+            _ => Error::io(path, e),
+        })?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    check_meta(path, &meta, secrecy)?;
+    Ok(file)
+}
+
+/// Check `path` as [`open_trusted`] does, if it exists; `Ok(false)` if not.
+pub fn check_if_present(path: &Path, secrecy: Secrecy) -> Result<bool> {
+    match open_trusted(path, secrecy) {
+        Ok(_) => Ok(true),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn check_meta(path: &Path, meta: &std::fs::Metadata, secrecy: Secrecy) -> Result<()> {
     let refuse = |problem: String, fix: String| Error::Permissions {
         path: path.into(),
         problem,
@@ -58,6 +90,43 @@ pub fn check_private_file(path: &Path, secrecy: Secrecy) -> Result<()> {
             ),
             format!("chmod {want:04o} {}", path.display()),
         ));
+    }
+    Ok(())
+}
+
+/// Every directory above `path` must belong to root and be closed to
+/// writes by group and others (or be sticky, like /tmp): whoever may write
+/// a directory may replace the files in it.
+pub fn check_parent_dirs(path: &Path) -> Result<()> {
+    let mut dir = path.parent();
+    while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+        let meta = std::fs::metadata(d).map_err(|e| Error::io(d, e))?;
+        let refuse = |problem: String, fix: String| Error::Permissions {
+            path: d.into(),
+            problem,
+            fix,
+        };
+        if meta.uid() != 0 {
+            return Err(refuse(
+                format!(
+                    "is owned by uid {}, not root, so it can replace {}",
+                    meta.uid(),
+                    path.display()
+                ),
+                format!("chown root:root {}", d.display()),
+            ));
+        }
+        if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+            return Err(refuse(
+                format!(
+                    "has mode {:04o}: other users can replace {} in it",
+                    meta.mode() & 0o7777,
+                    path.display()
+                ),
+                format!("chmod go-w {}", d.display()),
+            ));
+        }
+        dir = d.parent();
     }
     Ok(())
 }
@@ -109,12 +178,12 @@ mod tests {
         }
         let d = tempfile::tempdir().unwrap();
         let p = file_with_mode(d.path(), "c", 0o664);
-        let err = check_private_file(&p, Secrecy::NotWritableByOthers)
+        let err = open_trusted(&p, Secrecy::NotWritableByOthers)
             .unwrap_err()
             .to_string();
         assert!(err.contains("chmod 0644"), "{err}");
         let ok = file_with_mode(d.path(), "ok", 0o644);
-        check_private_file(&ok, Secrecy::NotWritableByOthers).unwrap();
+        open_trusted(&ok, Secrecy::NotWritableByOthers).unwrap();
     }
 
     #[test]
@@ -124,9 +193,9 @@ mod tests {
         }
         let d = tempfile::tempdir().unwrap();
         let p = file_with_mode(d.path(), "k", 0o640);
-        assert!(check_private_file(&p, Secrecy::OwnerOnly).is_err());
+        assert!(open_trusted(&p, Secrecy::OwnerOnly).is_err());
         let ok = file_with_mode(d.path(), "k2", 0o600);
-        check_private_file(&ok, Secrecy::OwnerOnly).unwrap();
+        open_trusted(&ok, Secrecy::OwnerOnly).unwrap();
     }
 
     #[test]

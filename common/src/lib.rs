@@ -15,6 +15,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod account;
 pub mod audit;
 pub mod auth;
 pub mod codes;

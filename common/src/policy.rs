@@ -1,5 +1,5 @@
 //! Who must use a second factor, and why; whose 2FA may never be removed.
-use crate::config::{Enforce, PolicyConfig};
+use crate::config::{Enforce, GroupRef, PolicyConfig};
 use crate::error::{Error, ProtectedAction, Result};
 use crate::model::{TotpState, UserRecord};
 
@@ -36,13 +36,14 @@ pub fn ensure_unprotected(cfg: &PolicyConfig, user: &str, action: ProtectedActio
     Ok(())
 }
 
-/// Decide for `user`, who is in `groups`, with what the store holds for them.
+/// Decide for `user`, who is in the groups with ids `gids`, with what the
+/// store holds for them.
 /// `has_recovery`: the user holds a valid, unused recovery code. A
 /// protected user's `disabled` flag (which `disable` never sets) is ignored.
 pub fn decide(
     cfg: &PolicyConfig,
     user: &str,
-    groups: &[String],
+    gids: &[u32],
     record: Option<&UserRecord>,
     has_recovery: bool,
 ) -> Decision {
@@ -53,16 +54,17 @@ pub fn decide(
         ask: false,
         reason,
     };
-    if let Some(g) = cfg.exempt_groups.iter().find(|g| groups.contains(g)) {
-        return not(format!("member of exempt group {g}"));
+    let member = |groups: &'_ [GroupRef]| groups.iter().find(|g| gids.contains(&g.gid)).cloned();
+    if let Some(g) = member(&cfg.exempt_groups) {
+        return not(format!("member of exempt group {}", g.name));
     }
     if record.is_some_and(|r| r.disabled) && !is_protected(cfg, user) {
         return not(format!("2FA is disabled for {user}"));
     }
     let (required, reason) = match cfg.enforce {
         Enforce::All => (true, "enforce = \"all\"".to_string()),
-        Enforce::Groups => match cfg.enforce_groups.iter().find(|g| groups.contains(g)) {
-            Some(g) => (true, format!("member of enforced group {g}")),
+        Enforce::Groups => match member(&cfg.enforce_groups) {
+            Some(g) => (true, format!("member of enforced group {}", g.name)),
             None => (false, "not in any enforce_groups".to_string()),
         },
         Enforce::OptIn => (false, "enforce = \"opt-in\"".to_string()),
@@ -85,28 +87,6 @@ pub fn decide(
     }
 }
 
-/// Names of the Unix groups `user` belongs to (primary and supplementary).
-pub fn unix_groups(user: &str) -> Result<Vec<String>> {
-    use nix::unistd::{getgrouplist, Group, User};
-    let lookup = |source: nix::Error| Error::Groups {
-        user: user.into(),
-        source,
-    };
-    let u = User::from_name(user)
-        .map_err(lookup)?
-        .ok_or_else(|| Error::NoSuchAccount { user: user.into() })?;
-    let name =
-        std::ffi::CString::new(user).map_err(|_| Error::NoSuchAccount { user: user.into() })?;
-    let gids = getgrouplist(&name, u.gid).map_err(lookup)?;
-    let mut names = Vec::with_capacity(gids.len());
-    for gid in gids {
-        if let Some(g) = Group::from_gid(gid).map_err(lookup)? {
-            names.push(g.name);
-        }
-    }
-    Ok(names)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,8 +95,14 @@ mod tests {
     fn cfg(enforce: Enforce) -> PolicyConfig {
         PolicyConfig {
             enforce,
-            enforce_groups: vec!["admins".into()],
-            exempt_groups: vec!["robots".into()],
+            enforce_groups: vec![GroupRef {
+                name: "admins".into(),
+                gid: 100,
+            }],
+            exempt_groups: vec![GroupRef {
+                name: "robots".into(),
+                gid: 200,
+            }],
             unenrolled: Unenrolled::Deny,
             protected_users: vec!["root".into()],
             failmode: FailMode::Secure,
@@ -150,7 +136,7 @@ mod tests {
         let c = cfg(Enforce::All);
         let d = decide(&c, "u", &[], None, false);
         assert!(d.required && d.ask);
-        let d = decide(&c, "u", &["robots".into()], None, false);
+        let d = decide(&c, "u", &[200], None, false);
         assert!(!d.required && !d.ask, "{}", d.reason);
         assert!(!decide(&c, "u", &[], Some(&rec(TotpState::Active, true)), false).ask);
         assert!(
@@ -162,8 +148,8 @@ mod tests {
     #[test]
     fn groups_requires_members_only() {
         let c = cfg(Enforce::Groups);
-        assert!(decide(&c, "u", &["admins".into()], None, false).required);
-        assert!(!decide(&c, "u", &["staff".into()], None, false).required);
+        assert!(decide(&c, "u", &[100], None, false).required);
+        assert!(!decide(&c, "u", &[300], None, false).required);
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::ffi::CStr;
 use crm2fa_common::audit::Logger;
 use crm2fa_common::auth::{self, ConvError, Conversation, ModuleArgs, Outcome, Request};
 use pam::constants::{
-    PamFlag, PamResultCode, PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON, PAM_TEXT_INFO,
+    PamFlag, PamResultCode, PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON, PAM_SILENT,
+    PAM_TEXT_INFO,
 };
 use pam::conv::Conv;
 use pam::items::RHost;
@@ -28,8 +29,13 @@ mod hooks {
     pam::pam_hooks!(Crm2fa);
 }
 
-/// The PAM conversation behind crm2fa's [`Conversation`] trait.
-struct PamConversation<'a>(Conv<'a>);
+/// The PAM conversation behind crm2fa's [`Conversation`] trait. With
+/// `silent` (the application passed `PAM_SILENT`) informational and error
+/// messages are not sent; prompts still are.
+struct PamConversation<'a> {
+    conv: Conv<'a>,
+    silent: bool,
+}
 
 impl PamConversation<'_> {
     fn ask(
@@ -37,7 +43,7 @@ impl PamConversation<'_> {
         style: pam::constants::PamMessageStyle,
         msg: &str,
     ) -> Result<Option<String>, ConvError> {
-        match self.0.send(style, msg) {
+        match self.conv.send(style, msg) {
             Ok(Some(answer)) => Ok(Some(
                 String::from_utf8_lossy(answer.as_bytes()).into_owned(),
             )),
@@ -55,10 +61,14 @@ impl Conversation for PamConversation<'_> {
         self.ask(PAM_PROMPT_ECHO_ON, msg)
     }
     fn info(&mut self, msg: &str) {
-        let _ = self.0.send(PAM_TEXT_INFO, msg);
+        if !self.silent {
+            let _ = self.conv.send(PAM_TEXT_INFO, msg);
+        }
     }
     fn error(&mut self, msg: &str) {
-        let _ = self.0.send(PAM_ERROR_MSG, msg);
+        if !self.silent {
+            let _ = self.conv.send(PAM_ERROR_MSG, msg);
+        }
     }
 }
 
@@ -70,6 +80,7 @@ pub fn pam_code(o: Outcome) -> PamResultCode {
         Outcome::AuthErr => PamResultCode::PAM_AUTH_ERR,
         Outcome::MaxTries => PamResultCode::PAM_MAXTRIES,
         Outcome::Unavailable => PamResultCode::PAM_AUTHINFO_UNAVAIL,
+        Outcome::UserUnknown => PamResultCode::PAM_USER_UNKNOWN,
     }
 }
 
@@ -84,7 +95,7 @@ where
 }
 
 impl PamHooks for Crm2fa {
-    fn sm_authenticate(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
+    fn sm_authenticate(pamh: &mut PamHandle, args: Vec<&CStr>, flags: PamFlag) -> PamResultCode {
         let args: Vec<String> = args
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
@@ -105,6 +116,7 @@ impl PamHooks for Crm2fa {
             service,
             rhost,
             clock: std::sync::Arc::new(crm2fa_common::unix_now),
+            caller_uid: nix::unistd::geteuid().as_raw(),
         };
         let conv = match pamh.get_item::<Conv>() {
             Ok(Some(c)) => c,
@@ -116,7 +128,10 @@ impl PamHooks for Crm2fa {
                 return PamResultCode::PAM_CONV_ERR;
             }
         };
-        let mut conv = PamConversation(conv);
+        let mut conv = PamConversation {
+            conv,
+            silent: flags & PAM_SILENT != 0,
+        };
         pam_code(auth::run(&args, &req, &mut conv, &mut log))
     }
 

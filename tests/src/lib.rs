@@ -609,6 +609,8 @@ struct Accounts {
     users: BTreeMap<String, (u32, String)>,
     /// group -> (gid, members)
     groups: BTreeMap<String, (u32, BTreeSet<String>)>,
+    /// name -> password, for pam_matrix only
+    password_only: BTreeMap<String, String>,
 }
 
 /// A self-contained crm2fa installation plus a PAM service, in a tempdir.
@@ -644,7 +646,16 @@ impl Sandbox {
     /// `secret.key`) followed by `sections` (TOML text: `[policy]`,
     /// `[lockout]`, …); runs `crm2fa-admin init` and writes the default stack.
     pub fn with_config(sections: &str) -> Sandbox {
+        Sandbox::with_config_and_groups(sections, &[])
+    }
+
+    /// Like [`Sandbox::with_config`], with the (empty) Unix `groups` made
+    /// first: groups the config names must exist when it loads.
+    pub fn with_config_and_groups(sections: &str, groups: &[&str]) -> Sandbox {
         let sb = Sandbox::bare();
+        for g in groups {
+            sb.add_group(g);
+        }
         sb.write_config(&config_text(sections));
         sb.set_stack(&sb.default_stack());
         sb.admin_ok(&["init"]);
@@ -769,13 +780,41 @@ impl Sandbox {
             .insert(name.to_string(), (uid, password.to_string()));
         acc.groups.insert(name.to_string(), (uid, BTreeSet::new()));
         for g in groups {
-            let next_gid = 30_000 + acc.groups.len() as u32;
+            let next_gid = next_group_id(&acc);
             acc.groups
                 .entry(g.to_string())
                 .or_insert_with(|| (next_gid, BTreeSet::new()))
                 .1
                 .insert(name.to_string());
         }
+        self.write_accounts(&acc);
+    }
+
+    /// An empty Unix group (members come with [`Sandbox::add_user_in_groups`]).
+    pub fn add_group(&self, name: &str) {
+        let mut acc = self.accounts.lock().unwrap();
+        let gid = next_group_id(&acc);
+        acc.groups
+            .entry(name.to_string())
+            .or_insert_with(|| (gid, BTreeSet::new()));
+        self.write_accounts(&acc);
+    }
+
+    /// A user known to NSS whose primary group has no entry in the group
+    /// database (as with some directory setups), member of `groups`.
+    pub fn add_user_without_primary_group(&self, name: &str, password: &str, groups: &[&str]) {
+        self.add_user_in_groups(name, password, groups);
+        let mut acc = self.accounts.lock().unwrap();
+        acc.groups.remove(name);
+        self.write_accounts(&acc);
+    }
+
+    /// A name the password step accepts but NSS does not know (a
+    /// spelling the directory would not resolve).
+    pub fn add_password_only(&self, name: &str, password: &str) {
+        let mut acc = self.accounts.lock().unwrap();
+        acc.password_only
+            .insert(name.to_string(), password.to_string());
         self.write_accounts(&acc);
     }
 
@@ -788,6 +827,9 @@ impl Sandbox {
         }
         if !group.starts_with("root:") && !group.contains("\nroot:") {
             group.insert_str(0, "root:x:0:\n");
+        }
+        for (name, pw) in &acc.password_only {
+            passdb.push_str(&format!("{name}:{pw}:{SERVICE}\n"));
         }
         for (name, (uid, pw)) in &acc.users {
             passdb.push_str(&format!("{name}:{pw}:{SERVICE}\n"));
@@ -999,12 +1041,18 @@ impl Sandbox {
     /// prompt) or ended.
     pub fn spawn_login(&self, user: &str, answers: &[&str]) -> PendingLogin {
         let permit = LIVE_PAMTESTERS.acquire(1).pop().expect("one permit");
-        self.spawn_login_with(user, answers, permit)
+        self.spawn_login_with(user, "authenticate", answers, permit)
     }
 
-    fn spawn_login_with(&self, user: &str, answers: &[&str], permit: Permit) -> PendingLogin {
+    fn spawn_login_with(
+        &self,
+        user: &str,
+        operation: &str,
+        answers: &[&str],
+        permit: Permit,
+    ) -> PendingLogin {
         let mut cmd = Command::new("pamtester");
-        cmd.args([SERVICE, user, "authenticate"]);
+        cmd.args([SERVICE, user, operation]);
         self.pam_env(&mut cmd);
         let (transcript, out, err) = self.transcript_file();
         cmd.stdin(Stdio::piped())
@@ -1055,6 +1103,14 @@ impl Sandbox {
         self.spawn_login(user, answers).finish()
     }
 
+    /// Like [`Sandbox::login`] with pamtester's `operation`, e.g.
+    /// `authenticate(PAM_SILENT)`.
+    pub fn login_op(&self, user: &str, operation: &str, answers: &[&str]) -> LoginResult {
+        let permit = LIVE_PAMTESTERS.acquire(1).pop().expect("one permit");
+        self.spawn_login_with(user, operation, answers, permit)
+            .finish()
+    }
+
     /// Starts every login, waits until all of them sit at pam_matrix's
     /// password prompt (so every process is loaded and blocked on its
     /// stdin), then releases all answers at once and collects the results
@@ -1066,7 +1122,7 @@ impl Sandbox {
             .zip(permits)
             .map(|((user, answers), permit)| {
                 let answers: Vec<&str> = answers.iter().map(String::as_str).collect();
-                self.spawn_login_with(user, &answers, permit)
+                self.spawn_login_with(user, "authenticate", &answers, permit)
             })
             .collect();
         for p in &mut pending {
@@ -1077,6 +1133,12 @@ impl Sandbox {
         }
         pending.into_iter().map(PendingLogin::finish).collect()
     }
+}
+
+/// The id for a new supplementary group (primary groups take the uid,
+/// from 20000; supplementary ones count up from 30000 and are never removed).
+fn next_group_id(acc: &Accounts) -> u32 {
+    30_000 + acc.groups.values().filter(|(g, _)| *g >= 30_000).count() as u32
 }
 
 /// coreutils' libstdbuf.so, where the distribution keeps it.

@@ -346,9 +346,10 @@ fn enforce_all_lets_unenrolled_user_in_when_unenrolled_is_allow() {
 
 #[test]
 fn enforce_groups_and_exempt_groups_decide_who_is_asked() {
-    let sb = Sandbox::with_config(
+    let sb = Sandbox::with_config_and_groups(
         "[policy]\nenforce = \"groups\"\nenforce_groups = [\"twofa\"]\n\
          exempt_groups = [\"svc\"]\nunenrolled = \"deny\"\n",
+        &["twofa", "svc"],
     );
     sb.add_user_in_groups("member", PW, &["twofa"]);
     sb.add_user("outsider", PW);

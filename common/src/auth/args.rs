@@ -4,13 +4,26 @@ use std::path::PathBuf;
 use crate::config;
 use crate::qr::QrStyle;
 
-/// Module arguments: `config=PATH`, `qr=unicode|ascii|none`, `debug`.
+/// What a caller that is not root gets (`nonroot=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonRoot {
+    /// PAM_IGNORE: the password decides (a screen locker running as the
+    /// user cannot read the configuration).
+    Ignore,
+    /// Refused.
+    Deny,
+}
+
+/// Module arguments: `config=PATH`, `qr=unicode|ascii|none`,
+/// `nonroot=ignore|deny`, `debug`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleArgs {
     /// The configuration file (`config=`).
     pub config: PathBuf,
     /// How to draw a QR code during an enrolment in the login (`qr=`).
     pub qr: QrStyle,
+    /// What a caller that is not root gets (`nonroot=`).
+    pub nonroot: NonRoot,
     /// Mirror syslog lines to standard error (`debug`).
     pub debug: bool,
     /// Arguments not understood: logged and ignored.
@@ -24,6 +37,7 @@ impl ModuleArgs {
         let mut out = ModuleArgs {
             config: PathBuf::from(config::DEFAULT_PATH),
             qr: QrStyle::Unicode,
+            nonroot: NonRoot::Ignore,
             debug: false,
             unknown: vec![],
         };
@@ -34,6 +48,8 @@ impl ModuleArgs {
                     Some(style) => out.qr = style,
                     None => out.unknown.push(a.to_string()),
                 },
+                (Some(("nonroot", "ignore")), _) => out.nonroot = NonRoot::Ignore,
+                (Some(("nonroot", "deny")), _) => out.nonroot = NonRoot::Deny,
                 (None, "debug") => out.debug = true,
                 _ => out.unknown.push(a.to_string()),
             }
@@ -54,16 +70,17 @@ mod tests {
             "debug",
             "frobnicate",
             "qr=big",
+            "nonroot=deny",
+            "nonroot=maybe",
         ]);
         assert_eq!(a.config, PathBuf::from("/x/y.toml"));
         assert_eq!(a.qr, QrStyle::Ascii);
+        assert_eq!(a.nonroot, NonRoot::Deny);
         assert!(a.debug);
-        assert_eq!(
-            a.unknown,
-            vec!["frobnicate".to_string(), "qr=big".to_string()]
-        );
+        assert_eq!(a.unknown, vec!["frobnicate", "qr=big", "nonroot=maybe"]);
         let d = ModuleArgs::parse([]);
         assert_eq!(d.config, PathBuf::from(config::DEFAULT_PATH));
         assert_eq!(d.qr, QrStyle::Unicode);
+        assert_eq!(d.nonroot, NonRoot::Ignore);
     }
 }

@@ -6,6 +6,7 @@
 //! handle a required user without a factor (`unenrolled`); then prompt and
 //! redeem what the user types ([`crate::store`]'s `redeem`), showing new
 //! backup codes when the first code activated an enrolment.
+use crate::account::Account;
 use crate::audit::{AuditCtx, Fact, Logger};
 use crate::codes::Code;
 use crate::config::{Config, FailMode, Unenrolled};
@@ -22,7 +23,7 @@ use crate::totp;
 mod args;
 mod conversation;
 
-pub use args::ModuleArgs;
+pub use args::{ModuleArgs, NonRoot};
 pub use conversation::{ConvError, Conversation, INVALID, PROMPT, SAVED_PROMPT};
 
 /// What the login decided, mapped to a PAM code by the module.
@@ -38,6 +39,8 @@ pub enum Outcome {
     MaxTries,
     /// PAM_AUTHINFO_UNAVAIL: config or store error.
     Unavailable,
+    /// PAM_USER_UNKNOWN: no such account.
+    UserUnknown,
 }
 
 /// The time source of a login: read again after every answer, since a code
@@ -47,7 +50,8 @@ pub type Clock = std::sync::Arc<dyn Fn() -> i64 + Send + Sync>;
 /// Who is logging in, from where, and the clock.
 #[derive(Clone)]
 pub struct Request {
-    /// The user name.
+    /// The user name: as typed in [`run`]; the account's canonical name in
+    /// [`authenticate`].
     pub user: String,
     /// The PAM service.
     pub service: String,
@@ -55,6 +59,8 @@ pub struct Request {
     pub rhost: String,
     /// The clock.
     pub clock: Clock,
+    /// The effective uid of the program calling PAM.
+    pub caller_uid: u32,
 }
 
 impl Request {
@@ -81,7 +87,17 @@ impl std::fmt::Debug for Request {
     }
 }
 
-/// Run the whole login: load the config and store, then [`authenticate`].
+/// A login that failed on an error, and whether it had asked for a code.
+#[derive(Debug)]
+pub struct Failure {
+    /// What went wrong.
+    pub error: Error,
+    /// The user had been prompted for a code already.
+    pub prompted: bool,
+}
+
+/// Run the whole login: check the caller, load the config, find the
+/// account, open the store, then [`authenticate`].
 pub fn run(
     args: &ModuleArgs,
     req: &Request,
@@ -90,6 +106,31 @@ pub fn run(
 ) -> Outcome {
     for a in &args.unknown {
         log.warn(&format!("ignoring unknown module argument {a:?}"));
+    }
+    if req.caller_uid != 0 {
+        // A screen locker runs PAM as the user, who cannot read the
+        // configuration: say so rather than blame the files.
+        let why = format!(
+            "the calling program runs as uid {}, not root (a screen locker?), and cannot \
+             read the configuration",
+            req.caller_uid
+        );
+        return match args.nonroot {
+            NonRoot::Ignore => {
+                log.info(&format!(
+                    "second factor of {} not checked: {why}; nonroot=ignore lets the password decide",
+                    req.user
+                ));
+                Outcome::Ignore
+            }
+            NonRoot::Deny => {
+                log.warn(&format!(
+                    "login of {} denied (nonroot=deny): {why}",
+                    req.user
+                ));
+                Outcome::AuthErr
+            }
+        };
     }
     if !args.config.is_absolute() {
         // Relative to what? Under su or sudo the caller picks the directory.
@@ -111,33 +152,88 @@ pub fn run(
             return Outcome::Unavailable;
         }
     };
+    // The account, not the spelling: the store, groups, protected users and
+    // the audit all use the canonical name.
+    let account = match Account::lookup(&req.user) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            log.warn(&format!(
+                "login of {:?} denied: no such account (NSS does not know the name)",
+                req.user
+            ));
+            return Outcome::UserUnknown;
+        }
+        Err(e) => {
+            log.error(&format!("login of {} denied: {e}", req.user));
+            return Outcome::Unavailable;
+        }
+    };
+    let req = Request {
+        user: account.name,
+        ..req.clone()
+    };
     let mut store = match store::open(&cfg.store) {
         Ok(s) => s,
-        Err(e) => return store_failure(&cfg, req, log, &e),
+        Err(error) => {
+            let f = Failure {
+                error,
+                prompted: false,
+            };
+            return failed(&cfg, &req, log, &f);
+        }
     };
-    match authenticate(&cfg, store.as_mut(), args.qr, req, conv, log) {
+    match authenticate(&cfg, store.as_mut(), args.qr, &req, conv, log) {
         Ok(o) => o,
-        Err(e) => store_failure(&cfg, req, log, &e),
+        Err(f) => failed(&cfg, &req, log, &f),
     }
 }
 
-/// A store or key error: deny (`failmode = "secure"`) or let the password
-/// step decide (`"safe"`), saying why in syslog.
-fn store_failure(cfg: &Config, req: &Request, log: &mut Logger, e: &Error) -> Outcome {
+/// The store or the key cannot be used: what `failmode = "safe"` may skip.
+fn store_or_key(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Store { .. }
+            | Error::StoreMissing { .. }
+            | Error::StoreSchema { .. }
+            | Error::Conflict { .. }
+            | Error::Key { .. }
+            | Error::Decrypt { .. }
+            | Error::Permissions { .. }
+            | Error::Io { .. }
+    )
+}
+
+/// A login that failed on an error: deny, saying why in syslog. Only a
+/// store or key that cannot be used before the first prompt, under
+/// `failmode = "safe"`, lets the password decide instead.
+fn failed(cfg: &Config, req: &Request, log: &mut Logger, f: &Failure) -> Outcome {
+    let e = &f.error;
     match cfg.policy.failmode {
+        FailMode::Safe if !f.prompted && store_or_key(e) => {
+            log.error(&format!(
+                "second factor of {} skipped (failmode = safe): {e}",
+                req.user
+            ));
+            Outcome::Ignore
+        }
+        FailMode::Safe => {
+            let when = if f.prompted {
+                "a code was already asked for"
+            } else {
+                "not a store or key that cannot be used"
+            };
+            log.error(&format!(
+                "login of {} denied (failmode = safe does not apply: {when}): {e}",
+                req.user
+            ));
+            Outcome::Unavailable
+        }
         FailMode::Secure => {
             log.error(&format!(
                 "login of {} denied (failmode = secure): {e}",
                 req.user
             ));
             Outcome::Unavailable
-        }
-        FailMode::Safe => {
-            log.error(&format!(
-                "second factor of {} skipped (failmode = safe): {e}",
-                req.user
-            ));
-            Outcome::Ignore
         }
     }
 }
@@ -148,6 +244,8 @@ struct Login<'a> {
     req: &'a Request,
     conv: &'a mut dyn Conversation,
     qr: QrStyle,
+    /// A code was asked for: from here on every error denies.
+    prompted: bool,
 }
 
 impl Login<'_> {
@@ -171,7 +269,8 @@ impl Login<'_> {
     }
 }
 
-/// The login sequence of the design, on an open store.
+/// The login sequence of the design, on an open store, for the account
+/// named `req.user` (its canonical name).
 pub fn authenticate(
     cfg: &Config,
     store: &mut dyn Store,
@@ -179,7 +278,7 @@ pub fn authenticate(
     req: &Request,
     conv: &mut dyn Conversation,
     log: &mut Logger,
-) -> Result<Outcome, Error> {
+) -> Result<Outcome, Failure> {
     let mut l = Login {
         ops: Ops {
             cfg,
@@ -190,7 +289,17 @@ pub fn authenticate(
         req,
         conv,
         qr,
+        prompted: false,
     };
+    steps(&mut l).map_err(|error| Failure {
+        error,
+        prompted: l.prompted,
+    })
+}
+
+/// The steps of the login, in order.
+fn steps(l: &mut Login<'_>) -> Result<Outcome, Error> {
+    let (cfg, req) = (l.ops.cfg, l.req);
     let user = req.user.as_str();
     let record = l.ops.store.user(user)?;
     let has_recovery = l.ops.store.has_valid_recovery(user, req.now())?;
@@ -224,7 +333,7 @@ pub fn authenticate(
                 l.record(Fact::UnenrolledAllowed)?;
                 Ok(Outcome::Ignore)
             }
-            Unenrolled::Enroll => enroll_during_login(&mut l),
+            Unenrolled::Enroll => enroll_during_login(l),
         };
     }
     // Only a recovery code makes a row too, when it is issued.
@@ -244,9 +353,9 @@ pub fn authenticate(
         record.enrolled_by,
         &secret,
     ) {
-        show_setup(&mut l, s);
+        show_setup(l, s);
     }
-    ask_for_codes(&mut l, &record, secret.as_ref(), has_recovery)
+    ask_for_codes(l, &record, secret.as_ref(), has_recovery)
 }
 
 /// What the typed `answer` could be, worked out before the write lock:
@@ -302,6 +411,7 @@ fn ask_for_codes(
     let user = l.user().to_string();
     let mut attempted = false;
     for _ in 0..l.ops.cfg.policy.prompts {
+        l.prompted = true;
         let answer = match l.conv.prompt_hidden(PROMPT) {
             Ok(a) => zeroize::Zeroizing::new(a.unwrap_or_default()),
             Err(ConvError) => {
@@ -550,6 +660,7 @@ mod tests {
             service: "test".into(),
             rhost: "".into(),
             clock: std::sync::Arc::new(move || now),
+            caller_uid: 0,
         }
     }
 
@@ -902,5 +1013,153 @@ mod tests {
             Outcome::Unavailable
         );
         assert!(sc.prompts.is_empty());
+    }
+
+    /// A store whose writes fail once `broken` is set: a disk that fills
+    /// up or a database that goes away in the middle of a login.
+    struct Flaky {
+        inner: Box<dyn Store>,
+        broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Store for Flaky {
+        fn location(&self) -> &str {
+            self.inner.location()
+        }
+        fn transaction(
+            &mut self,
+            kind: store::TxKind,
+            body: &mut store::TxBody<'_>,
+        ) -> crate::Result<()> {
+            if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::store("flaky", "disk I/O error"));
+            }
+            self.inner.transaction(kind, body)
+        }
+        fn check_integrity(&mut self) -> crate::Result<Vec<String>> {
+            self.inner.check_integrity()
+        }
+    }
+
+    /// Breaks the store when the code prompt comes, then answers `answer`.
+    struct BreaksAtPrompt {
+        broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        answer: String,
+    }
+
+    impl Conversation for BreaksAtPrompt {
+        fn prompt_hidden(&mut self, _msg: &str) -> Result<Option<String>, ConvError> {
+            self.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(Some(self.answer.clone()))
+        }
+        fn prompt_visible(&mut self, _msg: &str) -> Result<Option<String>, ConvError> {
+            Ok(Some(String::new()))
+        }
+        fn info(&mut self, _msg: &str) {}
+        fn error(&mut self, _msg: &str) {}
+    }
+
+    #[test]
+    fn failmode_safe_never_skips_a_store_error_after_the_prompt() {
+        let mut e = env("[policy]\nenforce = \"all\"\nfailmode = \"safe\"\n");
+        let s = enrolled(&mut e, "lena");
+        let good = code(&e, &s, NOW);
+        let wrong = if good == "000000" { "111111" } else { "000000" };
+        let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let store = std::mem::replace(&mut e.store, store::create(&e.cfg.store).unwrap());
+        let mut flaky = Flaky {
+            inner: store,
+            broken: broken.clone(),
+        };
+        let mut conv = BreaksAtPrompt {
+            broken,
+            answer: wrong.into(),
+        };
+        let f = authenticate(
+            &e.cfg,
+            &mut flaky,
+            QrStyle::None,
+            &req("lena", NOW),
+            &mut conv,
+            &mut e.log,
+        )
+        .unwrap_err();
+        assert!(f.prompted, "{f:?}");
+        assert_eq!(
+            failed(&e.cfg, &req("lena", NOW), &mut e.log, &f),
+            Outcome::Unavailable
+        );
+    }
+
+    #[test]
+    fn failmode_safe_lets_the_password_decide_only_for_an_unusable_store_or_key() {
+        let cfg = env("[policy]\nfailmode = \"safe\"\n").cfg;
+        let mut log = Logger::new("crm2fa-test", false);
+        let r = req("mia", NOW);
+        let f = |error: Error, prompted: bool| Failure { error, prompted };
+        let store_down = || Error::store("db", "disk I/O error");
+        assert_eq!(
+            failed(&cfg, &r, &mut log, &f(store_down(), false)),
+            Outcome::Ignore
+        );
+        assert_eq!(
+            failed(&cfg, &r, &mut log, &f(store_down(), true)),
+            Outcome::Unavailable,
+            "after a prompt"
+        );
+        let lookup = Error::NoSuchAccount { user: "mia".into() };
+        assert_eq!(
+            failed(&cfg, &r, &mut log, &f(lookup, false)),
+            Outcome::Unavailable,
+            "a lookup failure"
+        );
+        let secure = env("").cfg;
+        assert_eq!(
+            failed(&secure, &r, &mut log, &f(store_down(), false)),
+            Outcome::Unavailable
+        );
+    }
+
+    #[test]
+    fn a_caller_that_is_not_root_gets_what_nonroot_says_without_reading_anything() {
+        let mut sc = Script::new(&[]);
+        let mut log = Logger::new("crm2fa-test", false);
+        let locker = Request {
+            caller_uid: 1000,
+            ..req("nina", NOW)
+        };
+        // The config does not even exist: nothing is read.
+        let ignore = ModuleArgs::parse(["config=/nonexistent/crm2fa.toml"]);
+        assert_eq!(run(&ignore, &locker, &mut sc, &mut log), Outcome::Ignore);
+        let deny = ModuleArgs::parse(["config=/nonexistent/crm2fa.toml", "nonroot=deny"]);
+        assert_eq!(run(&deny, &locker, &mut sc, &mut log), Outcome::AuthErr);
+        assert!(sc.prompts.is_empty() && sc.errors.is_empty());
+        assert_eq!(
+            run(&ignore, &req("nina", NOW), &mut sc, &mut log),
+            Outcome::Unavailable,
+            "root: the missing config denies"
+        );
+    }
+
+    #[test]
+    fn a_clock_stepped_backwards_never_makes_a_used_step_good_again() {
+        let mut e = env("[policy]\nenforce = \"all\"\nprompts = 1\n");
+        let s = enrolled(&mut e, "olga");
+        let mut sc = Script::new(&[Some(&code(&e, &s, NOW))]);
+        assert_eq!(login(&mut e, "olga", NOW, &mut sc), Outcome::Success);
+        // The host's clock goes back ten minutes: every code of that time,
+        // the one just used included, belongs to an older step.
+        for back in [0, 30, 300, 600] {
+            let then = NOW - back;
+            let mut sc = Script::new(&[Some(&code(&e, &s, then))]);
+            assert_eq!(
+                login(&mut e, "olga", then, &mut sc),
+                Outcome::AuthErr,
+                "{back} s back"
+            );
+        }
+        let later = NOW + 30;
+        let mut sc = Script::new(&[Some(&code(&e, &s, later))]);
+        assert_eq!(login(&mut e, "olga", later, &mut sc), Outcome::Success);
     }
 }

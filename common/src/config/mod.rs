@@ -98,15 +98,40 @@ pub struct TotpConfig {
     pub issuer: String,
 }
 
+/// A Unix group named in the configuration, resolved when it loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRef {
+    /// The name as written.
+    pub name: String,
+    /// Its id: membership is decided on ids.
+    pub gid: u32,
+}
+
+impl GroupRef {
+    /// Resolve `name` through NSS (`getgrnam`).
+    fn resolve(name: &str) -> std::result::Result<GroupRef, String> {
+        match crate::account::not_found_is_none(nix::unistd::Group::from_name(name)) {
+            Ok(Some(g)) => Ok(GroupRef {
+                name: name.into(),
+                gid: g.gid.as_raw(),
+            }),
+            Ok(None) => Err(format!(
+                "there is no group named {name:?} (check with `getent group {name}`)"
+            )),
+            Err(e) => Err(format!("cannot look up the group {name:?}: {e}")),
+        }
+    }
+}
+
 /// `[policy]`.
 #[derive(Debug, Clone)]
 pub struct PolicyConfig {
     /// Who must use 2FA.
     pub enforce: Enforce,
     /// With `enforce = "groups"`: the groups that must.
-    pub enforce_groups: Vec<String>,
+    pub enforce_groups: Vec<GroupRef>,
     /// Groups never asked.
-    pub exempt_groups: Vec<String>,
+    pub exempt_groups: Vec<GroupRef>,
     /// Required but not enrolled.
     pub unenrolled: Unenrolled,
     /// Users whose 2FA can be replaced, never removed.
@@ -190,15 +215,19 @@ pub struct Config {
 impl Config {
     /// Read, check ownership and permissions, parse and validate `path`.
     pub fn load(path: &Path) -> Result<Config> {
+        use std::io::Read;
         let not_found = |e: Error| match e {
             Error::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
                 Error::ConfigMissing { path }
             }
             e => e,
         };
-        crate::fsperm::check_private_file(path, crate::fsperm::Secrecy::NotWritableByOthers)
-            .map_err(not_found)?;
-        let text = std::fs::read_to_string(path).map_err(|e| not_found(Error::io(path, e)))?;
+        let mut file =
+            crate::fsperm::open_trusted(path, crate::fsperm::Secrecy::NotWritableByOthers)
+                .map_err(not_found)?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .map_err(|e| Error::io(path, e))?;
         Config::parse(&text, path)
     }
 
@@ -294,6 +323,14 @@ impl Config {
                 "enforce = \"groups\" needs at least one group here".into(),
             ));
         }
+        let groups = |key: &str, names: &[String]| -> Result<Vec<GroupRef>> {
+            names
+                .iter()
+                .map(|n| GroupRef::resolve(n).map_err(|m| invalid("policy", key, m)))
+                .collect()
+        };
+        let enforce_groups = groups("enforce_groups", &p.enforce_groups)?;
+        let exempt_groups = groups("exempt_groups", &p.exempt_groups)?;
         let l = raw.lockout;
         if l.max_failures == 0 {
             return Err(invalid(
@@ -372,8 +409,8 @@ impl Config {
             },
             policy: PolicyConfig {
                 enforce: p.enforce,
-                enforce_groups: p.enforce_groups,
-                exempt_groups: p.exempt_groups,
+                enforce_groups,
+                exempt_groups,
                 unenrolled: p.unenrolled,
                 protected_users: p.protected_users,
                 failmode: p.failmode,
@@ -517,6 +554,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("enforce_groups"), "{err}");
+    }
+
+    #[test]
+    fn groups_resolve_to_ids_and_an_unknown_group_is_an_error_with_its_line() {
+        let c = parse("[policy]\nenforce = \"groups\"\nenforce_groups = [\"root\"]\n").unwrap();
+        assert_eq!(
+            c.policy.enforce_groups,
+            vec![GroupRef {
+                name: "root".into(),
+                gid: 0
+            }]
+        );
+        let err = parse("[policy]\n\nexempt_groups = [\"no-such-group-crm2fa\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("crm2fa.toml:3"), "{err}");
+        assert!(err.contains("no group named"), "{err}");
     }
 
     #[test]

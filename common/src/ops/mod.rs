@@ -2,10 +2,11 @@
 //! codes, check a code, decide the policy, reset, disable, unlock. Each
 //! operation writes its audit row in the store's transaction and the same
 //! line to syslog once it committed.
+use crate::account::Account;
 use crate::audit::{AuditCtx, AuditEntry, Fact, Logger};
 use crate::config::Config;
 use crate::crypto::HostKey;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::UserRecord;
 use crate::policy::{self, Decision};
 use crate::store::Store;
@@ -77,15 +78,17 @@ impl Ops<'_> {
         record: Option<&UserRecord>,
         has_recovery: bool,
     ) -> Result<Decision> {
-        let groups = if policy::needs_groups(&self.cfg.policy) {
-            policy::unix_groups(user)?
+        let gids = if policy::needs_groups(&self.cfg.policy) {
+            Account::lookup(user)?
+                .ok_or_else(|| Error::NoSuchAccount { user: user.into() })?
+                .group_ids()?
         } else {
             vec![]
         };
         Ok(policy::decide(
             &self.cfg.policy,
             user,
-            &groups,
+            &gids,
             record,
             has_recovery,
         ))

@@ -116,17 +116,22 @@ impl SqliteStore {
     /// Open an existing store (never creates one). Checks ownership and mode,
     /// and brings an older schema up to date.
     pub fn open(path: &Path) -> Result<SqliteStore> {
-        if !path.exists() {
-            return Err(Error::StoreMissing { path: path.into() });
+        match fsperm::check_if_present(path, Secrecy::OwnerOnly)? {
+            true => {}
+            false => return Err(Error::StoreMissing { path: path.into() }),
         }
-        fsperm::check_private_file(path, Secrecy::OwnerOnly)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            fsperm::check_if_present(Path::new(&side), Secrecy::OwnerOnly)?;
+        }
         SqliteStore::connect(path)
     }
 
     /// Create the store if missing (mode 0600 before SQLite sees it, so the
     /// -wal and -shm files inherit it), then open it. Idempotent.
     pub fn create(path: &Path) -> Result<SqliteStore> {
-        if !path.exists() {
+        if !fsperm::check_if_present(path, Secrecy::OwnerOnly)? {
             if let Some(dir) = path.parent() {
                 fsperm::ensure_dir(dir, 0o700)?;
             }
@@ -140,7 +145,9 @@ impl SqliteStore {
         let err = |e: rusqlite::Error| Error::store(location.clone(), e);
         let conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_NOFOLLOW,
         )
         .map_err(err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
@@ -151,6 +158,7 @@ impl SqliteStore {
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA foreign_keys = ON;
+             PRAGMA temp_store = MEMORY;
              PRAGMA journal_size_limit = 262144;",
         )
         .map_err(err)?;

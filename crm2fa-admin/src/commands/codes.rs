@@ -7,7 +7,7 @@ use crm2fa_common::{fsperm, rfc3339, Error};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::{warn_if_no_account, Ctx, Done, Status};
+use super::{Ctx, Done, Status};
 use crate::error::CliError;
 use crate::output::{self, shown, write_backup_codes, Shown, Text};
 use crate::terminal;
@@ -239,7 +239,6 @@ impl Text for RecoveryReport {
 
 /// Issue a one-time recovery code valid for `valid` seconds.
 pub(super) fn recovery(ctx: &mut Ctx, user: &str, valid: i64) -> Result<Done, CliError> {
-    warn_if_no_account(user);
     let now = ctx.now;
     let (code, expires_at) = ctx.ops().issue_recovery(user, valid, now)?;
     Done::ok(RecoveryReport {

@@ -8,7 +8,7 @@ use crm2fa_common::Error;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::{warn_if_no_account, Ctx, Done, Status};
+use super::{Ctx, Done, Status};
 use crate::cli::QrArg;
 use crate::error::CliError;
 use crate::output::{shown, write_backup_codes, Shown, Text};
@@ -106,7 +106,6 @@ pub(super) fn enroll(
             ))?;
         }
     }
-    warn_if_no_account(user);
     let now = ctx.now;
     let mut ops = ctx.ops();
     let key = ops.key()?;

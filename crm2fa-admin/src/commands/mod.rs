@@ -2,6 +2,7 @@
 //! [`crate::output`] to print; none prints JSON of its own.
 use std::path::Path;
 
+use crm2fa_common::account::Account;
 use crm2fa_common::audit::{AuditCtx, Logger};
 use crm2fa_common::config::{self, Config};
 use crm2fa_common::ops::{Ops, ADMIN_SERVICE};
@@ -100,10 +101,25 @@ impl Ctx {
     }
 }
 
-/// Warn (on stderr) when USER has no account on this host: likely a typo.
-fn warn_if_no_account(user: &str) {
-    if let Ok(None) = nix::unistd::User::from_name(user) {
-        eprintln!("crm2fa-admin: warning: there is no account named {user} on this host");
+/// The account's canonical name for `user`, as the login will use it; a
+/// name this host does not know is kept as typed, with a warning (a
+/// fleet's admin host need not know every user).
+fn account(user: String) -> String {
+    match Account::lookup(&user) {
+        Ok(Some(a)) => {
+            if a.name != user {
+                eprintln!("crm2fa-admin: {user} is the account {}", a.name);
+            }
+            a.name
+        }
+        Ok(None) => {
+            eprintln!("crm2fa-admin: warning: there is no account named {user} on this host");
+            user
+        }
+        Err(e) => {
+            eprintln!("crm2fa-admin: warning: {e}; using the name {user} as given");
+            user
+        }
     }
 }
 
@@ -120,25 +136,25 @@ pub(crate) fn run(cli: Cli, out: Output) -> Result<Done, CliError> {
             no_qr,
             qr,
             code,
-        } => enroll::enroll(&mut open()?, &user, no_qr, qr, code),
-        Command::Confirm { user, code } => enroll::confirm(&mut open()?, &user, code),
-        Command::Status { user } => users::status(&mut open()?, &user),
+        } => enroll::enroll(&mut open()?, &account(user), no_qr, qr, code),
+        Command::Confirm { user, code } => enroll::confirm(&mut open()?, &account(user), code),
+        Command::Status { user } => users::status(&mut open()?, &account(user)),
         Command::List => users::list(&mut open()?),
-        Command::Reset { user } => users::reset(&mut open()?, &user),
+        Command::Reset { user } => users::reset(&mut open()?, &account(user)),
         Command::Disable {
             user,
             override_policy,
-        } => users::disable(&mut open()?, &user, override_policy),
-        Command::Enable { user } => users::enable(&mut open()?, &user),
-        Command::Unlock { user } => users::unlock(&mut open()?, &user),
-        Command::Policy { user } => users::policy(&mut open()?, &user),
-        Command::Check { user, code } => codes::check(&mut open()?, &user, code),
+        } => users::disable(&mut open()?, &account(user), override_policy),
+        Command::Enable { user } => users::enable(&mut open()?, &account(user)),
+        Command::Unlock { user } => users::unlock(&mut open()?, &account(user)),
+        Command::Policy { user } => users::policy(&mut open()?, &account(user)),
+        Command::Check { user, code } => codes::check(&mut open()?, &account(user), code),
         Command::BackupCodes {
             user,
             regenerate,
             output,
-        } => codes::backup_codes(&mut open()?, &user, regenerate, output),
-        Command::Recovery { user, valid } => codes::recovery(&mut open()?, &user, valid),
-        Command::Audit { user, since } => audit::audit(&mut open()?, user, since),
+        } => codes::backup_codes(&mut open()?, &account(user), regenerate, output),
+        Command::Recovery { user, valid } => codes::recovery(&mut open()?, &account(user), valid),
+        Command::Audit { user, since } => audit::audit(&mut open()?, user.map(account), since),
     }
 }
