@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all deps build release test lint demo bench clean
+.PHONY: all deps build release test lint deps-check deny demo bench clean
 
 all: build
 
@@ -21,9 +21,19 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The licence, ban and source rules of deny.toml, checked in seconds.
+deps-check:
+	python3 scripts/check-deps.py
+
+# The same rules with cargo-deny itself (built on first use: several minutes),
+# plus the RustSec advisories where GitHub is reachable.
+deny:
+	command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked
+	$(CARGO) deny check
+
 # Every test: unit tests, and end-to-end logins through real libpam
 # (pam_wrapper + pam_matrix + pamtester), which use the built module and CLI.
-test: deps lint
+test: deps lint deps-check
 	$(CARGO) build --workspace
 	@mkdir -p target
 	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test.log
