@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all deps build release test lint deps-check deny demo bench clean
+.PHONY: all deps build release test lint deps-check deny demo bench clean docs install install-files uninstall
 
 all: build
 
@@ -42,6 +42,63 @@ test: deps lint deps-check
 
 demo: build
 	bash scripts/demo.sh
+
+# ---- install on a host without packages --------------------------------------
+# make install [PREFIX=/usr] [DESTDIR=...]; the packages are built from it.
+PREFIX ?= /usr
+DESTDIR ?=
+SYSCONFDIR ?= /etc
+LOCALSTATEDIR ?= /var
+PROFILE ?= release
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+MULTIARCH := $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null)
+# Debian keeps PAM modules in the multiarch directory, RPM systems in lib64.
+PAMDIR ?= $(if $(MULTIARCH),$(PREFIX)/lib/$(MULTIARCH)/security,$(PREFIX)/lib64/security)
+SBINDIR ?= $(PREFIX)/sbin
+DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man
+ZSHDIR ?= $(if $(MULTIARCH),$(DATADIR)/zsh/vendor-completions,$(DATADIR)/zsh/site-functions)
+BIN := $(TARGET_DIR)/$(PROFILE)
+DOCS ?= $(TARGET_DIR)/docs
+
+# Man pages and completions, made from the CLI's definitions at build time.
+docs:
+	$(BIN)/crm2fa-docs $(DOCS)
+
+install: release
+	$(MAKE) install-files PROFILE=release
+
+# Copy what is built (no build): the module, the CLI, man pages, completions,
+# the pam-auth-update profile, the tmpfiles entry, /var/lib/crm2fa (0700), and
+# the default configuration (0600) unless one is there already.
+install-files: docs
+	install -D -m 0644 $(BIN)/libpam_crm2fa.so $(DESTDIR)$(PAMDIR)/pam_crm2fa.so
+	install -D -m 0755 $(BIN)/crm2fa-admin $(DESTDIR)$(SBINDIR)/crm2fa-admin
+	install -d -m 0755 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	install -m 0644 packaging/man/crm2fa.toml.5 $(DESTDIR)$(MANDIR)/man5/
+	install -m 0644 packaging/man/pam_crm2fa.8 $(DOCS)/man8/*.8 $(DESTDIR)$(MANDIR)/man8/
+	install -D -m 0644 $(DOCS)/completions/crm2fa-admin.bash $(DESTDIR)$(DATADIR)/bash-completion/completions/crm2fa-admin
+	install -D -m 0644 $(DOCS)/completions/_crm2fa-admin $(DESTDIR)$(ZSHDIR)/_crm2fa-admin
+	install -D -m 0644 $(DOCS)/completions/crm2fa-admin.fish $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/crm2fa-admin.fish
+	install -D -m 0644 packaging/pam-configs/crm2fa $(DESTDIR)$(DATADIR)/pam-configs/crm2fa
+	install -D -m 0644 packaging/tmpfiles/crm2fa.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/crm2fa.conf
+	install -d -m 0700 $(DESTDIR)$(LOCALSTATEDIR)/lib/crm2fa
+	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/crm2fa
+	[ -e $(DESTDIR)$(SYSCONFDIR)/crm2fa/crm2fa.toml ] || \
+	  install -m 0600 packaging/crm2fa.toml $(DESTDIR)$(SYSCONFDIR)/crm2fa/crm2fa.toml
+
+# Remove what install put there, but never the configuration, the host key
+# or the store: they hold the users' secrets.
+uninstall:
+	rm -f $(DESTDIR)$(PAMDIR)/pam_crm2fa.so $(DESTDIR)$(SBINDIR)/crm2fa-admin
+	rm -f $(DESTDIR)$(MANDIR)/man5/crm2fa.toml.5 $(DESTDIR)$(MANDIR)/man8/pam_crm2fa.8 \
+	      $(DESTDIR)$(MANDIR)/man8/crm2fa-admin.8 $(DESTDIR)$(MANDIR)/man8/crm2fa-admin-*.8
+	rm -f $(DESTDIR)$(DATADIR)/bash-completion/completions/crm2fa-admin \
+	      $(DESTDIR)$(ZSHDIR)/_crm2fa-admin \
+	      $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/crm2fa-admin.fish
+	rm -f $(DESTDIR)$(DATADIR)/pam-configs/crm2fa $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/crm2fa.conf
+	@echo "uninstall: kept $(SYSCONFDIR)/crm2fa and $(LOCALSTATEDIR)/lib/crm2fa (configuration, key, store);"
+	@echo "uninstall: take the pam_crm2fa.so line out of every PAM file first, then remove them by hand."
 
 # Benchmarks print tables; they are never part of `make test`.
 bench: deps

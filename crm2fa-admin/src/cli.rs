@@ -126,6 +126,14 @@ pub(crate) enum Command {
     Completions { shell: clap_complete::Shell },
 }
 
+/// The completion script of `shell` for the command line above.
+pub(crate) fn completion_script(shell: clap_complete::Shell) -> String {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "crm2fa-admin", &mut script);
+    String::from_utf8_lossy(&script).into_owned()
+}
+
 /// `--since`: RFC 3339, a date (YYYY-MM-DD), or a duration back from now.
 fn parse_since(s: &str) -> Result<i64, String> {
     let unix = |t: std::time::SystemTime| {

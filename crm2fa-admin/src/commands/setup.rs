@@ -2,7 +2,6 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use clap::CommandFactory;
 use crm2fa_common::config::{self, Config};
 use crm2fa_common::crypto::HostKey;
 use crm2fa_common::doctor::{self, Check};
@@ -10,7 +9,6 @@ use crm2fa_common::{fsperm, store};
 use serde::Serialize;
 
 use super::{Done, Status};
-use crate::cli::Cli;
 use crate::error::CliError;
 use crate::output::Text;
 
@@ -126,10 +124,8 @@ impl Text for CompletionsReport {
 
 /// The completion script for `shell`, made from the command line's definition.
 pub(super) fn completions(shell: clap_complete::Shell) -> Result<Done, CliError> {
-    let mut script = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), "crm2fa-admin", &mut script);
     Done::ok(CompletionsReport {
         shell: shell.to_string(),
-        script: String::from_utf8_lossy(&script).into_owned(),
+        script: crate::cli::completion_script(shell),
     })
 }
