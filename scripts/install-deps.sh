@@ -13,6 +13,8 @@ pkgs=(
   expect              # scripted terminal sessions in tests and the demo
   sqlite3             # store inspection in tests
   python3             # demo and benchmark helpers
+  libpam-google-authenticator  # its tool writes the files the import tests read
+  man-db groff-base   # man -l renders the man pages in a test
   "$@"
 )
 

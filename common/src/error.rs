@@ -35,6 +35,17 @@ pub enum Error {
         /// The configuration file looked for.
         path: PathBuf,
     },
+    /// A file to import holds something crm2fa cannot honour, or is not in
+    /// the format expected.
+    #[error("{}:{line}: {message}", path.display())]
+    Import {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong there, and what to do.
+        message: String,
+    },
     /// The configuration is not valid TOML or names an unknown key.
     #[error("{path}:{line}:{column}: {message}")]
     ConfigSyntax {

@@ -122,6 +122,11 @@ pub(crate) enum Command {
     },
     /// Check permissions, config, key and store integrity; say how to fix
     Doctor,
+    /// Take over secrets from google-authenticator or pam_oath; the users' apps keep working
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
     /// Print shell completions
     Completions { shell: clap_complete::Shell },
 }
@@ -132,6 +137,31 @@ pub(crate) fn completion_script(shell: clap_complete::Shell) -> String {
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "crm2fa-admin", &mut script);
     String::from_utf8_lossy(&script).into_owned()
+}
+
+/// Where `import` reads from.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ImportSource {
+    /// A ~/.google_authenticator file: its secret, scratch codes (as backup
+    /// codes) and used time steps
+    GoogleAuthenticator {
+        /// The file
+        file: PathBuf,
+        /// Whose file it is
+        #[arg(long, value_name = "USER")]
+        user: String,
+        /// Check the file and show what would change; change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// pam_oath's users.oath: every time-based (HOTP/T…) user in it
+    Oath {
+        /// The file
+        file: PathBuf,
+        /// Check the file and show what would change; change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `--since`: RFC 3339, a date (YYYY-MM-DD), or a duration back from now.

@@ -144,6 +144,13 @@ pub enum Fact {
     Enrolled,
     /// A pending enrolment confirmed by the administrator.
     Confirmed,
+    /// A secret (and codes) imported from another tool.
+    Imported {
+        /// Which tool's file: `google-authenticator` or `oath`.
+        from: &'static str,
+        /// Backup codes carried over.
+        backup_codes: usize,
+    },
     /// A new set of backup codes.
     BackupCodesRegenerated {
         /// How many.
@@ -225,6 +232,11 @@ impl Fact {
                 Event::Enroll,
                 Outcome::Active,
                 "confirmed with a TOTP code".into(),
+            ),
+            F::Imported { from, backup_codes } => (
+                Event::Enroll,
+                Outcome::Active,
+                format!("imported from a {from} file with {backup_codes} backup code(s)"),
             ),
             F::BackupCodesRegenerated { count } => (
                 Event::BackupCodes,

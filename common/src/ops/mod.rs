@@ -14,10 +14,12 @@ use crate::store::Store;
 mod check;
 mod codes;
 mod enroll;
+mod import;
 mod users;
 
 pub use check::{CodeCheck, Drift};
 pub use enroll::{account_name, open_codes, Enrollment};
+pub use import::{parse_google_authenticator, parse_oath, ImportPlan, ImportedFactor, Source};
 pub use users::Status;
 
 /// The service name the CLI writes to the audit log.

@@ -13,7 +13,7 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use super::{Durability, Store};
+use super::{Durability, Imported, Store};
 use crate::audit::{AuditCtx, AuditEntry, AuditFilter, Event, Fact, Outcome};
 use crate::codes::{self, Code};
 use crate::config::LockoutConfig;
@@ -54,6 +54,7 @@ macro_rules! store_conformance {
             audit_rows_are_kept_in_order_and_filtered,
             failed_transaction_leaves_nothing_behind,
             users_are_listed_by_name,
+            an_import_is_active_with_its_history_all_or_none,
             the_code_salt_never_changes_and_a_stale_one_is_refused,
             confirm_never_reactivates_an_active_enrolment,
             a_code_row_is_consumed_once,
@@ -801,6 +802,74 @@ pub fn a_stale_lock_count_is_not_written(b: &dyn Backend) {
         .unwrap();
     assert!(written);
     assert_eq!(s.user("u").unwrap().unwrap().lock.failures, 7);
+}
+
+/// An import makes the secret active at once with every step up to
+/// `last_step` used and its codes usable; several users go in together
+/// or not at all.
+pub fn an_import_is_active_with_its_history_all_or_none(b: &dyn Backend) {
+    let mut s = b.open();
+    let (salt, _) = active_user(s.as_mut(), 1);
+    let set = codes::backup_set(2, &salt);
+    let hashes: Vec<_> = set.iter().map(|(_, h)| *h).collect();
+    let entry = audit(Fact::Imported {
+        from: "oath",
+        backup_codes: 2,
+    });
+    let new = |salt: &'static [u8]| NewEnrollment {
+        sealed_secret: SEALED,
+        code_salt: salt,
+        backup_hashes: &[],
+        sealed_codes: b"",
+        replace: true,
+        origin: Origin::Admin,
+    };
+    let stale: &'static [u8] = Box::leak(codes::new_salt().into_boxed_slice());
+    let fresh: &'static [u8] = Box::leak(codes::new_salt().into_boxed_slice());
+    // "w" is new; "u" exists with another salt than the one given: nothing.
+    let both = [
+        Imported {
+            user: "w",
+            new: new(fresh),
+            last_step: 5,
+            audit: &entry,
+        },
+        Imported {
+            user: "u",
+            new: new(stale),
+            last_step: 5,
+            audit: &entry,
+        },
+    ];
+    assert!(matches!(s.import(&both, NOW), Err(Error::Changed { .. })));
+    assert!(s.user("w").unwrap().is_none(), "all or none");
+    let good = Imported {
+        user: "u",
+        new: NewEnrollment {
+            code_salt: &salt,
+            backup_hashes: &hashes,
+            ..new(fresh)
+        },
+        last_step: 40,
+        audit: &entry,
+    };
+    s.import(&[good], NOW).unwrap();
+    let r = s.user("u").unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.last_step, r.backup_codes_left()),
+        (TotpState::Active, 40, 2)
+    );
+    assert!(
+        rejected(&redeem(s.as_mut(), &totp(40), NOW, 9)),
+        "a used step"
+    );
+    assert!(accepted(&redeem(s.as_mut(), &totp(41), NOW, 9)));
+    assert!(accepted(&redeem(
+        s.as_mut(),
+        &backup(&set[0].0, &salt),
+        NOW,
+        9
+    )));
 }
 
 /// `users` lists every user once, by name.

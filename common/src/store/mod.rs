@@ -170,8 +170,26 @@ pub trait Tx {
     /// `last_step` reset. False for an unknown user.
     fn clear_totp(&mut self, name: &str, now: i64) -> Result<bool>;
 
+    /// Make the user's pending enrolment active with every step up to
+    /// `last_step` counted as used (a secret imported with its history).
+    /// False unless the enrolment is pending.
+    fn activate(&mut self, name: &str, last_step: i64, now: i64) -> Result<bool>;
+
     /// Append an audit row.
     fn insert_audit(&mut self, entry: &AuditEntry) -> Result<()>;
+}
+
+/// One user's factor made elsewhere, for [`Store`]'s `import`.
+#[derive(Debug, Clone, Copy)]
+pub struct Imported<'a> {
+    /// The account.
+    pub user: &'a str,
+    /// The secret and backup codes, sealed and hashed (`replace` is implied).
+    pub new: NewEnrollment<'a>,
+    /// The newest TOTP step already used with this secret.
+    pub last_step: i64,
+    /// The audit row.
+    pub audit: &'a AuditEntry,
 }
 
 /// What a TOTP step is consumed for.
@@ -417,6 +435,32 @@ impl dyn Store + '_ {
                 tx.insert_audit(&e)?;
             }
             Ok(verdict)
+        })
+    }
+
+    /// Import factors made elsewhere, all or none in one transaction: for
+    /// each, the user's enrolment is replaced by the active secret of
+    /// `new` with its backup codes, every step up to `last_step` counts as
+    /// used, and every earlier code is void.
+    pub fn import(&mut self, factors: &[Imported<'_>], now: i64) -> Result<()> {
+        self.write(Durability::Full, |tx| {
+            for f in factors {
+                tx.insert_user(f.user, f.new.code_salt, now)?;
+                lock_with_salt(tx, f.user, f.new.code_salt)?;
+                if !tx.set_enrollment(f.user, &f.new, now)?
+                    || !tx.activate(f.user, f.last_step, now)?
+                {
+                    return Err(Error::Changed {
+                        user: f.user.into(),
+                    });
+                }
+                tx.delete_codes(CodeKind::Backup, f.user, false)?;
+                tx.insert_backup_codes(f.user, f.new.backup_hashes, now)?;
+                tx.delete_codes(CodeKind::Recovery, f.user, false)?;
+                tx.update_lock(f.user, None, &LockState::default(), now)?;
+                tx.insert_audit(f.audit)?;
+            }
+            Ok(())
         })
     }
 

@@ -660,6 +660,15 @@ impl Tx for SqliteTx<'_> {
         Ok(n == 1)
     }
 
+    fn activate(&mut self, name: &str, last_step: i64, now: i64) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE users SET state = 'active', pending_codes = NULL, last_step = ?2, updated_at = ?3
+             WHERE name = ?1 AND state = 'pending'",
+            params![name, last_step, now],
+        )?;
+        Ok(n == 1)
+    }
+
     fn insert_audit(&mut self, e: &AuditEntry) -> Result<()> {
         self.exec(
             "INSERT INTO audit(time, user, service, rhost, event, outcome, detail)

@@ -15,6 +15,7 @@ use crate::output::{Output, Report};
 mod audit;
 mod codes;
 mod enroll;
+mod import;
 mod setup;
 mod users;
 
@@ -155,6 +156,7 @@ pub(crate) fn run(cli: Cli, out: Output) -> Result<Done, CliError> {
             output,
         } => codes::backup_codes(&mut open()?, &account(user), regenerate, output),
         Command::Recovery { user, valid } => codes::recovery(&mut open()?, &account(user), valid),
+        Command::Import { source } => import::import(&mut open()?, source, account),
         Command::Audit { user, since } => audit::audit(&mut open()?, user.map(account), since),
     }
 }
