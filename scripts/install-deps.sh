@@ -15,6 +15,8 @@ pkgs=(
   python3             # demo and benchmark helpers
   libpam-google-authenticator  # its tool writes the files the import tests read
   man-db groff-base   # man -l renders the man pages in a test
+  openssh-server openssh-client  # a real sshd login in a test
+  zbar-tools          # decodes the QR code an SSH client shows
   "$@"
 )
 
