@@ -17,6 +17,7 @@ pkgs=(
   man-db groff-base   # man -l renders the man pages in a test
   openssh-server openssh-client  # a real sshd login in a test
   zbar-tools          # decodes the QR code an SSH client shows
+  faketime            # a clock stepped backwards, in a fault test
   "$@"
 )
 

@@ -1,7 +1,7 @@
 //! Secrets at rest: the host key file and authenticated encryption of TOTP
 //! secrets (ChaCha20-Poly1305, the user name bound in as associated data so a
 //! row copied to another user does not decrypt).
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -53,12 +53,18 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
     v
 }
 
-/// The host key that encrypts secrets in the store.
-pub struct HostKey(Zeroizing<[u8; KEY_LEN]>);
+/// The host key that encrypts secrets in the store, and the file it came
+/// from (named when a secret does not open).
+pub struct HostKey {
+    key: Zeroizing<[u8; KEY_LEN]>,
+    path: PathBuf,
+}
 
 impl std::fmt::Debug for HostKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HostKey([redacted])")
+        f.debug_struct("HostKey")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -77,7 +83,10 @@ impl HostKey {
                       enrolled secret can be read)"
                 .into(),
         })?;
-        Ok(HostKey(key))
+        Ok(HostKey {
+            key,
+            path: path.into(),
+        })
     }
 
     /// Create a new random key file (mode 0600). Fails if one exists.
@@ -87,18 +96,37 @@ impl HostKey {
         let mut text = Zeroizing::new(hex::encode(&key[..]));
         text.push('\n');
         fsperm::create_private_file(path, text.as_bytes())?;
-        Ok(HostKey(key))
+        Ok(HostKey {
+            key,
+            path: path.into(),
+        })
     }
 
     /// A fixed key, for tests.
     #[cfg(test)]
     pub fn for_tests(byte: u8) -> HostKey {
-        HostKey(Zeroizing::new([byte; KEY_LEN]))
+        HostKey {
+            key: Zeroizing::new([byte; KEY_LEN]),
+            path: PathBuf::from("test.key"),
+        }
+    }
+
+    /// The key file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The error for a sealed value of `user` that does not open.
+    pub fn decrypt_error(&self, user: &str) -> Error {
+        Error::Decrypt {
+            user: user.into(),
+            key_file: self.path.clone(),
+        }
     }
 
     /// Encrypt `plain` for `user`: version byte, random nonce, ciphertext+tag.
     pub fn seal(&self, user: &str, plain: &[u8]) -> Vec<u8> {
-        let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.0[..]));
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.key[..]));
         let nonce = random_bytes(NONCE_LEN);
         // Encryption fails only past 2^38 bytes of plaintext.
         #[allow(clippy::expect_used)]
@@ -120,11 +148,11 @@ impl HostKey {
 
     /// Decrypt what [`HostKey::seal`] made for the same `user`.
     pub fn open(&self, user: &str, sealed: &[u8]) -> Result<Secret> {
-        let bad = || Error::Decrypt { user: user.into() };
+        let bad = || self.decrypt_error(user);
         if sealed.len() < 1 + NONCE_LEN + 16 || sealed[0] != SEALED_V1 {
             return Err(bad());
         }
-        let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.0[..]));
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.key[..]));
         let plain = cipher
             .decrypt(
                 Nonce::from_slice(&sealed[1..1 + NONCE_LEN]),

@@ -69,8 +69,12 @@ pub fn run(config_path: &Path) -> Vec<Check> {
         }
         Err(e) => {
             let fallback = match &e {
-                crate::Error::ConfigMissing { .. } | crate::Error::Io { .. } => {
+                crate::Error::ConfigMissing { .. } => {
                     "run `crm2fa-admin init` to write the default configuration"
+                }
+                crate::Error::Io { .. } => {
+                    "make it a readable file again (restore it from backup; or move it away and \
+                     run `crm2fa-admin init` for the default)"
                 }
                 _ => "correct the file at the line named",
             };
@@ -155,10 +159,15 @@ pub fn run(config_path: &Path) -> Vec<Check> {
             out.push(problem(
                 "secrets",
                 format!(
-                    "the host key cannot open the secret of: {}",
+                    "the host key {} cannot open the secret of: {}",
+                    cfg.store.key_file.display(),
                     unreadable.join(", ")
                 ),
-                "restore the key file that enrolled them, or re-enrol these users",
+                format!(
+                    "restore {} from the backup made when they enrolled, or re-enrol these users \
+                     (crm2fa-admin enroll USER)",
+                    cfg.store.key_file.display()
+                ),
             ));
         }
     }

@@ -124,10 +124,12 @@ pub enum Error {
         user: String,
     },
     /// A sealed secret does not open with the host key.
-    #[error("secret of user {user} cannot be decrypted with the host key (wrong key file or tampered store)")]
+    #[error("the secret of {user} does not open with the host key {}: the key file is not the one that sealed it (restore that one from backup, or re-enrol the user), or the store was tampered with", key_file.display())]
     Decrypt {
         /// Whose secret.
         user: String,
+        /// The key file that was tried.
+        key_file: PathBuf,
     },
     /// The user's account or groups could not be looked up.
     #[error("cannot look up the account or groups of {user}: {source}")]

@@ -259,6 +259,21 @@ impl Login<'_> {
         self.ops.record(now, &self.req.user, &fact)
     }
 
+    /// Record a login that needs no code and let it through: if the audit
+    /// row cannot be written (a long administrative transaction holds the
+    /// store), syslog has the line and the login is not refused for it.
+    fn let_through(&mut self, fact: Fact) -> Outcome {
+        if let Err(e) = self.record(fact) {
+            let msg = format!(
+                "the audit row of {}'s login could not be written ({e}); no code is needed, \
+                 the login goes on",
+                self.req.user
+            );
+            self.ops.log.warn(&msg);
+        }
+        Outcome::Ignore
+    }
+
     fn locked_message(&mut self, until: i64) {
         let minutes = ((until - self.req.now()).max(1) + 59) / 60;
         self.conv.error(&format!(
@@ -305,10 +320,9 @@ fn steps(l: &mut Login<'_>) -> Result<Outcome, Error> {
     let has_recovery = l.ops.store.has_valid_recovery(user, req.now())?;
     let decision = l.ops.decide_with(user, record.as_ref(), has_recovery)?;
     if !decision.ask {
-        l.record(Fact::NotRequired {
+        return Ok(l.let_through(Fact::NotRequired {
             reason: decision.reason,
-        })?;
-        return Ok(Outcome::Ignore);
+        }));
     }
     // A lock holds whatever else the user has or lacks.
     if let Some(until) = record.as_ref().and_then(|r| r.locked_at(req.now())) {
@@ -329,10 +343,7 @@ fn steps(l: &mut Login<'_>) -> Result<Outcome, Error> {
                 l.record(Fact::UnenrolledDenied)?;
                 Ok(Outcome::AuthErr)
             }
-            Unenrolled::Allow => {
-                l.record(Fact::UnenrolledAllowed)?;
-                Ok(Outcome::Ignore)
-            }
+            Unenrolled::Allow => Ok(l.let_through(Fact::UnenrolledAllowed)),
             Unenrolled::Enroll => enroll_during_login(l),
         };
     }
@@ -1161,5 +1172,52 @@ mod tests {
         let later = NOW + 30;
         let mut sc = Script::new(&[Some(&code(&e, &s, later))]);
         assert_eq!(login(&mut e, "olga", later, &mut sc), Outcome::Success);
+    }
+
+    #[test]
+    fn a_login_that_needs_no_code_is_not_refused_for_a_busy_audit_table() {
+        let mut e = env("[policy]\nenforce = \"opt-in\"\n");
+        let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let store = std::mem::replace(&mut e.store, store::create(&e.cfg.store).unwrap());
+        let flaky = Flaky {
+            inner: store,
+            broken: broken.clone(),
+        };
+        // Reads work; the write of the audit row fails.
+        struct WritesFail(Flaky);
+        impl Store for WritesFail {
+            fn location(&self) -> &str {
+                self.0.location()
+            }
+            fn transaction(
+                &mut self,
+                kind: store::TxKind,
+                body: &mut store::TxBody<'_>,
+            ) -> crate::Result<()> {
+                let write = kind != store::TxKind::Read;
+                self.0
+                    .broken
+                    .store(write, std::sync::atomic::Ordering::SeqCst);
+                self.0.transaction(kind, body)
+            }
+            fn check_integrity(&mut self) -> crate::Result<Vec<String>> {
+                self.0.check_integrity()
+            }
+        }
+        let mut s = WritesFail(flaky);
+        let mut sc = Script::new(&[]);
+        let out = authenticate(
+            &e.cfg,
+            &mut s,
+            QrStyle::None,
+            &req("pia", NOW),
+            &mut sc,
+            &mut e.log,
+        );
+        assert_eq!(out.unwrap(), Outcome::Ignore);
+        assert!(
+            broken.load(std::sync::atomic::Ordering::SeqCst),
+            "the write was tried"
+        );
     }
 }

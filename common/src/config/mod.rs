@@ -225,9 +225,21 @@ impl Config {
         let mut file =
             crate::fsperm::open_trusted(path, crate::fsperm::Secrecy::NotWritableByOthers)
                 .map_err(not_found)?;
-        let mut text = String::new();
-        file.read_to_string(&mut text)
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
             .map_err(|e| Error::io(path, e))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+            let column =
+                good.len() - good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
+            Error::ConfigSyntax {
+                path: path.into(),
+                line,
+                column,
+                message: "not UTF-8 text".into(),
+            }
+        })?;
         Config::parse(&text, path)
     }
 

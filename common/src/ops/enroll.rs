@@ -44,8 +44,7 @@ pub fn open_codes(key: &HostKey, user: &str, sealed: &[u8]) -> Result<Vec<Code>>
         return Ok(vec![]);
     }
     let plain = key.open(user, sealed)?;
-    let text =
-        std::str::from_utf8(plain.expose()).map_err(|_| Error::Decrypt { user: user.into() })?;
+    let text = std::str::from_utf8(plain.expose()).map_err(|_| key.decrypt_error(user))?;
     Ok(text.lines().map(Code::normalize).collect())
 }
 
