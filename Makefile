@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all deps build release test lint deps-check deny demo bench clean docs install install-files uninstall
+.PHONY: all deps build release test lint deps-check deny demo bench clean docs install install-files uninstall deb rpm
 
 all: build
 
@@ -86,6 +86,13 @@ install-files: docs
 	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/crm2fa
 	[ -e $(DESTDIR)$(SYSCONFDIR)/crm2fa/crm2fa.toml ] || \
 	  install -m 0600 packaging/crm2fa.toml $(DESTDIR)$(SYSCONFDIR)/crm2fa/crm2fa.toml
+
+# Packages, into the target directory (built from install-files).
+deb: release
+	PROFILE=release bash scripts/build-deb.sh
+
+rpm: release
+	PROFILE=release bash scripts/build-rpm.sh
 
 # Remove what install put there, but never the configuration, the host key
 # or the store: they hold the users' secrets.

@@ -1,11 +1,13 @@
-//! What a host installation ships: man pages that render, and `make
-//! install` / `make uninstall` with DESTDIR and PREFIX (the packages are
-//! built from them).
+//! What a host installation ships: man pages that render, `make install`
+//! / `make uninstall` with DESTDIR and PREFIX, and the .deb and .rpm built
+//! from them; the .deb is installed, used for a real login and removed in a
+//! throwaway root (an overlay over `/` in a private mount namespace).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 use crm2fa_tests::*;
 
@@ -187,4 +189,239 @@ fn prefix_moves_everything_but_the_configuration_and_the_store() {
         "{files:?}"
     );
     assert!(root.join("var/lib/crm2fa").is_dir());
+}
+
+/// Build a package with `script` from this test run's artifacts, once per
+/// test process; its path.
+fn package(script: &str, cell: &'static OnceLock<PathBuf>) -> PathBuf {
+    cell.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("crm2fa-pkg-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        let target = artifact_dir();
+        let out = Command::new("bash")
+            .arg(workspace_dir().join("scripts").join(script))
+            .env(
+                "PROFILE",
+                target
+                    .file_name()
+                    .expect("profile")
+                    .to_string_lossy()
+                    .as_ref(),
+            )
+            .env("TARGET_DIR", target.parent().expect("target dir"))
+            .env("PKG_DIR", &dir)
+            .output()
+            .expect("run the package build");
+        assert!(out.status.success(), "{script}: {}", show_output(&out));
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
+}
+
+fn deb() -> PathBuf {
+    static DEB: OnceLock<PathBuf> = OnceLock::new();
+    package("build-deb.sh", &DEB)
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run");
+    assert!(out.status.success(), "{cmd:?}: {}", show_output(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_deb_holds_every_file_where_debian_wants_it_and_lintian_finds_no_error() {
+    let deb = deb();
+    let listing = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
+    let multiarch = run(Command::new("dpkg-architecture").arg("-qDEB_HOST_MULTIARCH"));
+    for (mode, path) in [
+        (
+            "-rw-r--r--",
+            format!("./usr/lib/{}/security/pam_crm2fa.so", multiarch.trim()),
+        ),
+        ("-rwxr-xr-x", "./usr/sbin/crm2fa-admin".into()),
+        ("-rw-------", "./etc/crm2fa/crm2fa.toml".into()),
+        ("drwx------", "./var/lib/crm2fa/".into()),
+        ("-rw-r--r--", "./usr/share/pam-configs/crm2fa".into()),
+        (
+            "-rw-r--r--",
+            "./usr/share/man/man8/crm2fa-admin.8.gz".into(),
+        ),
+        ("-rw-r--r--", "./usr/share/man/man8/pam_crm2fa.8.gz".into()),
+        ("-rw-r--r--", "./usr/share/man/man5/crm2fa.toml.5.gz".into()),
+        (
+            "-rw-r--r--",
+            "./usr/share/bash-completion/completions/crm2fa-admin".into(),
+        ),
+        (
+            "-rw-r--r--",
+            "./usr/share/zsh/vendor-completions/_crm2fa-admin".into(),
+        ),
+        (
+            "-rw-r--r--",
+            "./usr/share/fish/vendor_completions.d/crm2fa-admin.fish".into(),
+        ),
+        ("-rw-r--r--", "./usr/share/doc/crm2fa/copyright".into()),
+    ] {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with(mode) && l.contains(" root/root ") && l.ends_with(&path)),
+            "{mode} root/root {path} in:\n{listing}"
+        );
+    }
+    let conffiles = run(Command::new("dpkg-deb")
+        .arg("--info")
+        .arg(&deb)
+        .arg("conffiles"));
+    assert_eq!(conffiles.trim(), "/etc/crm2fa/crm2fa.toml");
+    let package = run(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Package"));
+    assert_eq!(package.trim(), "crm2fa");
+    let out = Command::new("lintian")
+        .args(["--tag-display-limit", "0"])
+        .arg(&deb)
+        .output()
+        .expect("run lintian");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.lines().any(|l| l.starts_with("E: ")),
+        "lintian: {}",
+        show_output(&out)
+    );
+}
+
+/// Runs `script` as root in a throwaway copy of this system: an overlay
+/// over `/` (its upper layer on a tmpfs) in a private mount namespace, with
+/// /proc and /dev bound, a tmpfs on /run and /tmp, and `files` copied into
+/// /tmp; then `chroot`. Nothing reaches the host. Its output.
+fn in_throwaway_root(files: &[&Path], script: &str) -> Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    let mut copy = String::new();
+    for f in files {
+        copy.push_str(&format!("cp '{}' $T/root/tmp/\n", f.display()));
+    }
+    let outer = format!(
+        "set -e\nT='{d}'\nmkdir -p $T/layers $T/root\n\
+         mount -t tmpfs tmpfs $T/layers\nmkdir -p $T/layers/upper $T/layers/work\n\
+         mount -t overlay overlay -o lowerdir=/,upperdir=$T/layers/upper,workdir=$T/layers/work $T/root\n\
+         mount --bind /proc $T/root/proc\nmount --bind /dev $T/root/dev\n\
+         mount -t tmpfs tmpfs $T/root/run\nmount -t tmpfs tmpfs $T/root/tmp\n\
+         {copy}exec chroot $T/root /bin/sh -c \"$1\"\n"
+    );
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(outer)
+        .arg("throwaway-root")
+        .arg(script)
+        .env("LC_ALL", "C.UTF-8")
+        .env_remove("LD_PRELOAD")
+        .output()
+        .expect("run unshare")
+}
+
+#[test]
+fn the_deb_installs_locks_nobody_out_logs_in_with_a_code_and_removes_cleanly() {
+    let deb = deb();
+    let name = deb
+        .file_name()
+        .expect("file name")
+        .to_string_lossy()
+        .into_owned();
+    // A real pam_unix user, the packaged profile, and pamtester on the
+    // distribution's "login" service (which includes common-auth).
+    let script = format!(
+        r#"set -eu
+say() {{ echo "== $*"; }}
+login() {{ printf '%s\n' "$@" | pamtester login tess authenticate; }}
+dpkg -i /tmp/{name} >/dev/null
+say installed
+! grep -q pam_crm2fa /etc/pam.d/common-auth
+useradd -m tess
+echo 'tess:Tr0ub4dor&3' | chpasswd
+login 'Tr0ub4dor&3'
+say password alone before the profile is enabled
+crm2fa-admin init >/dev/null
+secret=$(crm2fa-admin --json enroll tess --no-qr | sed -n 's/.*"secret": "\([A-Z2-7]*\)".*/\1/p')
+crm2fa-admin confirm tess "$(oathtool --totp -b -N 'now - 30 seconds' "$secret")" >/dev/null
+pam-auth-update --enable crm2fa
+grep -q pam_crm2fa /etc/pam.d/common-auth
+if login 'Tr0ub4dor&3' 000000 000000 000000; then echo 'a wrong code logged in'; exit 1; fi
+say a wrong code is refused
+login 'Tr0ub4dor&3' "$(oathtool --totp -b "$secret")"
+say logged in with the password and a code
+dpkg -r crm2fa >/dev/null
+! grep -q pam_crm2fa /etc/pam.d/common-auth
+login 'Tr0ub4dor&3'
+say removed: the password alone again
+test -f /etc/crm2fa/secret.key && test -f /var/lib/crm2fa/crm2fa.db
+dpkg -P crm2fa >/dev/null
+test ! -e /etc/crm2fa && test ! -e /var/lib/crm2fa
+! dpkg -s crm2fa >/dev/null 2>&1
+say purged
+"#
+    );
+    let out = in_throwaway_root(&[&deb], &script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", show_output(&out));
+    for step in [
+        "password alone before the profile is enabled",
+        "a wrong code is refused",
+        "logged in with the password and a code",
+        "removed: the password alone again",
+        "purged",
+    ] {
+        assert!(
+            text.contains(&format!("== {step}")),
+            "{step}: {}",
+            show_output(&out)
+        );
+    }
+    // The host never saw any of it.
+    let host_auth = fs::read_to_string("/etc/pam.d/common-auth").unwrap_or_default();
+    assert!(
+        !host_auth.contains("pam_crm2fa"),
+        "the host's PAM stack was changed"
+    );
+}
+
+#[test]
+fn the_rpm_holds_every_file_with_the_config_kept_on_upgrade() {
+    static RPM: OnceLock<PathBuf> = OnceLock::new();
+    let rpm = package("build-rpm.sh", &RPM);
+    let listing = run(Command::new("rpm").args(["-qlpv"]).arg(&rpm));
+    for (mode, path) in [
+        ("-rw-r--r--", "/usr/lib64/security/pam_crm2fa.so"),
+        ("-rwxr-xr-x", "/usr/sbin/crm2fa-admin"),
+        ("-rw-------", "/etc/crm2fa/crm2fa.toml"),
+        ("drwx------", "/var/lib/crm2fa"),
+        ("-rw-r--r--", "/usr/share/man/man8/pam_crm2fa.8.gz"),
+        ("-rw-r--r--", "/usr/share/zsh/site-functions/_crm2fa-admin"),
+    ] {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with(mode) && l.ends_with(path)),
+            "{mode} {path} in:\n{listing}"
+        );
+    }
+    assert!(!listing.contains("pam-configs"), "{listing}");
+    let config = run(Command::new("rpm").args(["-qp", "--configfiles"]).arg(&rpm));
+    assert_eq!(config.trim(), "/etc/crm2fa/crm2fa.toml");
+    let flags = run(Command::new("rpm")
+        .args([
+            "-qp",
+            "--queryformat",
+            "[%{FILENAMES} %{FILEFLAGS:fflags}\\n]",
+        ])
+        .arg(&rpm));
+    assert!(
+        flags
+            .lines()
+            .any(|l| l.starts_with("/etc/crm2fa/crm2fa.toml ") && l.contains('n')),
+        "the config is %config(noreplace): {flags}"
+    );
 }
