@@ -10,7 +10,9 @@
 //!   so test users exist for the module and the CLI without touching `/etc`.
 //!
 //! Logins run `pamtester SERVICE USER authenticate` with `LD_PRELOAD` of
-//! pam_wrapper and nss_wrapper, answers fed on stdin. The process's stdout
+//! pam_wrapper and nss_wrapper, answers fed on stdin; [`LoginOptions`] adds
+//! another operation, a wrapper command (`nsenter …`), libraries to preload
+//! first (libfaketime) and more environment. The process's stdout
 //! and stderr go to one file, unbuffered (libstdbuf), so the transcript
 //! ([`LoginResult::output`]) keeps the order in which prompts, messages and
 //! debug lines were written:
@@ -29,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
@@ -455,10 +458,41 @@ impl Drop for Permit {
     }
 }
 
+/// How [`Sandbox::spawn_login_opts`] and [`Sandbox::login_opts`] start
+/// pamtester; the default is what [`Sandbox::login`] does.
+#[derive(Clone, Debug)]
+pub struct LoginOptions {
+    /// pamtester's operation: `authenticate` (the default),
+    /// `authenticate(PAM_SILENT)`, …
+    pub operation: String,
+    /// A command pamtester runs under, e.g. `nsenter -t PID -m --`; it runs
+    /// as `WRAPPER… env … pamtester …`, so the wrapper itself gets the
+    /// test's environment and not the login's (nor `preload`). Its pid is
+    /// [`PendingLogin::pid`]: a wrapper that forks hides pamtester's.
+    pub wrapper: Vec<OsString>,
+    /// Libraries put first in pamtester's LD_PRELOAD (e.g. libfaketime),
+    /// before libstdbuf, pam_wrapper and nss_wrapper.
+    pub preload: Vec<String>,
+    /// More environment for pamtester, set after the harness's own.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for LoginOptions {
+    fn default() -> Self {
+        LoginOptions {
+            operation: "authenticate".to_string(),
+            wrapper: Vec::new(),
+            preload: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
 /// A started pamtester whose answers have not necessarily been sent yet.
 #[allow(missing_debug_implementations)]
 pub struct PendingLogin {
     user: String,
+    pid: u32,
     child: Option<Child>,
     stdin: Option<ChildStdin>,
     answers: Vec<u8>,
@@ -468,6 +502,13 @@ pub struct PendingLogin {
 }
 
 impl PendingLogin {
+    /// The pid of the process started: pamtester's, also under a wrapper
+    /// that execs it without forking (`env`, `nsenter -m`). Still the
+    /// login's after it ended, until [`PendingLogin::finish`] reaps it.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// The transcript so far.
     pub fn output_so_far(&self) -> String {
         read_all_at(&self.transcript)
@@ -559,7 +600,8 @@ impl Drop for PendingLogin {
     }
 }
 
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+/// Waits up to `timeout` for `child` to end; `None` if it is still running.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(1);
     loop {
@@ -857,8 +899,9 @@ impl Sandbox {
             .env("LC_ALL", "C.UTF-8");
     }
 
-    /// pam_wrapper and nss_wrapper, for pamtester; stdout unbuffered.
-    fn pam_env(&self, cmd: &mut Command) {
+    /// pam_wrapper and nss_wrapper, for pamtester, after the libraries
+    /// `preload`; stdout unbuffered.
+    fn pam_env(&self, cmd: &mut Command, preload: &[String]) {
         self.nss_env(cmd);
         // misc_conv prints PAM_TEXT_INFO with stdio on stdout, which is
         // fully buffered when it is not a terminal: unbuffer it with
@@ -866,14 +909,13 @@ impl Sandbox {
         // shows messages and prompts in the order they were sent. Not the
         // `stdbuf` program: pam_wrapper would set itself up in that process
         // too and leave its /tmp/pam.X directory behind at the exec.
-        let mut preload = String::new();
+        let mut libs = preload.to_vec();
         if let Some(stdbuf) = libstdbuf() {
-            preload.push_str(&stdbuf.display().to_string());
-            preload.push(' ');
+            libs.push(stdbuf.display().to_string());
             cmd.env("_STDBUF_O", "0");
         }
-        preload.push_str("libpam_wrapper.so libnss_wrapper.so");
-        cmd.env("LD_PRELOAD", preload)
+        libs.extend(["libpam_wrapper.so".into(), "libnss_wrapper.so".into()]);
+        cmd.env("LD_PRELOAD", libs.join(" "))
             .env("PAM_WRAPPER", "1")
             .env("PAM_WRAPPER_SERVICE_DIR", &self.service_dir);
     }
@@ -897,15 +939,18 @@ impl Sandbox {
 
     /// `crm2fa-admin --config <cfg> ARGS…` with no terminal.
     pub fn admin(&self, args: &[&str]) -> Output {
-        run_with_timeout(self.admin_command(args), "crm2fa-admin", args, b"")
+        run_with_timeout(
+            self.admin_command(args),
+            &format!("crm2fa-admin {args:?}"),
+            b"",
+        )
     }
 
     /// Like [`Sandbox::admin`], with `input` on standard input.
     pub fn admin_with_input(&self, args: &[&str], input: &str) -> Output {
         run_with_timeout(
             self.admin_command(args),
-            "crm2fa-admin",
-            args,
+            &format!("crm2fa-admin {args:?}"),
             input.as_bytes(),
         )
     }
@@ -941,7 +986,7 @@ impl Sandbox {
             cmd.env(format!("PROMPT_{i}"), prompt)
                 .env(format!("ANSWER_{i}"), answer);
         }
-        run_with_timeout(cmd, "expect crm2fa-admin", args, b"")
+        run_with_timeout(cmd, &format!("expect crm2fa-admin {args:?}"), b"")
     }
 
     /// The command [`Sandbox::admin`] runs, for a test that wires its
@@ -1040,20 +1085,36 @@ impl Sandbox {
     /// Returns once pamtester has printed something (normally the password
     /// prompt) or ended.
     pub fn spawn_login(&self, user: &str, answers: &[&str]) -> PendingLogin {
-        let permit = LIVE_PAMTESTERS.acquire(1).pop().expect("one permit");
-        self.spawn_login_with(user, "authenticate", answers, permit)
+        self.spawn_login_opts(user, answers, &LoginOptions::default())
     }
 
-    fn spawn_login_with(
+    /// Like [`Sandbox::spawn_login`], started as `opts` says.
+    pub fn spawn_login_opts(
         &self,
         user: &str,
-        operation: &str,
         answers: &[&str],
+        opts: &LoginOptions,
+    ) -> PendingLogin {
+        let permit = LIVE_PAMTESTERS.acquire(1).pop().expect("one permit");
+        self.start_login(user, answers, opts, permit)
+    }
+
+    fn start_login(
+        &self,
+        user: &str,
+        answers: &[&str],
+        opts: &LoginOptions,
         permit: Permit,
     ) -> PendingLogin {
-        let mut cmd = Command::new("pamtester");
-        cmd.args([SERVICE, user, operation]);
-        self.pam_env(&mut cmd);
+        let mut pamtester = Command::new("pamtester");
+        pamtester.args([SERVICE, user, &opts.operation]);
+        self.pam_env(&mut pamtester, &opts.preload);
+        pamtester.envs(opts.env.iter().map(|(k, v)| (k, v)));
+        let mut cmd = if opts.wrapper.is_empty() {
+            pamtester
+        } else {
+            under_wrapper(&opts.wrapper, &pamtester)
+        };
         let (transcript, out, err) = self.transcript_file();
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::from(out))
@@ -1071,9 +1132,12 @@ impl Sandbox {
         let startup = PAM_WRAPPER_STARTUP
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let mut child = cmd
-            .spawn()
-            .expect("run pamtester (is the pamtester package installed?)");
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "run {:?}: {e} (pamtester comes in the pamtester package)",
+                cmd.get_program()
+            )
+        });
         let stdin = child.stdin.take();
         let started = Instant::now();
         let deadline = started + PROCESS_TIMEOUT;
@@ -1089,6 +1153,7 @@ impl Sandbox {
         drop(startup);
         PendingLogin {
             user: user.to_string(),
+            pid: child.id(),
             child: Some(child),
             stdin,
             answers: answer_bytes,
@@ -1106,9 +1171,16 @@ impl Sandbox {
     /// Like [`Sandbox::login`] with pamtester's `operation`, e.g.
     /// `authenticate(PAM_SILENT)`.
     pub fn login_op(&self, user: &str, operation: &str, answers: &[&str]) -> LoginResult {
-        let permit = LIVE_PAMTESTERS.acquire(1).pop().expect("one permit");
-        self.spawn_login_with(user, operation, answers, permit)
-            .finish()
+        let opts = LoginOptions {
+            operation: operation.to_string(),
+            ..LoginOptions::default()
+        };
+        self.login_opts(user, answers, &opts)
+    }
+
+    /// Like [`Sandbox::login`], started as `opts` says.
+    pub fn login_opts(&self, user: &str, answers: &[&str], opts: &LoginOptions) -> LoginResult {
+        self.spawn_login_opts(user, answers, opts).finish()
     }
 
     /// Starts every login, waits until all of them sit at pam_matrix's
@@ -1117,12 +1189,13 @@ impl Sandbox {
     /// (in the order given).
     pub fn login_all_at_once(&self, logins: &[(&str, Vec<String>)]) -> Vec<LoginResult> {
         let permits = LIVE_PAMTESTERS.acquire(logins.len());
+        let opts = LoginOptions::default();
         let mut pending: Vec<PendingLogin> = logins
             .iter()
             .zip(permits)
             .map(|((user, answers), permit)| {
                 let answers: Vec<&str> = answers.iter().map(String::as_str).collect();
-                self.spawn_login_with(user, "authenticate", &answers, permit)
+                self.start_login(user, &answers, &opts, permit)
             })
             .collect();
         for p in &mut pending {
@@ -1133,6 +1206,36 @@ impl Sandbox {
         }
         pending.into_iter().map(PendingLogin::finish).collect()
     }
+}
+
+/// `cmd` run under `wrapper`: `WRAPPER… env [-u NAME]… [NAME=VALUE]…
+/// PROGRAM ARGS…`. The wrapper runs with the test's own environment; only
+/// `cmd`'s program gets `cmd`'s (its preloaded libraries in particular,
+/// which could break the wrapper).
+fn under_wrapper(wrapper: &[OsString], cmd: &Command) -> Command {
+    let (program, wrapper_args) = wrapper.split_first().expect("a wrapper command");
+    let mut wrapped = Command::new(program);
+    wrapped.args(wrapper_args).arg("env");
+    // `env` takes the variables it removes (`-u`) before those it sets.
+    let mut set = Vec::new();
+    for (name, value) in cmd.get_envs() {
+        match value {
+            None => {
+                wrapped.arg("-u").arg(name);
+            }
+            Some(value) => {
+                let mut assignment = name.to_os_string();
+                assignment.push("=");
+                assignment.push(value);
+                set.push(assignment);
+            }
+        }
+    }
+    wrapped
+        .args(set)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    wrapped
 }
 
 /// The id for a new supplementary group (primary groups take the uid,
@@ -1205,7 +1308,14 @@ pub fn write_bytes(path: &Path, bytes: &[u8], mode: u32) {
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
-fn run_with_timeout(mut cmd: Command, what: &str, args: &[&str], input: &[u8]) -> Output {
+/// Runs `cmd` to its end with no standard input and returns its output;
+/// panics (after killing it) if it runs as long as the bound of every
+/// process the harness starts. `what` names it in messages.
+pub fn run_command(cmd: Command, what: &str) -> Output {
+    run_with_timeout(cmd, what, b"")
+}
+
+fn run_with_timeout(mut cmd: Command, what: &str, input: &[u8]) -> Output {
     let mut out = tempfile::tempfile().expect("tempfile");
     let mut err = tempfile::tempfile().expect("tempfile");
     let stdin = if input.is_empty() {
@@ -1223,7 +1333,7 @@ fn run_with_timeout(mut cmd: Command, what: &str, args: &[&str], input: &[u8]) -
     let status = wait_timeout(&mut child, PROCESS_TIMEOUT).unwrap_or_else(|| {
         let _ = child.kill();
         let _ = child.wait();
-        panic!("{what} {args:?} hung for {PROCESS_TIMEOUT:?}")
+        panic!("{what} hung for {PROCESS_TIMEOUT:?}")
     });
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();

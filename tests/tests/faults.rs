@@ -5,19 +5,17 @@
 //! fails closed (or works) for the right reason, says why in its log, and
 //! leaves the store consistent: a code is consumed entirely or not at all.
 //!
-//! Some logins here need more than [`Sandbox::login`] offers (a private
-//! mount namespace, libfaketime): [`login_with`] starts pamtester the way
-//! the harness does, behind a wrapper command and with extra libraries.
+//! Some logins run in a private mount namespace (`nsenter` as the wrapper)
+//! or with libfaketime preloaded: [`Sandbox::login_opts`] with
+//! [`LoginOptions`].
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
-use std::sync::Mutex;
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -39,177 +37,6 @@ fn s(p: &Path) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Logins started here
-
-/// Serialises the start of the pamtesters this file starts itself, as the
-/// harness does for its own: two pam_wrapper processes initialising at the
-/// same moment may pick the same /tmp/pam.X directory. (pam_wrapper starts
-/// its search at a name taken from the pid, so a clash with a harness
-/// login starting at the very same instant is unlikely.)
-static STARTUP: Mutex<()> = Mutex::new(());
-
-/// coreutils' libstdbuf.so, to unbuffer pamtester's stdout (as the harness).
-fn libstdbuf() -> Option<PathBuf> {
-    [
-        "/usr/libexec/coreutils/libstdbuf.so",
-        "/usr/lib/coreutils/libstdbuf.so",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.is_file())
-}
-
-/// `pamtester SERVICE USER authenticate` with the harness's environment
-/// (nss_wrapper, pam_wrapper on the sandbox's service directory), started
-/// as `WRAPPER… env … pamtester …` so that `wrapper` (e.g. `nsenter`) runs
-/// without the preloaded libraries; `preload` comes first in LD_PRELOAD
-/// and `extra_env` is added. Answers are fed on stdin, one per line.
-fn login_with(
-    sb: &Sandbox,
-    wrapper: &[&OsStr],
-    preload: &[&str],
-    extra_env: &[(&str, &str)],
-    user: &str,
-    answers: &[&str],
-) -> LoginResult {
-    let mut args: Vec<OsString> = wrapper.iter().map(|a| a.to_os_string()).collect();
-    args.push("env".into());
-    // The CLI's environment is the harness's nss_wrapper set-up: `env`
-    // takes the variables it removes (`-u`) before those it sets.
-    let reference = sb.admin_command(&[]);
-    let mut set = Vec::new();
-    for (name, value) in reference.get_envs() {
-        match value {
-            None => {
-                args.push("-u".into());
-                args.push(name.to_os_string());
-            }
-            Some(_) if name == "LD_PRELOAD" => {}
-            Some(v) => {
-                let mut kv = name.to_os_string();
-                kv.push("=");
-                kv.push(v);
-                set.push(kv);
-            }
-        }
-    }
-    args.extend(set);
-    let mut libs: Vec<String> = preload.iter().map(|p| p.to_string()).collect();
-    if let Some(stdbuf) = libstdbuf() {
-        libs.push(s(&stdbuf));
-        args.push("_STDBUF_O=0".into());
-    }
-    libs.extend(["libpam_wrapper.so".into(), "libnss_wrapper.so".into()]);
-    args.push(format!("LD_PRELOAD={}", libs.join(" ")).into());
-    args.push("PAM_WRAPPER=1".into());
-    let mut dir = OsString::from("PAM_WRAPPER_SERVICE_DIR=");
-    dir.push(&sb.service_dir);
-    args.push(dir);
-    for (k, v) in extra_env {
-        args.push(format!("{k}={v}").into());
-    }
-    args.extend(["pamtester", SERVICE, user, "authenticate"].map(OsString::from));
-
-    let mut input = Vec::new();
-    for a in answers {
-        input.extend_from_slice(a.as_bytes());
-        input.push(b'\n');
-    }
-    let transcript = tempfile::tempfile().expect("transcript file");
-    let mut cmd = Command::new(&args[0]);
-    cmd.args(&args[1..])
-        .stdin(Stdio::from(file_with(&input)))
-        .stdout(Stdio::from(transcript.try_clone().expect("dup")))
-        .stderr(Stdio::from(transcript.try_clone().expect("dup")));
-    let startup = STARTUP.lock().unwrap_or_else(|e| e.into_inner());
-    let started = Instant::now();
-    let mut child = cmd.spawn().expect("start pamtester");
-    // Until pamtester has shown something (pam_start is done) or ended.
-    while transcript.metadata().map(|m| m.len() == 0).unwrap_or(true)
-        && child.try_wait().expect("try_wait").is_none()
-        && started.elapsed() < HANG
-    {
-        thread::sleep(Duration::from_millis(1));
-    }
-    drop(startup);
-    let status = wait_or_kill(&mut child, HANG, "pamtester");
-    let output = read_file(&transcript);
-    let result = LoginResult {
-        user: user.to_string(),
-        status,
-        success: status.success(),
-        prompts_seen: output.matches(CODE_PROMPT).count(),
-        output,
-        elapsed: started.elapsed(),
-    };
-    if std::env::var_os("CRM2FA_TEST_VERBOSE").is_some() {
-        eprintln!("{result}");
-    }
-    result
-}
-
-/// An unnamed file holding `bytes`, positioned at its start (for stdin).
-fn file_with(bytes: &[u8]) -> fs::File {
-    let mut f = tempfile::tempfile().expect("tempfile");
-    f.write_all(bytes).expect("write");
-    f.seek(SeekFrom::Start(0)).expect("seek");
-    f
-}
-
-fn read_file(f: &fs::File) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = f
-            .read_at(&mut chunk, buf.len() as u64)
-            .expect("read transcript");
-        if n == 0 {
-            return String::from_utf8_lossy(&buf).into_owned();
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// Waits up to `timeout` for `child` to end.
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// Waits for `child`; kills it and panics if it runs longer than `timeout`.
-fn wait_or_kill(child: &mut Child, timeout: Duration, what: &str) -> ExitStatus {
-    wait_timeout(child, timeout).unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{what} hung for {timeout:?}")
-    })
-}
-
-/// Runs `cmd` to the end (no stdin), with the hang bound.
-fn run(mut cmd: Command, what: &str) -> Output {
-    let out = tempfile::tempfile().expect("tempfile");
-    let err = tempfile::tempfile().expect("tempfile");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(out.try_clone().expect("dup")))
-        .stderr(Stdio::from(err.try_clone().expect("dup")));
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {what}: {e}"));
-    let status = wait_or_kill(&mut child, HANG, what);
-    Output {
-        status,
-        stdout: read_file(&out).into_bytes(),
-        stderr: read_file(&err).into_bytes(),
-    }
-}
-
-// ---------------------------------------------------------------------------
 // The store, seen from outside
 
 /// A sibling of the store: `-wal`, `-shm`.
@@ -223,17 +50,17 @@ fn side_file(db: &Path, suffix: &str) -> PathBuf {
 /// connection neither writes nor checkpoints, so the files stay as the
 /// module left them). `prefix` runs it elsewhere (`nsenter …`).
 #[track_caller]
-fn assert_integrity_ok(prefix: &[&OsStr], db: &Path) {
-    let mut args: Vec<&OsStr> = prefix.to_vec();
+fn assert_integrity_ok(prefix: &[OsString], db: &Path) {
+    let mut args = prefix.to_vec();
     args.extend([
-        OsStr::new("sqlite3"),
-        OsStr::new("-readonly"),
-        db.as_os_str(),
-        OsStr::new("PRAGMA integrity_check;"),
+        "sqlite3".into(),
+        "-readonly".into(),
+        db.into(),
+        "PRAGMA integrity_check;".into(),
     ]);
-    let mut cmd = Command::new(args[0]);
+    let mut cmd = Command::new(&args[0]);
     cmd.args(&args[1..]);
-    let out = run(cmd, "sqlite3 integrity_check");
+    let out = run_command(cmd, "sqlite3 integrity_check");
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
         "integrity check of {}:\n{}",
@@ -246,7 +73,7 @@ fn assert_integrity_ok(prefix: &[&OsStr], db: &Path) {
 fn sqlite3(db: &Path, sql: &str) -> String {
     let mut cmd = Command::new("sqlite3");
     cmd.arg(db).arg(sql);
-    let out = run(cmd, "sqlite3");
+    let out = run_command(cmd, "sqlite3");
     assert!(
         out.status.success(),
         "sqlite3 {sql:?}:\n{}",
@@ -323,10 +150,10 @@ impl MountNamespace {
     }
 
     /// `nsenter` into the namespace: put in front of a command.
-    fn enter(&self) -> Vec<&OsStr> {
+    fn enter(&self) -> Vec<OsString> {
         ["nsenter", "-t", &self.pid, "-m", "--"]
             .into_iter()
-            .map(OsStr::new)
+            .map(OsString::from)
             .collect()
     }
 
@@ -334,7 +161,7 @@ impl MountNamespace {
     fn sh(&self, script: &str) -> Output {
         let mut cmd = Command::new("nsenter");
         cmd.args(["-t", &self.pid, "-m", "--", "sh", "-c", script]);
-        run(cmd, "sh in the mount namespace")
+        run_command(cmd, "sh in the mount namespace")
     }
 
     /// Like [`MountNamespace::sh`], panicking unless it exits 0.
@@ -398,7 +225,11 @@ fn a_full_disk_denies_the_login_says_why_and_consumes_no_code() {
 
     wait_for_step_margin(Duration::from_secs(5));
     let code = totp(&e.secret, 0);
-    let r = login_with(&sb, &ns.enter(), &[], &[], "alice", &[PW, &code]);
+    let in_ns = LoginOptions {
+        wrapper: ns.enter(),
+        ..LoginOptions::default()
+    };
+    let r = sb.login_opts("alice", &[PW, &code], &in_ns);
     r.assert_denied();
     assert_eq!(r.pam_result(), PamResult::AuthinfoUnavail, "{r}");
     assert_eq!(
@@ -420,59 +251,19 @@ fn a_full_disk_denies_the_login_says_why_and_consumes_no_code() {
 
     // Room again: the same code works, so the failed login consumed nothing.
     ns.sh_ok(&format!("rm '{}/filler'", s(&full)));
-    login_with(&sb, &ns.enter(), &[], &[], "alice", &[PW, &code]).assert_success();
+    sb.login_opts("alice", &[PW, &code], &in_ns)
+        .assert_success();
     assert_integrity_ok(&ns.enter(), &db);
 }
 
 // ---------------------------------------------------------------------------
 // 2. A login process killed with SIGKILL
 
-/// The pid of the pamtester this test process started for `sb` (its one
-/// live login): a child of ours whose pam_wrapper service directory is
-/// the sandbox's.
-fn pamtester_pid(sb: &Sandbox) -> u32 {
-    let me = std::process::id();
-    let mut wanted = b"PAM_WRAPPER_SERVICE_DIR=".to_vec();
-    wanted.extend_from_slice(sb.service_dir.as_os_str().as_bytes());
-    let mut found = vec![];
-    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // "PID (COMM) STATE PPID …"; COMM may hold spaces and parentheses.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = &stat[open + 1..close];
-        let ppid = stat[close + 1..].split_whitespace().nth(1);
-        if comm != "pamtester" || ppid != Some(&me.to_string()) {
-            continue;
-        }
-        let environ = fs::read(entry.path().join("environ")).unwrap_or_default();
-        if environ.split(|b| *b == 0).any(|v| v == wanted.as_slice()) {
-            found.push(pid);
-        }
-    }
-    assert_eq!(
-        found.len(),
-        1,
-        "pamtester processes of this sandbox: {found:?}"
-    );
-    found[0]
-}
-
 /// SIGKILL, as the OOM killer or an impatient `kill -9` sends it.
 fn sigkill(pid: u32) {
     let mut kill = Command::new("kill");
     kill.args(["-KILL", &pid.to_string()]);
-    let out = run(kill, "kill");
+    let out = run_command(kill, "kill");
     // A process that already ended is a zombie until reaped: kill succeeds.
     assert!(
         out.status.success(),
@@ -584,7 +375,7 @@ fn a_login_killed_at_the_code_prompt_leaves_no_lock_and_its_code_usable() {
     // The login waits at the prompt, its answer not yet sent.
     let mut p = sb.spawn_login("alice", &[&code]);
     p.wait_for(CODE_PROMPT, HANG);
-    let pid = pamtester_pid(&sb);
+    let pid = p.pid();
     sigkill(pid);
     let killed = p.finish();
     remove_pam_wrapper_dir_of(pid);
@@ -631,7 +422,7 @@ fn a_login_killed_during_its_write_consumes_its_code_entirely_or_not_at_all() {
     for code in &codes[1..=KILLS] {
         let mut p = sb.spawn_login("alice", &[code]);
         p.wait_for(CODE_PROMPT, HANG);
-        let pid = pamtester_pid(&sb);
+        let pid = p.pid();
         let offset = rng.below(2 * jitter.as_micros() as u64);
         let delay = (centre + Duration::from_micros(offset)).saturating_sub(jitter);
         p.send_answers();
@@ -731,7 +522,9 @@ impl WriteLock {
         if let Some(mut stdin) = self.stdin.take() {
             stdin.write_all(b"ROLLBACK;\n").expect("write to sqlite3");
         }
-        let status = wait_or_kill(&mut self.shell, HANG, "sqlite3");
+        // A hang panics; the drop then kills the shell.
+        let status = wait_timeout(&mut self.shell, HANG)
+            .unwrap_or_else(|| panic!("sqlite3 hung for {HANG:?}"));
         assert!(status.success(), "sqlite3 ended with {status}");
     }
 }
@@ -973,18 +766,15 @@ fn login_in_the_past(sb: &Sandbox, back: u64, user: &str, answers: &[&str]) -> L
         Path::new(LIBFAKETIME).is_file(),
         "{LIBFAKETIME} is missing: apt-get install faketime"
     );
-    let offset = format!("-{back}");
-    login_with(
-        sb,
-        &[],
-        &[LIBFAKETIME],
-        &[
-            ("FAKETIME", offset.as_str()),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    let opts = LoginOptions {
+        preload: vec![LIBFAKETIME.to_string()],
+        env: vec![
+            ("FAKETIME".to_string(), format!("-{back}")),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
         ],
-        user,
-        answers,
-    )
+        ..LoginOptions::default()
+    };
+    sb.login_opts(user, answers, &opts)
 }
 
 #[test]
