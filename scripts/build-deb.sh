@@ -1,30 +1,16 @@
 #!/usr/bin/env bash
 # make deb: stage `make install-files` into a directory, add the Debian
 # metadata of packaging/deb, and build the package with dpkg-deb.
-# Env: PROFILE (release), TARGET_DIR (target or CARGO_TARGET_DIR),
-#      PKG_DIR (where the package and its work files go; TARGET_DIR).
+# Env: see package-lib.sh.
 # Prints the path of the .deb.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
-PROFILE=${PROFILE:-release}
-TARGET_DIR=$(realpath -m "${TARGET_DIR:-${CARGO_TARGET_DIR:-target}}")
-VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+source "$(dirname "${BASH_SOURCE[0]}")/package-lib.sh"
 ARCH=$(dpkg --print-architecture)
-PKG_DIR=$(realpath -m "${PKG_DIR:-$TARGET_DIR}")
 WORK=$PKG_DIR/deb
 STAGE=$WORK/crm2fa_${VERSION}_${ARCH}
 DEB=$PKG_DIR/crm2fa_${VERSION}_${ARCH}.deb
 
-rm -rf "$STAGE"
-mkdir -p "$STAGE"
-make -s install-files PREFIX=/usr DESTDIR="$STAGE" PROFILE="$PROFILE" \
-  TARGET_DIR="$TARGET_DIR" DOCS="$WORK/docs" >/dev/null
-
-# Debian wants stripped objects, compressed man pages and a doc directory.
-strip --strip-unneeded --remove-section=.comment --remove-section=.note \
-  "$STAGE"/usr/lib/*/security/pam_crm2fa.so "$STAGE"/usr/sbin/crm2fa-admin
-gzip -9n "$STAGE"/usr/share/man/man*/*
+stage "$STAGE"
 DOC=$STAGE/usr/share/doc/crm2fa
 install -d -m 0755 "$DOC"
 install -m 0644 packaging/deb/copyright "$DOC/copyright"

@@ -341,6 +341,23 @@ impl LoginResult {
         self.status.code().is_some()
     }
 
+    /// Panics unless the login was denied as a configuration or store
+    /// error (PAM_AUTHINFO_UNAVAIL) with a module log line holding every
+    /// one of `needles`.
+    #[track_caller]
+    pub fn assert_unavailable_naming(&self, needles: &[&str]) {
+        self.assert_denied();
+        assert_eq!(
+            self.pam_result(),
+            PamResult::AuthinfoUnavail,
+            "config/store errors map to PAM_AUTHINFO_UNAVAIL:\n{self}"
+        );
+        assert!(
+            !self.debug_lines_with(needles).is_empty(),
+            "expected a pam_crm2fa log line containing {needles:?}:\n{self}"
+        );
+    }
+
     /// Panics, showing the transcript, unless the login succeeded.
     #[track_caller]
     pub fn assert_success(&self) -> &Self {
@@ -1023,6 +1040,15 @@ impl Sandbox {
                 show_output(&out)
             )
         })
+    }
+
+    /// A sandbox with the config `sections` and one active user `user`
+    /// with `password`; returns it and the enrolment.
+    pub fn with_active_user(sections: &str, user: &str, password: &str) -> (Sandbox, Enrolled) {
+        let sb = Sandbox::with_config(sections);
+        sb.add_user(user, password);
+        let e = sb.enroll_active(user);
+        (sb, e)
     }
 
     /// `enroll USER --no-qr`: a pending enrolment; returns the secret.

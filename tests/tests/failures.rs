@@ -12,24 +12,8 @@ const PW: &str = "correct horse";
 
 /// A sandbox with one active user, `alice`; returns it and her secret.
 fn sandbox_with_alice(sections: &str) -> (Sandbox, String) {
-    let sb = Sandbox::with_config(sections);
-    sb.add_user("alice", PW);
-    let e = sb.enroll_active("alice");
+    let (sb, e) = Sandbox::with_active_user(sections, "alice", PW);
     (sb, e.secret)
-}
-
-#[track_caller]
-fn assert_denied_naming(r: &LoginResult, needles: &[&str]) {
-    r.assert_denied();
-    assert_eq!(
-        r.pam_result(),
-        PamResult::AuthinfoUnavail,
-        "config/store errors map to PAM_AUTHINFO_UNAVAIL:\n{r}"
-    );
-    assert!(
-        !r.debug_lines_with(needles).is_empty(),
-        "expected a pam_crm2fa log line containing {needles:?}:\n{r}"
-    );
 }
 
 fn s(p: &Path) -> String {
@@ -46,7 +30,7 @@ fn missing_config_file_denies_login_and_names_the_path() {
     ]);
 
     let r = sb.login("alice", &[PW, &totp(&secret, 0)]);
-    assert_denied_naming(&r, &[&s(&missing)]);
+    r.assert_unavailable_naming(&[&s(&missing)]);
 }
 
 #[test]
@@ -61,7 +45,7 @@ fn config_path_that_is_a_directory_denies_login_and_names_the_path() {
     ]);
 
     let r = sb.login("alice", &[PW, &totp(&secret, 0)]);
-    assert_denied_naming(&r, &[&s(&dir)]);
+    r.assert_unavailable_naming(&[&s(&dir)]);
 }
 
 #[test]
@@ -70,7 +54,7 @@ fn config_with_syntax_error_denies_login_and_names_the_file() {
     sb.write_config(&config_text("[policy\nenforce = \"opt-in\"\n"));
 
     let r = sb.login("alice", &[PW, &totp(&secret, 0)]);
-    assert_denied_naming(&r, &[&s(&sb.cfg)]);
+    r.assert_unavailable_naming(&[&s(&sb.cfg)]);
 }
 
 #[test]
@@ -81,7 +65,7 @@ fn config_with_unknown_key_denies_login_and_names_the_key() {
     ));
 
     let r = sb.login("alice", &[PW, &totp(&secret, 0)]);
-    assert_denied_naming(&r, &[&s(&sb.cfg), "enforcement"]);
+    r.assert_unavailable_naming(&[&s(&sb.cfg), "enforcement"]);
 }
 
 #[test]
@@ -92,7 +76,7 @@ fn config_with_invalid_value_denies_login_even_with_failmode_safe() {
     ));
 
     let r = sb.login("alice", &[PW, &totp(&secret, 0)]);
-    assert_denied_naming(&r, &[&s(&sb.cfg), "digits"]);
+    r.assert_unavailable_naming(&[&s(&sb.cfg), "digits"]);
 }
 
 #[test]
@@ -103,7 +87,7 @@ fn missing_store_file_denies_login_and_names_the_path() {
     remove_store(&sb);
 
     let r = sb.login("alice", &[PW, &totp(&secret, 0)]);
-    assert_denied_naming(&r, &[&s(&sb.store_path())]);
+    r.assert_unavailable_naming(&[&s(&sb.store_path())]);
     assert!(
         !sb.store_path().exists(),
         "a login must not create the store"
@@ -120,7 +104,7 @@ fn corrupt_store_file_denies_login_and_names_the_path() {
     write_bytes(&sb.store_path(), &garbage, 0o600);
 
     let r = sb.login("alice", &[PW, &totp(&secret, 0)]);
-    assert_denied_naming(&r, &[&s(&sb.store_path())]);
+    r.assert_unavailable_naming(&[&s(&sb.store_path())]);
 }
 
 #[test]
@@ -146,7 +130,7 @@ fn group_writable_config_is_refused() {
     fs::set_permissions(&sb.cfg, fs::Permissions::from_mode(0o620)).unwrap();
 
     let r = sb.login("alice", &[PW, &totp(&secret, 0)]);
-    assert_denied_naming(&r, &[&s(&sb.cfg)]);
+    r.assert_unavailable_naming(&[&s(&sb.cfg)]);
 }
 
 #[test]
@@ -155,7 +139,7 @@ fn key_file_readable_by_others_is_refused() {
     fs::set_permissions(sb.key_path(), fs::Permissions::from_mode(0o604)).unwrap();
 
     let r = sb.login("alice", &[PW, &totp(&secret, 0)]);
-    assert_denied_naming(&r, &[&s(&sb.key_path())]);
+    r.assert_unavailable_naming(&[&s(&sb.key_path())]);
 }
 
 #[test]
@@ -164,7 +148,7 @@ fn store_not_owned_by_root_is_refused() {
     chown(sb.store_path(), Some(20_000), None).unwrap();
 
     let r = sb.login("alice", &[PW, &totp(&secret, 0)]);
-    assert_denied_naming(&r, &[&s(&sb.store_path())]);
+    r.assert_unavailable_naming(&[&s(&sb.store_path())]);
 }
 
 /// Removes the store and its WAL/SHM companions.

@@ -605,21 +605,8 @@ fn a_write_lock_held_past_the_busy_timeout_denies_the_login_under_either_failmod
 
 /// A sandbox with one active user, `alice`; returns it and her secret.
 fn sandbox_with_alice() -> (Sandbox, String) {
-    let sb = Sandbox::new();
-    sb.add_user("alice", PW);
-    let e = sb.enroll_active("alice");
+    let (sb, e) = Sandbox::with_active_user(OPT_IN, "alice", PW);
     (sb, e.secret)
-}
-
-/// Denied as a config/store error, with a log line holding every needle.
-#[track_caller]
-fn assert_denied_naming(r: &LoginResult, needles: &[&str]) {
-    r.assert_denied();
-    assert_eq!(r.pam_result(), PamResult::AuthinfoUnavail, "{r}");
-    assert!(
-        !r.debug_lines_with(needles).is_empty(),
-        "expected a pam_crm2fa log line containing {needles:?}:\n{r}"
-    );
 }
 
 /// `doctor` exits 1 with a PROBLEM line of the check `check` (any check
@@ -666,7 +653,7 @@ fn a_truncated_store_denies_the_login_and_doctor_names_it_with_a_fix() {
         .unwrap();
 
     let r = sb.login("alice", &[PW, &totp(&secret, 0)]);
-    assert_denied_naming(&r, &[&s(&db)]);
+    r.assert_unavailable_naming(&[&s(&db)]);
     assert_doctor_names(&sb, "store", &db);
 }
 
@@ -695,7 +682,7 @@ fn a_store_with_a_damaged_page_denies_the_login_and_doctor_names_it_with_a_fix()
         .unwrap();
 
     let r = sb.login("alice", &[PW, &totp(&secret, 0)]);
-    assert_denied_naming(&r, &[&s(&db)]);
+    r.assert_unavailable_naming(&[&s(&db)]);
     assert_doctor_names(&sb, "store", &db);
 }
 
@@ -708,7 +695,7 @@ fn a_key_file_replaced_by_another_key_denies_the_login_and_doctor_names_it() {
 
     let r = sb.login("alice", &[PW, &totp(&secret, 0)]);
     assert_eq!(r.prompts_seen, 0, "{r}");
-    assert_denied_naming(&r, &[&s(&sb.key_path())]);
+    r.assert_unavailable_naming(&[&s(&sb.key_path())]);
     // Whichever check notices (the key file, the secrets it opens).
     assert_doctor_names(&sb, "", &sb.key_path());
 }
@@ -720,7 +707,7 @@ fn a_key_file_holding_garbage_denies_the_login_and_doctor_names_it_with_a_fix() 
 
     let r = sb.login("alice", &[PW, &totp(&secret, 0)]);
     assert_eq!(r.prompts_seen, 0, "{r}");
-    assert_denied_naming(&r, &[&s(&sb.key_path())]);
+    r.assert_unavailable_naming(&[&s(&sb.key_path())]);
     assert_doctor_names(&sb, "key file", &sb.key_path());
 }
 
@@ -734,7 +721,7 @@ fn a_config_that_is_not_utf8_denies_the_login_and_doctor_gives_a_fix_that_works(
 
     let r = sb.login("alice", &[PW, &totp(&secret, 0)]);
     assert_eq!(r.prompts_seen, 0, "{r}");
-    assert_denied_naming(&r, &[&s(&sb.cfg)]);
+    r.assert_unavailable_naming(&[&s(&sb.cfg)]);
     let fix = assert_doctor_names(&sb, "config", &sb.cfg);
     // `init` keeps an existing config: it cannot be the fix for this one.
     if fix.contains("crm2fa-admin init") {
