@@ -135,7 +135,14 @@ pub fn check_parent_dirs(path: &Path) -> Result<()> {
 pub fn create_private_file(path: &Path, contents: &[u8]) -> Result<()> {
     let mut f = open_private_new(path)?;
     f.write_all(contents).map_err(|e| Error::io(path, e))?;
-    f.sync_all().map_err(|e| Error::io(path, e))
+    f.sync_all().map_err(|e| Error::io(path, e))?;
+    // The new name must survive a power cut too.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(dir, e))?;
+    }
+    Ok(())
 }
 
 /// Open a new file with mode 0600; an existing file is an error.

@@ -185,6 +185,21 @@ impl UserRecord {
         self.state == TotpState::Active
     }
 
+    /// The record as a login's success at `now` with `factor` leaves it: a
+    /// TOTP code activates a pending enrolment, a backup code is used up,
+    /// the lock counters are cleared.
+    pub fn after_success(&self, factor: Factor, now: i64) -> UserRecord {
+        let mut r = self.clone();
+        match factor {
+            Factor::Totp => r.state = TotpState::Active,
+            Factor::Backup => r.unused_backup_codes = r.unused_backup_codes.saturating_sub(1),
+            Factor::Recovery => {}
+        }
+        r.lock = LockState::default();
+        r.last_success = Some(now);
+        r
+    }
+
     /// Backup codes a login would accept.
     pub fn backup_codes_left(&self) -> u32 {
         if self.backup_codes_usable() {

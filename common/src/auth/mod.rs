@@ -316,8 +316,7 @@ pub fn authenticate(
 fn steps(l: &mut Login<'_>) -> Result<Outcome, Error> {
     let (cfg, req) = (l.ops.cfg, l.req);
     let user = req.user.as_str();
-    let record = l.ops.store.user(user)?;
-    let has_recovery = l.ops.store.has_valid_recovery(user, req.now())?;
+    let (record, has_recovery) = l.ops.store.user_and_recovery(user, req.now())?;
     let decision = l.ops.decide_with(user, record.as_ref(), has_recovery)?;
     if !decision.ask {
         return Ok(l.let_through(Fact::NotRequired {

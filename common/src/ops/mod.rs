@@ -67,8 +67,7 @@ impl Ops<'_> {
 
     /// The policy's decision for `user` at `now`, as the login makes it.
     pub fn decide(&mut self, user: &str, now: i64) -> Result<Decision> {
-        let record = self.store.user(user)?;
-        let has_recovery = self.store.has_valid_recovery(user, now)?;
+        let (record, has_recovery) = self.store.user_and_recovery(user, now)?;
         self.decide_with(user, record.as_ref(), has_recovery)
     }
 

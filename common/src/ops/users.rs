@@ -61,8 +61,7 @@ impl Status {
 impl Ops<'_> {
     /// The status of one user.
     pub fn status(&mut self, user: &str, now: i64) -> Result<Status> {
-        let record = self.store.user(user)?;
-        let has_recovery = self.store.has_valid_recovery(user, now)?;
+        let (record, has_recovery) = self.store.user_and_recovery(user, now)?;
         Ok(Status::of(
             user,
             record.as_ref(),

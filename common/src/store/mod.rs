@@ -112,7 +112,7 @@ pub trait Tx {
         now: i64,
     ) -> Result<bool>;
 
-    /// Note a successful code at `now`.
+    /// Note a successful code at `now`, and clear the lock counters.
     fn record_success(&mut self, name: &str, now: i64) -> Result<()>;
 
     /// Accept TOTP step `totp.step` of the secret `totp.sealed_secret`:
@@ -301,6 +301,20 @@ impl dyn Store + '_ {
         self.read(|tx| tx.users())
     }
 
+    /// One user, if the store knows them, and whether they hold an unused,
+    /// unexpired recovery code: what a login reads first, in one read.
+    pub fn user_and_recovery(
+        &mut self,
+        name: &str,
+        now: i64,
+    ) -> Result<(Option<UserRecord>, bool)> {
+        self.read(|tx| {
+            let user = tx.user(name)?;
+            let recovery = !tx.unused_codes(CodeKind::Recovery, name, now)?.is_empty();
+            Ok((user, recovery))
+        })
+    }
+
     /// Does the user hold an unused, unexpired recovery code?
     pub fn has_valid_recovery(&mut self, name: &str, now: i64) -> Result<bool> {
         self.read(|tx| Ok(!tx.unused_codes(CodeKind::Recovery, name, now)?.is_empty()))
@@ -412,16 +426,13 @@ impl dyn Store + '_ {
                     }
                     match consume_first_match(tx, &user, candidate, now)? {
                         Some((factor, activated_codes)) => {
-                            tx.update_lock(name, None, &LockState::default(), now)?;
                             tx.record_success(name, now)?;
-                            let left = tx
-                                .user(name)?
-                                .map(|u| u.backup_codes_left())
-                                .unwrap_or_default();
                             Verdict::Accepted {
                                 factor,
                                 activated_codes,
-                                backup_codes_left: left,
+                                backup_codes_left: user
+                                    .after_success(factor, now)
+                                    .backup_codes_left(),
                             }
                         }
                         None => Verdict::Rejected {

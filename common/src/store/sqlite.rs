@@ -25,6 +25,29 @@ const WAL_TRUNCATE_BYTES: u64 = 256 * 1024;
 /// How long a transaction waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often a waiting transaction tries the write lock again: a login
+/// holds it a millisecond or two (SQLite's own handler sleeps up to 25 ms
+/// between tries, so waiters queued far longer than the lock was held).
+const BUSY_POLL: Duration = Duration::from_micros(250);
+
+/// SQLite's busy handler: called with the number of tries so far of one
+/// wait for the lock; waits [`BUSY_POLL`] and tries again, until
+/// [`BUSY_TIMEOUT`] has passed since the first try.
+fn busy() -> impl FnMut(i32) -> bool + Send + 'static {
+    let mut since = std::time::Instant::now();
+    move |tries| {
+        let now = std::time::Instant::now();
+        if tries == 0 {
+            since = now;
+        }
+        if now.duration_since(since) >= BUSY_TIMEOUT {
+            return false;
+        }
+        std::thread::sleep(BUSY_POLL);
+        true
+    }
+}
+
 /// Schema version this build reads and writes.
 pub const SCHEMA_VERSION: i64 = 2;
 
@@ -95,6 +118,11 @@ pub struct SqliteStore {
     location: String,
     /// The `synchronous` level the connection is set to, if known.
     durability: Option<Durability>,
+    /// The `-wal` file did not exist when the store was opened: the first
+    /// commit creates it, and then its directory entry is synced (SQLite is
+    /// built without its own directory syncs, which cost a second fsync at
+    /// every login).
+    wal_created: bool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -120,12 +148,16 @@ impl SqliteStore {
             true => {}
             false => return Err(Error::StoreMissing { path: path.into() }),
         }
+        let mut wal_present = false;
         for suffix in ["-wal", "-shm"] {
             let mut side = path.as_os_str().to_owned();
             side.push(suffix);
-            fsperm::check_if_present(Path::new(&side), Secrecy::OwnerOnly)?;
+            let present = fsperm::check_if_present(Path::new(&side), Secrecy::OwnerOnly)?;
+            wal_present |= suffix == "-wal" && present;
         }
-        SqliteStore::connect(path)
+        let mut store = SqliteStore::connect(path)?;
+        store.wal_created = !wal_present;
+        Ok(store)
     }
 
     /// Create the store if missing (mode 0600 before SQLite sees it, so the
@@ -143,14 +175,14 @@ impl SqliteStore {
     fn connect(path: &Path) -> Result<SqliteStore> {
         let location = path.display().to_string();
         let err = |e: rusqlite::Error| Error::store(location.clone(), e);
-        let conn = Connection::open_with_flags(
+        let mut conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX
                 | OpenFlags::SQLITE_OPEN_NOFOLLOW,
         )
         .map_err(err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        conn.busy_handler(Some(busy())).map_err(err)?;
         // One process per login: do not checkpoint and delete the WAL at every
         // close; let it grow to a bound and be truncated past it instead.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
@@ -159,6 +191,7 @@ impl SqliteStore {
             "PRAGMA journal_mode = WAL;
              PRAGMA foreign_keys = ON;
              PRAGMA temp_store = MEMORY;
+             PRAGMA synchronous = FULL;
              PRAGMA journal_size_limit = 262144;",
         )
         .map_err(err)?;
@@ -166,7 +199,8 @@ impl SqliteStore {
             conn,
             path: path.into(),
             location,
-            durability: None,
+            durability: Some(Durability::Full),
+            wal_created: false,
         };
         store.migrate()?;
         Ok(store)
@@ -199,11 +233,22 @@ impl SqliteStore {
         .map(|v| v.unwrap_or(0))
     }
 
+    /// The schema version in the file header (`user_version`): one read of
+    /// a page the open has read anyway. Stores made before it was kept
+    /// there have 0, and their version in the `meta` table.
+    fn header_version(conn: &Connection) -> rusqlite::Result<i64> {
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+    }
+
     fn migrate(&mut self) -> Result<()> {
-        let v = SqliteStore::schema_version(&self.conn).map_err(|e| self.err(e))?;
-        if v == SCHEMA_VERSION {
+        let header = SqliteStore::header_version(&self.conn).map_err(|e| self.err(e))?;
+        if header == SCHEMA_VERSION {
             return Ok(());
         }
+        let v = match header {
+            0 => SqliteStore::schema_version(&self.conn).map_err(|e| self.err(e))?,
+            v => v,
+        };
         if v > SCHEMA_VERSION {
             return Err(Error::StoreSchema {
                 location: self.location.clone(),
@@ -236,7 +281,20 @@ impl SqliteStore {
             )
             .map_err(err)?;
         }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(err)?;
         tx.commit().map_err(err)
+    }
+
+    /// Sync the store's directory, so the `-wal` file this process created
+    /// (and what was just committed in it) survives a power cut.
+    fn sync_dir(&mut self) -> Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("/"));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(dir, e))?;
+        self.wal_created = false;
+        Ok(())
     }
 
     /// Each login is its own process and the WAL is not checkpointed on
@@ -246,7 +304,7 @@ impl SqliteStore {
     /// no busy wait, only when that copied everything. With a reader open
     /// (a `sqlite3` shell, a backup, `doctor`) both are left to a later
     /// write; the login goes on at once.
-    fn trim_wal(&self) {
+    fn trim_wal(&mut self) {
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
         let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_TRUNCATE_BYTES);
@@ -265,13 +323,14 @@ impl SqliteStore {
         let Ok((0, frames, copied)) = passive else {
             return;
         };
-        if frames != copied || self.conn.busy_timeout(Duration::ZERO).is_err() {
+        let no_wait: Option<fn(i32) -> bool> = None;
+        if frames != copied || self.conn.busy_handler(no_wait).is_err() {
             return;
         }
         let _ = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
+        let _ = self.conn.busy_handler(Some(busy()));
     }
 }
 
@@ -307,6 +366,9 @@ impl Store for SqliteStore {
         })?;
         tx.commit().map_err(|e| Error::store(location.clone(), e))?;
         if kind != TxKind::Read {
+            if self.wal_created {
+                self.sync_dir()?;
+            }
             self.trim_wal();
         }
         Ok(())
@@ -539,7 +601,8 @@ impl Tx for SqliteTx<'_> {
 
     fn record_success(&mut self, name: &str, now: i64) -> Result<()> {
         self.exec(
-            "UPDATE users SET last_success = ?2 WHERE name = ?1",
+            "UPDATE users SET last_success = ?2, failures = 0, locked_until = NULL, lock_level = 0
+             WHERE name = ?1",
             params![name, now],
         )
         .map(drop)
@@ -740,6 +803,25 @@ mod tests {
         let p = d.path().join("db");
         drop(SqliteStore::create(&p).unwrap());
         let conn = Connection::open(&p).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = SqliteStore::open(&p).unwrap_err();
+        assert!(matches!(err, Error::StoreSchema { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_store_made_before_the_header_version_is_read_by_its_meta_table() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("db");
+        drop(SqliteStore::create(&p).unwrap());
+        let conn = Connection::open(&p).unwrap();
+        conn.pragma_update(None, "user_version", 0).unwrap();
+        drop(conn);
+        // Current per its meta table: opened, and the header is written.
+        drop(SqliteStore::open(&p).unwrap());
+        let conn = Connection::open(&p).unwrap();
+        assert_eq!(SqliteStore::header_version(&conn).unwrap(), SCHEMA_VERSION);
+        conn.pragma_update(None, "user_version", 0).unwrap();
         conn.execute(
             "UPDATE meta SET value = '99' WHERE key = 'schema_version'",
             [],
