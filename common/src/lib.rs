@@ -42,6 +42,14 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// This host's name, for the audit log and the account shown in apps.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// RFC 3339 UTC rendering of a Unix time, for humans and JSON.
 pub fn rfc3339(t: i64) -> String {
     let secs = u64::try_from(t).unwrap_or(0);

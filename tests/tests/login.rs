@@ -103,10 +103,12 @@ fn audit_records_each_decision_but_never_a_code_or_the_secret() {
     );
     for rec in &audit {
         for key in [
-            "time", "user", "service", "rhost", "event", "outcome", "detail",
+            "time", "host", "user", "service", "rhost", "event", "outcome", "detail",
         ] {
             assert!(rec.get(key).is_some(), "audit record without {key}: {rec}");
         }
+        let host = String::from_utf8(std::fs::read("/proc/sys/kernel/hostname").unwrap()).unwrap();
+        assert_eq!(rec["host"], host.trim(), "the host that wrote it: {rec}");
     }
     let text = serde_json::to_string(&audit).unwrap();
     let logs = format!(

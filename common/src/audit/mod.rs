@@ -292,9 +292,11 @@ impl Fact {
     }
 }
 
-/// Who acts, and from where: the service and remote host of every row.
+/// Who acts, and from where: the host, service and remote host of every row.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditCtx {
+    /// The host that writes the row (a fleet shares one store).
+    pub host: String,
     /// The PAM service, or `crm2fa-admin`.
     pub service: String,
     /// The remote host (PAM_RHOST), empty when local or unknown.
@@ -302,11 +304,21 @@ pub struct AuditCtx {
 }
 
 impl AuditCtx {
+    /// Rows written on this host by `service` for a client at `rhost`.
+    pub fn here(service: &str, rhost: &str) -> AuditCtx {
+        AuditCtx {
+            host: crate::hostname(),
+            service: service.into(),
+            rhost: rhost.into(),
+        }
+    }
+
     /// The row recording `fact` about `user` at `now`.
     pub fn entry(&self, now: i64, user: &str, fact: &Fact) -> AuditEntry {
         let (event, outcome, detail) = fact.wording();
         AuditEntry {
             time: now,
+            host: self.host.clone(),
             user: user.into(),
             service: self.service.clone(),
             rhost: self.rhost.clone(),
@@ -327,6 +339,8 @@ impl AuditCtx {
 pub struct AuditEntry {
     /// Seconds since the epoch.
     pub time: i64,
+    /// The host that wrote the row.
+    pub host: String,
     /// The account concerned.
     pub user: String,
     /// The PAM service, or `crm2fa-admin`.

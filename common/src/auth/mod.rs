@@ -70,10 +70,7 @@ impl Request {
     }
 
     fn audit_ctx(&self) -> AuditCtx {
-        AuditCtx {
-            service: self.service.clone(),
-            rhost: self.rhost.clone(),
-        }
+        AuditCtx::here(&self.service, &self.rhost)
     }
 }
 

@@ -31,11 +31,7 @@ impl std::fmt::Debug for Enrollment {
 
 /// The account name shown in the app: `user@host`.
 pub fn account_name(user: &str) -> String {
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into());
-    format!("{user}@{host}")
+    format!("{user}@{}", crate::hostname())
 }
 
 /// Open the sealed backup codes kept for display at activation.

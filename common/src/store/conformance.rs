@@ -82,6 +82,7 @@ const SEALED: &[u8] = b"sealed secret";
 
 fn ctx() -> AuditCtx {
     AuditCtx {
+        host: "host-a".into(),
         service: "conformance".into(),
         rhost: String::new(),
     }
@@ -669,7 +670,7 @@ pub fn audit_rows_are_kept_in_order_and_filtered(b: &dyn Backend) {
         ]
     );
     assert_eq!(all[2].detail, "wrong code (1 in a row)");
-    assert_eq!(all[2].service, "conformance");
+    assert_eq!((all[2].service.as_str(), all[2].host.as_str()), ("conformance", "host-a"));
     let only_u = AuditFilter {
         user: Some("u".into()),
         since: Some(NOW + 1),

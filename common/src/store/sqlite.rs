@@ -49,7 +49,7 @@ fn busy() -> impl FnMut(i32) -> bool + Send + 'static {
 }
 
 /// Schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Migrations: entry `i` brings the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -110,7 +110,12 @@ ALTER TABLE users ADD COLUMN lock_level INTEGER NOT NULL DEFAULT 0;
 -- own login under unenrolled = "enroll"). Existing ones count as 'admin'.
 ALTER TABLE users ADD COLUMN enrolled_by TEXT NOT NULL DEFAULT 'admin';
 "#,
+    r#"
+-- The host that wrote each audit row (hosts of a fleet share one store).
+ALTER TABLE audit ADD COLUMN host TEXT NOT NULL DEFAULT '';
+"#,
 ];
+
 /// A store in one SQLite file.
 pub struct SqliteStore {
     conn: Connection,
@@ -524,7 +529,7 @@ impl Tx for SqliteTx<'_> {
 
     fn audit(&mut self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
         let rows = self.rows(
-            "SELECT time, user, service, rhost, event, outcome, detail FROM audit
+            "SELECT time, user, service, rhost, event, outcome, detail, host FROM audit
              WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR time >= ?2)
              ORDER BY time, id",
             params![filter.user, filter.since],
@@ -537,16 +542,18 @@ impl Tx for SqliteTx<'_> {
                     r.get::<_, String>(4)?,
                     r.get::<_, String>(5)?,
                     r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
                 ))
             },
         )?;
         rows.into_iter()
-            .map(|(time, user, service, rhost, event, outcome, detail)| {
+            .map(|(time, user, service, rhost, event, outcome, detail, host)| {
                 let unknown = |what: &str, word: &str| {
                     Error::store(self.location, format!("unknown audit {what} {word:?}"))
                 };
                 Ok(AuditEntry {
                     time,
+                    host,
                     event: Event::parse(&event).ok_or_else(|| unknown("event", &event))?,
                     outcome: Outcome::parse(&outcome)
                         .ok_or_else(|| unknown("outcome", &outcome))?,
@@ -734,8 +741,8 @@ impl Tx for SqliteTx<'_> {
 
     fn insert_audit(&mut self, e: &AuditEntry) -> Result<()> {
         self.exec(
-            "INSERT INTO audit(time, user, service, rhost, event, outcome, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO audit(time, user, service, rhost, event, outcome, detail, host)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 e.time,
                 e.user,
@@ -743,7 +750,8 @@ impl Tx for SqliteTx<'_> {
                 e.rhost,
                 e.event.as_str(),
                 e.outcome.as_str(),
-                e.detail
+                e.detail,
+                e.host
             ],
         )
         .map(drop)

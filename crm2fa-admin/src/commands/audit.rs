@@ -13,6 +13,7 @@ use crate::output::{self, Text};
 struct Row {
     #[serde(serialize_with = "output::time")]
     time: i64,
+    host: String,
     user: String,
     service: String,
     rhost: String,
@@ -25,6 +26,7 @@ impl From<AuditEntry> for Row {
     fn from(e: AuditEntry) -> Row {
         Row {
             time: e.time,
+            host: e.host,
             user: e.user,
             service: e.service,
             rhost: e.rhost,
@@ -52,8 +54,9 @@ impl Text for AuditReport {
             };
             writeln!(
                 w,
-                "{} {} {}{from} {} {} {}",
+                "{} {} {} {}{from} {} {} {}",
                 crm2fa_common::rfc3339(r.time),
+                r.host,
                 r.user,
                 r.service,
                 r.event,

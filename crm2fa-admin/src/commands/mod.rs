@@ -89,10 +89,7 @@ impl Ctx {
             cfg: &self.cfg,
             store: self.store.as_mut(),
             log: &mut self.log,
-            ctx: AuditCtx {
-                service: ADMIN_SERVICE.into(),
-                rhost: String::new(),
-            },
+            ctx: AuditCtx::here(ADMIN_SERVICE, ""),
         }
     }
 
