@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all deps build release test lint deps-check deny demo bench clean docs install install-files uninstall deb rpm
+.PHONY: all deps build release test lint deps-check deny demo bench clean docs install install-files uninstall deb rpm fuzz
 
 all: build
 
@@ -115,3 +115,20 @@ bench: deps
 clean:
 	$(CARGO) clean
 	rm -rf demo-sandbox
+
+# Fuzz the parsers of what people and files hand the module (codes typed at
+# the prompt, the configuration, the module's arguments): FUZZ_SECONDS for
+# each target. Never part of `make test`. cargo-fuzz needs nightly options,
+# which RUSTC_BOOTSTRAP=1 enables on the stable toolchain. Crashes are kept
+# in fuzz/artifacts/TARGET/; replay one with
+# `RUSTC_BOOTSTRAP=1 cargo fuzz run TARGET fuzz/artifacts/TARGET/crash-…`.
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS ?= code config module_args
+
+fuzz:
+	$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	mkdir -p fuzz/corpus/config && cp packaging/crm2fa.toml fuzz/corpus/config/shipped.toml
+	set -e; for t in $(FUZZ_TARGETS); do \
+	    echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	    RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS); \
+	done

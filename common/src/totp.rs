@@ -48,7 +48,8 @@ pub fn matching_step(cfg: &TotpConfig, secret: &Secret, typed: &str, now: i64) -
     let current = step_at(cfg, now);
     let skew = cfg.skew as i64;
     let mut found = None;
-    for step in (current - skew)..=(current + skew) {
+    // Saturating: a clock set absurdly far ahead must not overflow.
+    for step in current.saturating_sub(skew)..=current.saturating_add(skew) {
         if step < 0 {
             continue;
         }

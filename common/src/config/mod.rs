@@ -123,6 +123,19 @@ impl GroupRef {
     }
 }
 
+#[cfg(test)]
+impl TotpConfig {
+    /// The defaults (6 digits, 30 s, skew 1), for tests.
+    pub(crate) fn for_tests() -> TotpConfig {
+        TotpConfig {
+            digits: 6,
+            period: 30,
+            skew: 1,
+            issuer: "t".into(),
+        }
+    }
+}
+
 /// `[policy]`.
 #[derive(Debug, Clone)]
 pub struct PolicyConfig {
@@ -255,8 +268,16 @@ impl Config {
                 message: e.message().to_string(),
             }
         })?;
-        let invalid = |section: &str, key: &str, message: String| {
-            let at = locate(text, section, key)
+        // The line of the key at fault; when the file does not set it (a
+        // default clashes with what it does set), of `instead`, the key
+        // that caused the clash, or else of the section. (The text is
+        // parsed again for its spans only when there is an error.)
+        let invalid_or = |section: &str, key: &str, instead: &str, message: String| {
+            let lines = Lines::new(text);
+            let at = [key, instead]
+                .iter()
+                .find_map(|k| lines.of_key(section, k))
+                .or_else(|| lines.of_section(section))
                 .map(|l| format!(":{l}"))
                 .unwrap_or_default();
             Error::ConfigInvalid {
@@ -264,6 +285,8 @@ impl Config {
                 message: format!("[{section}] {key}: {message}"),
             }
         };
+        let invalid =
+            |section: &str, key: &str, message: String| invalid_or(section, key, key, message);
         let base = path
             .parent()
             .map(Path::to_path_buf)
@@ -329,9 +352,10 @@ impl Config {
             ));
         }
         if p.enforce == Enforce::Groups && p.enforce_groups.is_empty() {
-            return Err(invalid(
+            return Err(invalid_or(
                 "policy",
                 "enforce_groups",
+                "enforce",
                 "enforce = \"groups\" needs at least one group here".into(),
             ));
         }
@@ -359,9 +383,10 @@ impl Config {
             ));
         }
         if l.max_lock_seconds < l.lock_seconds || l.max_lock_seconds > 365 * 86400 {
-            return Err(invalid(
+            return Err(invalid_or(
                 "lockout",
                 "max_lock_seconds",
+                "lock_seconds",
                 format!("must be lock_seconds ({}) to one year", l.lock_seconds),
             ));
         }
@@ -459,22 +484,49 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Line number of `key` inside `[section]`, for errors found after parsing.
-fn locate(text: &str, section: &str, key: &str) -> Option<usize> {
-    let mut current = String::new();
-    for (i, line) in text.lines().enumerate() {
-        let l = line.trim();
-        if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-            current = name.trim().to_string();
-        } else if current == section {
-            if let Some((k, _)) = l.split_once('=') {
-                if k.trim() == key {
-                    return Some(i + 1);
-                }
-            }
+/// Where keys and sections are in the configuration text, for errors
+/// found after parsing: from the TOML parser's own spans, so every way of
+/// writing a key (quoted, dotted, in an inline table, after a comment)
+/// gives its line.
+struct Lines<'a> {
+    text: &'a str,
+    doc: Option<toml_edit::ImDocument<&'a str>>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(text: &'a str) -> Lines<'a> {
+        Lines {
+            text,
+            doc: toml_edit::ImDocument::parse(text).ok(),
         }
     }
-    None
+
+    fn line_at(&self, offset: usize) -> usize {
+        line_col(self.text, offset).0
+    }
+
+    /// The line of `key` in `[section]`, if the file sets it.
+    fn of_key(&self, section: &str, key: &str) -> Option<usize> {
+        let table = self.doc.as_ref()?.get(section)?.as_table_like()?;
+        let (k, v) = table.get_key_value(key)?;
+        let span = k.span().or_else(|| v.span())?;
+        Some(self.line_at(span.start))
+    }
+
+    /// The line of the `[section]` header, or of its first key.
+    fn of_section(&self, section: &str) -> Option<usize> {
+        let item = self.doc.as_ref()?.get(section)?;
+        if let Some(span) = item.span() {
+            return Some(self.line_at(span.start));
+        }
+        let table = item.as_table_like()?;
+        table
+            .iter()
+            .filter_map(|(k, _)| table.get_key_value(k))
+            .filter_map(|(k, v)| k.span().or_else(|| v.span()))
+            .map(|s| self.line_at(s.start))
+            .min()
+    }
 }
 
 #[cfg(test)]
@@ -558,6 +610,41 @@ mod tests {
         .unwrap();
         assert_eq!(c.store.path, PathBuf::from("/srv/conf/db/x.db"));
         assert_eq!(c.store.key_file, PathBuf::from("/srv/conf/k"));
+    }
+
+    #[test]
+    fn a_bad_value_names_its_line_however_the_key_is_written() {
+        for (text, line) in [
+            ("[totp] # six or eight\n\ndigits = 7\n", 3),
+            ("[totp]\n\"digits\" = 7\n", 2),
+            ("\ntotp.digits = 7\n", 2),
+            ("\n\ntotp = { digits = 7 }\n", 3),
+            (
+                "[sms]\nbody_template = \"\"\"\ncode_ttl = 1\n\"\"\"\ncode_ttl = \"soon\"\n",
+                5,
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("crm2fa.toml:{line}:")),
+                "{text:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_default_that_clashes_names_the_key_that_caused_it() {
+        let err = parse("[lockout]\n\nlock_seconds = 100000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("crm2fa.toml:3:") && err.contains("max_lock_seconds"),
+            "{err}"
+        );
+        let err = parse("\n[policy]\nenforce = \"groups\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("crm2fa.toml:3:"), "{err}");
     }
 
     #[test]

@@ -36,7 +36,7 @@ impl Drift {
             ..cfg.clone()
         };
         let step = totp::matching_step(&wide, secret, typed, now)?;
-        let steps = step - totp::step_at(cfg, now);
+        let steps = step.saturating_sub(totp::step_at(cfg, now));
         Some(Drift {
             steps,
             within_window: steps.unsigned_abs() <= u64::from(cfg.skew),
@@ -116,12 +116,7 @@ mod tests {
     use super::*;
 
     fn cfg() -> TotpConfig {
-        TotpConfig {
-            digits: 6,
-            period: 30,
-            skew: 1,
-            issuer: "t".into(),
-        }
+        TotpConfig::for_tests()
     }
 
     #[test]

@@ -452,12 +452,7 @@ mod tests {
     use super::*;
 
     fn cfg() -> TotpConfig {
-        TotpConfig {
-            digits: 6,
-            period: 30,
-            skew: 1,
-            issuer: "t".into(),
-        }
+        TotpConfig::for_tests()
     }
 
     const GA: &str = "JBSWY3DPEHPK3PXP\n\" RATE_LIMIT 3 30 1700000000\n\

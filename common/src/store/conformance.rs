@@ -670,7 +670,10 @@ pub fn audit_rows_are_kept_in_order_and_filtered(b: &dyn Backend) {
         ]
     );
     assert_eq!(all[2].detail, "wrong code (1 in a row)");
-    assert_eq!((all[2].service.as_str(), all[2].host.as_str()), ("conformance", "host-a"));
+    assert_eq!(
+        (all[2].service.as_str(), all[2].host.as_str()),
+        ("conformance", "host-a")
+    );
     let only_u = AuditFilter {
         user: Some("u".into()),
         since: Some(NOW + 1),

@@ -547,22 +547,24 @@ impl Tx for SqliteTx<'_> {
             },
         )?;
         rows.into_iter()
-            .map(|(time, user, service, rhost, event, outcome, detail, host)| {
-                let unknown = |what: &str, word: &str| {
-                    Error::store(self.location, format!("unknown audit {what} {word:?}"))
-                };
-                Ok(AuditEntry {
-                    time,
-                    host,
-                    event: Event::parse(&event).ok_or_else(|| unknown("event", &event))?,
-                    outcome: Outcome::parse(&outcome)
-                        .ok_or_else(|| unknown("outcome", &outcome))?,
-                    user,
-                    service,
-                    rhost,
-                    detail,
-                })
-            })
+            .map(
+                |(time, user, service, rhost, event, outcome, detail, host)| {
+                    let unknown = |what: &str, word: &str| {
+                        Error::store(self.location, format!("unknown audit {what} {word:?}"))
+                    };
+                    Ok(AuditEntry {
+                        time,
+                        host,
+                        event: Event::parse(&event).ok_or_else(|| unknown("event", &event))?,
+                        outcome: Outcome::parse(&outcome)
+                            .ok_or_else(|| unknown("outcome", &outcome))?,
+                        user,
+                        service,
+                        rhost,
+                        detail,
+                    })
+                },
+            )
             .collect()
     }
 
