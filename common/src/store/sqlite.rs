@@ -304,7 +304,10 @@ impl SqliteStore {
 
     /// Each login is its own process and the WAL is not checkpointed on
     /// close, so SQLite never restarts it by itself: past a size, checkpoint
-    /// it here and truncate it. Never waits: the checkpoint is PASSIVE (it
+    /// it here and truncate it. (SQLite's own auto-checkpoint does not do:
+    /// a process that opens the database alone rebuilds the WAL index, and
+    /// that forgets how much was checkpointed, so the WAL would never start
+    /// over and every write past the size would checkpoint it all again.) Never waits: the checkpoint is PASSIVE (it
     /// copies what no reader still needs), and the truncation is tried, with
     /// no busy wait, only when that copied everything. With a reader open
     /// (a `sqlite3` shell, a backup, `doctor`) both are left to a later
