@@ -8,7 +8,8 @@
 # On a terminal you scan the QR code with your authenticator app and type the
 # password and the code yourself. Without a terminal (CI, `make demo </dev/null`)
 # the script types them for you, computing the code with oathtool.
-# Uses the debug build in ${CARGO_TARGET_DIR:-target}/debug.
+# Uses the debug build in ${CARGO_TARGET_DIR:-target}/debug (DEMO_BUILD=0: do
+# not build first); DEMO_SANDBOX names another sandbox directory.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,7 +21,7 @@ cd "$ROOT"
 ADMIN="$TARGET/debug/crm2fa-admin"
 MODULE="$TARGET/debug/libpam_crm2fa.so"
 MATRIX=/usr/lib/x86_64-linux-gnu/pam_wrapper/pam_matrix.so
-SANDBOX="$ROOT/demo-sandbox"
+SANDBOX=$(realpath -m "${DEMO_SANDBOX:-$ROOT/demo-sandbox}")
 CFG="$SANDBOX/crm2fa.toml"
 SERVICE=crm2fa-demo
 USER_NAME=demo
@@ -38,14 +39,18 @@ for cmd in pamtester oathtool expect python3; do
   command -v "$cmd" >/dev/null || missing+=("$cmd")
 done
 [ -e "$MATRIX" ] || missing+=(libpam-wrapper)
+ldconfig -p | grep -q libnss_wrapper.so || missing+=(libnss-wrapper)
 [ ${#missing[@]} -eq 0 ] || die "missing: ${missing[*]} (run: bash scripts/install-deps.sh, or make demo)"
 [ "$(id -u)" -eq 0 ] || die "run as root: the config and store must be owned by root"
-if command -v cargo >/dev/null; then
+if [ "${DEMO_BUILD:-1}" = 1 ] && command -v cargo >/dev/null; then
   cargo build --workspace --quiet || die "cargo build --workspace failed"
 fi
 [ -x "$ADMIN" ] || die "no $ADMIN (cargo build --workspace)"
 [ -f "$MODULE" ] || die "no $MODULE (cargo build --workspace)"
-admin() { "$ADMIN" --config "$CFG" "$@"; }
+# The demo user is an account in nss_wrapper's files (crm2fa looks every
+# user up through NSS), so nothing is added to /etc/passwd.
+export NSS_WRAPPER_PASSWD="$SANDBOX/passwd" NSS_WRAPPER_GROUP="$SANDBOX/group"
+admin() { LD_PRELOAD=libnss_wrapper.so "$ADMIN" --config "$CFG" "$@"; }
 # Half-block QR (compact, solid, scans best) on a UTF-8 locale; `##` cells
 # otherwise (bigger, any locale). Override with DEMO_QR=unicode|ascii.
 if [ -z "${DEMO_QR:-}" ]; then
@@ -74,6 +79,8 @@ EOF
   # pam_matrix's password database: user:password:service
   echo "$USER_NAME:$PASSWORD:$SERVICE" >"$SANDBOX/passdb"
 )
+{ cat /etc/passwd; echo "$USER_NAME:x:20000:20000:crm2fa demo:$SANDBOX:/bin/sh"; } >"$NSS_WRAPPER_PASSWD"
+{ cat /etc/group; echo "$USER_NAME:x:20000:"; } >"$NSS_WRAPPER_GROUP"
 cat >"$SANDBOX/pam.d/$SERVICE" <<EOF
 auth     requisite  $MATRIX passdb=$SANDBOX/passdb
 auth     required   $MODULE config=$CFG qr=$DEMO_QR
@@ -83,8 +90,8 @@ EOF
 printf 'auth required pam_deny.so\naccount required pam_deny.so\n' >"$SANDBOX/pam.d/other"
 admin init >/dev/null || die "crm2fa-admin init failed"
 
-pam() { LD_PRELOAD=libpam_wrapper.so PAM_WRAPPER=1 PAM_WRAPPER_SERVICE_DIR="$SANDBOX/pam.d" "$@"; }
-LOGIN_CMD="LD_PRELOAD=libpam_wrapper.so PAM_WRAPPER=1 PAM_WRAPPER_SERVICE_DIR=$SANDBOX/pam.d pamtester $SERVICE $USER_NAME authenticate"
+pam() { LD_PRELOAD="libpam_wrapper.so libnss_wrapper.so" PAM_WRAPPER=1 PAM_WRAPPER_SERVICE_DIR="$SANDBOX/pam.d" "$@"; }
+LOGIN_CMD="LD_PRELOAD='libpam_wrapper.so libnss_wrapper.so' PAM_WRAPPER=1 PAM_WRAPPER_SERVICE_DIR=$SANDBOX/pam.d NSS_WRAPPER_PASSWD=$SANDBOX/passwd NSS_WRAPPER_GROUP=$SANDBOX/group pamtester $SERVICE $USER_NAME authenticate"
 
 echo "PAM service '$SERVICE': pam_matrix checks the password, then pam_crm2fa asks for the code."
 echo "User '$USER_NAME', password '$PASSWORD'."
@@ -125,7 +132,7 @@ else
     expect -c '
     log_user 1
     set timeout 30
-    set env(LD_PRELOAD) libpam_wrapper.so
+    set env(LD_PRELOAD) "libpam_wrapper.so libnss_wrapper.so"
     set env(PAM_WRAPPER) 1
     spawn -noecho pamtester $env(DEMO_SERVICE) $env(DEMO_USER) authenticate
     set code_sent 0

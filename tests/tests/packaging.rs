@@ -1,4 +1,5 @@
-//! What a host installation ships: man pages that render, `make install`
+//! The demo a newcomer runs first, and what a host installation ships: man
+//! pages that render, `make install`
 //! / `make uninstall` with DESTDIR and PREFIX, and the .deb and .rpm built
 //! from them; the .deb is installed, used for a real login and removed in a
 //! throwaway root (an overlay over `/` in a private mount namespace).
@@ -423,5 +424,30 @@ fn the_rpm_holds_every_file_with_the_config_kept_on_upgrade() {
             .lines()
             .any(|l| l.starts_with("/etc/crm2fa/crm2fa.toml ") && l.contains('n')),
         "the config is %config(noreplace): {flags}"
+    );
+}
+
+#[test]
+fn the_demo_logs_in_without_a_terminal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = artifact_dir();
+    let out = Command::new("bash")
+        .arg(workspace_dir().join("scripts/demo.sh"))
+        .env("DEMO_SANDBOX", dir.path().join("demo"))
+        .env("DEMO_BUILD", "0")
+        .env("CARGO_TARGET_DIR", target.parent().expect("target dir"))
+        .env_remove("LD_PRELOAD")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run scripts/demo.sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("Login succeeded"),
+        "{}",
+        show_output(&out)
+    );
+    assert!(
+        text.contains("otpauth://totp/"),
+        "the enrolment is shown: {text}"
     );
 }
