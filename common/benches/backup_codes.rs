@@ -35,7 +35,14 @@ fn attempt(store: &mut dyn Store, salt: &[u8], typed: &str) -> Verdict {
         max_lock_seconds: 1,
     };
     store
-        .redeem("bench", &candidate, NOW, &lockout, &AuditCtx::default())
+        .redeem(
+            "bench",
+            &candidate,
+            NOW,
+            &lockout,
+            &AuditCtx::default(),
+            None,
+        )
         .expect("store")
 }
 

@@ -36,6 +36,21 @@ pub fn ensure_unprotected(cfg: &PolicyConfig, user: &str, action: ProtectedActio
     Ok(())
 }
 
+/// Can a login from `rhost` be remembered? Never an empty or local one:
+/// "remember this computer" is about the remote client, and a login with no
+/// remote host (a console, su, sudo) or from this very machine says nothing
+/// about which computer it is.
+pub fn rememberable_host(rhost: &str, this_host: &str) -> bool {
+    let h = rhost.trim().trim_start_matches('[').trim_end_matches(']');
+    if h.is_empty() || h.eq_ignore_ascii_case("localhost") || h.eq_ignore_ascii_case(this_host) {
+        return false;
+    }
+    match h.parse::<std::net::IpAddr>() {
+        Ok(ip) => !ip.is_loopback() && !ip.is_unspecified(),
+        Err(_) => !h.to_ascii_lowercase().ends_with(".localhost"),
+    }
+}
+
 /// Decide for `user`, who is in the groups with ids `gids`, with what the
 /// store holds for them.
 /// `has_recovery`: the user holds a valid, unused recovery code. A
@@ -150,6 +165,34 @@ mod tests {
         let c = cfg(Enforce::Groups);
         assert!(decide(&c, "u", &[100], None, false).required);
         assert!(!decide(&c, "u", &[300], None, false).required);
+    }
+
+    #[test]
+    fn only_remote_hosts_are_remembered() {
+        for h in [
+            "",
+            " ",
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "[::1]",
+            "0.0.0.0",
+            "me",
+            "x.localhost",
+        ] {
+            assert!(!rememberable_host(h, "me"), "{h:?}");
+        }
+        for h in [
+            "10.0.0.5",
+            "203.0.113.9",
+            "2001:db8::1",
+            "laptop.example.org",
+            "laptop",
+        ] {
+            assert!(rememberable_host(h, "me"), "{h:?}");
+        }
     }
 
     #[test]

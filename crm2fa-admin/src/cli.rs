@@ -101,6 +101,12 @@ pub(crate) enum Command {
     },
     /// Clear USER's lockout
     Unlock { user: String },
+    /// Forget USER's remembered remote hosts (or just HOST): a code is asked again
+    Forget {
+        user: String,
+        /// Only this remote host
+        host: Option<String>,
+    },
     /// Turn USER's 2FA off, factor or not (`enable` turns it back on)
     Disable {
         user: String,

@@ -492,6 +492,8 @@ pub struct LoginOptions {
     pub preload: Vec<String>,
     /// More environment for pamtester, set after the harness's own.
     pub env: Vec<(String, String)>,
+    /// PAM items pamtester sets before the operation (`-I rhost=HOST`).
+    pub items: Vec<(String, String)>,
 }
 
 impl Default for LoginOptions {
@@ -501,6 +503,7 @@ impl Default for LoginOptions {
             wrapper: Vec::new(),
             preload: Vec::new(),
             env: Vec::new(),
+            items: Vec::new(),
         }
     }
 }
@@ -1133,6 +1136,9 @@ impl Sandbox {
         permit: Permit,
     ) -> PendingLogin {
         let mut pamtester = Command::new("pamtester");
+        for (item, value) in &opts.items {
+            pamtester.arg("-I").arg(format!("{item}={value}"));
+        }
         pamtester.args([SERVICE, user, &opts.operation]);
         self.pam_env(&mut pamtester, &opts.preload);
         pamtester.envs(opts.env.iter().map(|(k, v)| (k, v)));
@@ -1192,6 +1198,15 @@ impl Sandbox {
     /// One login with `answers` (password first, then the module's prompts).
     pub fn login(&self, user: &str, answers: &[&str]) -> LoginResult {
         self.spawn_login(user, answers).finish()
+    }
+
+    /// Like [`Sandbox::login`] from the remote host `rhost` (PAM_RHOST).
+    pub fn login_from(&self, user: &str, rhost: &str, answers: &[&str]) -> LoginResult {
+        let opts = LoginOptions {
+            items: vec![("rhost".to_string(), rhost.to_string())],
+            ..LoginOptions::default()
+        };
+        self.login_opts(user, answers, &opts)
     }
 
     /// Like [`Sandbox::login`] with pamtester's `operation`, e.g.

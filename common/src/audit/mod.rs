@@ -28,6 +28,8 @@ pub enum Event {
     Enable,
     /// Every factor of a user was removed.
     Reset,
+    /// Remembered hosts were forgotten.
+    Forget,
 }
 
 /// How it ended.
@@ -82,6 +84,7 @@ spelled!(Event {
     Disable => "disable",
     Enable => "enable",
     Reset => "reset",
+    Forget => "forget",
 });
 
 spelled!(Outcome {
@@ -110,6 +113,20 @@ pub enum Fact {
     UnenrolledDenied,
     /// Required but not enrolled, and `unenrolled = "allow"`.
     UnenrolledAllowed,
+    /// The login's remote host is remembered: no code was asked.
+    RememberedHost {
+        /// The host.
+        host: String,
+        /// Until when it is remembered.
+        until: i64,
+    },
+    /// Remembered hosts were forgotten by an administrator.
+    Forgotten {
+        /// The host, or every host.
+        host: Option<String>,
+        /// How many.
+        count: usize,
+    },
     /// The user is locked: no code was asked for or checked.
     Locked {
         /// When the lock ends.
@@ -181,6 +198,19 @@ impl Fact {
                 Event::Login,
                 Outcome::Skipped,
                 format!("2FA not required: {reason}"),
+            ),
+            F::RememberedHost { host, until: t } => (
+                Event::Login,
+                Outcome::Skipped,
+                format!("no code asked: {host} is remembered until {}", until(t)),
+            ),
+            F::Forgotten { host, count } => (
+                Event::Forget,
+                Outcome::Done,
+                match host {
+                    Some(h) => format!("{h} forgotten"),
+                    None => format!("{count} remembered host(s) forgotten"),
+                },
             ),
             F::UnenrolledDenied => (
                 Event::Login,

@@ -16,6 +16,7 @@ use crate::model::{
     Candidate, CodeKind, Factor, Origin, TotpMatch, TotpState, UserRecord, Verdict,
 };
 use crate::ops::{self, Drift, Ops};
+use crate::policy;
 use crate::qr::{self, QrStyle};
 use crate::store::{self, Store};
 use crate::totp;
@@ -256,6 +257,14 @@ impl Login<'_> {
         self.ops.record(now, &self.req.user, &fact)
     }
 
+    /// The login's remote host, if `[remember]` is on and it is one that
+    /// can be remembered.
+    fn remembered_host(&self) -> Option<String> {
+        let rhost = self.req.rhost.as_str();
+        (self.ops.cfg.remember_days > 0 && policy::rememberable_host(rhost, &self.ops.ctx.host))
+            .then(|| rhost.to_string())
+    }
+
     /// Record a login that needs no code and let it through: if the audit
     /// row cannot be written (a long administrative transaction holds the
     /// store), syslog has the line and the login is not refused for it.
@@ -313,7 +322,9 @@ pub fn authenticate(
 fn steps(l: &mut Login<'_>) -> Result<Outcome, Error> {
     let (cfg, req) = (l.ops.cfg, l.req);
     let user = req.user.as_str();
-    let (record, has_recovery) = l.ops.store.user_and_recovery(user, req.now())?;
+    let host = l.remembered_host();
+    let view = l.ops.store.login_view(user, host.as_deref(), req.now())?;
+    let (record, has_recovery) = (view.user, view.has_recovery);
     let decision = l.ops.decide_with(user, record.as_ref(), has_recovery)?;
     if !decision.ask {
         return Ok(l.let_through(Fact::NotRequired {
@@ -325,6 +336,12 @@ fn steps(l: &mut Login<'_>) -> Result<Outcome, Error> {
         l.locked_message(until);
         l.record(Fact::Locked { until })?;
         return Ok(Outcome::MaxTries);
+    }
+    if let Some(until) = view.remembered_until {
+        return Ok(l.let_through(Fact::RememberedHost {
+            host: req.rhost.clone(),
+            until,
+        }));
     }
     let enrolled = record
         .as_ref()
@@ -439,10 +456,14 @@ fn ask_for_codes(
         attempted = true;
         let now = l.req.now();
         let offer = candidate(l, record, secret, has_recovery, &answer, now);
-        let verdict = l
-            .ops
-            .store
-            .redeem(&user, &offer, now, &l.ops.cfg.lockout, &l.ops.ctx)?;
+        let host = l.remembered_host();
+        let remember = host
+            .as_deref()
+            .map(|h| (h, now + i64::from(l.ops.cfg.remember_days) * 86_400));
+        let verdict =
+            l.ops
+                .store
+                .redeem(&user, &offer, now, &l.ops.cfg.lockout, &l.ops.ctx, remember)?;
         let entries = l.ops.ctx.entries(now, &user, &Fact::of_verdict(&verdict));
         l.ops.log.entries(&entries);
         match verdict {

@@ -30,6 +30,8 @@ pub struct Status {
     pub next_lock_seconds: i64,
     /// The last successful code.
     pub last_success: Option<i64>,
+    /// Remote hosts the user is not asked again from, and until when.
+    pub remembered: Vec<(String, i64)>,
 }
 
 impl Status {
@@ -54,6 +56,7 @@ impl Status {
             lock_level: r.lock.level,
             next_lock_seconds: lock_length(lockout, r.lock.level),
             last_success: r.last_success,
+            remembered: vec![],
         }
     }
 }
@@ -62,13 +65,9 @@ impl Ops<'_> {
     /// The status of one user.
     pub fn status(&mut self, user: &str, now: i64) -> Result<Status> {
         let (record, has_recovery) = self.store.user_and_recovery(user, now)?;
-        Ok(Status::of(
-            user,
-            record.as_ref(),
-            has_recovery,
-            now,
-            &self.cfg.lockout,
-        ))
+        let mut status = Status::of(user, record.as_ref(), has_recovery, now, &self.cfg.lockout);
+        status.remembered = self.store.remembered(user, now)?;
+        Ok(status)
     }
 
     /// The status of every user the store knows.
@@ -137,6 +136,22 @@ impl Ops<'_> {
         self.change(user, now, &Fact::Enabled, |store, audit| {
             store.enable(user, now, audit)
         })
+    }
+
+    /// Forget `host`, or every remembered host, of `user`: they are asked
+    /// for a code again from there. How many were forgotten.
+    pub fn forget(&mut self, user: &str, host: Option<&str>, now: i64) -> Result<usize> {
+        let remembered = self.store.remembered(user, now)?;
+        let fact = Fact::Forgotten {
+            host: host.map(String::from),
+            count: host.map_or(remembered.len(), |_| 1),
+        };
+        let audit = self.entry(now, user, &fact);
+        let n = self.store.forget(user, host, &audit)?;
+        if n > 0 {
+            self.log.entry(&audit);
+        }
+        Ok(n)
     }
 
     /// Clear `user`'s lockout.

@@ -55,6 +55,7 @@ macro_rules! store_conformance {
             failed_transaction_leaves_nothing_behind,
             users_are_listed_by_name,
             an_import_is_active_with_its_history_all_or_none,
+            a_host_is_remembered_on_success_and_forgotten_on_a_lock_reset_or_disable,
             the_code_salt_never_changes_and_a_stale_one_is_refused,
             confirm_never_reactivates_an_active_enrolment,
             a_code_row_is_consumed_once,
@@ -165,7 +166,7 @@ fn recovery(code: &Code, salt: &[u8]) -> Candidate {
 }
 
 fn redeem(s: &mut dyn Store, c: &Candidate, now: i64, max: u32) -> Verdict {
-    s.redeem("u", c, now, &lockout(max), &ctx()).unwrap()
+    s.redeem("u", c, now, &lockout(max), &ctx(), None).unwrap()
 }
 
 fn accepted(v: &Verdict) -> bool {
@@ -874,6 +875,96 @@ pub fn an_import_is_active_with_its_history_all_or_none(b: &dyn Backend) {
         NOW,
         9
     )));
+}
+
+/// A success remembers its host until the time given (a later one
+/// replaces it); a lock, `reset`, `disable` and `forget` forget; an expired
+/// host is not remembered.
+pub fn a_host_is_remembered_on_success_and_forgotten_on_a_lock_reset_or_disable(b: &dyn Backend) {
+    let mut s = b.open();
+    active_user(s.as_mut(), 0);
+    let remembered = |s: &mut dyn Store, now| s.remembered("u", now).unwrap();
+    let ok = s
+        .redeem(
+            "u",
+            &totp(20),
+            NOW,
+            &lockout(2),
+            &ctx(),
+            Some(("laptop", NOW + 100)),
+        )
+        .unwrap();
+    assert!(accepted(&ok));
+    s.redeem(
+        "u",
+        &totp(21),
+        NOW,
+        &lockout(2),
+        &ctx(),
+        Some(("desk", NOW + 50)),
+    )
+    .unwrap();
+    assert_eq!(
+        remembered(s.as_mut(), NOW),
+        vec![
+            ("desk".to_string(), NOW + 50),
+            ("laptop".to_string(), NOW + 100)
+        ]
+    );
+    assert_eq!(
+        remembered(s.as_mut(), NOW + 60),
+        vec![("laptop".to_string(), NOW + 100)]
+    );
+    let view = s.login_view("u", Some("laptop"), NOW).unwrap();
+    assert_eq!(view.remembered_until, Some(NOW + 100));
+    assert_eq!(
+        s.login_view("u", Some("desk"), NOW + 60)
+            .unwrap()
+            .remembered_until,
+        None
+    );
+    // A failure that does not lock keeps them; one that locks forgets them.
+    redeem(s.as_mut(), &Candidate::default(), NOW, 2);
+    assert_eq!(remembered(s.as_mut(), NOW).len(), 2);
+    redeem(s.as_mut(), &Candidate::default(), NOW, 2);
+    assert!(remembered(s.as_mut(), NOW).is_empty(), "a lock forgets");
+    s.unlock("u", NOW, &audit(Fact::Unlocked)).unwrap();
+    for (host, then) in [("a", 30), ("b", 31)] {
+        s.redeem(
+            "u",
+            &totp(then),
+            NOW,
+            &lockout(9),
+            &ctx(),
+            Some((host, NOW + 100)),
+        )
+        .unwrap();
+    }
+    let forgot = audit(Fact::Forgotten {
+        host: Some("a".into()),
+        count: 1,
+    });
+    assert_eq!(s.forget("u", Some("a"), &forgot).unwrap(), 1);
+    assert_eq!(s.forget("u", Some("a"), &forgot).unwrap(), 0);
+    assert_eq!(
+        remembered(s.as_mut(), NOW),
+        vec![("b".to_string(), NOW + 100)]
+    );
+    s.disable("u", &codes::new_salt(), NOW, &audit(Fact::Disabled))
+        .unwrap();
+    assert!(remembered(s.as_mut(), NOW).is_empty(), "disable forgets");
+    s.enable("u", NOW, &audit(Fact::Enabled)).unwrap();
+    s.redeem(
+        "u",
+        &totp(40),
+        NOW,
+        &lockout(9),
+        &ctx(),
+        Some(("c", NOW + 100)),
+    )
+    .unwrap();
+    assert!(s.reset("u", NOW, &audit(Fact::Reset)).unwrap());
+    assert!(remembered(s.as_mut(), NOW).is_empty(), "reset forgets");
 }
 
 /// `users` lists every user once, by name.

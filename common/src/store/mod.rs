@@ -170,6 +170,18 @@ pub trait Tx {
     /// `last_step` reset. False for an unknown user.
     fn clear_totp(&mut self, name: &str, now: i64) -> Result<bool>;
 
+    /// The remote hosts the user is remembered from at `now`, with the time
+    /// each is remembered until, by host.
+    fn remembered(&mut self, name: &str, now: i64) -> Result<Vec<(String, i64)>>;
+
+    /// Remember the user from `host` until `until` (replacing an earlier
+    /// time for that host).
+    fn remember(&mut self, name: &str, host: &str, until: i64) -> Result<()>;
+
+    /// Forget the user's remembered `host`, or every one with `None`; how
+    /// many were forgotten.
+    fn forget(&mut self, name: &str, host: Option<&str>) -> Result<usize>;
+
     /// Make the user's pending enrolment active with every step up to
     /// `last_step` counted as used (a secret imported with its history).
     /// False unless the enrolment is pending.
@@ -177,6 +189,17 @@ pub trait Tx {
 
     /// Append an audit row.
     fn insert_audit(&mut self, entry: &AuditEntry) -> Result<()>;
+}
+
+/// What a login reads before it asks anything.
+#[derive(Debug, Clone)]
+pub struct LoginView {
+    /// The user, if the store knows them.
+    pub user: Option<UserRecord>,
+    /// They hold an unused, unexpired recovery code.
+    pub has_recovery: bool,
+    /// Until when the login's remote host is remembered for them.
+    pub remembered_until: Option<i64>,
 }
 
 /// One user's factor made elsewhere, for [`Store`]'s `import`.
@@ -302,16 +325,52 @@ impl dyn Store + '_ {
     }
 
     /// One user, if the store knows them, and whether they hold an unused,
-    /// unexpired recovery code: what a login reads first, in one read.
+    /// unexpired recovery code.
     pub fn user_and_recovery(
         &mut self,
         name: &str,
         now: i64,
     ) -> Result<(Option<UserRecord>, bool)> {
+        let v = self.login_view(name, None, now)?;
+        Ok((v.user, v.has_recovery))
+    }
+
+    /// What a login reads first, in one read: the user, whether they hold
+    /// a recovery code, and until when `rhost` is remembered for them.
+    pub fn login_view(&mut self, name: &str, rhost: Option<&str>, now: i64) -> Result<LoginView> {
         self.read(|tx| {
             let user = tx.user(name)?;
-            let recovery = !tx.unused_codes(CodeKind::Recovery, name, now)?.is_empty();
-            Ok((user, recovery))
+            let has_recovery = !tx.unused_codes(CodeKind::Recovery, name, now)?.is_empty();
+            let remembered_until = match (rhost, &user) {
+                (Some(host), Some(_)) => tx
+                    .remembered(name, now)?
+                    .into_iter()
+                    .find(|(h, _)| h == host)
+                    .map(|(_, until)| until),
+                _ => None,
+            };
+            Ok(LoginView {
+                user,
+                has_recovery,
+                remembered_until,
+            })
+        })
+    }
+
+    /// The remote hosts `name` is remembered from at `now`, until when.
+    pub fn remembered(&mut self, name: &str, now: i64) -> Result<Vec<(String, i64)>> {
+        self.read(|tx| tx.remembered(name, now))
+    }
+
+    /// Forget `host` for `name`, or every remembered host with `None`; how
+    /// many were forgotten (the audit row is written only if any).
+    pub fn forget(&mut self, name: &str, host: Option<&str>, audit: &AuditEntry) -> Result<usize> {
+        self.write(Durability::Full, |tx| {
+            let n = tx.forget(name, host)?;
+            if n > 0 {
+                tx.insert_audit(audit)?;
+            }
+            Ok(n)
         })
     }
 
@@ -401,7 +460,9 @@ impl dyn Store + '_ {
     /// `max_failures`), then the first factor that matches is consumed — a
     /// TOTP step newer than the last one used, an unused backup code of an
     /// active enrolment, an unused unexpired recovery code — and the count
-    /// cleared if one did. The audit rows go in with it.
+    /// cleared if one did. The audit rows go in with it. A success
+    /// remembers `remember`'s host until its time; a lock forgets every
+    /// remembered host of the user.
     pub fn redeem(
         &mut self,
         name: &str,
@@ -409,6 +470,7 @@ impl dyn Store + '_ {
         now: i64,
         lockout: &LockoutConfig,
         ctx: &AuditCtx,
+        remember: Option<(&str, i64)>,
     ) -> Result<Verdict> {
         let location = self.location().to_string();
         self.write(Durability::Full, |tx| {
@@ -427,6 +489,9 @@ impl dyn Store + '_ {
                     match consume_first_match(tx, &user, candidate, now)? {
                         Some((factor, activated_codes)) => {
                             tx.record_success(name, now)?;
+                            if let Some((host, until)) = remember {
+                                tx.remember(name, host, until)?;
+                            }
                             Verdict::Accepted {
                                 factor,
                                 activated_codes,
@@ -435,10 +500,15 @@ impl dyn Store + '_ {
                                     .backup_codes_left(),
                             }
                         }
-                        None => Verdict::Rejected {
-                            failures: counted.failures,
-                            locked_until: counted.locked_until,
-                        },
+                        None => {
+                            if counted.locked_until.is_some() {
+                                tx.forget(name, None)?;
+                            }
+                            Verdict::Rejected {
+                                failures: counted.failures,
+                                locked_until: counted.locked_until,
+                            }
+                        }
                     }
                 }
             };
@@ -534,8 +604,9 @@ impl dyn Store + '_ {
         })
     }
 
-    /// Turn the user's 2FA off, keeping every factor; a user with no factor
-    /// (or unknown, then added with `code_salt_if_new`) is thereby exempt.
+    /// Turn the user's 2FA off, keeping every factor but forgetting the
+    /// remembered hosts; a user with no factor (or unknown, then added with
+    /// `code_salt_if_new`) is thereby exempt.
     pub fn disable(
         &mut self,
         name: &str,
@@ -546,6 +617,7 @@ impl dyn Store + '_ {
         self.write(Durability::Full, |tx| {
             tx.insert_user(name, code_salt_if_new, now)?;
             tx.set_disabled(name, true, now)?;
+            tx.forget(name, None)?;
             tx.insert_audit(audit)
         })
     }
@@ -563,8 +635,8 @@ impl dyn Store + '_ {
     }
 
     /// Lost device: remove the TOTP secret, every backup and recovery code,
-    /// the lock and the per-user exemption. Contact details stay. False for
-    /// an unknown user.
+    /// the remembered hosts, the lock and the per-user exemption. Contact
+    /// details stay. False for an unknown user.
     pub fn reset(&mut self, name: &str, now: i64, audit: &AuditEntry) -> Result<bool> {
         self.write(Durability::Full, |tx| {
             if !tx.clear_totp(name, now)? {
@@ -573,6 +645,7 @@ impl dyn Store + '_ {
             tx.update_lock(name, None, &LockState::default(), now)?;
             tx.delete_codes(CodeKind::Backup, name, false)?;
             tx.delete_codes(CodeKind::Recovery, name, false)?;
+            tx.forget(name, None)?;
             tx.insert_audit(audit)?;
             Ok(true)
         })

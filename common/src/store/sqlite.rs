@@ -49,7 +49,7 @@ fn busy() -> impl FnMut(i32) -> bool + Send + 'static {
 }
 
 /// Schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Migrations: entry `i` brings the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -113,6 +113,15 @@ ALTER TABLE users ADD COLUMN enrolled_by TEXT NOT NULL DEFAULT 'admin';
     r#"
 -- The host that wrote each audit row (hosts of a fleet share one store).
 ALTER TABLE audit ADD COLUMN host TEXT NOT NULL DEFAULT '';
+"#,
+    r#"
+-- Remote hosts a user is not asked again from, until a time.
+CREATE TABLE remembered (
+    user  TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    host  TEXT NOT NULL,
+    until INTEGER NOT NULL,
+    PRIMARY KEY (user, host)
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -733,6 +742,30 @@ impl Tx for SqliteTx<'_> {
             params![name, now],
         )?;
         Ok(n == 1)
+    }
+
+    fn remembered(&mut self, name: &str, now: i64) -> Result<Vec<(String, i64)>> {
+        self.rows(
+            "SELECT host, until FROM remembered WHERE user = ?1 AND until > ?2 ORDER BY host",
+            params![name, now],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }
+
+    fn remember(&mut self, name: &str, host: &str, until: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO remembered(user, host, until) VALUES (?1, ?2, ?3)
+             ON CONFLICT(user, host) DO UPDATE SET until = excluded.until",
+            params![name, host, until],
+        )
+        .map(drop)
+    }
+
+    fn forget(&mut self, name: &str, host: Option<&str>) -> Result<usize> {
+        self.exec(
+            "DELETE FROM remembered WHERE user = ?1 AND (?2 IS NULL OR host = ?2)",
+            params![name, host],
+        )
     }
 
     fn activate(&mut self, name: &str, last_step: i64, now: i64) -> Result<bool> {

@@ -145,6 +145,7 @@ pub(crate) fn run(cli: Cli, out: Output) -> Result<Done, CliError> {
         } => users::disable(&mut open()?, &account(user), override_policy),
         Command::Enable { user } => users::enable(&mut open()?, &account(user)),
         Command::Unlock { user } => users::unlock(&mut open()?, &account(user)),
+        Command::Forget { user, host } => users::forget(&mut open()?, &account(user), host),
         Command::Policy { user } => users::policy(&mut open()?, &account(user)),
         Command::Check { user, code } => codes::check(&mut open()?, &account(user), code),
         Command::BackupCodes {

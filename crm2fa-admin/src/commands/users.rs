@@ -23,6 +23,15 @@ struct StatusReport {
     next_lock_seconds: i64,
     #[serde(serialize_with = "output::opt_time")]
     last_success: Option<i64>,
+    remembered: Vec<RememberedHost>,
+}
+
+/// A remote host a user is not asked again from.
+#[derive(Serialize)]
+struct RememberedHost {
+    host: String,
+    #[serde(serialize_with = "output::time")]
+    until: i64,
 }
 
 impl From<Status> for StatusReport {
@@ -38,6 +47,11 @@ impl From<Status> for StatusReport {
             lock_level: s.lock_level,
             next_lock_seconds: s.next_lock_seconds,
             last_success: s.last_success,
+            remembered: s
+                .remembered
+                .into_iter()
+                .map(|(host, until)| RememberedHost { host, until })
+                .collect(),
         }
     }
 }
@@ -71,7 +85,20 @@ impl Text for StatusReport {
             "Lock level:        {} (locks since the last success; a next lock lasts {} s)",
             self.lock_level, self.next_lock_seconds
         )?;
-        writeln!(w, "Last success:      {}", last_success(self.last_success))
+        writeln!(w, "Last success:      {}", last_success(self.last_success))?;
+        if self.remembered.is_empty() {
+            return writeln!(w, "Remembered hosts:  none");
+        }
+        for (i, r) in self.remembered.iter().enumerate() {
+            let label = if i == 0 { "Remembered hosts:" } else { "" };
+            writeln!(
+                w,
+                "{label:<18} {} until {}",
+                r.host,
+                crm2fa_common::rfc3339(r.until)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -199,6 +226,43 @@ pub(super) fn enable(ctx: &mut Ctx, user: &str) -> Result<Done, CliError> {
     let now = ctx.now;
     ctx.ops().enable(user, now)?;
     switched(ctx, user)
+}
+
+/// `forget USER [HOST]`.
+#[derive(Serialize)]
+struct ForgetReport {
+    user: String,
+    host: Option<String>,
+    forgotten: usize,
+}
+
+impl Text for ForgetReport {
+    fn write_text(&self, w: &mut dyn Write) -> io::Result<()> {
+        match (&self.host, self.forgotten) {
+            (Some(h), 0) => writeln!(w, "{h} was not remembered for {}.", self.user),
+            (Some(h), _) => writeln!(
+                w,
+                "{h} forgotten: {} is asked for a code from there again.",
+                self.user
+            ),
+            (None, n) => writeln!(
+                w,
+                "{n} remembered host(s) of {} forgotten: a code is asked from everywhere again.",
+                self.user
+            ),
+        }
+    }
+}
+
+/// Forget `user`'s remembered hosts, or one of them.
+pub(super) fn forget(ctx: &mut Ctx, user: &str, host: Option<String>) -> Result<Done, CliError> {
+    let now = ctx.now;
+    let forgotten = ctx.ops().forget(user, host.as_deref(), now)?;
+    Done::ok(ForgetReport {
+        user: user.into(),
+        host,
+        forgotten,
+    })
 }
 
 /// `unlock USER`.
