@@ -205,6 +205,32 @@ pub enum Error {
         /// Why the policy requires it.
         reason: String,
     },
+    /// An email address or phone number that cannot be used.
+    #[error("{value:?} {problem}")]
+    InvalidContact {
+        /// What was given.
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A code or notice could not be sent.
+    #[error("could not send by {channel}: {reason}")]
+    Delivery {
+        /// `email` or `sms`.
+        channel: &'static str,
+        /// Why, as the sending program said.
+        reason: String,
+    },
+    /// A channel the user cannot be reached on.
+    #[error("{user} cannot get codes by {channel}: {why}")]
+    ChannelUnavailable {
+        /// The user.
+        user: String,
+        /// `email` or `sms`.
+        channel: &'static str,
+        /// What is missing.
+        why: String,
+    },
 }
 
 fn protected_message(user: &str, action: ProtectedAction) -> String {

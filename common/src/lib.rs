@@ -21,6 +21,7 @@ pub mod auth;
 pub mod codes;
 pub mod config;
 pub mod crypto;
+pub mod delivery;
 pub mod doctor;
 pub mod error;
 pub mod fsperm;

@@ -363,6 +363,8 @@ const KEYS: &[(&str, &[(&str, Kind)])] = &[
             ("username", Kind::Str),
             ("password_file", Kind::Path),
             ("code_ttl", Kind::Duration),
+            ("subject", Kind::Str),
+            ("body", Kind::Str),
         ],
     ),
     (
@@ -370,10 +372,20 @@ const KEYS: &[(&str, &[(&str, Kind)])] = &[
         &[
             ("command", Kind::Strings),
             ("url", Kind::Str),
+            ("method", Kind::Enum(&["POST", "PUT", "GET"])),
             ("headers", Kind::Headers),
             ("body_template", Kind::Str),
             ("credentials_file", Kind::Path),
             ("code_ttl", Kind::Duration),
+        ],
+    ),
+    (
+        "delivery",
+        &[
+            ("program", Kind::Path),
+            ("timeout", Kind::Duration),
+            ("max_sends", Kind::Int(1, 1000)),
+            ("send_window", Kind::Duration),
         ],
     ),
 ];
@@ -708,6 +720,8 @@ fn value_of(cfg: &Config, section: &str, key: &str) -> Option<String> {
                 "username" => toml_str(&e.username),
                 "password_file" => opt_path_text(e.password_file.as_ref()),
                 "code_ttl" => toml_str(&format!("{}s", e.code_ttl)),
+                "subject" => toml_str(&e.subject),
+                "body" => toml_str(&e.body),
                 _ => unreachable!("unknown key [email] {k}"),
             }
         }
@@ -716,6 +730,7 @@ fn value_of(cfg: &Config, section: &str, key: &str) -> Option<String> {
             match k {
                 "command" => toml_strings(s.command.iter().map(String::as_str)),
                 "url" => toml_str(&s.url),
+                "method" => toml_str(&s.method),
                 "headers" => headers_text(&s.headers),
                 "body_template" => toml_str(&s.body_template),
                 "credentials_file" => opt_path_text(s.credentials_file.as_ref()),
@@ -723,6 +738,10 @@ fn value_of(cfg: &Config, section: &str, key: &str) -> Option<String> {
                 _ => unreachable!("unknown key [sms] {k}"),
             }
         }
+        ("delivery", "program") => toml_str(&cfg.delivery.program.display().to_string()),
+        ("delivery", "timeout") => toml_str(&format!("{}s", cfg.delivery.timeout)),
+        ("delivery", "max_sends") => cfg.delivery.max_sends.to_string(),
+        ("delivery", "send_window") => toml_str(&format!("{}s", cfg.delivery.send_window)),
         (s, k) => unreachable!("unknown key [{s}] {k}"),
     };
     Some(v)
@@ -844,6 +863,7 @@ fn toml_soup() -> impl Strategy<Value = String> {
         "[sms]",
         "[remember]",
         "[backup_codes]",
+        "[delivery]",
         "[totp.x]",
         "[[sms]]",
     ]

@@ -166,6 +166,20 @@ pub struct LockoutConfig {
     pub max_lock_seconds: i64,
 }
 
+/// `[delivery]`: the program that sends codes and notices.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// The sending program (SMTP, HTTP, command); the module runs it only
+    /// when a code must be sent.
+    pub program: PathBuf,
+    /// Seconds the program may take before it is stopped.
+    pub timeout: i64,
+    /// Codes sent per user and channel within `send_window`.
+    pub max_sends: u32,
+    /// Seconds over which `max_sends` counts.
+    pub send_window: i64,
+}
+
 /// `[email]`.
 #[derive(Debug, Clone)]
 pub struct EmailConfig {
@@ -183,6 +197,10 @@ pub struct EmailConfig {
     pub password_file: Option<PathBuf>,
     /// Seconds a sent code stays valid.
     pub code_ttl: i64,
+    /// Subject of a code message; `{account}`, `{code}`, `{minutes}` are replaced.
+    pub subject: String,
+    /// Body of a code message; `{account}`, `{code}`, `{minutes}` are replaced.
+    pub body: String,
 }
 
 /// `[sms]`.
@@ -192,6 +210,8 @@ pub struct SmsConfig {
     pub command: Vec<String>,
     /// HTTP gateway.
     pub url: String,
+    /// HTTP method for the gateway: POST, PUT or GET.
+    pub method: String,
     /// HTTP headers.
     pub headers: std::collections::BTreeMap<String, String>,
     /// HTTP body with `{phone}`, `{message}` and `{code}`.
@@ -200,6 +220,13 @@ pub struct SmsConfig {
     pub credentials_file: Option<PathBuf>,
     /// Seconds a sent code stays valid.
     pub code_ttl: i64,
+}
+
+impl SmsConfig {
+    /// Whether a command or a gateway is set: without either, no SMS is sent.
+    pub fn sends(&self) -> bool {
+        !self.command.is_empty() || !self.url.is_empty()
+    }
 }
 
 /// A validated configuration. Paths are absolute.
@@ -221,8 +248,10 @@ pub struct Config {
     pub backup_code_count: u32,
     /// `[email]`, when configured.
     pub email: Option<EmailConfig>,
-    /// `[sms]`, when configured.
+    /// `[sms]`, when the file has the section (see [`SmsConfig::sends`]).
     pub sms: Option<SmsConfig>,
+    /// `[delivery]`.
+    pub delivery: DeliveryConfig,
 }
 
 impl Config {
@@ -410,11 +439,14 @@ impl Config {
                 from: e.from,
                 username: e.username,
                 password_file: optional_path(&e.password_file),
+                subject: e.subject,
+                body: e.body,
             }),
         };
         let sms = match raw.sms {
             None => None,
             Some(s) => {
+                let code_ttl = duration("sms", "code_ttl", &s.code_ttl)?;
                 if !s.command.is_empty() && !s.url.is_empty() {
                     return Err(invalid(
                         "sms",
@@ -422,15 +454,37 @@ impl Config {
                         "set either command or url, not both".into(),
                     ));
                 }
+                if !matches!(s.method.as_str(), "POST" | "PUT" | "GET") {
+                    return Err(invalid(
+                        "sms",
+                        "method",
+                        format!("must be POST, PUT or GET, not {:?}", s.method),
+                    ));
+                }
                 Some(SmsConfig {
-                    code_ttl: duration("sms", "code_ttl", &s.code_ttl)?,
+                    code_ttl,
                     command: s.command,
                     url: s.url,
+                    method: s.method,
                     headers: s.headers,
                     body_template: s.body_template,
                     credentials_file: optional_path(&s.credentials_file),
                 })
             }
+        };
+        let d = raw.delivery;
+        if d.max_sends == 0 {
+            return Err(invalid(
+                "delivery",
+                "max_sends",
+                "must be at least 1".into(),
+            ));
+        }
+        let delivery = DeliveryConfig {
+            program: anchor(&d.program),
+            timeout: duration("delivery", "timeout", &d.timeout)?,
+            max_sends: d.max_sends,
+            send_window: duration("delivery", "send_window", &d.send_window)?,
         };
         Ok(Config {
             source: path.to_path_buf(),
@@ -462,6 +516,7 @@ impl Config {
             backup_code_count: raw.backup_codes.count,
             email,
             sms,
+            delivery,
         })
     }
 }
@@ -555,7 +610,13 @@ mod tests {
         assert_eq!(c.lockout.max_lock_seconds, 86400);
         assert_eq!(c.backup_code_count, 10);
         assert_eq!(c.email.as_ref().map(|e| e.code_ttl), Some(600));
-        assert_eq!(c.sms.as_ref().map(|s| s.code_ttl), Some(600));
+        let sms = c.sms.as_ref().expect("[sms] is in the shipped config");
+        assert!(!sms.sends(), "no command and no gateway: no SMS is sent");
+        assert_eq!(
+            c.delivery.program,
+            PathBuf::from("/usr/libexec/crm2fa/crm2fa-send")
+        );
+        assert_eq!((c.delivery.timeout, c.delivery.max_sends, c.delivery.send_window), (10, 3, 900));
     }
 
     #[test]

@@ -17,6 +17,26 @@ pub(super) struct RawConfig {
     pub(super) backup_codes: RawBackupCodes,
     pub(super) email: Option<RawEmail>,
     pub(super) sms: Option<RawSms>,
+    pub(super) delivery: RawDelivery,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawDelivery {
+    pub(super) program: PathBuf,
+    pub(super) timeout: String,
+    pub(super) max_sends: u32,
+    pub(super) send_window: String,
+}
+impl Default for RawDelivery {
+    fn default() -> Self {
+        RawDelivery {
+            program: "/usr/libexec/crm2fa/crm2fa-send".into(),
+            timeout: "10s".into(),
+            max_sends: 3,
+            send_window: "15m".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +142,8 @@ pub(super) struct RawEmail {
     pub(super) username: String,
     pub(super) password_file: PathBuf,
     pub(super) code_ttl: String,
+    pub(super) subject: String,
+    pub(super) body: String,
 }
 impl Default for RawEmail {
     fn default() -> Self {
@@ -133,6 +155,12 @@ impl Default for RawEmail {
             username: String::new(),
             password_file: PathBuf::new(),
             code_ttl: "10m".into(),
+            subject: "Your verification code".into(),
+            body: "Your verification code for {account} is {code}.\n\
+                   It is valid for {minutes} minutes and works once.\n\n\
+                   If you did not just try to log in, tell your administrator: \
+                   someone knows your password."
+                .into(),
         }
     }
 }
@@ -142,6 +170,7 @@ impl Default for RawEmail {
 pub(super) struct RawSms {
     pub(super) command: Vec<String>,
     pub(super) url: String,
+    pub(super) method: String,
     pub(super) headers: std::collections::BTreeMap<String, String>,
     pub(super) body_template: String,
     pub(super) credentials_file: PathBuf,
@@ -152,6 +181,7 @@ impl Default for RawSms {
         RawSms {
             command: vec![],
             url: String::new(),
+            method: "POST".into(),
             headers: Default::default(),
             body_template: String::new(),
             credentials_file: PathBuf::new(),

@@ -1,0 +1,367 @@
+//! Sending codes and notices by email and SMS, behind one [`Sender`] trait.
+//!
+//! The module never links an SMTP or HTTP client: every login would pay to
+//! load it. A message goes to a separate program, `crm2fa-send` (see
+//! [`Program`]), as one JSON [`Message`] on its standard input; it reads the
+//! same configuration and exits 0 when the message was handed to the mail
+//! server or the SMS gateway. The rest (who may get a code, where it goes,
+//! the masked address shown at the prompt) is decided here, in plain Rust.
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::fsperm::{self, Secrecy};
+
+/// A way to send a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// By email, over SMTP.
+    Email,
+    /// By SMS, through a gateway or a command.
+    Sms,
+}
+
+impl Channel {
+    /// Both channels, in the order they are offered.
+    pub const ALL: [Channel; 2] = [Channel::Email, Channel::Sms];
+
+    /// The word the user types at the prompt, and the channel's name in the
+    /// store, the audit log and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+        }
+    }
+
+    /// The channel a word names (`email`, `sms`, any case).
+    pub fn parse(word: &str) -> Option<Channel> {
+        Channel::ALL
+            .into_iter()
+            .find(|c| word.eq_ignore_ascii_case(c.as_str()))
+    }
+
+    /// How people call it in a sentence.
+    pub fn label(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "SMS",
+        }
+    }
+
+    /// Is the channel set up in `cfg` (an `[email]` section; an `[sms]`
+    /// command or gateway)?
+    pub fn configured(self, cfg: &Config) -> bool {
+        match self {
+            Channel::Email => cfg.email.is_some(),
+            Channel::Sms => cfg.sms.as_ref().is_some_and(|s| s.sends()),
+        }
+    }
+
+    /// Seconds a code sent this way stays valid.
+    pub fn code_ttl(self, cfg: &Config) -> Option<i64> {
+        match self {
+            Channel::Email => cfg.email.as_ref().map(|e| e.code_ttl),
+            Channel::Sms => cfg.sms.as_ref().map(|s| s.code_ttl),
+        }
+    }
+}
+
+/// One message for the sending program: a code or a notice. Zeroized on
+/// drop, never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    /// How it goes.
+    #[zeroize(skip)]
+    pub channel: Channel,
+    /// The address or phone number.
+    pub to: String,
+    /// Subject line (email only; empty for SMS).
+    #[serde(default)]
+    pub subject: String,
+    /// The text: email body or SMS message.
+    pub text: String,
+    /// The code the text carries, for an SMS gateway's `{code}`; empty for
+    /// a notice.
+    #[serde(default)]
+    pub code: String,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("channel", &self.channel)
+            .field("to", &self.to)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sends messages.
+pub trait Sender {
+    /// Send `msg`; `Err` with the reason (never containing the code) when it
+    /// could not be handed over.
+    fn send(&mut self, msg: &Message) -> std::result::Result<(), String>;
+}
+
+/// The sending program, run once per message: `PROGRAM --config CONFIG`,
+/// the message as JSON on standard input, no shell, an empty environment.
+/// Exit 0: handed over; otherwise the first line of its standard error says
+/// why. Stopped (and the send failed) after `timeout`.
+#[derive(Debug, Clone)]
+pub struct Program {
+    /// The program.
+    pub path: PathBuf,
+    /// The configuration it reads (the caller's own).
+    pub config: PathBuf,
+    /// How long it may take.
+    pub timeout: Duration,
+}
+
+/// Exit status of the sending program: the message was handed over.
+pub const EXIT_SENT: i32 = 0;
+/// Exit status of the sending program: it was not (the reason on stderr).
+pub const EXIT_NOT_SENT: i32 = 1;
+/// Exit status of the sending program: bad usage or configuration.
+pub const EXIT_USAGE: i32 = 2;
+
+impl Program {
+    /// The program `cfg` names, reading `cfg`'s own file.
+    pub fn from_config(cfg: &Config) -> Program {
+        Program {
+            path: cfg.delivery.program.clone(),
+            config: cfg.source.clone(),
+            timeout: Duration::from_secs(u64::try_from(cfg.delivery.timeout).unwrap_or(10)),
+        }
+    }
+
+    fn run(&self, msg: &Message) -> std::result::Result<(), String> {
+        // It runs as root with a code in its input: it must be root's.
+        fsperm::open_trusted(&self.path, Secrecy::NotWritableByOthers)
+            .map_err(|e| format!("will not run the sending program: {e}"))?;
+        let mut child = Command::new(&self.path)
+            .arg("--config")
+            .arg(&self.config)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", self.path.display()))?;
+        let input = zeroize::Zeroizing::new(
+            serde_json::to_vec(msg).map_err(|e| format!("cannot encode the message: {e}"))?,
+        );
+        if let Some(mut stdin) = child.stdin.take() {
+            // A program that exits early closes the pipe: its status says why.
+            let _ = stdin.write_all(&input);
+        }
+        let deadline = Instant::now() + self.timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "{} did not finish within {} s and was stopped",
+                        self.path.display(),
+                        self.timeout.as_secs()
+                    ));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => return Err(format!("cannot wait for {}: {e}", self.path.display())),
+            }
+        };
+        if status.success() {
+            return Ok(());
+        }
+        let mut said = String::new();
+        if let Some(err) = child.stderr.take() {
+            let _ = err.take(4096).read_to_string(&mut said);
+        }
+        let said = said.lines().next().unwrap_or("").trim();
+        Err(match (status.code(), said.is_empty()) {
+            (_, false) => said.to_string(),
+            (Some(c), true) => format!("{} exited with status {c}", self.path.display()),
+            (None, true) => format!("{} was killed by a signal", self.path.display()),
+        })
+    }
+}
+
+impl Sender for Program {
+    fn send(&mut self, msg: &Message) -> std::result::Result<(), String> {
+        self.run(msg)
+    }
+}
+
+/// A contact address checked for use: an email address with one `@`, a
+/// user part and a dotted domain, no spaces or control characters.
+pub fn check_email(address: &str) -> Result<String> {
+    let a = address.trim();
+    let bad = |why: &str| Error::InvalidContact {
+        value: address.into(),
+        problem: why.into(),
+    };
+    let (local, domain) = a.split_once('@').ok_or_else(|| bad("has no @"))?;
+    if local.is_empty() || domain.is_empty() || domain.contains('@') {
+        return Err(bad("must be one name@domain"));
+    }
+    if a.len() > 254 {
+        return Err(bad("is longer than 254 characters"));
+    }
+    if a.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "<>,;\"()[]\\".contains(c))
+    {
+        return Err(bad("has a space or a character an address cannot have"));
+    }
+    if !domain.contains('.') || domain.starts_with('.') || domain.ends_with('.') {
+        return Err(bad("needs a domain such as example.com"));
+    }
+    Ok(a.to_string())
+}
+
+/// A phone number checked for use, in its canonical form: international
+/// (`+` and 8 to 15 digits; spaces, dashes, dots and brackets dropped).
+pub fn check_phone(number: &str) -> Result<String> {
+    let bad = |why: &str| Error::InvalidContact {
+        value: number.into(),
+        problem: why.into(),
+    };
+    let kept: String = number
+        .chars()
+        .filter(|c| !(c.is_whitespace() || matches!(c, '-' | '.' | '(' | ')')))
+        .collect();
+    let digits = kept
+        .strip_prefix('+')
+        .ok_or_else(|| bad("must start with + and the country code, e.g. +4412345678"))?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("may hold only digits after the +"));
+    }
+    if !(8..=15).contains(&digits.len()) {
+        return Err(bad("must have 8 to 15 digits"));
+    }
+    Ok(kept)
+}
+
+/// An address as shown at the prompt and in `status`: the first letter of
+/// the user part and the domain (`a***@example.com`).
+pub fn mask_email(address: &str) -> String {
+    match address.split_once('@') {
+        Some((local, domain)) => {
+            let first: String = local.chars().take(1).collect();
+            format!("{first}***@{domain}")
+        }
+        None => "***".into(),
+    }
+}
+
+/// A phone number as shown at the prompt and in `status`: its last four
+/// digits (`***1234`).
+pub fn mask_phone(number: &str) -> String {
+    let digits: Vec<char> = number.chars().filter(char::is_ascii_digit).collect();
+    let tail: String = digits[digits.len().saturating_sub(4)..].iter().collect();
+    format!("***{tail}")
+}
+
+/// The masked form of `to` for `channel`.
+pub fn mask(channel: Channel, to: &str) -> String {
+    match channel {
+        Channel::Email => mask_email(to),
+        Channel::Sms => mask_phone(to),
+    }
+}
+
+/// `template` with each `{name}` of `vars` replaced by its value; other
+/// braces stay as they are.
+pub fn fill(template: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open..];
+        match vars
+            .iter()
+            .find(|(name, _)| after[1..].starts_with(name) && after[1 + name.len()..].starts_with('}'))
+        {
+            Some((name, value)) => {
+                out.push_str(value);
+                rest = &after[name.len() + 2..];
+            }
+            None => {
+                out.push('{');
+                rest = &after[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Check the sending program as a login would before running it.
+pub fn check_program(path: &Path) -> Result<()> {
+    fsperm::open_trusted(path, Secrecy::NotWritableByOthers).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_numbers_are_masked_as_the_prompt_shows_them() {
+        assert_eq!(mask_email("alice@example.com"), "a***@example.com");
+        assert_eq!(mask_phone("+44 20 7946 1234"), "***1234");
+        assert_eq!(mask(Channel::Sms, "+12"), "***12");
+    }
+
+    #[test]
+    fn contacts_are_checked_and_made_canonical() {
+        assert_eq!(check_email(" a.b@example.com ").unwrap(), "a.b@example.com");
+        for bad in ["alice", "@example.com", "a@b", "a b@example.com", "a@@example.com", "a@.com"] {
+            assert!(check_email(bad).is_err(), "{bad}");
+        }
+        assert_eq!(check_phone("+44 (20) 7946-1234").unwrap(), "+442079461234");
+        for bad in ["07946 1234", "+44abc12345", "+123", "+1234567890123456"] {
+            assert!(check_phone(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn templates_fill_known_names_and_keep_other_braces() {
+        let vars = [("code", "123456"), ("minutes", "10")];
+        assert_eq!(
+            fill("{code} valid {minutes} min {other} {", &vars),
+            "123456 valid 10 min {other} {"
+        );
+        assert_eq!(fill("{\"text\": \"{code}\"}", &vars), "{\"text\": \"123456\"}");
+    }
+
+    #[test]
+    fn words_name_channels_in_any_case() {
+        assert_eq!(Channel::parse("EMAIL"), Some(Channel::Email));
+        assert_eq!(Channel::parse("sms"), Some(Channel::Sms));
+        assert_eq!(Channel::parse("phone"), None);
+    }
+
+    #[test]
+    fn a_message_reads_back_from_its_json_and_debug_hides_it() {
+        let m = Message {
+            channel: Channel::Sms,
+            to: "+442079460000".into(),
+            subject: String::new(),
+            text: "code 123456".into(),
+            code: "123456".into(),
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains("\"channel\":\"sms\""), "{json}");
+        assert_eq!(serde_json::from_str::<Message>(&json).unwrap(), m);
+        assert!(!format!("{m:?}").contains("123456"));
+    }
+}
