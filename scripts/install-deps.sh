@@ -18,6 +18,7 @@ pkgs=(
   openssh-server openssh-client  # a real sshd login in a test
   zbar-tools          # decodes the QR code an SSH client shows
   faketime            # a clock stepped backwards, in a fault test
+  python3-aiosmtpd    # the SMTP server codes are sent to in tests (tests/fixtures/smtp_sink.py)
   "$@"
 )
 

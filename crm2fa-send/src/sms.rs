@@ -1,0 +1,478 @@
+//! SMS: a command (no shell; the phone and the message as its last two
+//! arguments) or an HTTP gateway (ureq over rustls; placeholders filled and
+//! encoded for where they go; basic auth from a root-only file).
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use crm2fa_common::config::SmsConfig;
+use crm2fa_common::delivery::{fill, Message};
+use crm2fa_common::fsperm::{self, Secrecy};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use ureq::http::{HeaderName, HeaderValue, Uri};
+use zeroize::Zeroizing;
+
+use crate::email::plain_io;
+use crate::{secret, Failure};
+
+/// The PATH a command gets (and nothing else of the environment).
+const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Send `msg` as [sms] says; the whole send may take `timeout`.
+pub(crate) fn send(cfg: &SmsConfig, timeout: Duration, msg: &Message) -> Result<(), Failure> {
+    if cfg.command.is_empty() {
+        http(cfg, timeout, msg)
+    } else {
+        command(&cfg.command, timeout, msg)
+    }
+}
+
+// ---- command ---------------------------------------------------------------
+
+fn command(argv: &[String], timeout: Duration, msg: &Message) -> Result<(), Failure> {
+    let program = resolve(&argv[0])?;
+    // It runs as root with the code in its arguments: it must be root's.
+    fsperm::open_trusted(&program, Secrecy::NotWritableByOthers)
+        .map_err(|e| Failure::Config(format!("[sms] command: will not run it: {e}")))?;
+    let mut child = Command::new(&program)
+        .args(&argv[1..])
+        .arg(&msg.to)
+        .arg(&msg.text)
+        .env_clear()
+        .env("PATH", PATH)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        // Its own process group, so that a time-out stops what it started.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| {
+            Failure::Config(format!(
+                "[sms] command: cannot run {}: {}",
+                program.display(),
+                plain_io(&e)
+            ))
+        })?;
+    let pgid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    // Its standard error is read aside, so that a chatty command never
+    // blocks on a full pipe; the first 4 kB are kept.
+    let (tx, rx) = mpsc::channel();
+    if let Some(mut err) = child.stderr.take() {
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            let _ = (&mut err).take(4096).read_to_end(&mut kept);
+            let _ = tx.send(kept);
+            let _ = std::io::copy(&mut err, &mut std::io::sink());
+        });
+    }
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+                let _ = child.wait();
+                return Err(Failure::NotSent(format!(
+                    "the SMS command did not finish within {:.1} s and was stopped",
+                    timeout.as_secs_f64()
+                )));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => {
+                return Err(Failure::NotSent(format!(
+                    "cannot wait for the SMS command: {}",
+                    plain_io(&e)
+                )))
+            }
+        }
+    };
+    if status.success() {
+        return Ok(());
+    }
+    // A child it left behind may hold the pipe open: wait only a moment.
+    let said = rx
+        .recv_timeout(Duration::from_millis(500))
+        .unwrap_or_default();
+    let said = String::from_utf8_lossy(&said);
+    let first = said.lines().map(str::trim).find(|l| !l.is_empty());
+    let how = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("the SMS command exited with status {code}"),
+        (None, Some(sig)) => format!("the SMS command was killed by signal {sig}"),
+        (None, None) => "the SMS command failed".to_string(),
+    };
+    Err(Failure::NotSent(match first {
+        Some(line) => format!("{how}: {line}"),
+        None => how,
+    }))
+}
+
+/// The command's program: an absolute path, or a name found in [`PATH`].
+fn resolve(program: &str) -> Result<PathBuf, Failure> {
+    let path = Path::new(program);
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    if program.contains('/') || program.is_empty() {
+        return Err(Failure::Config(format!(
+            "[sms] command: {program:?} must be an absolute path or a program name found in {PATH}"
+        )));
+    }
+    PATH.split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Failure::Config(format!(
+                "[sms] command: there is no {program:?} in {PATH}; give its absolute path"
+            ))
+        })
+}
+
+// ---- HTTP gateway ----------------------------------------------------------
+
+/// What stays as it is in a URL: RFC 3986's unreserved characters.
+const URL_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// What stays as it is in an `application/x-www-form-urlencoded` value.
+const FORM_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'*')
+    .remove(b' ');
+
+/// How the values go into the body, by its Content-Type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Json,
+    Form,
+    Raw,
+}
+
+fn body_kind(cfg: &SmsConfig) -> BodyKind {
+    let ct = cfg
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.to_ascii_lowercase());
+    match ct {
+        Some(t) if t.contains("json") => BodyKind::Json,
+        Some(t)
+            if t.trim_start()
+                .starts_with("application/x-www-form-urlencoded") =>
+        {
+            BodyKind::Form
+        }
+        _ => BodyKind::Raw,
+    }
+}
+
+/// `value` encoded for a body of `kind`.
+fn encode_body_value(value: &str, kind: BodyKind) -> Zeroizing<String> {
+    Zeroizing::new(match kind {
+        BodyKind::Json => {
+            let quoted = serde_json::Value::String(value.to_string()).to_string();
+            quoted[1..quoted.len() - 1].to_string()
+        }
+        BodyKind::Form => utf8_percent_encode(value, FORM_VALUE)
+            .to_string()
+            .replace(' ', "+"),
+        BodyKind::Raw => value.to_string(),
+    })
+}
+
+/// `template` with `{phone}`, `{message}` and `{code}` filled with the
+/// values of `msg`, each passed through `encode`.
+fn fill_message(
+    template: &str,
+    msg: &Message,
+    encode: impl Fn(&str) -> Zeroizing<String>,
+) -> Zeroizing<String> {
+    let (phone, message, code) = (encode(&msg.to), encode(&msg.text), encode(&msg.code));
+    Zeroizing::new(fill(
+        template,
+        &[("phone", &phone), ("message", &message), ("code", &code)],
+    ))
+}
+
+/// The gateway's address for reasons: scheme, host and port, never the
+/// path or the query (they may hold the code).
+fn gateway_name(uri: &Uri) -> String {
+    let host = uri.host().unwrap_or("?");
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    format!("{host}:{port}")
+}
+
+fn http(cfg: &SmsConfig, timeout: Duration, msg: &Message) -> Result<(), Failure> {
+    // The URL as configured must be one; the filled one is the one used.
+    let template_uri: Uri = cfg
+        .url
+        .parse()
+        .map_err(|e| Failure::Config(format!("[sms] url: {:?} is not a URL: {e}", cfg.url)))?;
+    match template_uri.scheme_str() {
+        Some("http" | "https") if template_uri.host().is_some() => {}
+        _ => {
+            return Err(Failure::Config(format!(
+                "[sms] url: {:?} must be an http:// or https:// URL with a host",
+                cfg.url
+            )))
+        }
+    }
+    let url = fill_message(&cfg.url, msg, |v| {
+        Zeroizing::new(utf8_percent_encode(v, URL_VALUE).to_string())
+    });
+    let uri: Uri = url.parse().map_err(|_| {
+        Failure::Config("[sms] url: not a URL once {phone}, {message} and {code} are filled".into())
+    })?;
+    let gateway = gateway_name(&uri);
+    let mut headers = Vec::new();
+    for (name, value) in &cfg.headers {
+        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            Failure::Config(format!("[sms] headers: {name:?} is not a header name"))
+        })?;
+        let v = HeaderValue::from_str(value).map_err(|_| {
+            Failure::Config(format!(
+                "[sms] headers: the value of {name:?} is not a header value"
+            ))
+        })?;
+        headers.push((n, v));
+    }
+    if let Some(path) = &cfg.credentials_file {
+        let creds = secret::read_file(path, "[sms] credentials_file")?;
+        if !creds.contains(':') {
+            return Err(Failure::Config(format!(
+                "[sms] credentials_file: {} must hold user:password on one line",
+                path.display()
+            )));
+        }
+        let token =
+            Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(creds.as_bytes()));
+        let mut value =
+            HeaderValue::from_str(&format!("Basic {}", token.as_str())).map_err(|_| {
+                Failure::Config("[sms] credentials_file: not usable as basic auth".into())
+            })?;
+        value.set_sensitive(true);
+        headers.push((ureq::http::header::AUTHORIZATION, value));
+    }
+
+    let mut tls = ureq::tls::TlsConfig::builder().provider(ureq::tls::TlsProvider::Rustls);
+    if uri.scheme_str() == Some("https") {
+        tls = tls.root_certs(system_roots()?);
+    }
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .timeout_connect(Some(timeout))
+        // A redirect would take the code somewhere not configured: a 3xx
+        // is an answer like any other that is not 2xx.
+        .max_redirects(0)
+        .http_status_as_error(false)
+        // The environment is the caller's, and a login's is empty anyway.
+        .proxy(None)
+        .user_agent(concat!("crm2fa-send/", env!("CARGO_PKG_VERSION")))
+        .tls_config(tls.build())
+        .build()
+        .new_agent();
+
+    let result = match cfg.method.as_str() {
+        "GET" => {
+            let mut req = agent.get(url.as_str());
+            for (n, v) in headers {
+                req = req.header(n, v);
+            }
+            req.call()
+        }
+        method => {
+            let kind = body_kind(cfg);
+            let body = fill_message(&cfg.body_template, msg, |v| encode_body_value(v, kind));
+            let mut req = if method == "PUT" {
+                agent.put(url.as_str())
+            } else {
+                agent.post(url.as_str())
+            };
+            for (n, v) in headers {
+                req = req.header(n, v);
+            }
+            req.send(body.as_bytes())
+        }
+    };
+    let mut response = result.map_err(|e| Failure::NotSent(http_reason(&e, &gateway, timeout)))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    // A short first line of what it said, if it is text: that is where a
+    // gateway says "invalid API key". (The code is scrubbed by the caller.)
+    let mut said = Vec::new();
+    let _ = response
+        .body_mut()
+        .as_reader()
+        .take(512)
+        .read_to_end(&mut said);
+    let said = String::from_utf8_lossy(&said);
+    let first: String = said
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+        .chars()
+        .take(120)
+        .collect();
+    let mut why = format!(
+        "the SMS gateway {gateway} answered HTTP {}",
+        status.as_u16()
+    );
+    if !first.is_empty() && first.chars().all(|c| !c.is_control()) {
+        why.push_str(": ");
+        why.push_str(&first);
+    }
+    Err(Failure::NotSent(why))
+}
+
+/// The system's CA certificates (`/etc/ssl/certs`), for an https gateway.
+fn system_roots() -> Result<ureq::tls::RootCerts, Failure> {
+    let found = rustls_native_certs::load_native_certs();
+    if found.certs.is_empty() {
+        let why = found
+            .errors
+            .first()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        return Err(Failure::Config(format!(
+            "[sms] url: no CA certificates found on this system to check the gateway's \
+             certificate (install ca-certificates){why}"
+        )));
+    }
+    Ok(ureq::tls::RootCerts::new_with_certs(
+        &found
+            .certs
+            .iter()
+            .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// One line that says why the gateway did not get the message.
+fn http_reason(e: &ureq::Error, gateway: &str, timeout: Duration) -> String {
+    let secs = timeout.as_secs_f64();
+    match e {
+        ureq::Error::Timeout(_) => {
+            format!("timed out after {secs:.1} s waiting for the SMS gateway {gateway}")
+        }
+        ureq::Error::HostNotFound => {
+            format!("cannot connect to the SMS gateway {gateway}: host not found")
+        }
+        ureq::Error::ConnectionFailed => {
+            format!("cannot connect to the SMS gateway {gateway}")
+        }
+        ureq::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+                format!("timed out after {secs:.1} s waiting for the SMS gateway {gateway}")
+            }
+            std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::HostUnreachable
+            | std::io::ErrorKind::NetworkUnreachable
+            | std::io::ErrorKind::AddrNotAvailable => format!(
+                "cannot connect to the SMS gateway {gateway}: {}",
+                plain_io(io)
+            ),
+            _ => format!(
+                "talking to the SMS gateway {gateway} failed: {}",
+                plain_io(io)
+            ),
+        },
+        ureq::Error::Tls(why) => format!("TLS with the SMS gateway {gateway} failed: {why}"),
+        ureq::Error::Rustls(why) => format!("TLS with the SMS gateway {gateway} failed: {why}"),
+        other => format!("sending to the SMS gateway {gateway} failed: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crm2fa_common::delivery::Channel;
+
+    fn msg() -> Message {
+        Message {
+            channel: Channel::Sms,
+            to: "+44 20 7946".into(),
+            subject: String::new(),
+            text: "Code \"1234\" & go\n".into(),
+            code: "1234".into(),
+        }
+    }
+
+    #[test]
+    fn values_are_encoded_for_where_they_go() {
+        let m = msg();
+        let json = fill_message("{\"t\":\"{message}\",\"to\":\"{phone}\"}", &m, |v| {
+            encode_body_value(v, BodyKind::Json)
+        });
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed["t"], "Code \"1234\" & go\n");
+        assert_eq!(parsed["to"], "+44 20 7946");
+        let form = fill_message("to={phone}&text={message}", &m, |v| {
+            encode_body_value(v, BodyKind::Form)
+        });
+        assert_eq!(
+            form.as_str(),
+            "to=%2B44+20+7946&text=Code+%221234%22+%26+go%0A"
+        );
+        let url = fill_message("https://g/s?to={phone}&c={code}", &m, |v| {
+            Zeroizing::new(utf8_percent_encode(v, URL_VALUE).to_string())
+        });
+        assert_eq!(url.as_str(), "https://g/s?to=%2B44%2020%207946&c=1234");
+    }
+
+    #[test]
+    fn the_content_type_header_decides_the_body_encoding_in_any_case() {
+        let mut cfg = SmsConfig {
+            command: vec![],
+            url: "http://g/".into(),
+            method: "POST".into(),
+            headers: Default::default(),
+            body_template: String::new(),
+            credentials_file: None,
+            code_ttl: 600,
+        };
+        assert_eq!(body_kind(&cfg), BodyKind::Raw);
+        cfg.headers.insert(
+            "content-TYPE".into(),
+            "application/json; charset=utf-8".into(),
+        );
+        assert_eq!(body_kind(&cfg), BodyKind::Json);
+        cfg.headers.insert(
+            "content-TYPE".into(),
+            "application/x-www-form-urlencoded".into(),
+        );
+        assert_eq!(body_kind(&cfg), BodyKind::Form);
+    }
+
+    #[test]
+    fn a_command_is_an_absolute_path_or_a_name_in_path() {
+        let sh = resolve("sh").unwrap();
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{}", sh.display());
+        assert_eq!(resolve("/opt/x").unwrap(), PathBuf::from("/opt/x"));
+        for bad in ["bin/send-sms", "", "no-such-program-crm2fa"] {
+            assert!(resolve(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reasons_name_the_gateway_by_host_and_port_only() {
+        let uri: Uri = "https://sms.example/send?code=1234".parse().unwrap();
+        assert_eq!(gateway_name(&uri), "sms.example:443");
+        let uri: Uri = "http://127.0.0.1:8080/x".parse().unwrap();
+        assert_eq!(gateway_name(&uri), "127.0.0.1:8080");
+    }
+}

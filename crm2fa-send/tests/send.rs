@@ -1,0 +1,695 @@
+//! `crm2fa-send` against real servers on 127.0.0.1: an SMTP server
+//! (tests/fixtures/smtp_sink.py, aiosmtpd) and an HTTP server
+//! (tests/fixtures/http_sink.py), started for each test and killed after
+//! it; and SMS commands written into the test's directory. The program is
+//! run as the PAM module runs it: `--config CONFIG`, an empty environment
+//! but PATH, one JSON message on standard input.
+//!
+//! Runs as root: the configuration and the secret files must be root's.
+
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const CODE: &str = "482913";
+const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+// ---- helpers ---------------------------------------------------------------
+
+/// Debian's Python, which sees Debian's python3-aiosmtpd (a `python3`
+/// earlier on PATH may be another installation).
+fn python() -> PathBuf {
+    let debian = PathBuf::from("/usr/bin/python3");
+    if debian.exists() {
+        debian
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+fn require_aiosmtpd() {
+    let out = Command::new(python())
+        .args(["-c", "import aiosmtpd.controller"])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "python3-aiosmtpd is missing (the SMTP server these tests send to): run `make deps`, \
+         which installs it with apt-get\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A file with `contents` and `mode` (the test runs as root: root's).
+fn write_file(path: &Path, contents: &str, mode: u32) {
+    fs::write(path, contents).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A test's directory: the configuration and what the sinks write.
+struct Dir {
+    dir: tempfile::TempDir,
+}
+
+impl Dir {
+    fn new() -> Dir {
+        let dir = tempfile::Builder::new()
+            .prefix("crm2fa-send-")
+            .tempdir()
+            .expect("tempdir");
+        Dir { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The configuration `crm2fa.toml` (0644: root's, not writable by others).
+    fn config(&self, text: &str) -> PathBuf {
+        let p = self.path("crm2fa.toml");
+        write_file(&p, text, 0o644);
+        p
+    }
+}
+
+/// A sink server (python3 fixture), killed when dropped.
+struct Sink {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+}
+
+impl Sink {
+    fn start(dir: &Dir, script: &str, extra: &[&str]) -> Sink {
+        let port_file = dir.path(&format!("{script}.port"));
+        let out = dir.path(&format!("{script}.out"));
+        let mut child = Command::new(python())
+            .arg(fixture(script))
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--dir")
+            .arg(&out)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {script}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = fs::read_to_string(&port_file) {
+                let port = text.trim().parse().expect("a port number");
+                return Sink { child, port, out };
+            }
+            if let Some(status) = child.try_wait().expect("wait") {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("{script} exited with {status} before listening: {err}");
+            }
+            assert!(Instant::now() < deadline, "{script} did not start in 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn smtp(dir: &Dir, extra: &[&str]) -> Sink {
+        require_aiosmtpd();
+        Sink::start(dir, "smtp_sink.py", extra)
+    }
+
+    fn http(dir: &Dir, extra: &[&str]) -> Sink {
+        Sink::start(dir, "http_sink.py", extra)
+    }
+
+    /// What it received, oldest first: the files `<n>.<ext>`.
+    fn received(&self, ext: &str) -> Vec<String> {
+        let mut n = 1;
+        let mut all = vec![];
+        while let Ok(text) = fs::read_to_string(self.out.join(format!("{n}.{ext}"))) {
+            all.push(text);
+            n += 1;
+        }
+        all
+    }
+
+    fn requests(&self) -> Vec<serde_json::Value> {
+        self.received("json")
+            .iter()
+            .map(|t| serde_json::from_str(t).expect("a request record"))
+            .collect()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What one run of crm2fa-send did.
+#[derive(Debug)]
+struct Run {
+    status: ExitStatus,
+    stderr: String,
+}
+
+impl Run {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// It failed with `exit`, said why in one line containing `want`, and
+    /// the line holds neither the code nor the message text.
+    fn failed(&self, exit: i32, want: &str) {
+        assert_eq!(self.code(), Some(exit), "{self:?}");
+        let line = self.stderr.trim_end();
+        assert!(
+            !line.is_empty() && !line.contains('\n'),
+            "one line: {self:?}"
+        );
+        assert!(line.contains(want), "{want:?} in {line:?}");
+        assert!(!line.contains(CODE), "the code is in the reason: {line:?}");
+        assert!(
+            !line.contains("Your code is"),
+            "the text is in the reason: {line:?}"
+        );
+    }
+
+    fn sent(&self) {
+        assert_eq!(self.code(), Some(0), "{self:?}");
+        assert_eq!(self.stderr, "", "{self:?}");
+    }
+}
+
+fn message(channel: &str, to: &str) -> serde_json::Value {
+    serde_json::json!({
+        "channel": channel,
+        "to": to,
+        "subject": if channel == "email" { "Your verification code" } else { "" },
+        "text": format!("Your code is {CODE}.\nIt works once."),
+        "code": CODE,
+    })
+}
+
+/// Run crm2fa-send as the module does (no shell, PATH only), `input` on
+/// its standard input; a run that takes over a minute fails the test.
+fn send_raw(config: &Path, input: &[u8], env: &[(&str, &str)]) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crm2fa-send"))
+        .arg("--config")
+        .arg(config)
+        .env_clear()
+        .env("PATH", PATH)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run crm2fa-send");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("crm2fa-send still runs after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Run {
+        status,
+        stderr: reader.join().expect("stderr reader"),
+    }
+}
+
+fn send(config: &Path, msg: &serde_json::Value) -> Run {
+    send_raw(config, msg.to_string().as_bytes(), &[])
+}
+
+fn email_config(port: u16, extra: &str) -> String {
+    format!(
+        "[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\ntls = \"none\"\n\
+         from = \"crm2fa <crm2fa@example.org>\"\n{extra}\n"
+    )
+}
+
+/// The headers (unfolded, name in lower case) and the body of a raw message.
+fn parse_email(raw: &str) -> (Vec<(String, String)>, String) {
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .expect("headers, blank line, body");
+    let mut headers: Vec<(String, String)> = vec![];
+    for line in head.split("\r\n") {
+        if line.starts_with([' ', '\t']) {
+            headers.last_mut().expect("a header to continue").1 += line.trim_start();
+        } else {
+            let (name, value) = line.split_once(':').expect("name: value");
+            headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+        }
+    }
+    (headers, body.to_string())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// A port nothing listens on: bound, noted, and let go.
+fn dead_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+// ---- email -------------------------------------------------------------------
+
+#[test]
+fn an_email_arrives_with_its_from_to_subject_and_body() {
+    let dir = Dir::new();
+    let sink = Sink::smtp(&dir, &[]);
+    let config = dir.config(&email_config(sink.port, ""));
+    send(&config, &message("email", "alice@example.com")).sent();
+    let mails = sink.received("eml");
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    let (headers, body) = parse_email(&mails[0]);
+    assert_eq!(header(&headers, "from"), ["crm2fa <crm2fa@example.org>"]);
+    assert_eq!(header(&headers, "to"), ["alice@example.com"]);
+    assert_eq!(header(&headers, "subject"), ["Your verification code"]);
+    assert_eq!(header(&headers, "date").len(), 1, "{headers:?}");
+    assert_eq!(header(&headers, "message-id").len(), 1, "{headers:?}");
+    assert!(
+        header(&headers, "content-type")[0].starts_with("text/plain"),
+        "{headers:?}"
+    );
+    assert_eq!(
+        body.trim_end(),
+        format!("Your code is {CODE}.\r\nIt works once.")
+    );
+}
+
+#[test]
+fn a_line_break_in_the_subject_cannot_add_a_header() {
+    let dir = Dir::new();
+    let sink = Sink::smtp(&dir, &[]);
+    let config = dir.config(&email_config(sink.port, ""));
+    let mut msg = message("email", "alice@example.com");
+    msg["subject"] = "Code\r\nBcc: mallory@example.net".into();
+    send(&config, &msg).sent();
+    let (headers, _) = parse_email(&sink.received("eml")[0]);
+    assert!(header(&headers, "bcc").is_empty(), "{headers:?}");
+    assert_eq!(header(&headers, "to"), ["alice@example.com"]);
+}
+
+#[test]
+fn smtp_auth_uses_the_password_from_the_root_only_file() {
+    let dir = Dir::new();
+    let sink = Sink::smtp(&dir, &["--auth", "mailer:s3cret pass"]);
+    write_file(&dir.path("smtp.password"), "s3cret pass\n", 0o600);
+    let config = dir.config(&email_config(
+        sink.port,
+        "username = \"mailer\"\npassword_file = \"smtp.password\"",
+    ));
+    send(&config, &message("email", "bob@example.com")).sent();
+    assert_eq!(sink.received("eml").len(), 1);
+}
+
+#[test]
+fn a_wrong_smtp_password_is_not_sent_and_says_the_login_was_rejected() {
+    let dir = Dir::new();
+    let sink = Sink::smtp(&dir, &["--auth", "mailer:s3cret"]);
+    write_file(&dir.path("smtp.password"), "wrong\n", 0o600);
+    let config = dir.config(&email_config(
+        sink.port,
+        "username = \"mailer\"\npassword_file = \"smtp.password\"",
+    ));
+    let run = send(&config, &message("email", "bob@example.com"));
+    run.failed(1, "rejected the login as \"mailer\"");
+    assert!(run.stderr.contains("535"), "{run:?}");
+    assert!(
+        !run.stderr.contains("wrong"),
+        "the password is in the reason: {run:?}"
+    );
+    assert!(sink.received("eml").is_empty());
+}
+
+#[test]
+fn a_password_file_other_users_can_read_is_refused_as_a_configuration_error() {
+    let dir = Dir::new();
+    write_file(&dir.path("smtp.password"), "s3cret\n", 0o644);
+    let config = dir.config(&email_config(
+        dead_port(),
+        "username = \"mailer\"\npassword_file = \"smtp.password\"",
+    ));
+    let run = send(&config, &message("email", "bob@example.com"));
+    run.failed(2, "[email] password_file");
+    assert!(run.stderr.contains("chmod 0600"), "{run:?}");
+}
+
+#[test]
+fn a_closed_smtp_port_fails_at_once_with_connection_refused() {
+    let dir = Dir::new();
+    let port = dead_port();
+    let config = dir.config(&email_config(port, ""));
+    let run = send(&config, &message("email", "alice@example.com"));
+    run.failed(
+        1,
+        &format!("cannot connect to the mail server 127.0.0.1:{port}: Connection refused"),
+    );
+}
+
+#[test]
+fn a_mail_server_that_never_answers_times_out() {
+    let dir = Dir::new();
+    // Connections queue in the backlog; nothing ever answers them.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let config = dir.config(&format!(
+        "[delivery]\ntimeout = \"1s\"\n\n{}",
+        email_config(port, "")
+    ));
+    let run = send(&config, &message("email", "alice@example.com"));
+    run.failed(1, "timed out");
+    assert!(run.stderr.contains(&format!("127.0.0.1:{port}")), "{run:?}");
+    drop(silent);
+}
+
+#[test]
+fn starttls_required_by_the_config_is_not_skipped_when_the_server_lacks_it() {
+    let dir = Dir::new();
+    let sink = Sink::smtp(&dir, &[]);
+    let config =
+        dir.config(&email_config(sink.port, "").replace("tls = \"none\"", "tls = \"starttls\""));
+    let run = send(&config, &message("email", "alice@example.com"));
+    run.failed(1, "STARTTLS");
+    assert!(sink.received("eml").is_empty(), "sent in the clear");
+}
+
+// ---- SMS over HTTP -------------------------------------------------------------
+
+#[test]
+fn an_sms_post_fills_the_json_body_escaped_with_the_headers_and_basic_auth() {
+    let dir = Dir::new();
+    let sink = Sink::http(&dir, &[]);
+    write_file(
+        &dir.path("gateway.credentials"),
+        "gw-user:gw pass:x\n",
+        0o600,
+    );
+    let config = dir.config(&format!(
+        r#"[sms]
+url = "http://127.0.0.1:{}/v1/send"
+method = "POST"
+headers = {{ "Content-Type" = "application/json", "X-Api-Key" = "key-123" }}
+body_template = '{{"to": "{{phone}}", "text": "{{message}}", "code": "{{code}}"}}'
+credentials_file = "gateway.credentials"
+"#,
+        sink.port
+    ));
+    let mut msg = message("sms", "+441234567890");
+    msg["text"] = format!("Your code is \"{CODE}\"\\ \n& valid 10 min").into();
+    send(&config, &msg).sent();
+    let requests = sink.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let r = &requests[0];
+    assert_eq!(r["method"], "POST");
+    assert_eq!(r["path"], "/v1/send");
+    assert_eq!(r["headers"]["content-type"], "application/json");
+    assert_eq!(r["headers"]["x-api-key"], "key-123");
+    assert_eq!(
+        r["headers"]["authorization"], "Basic Z3ctdXNlcjpndyBwYXNzOng=",
+        "base64 of gw-user:gw pass:x"
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(r["body"].as_str().expect("a body")).expect("the body is JSON");
+    assert_eq!(body["to"], "+441234567890");
+    assert_eq!(body["text"], msg["text"]);
+    assert_eq!(body["code"], CODE);
+}
+
+#[test]
+fn an_sms_put_with_a_form_body_is_form_encoded() {
+    let dir = Dir::new();
+    let sink = Sink::http(&dir, &[]);
+    let config = dir.config(&format!(
+        r#"[sms]
+url = "http://127.0.0.1:{}/send"
+method = "PUT"
+headers = {{ "content-type" = "application/x-www-form-urlencoded" }}
+body_template = "to={{phone}}&text={{message}}"
+"#,
+        sink.port
+    ));
+    send(&config, &message("sms", "+441234567890")).sent();
+    let r = &sink.requests()[0];
+    assert_eq!(r["method"], "PUT");
+    assert_eq!(
+        r["body"],
+        format!("to=%2B441234567890&text=Your+code+is+{CODE}.%0AIt+works+once.")
+    );
+}
+
+#[test]
+fn an_sms_get_fills_the_url_percent_encoded_and_sends_no_body() {
+    let dir = Dir::new();
+    let sink = Sink::http(&dir, &[]);
+    let config = dir.config(&format!(
+        "[sms]\nurl = \"http://127.0.0.1:{}/send?to={{phone}}&msg={{message}}&c={{code}}\"\n\
+         method = \"GET\"\n",
+        sink.port
+    ));
+    send(&config, &message("sms", "+441234567890")).sent();
+    let r = &sink.requests()[0];
+    assert_eq!(r["method"], "GET");
+    assert_eq!(
+        r["path"],
+        format!(
+            "/send?to=%2B441234567890&msg=Your%20code%20is%20{CODE}.%0AIt%20works%20once.&c={CODE}"
+        )
+    );
+    assert_eq!(r["body"], "");
+}
+
+#[test]
+fn an_sms_gateway_error_is_not_sent_and_the_reason_holds_no_code() {
+    let dir = Dir::new();
+    let sink = Sink::http(&dir, &["--status", "500"]);
+    let config = dir.config(&format!(
+        "[sms]\nurl = \"http://127.0.0.1:{}/send?c={{code}}\"\nbody_template = \"{{message}}\"\n",
+        sink.port
+    ));
+    let run = send(&config, &message("sms", "+441234567890"));
+    run.failed(
+        1,
+        &format!("the SMS gateway 127.0.0.1:{} answered HTTP 500", sink.port),
+    );
+    assert_eq!(sink.requests().len(), 1, "the request reached the gateway");
+}
+
+#[test]
+fn a_redirect_is_not_followed() {
+    let dir = Dir::new();
+    let sink = Sink::http(&dir, &["--status", "302"]);
+    let config = dir.config(&format!(
+        "[sms]\nurl = \"http://127.0.0.1:{}/send\"\nbody_template = \"{{code}}\"\n",
+        sink.port
+    ));
+    send(&config, &message("sms", "+441234567890")).failed(1, "answered HTTP 302");
+    assert_eq!(sink.requests().len(), 1);
+}
+
+#[test]
+fn a_closed_gateway_port_fails_with_connection_refused() {
+    let dir = Dir::new();
+    let port = dead_port();
+    let config = dir.config(&format!(
+        "[sms]\nurl = \"http://127.0.0.1:{port}/send?c={{code}}\"\n"
+    ));
+    send(&config, &message("sms", "+441234567890")).failed(
+        1,
+        &format!("cannot connect to the SMS gateway 127.0.0.1:{port}: Connection refused"),
+    );
+}
+
+#[test]
+fn a_gateway_that_never_answers_times_out() {
+    let dir = Dir::new();
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let config = dir.config(&format!(
+        "[delivery]\ntimeout = \"1s\"\n\n[sms]\nurl = \"http://127.0.0.1:{port}/send\"\n"
+    ));
+    send(&config, &message("sms", "+441234567890")).failed(1, "timed out");
+    drop(silent);
+}
+
+// ---- SMS by command ----------------------------------------------------------
+
+/// An SMS command: a shell script in the test's directory that writes its
+/// arguments (NUL-terminated) and its environment to files there, prints
+/// `stderr` on standard error and exits with `exit`.
+fn sms_script(dir: &Dir, stderr: &str, exit: i32) -> PathBuf {
+    let script = dir.path("send-sms");
+    let args = dir.path("args");
+    let env = dir.path("env");
+    write_file(
+        &script,
+        &format!(
+            "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\0' \"$a\"; done > '{}'\nenv > '{}'\n\
+             {}exit {exit}\n",
+            args.display(),
+            env.display(),
+            if stderr.is_empty() {
+                String::new()
+            } else {
+                format!("echo \"{stderr}\" >&2\n")
+            }
+        ),
+        0o755,
+    );
+    script
+}
+
+fn recorded_args(dir: &Dir) -> Vec<String> {
+    let raw = fs::read_to_string(dir.path("args")).expect("the command ran");
+    raw.split_terminator('\0').map(String::from).collect()
+}
+
+#[test]
+fn an_sms_command_gets_the_phone_and_the_message_as_two_more_arguments_and_no_environment() {
+    let dir = Dir::new();
+    let script = sms_script(&dir, "", 0);
+    let config = dir.config(&format!(
+        "[sms]\ncommand = [\"{}\", \"--from\", \"crm2fa host\"]\n",
+        script.display()
+    ));
+    let msg = message("sms", "+441234567890");
+    let input = msg.to_string();
+    send_raw(
+        &config,
+        input.as_bytes(),
+        &[("CRM2FA_TEST_SENTINEL", "leaked")],
+    )
+    .sent();
+    assert_eq!(
+        recorded_args(&dir),
+        [
+            "--from",
+            "crm2fa host",
+            "+441234567890",
+            msg["text"].as_str().expect("text")
+        ]
+    );
+    let env = fs::read_to_string(dir.path("env")).expect("env");
+    assert!(env.lines().any(|l| l == format!("PATH={PATH}")), "{env}");
+    assert!(!env.contains("CRM2FA_TEST_SENTINEL"), "{env}");
+}
+
+#[test]
+fn a_failing_sms_command_is_not_sent_with_its_status_and_first_stderr_line_minus_the_code() {
+    let dir = Dir::new();
+    let script = sms_script(&dir, "modem refused: $2", 3);
+    let config = dir.config(&format!("[sms]\ncommand = [\"{}\"]\n", script.display()));
+    let run = send(&config, &message("sms", "+441234567890"));
+    run.failed(1, "the SMS command exited with status 3: modem refused:");
+    assert!(run.stderr.contains("[redacted]"), "{run:?}");
+}
+
+#[test]
+fn an_sms_command_that_hangs_is_stopped_after_the_timeout() {
+    let dir = Dir::new();
+    let script = dir.path("hang");
+    write_file(&script, "#!/bin/sh\nsleep 60\n", 0o755);
+    let config = dir.config(&format!(
+        "[delivery]\ntimeout = \"1s\"\n\n[sms]\ncommand = [\"{}\"]\n",
+        script.display()
+    ));
+    send(&config, &message("sms", "+441234567890")).failed(1, "did not finish");
+}
+
+#[test]
+fn an_sms_command_other_users_may_change_is_not_run() {
+    let dir = Dir::new();
+    let script = sms_script(&dir, "", 0);
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o777)).expect("chmod");
+    let config = dir.config(&format!("[sms]\ncommand = [\"{}\"]\n", script.display()));
+    send(&config, &message("sms", "+441234567890")).failed(2, "will not run it");
+    assert!(!dir.path("args").exists(), "the command ran");
+}
+
+// ---- usage and configuration ---------------------------------------------------
+
+#[test]
+fn a_channel_that_is_not_configured_is_a_configuration_error() {
+    let dir = Dir::new();
+    let config = dir.config("[totp]\ndigits = 6\n");
+    send(&config, &message("email", "alice@example.com")).failed(2, "[email]");
+    let config = dir.config("[sms]\ncode_ttl = \"5m\"\n");
+    send(&config, &message("sms", "+441234567890")).failed(2, "SMS is not configured");
+}
+
+#[test]
+fn input_that_is_not_a_message_is_a_usage_error_and_never_echoed() {
+    let dir = Dir::new();
+    let config = dir.config(&email_config(dead_port(), ""));
+    for input in [
+        "not json".to_string(),
+        format!("{{\"channel\": \"email\", \"to\": \"a@example.com\", \"text\": \"t\", \"code\": {CODE}}}"),
+        format!("{{\"channel\": \"fax\", \"to\": \"{CODE}\", \"text\": \"t\"}}"),
+        String::new(),
+    ] {
+        send_raw(&config, input.as_bytes(), &[]).failed(2, "standard input");
+    }
+}
+
+#[test]
+fn a_missing_or_unsafe_configuration_is_a_configuration_error() {
+    let dir = Dir::new();
+    send(&dir.path("none.toml"), &message("email", "a@example.com")).failed(2, "none.toml");
+    let config = dir.config(&email_config(dead_port(), ""));
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o666)).expect("chmod");
+    send(&config, &message("email", "a@example.com")).failed(2, "chmod");
+}
+
+#[test]
+fn help_and_bad_arguments() {
+    let out = Command::new(env!("CARGO_BIN_EXE_crm2fa-send"))
+        .arg("--help")
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--config PATH"));
+    let out = Command::new(env!("CARGO_BIN_EXE_crm2fa-send"))
+        .arg("--bogus")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bogus"));
+}
