@@ -55,6 +55,8 @@ MULTIARCH := $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null)
 # Debian keeps PAM modules in the multiarch directory, RPM systems in lib64.
 PAMDIR ?= $(if $(MULTIARCH),$(PREFIX)/lib/$(MULTIARCH)/security,$(PREFIX)/lib64/security)
 SBINDIR ?= $(PREFIX)/sbin
+# The sending program (SMTP, HTTP): run by the module, not by people.
+LIBEXECDIR ?= $(PREFIX)/libexec
 DATADIR ?= $(PREFIX)/share
 MANDIR ?= $(DATADIR)/man
 ZSHDIR ?= $(if $(MULTIARCH),$(DATADIR)/zsh/vendor-completions,$(DATADIR)/zsh/site-functions)
@@ -68,12 +70,14 @@ docs:
 install: release
 	$(MAKE) install-files PROFILE=release
 
-# Copy what is built (no build): the module, the CLI, man pages, completions,
-# the pam-auth-update profile, the tmpfiles entry, /var/lib/crm2fa (0700), and
-# the default configuration (0600) unless one is there already.
+# Copy what is built (no build): the module, the CLI, the sending program,
+# man pages, completions, the pam-auth-update profile, the tmpfiles entry,
+# /var/lib/crm2fa (0700), and the default configuration (0600) unless one is
+# there already; its [delivery] program names where the sending program went.
 install-files: docs
 	install -D -m 0644 $(BIN)/libpam_crm2fa.so $(DESTDIR)$(PAMDIR)/pam_crm2fa.so
 	install -D -m 0755 $(BIN)/crm2fa-admin $(DESTDIR)$(SBINDIR)/crm2fa-admin
+	install -D -m 0755 $(BIN)/crm2fa-send $(DESTDIR)$(LIBEXECDIR)/crm2fa/crm2fa-send
 	install -d -m 0755 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
 	install -m 0644 packaging/man/crm2fa.toml.5 $(DESTDIR)$(MANDIR)/man5/
 	install -m 0644 packaging/man/pam_crm2fa.8 $(DOCS)/man8/*.8 $(DESTDIR)$(MANDIR)/man8/
@@ -84,8 +88,11 @@ install-files: docs
 	install -D -m 0644 packaging/tmpfiles/crm2fa.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/crm2fa.conf
 	install -d -m 0700 $(DESTDIR)$(LOCALSTATEDIR)/lib/crm2fa
 	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/crm2fa
-	[ -e $(DESTDIR)$(SYSCONFDIR)/crm2fa/crm2fa.toml ] || \
-	  install -m 0600 packaging/crm2fa.toml $(DESTDIR)$(SYSCONFDIR)/crm2fa/crm2fa.toml
+	[ -e $(DESTDIR)$(SYSCONFDIR)/crm2fa/crm2fa.toml ] || { \
+	  (umask 077 && sed 's|^program = "/usr/libexec/crm2fa/crm2fa-send"|program = "$(LIBEXECDIR)/crm2fa/crm2fa-send"|' \
+	    packaging/crm2fa.toml >$(DESTDIR)$(SYSCONFDIR)/crm2fa/crm2fa.toml.new) && \
+	  chmod 0600 $(DESTDIR)$(SYSCONFDIR)/crm2fa/crm2fa.toml.new && \
+	  mv $(DESTDIR)$(SYSCONFDIR)/crm2fa/crm2fa.toml.new $(DESTDIR)$(SYSCONFDIR)/crm2fa/crm2fa.toml; }
 
 # Packages, into the target directory (built from install-files).
 deb: release
@@ -98,6 +105,8 @@ rpm: release
 # or the store: they hold the users' secrets.
 uninstall:
 	rm -f $(DESTDIR)$(PAMDIR)/pam_crm2fa.so $(DESTDIR)$(SBINDIR)/crm2fa-admin
+	rm -f $(DESTDIR)$(LIBEXECDIR)/crm2fa/crm2fa-send
+	rmdir $(DESTDIR)$(LIBEXECDIR)/crm2fa 2>/dev/null || true
 	rm -f $(DESTDIR)$(MANDIR)/man5/crm2fa.toml.5 $(DESTDIR)$(MANDIR)/man8/pam_crm2fa.8 \
 	      $(DESTDIR)$(MANDIR)/man8/crm2fa-admin.8 $(DESTDIR)$(MANDIR)/man8/crm2fa-admin-*.8
 	rm -f $(DESTDIR)$(DATADIR)/bash-completion/completions/crm2fa-admin \
