@@ -616,7 +616,14 @@ mod tests {
             c.delivery.program,
             PathBuf::from("/usr/libexec/crm2fa/crm2fa-send")
         );
-        assert_eq!((c.delivery.timeout, c.delivery.max_sends, c.delivery.send_window), (10, 3, 900));
+        assert_eq!(
+            (
+                c.delivery.timeout,
+                c.delivery.max_sends,
+                c.delivery.send_window
+            ),
+            (10, 3, 900)
+        );
     }
 
     #[test]

@@ -287,10 +287,9 @@ pub fn fill(template: &str, vars: &[(&str, &str)]) -> String {
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
         let after = &rest[open..];
-        match vars
-            .iter()
-            .find(|(name, _)| after[1..].starts_with(name) && after[1 + name.len()..].starts_with('}'))
-        {
+        match vars.iter().find(|(name, _)| {
+            after[1..].starts_with(name) && after[1 + name.len()..].starts_with('}')
+        }) {
             Some((name, value)) => {
                 out.push_str(value);
                 rest = &after[name.len() + 2..];
@@ -324,7 +323,14 @@ mod tests {
     #[test]
     fn contacts_are_checked_and_made_canonical() {
         assert_eq!(check_email(" a.b@example.com ").unwrap(), "a.b@example.com");
-        for bad in ["alice", "@example.com", "a@b", "a b@example.com", "a@@example.com", "a@.com"] {
+        for bad in [
+            "alice",
+            "@example.com",
+            "a@b",
+            "a b@example.com",
+            "a@@example.com",
+            "a@.com",
+        ] {
             assert!(check_email(bad).is_err(), "{bad}");
         }
         assert_eq!(check_phone("+44 (20) 7946-1234").unwrap(), "+442079461234");
@@ -340,7 +346,10 @@ mod tests {
             fill("{code} valid {minutes} min {other} {", &vars),
             "123456 valid 10 min {other} {"
         );
-        assert_eq!(fill("{\"text\": \"{code}\"}", &vars), "{\"text\": \"123456\"}");
+        assert_eq!(
+            fill("{\"text\": \"{code}\"}", &vars),
+            "{\"text\": \"123456\"}"
+        );
     }
 
     #[test]
