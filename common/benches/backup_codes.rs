@@ -7,7 +7,7 @@ use crm2fa_common::audit::{AuditCtx, Fact, Logger};
 use crm2fa_common::codes::{self, Code};
 use crm2fa_common::config::{Config, LockoutConfig};
 use crm2fa_common::crypto::HostKey;
-use crm2fa_common::model::{Candidate, Origin, TotpMatch, Verdict};
+use crm2fa_common::model::{Candidate, CodeKind, Origin, TotpMatch, Verdict};
 use crm2fa_common::ops::Ops;
 use crm2fa_common::store::{self, Store};
 
@@ -25,10 +25,7 @@ fn median_p95(mut v: Vec<Duration>) -> (f64, f64) {
 /// One attempt as the login makes it: normalise, one argon2, one transaction.
 fn attempt(store: &mut dyn Store, salt: &[u8], typed: &str) -> Verdict {
     let code = Code::normalize(typed);
-    let candidate = Candidate {
-        backup_hash: Some(code.hash(salt)),
-        ..Candidate::default()
-    };
+    let candidate = Candidate::code(CodeKind::Backup, code.hash(salt));
     let lockout = LockoutConfig {
         max_failures: u32::MAX,
         lock_seconds: 1,

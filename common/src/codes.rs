@@ -66,6 +66,24 @@ impl Code {
         self.0.len() == len && self.0.bytes().all(|b| ALPHABET.contains(&b))
     }
 
+    /// Is this `len` decimal digits (a TOTP or sent code)?
+    pub fn is_digits(&self, len: usize) -> bool {
+        self.0.len() == len && self.0.bytes().all(|b| b.is_ascii_digit())
+    }
+
+    /// A new random code of `len` decimal digits, each equally likely.
+    pub fn generate_digits(len: usize) -> Code {
+        let mut out = String::with_capacity(len);
+        while out.len() < len {
+            let bytes = Zeroizing::new(random_bytes(len));
+            // 250 = 25 × 10: drop 250..=255 so every digit is as likely.
+            for b in bytes.iter().filter(|&&b| b < 250).take(len - out.len()) {
+                out.push(char::from(b'0' + b % 10));
+            }
+        }
+        Code(out)
+    }
+
     /// The form shown to people: groups of four joined by dashes.
     pub fn display(&self) -> Zeroizing<String> {
         let mut out = Zeroizing::new(String::with_capacity(self.0.len() * 5 / 4));
@@ -145,6 +163,17 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(Code::normalize(&a.display()), a);
         assert!(!a.as_str().contains(['i', 'l', 'o', 'u']));
+    }
+
+    #[test]
+    fn digit_codes_have_their_length_and_only_digits() {
+        for len in [6, 8] {
+            let c = Code::generate_digits(len);
+            assert!(c.is_digits(len), "{}", c.as_str());
+            assert!(!c.is_digits(len + 1));
+        }
+        assert_ne!(Code::generate_digits(8), Code::generate_digits(8));
+        assert!(!Code::normalize("12345a").is_digits(6));
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use crate::config::Config;
 use crate::crypto::HostKey;
+use crate::delivery::{self, Channel};
 use crate::fsperm;
 use crate::store;
 
@@ -59,6 +60,38 @@ fn check_dirs(name: &str, file: &Path) -> Check {
     }
 }
 
+/// The sending program, when a channel is configured: it must be there and
+/// trusted, or every code by email or SMS fails.
+fn delivery_check(cfg: &Config) -> Option<Check> {
+    let channels: Vec<&str> = Channel::ALL
+        .into_iter()
+        .filter(|c| c.configured(cfg))
+        .map(Channel::as_str)
+        .collect();
+    if channels.is_empty() {
+        return None;
+    }
+    let program = &cfg.delivery.program;
+    Some(match delivery::check_program(program) {
+        Ok(()) => ok(
+            "sending program",
+            format!(
+                "{} sends codes by {}",
+                program.display(),
+                channels.join(" and ")
+            ),
+        ),
+        Err(e) => problem(
+            "sending program",
+            format!("cannot use {}: {}", program.display(), e.problem()),
+            e.fix().unwrap_or(
+                "install crm2fa-send there (the packages do), or set [delivery] program to where \
+                 it is",
+            ),
+        ),
+    })
+}
+
 /// Run every check for the configuration at `config_path`.
 pub fn run(config_path: &Path) -> Vec<Check> {
     let mut out = vec![];
@@ -106,6 +139,9 @@ pub fn run(config_path: &Path) -> Vec<Check> {
         ("store directory", &cfg.store.path),
     ] {
         out.push(check_dirs(name, file));
+    }
+    if let Some(c) = delivery_check(&cfg) {
+        out.push(c);
     }
     let store = match store::open(&cfg.store) {
         Ok(s) => Some(s),

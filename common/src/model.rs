@@ -4,6 +4,7 @@
 use crate::codes::HASH_LEN;
 use crate::config::LockoutConfig;
 use crate::crypto::{HostKey, Secret};
+use crate::delivery::Channel;
 use crate::error::Result;
 
 /// Enrolment state of a user's TOTP factor.
@@ -148,6 +149,9 @@ pub struct UserRecord {
     pub email: Option<String>,
     /// Where SMS codes go.
     pub phone: Option<String>,
+    /// The channel the user gets codes by without asking (`enroll
+    /// --method email|sms`): a factor of its own.
+    pub delivery: Option<Channel>,
 }
 
 impl UserRecord {
@@ -166,6 +170,7 @@ impl UserRecord {
             unused_backup_codes: 0,
             email: None,
             phone: None,
+            delivery: None,
         }
     }
 
@@ -179,10 +184,25 @@ impl UserRecord {
         matches!(self.state, TotpState::Pending | TotpState::Active) && self.secret.is_some()
     }
 
-    /// Backup codes can be redeemed: the enrolment is active (a pending
-    /// enrolment's codes wait for its first TOTP code).
+    /// Has any factor, pending or active: a TOTP enrolment or a delivery
+    /// channel.
+    pub fn has_factor(&self) -> bool {
+        matches!(self.state, TotpState::Pending | TotpState::Active) || self.delivery.is_some()
+    }
+
+    /// Backup codes can be redeemed: the TOTP enrolment is active, or
+    /// codes are sent by a delivery channel (a pending TOTP enrolment's
+    /// codes wait for its first TOTP code).
     pub fn backup_codes_usable(&self) -> bool {
-        self.state == TotpState::Active
+        self.state == TotpState::Active || self.delivery.is_some()
+    }
+
+    /// Where codes sent by `channel` go, if the user has that contact.
+    pub fn contact(&self, channel: Channel) -> Option<&str> {
+        match channel {
+            Channel::Email => self.email.as_deref(),
+            Channel::Sms => self.phone.as_deref(),
+        }
     }
 
     /// The record as a login's success at `now` with `factor` leaves it: a
@@ -193,7 +213,7 @@ impl UserRecord {
         match factor {
             Factor::Totp => r.state = TotpState::Active,
             Factor::Backup => r.unused_backup_codes = r.unused_backup_codes.saturating_sub(1),
-            Factor::Recovery => {}
+            Factor::Recovery | Factor::Email | Factor::Sms => {}
         }
         r.lock = LockState::default();
         r.last_success = Some(now);
@@ -222,6 +242,9 @@ impl UserRecord {
         }
         if has_recovery {
             out.push(Factor::Recovery);
+        }
+        if let Some(c) = self.delivery {
+            out.push(Factor::sent(c));
         }
         out
     }
@@ -253,6 +276,10 @@ pub enum Factor {
     Backup,
     /// A temporary single-use recovery code.
     Recovery,
+    /// A code sent by email.
+    Email,
+    /// A code sent by SMS.
+    Sms,
 }
 
 impl Factor {
@@ -262,25 +289,49 @@ impl Factor {
             Factor::Totp => "totp",
             Factor::Backup => "backup",
             Factor::Recovery => "recovery",
+            Factor::Email => "email",
+            Factor::Sms => "sms",
+        }
+    }
+
+    /// The factor of a code sent by `channel`.
+    pub fn sent(channel: Channel) -> Factor {
+        match channel {
+            Channel::Email => Factor::Email,
+            Channel::Sms => Factor::Sms,
         }
     }
 }
 
-/// The two kinds of single-use code kept as hashes.
+/// The kinds of single-use code kept as hashes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodeKind {
     /// Backup codes: a set per enrolment, usable once it is active.
     Backup,
     /// Recovery codes: one at a time, until it expires.
     Recovery,
+    /// A code sent by email: one outstanding at a time, until it expires.
+    Email,
+    /// A code sent by SMS: one outstanding at a time, until it expires.
+    Sms,
 }
 
 impl CodeKind {
-    /// Characters of a code of this kind.
-    pub fn code_len(self) -> usize {
+    /// Every kind, in the order a login tries them.
+    pub const ALL: [CodeKind; 4] = [
+        CodeKind::Backup,
+        CodeKind::Recovery,
+        CodeKind::Email,
+        CodeKind::Sms,
+    ];
+
+    /// Is `code` shaped like a code of this kind? Sent codes are `digits`
+    /// digits, as TOTP codes are.
+    pub fn shapes(self, code: &crate::codes::Code, digits: u32) -> bool {
         match self {
-            CodeKind::Backup => crate::codes::BACKUP_LEN,
-            CodeKind::Recovery => crate::codes::RECOVERY_LEN,
+            CodeKind::Backup => code.is_code_of_len(crate::codes::BACKUP_LEN),
+            CodeKind::Recovery => code.is_code_of_len(crate::codes::RECOVERY_LEN),
+            CodeKind::Email | CodeKind::Sms => code.is_digits(digits as usize),
         }
     }
 
@@ -289,7 +340,22 @@ impl CodeKind {
         match self {
             CodeKind::Backup => Factor::Backup,
             CodeKind::Recovery => Factor::Recovery,
+            CodeKind::Email => Factor::Email,
+            CodeKind::Sms => Factor::Sms,
         }
+    }
+
+    /// The kind of code sent by `channel`.
+    pub fn sent(channel: Channel) -> CodeKind {
+        match channel {
+            Channel::Email => CodeKind::Email,
+            Channel::Sms => CodeKind::Sms,
+        }
+    }
+
+    /// Codes of this kind expire (recovery and sent codes).
+    pub fn expires(self) -> bool {
+        self != CodeKind::Backup
     }
 }
 
@@ -316,24 +382,31 @@ pub struct TotpMatch {
 
 /// What a login attempt offers, worked out before the write lock is taken:
 /// the TOTP step the code matched, and the argon2 hash of the code under the
-/// user's salt when it is shaped like a backup or recovery code.
+/// user's salt with the kinds of code it is shaped like (one hash serves
+/// every kind: they share the salt).
 #[derive(Debug, Clone, Default)]
 pub struct Candidate {
     /// The TOTP step the code matched.
     pub totp: Option<TotpMatch>,
-    /// The hash, if the code is shaped like a backup code.
-    pub backup_hash: Option<[u8; HASH_LEN]>,
-    /// The hash, if the code is shaped like a recovery code.
-    pub recovery_hash: Option<[u8; HASH_LEN]>,
+    /// The hash of the code, if it is shaped like a code the user holds.
+    pub hash: Option<[u8; HASH_LEN]>,
+    /// The kinds of code `hash` is offered as.
+    pub kinds: Vec<CodeKind>,
 }
 
 impl Candidate {
+    /// A code offered as a code of `kind` only.
+    pub fn code(kind: CodeKind, hash: [u8; HASH_LEN]) -> Candidate {
+        Candidate {
+            totp: None,
+            hash: Some(hash),
+            kinds: vec![kind],
+        }
+    }
+
     /// The hash offered for codes of `kind`.
     pub fn hash(&self, kind: CodeKind) -> Option<&[u8; HASH_LEN]> {
-        match kind {
-            CodeKind::Backup => self.backup_hash.as_ref(),
-            CodeKind::Recovery => self.recovery_hash.as_ref(),
-        }
+        self.hash.as_ref().filter(|_| self.kinds.contains(&kind))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Who must use a second factor, and why; whose 2FA may never be removed.
 use crate::config::{Enforce, GroupRef, PolicyConfig};
 use crate::error::{Error, ProtectedAction, Result};
-use crate::model::{TotpState, UserRecord};
+use crate::model::UserRecord;
 
 /// The policy's answer for one user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,8 +62,7 @@ pub fn decide(
     record: Option<&UserRecord>,
     has_recovery: bool,
 ) -> Decision {
-    let has_factor = has_recovery
-        || record.is_some_and(|r| matches!(r.state, TotpState::Pending | TotpState::Active));
+    let has_factor = has_recovery || record.is_some_and(UserRecord::has_factor);
     let not = |reason: String| Decision {
         required: false,
         ask: false,
@@ -106,6 +105,7 @@ pub fn decide(
 mod tests {
     use super::*;
     use crate::config::{FailMode, Unenrolled};
+    use crate::model::TotpState;
 
     fn cfg(enforce: Enforce) -> PolicyConfig {
         PolicyConfig {

@@ -45,13 +45,28 @@ impl From<QrArg> for QrStyle {
     }
 }
 
+/// What `enroll` sets up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum MethodArg {
+    /// An authenticator app (TOTP): QR code, manual key and URI
+    Totp,
+    /// Codes by email, sent at the prompt without asking (needs set-contact --email)
+    Email,
+    /// Codes by SMS, sent at the prompt without asking (needs set-contact --phone)
+    Sms,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Create the config directory, host key file (0600) and store; idempotent
     Init,
     /// Give USER a new TOTP secret: prints a QR code, the manual key and the URI
+    /// (or, with --method email|sms, codes sent to their contact)
     Enroll {
         user: String,
+        /// The second factor to set up
+        #[arg(long, value_name = "METHOD", value_enum, default_value_t = MethodArg::Totp)]
+        method: MethodArg,
         /// Do not print the QR code
         #[arg(long)]
         no_qr: bool,
@@ -59,7 +74,7 @@ pub(crate) enum Command {
         #[arg(long, value_name = "STYLE", value_enum, default_value_t = QrArg::Unicode)]
         qr: QrArg,
         /// The first code from the app: confirms and activates at once
-        #[arg(long, value_name = "CODE")]
+        #[arg(long, value_name = "CODE", conflicts_with = "method")]
         code: Option<String>,
     },
     /// Activate a pending enrolment with a code from the app
@@ -71,6 +86,17 @@ pub(crate) enum Command {
     },
     /// Show USER's 2FA state
     Status { user: String },
+    /// Set where USER's email/SMS codes and notices go ("" removes one)
+    #[command(group(clap::ArgGroup::new("contact").required(true).multiple(true).args(["email", "phone"])))]
+    SetContact {
+        user: String,
+        /// Email address for codes and notices
+        #[arg(long, value_name = "ADDRESS")]
+        email: Option<String>,
+        /// Phone number for SMS codes, international form (+4420...)
+        #[arg(long, value_name = "NUMBER")]
+        phone: Option<String>,
+    },
     /// Show every user the store knows
     List,
     /// Verify a code without logging in: consumes and counts nothing
@@ -218,5 +244,13 @@ mod tests {
             Cli::try_parse_from(["crm2fa-admin", "check", "alice", "123456", "--json"]).unwrap();
         assert!(cli.json);
         assert!(Cli::try_parse_from(["crm2fa-admin", "enroll", "a", "--qr", "big"]).is_err());
+        let cli = Cli::try_parse_from(["crm2fa-admin", "enroll", "a", "--method", "sms"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Enroll {
+                method: MethodArg::Sms,
+                ..
+            }
+        ));
     }
 }

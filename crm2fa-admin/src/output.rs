@@ -86,3 +86,34 @@ pub(crate) fn write_backup_codes(w: &mut dyn Write, codes: &[String]) -> io::Res
     }
     Ok(())
 }
+
+/// What became of the email telling a user of a change (JSON key
+/// `notice`; absent when no address is known).
+#[derive(Debug, Serialize)]
+pub(crate) struct NoticeReport {
+    /// Handed to the mail server.
+    pub(crate) sent: bool,
+    /// Where, masked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) to: Option<String>,
+    /// Why it was not sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
+}
+
+/// The line about a notice, if there was one to send.
+pub(crate) fn write_notice(w: &mut dyn Write, notice: &Option<NoticeReport>) -> io::Result<()> {
+    match notice {
+        Some(NoticeReport { sent: true, to, .. }) => writeln!(
+            w,
+            "The user was told by email ({}).",
+            to.as_deref().unwrap_or_default()
+        ),
+        Some(NoticeReport { error, .. }) => writeln!(
+            w,
+            "Warning: the email telling the user could not be sent: {}",
+            error.as_deref().unwrap_or("unknown error")
+        ),
+        None => Ok(()),
+    }
+}

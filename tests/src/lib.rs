@@ -47,6 +47,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub mod sinks;
+
 /// pam_matrix, the password step of every test stack.
 pub const PAM_MATRIX: &str = "/usr/lib/x86_64-linux-gnu/pam_wrapper/pam_matrix.so";
 /// Service name used by every sandbox.
@@ -560,6 +562,16 @@ impl PendingLogin {
             }
             thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Writes one more answer now, keeping stdin open (the answers given
+    /// at the start still follow with [`PendingLogin::send_answers`]).
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| panic!("writing an answer for {}: {e}", self.user));
     }
 
     /// Writes every answer (one per line) and closes stdin: the end of input

@@ -121,6 +121,7 @@ fn make_install_places_every_file_and_uninstall_keeps_only_the_secrets() {
     for (path, want) in [
         (module.clone(), 0o644),
         (root.join("usr/sbin/crm2fa-admin"), 0o755),
+        (root.join("usr/libexec/crm2fa/crm2fa-send"), 0o755),
         (root.join("etc/crm2fa/crm2fa.toml"), 0o600),
         (root.join("var/lib/crm2fa"), 0o700),
         (root.join("usr/share/pam-configs/crm2fa"), 0o644),
@@ -190,6 +191,12 @@ fn prefix_moves_everything_but_the_configuration_and_the_store() {
         "{files:?}"
     );
     assert!(root.join("var/lib/crm2fa").is_dir());
+    // The configuration written names the sending program where it went.
+    let cfg = fs::read_to_string(root.join("etc/crm2fa/crm2fa.toml")).expect("config");
+    assert!(
+        cfg.contains("program = \"/usr/local/libexec/crm2fa/crm2fa-send\""),
+        "{cfg}"
+    );
 }
 
 /// Build a package with `script` from this test run's artifacts, once per
@@ -244,6 +251,7 @@ fn the_deb_holds_every_file_where_debian_wants_it_and_lintian_finds_no_error() {
             format!("./usr/lib/{}/security/pam_crm2fa.so", multiarch.trim()),
         ),
         ("-rwxr-xr-x", "./usr/sbin/crm2fa-admin".into()),
+        ("-rwxr-xr-x", "./usr/libexec/crm2fa/crm2fa-send".into()),
         ("-rw-------", "./etc/crm2fa/crm2fa.toml".into()),
         ("drwx------", "./var/lib/crm2fa/".into()),
         ("-rw-r--r--", "./usr/share/pam-configs/crm2fa".into()),
@@ -397,6 +405,7 @@ fn the_rpm_holds_every_file_with_the_config_kept_on_upgrade() {
     for (mode, path) in [
         ("-rw-r--r--", "/usr/lib64/security/pam_crm2fa.so"),
         ("-rwxr-xr-x", "/usr/sbin/crm2fa-admin"),
+        ("-rwxr-xr-x", "/usr/libexec/crm2fa/crm2fa-send"),
         ("-rw-------", "/etc/crm2fa/crm2fa.toml"),
         ("drwx------", "/var/lib/crm2fa"),
         ("-rw-r--r--", "/usr/share/man/man8/pam_crm2fa.8.gz"),

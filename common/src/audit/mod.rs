@@ -1,6 +1,7 @@
 //! The audit trail: what happened, to whom, from where. Every decision is a
 //! [`Fact`]; its event, outcome and wording are fixed here, once, for the
 //! audit table of every store backend and for syslog alike.
+use crate::delivery::Channel;
 use crate::model::{Factor, Verdict};
 
 mod syslog;
@@ -30,6 +31,12 @@ pub enum Event {
     Reset,
     /// Remembered hosts were forgotten.
     Forget,
+    /// A code was sent by email or SMS.
+    Send,
+    /// Where a user's codes go was changed.
+    Contact,
+    /// A user was told by email of a change to their 2FA.
+    Notice,
 }
 
 /// How it ended.
@@ -85,6 +92,9 @@ spelled!(Event {
     Enable => "enable",
     Reset => "reset",
     Forget => "forget",
+    Send => "send",
+    Contact => "contact",
+    Notice => "notice",
 });
 
 spelled!(Outcome {
@@ -186,6 +196,53 @@ pub enum Fact {
     Enabled,
     /// Every factor removed.
     Reset,
+    /// A code was sent (stored; the sending program runs next).
+    CodeSent {
+        /// How.
+        channel: Channel,
+        /// Where, masked.
+        to: String,
+    },
+    /// A code could not be sent: it was withdrawn.
+    SendFailed {
+        /// How.
+        channel: Channel,
+        /// Why, as the sending program said (never the code).
+        reason: String,
+    },
+    /// A code was not sent: the resend limit is reached.
+    SendLimited {
+        /// How.
+        channel: Channel,
+        /// When the next may be sent.
+        until: i64,
+    },
+    /// Where the user's codes by a channel go was set or removed.
+    ContactSet {
+        /// Which.
+        channel: Channel,
+        /// The new contact, masked; `None` when removed.
+        to: Option<String>,
+    },
+    /// Codes by a channel became a factor of the user.
+    DeliveryEnrolled {
+        /// Which.
+        channel: Channel,
+    },
+    /// The user was told by email of a change.
+    NoticeSent {
+        /// The change (`reset`, `disable` …).
+        what: &'static str,
+        /// Where, masked.
+        to: String,
+    },
+    /// The notice of a change could not be sent.
+    NoticeFailed {
+        /// The change.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Fact {
@@ -286,6 +343,48 @@ impl Fact {
             ),
             F::Enabled => (Event::Enable, Outcome::Done, "2FA turned back on".into()),
             F::Reset => (Event::Reset, Outcome::Done, "all factors removed".into()),
+            F::CodeSent { channel, to } => (
+                Event::Send,
+                Outcome::Issued,
+                format!("code sent by {} to {to}", channel.label()),
+            ),
+            F::SendFailed { channel, reason } => (
+                Event::Send,
+                Outcome::Failure,
+                format!("code could not be sent by {}: {reason}", channel.label()),
+            ),
+            F::SendLimited { channel, until: t } => (
+                Event::Send,
+                Outcome::Denied,
+                format!(
+                    "no code sent by {}: resend limit reached until {}",
+                    channel.label(),
+                    until(t)
+                ),
+            ),
+            F::ContactSet { channel, to } => (
+                Event::Contact,
+                Outcome::Done,
+                match to {
+                    Some(to) => format!("{} set to {to}", contact_name(*channel)),
+                    None => format!("{} removed", contact_name(*channel)),
+                },
+            ),
+            F::DeliveryEnrolled { channel } => (
+                Event::Enroll,
+                Outcome::Active,
+                format!("codes by {}", channel.label()),
+            ),
+            F::NoticeSent { what, to } => (
+                Event::Notice,
+                Outcome::Done,
+                format!("{what} notice sent to {to}"),
+            ),
+            F::NoticeFailed { what, reason } => (
+                Event::Notice,
+                Outcome::Failure,
+                format!("{what} notice could not be sent: {reason}"),
+            ),
         }
     }
 
@@ -319,6 +418,13 @@ impl Fact {
             Verdict::Locked { until } => vec![Fact::Locked { until: *until }],
             Verdict::UnknownUser => vec![],
         }
+    }
+}
+
+fn contact_name(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Email => "email address",
+        Channel::Sms => "phone number",
     }
 }
 
@@ -400,7 +506,13 @@ mod tests {
 
     #[test]
     fn words_round_trip() {
-        for e in [Event::Login, Event::BackupCodes, Event::Reset] {
+        for e in [
+            Event::Login,
+            Event::BackupCodes,
+            Event::Reset,
+            Event::Send,
+            Event::Notice,
+        ] {
             assert_eq!(Event::parse(e.as_str()), Some(e));
         }
         for o in [Outcome::Success, Outcome::Regenerated, Outcome::Done] {

@@ -11,6 +11,7 @@ use crate::audit::{AuditCtx, Fact, Logger};
 use crate::codes::Code;
 use crate::config::{Config, FailMode, Unenrolled};
 use crate::crypto::{HostKey, Secret};
+use crate::delivery::{self, Channel, Message, Sender};
 use crate::error::Error;
 use crate::model::{
     Candidate, CodeKind, Factor, Origin, TotpMatch, TotpState, UserRecord, Verdict,
@@ -18,7 +19,7 @@ use crate::model::{
 use crate::ops::{self, Drift, Ops};
 use crate::policy;
 use crate::qr::{self, QrStyle};
-use crate::store::{self, Store};
+use crate::store::{self, SendGrant, SendLimit, Store};
 use crate::totp;
 
 mod args;
@@ -180,7 +181,8 @@ pub fn run(
             return failed(&cfg, &req, log, &f);
         }
     };
-    match authenticate(&cfg, store.as_mut(), args.qr, &req, conv, log) {
+    let mut sender = delivery::Program::from_config(&cfg);
+    match authenticate(&cfg, store.as_mut(), &mut sender, args.qr, &req, conv, log) {
         Ok(o) => o,
         Err(f) => failed(&cfg, &req, log, &f),
     }
@@ -241,9 +243,12 @@ struct Login<'a> {
     ops: Ops<'a>,
     req: &'a Request,
     conv: &'a mut dyn Conversation,
+    sender: &'a mut dyn Sender,
     qr: QrStyle,
     /// A code was asked for: from here on every error denies.
     prompted: bool,
+    /// The channels by which the user holds an unused sent code.
+    sent: Vec<Channel>,
 }
 
 impl Login<'_> {
@@ -295,6 +300,7 @@ impl Login<'_> {
 pub fn authenticate(
     cfg: &Config,
     store: &mut dyn Store,
+    sender: &mut dyn Sender,
     qr: QrStyle,
     req: &Request,
     conv: &mut dyn Conversation,
@@ -309,8 +315,10 @@ pub fn authenticate(
         },
         req,
         conv,
+        sender,
         qr,
         prompted: false,
+        sent: vec![],
     };
     steps(&mut l).map_err(|error| Failure {
         error,
@@ -325,6 +333,7 @@ fn steps(l: &mut Login<'_>) -> Result<Outcome, Error> {
     let host = l.remembered_host();
     let view = l.ops.store.login_view(user, host.as_deref(), req.now())?;
     let (record, has_recovery) = (view.user, view.has_recovery);
+    l.sent = view.sent;
     let decision = l.ops.decide_with(user, record.as_ref(), has_recovery)?;
     if !decision.ask {
         return Ok(l.let_through(Fact::NotRequired {
@@ -343,9 +352,7 @@ fn steps(l: &mut Login<'_>) -> Result<Outcome, Error> {
             until,
         }));
     }
-    let enrolled = record
-        .as_ref()
-        .is_some_and(|r| matches!(r.state, TotpState::Pending | TotpState::Active));
+    let enrolled = record.as_ref().is_some_and(UserRecord::has_factor);
     if !enrolled && !has_recovery {
         return match cfg.policy.unenrolled {
             Unenrolled::Deny => {
@@ -407,22 +414,186 @@ fn candidate(
             ..Candidate::default()
         };
     }
-    // At most one argon2 evaluation: for the first kind of code the user
-    // holds that the answer is shaped like.
+    // At most one argon2 evaluation, offered as every kind of code the
+    // user holds that the answer is shaped like (they share the salt).
     let code = Code::normalize(answer);
     let methods = record.methods(has_recovery);
-    let mut c = Candidate::default();
-    for kind in [CodeKind::Backup, CodeKind::Recovery] {
-        if methods.contains(&kind.factor()) && code.is_code_of_len(kind.code_len()) {
-            let hash = Some(code.hash(&record.code_salt));
-            match kind {
-                CodeKind::Backup => c.backup_hash = hash,
-                CodeKind::Recovery => c.recovery_hash = hash,
+    let digits = l.ops.cfg.totp.digits;
+    let kinds: Vec<CodeKind> = CodeKind::ALL
+        .into_iter()
+        .filter(|&k| match k {
+            CodeKind::Email => l.sent.contains(&Channel::Email),
+            CodeKind::Sms => l.sent.contains(&Channel::Sms),
+            k => methods.contains(&k.factor()),
+        })
+        .filter(|k| k.shapes(&code, digits))
+        .collect();
+    Candidate {
+        totp: None,
+        hash: (!kinds.is_empty()).then(|| code.hash(&record.code_salt)),
+        kinds,
+    }
+}
+
+/// The channels `record` can get a code by: configured, with a contact.
+fn channels(cfg: &Config, record: &UserRecord) -> Vec<Channel> {
+    Channel::ALL
+        .into_iter()
+        .filter(|&c| c.configured(cfg) && record.contact(c).is_some())
+        .collect()
+}
+
+/// What a send at the prompt came to.
+enum Sent {
+    /// The code is on its way.
+    Yes,
+    /// It was not sent; the user was told why.
+    No,
+    /// The user is locked (told so).
+    Locked,
+}
+
+/// Send a fresh code by `channel`: stored hashed first (the resend limit
+/// and the one-outstanding rule hold across every login), then handed to
+/// the sending program; withdrawn again if that fails, counting nothing.
+fn send_code(l: &mut Login<'_>, record: &UserRecord, channel: Channel) -> Result<Sent, Error> {
+    let cfg = l.ops.cfg;
+    let user = l.user().to_string();
+    let (Some(to), Some(ttl)) = (record.contact(channel), channel.code_ttl(cfg)) else {
+        return Ok(Sent::No);
+    };
+    let masked = delivery::mask(channel, to);
+    let now = l.req.now();
+    let code = Code::generate_digits(cfg.totp.digits as usize);
+    let hash = code.hash(&record.code_salt);
+    let audit = l.ops.entry(
+        now,
+        &user,
+        &Fact::CodeSent {
+            channel,
+            to: masked.clone(),
+        },
+    );
+    let limit = SendLimit {
+        max: cfg.delivery.max_sends,
+        window: cfg.delivery.send_window,
+    };
+    let grant = l.ops.store.grant_send(
+        &user,
+        channel,
+        &record.code_salt,
+        &hash,
+        now + ttl,
+        now,
+        limit,
+        &audit,
+    )?;
+    let id = match grant {
+        SendGrant::Granted { id } => id,
+        SendGrant::Limited { until } => {
+            let minutes = ((until - now).max(1) + 59) / 60;
+            l.conv.error(&format!(
+                "Too many codes were sent by {} lately; the next can be sent in about {minutes} \
+                 min. Use the last code sent, or another method.",
+                channel.label()
+            ));
+            let e = l
+                .ops
+                .entry(now, &user, &Fact::SendLimited { channel, until });
+            l.ops.log.entry(&e);
+            l.ops.store.record(&e)?;
+            return Ok(Sent::No);
+        }
+        SendGrant::Locked { until } => {
+            l.locked_message(until);
+            return Ok(Sent::Locked);
+        }
+    };
+    let minutes = ((ttl + 59) / 60).to_string();
+    let account = ops::account_name(&user);
+    let vars = [
+        ("account", account.as_str()),
+        ("code", code.as_str()),
+        ("minutes", minutes.as_str()),
+    ];
+    let msg = match channel {
+        Channel::Email => {
+            let e = cfg.email.as_ref();
+            Message {
+                channel,
+                to: to.into(),
+                subject: e
+                    .map(|e| delivery::fill(&e.subject, &vars))
+                    .unwrap_or_default(),
+                text: e
+                    .map(|e| delivery::fill(&e.body, &vars))
+                    .unwrap_or_default(),
+                code: code.as_str().into(),
             }
-            break;
+        }
+        Channel::Sms => Message {
+            channel,
+            to: to.into(),
+            subject: String::new(),
+            text: delivery::fill(SMS_TEXT, &vars),
+            code: code.as_str().into(),
+        },
+    };
+    match l.sender.send(&msg) {
+        Ok(()) => {
+            l.ops.log.entry(&audit);
+            if !l.sent.contains(&channel) {
+                l.sent.push(channel);
+            }
+            l.conv.info(&format!(
+                "A code was sent by {} to {masked}. It is valid for {minutes} minute{}.",
+                channel.label(),
+                if minutes == "1" { "" } else { "s" }
+            ));
+            Ok(Sent::Yes)
+        }
+        Err(reason) => {
+            let failed = l
+                .ops
+                .entry(l.req.now(), &user, &Fact::SendFailed { channel, reason });
+            l.ops.log.entry(&failed);
+            l.ops.store.withdraw_send(channel, id, &failed)?;
+            let others = other_methods(l, record, channel);
+            l.conv.error(&format!(
+                "The code could not be sent by {}. {others}",
+                channel.label()
+            ));
+            Ok(Sent::No)
         }
     }
-    c
+}
+
+/// The text of a code by SMS.
+const SMS_TEXT: &str =
+    "Your verification code for {account} is {code}. It is valid for {minutes} minutes.";
+
+/// What else the user can type, after a send by `failed` failed.
+fn other_methods(l: &Login<'_>, record: &UserRecord, failed: Channel) -> String {
+    let mut ways = vec![];
+    if record.state == TotpState::Active {
+        ways.push("a code from your authenticator app".to_string());
+    }
+    if record.backup_codes_left() > 0 {
+        ways.push("a backup code".to_string());
+    }
+    for c in channels(l.ops.cfg, record) {
+        if c != failed {
+            ways.push(format!(
+                "type \"{}\" to get a code by {}",
+                c.as_str(),
+                c.label()
+            ));
+        }
+    }
+    match ways.len() {
+        0 => "Try again later, or ask an administrator for a recovery code.".into(),
+        _ => format!("Enter {}.", ways.join(", or ")),
+    }
 }
 
 /// Prompt up to `prompts` times and redeem what the user types.
@@ -434,7 +605,43 @@ fn ask_for_codes(
 ) -> Result<Outcome, Error> {
     let user = l.user().to_string();
     let mut attempted = false;
-    for _ in 0..l.ops.cfg.policy.prompts {
+    let channels = channels(l.ops.cfg, record);
+    match record.delivery {
+        // Codes by this channel are the user's way in (no app in use): send
+        // one at once, unless one sent lately is still unused.
+        Some(c) if record.state != TotpState::Active && !l.sent.contains(&c) => {
+            if channels.contains(&c) {
+                if let Sent::Locked = send_code(l, record, c)? {
+                    return Ok(Outcome::MaxTries);
+                }
+            } else {
+                let msg = format!(
+                    "{user} gets codes by {} but {}",
+                    c.label(),
+                    if c.configured(l.ops.cfg) {
+                        "has no contact for it (crm2fa-admin set-contact)"
+                    } else {
+                        "that channel is not configured"
+                    }
+                );
+                l.ops.log.warn(&msg);
+            }
+        }
+        _ if !channels.is_empty() => {
+            let offers: Vec<String> = channels
+                .iter()
+                .map(|&c| {
+                    let to = record.contact(c).unwrap_or_default();
+                    format!("\"{}\" for a code at {}", c.as_str(), delivery::mask(c, to))
+                })
+                .collect();
+            l.conv.info(&format!("Or type {}.", offers.join(", or ")));
+        }
+        _ => {}
+    }
+    let mut prompts = l.ops.cfg.policy.prompts;
+    while prompts > 0 {
+        prompts -= 1;
         l.prompted = true;
         let answer = match l.conv.prompt_hidden(PROMPT) {
             Ok(a) => zeroize::Zeroizing::new(a.unwrap_or_default()),
@@ -447,10 +654,21 @@ fn ask_for_codes(
             // Not a guess: uses up a prompt, not counted toward the lockout.
             continue;
         }
-        let word = zeroize::Zeroizing::new(answer.trim().to_ascii_lowercase());
-        if word.as_str() == "email" || word.as_str() == "sms" {
-            l.conv
-                .error("Codes by email or SMS are not available for this account.");
+        if let Some(channel) = Channel::parse(answer.trim()) {
+            // A request, not a guess: never counted toward the lockout. A
+            // code sent gives the prompt back; the resend limit ends this.
+            if !channels.contains(&channel) {
+                l.conv.error(&format!(
+                    "Codes by {} are not available for this account.",
+                    channel.label()
+                ));
+                continue;
+            }
+            match send_code(l, record, channel)? {
+                Sent::Yes => prompts += 1,
+                Sent::No => {}
+                Sent::Locked => return Ok(Outcome::MaxTries),
+            }
             continue;
         }
         attempted = true;
@@ -546,7 +764,7 @@ fn after_success(l: &mut Login<'_>, factor: Factor, left: u32) {
             "Recovery code accepted; it cannot be used again. Set up your authenticator app \
              again now (ask an administrator to re-enrol you), or get new backup codes.",
         ),
-        Factor::Totp => {}
+        Factor::Totp | Factor::Email | Factor::Sms => {}
     }
 }
 

@@ -3,13 +3,19 @@ use super::*;
 use std::collections::VecDeque;
 
 /// A scripted conversation: answers in order, records everything shown.
+/// The answer [`SENT`] is the code of the last message sent through
+/// `outbox`.
 #[derive(Debug)]
 struct Script {
     answers: VecDeque<Option<String>>,
     prompts: Vec<String>,
     infos: Vec<String>,
     errors: Vec<String>,
+    outbox: Outbox,
 }
+
+/// Stands for the code last sent, in a [`Script`]'s answers.
+const SENT: &str = "<the code sent>";
 
 impl Script {
     fn new(answers: &[Option<&str>]) -> Script {
@@ -18,11 +24,26 @@ impl Script {
             prompts: vec![],
             infos: vec![],
             errors: vec![],
+            outbox: Outbox::default(),
         }
+    }
+    /// Reading codes from `outbox`.
+    fn reading(mut self, outbox: &Outbox) -> Script {
+        self.outbox = outbox.clone();
+        self
     }
     fn next(&mut self, msg: &str) -> Result<Option<String>, ConvError> {
         self.prompts.push(msg.to_string());
-        self.answers.pop_front().ok_or(ConvError)
+        let a = self.answers.pop_front().ok_or(ConvError)?;
+        Ok(match a.as_deref() {
+            Some(SENT) => Some(
+                self.outbox
+                    .last()
+                    .map(|m| m.code.clone())
+                    .unwrap_or_default(),
+            ),
+            _ => a,
+        })
     }
     /// Answers `answers`, every one given.
     fn answering<S: AsRef<str>>(answers: &[S]) -> Script {
@@ -55,6 +76,36 @@ struct Env {
     store: Box<dyn Store>,
     key: HostKey,
     log: Logger,
+    sender: Outbox,
+}
+
+/// A sender that keeps what it is given, or fails with `fail`; clones
+/// share the messages.
+#[derive(Debug, Default, Clone)]
+struct Outbox {
+    sent: std::rc::Rc<std::cell::RefCell<Vec<Message>>>,
+    fail: Option<String>,
+}
+
+impl Outbox {
+    fn last(&self) -> Option<Message> {
+        self.sent.borrow().last().cloned()
+    }
+    fn count(&self) -> usize {
+        self.sent.borrow().len()
+    }
+}
+
+impl Sender for Outbox {
+    fn send(&mut self, msg: &Message) -> Result<(), String> {
+        match &self.fail {
+            Some(why) => Err(why.clone()),
+            None => {
+                self.sent.borrow_mut().push(msg.clone());
+                Ok(())
+            }
+        }
+    }
 }
 
 fn env(extra: &str) -> Env {
@@ -70,6 +121,7 @@ fn env(extra: &str) -> Env {
         store,
         key,
         log: Logger::new("crm2fa-test", false),
+        sender: Outbox::default(),
     }
 }
 
@@ -89,6 +141,7 @@ fn login(e: &mut Env, user: &str, now: i64, script: &mut Script) -> Outcome {
     authenticate(
         &e.cfg,
         e.store.as_mut(),
+        &mut e.sender,
         QrStyle::None,
         &req(user, now),
         script,
@@ -265,6 +318,7 @@ fn unenrolled_enroll_sets_up_totp_inside_the_login() {
     let out = authenticate(
         &e.cfg,
         e.store.as_mut(),
+        &mut e.sender,
         QrStyle::Ascii,
         &req("gina", NOW),
         &mut user,
@@ -367,6 +421,7 @@ fn code_is_checked_at_the_time_it_is_typed_not_when_prompted() {
     let out = authenticate(
         &e.cfg,
         e.store.as_mut(),
+        &mut e.sender,
         QrStyle::None,
         &r,
         &mut typer,
@@ -397,6 +452,7 @@ fn abandoned_self_enrolment_is_shown_again_at_the_next_login() {
     let out = authenticate(
         &e.cfg,
         e.store.as_mut(),
+        &mut e.sender,
         QrStyle::None,
         &req("jill", NOW + 60),
         &mut user,
@@ -499,6 +555,7 @@ fn failmode_safe_never_skips_a_store_error_after_the_prompt() {
     let f = authenticate(
         &e.cfg,
         &mut flaky,
+        &mut e.sender,
         QrStyle::None,
         &req("lena", NOW),
         &mut conv,
@@ -619,6 +676,7 @@ fn a_login_that_needs_no_code_is_not_refused_for_a_busy_audit_table() {
     let out = authenticate(
         &e.cfg,
         &mut s,
+        &mut e.sender,
         QrStyle::None,
         &req("pia", NOW),
         &mut sc,
@@ -632,3 +690,4 @@ fn a_login_that_needs_no_code_is_not_refused_for_a_busy_audit_table() {
 }
 
 mod hostile;
+mod sent;

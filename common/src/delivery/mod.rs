@@ -6,11 +6,15 @@
 //! same configuration and exits 0 when the message was handed to the mail
 //! server or the SMS gateway. The rest (who may get a code, where it goes,
 //! the masked address shown at the prompt) is decided here, in plain Rust.
-use std::io::{Read, Write};
+use std::io::Read;
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::{self, MsgFlags};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -146,12 +150,18 @@ impl Program {
         // It runs as root with a code in its input: it must be root's.
         fsperm::open_trusted(&self.path, Secrecy::NotWritableByOthers)
             .map_err(|e| format!("will not run the sending program: {e}"))?;
+        // Standard input is a socket, not a pipe: a write to a program that
+        // exited early must not raise SIGPIPE in the calling program (su,
+        // login and others do not ignore it), and a socket can be written
+        // with MSG_NOSIGNAL.
+        let (ours, theirs) = UnixStream::pair()
+            .map_err(|e| format!("cannot make a socket for {}: {e}", self.path.display()))?;
         let mut child = Command::new(&self.path)
             .arg("--config")
             .arg(&self.config)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::piped())
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -159,10 +169,16 @@ impl Program {
         let input = zeroize::Zeroizing::new(
             serde_json::to_vec(msg).map_err(|e| format!("cannot encode the message: {e}"))?,
         );
-        if let Some(mut stdin) = child.stdin.take() {
-            // A program that exits early closes the pipe: its status says why.
-            let _ = stdin.write_all(&input);
+        let mut rest: &[u8] = &input;
+        while !rest.is_empty() {
+            match socket::send(ours.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL) {
+                Ok(n) => rest = &rest[n..],
+                Err(nix::errno::Errno::EINTR) => {}
+                // The program ended early (EPIPE …): its status says why.
+                Err(_) => break,
+            }
         }
+        let _ = ours.shutdown(Shutdown::Write);
         let deadline = Instant::now() + self.timeout;
         let status = loop {
             match child.try_wait() {
@@ -350,6 +366,83 @@ mod tests {
             fill("{\"text\": \"{code}\"}", &vars),
             "{\"text\": \"123456\"}"
         );
+    }
+
+    /// A program in a private directory running `script`.
+    fn program(dir: &tempfile::TempDir, script: &str, timeout: u64) -> Program {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.path().join("send");
+        std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Program {
+            path,
+            config: dir.path().join("crm2fa.toml"),
+            timeout: Duration::from_secs(timeout),
+        }
+    }
+
+    fn message() -> Message {
+        Message {
+            channel: Channel::Email,
+            to: "a@example.com".into(),
+            subject: "s".into(),
+            text: "code 424242".into(),
+            code: "424242".into(),
+        }
+    }
+
+    #[test]
+    fn the_program_gets_the_message_on_stdin_and_its_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("got");
+        let script = format!("{{ echo \"$1 $2\"; cat; }} > {}", out.display());
+        let mut p = program(&dir, &script, 10);
+        p.send(&message()).unwrap();
+        let got = std::fs::read_to_string(&out).unwrap();
+        let (args, json) = got.split_once('\n').unwrap();
+        assert_eq!(args, format!("--config {}", p.config.display()));
+        assert_eq!(serde_json::from_str::<Message>(json).unwrap(), message());
+    }
+
+    #[test]
+    fn a_failure_gives_the_first_line_of_stderr_or_the_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = program(
+            &dir,
+            "echo 'no route to the mail server' >&2; echo more >&2; exit 1",
+            10,
+        );
+        assert_eq!(
+            p.send(&message()),
+            Err("no route to the mail server".into())
+        );
+        // Exits before reading its input: the write fails quietly.
+        let mut p = program(&dir, "exit 3", 10);
+        let e = p.send(&message()).unwrap_err();
+        assert!(e.ends_with("exited with status 3"), "{e}");
+    }
+
+    #[test]
+    fn a_program_that_hangs_is_stopped_at_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = program(&dir, "exec sleep 30", 1);
+        let e = p.send(&message()).unwrap_err();
+        assert!(
+            e.contains("did not finish within 1 s and was stopped"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_program_others_may_change_is_not_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ran");
+        let mut p = program(&dir, &format!("touch {}", out.display()), 10);
+        std::fs::set_permissions(&p.path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = p.send(&message()).unwrap_err();
+        assert!(e.starts_with("will not run the sending program"), "{e}");
+        assert!(!out.exists());
     }
 
     #[test]

@@ -88,12 +88,12 @@ impl Ops<'_> {
             }
         }
         let c = Code::normalize(code);
-        for kind in [CodeKind::Backup, CodeKind::Recovery] {
-            if c.is_code_of_len(kind.code_len())
-                && self
-                    .store
-                    .code_usable(kind, user, &c.hash(&rec.code_salt), now)?
-            {
+        let digits = self.cfg.totp.digits;
+        let mut hash = None;
+        for kind in CodeKind::ALL.into_iter().filter(|k| k.shapes(&c, digits)) {
+            // One argon2 serves every kind: they share the user's salt.
+            let h = *hash.get_or_insert_with(|| c.hash(&rec.code_salt));
+            if self.store.code_usable(kind, user, &h, now)? {
                 return Ok(CodeCheck {
                     user: user.into(),
                     factor: Some(kind.factor()),

@@ -3,7 +3,6 @@ use super::Ops;
 use crate::audit::Fact;
 use crate::codes::{self, Code};
 use crate::error::{Error, Result};
-use crate::model::TotpState;
 
 impl Ops<'_> {
     /// Void the user's backup codes and make a new set; the codes to show once.
@@ -12,7 +11,7 @@ impl Ops<'_> {
         let record = self
             .store
             .user(user)?
-            .filter(|r| r.state == TotpState::Active)
+            .filter(|r| r.backup_codes_usable())
             .ok_or_else(not_active)?;
         let set = codes::backup_set(self.cfg.backup_code_count, &record.code_salt);
         let hashes: Vec<_> = set.iter().map(|(_, h)| *h).collect();

@@ -13,11 +13,13 @@ use crate::store::Store;
 
 mod check;
 mod codes;
+mod contact;
 mod enroll;
 mod import;
 mod users;
 
 pub use check::{CodeCheck, Drift};
+pub use contact::{Change, Notice};
 pub use enroll::{account_name, open_codes, Enrollment};
 pub use import::{parse_google_authenticator, parse_oath, ImportPlan, ImportedFactor, Source};
 pub use users::Status;

@@ -4,6 +4,7 @@ use super::Ops;
 use crate::audit::{AuditEntry, Fact};
 use crate::codes;
 use crate::config::LockoutConfig;
+use crate::delivery;
 use crate::error::{Error, ProtectedAction, Result};
 use crate::model::{lock_length, Factor, UserRecord};
 use crate::policy;
@@ -32,6 +33,10 @@ pub struct Status {
     pub last_success: Option<i64>,
     /// Remote hosts the user is not asked again from, and until when.
     pub remembered: Vec<(String, i64)>,
+    /// Where email codes and notices go, masked.
+    pub email: Option<String>,
+    /// Where SMS codes go, masked.
+    pub phone: Option<String>,
 }
 
 impl Status {
@@ -57,6 +62,8 @@ impl Status {
             next_lock_seconds: lock_length(lockout, r.lock.level),
             last_success: r.last_success,
             remembered: vec![],
+            email: r.email.as_deref().map(delivery::mask_email),
+            phone: r.phone.as_deref().map(delivery::mask_phone),
         }
     }
 }

@@ -13,10 +13,11 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use super::{Durability, Imported, Store};
+use super::{Durability, Imported, SendGrant, SendLimit, Store};
 use crate::audit::{AuditCtx, AuditEntry, AuditFilter, Event, Fact, Outcome};
 use crate::codes::{self, Code};
 use crate::config::LockoutConfig;
+use crate::delivery::Channel;
 use crate::error::Error;
 use crate::model::{
     Candidate, CodeKind, Factor, LockState, NewEnrollment, Origin, TotpMatch, TotpState, Verdict,
@@ -65,6 +66,15 @@ macro_rules! store_conformance {
             parallel_logins_with_one_backup_code_exactly_one_succeeds,
             parallel_logins_with_one_recovery_code_exactly_one_succeeds,
             parallel_enrolments_keep_one_factor,
+            a_sent_code_works_once_and_not_after_expiry,
+            one_sent_code_is_outstanding_per_channel,
+            the_resend_limit_counts_every_send_in_the_window,
+            a_withdrawn_code_neither_works_nor_counts,
+            no_code_is_sent_to_a_locked_user,
+            contacts_are_kept_and_a_removed_one_ends_its_channel,
+            a_delivery_channel_is_a_factor_with_backup_codes,
+            parallel_sends_never_exceed_the_resend_limit,
+            parallel_logins_with_one_sent_code_exactly_one_succeeds,
         );
     };
     (@each $backend:expr; $($name:ident),* $(,)?) => {
@@ -152,17 +162,11 @@ fn totp(n: i64) -> Candidate {
 }
 
 fn backup(code: &Code, salt: &[u8]) -> Candidate {
-    Candidate {
-        backup_hash: Some(code.hash(salt)),
-        ..Candidate::default()
-    }
+    Candidate::code(CodeKind::Backup, code.hash(salt))
 }
 
 fn recovery(code: &Code, salt: &[u8]) -> Candidate {
-    Candidate {
-        recovery_hash: Some(code.hash(salt)),
-        ..Candidate::default()
-    }
+    Candidate::code(CodeKind::Recovery, code.hash(salt))
 }
 
 fn redeem(s: &mut dyn Store, c: &Candidate, now: i64, max: u32) -> Verdict {
@@ -1058,4 +1062,358 @@ pub fn parallel_enrolments_keep_one_factor(b: &dyn Backend) {
         (r.state, r.secret),
         (TotpState::Pending, Some(winner[0].clone()))
     );
+}
+
+const LIMIT: SendLimit = SendLimit {
+    max: 3,
+    window: 900,
+};
+
+/// User `u`, known to the store with no factor: the salt.
+fn known_user(s: &mut dyn Store) -> Vec<u8> {
+    let salt = codes::new_salt();
+    s.disable("u", &salt, NOW, &audit(Fact::Disabled)).unwrap();
+    s.enable("u", NOW, &audit(Fact::Enabled)).unwrap();
+    salt
+}
+
+/// Store a code for `u` by `channel` at `now`, valid 600 s.
+fn send(s: &mut dyn Store, channel: Channel, salt: &[u8], code: &Code, now: i64) -> SendGrant {
+    let sent = audit(Fact::CodeSent {
+        channel,
+        to: "x".into(),
+    });
+    s.grant_send(
+        "u",
+        channel,
+        salt,
+        &code.hash(salt),
+        now + 600,
+        now,
+        LIMIT,
+        &sent,
+    )
+    .unwrap()
+}
+
+fn sent_offer(channel: Channel, code: &Code, salt: &[u8]) -> Candidate {
+    Candidate::code(CodeKind::sent(channel), code.hash(salt))
+}
+
+/// A code sent by email is accepted once, as the factor `email`, and not
+/// once it has expired; an SMS code is not an email code.
+pub fn a_sent_code_works_once_and_not_after_expiry(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    let c = Code::generate_digits(6);
+    assert!(matches!(
+        send(s.as_mut(), Channel::Email, &salt, &c, NOW),
+        SendGrant::Granted { .. }
+    ));
+    assert_eq!(
+        s.login_view("u", None, NOW).unwrap().sent,
+        vec![Channel::Email]
+    );
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Sms, &c, &salt),
+        NOW,
+        9
+    )));
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Email, &c, &salt),
+        NOW + 600,
+        9
+    )));
+    assert!(matches!(
+        redeem(
+            s.as_mut(),
+            &sent_offer(Channel::Email, &c, &salt),
+            NOW + 599,
+            9
+        ),
+        Verdict::Accepted {
+            factor: Factor::Email,
+            ..
+        }
+    ));
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Email, &c, &salt),
+        NOW + 1,
+        9
+    )));
+    assert!(s.login_view("u", None, NOW).unwrap().sent.is_empty());
+}
+
+/// A new code by a channel voids the unused one sent before by that
+/// channel, and only that channel.
+pub fn one_sent_code_is_outstanding_per_channel(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    let (first, second, sms) = (
+        Code::generate_digits(6),
+        Code::generate_digits(6),
+        Code::generate_digits(6),
+    );
+    send(s.as_mut(), Channel::Email, &salt, &first, NOW);
+    send(s.as_mut(), Channel::Sms, &salt, &sms, NOW);
+    send(s.as_mut(), Channel::Email, &salt, &second, NOW + 1);
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Email, &first, &salt),
+        NOW + 2,
+        9
+    )));
+    assert!(accepted(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Sms, &sms, &salt),
+        NOW + 2,
+        9
+    )));
+    assert!(accepted(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Email, &second, &salt),
+        NOW + 2,
+        9
+    )));
+}
+
+/// At most `max` codes per channel within the window, used or not; the
+/// next may go when the oldest leaves the window.
+pub fn the_resend_limit_counts_every_send_in_the_window(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    for i in 0..3 {
+        let c = Code::generate_digits(6);
+        assert!(matches!(
+            send(s.as_mut(), Channel::Sms, &salt, &c, NOW + i * 10),
+            SendGrant::Granted { .. }
+        ));
+    }
+    let c = Code::generate_digits(6);
+    assert_eq!(
+        send(s.as_mut(), Channel::Sms, &salt, &c, NOW + 100),
+        SendGrant::Limited { until: NOW + 900 }
+    );
+    assert!(matches!(
+        send(s.as_mut(), Channel::Email, &salt, &c, NOW + 100),
+        SendGrant::Granted { .. }
+    ));
+    assert!(matches!(
+        send(s.as_mut(), Channel::Sms, &salt, &c, NOW + 900),
+        SendGrant::Granted { .. }
+    ));
+    assert!(accepted(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Sms, &c, &salt),
+        NOW + 901,
+        9
+    )));
+}
+
+/// A code that could not be sent is withdrawn: it does not work and does
+/// not count toward the resend limit.
+pub fn a_withdrawn_code_neither_works_nor_counts(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    let c = Code::generate_digits(6);
+    for _ in 0..5 {
+        let SendGrant::Granted { id } = send(s.as_mut(), Channel::Email, &salt, &c, NOW) else {
+            panic!("a withdrawn code counted toward the limit");
+        };
+        let failed = audit(Fact::SendFailed {
+            channel: Channel::Email,
+            reason: "down".into(),
+        });
+        s.withdraw_send(Channel::Email, id, &failed).unwrap();
+    }
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Email, &c, &salt),
+        NOW,
+        9
+    )));
+}
+
+/// A locked user gets no code, and nothing is stored.
+pub fn no_code_is_sent_to_a_locked_user(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    redeem(s.as_mut(), &Candidate::default(), NOW, 1);
+    let c = Code::generate_digits(6);
+    assert_eq!(
+        send(s.as_mut(), Channel::Email, &salt, &c, NOW),
+        SendGrant::Locked { until: NOW + 60 }
+    );
+    assert!(s.login_view("u", None, NOW + 61).unwrap().sent.is_empty());
+}
+
+/// Contacts are kept per channel; removing the contact of the user's
+/// delivery channel ends that factor.
+pub fn contacts_are_kept_and_a_removed_one_ends_its_channel(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    let set = |channel, to| {
+        audit(Fact::ContactSet {
+            channel,
+            to: Some(String::from(to)),
+        })
+    };
+    s.set_contact(
+        "u",
+        Channel::Email,
+        Some("u@example.com"),
+        &salt,
+        NOW,
+        &set(Channel::Email, "u"),
+    )
+    .unwrap();
+    s.set_contact(
+        "u",
+        Channel::Sms,
+        Some("+4420794600"),
+        &salt,
+        NOW,
+        &set(Channel::Sms, "p"),
+    )
+    .unwrap();
+    let other = codes::new_salt();
+    s.set_contact(
+        "new",
+        Channel::Sms,
+        Some("+4420794600"),
+        &other,
+        NOW,
+        &set(Channel::Sms, "p"),
+    )
+    .unwrap();
+    let n = s.user("new").unwrap().unwrap();
+    assert_eq!(
+        (&n.code_salt, n.phone.as_deref(), n.has_factor()),
+        (&other, Some("+4420794600"), false)
+    );
+    let hashes: Vec<_> = codes::backup_set(2, &salt)
+        .iter()
+        .map(|(_, h)| *h)
+        .collect();
+    let enrolled = audit(Fact::DeliveryEnrolled {
+        channel: Channel::Sms,
+    });
+    s.set_delivery("u", Channel::Sms, &salt, &hashes, NOW, &enrolled)
+        .unwrap();
+    let removed = audit(Fact::ContactSet {
+        channel: Channel::Email,
+        to: None,
+    });
+    s.set_contact("u", Channel::Email, None, &salt, NOW, &removed)
+        .unwrap();
+    let r = s.user("u").unwrap().unwrap();
+    assert_eq!(
+        (r.email.as_deref(), r.phone.as_deref(), r.delivery),
+        (None, Some("+4420794600"), Some(Channel::Sms))
+    );
+    s.set_contact("u", Channel::Sms, None, &salt, NOW, &removed)
+        .unwrap();
+    let r = s.user("u").unwrap().unwrap();
+    assert_eq!((r.phone, r.delivery), (None, None));
+}
+
+/// A delivery channel is a factor: the user is enrolled, gets backup codes
+/// that work at once if they held none, and `reset` removes it all but
+/// keeps the contacts.
+pub fn a_delivery_channel_is_a_factor_with_backup_codes(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    let set = codes::backup_set(2, &salt);
+    let hashes: Vec<_> = set.iter().map(|(_, h)| *h).collect();
+    let enrolled = audit(Fact::DeliveryEnrolled {
+        channel: Channel::Email,
+    });
+    let to = audit(Fact::ContactSet {
+        channel: Channel::Email,
+        to: Some("x".into()),
+    });
+    s.set_contact("u", Channel::Email, Some("u@example.com"), &salt, NOW, &to)
+        .unwrap();
+    assert!(s
+        .set_delivery("u", Channel::Email, &salt, &hashes, NOW, &enrolled)
+        .unwrap());
+    let r = s.user("u").unwrap().unwrap();
+    assert!(r.has_factor() && r.state == TotpState::None);
+    assert_eq!(r.methods(false), vec![Factor::Backup, Factor::Email]);
+    // A second channel keeps the codes the user holds.
+    let other: Vec<_> = codes::backup_set(2, &salt)
+        .iter()
+        .map(|(_, h)| *h)
+        .collect();
+    assert!(!s
+        .set_delivery("u", Channel::Sms, &salt, &other, NOW, &enrolled)
+        .unwrap());
+    assert!(accepted(&redeem(
+        s.as_mut(),
+        &backup(&set[0].0, &salt),
+        NOW,
+        9
+    )));
+    let c = Code::generate_digits(6);
+    send(s.as_mut(), Channel::Sms, &salt, &c, NOW);
+    assert!(s.reset("u", NOW, &audit(Fact::Reset)).unwrap());
+    let r = s.user("u").unwrap().unwrap();
+    assert_eq!(
+        (r.has_factor(), r.backup_codes_left(), r.email.as_deref()),
+        (false, 0, Some("u@example.com"))
+    );
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Sms, &c, &salt),
+        NOW,
+        9
+    )));
+    assert!(matches!(
+        s.set_delivery(
+            "u",
+            Channel::Sms,
+            &codes::new_salt(),
+            &other,
+            NOW,
+            &enrolled
+        ),
+        Err(Error::Changed { .. })
+    ));
+}
+
+/// Many logins asking for a code at once never send more than the limit.
+pub fn parallel_sends_never_exceed_the_resend_limit(b: &dyn Backend) {
+    let salt = known_user(b.open().as_mut());
+    let gate = std::sync::Barrier::new(8);
+    let granted = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut s = b.open();
+                    let c = Code::generate_digits(6);
+                    gate.wait();
+                    send(s.as_mut(), Channel::Email, &salt, &c, NOW)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|g| matches!(g, SendGrant::Granted { .. }))
+            .count()
+    });
+    assert_eq!(granted, LIMIT.max as usize);
+}
+
+/// One sent code offered by many parallel logins: exactly one succeeds.
+pub fn parallel_logins_with_one_sent_code_exactly_one_succeeds(b: &dyn Backend) {
+    let salt = known_user(b.open().as_mut());
+    let c = Code::generate_digits(6);
+    send(b.open().as_mut(), Channel::Sms, &salt, &c, NOW);
+    let offer = sent_offer(Channel::Sms, &c, &salt);
+    let verdicts = in_parallel(b, 12, |s| redeem(s, &offer, NOW, 100));
+    assert_eq!(verdicts.iter().filter(|v| accepted(v)).count(), 1);
 }

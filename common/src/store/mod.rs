@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq;
 use crate::audit::{AuditCtx, AuditEntry, AuditFilter, Fact};
 use crate::codes::HASH_LEN;
 use crate::config::{LockoutConfig, StoreConfig};
+use crate::delivery::Channel;
 use crate::error::{Error, Result};
 use crate::model::{
     Candidate, CodeKind, Factor, LockState, NewEnrollment, StoredCode, TotpMatch, UserRecord,
@@ -86,7 +87,7 @@ pub trait Tx {
     /// Every user, ordered by name.
     fn users(&mut self) -> Result<Vec<UserRecord>>;
 
-    /// The user's unused codes of `kind`; recovery codes only while
+    /// The user's unused codes of `kind`; codes that expire only while
     /// unexpired at `now`.
     fn unused_codes(&mut self, kind: CodeKind, name: &str, now: i64) -> Result<Vec<StoredCode>>;
 
@@ -154,21 +155,50 @@ pub trait Tx {
         now: i64,
     ) -> Result<()>;
 
-    /// Add an unused recovery code (its hash), valid until `expires_at`.
-    fn insert_recovery_code(
+    /// Add an unused code of an expiring `kind` (recovery, email, SMS; its
+    /// hash), valid until `expires_at`; the new row's id.
+    fn insert_expiring_code(
         &mut self,
+        kind: CodeKind,
         name: &str,
         hash: &[u8; HASH_LEN],
         expires_at: i64,
         now: i64,
-    ) -> Result<()>;
+    ) -> Result<i64>;
+
+    /// Make the user's unused codes of an expiring `kind` expire at `now`,
+    /// and delete the rows made before `keep_since`.
+    fn void_codes(&mut self, kind: CodeKind, name: &str, now: i64, keep_since: i64) -> Result<()>;
+
+    /// When each of the user's codes of `kind` made after `since` was made,
+    /// oldest first (used, expired or not).
+    fn codes_made_since(&mut self, kind: CodeKind, name: &str, since: i64) -> Result<Vec<i64>>;
+
+    /// Delete the code in row `id`.
+    fn delete_code(&mut self, kind: CodeKind, id: i64) -> Result<()>;
+
+    /// Set (or with `None` remove) where the user's `channel` codes go.
+    /// False for an unknown user.
+    fn set_contact(
+        &mut self,
+        name: &str,
+        channel: Channel,
+        to: Option<&str>,
+        now: i64,
+    ) -> Result<bool>;
+
+    /// Set (or with `None` remove) the channel the user gets codes by
+    /// without asking; setting one turns 2FA back on. False for an unknown
+    /// user.
+    fn set_delivery(&mut self, name: &str, channel: Option<Channel>, now: i64) -> Result<bool>;
 
     /// Turn the user's 2FA off or on. False for an unknown user.
     fn set_disabled(&mut self, name: &str, disabled: bool, now: i64) -> Result<bool>;
 
-    /// Remove the TOTP factor: state none, no secret, no kept codes, 2FA on,
-    /// `last_step` reset. False for an unknown user.
-    fn clear_totp(&mut self, name: &str, now: i64) -> Result<bool>;
+    /// Remove every factor: TOTP state none, no secret, no kept codes, no
+    /// delivery channel, 2FA on, `last_step` reset. Contacts stay. False for
+    /// an unknown user.
+    fn clear_factors(&mut self, name: &str, now: i64) -> Result<bool>;
 
     /// The remote hosts the user is remembered from at `now`, with the time
     /// each is remembered until, by host.
@@ -200,6 +230,38 @@ pub struct LoginView {
     pub has_recovery: bool,
     /// Until when the login's remote host is remembered for them.
     pub remembered_until: Option<i64>,
+    /// The channels by which they hold an unused, unexpired sent code.
+    pub sent: Vec<Channel>,
+}
+
+/// What [`Store`]'s `grant_send` decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendGrant {
+    /// The code is stored (row `id`) and may be sent.
+    Granted {
+        /// Its row, to withdraw it if sending fails.
+        id: i64,
+    },
+    /// The resend limit is reached until then: nothing stored.
+    Limited {
+        /// When the next code may be sent.
+        until: i64,
+    },
+    /// The user is locked: nothing stored.
+    Locked {
+        /// When the lock ends.
+        until: i64,
+    },
+}
+
+/// The resend limit: at most `max` codes per user and channel within
+/// `window` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendLimit {
+    /// Codes within the window.
+    pub max: u32,
+    /// Seconds.
+    pub window: i64,
 }
 
 /// One user's factor made elsewhere, for [`Store`]'s `import`.
@@ -349,10 +411,24 @@ impl dyn Store + '_ {
                     .map(|(_, until)| until),
                 _ => None,
             };
+            let mut sent = vec![];
+            // Only a user with a contact can hold a sent code: the login of
+            // everyone else pays for no query.
+            if user
+                .as_ref()
+                .is_some_and(|u| u.email.is_some() || u.phone.is_some())
+            {
+                for c in Channel::ALL {
+                    if !tx.unused_codes(CodeKind::sent(c), name, now)?.is_empty() {
+                        sent.push(c);
+                    }
+                }
+            }
             Ok(LoginView {
                 user,
                 has_recovery,
                 remembered_until,
+                sent,
             })
         })
     }
@@ -460,7 +536,8 @@ impl dyn Store + '_ {
     /// `max_failures`), then the first factor that matches is consumed — a
     /// TOTP step newer than the last one used, an unused backup code of an
     /// active enrolment, an unused unexpired recovery code — and the count
-    /// cleared if one did. The audit rows go in with it. A success
+    /// cleared if one did (a code sent by email or SMS is used up like a
+    /// recovery code). The audit rows go in with it. A success
     /// remembers `remember`'s host until its time; a lock forgets every
     /// remembered host of the user.
     pub fn redeem(
@@ -547,7 +624,8 @@ impl dyn Store + '_ {
 
     /// Replace the user's backup codes with a new set, hashed with `salt`
     /// (the old set is void at once). False, and nothing changed, unless the
-    /// user's enrolment is active.
+    /// user's backup codes are usable (an active enrolment or a delivery
+    /// channel).
     pub fn replace_backup_codes(
         &mut self,
         name: &str,
@@ -560,7 +638,7 @@ impl dyn Store + '_ {
             if tx.user(name)?.is_none() {
                 return Ok(false);
             }
-            if lock_with_salt(tx, name, salt)?.state != crate::model::TotpState::Active {
+            if !lock_with_salt(tx, name, salt)?.backup_codes_usable() {
                 return Ok(false);
             }
             tx.delete_codes(CodeKind::Backup, name, false)?;
@@ -587,9 +665,105 @@ impl dyn Store + '_ {
             tx.insert_user(name, salt, now)?;
             lock_with_salt(tx, name, salt)?;
             tx.delete_codes(CodeKind::Recovery, name, true)?;
-            tx.insert_recovery_code(name, hash, expires_at, now)?;
+            tx.insert_expiring_code(CodeKind::Recovery, name, hash, expires_at, now)?;
             tx.update_lock(name, None, &LockState::default(), now)?;
             tx.insert_audit(audit)
+        })
+    }
+
+    /// Store a code to send by `channel` (its hash under `salt`, the salt
+    /// read before), valid until `expires_at`, unless the user is locked or
+    /// `limit` is reached; it voids the user's earlier unused code of that
+    /// channel: one is outstanding at a time. The audit row goes in with
+    /// it. Every process and host counts against the same limit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn grant_send(
+        &mut self,
+        name: &str,
+        channel: Channel,
+        salt: &[u8],
+        hash: &[u8; HASH_LEN],
+        expires_at: i64,
+        now: i64,
+        limit: SendLimit,
+        audit: &AuditEntry,
+    ) -> Result<SendGrant> {
+        let kind = CodeKind::sent(channel);
+        self.write(Durability::Full, |tx| {
+            let user = lock_with_salt(tx, name, salt)?;
+            if let Some(until) = user.locked_at(now) {
+                return Ok(SendGrant::Locked { until });
+            }
+            let since = now.saturating_sub(limit.window);
+            let made = tx.codes_made_since(kind, name, since)?;
+            let max = limit.max as usize;
+            if made.len() >= max {
+                let until = made[made.len() - max].saturating_add(limit.window);
+                return Ok(SendGrant::Limited { until });
+            }
+            tx.void_codes(kind, name, now, since)?;
+            let id = tx.insert_expiring_code(kind, name, hash, expires_at, now)?;
+            tx.insert_audit(audit)?;
+            Ok(SendGrant::Granted { id })
+        })
+    }
+
+    /// Take back a code [`grant_send`](Self::grant_send) stored that could
+    /// not be sent: it neither works nor counts toward the resend limit.
+    pub fn withdraw_send(&mut self, channel: Channel, id: i64, audit: &AuditEntry) -> Result<()> {
+        self.write(Durability::Full, |tx| {
+            tx.delete_code(CodeKind::sent(channel), id)?;
+            tx.insert_audit(audit)
+        })
+    }
+
+    /// Set or remove where `name`'s codes by `channel` go; a user the
+    /// store does not know is added with `code_salt_if_new`. Removing the
+    /// contact of the user's delivery channel ends that factor.
+    pub fn set_contact(
+        &mut self,
+        name: &str,
+        channel: Channel,
+        to: Option<&str>,
+        code_salt_if_new: &[u8],
+        now: i64,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        self.write(Durability::Full, |tx| {
+            tx.insert_user(name, code_salt_if_new, now)?;
+            tx.set_contact(name, channel, to, now)?;
+            if to.is_none() && tx.user(name)?.and_then(|u| u.delivery) == Some(channel) {
+                // Nowhere to send them: the channel is no factor any more.
+                tx.set_delivery(name, None, now)?;
+            }
+            tx.insert_audit(audit)
+        })
+    }
+
+    /// Make `channel` a factor of `name`: codes are sent without asking.
+    /// Backup codes hashed with `salt` (the user's, read before) are added
+    /// when the user holds none that a login would accept; true when they
+    /// were. [`Error::Changed`] when the user is unknown or their salt is
+    /// not `salt`.
+    pub fn set_delivery(
+        &mut self,
+        name: &str,
+        channel: Channel,
+        salt: &[u8],
+        backup_hashes: &[[u8; HASH_LEN]],
+        now: i64,
+        audit: &AuditEntry,
+    ) -> Result<bool> {
+        self.write(Durability::Full, |tx| {
+            let user = lock_with_salt(tx, name, salt)?;
+            tx.set_delivery(name, Some(channel), now)?;
+            let add = user.backup_codes_left() == 0;
+            if add {
+                tx.delete_codes(CodeKind::Backup, name, false)?;
+                tx.insert_backup_codes(name, backup_hashes, now)?;
+            }
+            tx.insert_audit(audit)?;
+            Ok(add)
         })
     }
 
@@ -639,12 +813,13 @@ impl dyn Store + '_ {
     /// details stay. False for an unknown user.
     pub fn reset(&mut self, name: &str, now: i64, audit: &AuditEntry) -> Result<bool> {
         self.write(Durability::Full, |tx| {
-            if !tx.clear_totp(name, now)? {
+            if !tx.clear_factors(name, now)? {
                 return Ok(false);
             }
             tx.update_lock(name, None, &LockState::default(), now)?;
-            tx.delete_codes(CodeKind::Backup, name, false)?;
-            tx.delete_codes(CodeKind::Recovery, name, false)?;
+            for kind in CodeKind::ALL {
+                tx.delete_codes(kind, name, false)?;
+            }
             tx.forget(name, None)?;
             tx.insert_audit(audit)?;
             Ok(true)
@@ -653,7 +828,7 @@ impl dyn Store + '_ {
 }
 
 /// Consume the first factor of `candidate` that matches: TOTP, then a
-/// backup code, then a recovery code. The factor, and the sealed codes to
+/// backup code, a recovery code, a code sent by email, by SMS. The factor, and the sealed codes to
 /// show when a TOTP code activated a pending enrolment.
 fn consume_first_match(
     tx: &mut dyn Tx,
@@ -667,7 +842,7 @@ fn consume_first_match(
             return Ok(Some((Factor::Totp, pending)));
         }
     }
-    for kind in [CodeKind::Backup, CodeKind::Recovery] {
+    for kind in CodeKind::ALL {
         let Some(hash) = candidate.hash(kind) else {
             continue;
         };

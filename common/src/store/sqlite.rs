@@ -12,6 +12,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use super::{Durability, StepUse, Store, Tx, TxBody, TxKind};
 use crate::audit::{AuditEntry, AuditFilter, Event, Outcome};
 use crate::codes::{HASH_LEN, SALT_LEN};
+use crate::delivery::Channel;
 use crate::error::{Error, Result};
 use crate::fsperm::{self, Secrecy};
 use crate::model::{
@@ -49,7 +50,7 @@ fn busy() -> impl FnMut(i32) -> bool + Send + 'static {
 }
 
 /// Schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Migrations: entry `i` brings the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -122,6 +123,30 @@ CREATE TABLE remembered (
     until INTEGER NOT NULL,
     PRIMARY KEY (user, host)
 ) WITHOUT ROWID;
+"#,
+    r#"
+-- Codes sent by email and SMS: hashed like recovery codes, short-lived; the
+-- rows stay for the resend limit's window after they are used or expire.
+CREATE TABLE email_codes (
+    id         INTEGER PRIMARY KEY,
+    user       TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    hash       BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at    INTEGER
+);
+CREATE INDEX email_codes_user ON email_codes(user);
+CREATE TABLE sms_codes (
+    id         INTEGER PRIMARY KEY,
+    user       TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    hash       BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at    INTEGER
+);
+CREATE INDEX sms_codes_user ON sms_codes(user);
+-- The channel a user gets codes by without asking: 'email' | 'sms' | NULL.
+ALTER TABLE users ADD COLUMN delivery TEXT;
 "#,
 ];
 
@@ -413,7 +438,7 @@ struct SqliteTx<'a> {
 const USER_COLUMNS: &str = "name, state, disabled, secret, code_salt, last_step, failures,
      locked_until, last_success,
      (SELECT count(*) FROM backup_codes b WHERE b.user = users.name AND b.used_at IS NULL),
-     email, phone, lock_level, enrolled_by";
+     email, phone, lock_level, enrolled_by, delivery";
 
 fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
     let code_salt: Vec<u8> = r.get(4)?;
@@ -445,6 +470,10 @@ fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
         unused_backup_codes: r.get(9)?,
         email: r.get(10)?,
         phone: r.get(11)?,
+        delivery: r
+            .get::<_, Option<String>>(14)?
+            .as_deref()
+            .and_then(Channel::parse),
     })
 }
 
@@ -452,6 +481,8 @@ fn table(kind: CodeKind) -> &'static str {
     match kind {
         CodeKind::Backup => "backup_codes",
         CodeKind::Recovery => "recovery_codes",
+        CodeKind::Email => "email_codes",
+        CodeKind::Sms => "sms_codes",
     }
 }
 
@@ -511,18 +542,24 @@ impl Tx for SqliteTx<'_> {
                 hash: r.get(1)?,
             })
         };
-        match kind {
-            CodeKind::Backup => self.rows(
-                "SELECT id, hash FROM backup_codes WHERE user = ?1 AND used_at IS NULL",
-                params![name],
-                code,
-            ),
-            CodeKind::Recovery => self.rows(
-                "SELECT id, hash FROM recovery_codes
-                 WHERE user = ?1 AND used_at IS NULL AND expires_at > ?2",
+        if kind.expires() {
+            self.rows(
+                &format!(
+                    "SELECT id, hash FROM {} WHERE user = ?1 AND used_at IS NULL AND expires_at > ?2",
+                    table(kind)
+                ),
                 params![name, now],
                 code,
-            ),
+            )
+        } else {
+            self.rows(
+                &format!(
+                    "SELECT id, hash FROM {} WHERE user = ?1 AND used_at IS NULL",
+                    table(kind)
+                ),
+                params![name],
+                code,
+            )
         }
     }
 
@@ -712,18 +749,83 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn insert_recovery_code(
+    fn insert_expiring_code(
         &mut self,
+        kind: CodeKind,
         name: &str,
         hash: &[u8; HASH_LEN],
         expires_at: i64,
         now: i64,
-    ) -> Result<()> {
+    ) -> Result<i64> {
         self.exec(
-            "INSERT INTO recovery_codes(user, hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            &format!(
+                "INSERT INTO {}(user, hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                table(kind)
+            ),
             params![name, &hash[..], now, expires_at],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    fn void_codes(&mut self, kind: CodeKind, name: &str, now: i64, keep_since: i64) -> Result<()> {
+        let t = table(kind);
+        self.exec(
+            &format!(
+                "UPDATE {t} SET expires_at = ?2
+                 WHERE user = ?1 AND used_at IS NULL AND expires_at > ?2"
+            ),
+            params![name, now],
+        )?;
+        self.exec(
+            &format!("DELETE FROM {t} WHERE user = ?1 AND created_at < ?2"),
+            params![name, keep_since],
         )
         .map(drop)
+    }
+
+    fn codes_made_since(&mut self, kind: CodeKind, name: &str, since: i64) -> Result<Vec<i64>> {
+        self.rows(
+            &format!(
+                "SELECT created_at FROM {} WHERE user = ?1 AND created_at > ?2 ORDER BY created_at",
+                table(kind)
+            ),
+            params![name, since],
+            |r| r.get(0),
+        )
+    }
+
+    fn delete_code(&mut self, kind: CodeKind, id: i64) -> Result<()> {
+        self.exec(
+            &format!("DELETE FROM {} WHERE id = ?1", table(kind)),
+            params![id],
+        )
+        .map(drop)
+    }
+
+    fn set_contact(
+        &mut self,
+        name: &str,
+        channel: Channel,
+        to: Option<&str>,
+        now: i64,
+    ) -> Result<bool> {
+        let column = match channel {
+            Channel::Email => "email",
+            Channel::Sms => "phone",
+        };
+        let n = self.exec(
+            &format!("UPDATE users SET {column} = ?2, updated_at = ?3 WHERE name = ?1"),
+            params![name, to, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn set_delivery(&mut self, name: &str, channel: Option<Channel>, now: i64) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE users SET delivery = ?2, disabled = 0, updated_at = ?3 WHERE name = ?1",
+            params![name, channel.map(Channel::as_str), now],
+        )?;
+        Ok(n == 1)
     }
 
     fn set_disabled(&mut self, name: &str, disabled: bool, now: i64) -> Result<bool> {
@@ -734,10 +836,10 @@ impl Tx for SqliteTx<'_> {
         Ok(n == 1)
     }
 
-    fn clear_totp(&mut self, name: &str, now: i64) -> Result<bool> {
+    fn clear_factors(&mut self, name: &str, now: i64) -> Result<bool> {
         let n = self.exec(
             "UPDATE users SET state = 'none', disabled = 0, secret = NULL, pending_codes = NULL,
-                    last_step = -1, updated_at = ?2
+                    delivery = NULL, last_step = -1, updated_at = ?2
              WHERE name = ?1",
             params![name, now],
         )?;

@@ -2,14 +2,14 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use crm2fa_common::ops::{account_name, CodeCheck};
+use crm2fa_common::ops::{account_name, Change, CodeCheck};
 use crm2fa_common::{fsperm, rfc3339, Error};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::{Ctx, Done, Status};
 use crate::error::CliError;
-use crate::output::{self, shown, write_backup_codes, Shown, Text};
+use crate::output::{self, shown, write_backup_codes, write_notice, NoticeReport, Shown, Text};
 use crate::terminal;
 
 /// What `check` found.
@@ -110,6 +110,8 @@ struct NewCodesReport {
     backup_codes: Shown,
     #[serde(skip)]
     page: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notice: Option<NoticeReport>,
 }
 
 impl Text for NewCodesReport {
@@ -127,7 +129,7 @@ impl Text for NewCodesReport {
                 page.display()
             )?;
         }
-        Ok(())
+        write_notice(w, &self.notice)
     }
 }
 
@@ -178,6 +180,7 @@ pub(super) fn backup_codes(
         user: user.into(),
         backup_codes: shown(&codes),
         page: None,
+        notice: ctx.notify(user, Change::BackupCodes),
     };
     // The new set is in force: show it whatever happens to the page.
     if let (Some(f), Some(path)) = (page.as_mut(), output) {
@@ -219,6 +222,8 @@ struct RecoveryReport {
     code: Zeroizing<String>,
     #[serde(serialize_with = "output::time")]
     expires_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notice: Option<NoticeReport>,
 }
 
 impl Text for RecoveryReport {
@@ -233,7 +238,8 @@ impl Text for RecoveryReport {
         writeln!(
             w,
             "Any lock on {user} has been cleared. After logging in, re-enrol or regenerate backup codes."
-        )
+        )?;
+        write_notice(w, &self.notice)
     }
 }
 
@@ -245,5 +251,6 @@ pub(super) fn recovery(ctx: &mut Ctx, user: &str, valid: i64) -> Result<Done, Cl
         user: user.into(),
         code: code.display(),
         expires_at,
+        notice: ctx.notify(user, Change::Recovery { until: expires_at }),
     })
 }

@@ -2,6 +2,7 @@
 use std::io::{self, Write};
 
 use crm2fa_common::codes::Code;
+use crm2fa_common::delivery::Channel;
 use crm2fa_common::model::{Origin, TotpState};
 use crm2fa_common::qr::{self, QrStyle};
 use crm2fa_common::Error;
@@ -9,7 +10,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::{Ctx, Done, Status};
-use crate::cli::QrArg;
+use crate::cli::{MethodArg, QrArg};
 use crate::error::CliError;
 use crate::output::{shown, write_backup_codes, Shown, Text};
 use crate::terminal;
@@ -89,15 +90,67 @@ fn write_activated(w: &mut dyn Write, user: &str, codes: &[String]) -> io::Resul
     write_backup_codes(w, codes)
 }
 
+/// `enroll --method email|sms`: codes by a channel are a factor.
+#[derive(Serialize)]
+struct ChannelReport {
+    user: String,
+    method: &'static str,
+    state: &'static str,
+    #[serde(skip)]
+    to: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backup_codes: Option<Shown>,
+}
+
+impl Text for ChannelReport {
+    fn write_text(&self, w: &mut dyn Write) -> io::Result<()> {
+        let user = &self.user;
+        writeln!(
+            w,
+            "{user} now gets codes by {}: the login sends one to {} without asking.",
+            self.method, self.to
+        )?;
+        match &self.backup_codes {
+            Some(codes) => write_backup_codes(w, codes),
+            None => writeln!(w, "{user} keeps the backup codes they have."),
+        }
+    }
+}
+
+/// Make codes by `channel` a factor of `user`.
+fn enroll_channel(ctx: &mut Ctx, user: &str, channel: Channel) -> Result<Done, CliError> {
+    let now = ctx.now;
+    let codes = ctx.ops().enroll_delivery(user, channel, now)?;
+    let status = ctx.ops().status(user, now)?;
+    let to = match channel {
+        Channel::Email => status.email,
+        Channel::Sms => status.phone,
+    };
+    Done::ok(ChannelReport {
+        user: user.into(),
+        method: channel.as_str(),
+        state: status.state,
+        to: to.unwrap_or_default(),
+        backup_codes: codes.as_deref().map(shown),
+    })
+}
+
 /// A new TOTP secret for `user`, pending; confirmed at once with `code`,
-/// or with a code typed on the terminal.
+/// or with a code typed on the terminal. With `method` email or SMS, codes
+/// by that channel instead.
 pub(super) fn enroll(
     ctx: &mut Ctx,
     user: &str,
+    method: MethodArg,
     no_qr: bool,
     qr: QrArg,
     code: Option<String>,
 ) -> Result<Done, CliError> {
+    match method {
+        MethodArg::Totp => {}
+        MethodArg::Email => return enroll_channel(ctx, user, Channel::Email),
+        MethodArg::Sms => return enroll_channel(ctx, user, Channel::Sms),
+    }
     if let Some(r) = ctx.store.user(user)? {
         if r.state != TotpState::None {
             ctx.confirm(&format!(

@@ -5,12 +5,13 @@ use std::path::Path;
 use crm2fa_common::account::Account;
 use crm2fa_common::audit::{AuditCtx, Logger};
 use crm2fa_common::config::{self, Config};
-use crm2fa_common::ops::{Ops, ADMIN_SERVICE};
+use crm2fa_common::delivery::Program;
+use crm2fa_common::ops::{Change, Notice, Ops, ADMIN_SERVICE};
 use crm2fa_common::store::{self, Store};
 
 use crate::cli::{Cli, Command};
 use crate::error::CliError;
-use crate::output::{Output, Report};
+use crate::output::{NoticeReport, Output, Report};
 
 mod audit;
 mod codes;
@@ -93,6 +94,30 @@ impl Ctx {
         }
     }
 
+    /// Tell `user` by email of `change`, if an address is known: what
+    /// became of the notice, for the report (the change stands either way).
+    fn notify(&mut self, user: &str, change: Change) -> Option<NoticeReport> {
+        let mut sender = Program::from_config(&self.cfg);
+        let (now, by) = (self.now, administrator());
+        let notice = match self.ops().notify(&mut sender, user, change, &by, now) {
+            Ok(n) => n,
+            Err(e) => Notice::Failed(e.to_string()),
+        };
+        match notice {
+            Notice::Sent(to) => Some(NoticeReport {
+                sent: true,
+                to: Some(to),
+                error: None,
+            }),
+            Notice::Failed(why) => Some(NoticeReport {
+                sent: false,
+                to: None,
+                error: Some(why),
+            }),
+            Notice::NoAddress => None,
+        }
+    }
+
     /// Ask before a destructive action (see [`crate::terminal::confirm`]).
     fn confirm(&self, what: &str) -> Result<(), CliError> {
         crate::terminal::confirm(what, self.yes, self.json)
@@ -121,6 +146,23 @@ fn account(user: String) -> String {
     }
 }
 
+/// Who runs this command, for notices: the account (and the one behind
+/// sudo), the program and the host.
+fn administrator() -> String {
+    let uid = nix::unistd::getuid();
+    let me = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid {uid}"), |u| u.name);
+    let host = crm2fa_common::hostname();
+    match std::env::var("SUDO_USER") {
+        Ok(s) if !s.is_empty() && s != me => {
+            format!("{s} (as {me}, with crm2fa-admin on {host})")
+        }
+        _ => format!("{me} (with crm2fa-admin on {host})"),
+    }
+}
+
 /// Run the command `cli` names.
 pub(crate) fn run(cli: Cli, out: Output) -> Result<Done, CliError> {
     let config = cli.config.as_deref();
@@ -131,10 +173,14 @@ pub(crate) fn run(cli: Cli, out: Output) -> Result<Done, CliError> {
         Command::Completions { shell } => setup::completions(shell),
         Command::Enroll {
             user,
+            method,
             no_qr,
             qr,
             code,
-        } => enroll::enroll(&mut open()?, &account(user), no_qr, qr, code),
+        } => enroll::enroll(&mut open()?, &account(user), method, no_qr, qr, code),
+        Command::SetContact { user, email, phone } => {
+            users::set_contact(&mut open()?, &account(user), email, phone)
+        }
         Command::Confirm { user, code } => enroll::confirm(&mut open()?, &account(user), code),
         Command::Status { user } => users::status(&mut open()?, &account(user)),
         Command::List => users::list(&mut open()?),

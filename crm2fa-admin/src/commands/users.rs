@@ -1,12 +1,12 @@
 //! `status`, `list`, `reset`, `disable`, `enable`, `unlock`, `policy`.
 use std::io::{self, Write};
 
-use crm2fa_common::ops::Status;
+use crm2fa_common::ops::{Change, Status};
 use serde::Serialize;
 
 use super::{Ctx, Done};
 use crate::error::CliError;
-use crate::output::{self, Text};
+use crate::output::{self, write_notice, NoticeReport, Text};
 
 /// One user's state.
 #[derive(Serialize)]
@@ -24,6 +24,8 @@ struct StatusReport {
     #[serde(serialize_with = "output::opt_time")]
     last_success: Option<i64>,
     remembered: Vec<RememberedHost>,
+    email: Option<String>,
+    phone: Option<String>,
 }
 
 /// A remote host a user is not asked again from.
@@ -52,6 +54,8 @@ impl From<Status> for StatusReport {
                 .into_iter()
                 .map(|(host, until)| RememberedHost { host, until })
                 .collect(),
+            email: s.email,
+            phone: s.phone,
         }
     }
 }
@@ -86,6 +90,9 @@ impl Text for StatusReport {
             self.lock_level, self.next_lock_seconds
         )?;
         writeln!(w, "Last success:      {}", last_success(self.last_success))?;
+        let contact = |c: &Option<String>| c.clone().unwrap_or_else(|| "none".into());
+        writeln!(w, "Email:             {}", contact(&self.email))?;
+        writeln!(w, "Phone:             {}", contact(&self.phone))?;
         if self.remembered.is_empty() {
             return writeln!(w, "Remembered hosts:  none");
         }
@@ -154,6 +161,8 @@ pub(super) fn list(ctx: &mut Ctx) -> Result<Done, CliError> {
 struct ResetReport {
     user: String,
     state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notice: Option<NoticeReport>,
 }
 
 impl Text for ResetReport {
@@ -162,7 +171,8 @@ impl Text for ResetReport {
         writeln!(
             w,
             "All factors of {user} removed. Enrol them again with `crm2fa-admin enroll {user}`."
-        )
+        )?;
+        write_notice(w, &self.notice)
     }
 }
 
@@ -177,6 +187,7 @@ pub(super) fn reset(ctx: &mut Ctx, user: &str) -> Result<Done, CliError> {
     Done::ok(ResetReport {
         user: user.into(),
         state: "none",
+        notice: ctx.notify(user, Change::Reset),
     })
 }
 
@@ -185,6 +196,8 @@ pub(super) fn reset(ctx: &mut Ctx, user: &str) -> Result<Done, CliError> {
 struct SwitchReport {
     user: String,
     state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notice: Option<NoticeReport>,
 }
 
 impl Text for SwitchReport {
@@ -194,19 +207,21 @@ impl Text for SwitchReport {
             writeln!(
                 w,
                 "2FA is off for {user}: the login will not ask for a code. Undo: crm2fa-admin enable {user}"
-            )
+            )?;
         } else {
-            writeln!(w, "2FA is on again for {user} (state: {}).", self.state)
+            writeln!(w, "2FA is on again for {user} (state: {}).", self.state)?;
         }
+        write_notice(w, &self.notice)
     }
 }
 
-fn switched(ctx: &mut Ctx, user: &str) -> Result<Done, CliError> {
+fn switched(ctx: &mut Ctx, user: &str, notice: Option<NoticeReport>) -> Result<Done, CliError> {
     let now = ctx.now;
     let status = ctx.ops().status(user, now)?;
     Done::ok(SwitchReport {
         user: user.into(),
         state: status.state,
+        notice,
     })
 }
 
@@ -218,14 +233,15 @@ pub(super) fn disable(ctx: &mut Ctx, user: &str, override_policy: bool) -> Resul
         "{user} will log in with the password alone until `crm2fa-admin enable {user}`"
     ))?;
     ctx.ops().disable(user, override_policy, now)?;
-    switched(ctx, user)
+    let notice = ctx.notify(user, Change::Disabled);
+    switched(ctx, user, notice)
 }
 
 /// Turn `user`'s 2FA back on.
 pub(super) fn enable(ctx: &mut Ctx, user: &str) -> Result<Done, CliError> {
     let now = ctx.now;
     ctx.ops().enable(user, now)?;
-    switched(ctx, user)
+    switched(ctx, user, None)
 }
 
 /// `forget USER [HOST]`.
@@ -323,5 +339,48 @@ pub(super) fn policy(ctx: &mut Ctx, user: &str) -> Result<Done, CliError> {
         required: d.required,
         asked: d.ask,
         reason: d.reason,
+    })
+}
+
+/// `set-contact USER`: where codes and notices go now, masked.
+#[derive(Serialize)]
+struct ContactReport {
+    user: String,
+    email: Option<String>,
+    phone: Option<String>,
+}
+
+impl Text for ContactReport {
+    fn write_text(&self, w: &mut dyn Write) -> io::Result<()> {
+        let shown = |c: &Option<String>| c.clone().unwrap_or_else(|| "none".into());
+        writeln!(
+            w,
+            "Contacts of {}: email {}, phone {}.",
+            self.user,
+            shown(&self.email),
+            shown(&self.phone)
+        )
+    }
+}
+
+/// Set or remove (an empty value) `user`'s email address and phone number.
+pub(super) fn set_contact(
+    ctx: &mut Ctx,
+    user: &str,
+    email: Option<String>,
+    phone: Option<String>,
+) -> Result<Done, CliError> {
+    fn given(v: &Option<String>) -> Option<Option<&str>> {
+        v.as_deref()
+            .map(|s| Some(s.trim()).filter(|s| !s.is_empty()))
+    }
+    let now = ctx.now;
+    ctx.ops()
+        .set_contact(user, given(&email), given(&phone), now)?;
+    let status = ctx.ops().status(user, now)?;
+    Done::ok(ContactReport {
+        user: user.into(),
+        email: status.email,
+        phone: status.phone,
     })
 }

@@ -28,6 +28,7 @@ fn login_answering<S: AsRef<str>>(
     let out = authenticate(
         &e.cfg,
         e.store.as_mut(),
+        &mut e.sender,
         QrStyle::None,
         &req(user, now),
         &mut script,

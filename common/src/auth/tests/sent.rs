@@ -1,0 +1,231 @@
+//! Codes by email and SMS at the prompt: asked for with a word, sent
+//! without asking to a user whose factor is a channel, refused when the
+//! channel is not there, limited, and never counted when sending fails.
+use super::*;
+use crate::audit::AuditFilter;
+
+const EMAIL: &str = "[email]\ncode_ttl = \"10m\"\n";
+const SMS: &str = "[sms]\ncommand = [\"/bin/true\"]\n";
+
+/// `env` with the sections `extra`, and `user` known to the store with
+/// email address u@example.com and phone +4420794611.
+fn env_for(user: &str, extra: &str) -> Env {
+    let mut e = env(&format!(
+        "[policy]\nenforce = \"all\"\n[backup_codes]\ncount = 2\n{extra}"
+    ));
+    let salt = crate::codes::new_salt();
+    let a = |f| AuditCtx::default().entry(NOW, user, &f);
+    e.store
+        .disable(user, &salt, NOW - 600, &a(Fact::Disabled))
+        .unwrap();
+    e.store.enable(user, NOW - 600, &a(Fact::Enabled)).unwrap();
+    for (c, to) in [
+        (Channel::Email, "u@example.com"),
+        (Channel::Sms, "+4420794611"),
+    ] {
+        let f = Fact::ContactSet {
+            channel: c,
+            to: None,
+        };
+        e.store
+            .set_contact(user, c, Some(to), &salt, NOW - 600, &a(f))
+            .unwrap();
+    }
+    e
+}
+
+/// Make `channel` the user's factor, as `enroll --method` does.
+fn by_channel(e: &mut Env, user: &str, channel: Channel) {
+    let mut ops = Ops {
+        cfg: &e.cfg,
+        store: e.store.as_mut(),
+        log: &mut e.log,
+        ctx: AuditCtx::default(),
+    };
+    ops.enroll_delivery(user, channel, NOW - 600).unwrap();
+}
+
+fn failures(e: &mut Env, user: &str) -> u32 {
+    e.store.user(user).unwrap().unwrap().lock.failures
+}
+
+fn events(e: &mut Env, user: &str) -> Vec<String> {
+    let filter = AuditFilter {
+        user: Some(user.into()),
+        since: Some(NOW),
+    };
+    e.store
+        .audit(&filter)
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {} {}", r.event.as_str(), r.outcome.as_str(), r.detail))
+        .collect()
+}
+
+#[test]
+fn typing_email_sends_a_code_that_logs_in_once() {
+    let mut e = env_for("ann", EMAIL);
+    let s = enrolled(&mut e, "ann");
+    let _ = s;
+    let outbox = e.sender.clone();
+    let mut sc = Script::new(&[Some("Email"), Some(SENT), Some("")]).reading(&outbox);
+    assert_eq!(login(&mut e, "ann", NOW, &mut sc), Outcome::Success);
+    assert_eq!(
+        sc.infos[0],
+        "Or type \"email\" for a code at u***@example.com."
+    );
+    assert_eq!(
+        sc.infos[1],
+        "A code was sent by email to u***@example.com. It is valid for 10 minutes."
+    );
+    let m = outbox.last().unwrap();
+    assert_eq!(
+        (m.channel, m.to.as_str()),
+        (Channel::Email, "u@example.com")
+    );
+    assert_eq!(m.code.len(), 6);
+    assert!(
+        m.text.contains(&m.code) && m.text.contains("ann@"),
+        "{}",
+        m.text
+    );
+    assert_eq!(m.subject, "Your verification code");
+    let ev = events(&mut e, "ann");
+    assert!(
+        ev.iter()
+            .any(|l| l == "send issued code sent by email to u***@example.com"),
+        "{ev:?}"
+    );
+    assert!(
+        ev.iter().any(|l| l.starts_with("login success email")),
+        "{ev:?}"
+    );
+    // The code works once.
+    let again = m.code.clone();
+    let mut sc = Script::new(&[Some(&again)]);
+    e.cfg.policy.prompts = 1;
+    assert_eq!(login(&mut e, "ann", NOW + 5, &mut sc), Outcome::AuthErr);
+    assert_eq!(sc.errors, vec![INVALID]);
+}
+
+#[test]
+fn a_sent_code_expires_and_a_wrong_one_counts() {
+    let mut e = env_for("bea", EMAIL);
+    enrolled(&mut e, "bea");
+    let outbox = e.sender.clone();
+    let mut sc = Script::new(&[Some("email"), Some("")]).reading(&outbox);
+    login(&mut e, "bea", NOW, &mut sc);
+    let code = outbox.last().unwrap().code.clone();
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let mut sc = Script::new(&[Some(wrong)]);
+    e.cfg.policy.prompts = 1;
+    assert_eq!(login(&mut e, "bea", NOW + 10, &mut sc), Outcome::AuthErr);
+    assert_eq!(failures(&mut e, "bea"), 1, "a wrong code counts");
+    let mut sc = Script::new(&[Some(&code)]);
+    assert_eq!(login(&mut e, "bea", NOW + 600, &mut sc), Outcome::AuthErr);
+    assert_eq!(sc.errors, vec![INVALID], "expired after 10 minutes");
+}
+
+#[test]
+fn a_failed_send_says_so_offers_the_rest_and_counts_nothing() {
+    let mut e = env_for("cat", &format!("{EMAIL}{SMS}"));
+    by_channel(&mut e, "cat", Channel::Email);
+    e.sender.fail = Some("cannot connect to the mail server localhost:25".into());
+    let mut sc = Script::new(&[Some(""), Some(""), Some("")]);
+    assert_eq!(login(&mut e, "cat", NOW, &mut sc), Outcome::AuthErr);
+    assert_eq!(
+        sc.errors[0],
+        "The code could not be sent by email. Enter a backup code, or type \"sms\" to get a \
+         code by SMS."
+    );
+    assert_eq!(sc.prompts, vec![PROMPT; 3], "the prompt is still offered");
+    assert_eq!(failures(&mut e, "cat"), 0);
+    assert!(
+        e.store
+            .login_view("cat", None, NOW)
+            .unwrap()
+            .sent
+            .is_empty(),
+        "withdrawn"
+    );
+    let ev = events(&mut e, "cat");
+    assert!(
+        ev.iter().any(|l| l
+            == "send failure code could not be sent by email: cannot connect to \
+                                the mail server localhost:25"),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn a_user_whose_factor_is_a_channel_gets_the_code_without_asking() {
+    let mut e = env_for("dan", SMS);
+    by_channel(&mut e, "dan", Channel::Sms);
+    let outbox = e.sender.clone();
+    let mut sc = Script::new(&[Some(SENT)]).reading(&outbox);
+    assert_eq!(login(&mut e, "dan", NOW, &mut sc), Outcome::Success);
+    assert_eq!(sc.prompts, vec![PROMPT]);
+    assert_eq!(
+        sc.infos,
+        vec!["A code was sent by SMS to ***4611. It is valid for 10 minutes."]
+    );
+    let m = outbox.last().unwrap();
+    assert_eq!((m.channel, m.to.as_str()), (Channel::Sms, "+4420794611"));
+    assert!(m.text.contains(&m.code));
+    // A code still unused from an earlier login is not replaced.
+    let mut sc = Script::new(&[Some("")]);
+    e.cfg.policy.prompts = 1;
+    login(&mut e, "dan", NOW + 1, &mut sc);
+    assert_eq!(outbox.count(), 2);
+    let mut sc = Script::new(&[Some("")]);
+    login(&mut e, "dan", NOW + 2, &mut sc);
+    assert_eq!(
+        outbox.count(),
+        2,
+        "the code of the last login is still unused"
+    );
+}
+
+#[test]
+fn a_channel_without_config_or_contact_is_refused_and_not_counted() {
+    let mut e = env_for("eve", EMAIL);
+    enrolled(&mut e, "eve");
+    let mut sc = Script::new(&[Some("sms"), Some("SMS"), Some("")]);
+    assert_eq!(login(&mut e, "eve", NOW, &mut sc), Outcome::AuthErr);
+    assert_eq!(
+        sc.errors,
+        vec!["Codes by SMS are not available for this account."; 2]
+    );
+    assert_eq!(failures(&mut e, "eve"), 0);
+    assert_eq!(e.sender.count(), 0);
+}
+
+#[test]
+fn the_resend_limit_ends_the_sending() {
+    let mut e = env_for("fay", EMAIL);
+    enrolled(&mut e, "fay");
+    let mut sc = Script::new(&[Some("email"); 6]);
+    assert_eq!(login(&mut e, "fay", NOW, &mut sc), Outcome::AuthErr);
+    assert_eq!(e.sender.count(), 3, "3 per 15 minutes by default");
+    assert!(
+        sc.errors[0].starts_with(
+            "Too many codes were sent by email lately; the next can be sent in about 15 min."
+        ),
+        "{:?}",
+        sc.errors
+    );
+    assert_eq!(sc.prompts.len(), 6, "each send gave its prompt back");
+    assert_eq!(failures(&mut e, "fay"), 0);
+}
+
+#[test]
+fn a_locked_user_gets_no_code() {
+    let mut e = env_for("gil", &format!("{EMAIL}[lockout]\nmax_failures = 1\n"));
+    by_channel(&mut e, "gil", Channel::Email);
+    let mut sc = Script::new(&[Some("000000"), Some("111111")]);
+    login(&mut e, "gil", NOW, &mut sc);
+    let before = e.sender.count();
+    let mut sc = Script::new(&[]);
+    assert_eq!(login(&mut e, "gil", NOW + 1, &mut sc), Outcome::MaxTries);
+    assert_eq!(e.sender.count(), before);
+}
