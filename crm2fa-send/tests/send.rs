@@ -1,6 +1,6 @@
-//! `crm2fa-send` against real servers on 127.0.0.1: an SMTP server
-//! (tests/fixtures/smtp_sink.py, aiosmtpd) and an HTTP server
-//! (tests/fixtures/http_sink.py), started for each test and killed after
+//! `crm2fa-send` against real servers on 127.0.0.1: the SMTP and HTTP
+//! servers of `crm2fa_tests::sinks` (tests/fixtures/smtp_sink.py, aiosmtpd,
+//! and tests/fixtures/http_sink.py), started for each test and killed after
 //! it; and SMS commands written into the test's directory. The program is
 //! run as the PAM module runs it: `--config CONFIG`, an empty environment
 //! but PATH, one JSON message on standard input.
@@ -14,51 +14,18 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use crm2fa_tests::sinks::{dead_port, email_section_at, HttpSink, SmtpSink, EMAIL_FROM};
+use crm2fa_tests::write_file;
 
 const CODE: &str = "482913";
 const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 // ---- helpers ---------------------------------------------------------------
 
-/// Debian's Python, which sees Debian's python3-aiosmtpd (a `python3`
-/// earlier on PATH may be another installation).
-fn python() -> PathBuf {
-    let debian = PathBuf::from("/usr/bin/python3");
-    if debian.exists() {
-        debian
-    } else {
-        PathBuf::from("python3")
-    }
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name)
-}
-
-fn require_aiosmtpd() {
-    let out = Command::new(python())
-        .args(["-c", "import aiosmtpd.controller"])
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "python3-aiosmtpd is missing (the SMTP server these tests send to): run `make deps`, \
-         which installs it with apt-get\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A file with `contents` and `mode` (the test runs as root: root's).
-fn write_file(path: &Path, contents: &str, mode: u32) {
-    fs::write(path, contents).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
-/// A test's directory: the configuration and what the sinks write.
+/// A test's directory: the configuration, secret files and SMS commands.
 struct Dir {
     dir: tempfile::TempDir,
 }
@@ -81,82 +48,6 @@ impl Dir {
         let p = self.path("crm2fa.toml");
         write_file(&p, text, 0o644);
         p
-    }
-}
-
-/// A sink server (python3 fixture), killed when dropped.
-struct Sink {
-    child: Child,
-    port: u16,
-    out: PathBuf,
-}
-
-impl Sink {
-    fn start(dir: &Dir, script: &str, extra: &[&str]) -> Sink {
-        let port_file = dir.path(&format!("{script}.port"));
-        let out = dir.path(&format!("{script}.out"));
-        let mut child = Command::new(python())
-            .arg(fixture(script))
-            .arg("--port-file")
-            .arg(&port_file)
-            .arg("--dir")
-            .arg(&out)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {script}: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(text) = fs::read_to_string(&port_file) {
-                let port = text.trim().parse().expect("a port number");
-                return Sink { child, port, out };
-            }
-            if let Some(status) = child.try_wait().expect("wait") {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                panic!("{script} exited with {status} before listening: {err}");
-            }
-            assert!(Instant::now() < deadline, "{script} did not start in 30 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn smtp(dir: &Dir, extra: &[&str]) -> Sink {
-        require_aiosmtpd();
-        Sink::start(dir, "smtp_sink.py", extra)
-    }
-
-    fn http(dir: &Dir, extra: &[&str]) -> Sink {
-        Sink::start(dir, "http_sink.py", extra)
-    }
-
-    /// What it received, oldest first: the files `<n>.<ext>`.
-    fn received(&self, ext: &str) -> Vec<String> {
-        let mut n = 1;
-        let mut all = vec![];
-        while let Ok(text) = fs::read_to_string(self.out.join(format!("{n}.{ext}"))) {
-            all.push(text);
-            n += 1;
-        }
-        all
-    }
-
-    fn requests(&self) -> Vec<serde_json::Value> {
-        self.received("json")
-            .iter()
-            .map(|t| serde_json::from_str(t).expect("a request record"))
-            .collect()
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -250,13 +141,6 @@ fn send(config: &Path, msg: &serde_json::Value) -> Run {
     send_raw(config, msg.to_string().as_bytes(), &[])
 }
 
-fn email_config(port: u16, extra: &str) -> String {
-    format!(
-        "[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\ntls = \"none\"\n\
-         from = \"crm2fa <crm2fa@example.org>\"\n{extra}\n"
-    )
-}
-
 /// The headers (unfolded, name in lower case) and the body of a raw message.
 fn parse_email(raw: &str) -> (Vec<(String, String)>, String) {
     let (head, body) = raw
@@ -282,24 +166,18 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// A port nothing listens on: bound, noted, and let go.
-fn dead_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 // ---- email -------------------------------------------------------------------
 
 #[test]
 fn an_email_arrives_with_its_from_to_subject_and_body() {
     let dir = Dir::new();
-    let sink = Sink::smtp(&dir, &[]);
-    let config = dir.config(&email_config(sink.port, ""));
+    let sink = SmtpSink::start(None);
+    let config = dir.config(&sink.email_section(""));
     send(&config, &message("email", "alice@example.com")).sent();
-    let mails = sink.received("eml");
+    let mails = sink.messages();
     assert_eq!(mails.len(), 1, "{mails:?}");
     let (headers, body) = parse_email(&mails[0]);
-    assert_eq!(header(&headers, "from"), ["crm2fa <crm2fa@example.org>"]);
+    assert_eq!(header(&headers, "from"), [EMAIL_FROM]);
     assert_eq!(header(&headers, "to"), ["alice@example.com"]);
     assert_eq!(header(&headers, "subject"), ["Your verification code"]);
     assert_eq!(header(&headers, "date").len(), 1, "{headers:?}");
@@ -317,12 +195,12 @@ fn an_email_arrives_with_its_from_to_subject_and_body() {
 #[test]
 fn a_line_break_in_the_subject_cannot_add_a_header() {
     let dir = Dir::new();
-    let sink = Sink::smtp(&dir, &[]);
-    let config = dir.config(&email_config(sink.port, ""));
+    let sink = SmtpSink::start(None);
+    let config = dir.config(&sink.email_section(""));
     let mut msg = message("email", "alice@example.com");
     msg["subject"] = "Code\r\nBcc: mallory@example.net".into();
     send(&config, &msg).sent();
-    let (headers, _) = parse_email(&sink.received("eml")[0]);
+    let (headers, _) = parse_email(&sink.messages()[0]);
     assert!(header(&headers, "bcc").is_empty(), "{headers:?}");
     assert_eq!(header(&headers, "to"), ["alice@example.com"]);
 }
@@ -330,25 +208,21 @@ fn a_line_break_in_the_subject_cannot_add_a_header() {
 #[test]
 fn smtp_auth_uses_the_password_from_the_root_only_file() {
     let dir = Dir::new();
-    let sink = Sink::smtp(&dir, &["--auth", "mailer:s3cret pass"]);
+    let sink = SmtpSink::start(Some("mailer:s3cret pass"));
     write_file(&dir.path("smtp.password"), "s3cret pass\n", 0o600);
-    let config = dir.config(&email_config(
-        sink.port,
-        "username = \"mailer\"\npassword_file = \"smtp.password\"",
-    ));
+    let config =
+        dir.config(&sink.email_section("username = \"mailer\"\npassword_file = \"smtp.password\""));
     send(&config, &message("email", "bob@example.com")).sent();
-    assert_eq!(sink.received("eml").len(), 1);
+    assert_eq!(sink.messages().len(), 1);
 }
 
 #[test]
 fn a_wrong_smtp_password_is_not_sent_and_says_the_login_was_rejected() {
     let dir = Dir::new();
-    let sink = Sink::smtp(&dir, &["--auth", "mailer:s3cret"]);
+    let sink = SmtpSink::start(Some("mailer:s3cret"));
     write_file(&dir.path("smtp.password"), "wrong\n", 0o600);
-    let config = dir.config(&email_config(
-        sink.port,
-        "username = \"mailer\"\npassword_file = \"smtp.password\"",
-    ));
+    let config =
+        dir.config(&sink.email_section("username = \"mailer\"\npassword_file = \"smtp.password\""));
     let run = send(&config, &message("email", "bob@example.com"));
     run.failed(1, "rejected the login as \"mailer\"");
     assert!(run.stderr.contains("535"), "{run:?}");
@@ -356,14 +230,14 @@ fn a_wrong_smtp_password_is_not_sent_and_says_the_login_was_rejected() {
         !run.stderr.contains("wrong"),
         "the password is in the reason: {run:?}"
     );
-    assert!(sink.received("eml").is_empty());
+    assert!(sink.messages().is_empty());
 }
 
 #[test]
 fn a_password_file_other_users_can_read_is_refused_as_a_configuration_error() {
     let dir = Dir::new();
     write_file(&dir.path("smtp.password"), "s3cret\n", 0o644);
-    let config = dir.config(&email_config(
+    let config = dir.config(&email_section_at(
         dead_port(),
         "username = \"mailer\"\npassword_file = \"smtp.password\"",
     ));
@@ -376,7 +250,7 @@ fn a_password_file_other_users_can_read_is_refused_as_a_configuration_error() {
 fn a_closed_smtp_port_fails_at_once_with_connection_refused() {
     let dir = Dir::new();
     let port = dead_port();
-    let config = dir.config(&email_config(port, ""));
+    let config = dir.config(&email_section_at(port, ""));
     let run = send(&config, &message("email", "alice@example.com"));
     run.failed(
         1,
@@ -392,7 +266,7 @@ fn a_mail_server_that_never_answers_times_out() {
     let port = silent.local_addr().expect("addr").port();
     let config = dir.config(&format!(
         "[delivery]\ntimeout = \"1s\"\n\n{}",
-        email_config(port, "")
+        email_section_at(port, "")
     ));
     let run = send(&config, &message("email", "alice@example.com"));
     run.failed(1, "timed out");
@@ -403,12 +277,15 @@ fn a_mail_server_that_never_answers_times_out() {
 #[test]
 fn starttls_required_by_the_config_is_not_skipped_when_the_server_lacks_it() {
     let dir = Dir::new();
-    let sink = Sink::smtp(&dir, &[]);
-    let config =
-        dir.config(&email_config(sink.port, "").replace("tls = \"none\"", "tls = \"starttls\""));
+    let sink = SmtpSink::start(None);
+    let config = dir.config(
+        &sink
+            .email_section("")
+            .replace("tls = \"none\"", "tls = \"starttls\""),
+    );
     let run = send(&config, &message("email", "alice@example.com"));
     run.failed(1, "STARTTLS");
-    assert!(sink.received("eml").is_empty(), "sent in the clear");
+    assert!(sink.messages().is_empty(), "sent in the clear");
 }
 
 // ---- SMS over HTTP -------------------------------------------------------------
@@ -416,7 +293,7 @@ fn starttls_required_by_the_config_is_not_skipped_when_the_server_lacks_it() {
 #[test]
 fn an_sms_post_fills_the_json_body_escaped_with_the_headers_and_basic_auth() {
     let dir = Dir::new();
-    let sink = Sink::http(&dir, &[]);
+    let sink = HttpSink::start(200);
     write_file(
         &dir.path("gateway.credentials"),
         "gw-user:gw pass:x\n",
@@ -430,7 +307,7 @@ headers = {{ "Content-Type" = "application/json", "X-Api-Key" = "key-123" }}
 body_template = '{{"to": "{{phone}}", "text": "{{message}}", "code": "{{code}}"}}'
 credentials_file = "gateway.credentials"
 "#,
-        sink.port
+        sink.port()
     ));
     let mut msg = message("sms", "+441234567890");
     msg["text"] = format!("Your code is \"{CODE}\"\\ \n& valid 10 min").into();
@@ -456,7 +333,7 @@ credentials_file = "gateway.credentials"
 #[test]
 fn an_sms_put_with_a_form_body_is_form_encoded() {
     let dir = Dir::new();
-    let sink = Sink::http(&dir, &[]);
+    let sink = HttpSink::start(200);
     let config = dir.config(&format!(
         r#"[sms]
 url = "http://127.0.0.1:{}/send"
@@ -464,7 +341,7 @@ method = "PUT"
 headers = {{ "content-type" = "application/x-www-form-urlencoded" }}
 body_template = "to={{phone}}&text={{message}}"
 "#,
-        sink.port
+        sink.port()
     ));
     send(&config, &message("sms", "+441234567890")).sent();
     let r = &sink.requests()[0];
@@ -478,11 +355,11 @@ body_template = "to={{phone}}&text={{message}}"
 #[test]
 fn an_sms_get_fills_the_url_percent_encoded_and_sends_no_body() {
     let dir = Dir::new();
-    let sink = Sink::http(&dir, &[]);
+    let sink = HttpSink::start(200);
     let config = dir.config(&format!(
         "[sms]\nurl = \"http://127.0.0.1:{}/send?to={{phone}}&msg={{message}}&c={{code}}\"\n\
          method = \"GET\"\n",
-        sink.port
+        sink.port()
     ));
     send(&config, &message("sms", "+441234567890")).sent();
     let r = &sink.requests()[0];
@@ -499,15 +376,18 @@ fn an_sms_get_fills_the_url_percent_encoded_and_sends_no_body() {
 #[test]
 fn an_sms_gateway_error_is_not_sent_and_the_reason_holds_no_code() {
     let dir = Dir::new();
-    let sink = Sink::http(&dir, &["--status", "500"]);
+    let sink = HttpSink::start(500);
     let config = dir.config(&format!(
         "[sms]\nurl = \"http://127.0.0.1:{}/send?c={{code}}\"\nbody_template = \"{{message}}\"\n",
-        sink.port
+        sink.port()
     ));
     let run = send(&config, &message("sms", "+441234567890"));
     run.failed(
         1,
-        &format!("the SMS gateway 127.0.0.1:{} answered HTTP 500", sink.port),
+        &format!(
+            "the SMS gateway 127.0.0.1:{} answered HTTP 500",
+            sink.port()
+        ),
     );
     assert_eq!(sink.requests().len(), 1, "the request reached the gateway");
 }
@@ -515,10 +395,10 @@ fn an_sms_gateway_error_is_not_sent_and_the_reason_holds_no_code() {
 #[test]
 fn a_redirect_is_not_followed() {
     let dir = Dir::new();
-    let sink = Sink::http(&dir, &["--status", "302"]);
+    let sink = HttpSink::start(302);
     let config = dir.config(&format!(
         "[sms]\nurl = \"http://127.0.0.1:{}/send\"\nbody_template = \"{{code}}\"\n",
-        sink.port
+        sink.port()
     ));
     send(&config, &message("sms", "+441234567890")).failed(1, "answered HTTP 302");
     assert_eq!(sink.requests().len(), 1);
@@ -657,7 +537,7 @@ fn a_channel_that_is_not_configured_is_a_configuration_error() {
 #[test]
 fn input_that_is_not_a_message_is_a_usage_error_and_never_echoed() {
     let dir = Dir::new();
-    let config = dir.config(&email_config(dead_port(), ""));
+    let config = dir.config(&email_section_at(dead_port(), ""));
     for input in [
         "not json".to_string(),
         format!("{{\"channel\": \"email\", \"to\": \"a@example.com\", \"text\": \"t\", \"code\": {CODE}}}"),
@@ -672,7 +552,7 @@ fn input_that_is_not_a_message_is_a_usage_error_and_never_echoed() {
 fn a_missing_or_unsafe_configuration_is_a_configuration_error() {
     let dir = Dir::new();
     send(&dir.path("none.toml"), &message("email", "a@example.com")).failed(2, "none.toml");
-    let config = dir.config(&email_config(dead_port(), ""));
+    let config = dir.config(&email_section_at(dead_port(), ""));
     fs::set_permissions(&config, fs::Permissions::from_mode(0o666)).expect("chmod");
     send(&config, &message("email", "a@example.com")).failed(2, "chmod");
 }

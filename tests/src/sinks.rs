@@ -2,8 +2,10 @@
 //! and SMS: `tests/fixtures/smtp_sink.py` (Debian's python3-aiosmtpd) and
 //! `tests/fixtures/http_sink.py`, started per test and killed on drop.
 use std::fs;
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -11,6 +13,44 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::workspace_dir;
+
+/// The sender of [`SmtpSink::email_section`] and [`email_section_at`].
+pub const EMAIL_FROM: &str = "crm2fa <crm2fa@test.example>";
+
+/// How long a fixture may take to listen, or a message to arrive.
+const SINK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Debian's Python, which sees Debian's python3-aiosmtpd (a `python3`
+/// earlier on PATH may be another installation); `python3` where there is
+/// none.
+fn python() -> PathBuf {
+    let debian = PathBuf::from("/usr/bin/python3");
+    if debian.exists() {
+        debian
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+/// Panics, saying to run `make deps`, unless python3-aiosmtpd (the SMTP
+/// server of `smtp_sink.py`) can be imported. Checked once per process.
+pub fn require_aiosmtpd() {
+    static MISSING: OnceLock<Option<String>> = OnceLock::new();
+    let missing = MISSING.get_or_init(|| {
+        let out = Command::new(python())
+            .args(["-c", "import aiosmtpd.controller"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", python().display()));
+        (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).into_owned())
+    });
+    if let Some(err) = missing {
+        panic!(
+            "python3-aiosmtpd is missing (the SMTP server these tests send to): \
+             run `make deps`, which installs it with apt-get\n{err}"
+        );
+    }
+}
 
 /// A server started from a fixture script, stopped when dropped.
 #[allow(missing_debug_implementations)]
@@ -22,13 +62,15 @@ pub struct Sink {
 }
 
 impl Sink {
+    /// Start `tests/fixtures/<script>` with `--port-file`, `--dir` and
+    /// `extra`; returns once it listens.
     fn start(script: &str, extra: &[&str]) -> Sink {
         let dir = tempfile::tempdir().expect("sink dir");
         let port_file = dir.path().join("port");
         let keep = dir.path().join("kept");
         fs::create_dir(&keep).expect("sink message dir");
         let path = workspace_dir().join("tests/fixtures").join(script);
-        let mut child = Command::new("/usr/bin/python3")
+        let mut child = Command::new(python())
             .arg(&path)
             .arg("--port-file")
             .arg(&port_file)
@@ -40,7 +82,7 @@ impl Sink {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", path.display()));
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + SINK_TIMEOUT;
         let port = loop {
             if let Ok(text) = fs::read_to_string(&port_file) {
                 break text.trim().parse().expect("port number");
@@ -48,7 +90,6 @@ impl Sink {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 let mut err = String::new();
                 if let Some(mut e) = child.stderr.take() {
-                    use std::io::Read;
                     let _ = e.read_to_string(&mut err);
                 }
                 panic!(
@@ -56,7 +97,10 @@ impl Sink {
                      (python3-aiosmtpd is installed by `make deps`)"
                 );
             }
-            assert!(Instant::now() < deadline, "{script} did not start in 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "{script} did not start in {SINK_TIMEOUT:?}"
+            );
             thread::sleep(Duration::from_millis(20));
         };
         Sink { child, port, dir }
@@ -66,7 +110,7 @@ impl Sink {
         self.dir.path().join("kept")
     }
 
-    /// The files kept so far, in arrival order.
+    /// The files `<n>.<ext>` it kept so far, in arrival order.
     fn files(&self, ext: &str) -> Vec<String> {
         let mut found: Vec<(u64, PathBuf)> = fs::read_dir(self.kept())
             .expect("read sink dir")
@@ -84,8 +128,9 @@ impl Sink {
             .collect()
     }
 
+    /// Wait until `n` files with the extension `ext` are kept; all of them.
     fn wait_for(&self, ext: &str, n: usize) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + SINK_TIMEOUT;
         loop {
             let f = self.files(ext);
             if f.len() >= n {
@@ -116,7 +161,14 @@ impl SmtpSink {
     /// Start one (with `--auth USER:PASS` when `auth` is given).
     pub fn start(auth: Option<&str>) -> SmtpSink {
         let extra: Vec<&str> = auth.map(|a| vec!["--auth", a]).unwrap_or_default();
-        SmtpSink(Sink::start("smtp_sink.py", &extra))
+        SmtpSink::start_with(&extra)
+    }
+
+    /// Start one with more arguments of `smtp_sink.py`; panics with what to
+    /// install when python3-aiosmtpd is missing.
+    pub fn start_with(extra: &[&str]) -> SmtpSink {
+        require_aiosmtpd();
+        SmtpSink(Sink::start("smtp_sink.py", extra))
     }
 
     /// The port.
@@ -136,12 +188,17 @@ impl SmtpSink {
 
     /// The `[email]` section that sends through this server.
     pub fn email_section(&self, extra: &str) -> String {
-        format!(
-            "[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\ntls = \"none\"\n\
-             from = \"crm2fa <crm2fa@test.example>\"\n{extra}",
-            self.port()
-        )
+        email_section_at(self.port(), extra)
     }
+}
+
+/// The `[email]` section that sends to 127.0.0.1:`port` without TLS, from
+/// [`EMAIL_FROM`], then `extra`.
+pub fn email_section_at(port: u16, extra: &str) -> String {
+    format!(
+        "[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\ntls = \"none\"\n\
+         from = \"{EMAIL_FROM}\"\n{extra}"
+    )
 }
 
 /// An HTTP server recording every request.
