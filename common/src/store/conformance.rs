@@ -1069,11 +1069,16 @@ const LIMIT: SendLimit = SendLimit {
     window: 900,
 };
 
-/// User `u`, known to the store with no factor: the salt.
+/// User `u`, known to the store with no factor and an email address: the
+/// salt.
 fn known_user(s: &mut dyn Store) -> Vec<u8> {
     let salt = codes::new_salt();
-    s.disable("u", &salt, NOW, &audit(Fact::Disabled)).unwrap();
-    s.enable("u", NOW, &audit(Fact::Enabled)).unwrap();
+    let set = audit(Fact::ContactSet {
+        channel: Channel::Email,
+        to: Some("u***@example.com".into()),
+    });
+    s.set_contact("u", Channel::Email, Some("u@example.com"), &salt, NOW, &set)
+        .unwrap();
     salt
 }
 

@@ -230,7 +230,8 @@ pub struct LoginView {
     pub has_recovery: bool,
     /// Until when the login's remote host is remembered for them.
     pub remembered_until: Option<i64>,
-    /// The channels by which they hold an unused, unexpired sent code.
+    /// The channels by which they hold an unused, unexpired sent code
+    /// (looked up only for a user with a contact: no one else can).
     pub sent: Vec<Channel>,
 }
 
