@@ -331,7 +331,14 @@ fn steps(l: &mut Login<'_>) -> Result<Outcome, Error> {
     let (cfg, req) = (l.ops.cfg, l.req);
     let user = req.user.as_str();
     let host = l.remembered_host();
-    let view = l.ops.store.login_view(user, host.as_deref(), req.now())?;
+    let configured: Vec<Channel> = Channel::ALL
+        .into_iter()
+        .filter(|c| c.configured(cfg))
+        .collect();
+    let view = l
+        .ops
+        .store
+        .login_view(user, host.as_deref(), &configured, req.now())?;
     let (record, has_recovery) = (view.user, view.has_recovery);
     l.sent = view.sent;
     let decision = l.ops.decide_with(user, record.as_ref(), has_recovery)?;

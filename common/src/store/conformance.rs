@@ -919,10 +919,10 @@ pub fn a_host_is_remembered_on_success_and_forgotten_on_a_lock_reset_or_disable(
         remembered(s.as_mut(), NOW + 60),
         vec![("laptop".to_string(), NOW + 100)]
     );
-    let view = s.login_view("u", Some("laptop"), NOW).unwrap();
+    let view = s.login_view("u", Some("laptop"), &[], NOW).unwrap();
     assert_eq!(view.remembered_until, Some(NOW + 100));
     assert_eq!(
-        s.login_view("u", Some("desk"), NOW + 60)
+        s.login_view("u", Some("desk"), &[], NOW + 60)
             .unwrap()
             .remembered_until,
         None
@@ -1116,7 +1116,7 @@ pub fn a_sent_code_works_once_and_not_after_expiry(b: &dyn Backend) {
         SendGrant::Granted { .. }
     ));
     assert_eq!(
-        s.login_view("u", None, NOW).unwrap().sent,
+        s.login_view("u", None, &Channel::ALL, NOW).unwrap().sent,
         vec![Channel::Email]
     );
     assert!(rejected(&redeem(
@@ -1149,7 +1149,11 @@ pub fn a_sent_code_works_once_and_not_after_expiry(b: &dyn Backend) {
         NOW + 1,
         9
     )));
-    assert!(s.login_view("u", None, NOW).unwrap().sent.is_empty());
+    assert!(s
+        .login_view("u", None, &Channel::ALL, NOW)
+        .unwrap()
+        .sent
+        .is_empty());
 }
 
 /// A new code by a channel voids the unused one sent before by that
@@ -1252,7 +1256,11 @@ pub fn no_code_is_sent_to_a_locked_user(b: &dyn Backend) {
         send(s.as_mut(), Channel::Email, &salt, &c, NOW),
         SendGrant::Locked { until: NOW + 60 }
     );
-    assert!(s.login_view("u", None, NOW + 61).unwrap().sent.is_empty());
+    assert!(s
+        .login_view("u", None, &Channel::ALL, NOW + 61)
+        .unwrap()
+        .sent
+        .is_empty());
 }
 
 /// Contacts are kept per channel; removing the contact of the user's

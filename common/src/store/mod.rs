@@ -230,8 +230,8 @@ pub struct LoginView {
     pub has_recovery: bool,
     /// Until when the login's remote host is remembered for them.
     pub remembered_until: Option<i64>,
-    /// The channels by which they hold an unused, unexpired sent code
-    /// (looked up only for a user with a contact: no one else can).
+    /// The channels asked about by which they hold an unused, unexpired
+    /// sent code (looked up only where they have a contact).
     pub sent: Vec<Channel>,
 }
 
@@ -394,13 +394,20 @@ impl dyn Store + '_ {
         name: &str,
         now: i64,
     ) -> Result<(Option<UserRecord>, bool)> {
-        let v = self.login_view(name, None, now)?;
+        let v = self.login_view(name, None, &[], now)?;
         Ok((v.user, v.has_recovery))
     }
 
     /// What a login reads first, in one read: the user, whether they hold
-    /// a recovery code, and until when `rhost` is remembered for them.
-    pub fn login_view(&mut self, name: &str, rhost: Option<&str>, now: i64) -> Result<LoginView> {
+    /// a recovery code, until when `rhost` is remembered for them, and by
+    /// which of `channels` (the configured ones) they hold a sent code.
+    pub fn login_view(
+        &mut self,
+        name: &str,
+        rhost: Option<&str>,
+        channels: &[Channel],
+        now: i64,
+    ) -> Result<LoginView> {
         self.read(|tx| {
             let user = tx.user(name)?;
             let has_recovery = !tx.unused_codes(CodeKind::Recovery, name, now)?.is_empty();
@@ -412,17 +419,14 @@ impl dyn Store + '_ {
                     .map(|(_, until)| until),
                 _ => None,
             };
+            // Only a configured channel with a contact can have sent a code:
+            // the login of everyone else pays for no query.
             let mut sent = vec![];
-            // Only a user with a contact can hold a sent code: the login of
-            // everyone else pays for no query.
-            if user
-                .as_ref()
-                .is_some_and(|u| u.email.is_some() || u.phone.is_some())
-            {
-                for c in Channel::ALL {
-                    if !tx.unused_codes(CodeKind::sent(c), name, now)?.is_empty() {
-                        sent.push(c);
-                    }
+            for &c in channels {
+                if user.as_ref().is_some_and(|u| u.contact(c).is_some())
+                    && !tx.unused_codes(CodeKind::sent(c), name, now)?.is_empty()
+                {
+                    sent.push(c);
                 }
             }
             Ok(LoginView {

@@ -142,7 +142,7 @@ fn a_failed_send_says_so_offers_the_rest_and_counts_nothing() {
     assert_eq!(failures(&mut e, "cat"), 0);
     assert!(
         e.store
-            .login_view("cat", None, NOW)
+            .login_view("cat", None, &Channel::ALL, NOW)
             .unwrap()
             .sent
             .is_empty(),
