@@ -39,7 +39,8 @@ for cmd in pamtester oathtool expect python3; do
   command -v "$cmd" >/dev/null || missing+=("$cmd")
 done
 [ -e "$MATRIX" ] || missing+=(libpam-wrapper)
-ldconfig -p | grep -q libnss_wrapper.so || missing+=(libnss-wrapper)
+# (not `ldconfig -p | grep -q`: under pipefail, grep quitting early fails the pipe)
+grep -q libnss_wrapper.so <(ldconfig -p) || missing+=(libnss-wrapper)
 [ ${#missing[@]} -eq 0 ] || die "missing: ${missing[*]} (run: bash scripts/install-deps.sh, or make demo)"
 [ "$(id -u)" -eq 0 ] || die "run as root: the config and store must be owned by root"
 if [ "${DEMO_BUILD:-1}" = 1 ] && command -v cargo >/dev/null; then
