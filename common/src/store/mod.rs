@@ -26,6 +26,7 @@ use crate::model::{
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod pg;
 pub mod sqlite;
 
 /// How hard a commit insists on reaching the disk.
