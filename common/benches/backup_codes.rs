@@ -52,7 +52,7 @@ fn main() {
     let path = dir.path().join("crm2fa.toml");
     let cfg = Config::parse("[store]\npath = \"db\"\nkey_file = \"key\"\n", &path).expect("config");
     let key = HostKey::create(&cfg.store.key_file).expect("key");
-    let mut store = store::create(&cfg.store).expect("store");
+    let mut store = store::create(&cfg.store, None).expect("store");
     let mut log = Logger::new("crm2fa-bench", false);
     let mut ops = Ops {
         cfg: &cfg,

@@ -7,6 +7,7 @@ use crate::crypto::HostKey;
 use crate::delivery::{self, Channel};
 use crate::fsperm;
 use crate::store;
+use crate::store::pg::PgConnect;
 
 /// One check and its result.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -92,8 +93,9 @@ fn delivery_check(cfg: &Config) -> Option<Check> {
     })
 }
 
-/// Run every check for the configuration at `config_path`.
-pub fn run(config_path: &Path) -> Vec<Check> {
+/// Run every check for the configuration at `config_path` (a PostgreSQL
+/// store through `pg`).
+pub fn run(config_path: &Path, pg: Option<&dyn PgConnect>) -> Vec<Check> {
     let mut out = vec![];
     let cfg = match Config::load(config_path) {
         Ok(c) => {
@@ -143,7 +145,7 @@ pub fn run(config_path: &Path) -> Vec<Check> {
     if let Some(c) = delivery_check(&cfg) {
         out.push(c);
     }
-    let store = match store::open(&cfg.store) {
+    let store = match store::open(&cfg.store, pg) {
         Ok(s) => Some(s),
         Err(e) => {
             let fallback = match &e {
@@ -225,19 +227,19 @@ mod tests {
         let cfg_path = d.path().join("crm2fa.toml");
         fsperm::create_private_file(&cfg_path, b"[store]\npath = \"db\"\nkey_file = \"key\"\n")
             .unwrap();
-        let missing = run(&cfg_path);
+        let missing = run(&cfg_path, None);
         assert!(
             missing.iter().any(|c| !c.ok && c.check == "key file"),
             "{missing:?}"
         );
         let cfg = Config::load(&cfg_path).unwrap();
         HostKey::create(&cfg.store.key_file).unwrap();
-        store::create(&cfg.store).unwrap();
-        let checks = run(&cfg_path);
+        store::create(&cfg.store, None).unwrap();
+        let checks = run(&cfg_path, None);
         assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
         std::fs::set_permissions(&cfg.store.key_file, std::fs::Permissions::from_mode(0o644))
             .unwrap();
-        let checks = run(&cfg_path);
+        let checks = run(&cfg_path, None);
         let key = checks.iter().find(|c| c.check == "key file").unwrap();
         assert!(!key.ok);
         assert!(

@@ -132,7 +132,7 @@ impl PamHooks for Crm2fa {
             conv,
             silent: flags & PAM_SILENT != 0,
         };
-        pam_code(auth::run(&args, &req, &mut conv, &mut log))
+        pam_code(auth::run(&args, &req, &mut conv, &mut log, None))
     }
 
     fn sm_setcred(_pamh: &mut PamHandle, _args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {

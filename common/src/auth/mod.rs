@@ -19,6 +19,7 @@ use crate::model::{
 use crate::ops::{self, Drift, Ops};
 use crate::policy;
 use crate::qr::{self, QrStyle};
+use crate::store::pg::PgConnect;
 use crate::store::{self, SendGrant, SendLimit, Store};
 use crate::totp;
 
@@ -96,12 +97,14 @@ pub struct Failure {
 }
 
 /// Run the whole login: check the caller, load the config, find the
-/// account, open the store, then [`authenticate`].
+/// account, open the store (a PostgreSQL one through `pg`), then
+/// [`authenticate`].
 pub fn run(
     args: &ModuleArgs,
     req: &Request,
     conv: &mut dyn Conversation,
     log: &mut Logger,
+    pg: Option<&dyn PgConnect>,
 ) -> Outcome {
     for a in &args.unknown {
         log.warn(&format!("ignoring unknown module argument {a:?}"));
@@ -171,7 +174,7 @@ pub fn run(
         user: account.name,
         ..req.clone()
     };
-    let mut store = match store::open(&cfg.store) {
+    let mut store = match store::open(&cfg.store, pg) {
         Ok(s) => s,
         Err(error) => {
             let f = Failure {

@@ -114,7 +114,7 @@ fn env(extra: &str) -> Env {
     let text = format!("[store]\npath = \"db\"\nkey_file = \"key\"\n{extra}");
     let cfg = Config::parse(&text, &path).unwrap();
     let key = HostKey::create(&cfg.store.key_file).unwrap();
-    let store = store::create(&cfg.store).unwrap();
+    let store = store::create(&cfg.store, None).unwrap();
     Env {
         _dir: dir,
         cfg,
@@ -486,7 +486,7 @@ fn relative_config_path_is_refused() {
     let mut sc = Script::new(&[]);
     let mut log = Logger::new("crm2fa-test", false);
     assert_eq!(
-        run(&args, &req("kim", NOW), &mut sc, &mut log),
+        run(&args, &req("kim", NOW), &mut sc, &mut log, None),
         Outcome::Unavailable
     );
     assert!(sc.prompts.is_empty());
@@ -543,7 +543,7 @@ fn failmode_safe_never_skips_a_store_error_after_the_prompt() {
     let good = code(&e, &s, NOW);
     let wrong = if good == "000000" { "111111" } else { "000000" };
     let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let store = std::mem::replace(&mut e.store, store::create(&e.cfg.store).unwrap());
+    let store = std::mem::replace(&mut e.store, store::create(&e.cfg.store, None).unwrap());
     let mut flaky = Flaky {
         inner: store,
         broken: broken.clone(),
@@ -608,12 +608,18 @@ fn a_caller_that_is_not_root_gets_what_nonroot_says_without_reading_anything() {
     };
     // The config does not even exist: nothing is read.
     let ignore = ModuleArgs::parse(["config=/nonexistent/crm2fa.toml"]);
-    assert_eq!(run(&ignore, &locker, &mut sc, &mut log), Outcome::Ignore);
+    assert_eq!(
+        run(&ignore, &locker, &mut sc, &mut log, None),
+        Outcome::Ignore
+    );
     let deny = ModuleArgs::parse(["config=/nonexistent/crm2fa.toml", "nonroot=deny"]);
-    assert_eq!(run(&deny, &locker, &mut sc, &mut log), Outcome::AuthErr);
+    assert_eq!(
+        run(&deny, &locker, &mut sc, &mut log, None),
+        Outcome::AuthErr
+    );
     assert!(sc.prompts.is_empty() && sc.errors.is_empty());
     assert_eq!(
-        run(&ignore, &req("nina", NOW), &mut sc, &mut log),
+        run(&ignore, &req("nina", NOW), &mut sc, &mut log, None),
         Outcome::Unavailable,
         "root: the missing config denies"
     );
@@ -645,7 +651,7 @@ fn a_clock_stepped_backwards_never_makes_a_used_step_good_again() {
 fn a_login_that_needs_no_code_is_not_refused_for_a_busy_audit_table() {
     let mut e = env("[policy]\nenforce = \"opt-in\"\n");
     let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let store = std::mem::replace(&mut e.store, store::create(&e.cfg.store).unwrap());
+    let store = std::mem::replace(&mut e.store, store::create(&e.cfg.store, None).unwrap());
     let flaky = Flaky {
         inner: store,
         broken: broken.clone(),

@@ -8,6 +8,8 @@ mod raw;
 use raw::RawConfig;
 
 use crate::error::{Error, Result};
+use crate::store::pg::PgTarget;
+pub use crate::store::pg::SslMode;
 
 /// Where the configuration lives unless `config=`, `--config` or
 /// `CRM2FA_CONFIG` say otherwise.
@@ -79,10 +81,125 @@ pub enum Tls {
 /// `[store]`.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// The SQLite store.
+    /// The SQLite store (not used when `postgres` is set).
     pub path: PathBuf,
     /// The host key that seals secrets.
     pub key_file: PathBuf,
+    /// A PostgreSQL store shared by many hosts (`url`), instead of `path`.
+    pub postgres: Option<PostgresConfig>,
+}
+
+/// `[store] url` and its companions: a PostgreSQL store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// The server's host name or address.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// The role.
+    pub user: String,
+    /// The database.
+    pub dbname: String,
+    /// TLS.
+    pub sslmode: SslMode,
+    /// Root-only file holding the role's password.
+    pub password_file: Option<PathBuf>,
+    /// CA certificates for `sslmode=verify-full`.
+    pub ca_file: Option<PathBuf>,
+    /// Seconds connecting may take.
+    pub connect_timeout: i64,
+}
+
+impl PostgresConfig {
+    /// Where and how to connect, with the password read from
+    /// `password_file` (which must be root's and closed to others).
+    pub fn target(&self) -> Result<PgTarget> {
+        let password = match &self.password_file {
+            Some(p) => {
+                let mut f = crate::fsperm::open_trusted(p, crate::fsperm::Secrecy::OwnerOnly)?;
+                let mut text = zeroize::Zeroizing::new(String::new());
+                std::io::Read::read_to_string(&mut f, &mut text).map_err(|e| Error::io(p, e))?;
+                let line = text.lines().next().unwrap_or("");
+                Some(zeroize::Zeroizing::new(line.to_string()))
+            }
+            None => None,
+        };
+        Ok(PgTarget {
+            host: self.host.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            dbname: self.dbname.clone(),
+            password,
+            sslmode: self.sslmode,
+            ca_file: self.ca_file.clone(),
+            connect_timeout: std::time::Duration::from_secs(
+                u64::try_from(self.connect_timeout).unwrap_or(3),
+            ),
+        })
+    }
+
+    /// The address for messages, without a password.
+    pub fn location(&self) -> String {
+        format!(
+            "postgres://{}@{}:{}/{}",
+            self.user, self.host, self.port, self.dbname
+        )
+    }
+}
+
+/// Read `postgres://USER@HOST[:PORT]/DB[?sslmode=MODE]`; a password in it
+/// is refused (it belongs in `password_file`).
+pub fn parse_postgres_url(
+    url: &str,
+) -> std::result::Result<(String, String, u16, String, SslMode), String> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .ok_or("must start with postgres://")?;
+    let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, db) = main
+        .split_once('/')
+        .ok_or("needs a database: postgres://USER@HOST:PORT/DB")?;
+    let (user, hostport) = authority
+        .rsplit_once('@')
+        .ok_or("needs a user: postgres://USER@HOST:PORT/DB")?;
+    if user.contains(':') {
+        return Err("must not hold a password: put it in password_file".into());
+    }
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => {
+            let (h, after) = v6.split_once(']').ok_or("has an unclosed [ in the host")?;
+            (h, after.strip_prefix(':'))
+        }
+        None => match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        },
+    };
+    let port = match port {
+        Some(p) => p
+            .parse::<u16>()
+            .map_err(|_| format!("has a bad port {p:?}"))?,
+        None => 5432,
+    };
+    if user.is_empty() || host.is_empty() || db.is_empty() || db.contains('/') {
+        return Err("must be postgres://USER@HOST:PORT/DB".into());
+    }
+    let mut sslmode = SslMode::VerifyFull;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslmode", "disable")) => sslmode = SslMode::Disable,
+            Some(("sslmode", "require")) => sslmode = SslMode::Require,
+            Some(("sslmode", "verify-full")) => sslmode = SslMode::VerifyFull,
+            Some(("sslmode", m)) => {
+                return Err(format!(
+                    "sslmode must be disable, require or verify-full, not {m:?}"
+                ))
+            }
+            _ => return Err(format!("has an unknown parameter {pair:?} (only sslmode)")),
+        }
+    }
+    Ok((user.into(), host.into(), port, db.into(), sslmode))
 }
 
 /// `[totp]`.
@@ -472,6 +589,34 @@ impl Config {
                 })
             }
         };
+        let st = &raw.store;
+        let connect_timeout = duration("store", "connect_timeout", &st.connect_timeout)?;
+        let postgres = if st.url.is_empty() {
+            None
+        } else {
+            let (user, host, port, dbname, sslmode) =
+                parse_postgres_url(&st.url).map_err(|m| invalid("store", "url", m))?;
+            let ca_file = optional_path(&st.ca_file);
+            if sslmode == SslMode::VerifyFull && ca_file.is_none() {
+                return Err(invalid(
+                    "store",
+                    "ca_file",
+                    "sslmode=verify-full needs ca_file, the CA that signed the server's \
+                     certificate"
+                        .into(),
+                ));
+            }
+            Some(PostgresConfig {
+                host,
+                port,
+                user,
+                dbname,
+                sslmode,
+                password_file: optional_path(&st.password_file),
+                ca_file,
+                connect_timeout,
+            })
+        };
         let d = raw.delivery;
         if d.max_sends == 0 {
             return Err(invalid(
@@ -491,6 +636,7 @@ impl Config {
             store: StoreConfig {
                 path: anchor(&raw.store.path),
                 key_file: anchor(&raw.store.key_file),
+                postgres,
             },
             totp: TotpConfig {
                 digits: t.digits,
@@ -738,6 +884,66 @@ mod tests {
             .to_string();
         assert!(err.contains("crm2fa.toml:3"), "{err}");
         assert!(err.contains("no group named"), "{err}");
+    }
+
+    #[test]
+    fn a_postgres_url_is_read_and_a_password_in_it_refused() {
+        let ok = |u: &str| parse_postgres_url(u).unwrap();
+        assert_eq!(
+            ok("postgres://crm2fa@db.example:5433/fleet?sslmode=require"),
+            (
+                "crm2fa".into(),
+                "db.example".into(),
+                5433,
+                "fleet".into(),
+                SslMode::Require
+            )
+        );
+        assert_eq!(
+            ok("postgresql://u@[::1]/d?sslmode=disable"),
+            ("u".into(), "::1".into(), 5432, "d".into(), SslMode::Disable)
+        );
+        assert_eq!(ok("postgres://u@h/d").4, SslMode::VerifyFull);
+        for bad in [
+            "mysql://u@h/d",
+            "postgres://u:secret@h/d",
+            "postgres://h/d",
+            "postgres://u@h",
+            "postgres://u@h:99999/d",
+            "postgres://u@h/d?sslmode=prefer",
+            "postgres://u@h/d?password=x",
+        ] {
+            assert!(parse_postgres_url(bad).is_err(), "{bad}");
+        }
+        let e = parse_postgres_url("postgres://u:hunter2@h/d").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn a_postgres_store_is_configured_with_its_companions() {
+        let path = Path::new("/etc/crm2fa/crm2fa.toml");
+        let c = Config::parse(
+            "[store]\nurl = \"postgres://crm2fa@db:5432/crm2fa?sslmode=verify-full\"\n\
+             password_file = \"db.password\"\nca_file = \"/etc/ssl/db-ca.pem\"\n\
+             connect_timeout = \"2s\"\n",
+            path,
+        )
+        .unwrap();
+        let pg = c.store.postgres.unwrap();
+        assert_eq!(
+            pg.password_file,
+            Some(PathBuf::from("/etc/crm2fa/db.password"))
+        );
+        assert_eq!((pg.connect_timeout, pg.sslmode), (2, SslMode::VerifyFull));
+        assert_eq!(pg.location(), "postgres://crm2fa@db:5432/crm2fa");
+        let e = Config::parse("[store]\nurl = \"postgres://u@h/d\"\n", path).unwrap_err();
+        assert!(e.to_string().contains("[store] ca_file"), "{e}");
+        let e = Config::parse("[store]\n\nurl = \"postgres://u:pw@h/d\"\n", path).unwrap_err();
+        assert!(
+            e.to_string().starts_with("/etc/crm2fa/crm2fa.toml:3:"),
+            "{e}"
+        );
+        assert!(Config::parse("", path).unwrap().store.postgres.is_none());
     }
 
     #[test]

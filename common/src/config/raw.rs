@@ -44,12 +44,20 @@ impl Default for RawDelivery {
 pub(super) struct RawStore {
     pub(super) path: PathBuf,
     pub(super) key_file: PathBuf,
+    pub(super) url: String,
+    pub(super) password_file: PathBuf,
+    pub(super) ca_file: PathBuf,
+    pub(super) connect_timeout: String,
 }
 impl Default for RawStore {
     fn default() -> Self {
         RawStore {
             path: "/var/lib/crm2fa/crm2fa.db".into(),
             key_file: "/etc/crm2fa/secret.key".into(),
+            url: String::new(),
+            password_file: PathBuf::new(),
+            ca_file: PathBuf::new(),
+            connect_timeout: "3s".into(),
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::model::{
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod pg;
+pub mod postgres;
 pub mod sqlite;
 
 /// How hard a commit insists on reaching the disk.
@@ -291,14 +292,45 @@ pub enum StepUse {
 /// How often a write transaction is run again after [`Error::Conflict`].
 const CONFLICT_RETRIES: u32 = 5;
 
-/// Open the configured store (never creates one).
-pub fn open(cfg: &StoreConfig) -> Result<Box<dyn Store>> {
-    Ok(Box::new(sqlite::SqliteStore::open(&cfg.path)?))
+/// Open the configured store (never creates one): SQLite, or PostgreSQL
+/// through `pg` when `[store] url` is set.
+pub fn open(cfg: &StoreConfig, pg: Option<&dyn pg::PgConnect>) -> Result<Box<dyn Store>> {
+    match &cfg.postgres {
+        None => Ok(Box::new(sqlite::SqliteStore::open(&cfg.path)?)),
+        Some(p) => {
+            let (client, target) = connect(p, pg)?;
+            Ok(Box::new(postgres::PgStore::open(client, &target)?))
+        }
+    }
 }
 
-/// Create the configured store if missing, then open it. Idempotent.
-pub fn create(cfg: &StoreConfig) -> Result<Box<dyn Store>> {
-    Ok(Box::new(sqlite::SqliteStore::create(&cfg.path)?))
+/// Create the configured store if missing (or bring its schema up to
+/// date), then open it. Idempotent.
+pub fn create(cfg: &StoreConfig, pg: Option<&dyn pg::PgConnect>) -> Result<Box<dyn Store>> {
+    match &cfg.postgres {
+        None => Ok(Box::new(sqlite::SqliteStore::create(&cfg.path)?)),
+        Some(p) => {
+            let (client, target) = connect(p, pg)?;
+            Ok(Box::new(postgres::PgStore::create(client, &target)?))
+        }
+    }
+}
+
+fn connect(
+    cfg: &crate::config::PostgresConfig,
+    pg: Option<&dyn pg::PgConnect>,
+) -> Result<(Box<dyn pg::PgClient>, pg::PgTarget)> {
+    let pg = pg.ok_or_else(|| {
+        Error::store(
+            cfg.location(),
+            "this program has no PostgreSQL client (install the crm2fa PostgreSQL support)",
+        )
+    })?;
+    let target = cfg.target()?;
+    let client = pg
+        .connect(&target)
+        .map_err(|e| Error::store(cfg.location(), e))?;
+    Ok((client, target))
 }
 
 /// Lock the user's row; [`Error::Changed`] unless codes hashed with `salt`

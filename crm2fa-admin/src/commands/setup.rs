@@ -62,7 +62,7 @@ pub(super) fn init(config: Option<&Path>) -> Result<Done, CliError> {
         ));
     }
     let existed = cfg.store.path.exists();
-    store::create(&cfg.store)?;
+    store::create(&cfg.store, None)?;
     if !existed {
         changes.push(format!(
             "created the store {} (0600)",
@@ -99,7 +99,7 @@ impl Text for DoctorReport {
 
 /// Check what a login depends on; exit 1 when anything is wrong.
 pub(super) fn doctor(config: Option<&Path>) -> Result<Done, CliError> {
-    let checks = doctor::run(&config::resolve_path(config));
+    let checks = doctor::run(&config::resolve_path(config), None);
     let ok = checks.iter().all(|c| c.ok);
     let status = if ok {
         Status::Success

@@ -1,0 +1,873 @@
+//! The PostgreSQL backend: one database shared by the hosts of a fleet.
+//!
+//! It speaks to the server through [`PgClient`] (see [`super::pg`]), so the
+//! client library is not part of this crate. Every check-and-consume is one
+//! conditional `UPDATE … WHERE …` whose affected-row count decides, in a
+//! `READ COMMITTED` transaction: a concurrent update of the same row waits
+//! for the first to commit and then re-checks its `WHERE` on the new row,
+//! so of N hosts offering one code exactly one changes the row. A write
+//! that reads before it writes (the lockout count, the resend limit) first
+//! locks the user's row (`SELECT … FOR UPDATE`). Reads run in `REPEATABLE
+//! READ READ ONLY` transactions: one consistent view.
+//!
+//! The schema is versioned in `crm2fa_meta`; [`PgStore::create`] (run by
+//! `crm2fa-admin init`, as a role that may create tables) creates or
+//! upgrades it; [`PgStore::open`] (the login) never changes it, so the
+//! module's role needs only row rights.
+use super::pg::{Param, PgClient, PgError, PgTarget, Value};
+use super::{Durability, StepUse, Store, Tx, TxBody, TxKind};
+use crate::audit::{AuditEntry, AuditFilter, Event, Outcome};
+use crate::codes::{HASH_LEN, SALT_LEN};
+use crate::delivery::Channel;
+use crate::error::{Error, Result};
+use crate::model::{
+    CodeKind, LockState, NewEnrollment, Origin, StoredCode, TotpMatch, TotpState, UserRecord,
+};
+
+/// Schema version this build reads and writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Migrations: entry `i` brings the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE users (
+    name          TEXT PRIMARY KEY,
+    state         TEXT NOT NULL DEFAULT 'none',
+    disabled      BOOLEAN NOT NULL DEFAULT FALSE,
+    secret        BYTEA,
+    pending_codes BYTEA,
+    code_salt     BYTEA NOT NULL,
+    last_step     BIGINT NOT NULL DEFAULT -1,
+    failures      BIGINT NOT NULL DEFAULT 0,
+    locked_until  BIGINT,
+    lock_level    BIGINT NOT NULL DEFAULT 0,
+    last_success  BIGINT,
+    enrolled_by   TEXT NOT NULL DEFAULT 'admin',
+    email         TEXT,
+    phone         TEXT,
+    delivery      TEXT,
+    created_at    BIGINT NOT NULL,
+    updated_at    BIGINT NOT NULL
+);
+CREATE TABLE backup_codes (
+    id         BIGSERIAL PRIMARY KEY,
+    username   TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    hash       BYTEA NOT NULL,
+    created_at BIGINT NOT NULL,
+    used_at    BIGINT
+);
+CREATE INDEX backup_codes_user ON backup_codes(username);
+CREATE TABLE recovery_codes (
+    id         BIGSERIAL PRIMARY KEY,
+    username   TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    hash       BYTEA NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used_at    BIGINT
+);
+CREATE INDEX recovery_codes_user ON recovery_codes(username);
+CREATE TABLE email_codes (
+    id         BIGSERIAL PRIMARY KEY,
+    username   TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    hash       BYTEA NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used_at    BIGINT
+);
+CREATE INDEX email_codes_user ON email_codes(username);
+CREATE TABLE sms_codes (
+    id         BIGSERIAL PRIMARY KEY,
+    username   TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    hash       BYTEA NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used_at    BIGINT
+);
+CREATE INDEX sms_codes_user ON sms_codes(username);
+CREATE TABLE remembered (
+    username TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    host     TEXT NOT NULL,
+    until    BIGINT NOT NULL,
+    PRIMARY KEY (username, host)
+);
+CREATE TABLE audit (
+    id       BIGSERIAL PRIMARY KEY,
+    time     BIGINT NOT NULL,
+    host     TEXT NOT NULL,
+    username TEXT NOT NULL,
+    service  TEXT NOT NULL,
+    rhost    TEXT NOT NULL,
+    event    TEXT NOT NULL,
+    outcome  TEXT NOT NULL,
+    detail   TEXT NOT NULL
+);
+CREATE INDEX audit_user_time ON audit(username, time);
+"#];
+
+/// A store in a PostgreSQL database.
+pub struct PgStore {
+    client: Box<dyn PgClient>,
+    location: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+/// A [`PgError`] as crm2fa's error for the store at `location`: a
+/// serialization failure or deadlock is a [`Error::Conflict`] (the
+/// transaction is run again).
+fn pg_err(location: &str, e: PgError) -> Error {
+    match e.sqlstate.as_deref() {
+        Some("40001" | "40P01") => Error::Conflict {
+            location: location.into(),
+        },
+        _ => Error::store(location, e),
+    }
+}
+
+impl PgStore {
+    /// Use the session `client` to the database at `target`: the schema must
+    /// be this build's (an older one: run `crm2fa-admin init`). Changes
+    /// nothing.
+    pub fn open(client: Box<dyn PgClient>, target: &PgTarget) -> Result<PgStore> {
+        let mut store = PgStore {
+            client,
+            location: target.location(),
+        };
+        match store.version()? {
+            v if v == SCHEMA_VERSION => Ok(store),
+            v if v > SCHEMA_VERSION => Err(Error::StoreSchema {
+                location: store.location,
+                found: v,
+                supported: SCHEMA_VERSION,
+            }),
+            0 => Err(Error::StoreMissing {
+                path: store.location.into(),
+            }),
+            v => Err(Error::store(
+                store.location,
+                format!(
+                    "schema version {v} is older than this crm2fa's ({SCHEMA_VERSION}): run \
+                     `crm2fa-admin init` to upgrade it"
+                ),
+            )),
+        }
+    }
+
+    /// Create the schema, or bring an older one up to date, then open the
+    /// store. Idempotent; needs a role that may create tables.
+    pub fn create(client: Box<dyn PgClient>, target: &PgTarget) -> Result<PgStore> {
+        let mut store = PgStore {
+            client,
+            location: target.location(),
+        };
+        store.migrate()?;
+        PgStore::open(store.client, target)
+    }
+
+    fn err(&self, e: PgError) -> Error {
+        pg_err(&self.location, e)
+    }
+
+    /// The schema version, 0 without one: one query.
+    fn version(&mut self) -> Result<i64> {
+        let rows = match self.client.query(
+            "SELECT value FROM crm2fa_meta WHERE key = 'schema_version'",
+            &[],
+        ) {
+            Ok(rows) => rows,
+            // undefined_table: no schema yet.
+            Err(e) if e.sqlstate.as_deref() == Some("42P01") => return Ok(0),
+            Err(e) => return Err(self.err(e)),
+        };
+        match rows.first().and_then(|r| r.first()) {
+            Some(Value::Text(t)) => t.parse().map_err(|_| {
+                Error::store(self.location.clone(), format!("bad schema version {t:?}"))
+            }),
+            _ => Ok(0),
+        }
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let location = self.location.clone();
+        let err =
+            |e: PgError| Error::store(location.clone(), format!("schema upgrade failed: {e}"));
+        // READ COMMITTED: once the lock is ours, each statement sees what an
+        // upgrader before us committed.
+        self.client
+            .batch("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .map_err(err)?;
+        // One upgrader at a time, whichever host runs `init`.
+        let done = (|| -> Result<()> {
+            self.client
+                .batch(
+                    "SELECT pg_advisory_xact_lock(7262836367);
+                     CREATE TABLE IF NOT EXISTS crm2fa_meta (
+                         key   TEXT PRIMARY KEY,
+                         value TEXT NOT NULL
+                     )",
+                )
+                .map_err(err)?;
+            let mut v = self.version()?;
+            if v > SCHEMA_VERSION {
+                return Err(Error::StoreSchema {
+                    location: location.clone(),
+                    found: v,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            while v < SCHEMA_VERSION {
+                let step = usize::try_from(v)
+                    .ok()
+                    .and_then(|i| MIGRATIONS.get(i))
+                    .ok_or_else(|| {
+                        Error::store(location.clone(), format!("no migration from version {v}"))
+                    })?;
+                self.client.batch(step).map_err(err)?;
+                v += 1;
+                let text = v.to_string();
+                self.client
+                    .execute(
+                        "INSERT INTO crm2fa_meta(key, value) VALUES ('schema_version', $1)
+                         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        &[Param::Text(&text)],
+                    )
+                    .map_err(err)?;
+            }
+            self.client.batch("COMMIT").map_err(err)
+        })();
+        if done.is_err() {
+            let _ = self.client.batch("ROLLBACK");
+        }
+        done
+    }
+}
+
+impl Store for PgStore {
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn transaction(&mut self, kind: TxKind, body: &mut TxBody<'_>) -> Result<()> {
+        let begin = match kind {
+            TxKind::Read => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            TxKind::Write(Durability::Full) => "BEGIN ISOLATION LEVEL READ COMMITTED",
+            // Audit-only rows: the commit need not wait for the server's
+            // disk (the row is still written, just a moment later).
+            TxKind::Write(Durability::Light) => {
+                "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit = off"
+            }
+        };
+        self.client.batch(begin).map_err(|e| self.err(e))?;
+        let done = body(&mut PgTx {
+            client: self.client.as_mut(),
+            location: &self.location,
+        });
+        match done {
+            Ok(()) => self.client.batch("COMMIT").map_err(|e| self.err(e)),
+            Err(e) => {
+                let _ = self.client.batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    fn check_integrity(&mut self) -> Result<Vec<String>> {
+        let mut problems = vec![];
+        let rows = self
+            .client
+            .query(
+                "SELECT name FROM users WHERE length(code_salt) <> $1
+                 OR state NOT IN ('none', 'pending', 'active')
+                 OR (state <> 'none' AND secret IS NULL)",
+                &[Param::Int(SALT_LEN as i64)],
+            )
+            .map_err(|e| self.err(e))?;
+        for r in rows {
+            if let Some(Value::Text(name)) = r.first() {
+                problems.push(format!("the row of user {name} is damaged"));
+            }
+        }
+        Ok(problems)
+    }
+}
+
+/// One transaction on the store's session.
+struct PgTx<'a> {
+    client: &'a mut dyn PgClient,
+    location: &'a str,
+}
+
+const USER_COLUMNS: &str = "name, state, disabled, secret, code_salt, last_step, failures,
+     locked_until, last_success,
+     (SELECT count(*) FROM backup_codes b WHERE b.username = users.name AND b.used_at IS NULL),
+     email, phone, lock_level, enrolled_by, delivery";
+
+fn table(kind: CodeKind) -> &'static str {
+    match kind {
+        CodeKind::Backup => "backup_codes",
+        CodeKind::Recovery => "recovery_codes",
+        CodeKind::Email => "email_codes",
+        CodeKind::Sms => "sms_codes",
+    }
+}
+
+/// Reads typed columns out of a row, or says which column was not what it
+/// should be.
+struct Row<'a> {
+    values: &'a [Value],
+    location: &'a str,
+}
+
+impl Row<'_> {
+    fn bad(&self, i: usize, want: &str) -> Error {
+        // Never the value itself: it may be a hash or a sealed secret.
+        Error::store(
+            self.location,
+            format!("column {i} is not {want}: the store is damaged"),
+        )
+    }
+
+    fn int(&self, i: usize) -> Result<i64> {
+        match self.values.get(i) {
+            Some(Value::Int(v)) => Ok(*v),
+            _ => Err(self.bad(i, "an integer")),
+        }
+    }
+
+    fn opt_int(&self, i: usize) -> Result<Option<i64>> {
+        match self.values.get(i) {
+            Some(Value::Null) => Ok(None),
+            _ => self.int(i).map(Some),
+        }
+    }
+
+    fn count(&self, i: usize) -> Result<u32> {
+        u32::try_from(self.int(i)?).map_err(|_| self.bad(i, "a count"))
+    }
+
+    fn text(&self, i: usize) -> Result<String> {
+        match self.values.get(i) {
+            Some(Value::Text(v)) => Ok(v.clone()),
+            _ => Err(self.bad(i, "text")),
+        }
+    }
+
+    fn opt_text(&self, i: usize) -> Result<Option<String>> {
+        match self.values.get(i) {
+            Some(Value::Null) => Ok(None),
+            _ => self.text(i).map(Some),
+        }
+    }
+
+    fn bytes(&self, i: usize) -> Result<Vec<u8>> {
+        match self.values.get(i) {
+            Some(Value::Bytes(v)) => Ok(v.clone()),
+            _ => Err(self.bad(i, "bytes")),
+        }
+    }
+
+    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>> {
+        match self.values.get(i) {
+            Some(Value::Null) => Ok(None),
+            _ => self.bytes(i).map(Some),
+        }
+    }
+
+    fn boolean(&self, i: usize) -> Result<bool> {
+        match self.values.get(i) {
+            Some(Value::Bool(v)) => Ok(*v),
+            _ => Err(self.bad(i, "a boolean")),
+        }
+    }
+
+    fn user(&self) -> Result<UserRecord> {
+        let code_salt = self.bytes(4)?;
+        if code_salt.len() != SALT_LEN {
+            return Err(Error::store(
+                self.location,
+                format!(
+                    "the code salt has {} bytes, not {SALT_LEN}: the store is damaged",
+                    code_salt.len()
+                ),
+            ));
+        }
+        Ok(UserRecord {
+            name: self.text(0)?,
+            state: TotpState::parse(&self.text(1)?),
+            disabled: self.boolean(2)?,
+            secret: self.opt_bytes(3)?,
+            enrolled_by: Origin::parse(&self.text(13)?),
+            code_salt,
+            last_step: self.int(5)?,
+            lock: LockState {
+                failures: self.count(6)?,
+                locked_until: self.opt_int(7)?,
+                level: self.count(12)?,
+            },
+            last_success: self.opt_int(8)?,
+            unused_backup_codes: self.count(9)?,
+            email: self.opt_text(10)?,
+            phone: self.opt_text(11)?,
+            delivery: self.opt_text(14)?.as_deref().and_then(Channel::parse),
+        })
+    }
+}
+
+fn opt(v: Option<i64>) -> Param<'static> {
+    v.map_or(Param::Null, Param::Int)
+}
+
+fn opt_text(v: Option<&str>) -> Param<'_> {
+    v.map_or(Param::Null, Param::Text)
+}
+
+impl PgTx<'_> {
+    fn exec(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
+        self.client
+            .execute(sql, params)
+            .map_err(|e| pg_err(self.location, e))
+    }
+
+    fn rows(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Value>>> {
+        self.client
+            .query(sql, params)
+            .map_err(|e| pg_err(self.location, e))
+    }
+
+    fn row<'r>(&self, values: &'r [Value]) -> Row<'r>
+    where
+        Self: 'r,
+    {
+        Row {
+            values,
+            location: self.location,
+        }
+    }
+
+    fn users_where(&mut self, clause: &str, params: &[Param<'_>]) -> Result<Vec<UserRecord>> {
+        let rows = self.rows(
+            &format!("SELECT {USER_COLUMNS} FROM users {clause}"),
+            params,
+        )?;
+        rows.iter().map(|r| self.row(r).user()).collect()
+    }
+}
+
+impl Tx for PgTx<'_> {
+    fn lock_user(&mut self, name: &str) -> Result<Option<UserRecord>> {
+        // Lock the row first (FOR UPDATE cannot go with the count in the
+        // select list), then read it: what the write decides from stays
+        // true until the transaction ends, on every host.
+        let locked = self.rows(
+            "SELECT 1 FROM users WHERE name = $1 FOR UPDATE",
+            &[Param::Text(name)],
+        )?;
+        if locked.is_empty() {
+            return Ok(None);
+        }
+        self.user(name)
+    }
+
+    fn user(&mut self, name: &str) -> Result<Option<UserRecord>> {
+        Ok(self
+            .users_where("WHERE name = $1", &[Param::Text(name)])?
+            .into_iter()
+            .next())
+    }
+
+    fn users(&mut self) -> Result<Vec<UserRecord>> {
+        self.users_where("ORDER BY name", &[])
+    }
+
+    fn unused_codes(&mut self, kind: CodeKind, name: &str, now: i64) -> Result<Vec<StoredCode>> {
+        let rows = if kind.expires() {
+            self.rows(
+                &format!(
+                    "SELECT id, hash FROM {} WHERE username = $1 AND used_at IS NULL \
+                     AND expires_at > $2",
+                    table(kind)
+                ),
+                &[Param::Text(name), Param::Int(now)],
+            )?
+        } else {
+            self.rows(
+                &format!(
+                    "SELECT id, hash FROM {} WHERE username = $1 AND used_at IS NULL",
+                    table(kind)
+                ),
+                &[Param::Text(name)],
+            )?
+        };
+        rows.iter()
+            .map(|r| {
+                let row = self.row(r);
+                Ok(StoredCode {
+                    id: row.int(0)?,
+                    hash: row.bytes(1)?,
+                })
+            })
+            .collect()
+    }
+
+    fn pending_codes(&mut self, name: &str) -> Result<Option<Vec<u8>>> {
+        let rows = self.rows(
+            "SELECT pending_codes FROM users WHERE name = $1 AND state = 'pending'",
+            &[Param::Text(name)],
+        )?;
+        match rows.first() {
+            Some(r) => Ok(Some(self.row(r).opt_bytes(0)?.unwrap_or_default())),
+            None => Ok(None),
+        }
+    }
+
+    fn audit(&mut self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        let rows = self.rows(
+            "SELECT time, username, service, rhost, event, outcome, detail, host FROM audit
+             WHERE ($1::text IS NULL OR username = $1) AND ($2::bigint IS NULL OR time >= $2)
+             ORDER BY time, id",
+            &[opt_text(filter.user.as_deref()), opt(filter.since)],
+        )?;
+        rows.iter()
+            .map(|r| {
+                let row = self.row(r);
+                let (event, outcome) = (row.text(4)?, row.text(5)?);
+                let unknown = |what: &str, word: &str| {
+                    Error::store(self.location, format!("unknown audit {what} {word:?}"))
+                };
+                Ok(AuditEntry {
+                    time: row.int(0)?,
+                    user: row.text(1)?,
+                    service: row.text(2)?,
+                    rhost: row.text(3)?,
+                    event: Event::parse(&event).ok_or_else(|| unknown("event", &event))?,
+                    outcome: Outcome::parse(&outcome)
+                        .ok_or_else(|| unknown("outcome", &outcome))?,
+                    detail: row.text(6)?,
+                    host: row.text(7)?,
+                })
+            })
+            .collect()
+    }
+
+    fn insert_user(&mut self, name: &str, code_salt: &[u8], now: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO users(name, code_salt, created_at, updated_at) VALUES ($1, $2, $3, $3)
+             ON CONFLICT(name) DO NOTHING",
+            &[Param::Text(name), Param::Bytes(code_salt), Param::Int(now)],
+        )
+        .map(drop)
+    }
+
+    fn update_lock(
+        &mut self,
+        name: &str,
+        expected: Option<&LockState>,
+        to: &LockState,
+        now: i64,
+    ) -> Result<bool> {
+        let set = [
+            Param::Text(name),
+            Param::Int(i64::from(to.failures)),
+            opt(to.locked_until),
+            Param::Int(i64::from(to.level)),
+            Param::Int(now),
+        ];
+        let n = match expected {
+            Some(from) => {
+                let mut params = set.to_vec();
+                params.extend([
+                    Param::Int(i64::from(from.failures)),
+                    opt(from.locked_until),
+                    Param::Int(i64::from(from.level)),
+                ]);
+                self.exec(
+                    "UPDATE users SET failures = $2, locked_until = $3, lock_level = $4,
+                            updated_at = $5
+                     WHERE name = $1 AND failures = $6
+                       AND locked_until IS NOT DISTINCT FROM $7::bigint AND lock_level = $8",
+                    &params,
+                )?
+            }
+            None => self.exec(
+                "UPDATE users SET failures = $2, locked_until = $3, lock_level = $4,
+                        updated_at = $5
+                 WHERE name = $1",
+                &set,
+            )?,
+        };
+        Ok(n == 1)
+    }
+
+    fn record_success(&mut self, name: &str, now: i64) -> Result<()> {
+        self.exec(
+            "UPDATE users SET last_success = $2, failures = 0, locked_until = NULL,
+                    lock_level = 0
+             WHERE name = $1",
+            &[Param::Text(name), Param::Int(now)],
+        )
+        .map(drop)
+    }
+
+    fn consume_step(
+        &mut self,
+        name: &str,
+        totp: &TotpMatch,
+        use_: StepUse,
+        now: i64,
+    ) -> Result<bool> {
+        let states = match use_ {
+            StepUse::Login => "('pending', 'active')",
+            StepUse::Activation => "('pending')",
+        };
+        let n = self.exec(
+            &format!(
+                "UPDATE users SET last_step = $2, state = 'active', pending_codes = NULL,
+                        updated_at = $3
+                 WHERE name = $1 AND state IN {states} AND last_step < $2 AND secret = $4"
+            ),
+            &[
+                Param::Text(name),
+                Param::Int(totp.step),
+                Param::Int(now),
+                Param::Bytes(&totp.sealed_secret),
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn consume_code(&mut self, kind: CodeKind, id: i64, now: i64) -> Result<bool> {
+        let n = self.exec(
+            &format!(
+                "UPDATE {} SET used_at = $2 WHERE id = $1 AND used_at IS NULL",
+                table(kind)
+            ),
+            &[Param::Int(id), Param::Int(now)],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn set_enrollment(&mut self, name: &str, new: &NewEnrollment<'_>, now: i64) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE users SET state = 'pending', disabled = FALSE, secret = $2,
+                    pending_codes = $3, last_step = -1, enrolled_by = $6, updated_at = $4
+             WHERE name = $1 AND ($5 OR state = 'none')",
+            &[
+                Param::Text(name),
+                Param::Bytes(new.sealed_secret),
+                Param::Bytes(new.sealed_codes),
+                Param::Int(now),
+                Param::Bool(new.replace),
+                Param::Text(new.origin.as_str()),
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn clear_pending_codes(&mut self, name: &str, now: i64) -> Result<()> {
+        self.exec(
+            "UPDATE users SET pending_codes = NULL, updated_at = $2 WHERE name = $1",
+            &[Param::Text(name), Param::Int(now)],
+        )
+        .map(drop)
+    }
+
+    fn delete_codes(&mut self, kind: CodeKind, name: &str, unused_only: bool) -> Result<()> {
+        self.exec(
+            &format!(
+                "DELETE FROM {} WHERE username = $1 AND (NOT $2 OR used_at IS NULL)",
+                table(kind)
+            ),
+            &[Param::Text(name), Param::Bool(unused_only)],
+        )
+        .map(drop)
+    }
+
+    fn insert_backup_codes(
+        &mut self,
+        name: &str,
+        hashes: &[[u8; HASH_LEN]],
+        now: i64,
+    ) -> Result<()> {
+        for h in hashes {
+            self.exec(
+                "INSERT INTO backup_codes(username, hash, created_at) VALUES ($1, $2, $3)",
+                &[Param::Text(name), Param::Bytes(&h[..]), Param::Int(now)],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn insert_expiring_code(
+        &mut self,
+        kind: CodeKind,
+        name: &str,
+        hash: &[u8; HASH_LEN],
+        expires_at: i64,
+        now: i64,
+    ) -> Result<i64> {
+        let rows = self.rows(
+            &format!(
+                "INSERT INTO {}(username, hash, created_at, expires_at) VALUES ($1, $2, $3, $4)
+                 RETURNING id",
+                table(kind)
+            ),
+            &[
+                Param::Text(name),
+                Param::Bytes(&hash[..]),
+                Param::Int(now),
+                Param::Int(expires_at),
+            ],
+        )?;
+        match rows.first() {
+            Some(r) => self.row(r).int(0),
+            None => Err(Error::store(self.location, "INSERT … RETURNING gave no id")),
+        }
+    }
+
+    fn void_codes(&mut self, kind: CodeKind, name: &str, now: i64, keep_since: i64) -> Result<()> {
+        let t = table(kind);
+        self.exec(
+            &format!(
+                "UPDATE {t} SET expires_at = $2
+                 WHERE username = $1 AND used_at IS NULL AND expires_at > $2"
+            ),
+            &[Param::Text(name), Param::Int(now)],
+        )?;
+        self.exec(
+            &format!("DELETE FROM {t} WHERE username = $1 AND created_at < $2"),
+            &[Param::Text(name), Param::Int(keep_since)],
+        )
+        .map(drop)
+    }
+
+    fn codes_made_since(&mut self, kind: CodeKind, name: &str, since: i64) -> Result<Vec<i64>> {
+        let rows = self.rows(
+            &format!(
+                "SELECT created_at FROM {} WHERE username = $1 AND created_at > $2
+                 ORDER BY created_at",
+                table(kind)
+            ),
+            &[Param::Text(name), Param::Int(since)],
+        )?;
+        rows.iter().map(|r| self.row(r).int(0)).collect()
+    }
+
+    fn delete_code(&mut self, kind: CodeKind, id: i64) -> Result<()> {
+        self.exec(
+            &format!("DELETE FROM {} WHERE id = $1", table(kind)),
+            &[Param::Int(id)],
+        )
+        .map(drop)
+    }
+
+    fn set_contact(
+        &mut self,
+        name: &str,
+        channel: Channel,
+        to: Option<&str>,
+        now: i64,
+    ) -> Result<bool> {
+        let column = match channel {
+            Channel::Email => "email",
+            Channel::Sms => "phone",
+        };
+        let n = self.exec(
+            &format!("UPDATE users SET {column} = $2, updated_at = $3 WHERE name = $1"),
+            &[Param::Text(name), opt_text(to), Param::Int(now)],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn set_delivery(&mut self, name: &str, channel: Option<Channel>, now: i64) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE users SET delivery = $2, disabled = FALSE, updated_at = $3 WHERE name = $1",
+            &[
+                Param::Text(name),
+                opt_text(channel.map(Channel::as_str)),
+                Param::Int(now),
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn set_disabled(&mut self, name: &str, disabled: bool, now: i64) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE users SET disabled = $2, updated_at = $3 WHERE name = $1",
+            &[Param::Text(name), Param::Bool(disabled), Param::Int(now)],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn clear_factors(&mut self, name: &str, now: i64) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE users SET state = 'none', disabled = FALSE, secret = NULL,
+                    pending_codes = NULL, delivery = NULL, last_step = -1, updated_at = $2
+             WHERE name = $1",
+            &[Param::Text(name), Param::Int(now)],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn remembered(&mut self, name: &str, now: i64) -> Result<Vec<(String, i64)>> {
+        let rows = self.rows(
+            "SELECT host, until FROM remembered WHERE username = $1 AND until > $2 ORDER BY host",
+            &[Param::Text(name), Param::Int(now)],
+        )?;
+        rows.iter()
+            .map(|r| {
+                let row = self.row(r);
+                Ok((row.text(0)?, row.int(1)?))
+            })
+            .collect()
+    }
+
+    fn remember(&mut self, name: &str, host: &str, until: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO remembered(username, host, until) VALUES ($1, $2, $3)
+             ON CONFLICT(username, host) DO UPDATE SET until = excluded.until",
+            &[Param::Text(name), Param::Text(host), Param::Int(until)],
+        )
+        .map(drop)
+    }
+
+    fn forget(&mut self, name: &str, host: Option<&str>) -> Result<usize> {
+        let n = self.exec(
+            "DELETE FROM remembered WHERE username = $1 AND ($2::text IS NULL OR host = $2)",
+            &[Param::Text(name), opt_text(host)],
+        )?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn activate(&mut self, name: &str, last_step: i64, now: i64) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE users SET state = 'active', pending_codes = NULL, last_step = $2,
+                    updated_at = $3
+             WHERE name = $1 AND state = 'pending'",
+            &[Param::Text(name), Param::Int(last_step), Param::Int(now)],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn insert_audit(&mut self, e: &AuditEntry) -> Result<()> {
+        self.exec(
+            "INSERT INTO audit(time, username, service, rhost, event, outcome, detail, host)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                Param::Int(e.time),
+                Param::Text(&e.user),
+                Param::Text(&e.service),
+                Param::Text(&e.rhost),
+                Param::Text(e.event.as_str()),
+                Param::Text(e.outcome.as_str()),
+                Param::Text(&e.detail),
+                Param::Text(&e.host),
+            ],
+        )
+        .map(drop)
+    }
+}
