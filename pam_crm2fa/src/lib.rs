@@ -17,6 +17,8 @@ use pam::conv::Conv;
 use pam::items::RHost;
 use pam::module::{PamHandle, PamHooks};
 
+mod pgload;
+
 /// The module: libpam calls its hooks.
 #[derive(Debug)]
 pub struct Crm2fa;
@@ -132,7 +134,14 @@ impl PamHooks for Crm2fa {
             conv,
             silent: flags & PAM_SILENT != 0,
         };
-        pam_code(auth::run(&args, &req, &mut conv, &mut log, None))
+        // The PostgreSQL client is loaded only if the config has a url.
+        pam_code(auth::run(
+            &args,
+            &req,
+            &mut conv,
+            &mut log,
+            Some(&pgload::Loader),
+        ))
     }
 
     fn sm_setcred(_pamh: &mut PamHandle, _args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {

@@ -108,6 +108,9 @@ pub struct PostgresConfig {
     pub ca_file: Option<PathBuf>,
     /// Seconds connecting may take.
     pub connect_timeout: i64,
+    /// The PostgreSQL client library the PAM module loads (only when `url`
+    /// is set: a host on SQLite never loads it).
+    pub client_library: PathBuf,
 }
 
 impl PostgresConfig {
@@ -135,6 +138,7 @@ impl PostgresConfig {
             connect_timeout: std::time::Duration::from_secs(
                 u64::try_from(self.connect_timeout).unwrap_or(3),
             ),
+            client_library: self.client_library.clone(),
         })
     }
 
@@ -615,6 +619,7 @@ impl Config {
                 password_file: optional_path(&st.password_file),
                 ca_file,
                 connect_timeout,
+                client_library: anchor(&st.client_library),
             })
         };
         let d = raw.delivery;

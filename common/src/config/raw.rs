@@ -48,6 +48,7 @@ pub(super) struct RawStore {
     pub(super) password_file: PathBuf,
     pub(super) ca_file: PathBuf,
     pub(super) connect_timeout: String,
+    pub(super) client_library: PathBuf,
 }
 impl Default for RawStore {
     fn default() -> Self {
@@ -58,6 +59,7 @@ impl Default for RawStore {
             password_file: PathBuf::new(),
             ca_file: PathBuf::new(),
             connect_timeout: "3s".into(),
+            client_library: "/usr/lib/crm2fa/libcrm2fa_pg.so".into(),
         }
     }
 }

@@ -111,6 +111,9 @@ pub struct PgTarget {
     pub ca_file: Option<PathBuf>,
     /// How long connecting may take, TLS and authentication included.
     pub connect_timeout: Duration,
+    /// The client library a loader loads to connect (`[store]
+    /// client_library`); not sent to the library itself.
+    pub client_library: PathBuf,
 }
 
 impl std::fmt::Debug for PgTarget {
@@ -140,4 +143,419 @@ impl PgTarget {
 pub trait PgConnect {
     /// Connect to `target` within its `connect_timeout`.
     fn connect(&self, target: &PgTarget) -> Result<Box<dyn PgClient>, PgError>;
+}
+
+impl Value {
+    /// The value as a parameter of another statement.
+    pub fn as_param(&self) -> Param<'_> {
+        match self {
+            Value::Null => Param::Null,
+            Value::Int(v) => Param::Int(*v),
+            Value::Text(v) => Param::Text(v),
+            Value::Bytes(v) => Param::Bytes(v),
+            Value::Bool(v) => Param::Bool(*v),
+        }
+    }
+}
+
+/// The byte encoding of parameters, rows, errors and connection targets
+/// between the PAM module and a client library it loads at run time (a C
+/// interface carries bytes, not Rust types). Every decoder refuses, rather
+/// than panics on, input it did not make.
+pub mod wire {
+    use super::{Param, PgError, PgTarget, SslMode, Value};
+    use std::path::PathBuf;
+    use std::time::Duration;
+    use zeroize::Zeroizing;
+
+    /// The version of this encoding and of the C functions that carry it;
+    /// a library built for another is refused.
+    pub const ABI_VERSION: u32 = 1;
+
+    const NULL: u8 = 0;
+    const INT: u8 = 1;
+    const TEXT: u8 = 2;
+    const BYTES: u8 = 3;
+    const BOOL: u8 = 4;
+
+    fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+        // A length that does not fit is cut to what does: the decoder then
+        // finds the rest missing and refuses it.
+        let len = u32::try_from(b.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&b[..len as usize]);
+    }
+
+    fn put_param(out: &mut Vec<u8>, p: &Param<'_>) {
+        match p {
+            Param::Null => out.push(NULL),
+            Param::Int(v) => {
+                out.push(INT);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            Param::Text(v) => {
+                out.push(TEXT);
+                put_bytes(out, v.as_bytes());
+            }
+            Param::Bytes(v) => {
+                out.push(BYTES);
+                put_bytes(out, v);
+            }
+            Param::Bool(v) => {
+                out.push(BOOL);
+                out.push(u8::from(*v));
+            }
+        }
+    }
+
+    /// Reads what the `put_` functions wrote.
+    struct Reader<'a> {
+        rest: &'a [u8],
+    }
+
+    type Decoded<T> = Result<T, String>;
+
+    impl<'a> Reader<'a> {
+        fn take(&mut self, n: usize) -> Decoded<&'a [u8]> {
+            if self.rest.len() < n {
+                return Err("the encoded data ends too soon".into());
+            }
+            let (head, tail) = self.rest.split_at(n);
+            self.rest = tail;
+            Ok(head)
+        }
+
+        fn u8(&mut self) -> Decoded<u8> {
+            Ok(self.take(1)?[0])
+        }
+
+        fn u32(&mut self) -> Decoded<u32> {
+            let b = self.take(4)?;
+            Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        }
+
+        fn i64(&mut self) -> Decoded<i64> {
+            let b = self.take(8)?;
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            Ok(i64::from_le_bytes(a))
+        }
+
+        fn bytes(&mut self) -> Decoded<&'a [u8]> {
+            let n = self.u32()? as usize;
+            self.take(n)
+        }
+
+        fn text(&mut self) -> Decoded<String> {
+            String::from_utf8(self.bytes()?.to_vec()).map_err(|_| "text is not UTF-8".into())
+        }
+
+        fn value(&mut self) -> Decoded<Value> {
+            Ok(match self.u8()? {
+                NULL => Value::Null,
+                INT => Value::Int(self.i64()?),
+                TEXT => Value::Text(self.text()?),
+                BYTES => Value::Bytes(self.bytes()?.to_vec()),
+                BOOL => Value::Bool(self.u8()? != 0),
+                t => return Err(format!("unknown value tag {t}")),
+            })
+        }
+
+        fn count(&mut self) -> Decoded<usize> {
+            let n = self.u32()? as usize;
+            // Every item takes at least one byte: a count beyond what is
+            // left is a lie, refused before anything is allocated for it.
+            if n > self.rest.len() {
+                return Err("a count larger than the data".into());
+            }
+            Ok(n)
+        }
+
+        fn end(&self) -> Decoded<()> {
+            match self.rest.is_empty() {
+                true => Ok(()),
+                false => Err("bytes left over after the encoded data".into()),
+            }
+        }
+    }
+
+    /// Encode statement parameters.
+    pub fn encode_params(params: &[Param<'_>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&u32::try_from(params.len()).unwrap_or(0).to_le_bytes());
+        for p in params {
+            put_param(&mut out, p);
+        }
+        out
+    }
+
+    /// Decode statement parameters (as values; see [`Value::as_param`]).
+    pub fn decode_params(bytes: &[u8]) -> Decoded<Vec<Value>> {
+        let mut r = Reader { rest: bytes };
+        let n = r.count()?;
+        let values = (0..n).map(|_| r.value()).collect::<Decoded<Vec<_>>>()?;
+        r.end()?;
+        Ok(values)
+    }
+
+    /// Encode the rows of a query.
+    pub fn encode_rows(rows: &[Vec<Value>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&u32::try_from(rows.len()).unwrap_or(0).to_le_bytes());
+        for row in rows {
+            out.extend_from_slice(&u32::try_from(row.len()).unwrap_or(0).to_le_bytes());
+            for v in row {
+                put_param(&mut out, &v.as_param());
+            }
+        }
+        out
+    }
+
+    /// Decode the rows of a query.
+    pub fn decode_rows(bytes: &[u8]) -> Decoded<Vec<Vec<Value>>> {
+        let mut r = Reader { rest: bytes };
+        let n = r.count()?;
+        let mut rows = Vec::with_capacity(n);
+        for _ in 0..n {
+            let cols = r.count()?;
+            rows.push((0..cols).map(|_| r.value()).collect::<Decoded<Vec<_>>>()?);
+        }
+        r.end()?;
+        Ok(rows)
+    }
+
+    /// Encode an error.
+    pub fn encode_error(e: &PgError) -> Vec<u8> {
+        let mut out = Vec::new();
+        match &e.sqlstate {
+            Some(s) => {
+                out.push(1);
+                put_bytes(&mut out, s.as_bytes());
+            }
+            None => out.push(0),
+        }
+        put_bytes(&mut out, e.message.as_bytes());
+        out
+    }
+
+    /// Decode an error.
+    pub fn decode_error(bytes: &[u8]) -> Decoded<PgError> {
+        let mut r = Reader { rest: bytes };
+        let sqlstate = match r.u8()? {
+            0 => None,
+            _ => Some(r.text()?),
+        };
+        let message = r.text()?;
+        r.end()?;
+        Ok(PgError { sqlstate, message })
+    }
+
+    /// Encode a connection target (the password too: zeroized on drop).
+    pub fn encode_target(t: &PgTarget) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::new());
+        put_bytes(&mut out, t.host.as_bytes());
+        out.extend_from_slice(&t.port.to_le_bytes());
+        put_bytes(&mut out, t.user.as_bytes());
+        put_bytes(&mut out, t.dbname.as_bytes());
+        match &t.password {
+            Some(p) => {
+                out.push(1);
+                put_bytes(&mut out, p.as_bytes());
+            }
+            None => out.push(0),
+        }
+        out.push(match t.sslmode {
+            SslMode::Disable => 0,
+            SslMode::Require => 1,
+            SslMode::VerifyFull => 2,
+        });
+        match &t.ca_file {
+            Some(p) => {
+                out.push(1);
+                put_bytes(&mut out, p.to_string_lossy().as_bytes());
+            }
+            None => out.push(0),
+        }
+        let ms = u64::try_from(t.connect_timeout.as_millis()).unwrap_or(u64::MAX);
+        out.extend_from_slice(&ms.to_le_bytes());
+        out
+    }
+
+    /// Decode a connection target.
+    pub fn decode_target(bytes: &[u8]) -> Decoded<PgTarget> {
+        let mut r = Reader { rest: bytes };
+        let host = r.text()?;
+        let p = r.take(2)?;
+        let port = u16::from_le_bytes([p[0], p[1]]);
+        let user = r.text()?;
+        let dbname = r.text()?;
+        let password = match r.u8()? {
+            0 => None,
+            _ => Some(Zeroizing::new(r.text()?)),
+        };
+        let sslmode = match r.u8()? {
+            0 => SslMode::Disable,
+            1 => SslMode::Require,
+            2 => SslMode::VerifyFull,
+            m => return Err(format!("unknown sslmode {m}")),
+        };
+        let ca_file = match r.u8()? {
+            0 => None,
+            _ => Some(PathBuf::from(r.text()?)),
+        };
+        let ms = r.i64()?;
+        r.end()?;
+        Ok(PgTarget {
+            host,
+            port,
+            user,
+            dbname,
+            password,
+            sslmode,
+            ca_file,
+            connect_timeout: Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+            client_library: PathBuf::new(),
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn values() -> Vec<Value> {
+            vec![
+                Value::Null,
+                Value::Int(i64::MIN),
+                Value::Text("héllo".into()),
+                Value::Bytes(vec![0, 255, 7]),
+                Value::Bool(true),
+            ]
+        }
+
+        #[test]
+        fn everything_reads_back_as_written() {
+            let v = values();
+            let params: Vec<Param<'_>> = v.iter().map(Value::as_param).collect();
+            assert_eq!(decode_params(&encode_params(&params)).unwrap(), v);
+            let rows = vec![v.clone(), vec![], v];
+            assert_eq!(decode_rows(&encode_rows(&rows)).unwrap(), rows);
+            let e = PgError {
+                sqlstate: Some("40001".into()),
+                message: "could not serialize".into(),
+            };
+            assert_eq!(decode_error(&encode_error(&e)).unwrap(), e);
+            let t = PgTarget {
+                host: "db".into(),
+                port: 5433,
+                user: "crm2fa".into(),
+                dbname: "fleet".into(),
+                password: Some(Zeroizing::new("pw".into())),
+                sslmode: SslMode::VerifyFull,
+                ca_file: Some("/etc/ca.pem".into()),
+                connect_timeout: Duration::from_millis(2500),
+                client_library: PathBuf::new(),
+            };
+            let back = decode_target(&encode_target(&t)).unwrap();
+            assert_eq!(back.location(), t.location());
+            assert_eq!(back.password.as_deref().map(String::as_str), Some("pw"));
+            assert_eq!(
+                (back.sslmode, back.connect_timeout),
+                (t.sslmode, t.connect_timeout)
+            );
+            assert_eq!(back.ca_file, t.ca_file);
+        }
+
+        #[test]
+        fn damaged_input_is_refused_not_a_panic() {
+            let good = encode_rows(&[values()]);
+            for cut in 0..good.len() {
+                assert!(decode_rows(&good[..cut]).is_err(), "cut at {cut}");
+            }
+            let mut longer = good.clone();
+            longer.push(0);
+            assert!(decode_rows(&longer).is_err());
+            assert!(decode_params(&[255, 255, 255, 255]).is_err());
+            assert!(decode_params(&[1, 0, 0, 0, 9]).is_err());
+            assert!(decode_error(&[]).is_err());
+            assert!(decode_target(&[0, 0, 0]).is_err());
+        }
+    }
+}
+
+/// The C interface of a client library loaded at run time by the PAM
+/// module: the symbol names and their signatures, for both sides. All data
+/// crosses as bytes in the [`wire`] encoding; a function returns 0 on
+/// success, otherwise 1 with an encoded [`PgError`] in `err`. Buffers the
+/// library hands out are given back to it with [`abi::FREE`].
+pub mod abi {
+    use std::ffi::c_void;
+
+    /// Bytes handed out by the library.
+    #[repr(C)]
+    #[derive(Debug)]
+    pub struct Buf {
+        /// Start of the bytes (null when empty).
+        pub ptr: *mut u8,
+        /// How many.
+        pub len: usize,
+    }
+
+    impl Buf {
+        /// No bytes.
+        pub const EMPTY: Buf = Buf {
+            ptr: std::ptr::null_mut(),
+            len: 0,
+        };
+    }
+
+    /// `u32 crm2fa_pg_abi_version(void)`: must return [`super::wire::ABI_VERSION`].
+    pub const ABI_VERSION: &[u8] = b"crm2fa_pg_abi_version\0";
+    /// Signature of [`ABI_VERSION`].
+    pub type AbiVersionFn = unsafe extern "C" fn() -> u32;
+
+    /// `connect(target, target_len, &handle, &err)`.
+    pub const CONNECT: &[u8] = b"crm2fa_pg_connect\0";
+    /// Signature of [`CONNECT`].
+    pub type ConnectFn = unsafe extern "C" fn(*const u8, usize, *mut *mut c_void, *mut Buf) -> i32;
+
+    /// `batch(handle, sql, sql_len, &err)`.
+    pub const BATCH: &[u8] = b"crm2fa_pg_batch\0";
+    /// Signature of [`BATCH`].
+    pub type BatchFn = unsafe extern "C" fn(*mut c_void, *const u8, usize, *mut Buf) -> i32;
+
+    /// `execute(handle, sql, sql_len, params, params_len, &changed, &err)`.
+    pub const EXECUTE: &[u8] = b"crm2fa_pg_execute\0";
+    /// Signature of [`EXECUTE`].
+    pub type ExecuteFn = unsafe extern "C" fn(
+        *mut c_void,
+        *const u8,
+        usize,
+        *const u8,
+        usize,
+        *mut u64,
+        *mut Buf,
+    ) -> i32;
+
+    /// `query(handle, sql, sql_len, params, params_len, &rows, &err)`.
+    pub const QUERY: &[u8] = b"crm2fa_pg_query\0";
+    /// Signature of [`QUERY`].
+    pub type QueryFn = unsafe extern "C" fn(
+        *mut c_void,
+        *const u8,
+        usize,
+        *const u8,
+        usize,
+        *mut Buf,
+        *mut Buf,
+    ) -> i32;
+
+    /// `close(handle)`: ends the session.
+    pub const CLOSE: &[u8] = b"crm2fa_pg_close\0";
+    /// Signature of [`CLOSE`].
+    pub type CloseFn = unsafe extern "C" fn(*mut c_void);
+
+    /// `free(buf)`: gives back bytes the library handed out.
+    pub const FREE: &[u8] = b"crm2fa_pg_free\0";
+    /// Signature of [`FREE`].
+    pub type FreeFn = unsafe extern "C" fn(Buf);
 }
