@@ -1,0 +1,488 @@
+//! The PostgreSQL client behind `[store] url`: [`Connector`] implements
+//! [`PgConnect`] and the sessions it opens implement [`PgClient`], over
+//! rust-postgres (`tokio-postgres`) with TLS by rustls and ring (no OpenSSL).
+//!
+//! # Deadlines
+//!
+//! Each session drives `tokio-postgres` on its own single-threaded runtime,
+//! the way the blocking `postgres` crate does, but with a deadline around
+//! every wait, so that no server, network or firewall can hold a login:
+//!
+//! - Connecting (name lookup, TCP, TLS, authentication, session start) must
+//!   finish within [`PgTarget::connect_timeout`] as a whole, as libpq's
+//!   `connect_timeout` does. A host that drops packets, a port that accepts
+//!   a connection and never answers, a server stuck in authentication: all
+//!   fail when it expires. (The blocking `postgres` crate applies its
+//!   `connect_timeout` to the TCP connect only.)
+//! - Every later call (`batch`, `execute`, `query`) must be answered within
+//!   [`CALL_TIMEOUT`]. When it expires the session is closed (the server
+//!   sees the connection end and rolls back what the session had begun) and
+//!   every later call on it fails.
+//! - TCP keepalives, and `TCP_USER_TIMEOUT` set to the call deadline, make
+//!   the kernel notice a peer that is gone between calls.
+//!
+//! Nothing is set on the server side: no `options` startup parameter (some
+//! connection poolers refuse it) and no extra round trip. A bound on how
+//! long the server works on one statement is its own setting:
+//! `ALTER ROLE crm2fa SET statement_timeout = '5s'`.
+//!
+//! # Statements
+//!
+//! [`PgClient::execute`] and [`PgClient::query`] send the statement as the
+//! unnamed statement with its parameters in one round trip (nothing is
+//! prepared by name, which also suits a pooler in transaction mode). Each
+//! parameter's type is declared by its kind: [`Param::Int`] `bigint`,
+//! [`Param::Text`] `text`, [`Param::Bytes`] `bytea`, [`Param::Bool`]
+//! `boolean`, and [`Param::Null`] unknown (the server infers it from where
+//! `$n` stands). A `bigint` parameter fits an `INTEGER` or `SMALLINT`
+//! column: the server converts it on assignment and in comparisons, and
+//! refuses a value out of range (SQLSTATE `22003`). Where a function takes an
+//! `INTEGER`, cast the parameter (`$1::integer`).
+//!
+//! Columns are read by type: `SMALLINT`, `INTEGER`, `BIGINT` as
+//! [`Value::Int`]; `TEXT`, `VARCHAR`, `CHAR(n)`, `NAME` as [`Value::Text`];
+//! `BYTEA` as [`Value::Bytes`]; `BOOLEAN` as [`Value::Bool`]; NULL as
+//! [`Value::Null`]. A column of any other type is an error that names it.
+//!
+//! # TLS
+//!
+//! - `disable`: no TLS.
+//! - `require`: TLS, but the server's certificate is not checked (as in
+//!   libpq): the connection is encrypted against a passive eavesdropper,
+//!   not against someone in the middle.
+//! - `verify-full`: TLS, the certificate chain checked against the PEM
+//!   certificates in `ca_file` (required) and the name against `host`.
+//!
+//! # Errors
+//!
+//! A [`PgError`] carries the server's SQLSTATE when the server sent one
+//! (`28P01` for a wrong password, `40001`, `40P01`, `23505` …) and a message
+//! naming `host:port` for a failure of the connection. The password is never
+//! part of a message.
+use std::error::Error as _;
+use std::future::Future;
+use std::time::Duration;
+
+use crm2fa_common::store::pg::{Param, PgClient, PgConnect, PgError, PgTarget, SslMode, Value};
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+use tokio::time::error::Elapsed;
+use tokio::time::timeout;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls, Row, Socket};
+
+mod tls;
+
+/// How long the server may take to answer one call on an open session.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long closing a session may wait for the server to read its goodbye.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// TCP keepalive: first probe after this much silence …
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// … then one every …
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// … and the connection is dropped after this many unanswered.
+const KEEPALIVE_RETRIES: u32 = 3;
+
+/// Opens sessions with a PostgreSQL server: the [`PgConnect`] that
+/// `[store] url` uses.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Connector;
+
+impl Connector {
+    /// Like [`PgConnect::connect`], with `call_timeout` instead of
+    /// [`CALL_TIMEOUT`] as the deadline of each call on the session.
+    pub fn connect_with_call_timeout(
+        &self,
+        target: &PgTarget,
+        call_timeout: Duration,
+    ) -> Result<Box<dyn PgClient>, PgError> {
+        Ok(Box::new(Session::open(target, call_timeout)?))
+    }
+}
+
+impl PgConnect for Connector {
+    fn connect(&self, target: &PgTarget) -> Result<Box<dyn PgClient>, PgError> {
+        self.connect_with_call_timeout(target, CALL_TIMEOUT)
+    }
+}
+
+/// One open session: the runtime that drives it, the client half, and the
+/// task that runs the connection half.
+struct Session {
+    rt: Runtime,
+    /// `None` once the session is closed (after a call timed out).
+    client: Option<Client>,
+    connection: Option<JoinHandle<()>>,
+    /// `host:port`, for messages.
+    server: String,
+    call_timeout: Duration,
+}
+
+impl Session {
+    fn open(target: &PgTarget, call_timeout: Duration) -> Result<Session, PgError> {
+        let server = format!("{}:{}", target.host, target.port);
+        let fail = |message: String| PgError {
+            sqlstate: None,
+            message: format!("cannot connect to {server}: {message}"),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| fail(format!("cannot start the I/O runtime: {e}")))?;
+
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&target.host)
+            .port(target.port)
+            .user(&target.user)
+            .dbname(&target.dbname)
+            .application_name("crm2fa")
+            .connect_timeout(target.connect_timeout)
+            .tcp_user_timeout(call_timeout)
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(KEEPALIVE_INTERVAL)
+            .keepalives_retries(KEEPALIVE_RETRIES);
+        if let Some(password) = &target.password {
+            config.password(password.as_bytes());
+        }
+
+        let started = match target.sslmode {
+            SslMode::Disable => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                rt.block_on(start(&config, NoTls, target.connect_timeout))
+            }
+            SslMode::Require | SslMode::VerifyFull => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let tls =
+                    tls::connector(target.sslmode, target.ca_file.as_deref()).map_err(fail)?;
+                rt.block_on(start(&config, tls, target.connect_timeout))
+            }
+        };
+        drop(config);
+        match started {
+            Some(Ok((client, connection))) => Ok(Session {
+                rt,
+                client: Some(client),
+                connection: Some(connection),
+                server,
+                call_timeout,
+            }),
+            outcome => {
+                // A name lookup may still run on a blocking thread: leave it.
+                rt.shutdown_background();
+                Err(match outcome {
+                    Some(Err(e)) => {
+                        let e = convert(&e);
+                        PgError {
+                            sqlstate: e.sqlstate,
+                            message: format!("cannot connect to {server}: {}", e.message),
+                        }
+                    }
+                    _ => fail(format!(
+                        "no answer within {} (connect_timeout)",
+                        seconds(target.connect_timeout)
+                    )),
+                })
+            }
+        }
+    }
+
+    /// The client, taken out for one call (given back by [`Self::finish`]).
+    fn take_client(&mut self) -> Result<Client, PgError> {
+        self.client.take().ok_or_else(|| PgError {
+            sqlstate: None,
+            message: format!(
+                "the session with {} was closed after a call got no answer",
+                self.server
+            ),
+        })
+    }
+
+    /// The outcome of a call: gives the client back, or after a timeout
+    /// ends the connection (the server then rolls back what the session
+    /// had begun) and leaves the session closed.
+    fn finish<R>(
+        &mut self,
+        client: Client,
+        answer: Result<Result<R, tokio_postgres::Error>, Elapsed>,
+    ) -> Result<R, PgError> {
+        match answer {
+            Ok(result) => {
+                self.client = Some(client);
+                result.map_err(|e| {
+                    let mut e = convert(&e);
+                    if e.sqlstate.is_none() {
+                        e.message = format!("{}: {}", self.server, e.message);
+                    }
+                    e
+                })
+            }
+            Err(_elapsed) => {
+                drop(client);
+                if let Some(connection) = self.connection.take() {
+                    connection.abort();
+                    // Lets the runtime drop the aborted task, and with it
+                    // the socket.
+                    let _ = self.rt.block_on(connection);
+                }
+                Err(PgError {
+                    sqlstate: None,
+                    message: format!(
+                        "no answer from {} within {}; the session is closed",
+                        self.server,
+                        seconds(self.call_timeout)
+                    ),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Dropping the client ends the request channel: the connection task
+        // sends Terminate and finishes.
+        self.client = None;
+        if let Some(connection) = self.connection.take() {
+            let _ = within(&self.rt, CLOSE_TIMEOUT, connection);
+        }
+    }
+}
+
+impl PgClient for Session {
+    fn batch(&mut self, sql: &str) -> Result<(), PgError> {
+        let client = self.take_client()?;
+        let answer = within(&self.rt, self.call_timeout, client.batch_execute(sql));
+        self.finish(client, answer)
+    }
+
+    fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, PgError> {
+        let params = typed(params);
+        let client = self.take_client()?;
+        let answer = within(
+            &self.rt,
+            self.call_timeout,
+            client.execute_typed(sql, &params),
+        );
+        self.finish(client, answer)
+    }
+
+    fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Value>>, PgError> {
+        let params = typed(params);
+        let client = self.take_client()?;
+        let answer = within(
+            &self.rt,
+            self.call_timeout,
+            client.query_typed(sql, &params),
+        );
+        self.finish(client, answer)?.iter().map(values).collect()
+    }
+}
+
+/// Runs `f` on `rt` until it is done or `deadline` has passed.
+fn within<F: Future>(rt: &Runtime, deadline: Duration, f: F) -> Result<F::Output, Elapsed> {
+    // The timer must be made inside the runtime.
+    rt.block_on(async { timeout(deadline, f).await })
+}
+
+/// Connects within `deadline` and starts the connection task; `None` when
+/// the deadline passed.
+async fn start<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+    deadline: Duration,
+) -> Option<Result<(Client, JoinHandle<()>), tokio_postgres::Error>>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let connected = timeout(deadline, config.connect(tls)).await.ok()?;
+    Some(connected.map(|(client, connection)| {
+        // Its error (the server went away) reaches the client's next call
+        // as "connection closed"; notices are logged by tokio-postgres.
+        let task = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        (client, task)
+    }))
+}
+
+/// SQL NULL, for a parameter of any type.
+#[derive(Debug)]
+struct Null;
+
+impl ToSql for Null {
+    fn to_sql(
+        &self,
+        _: &Type,
+        _: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(tokio_postgres::types::IsNull::Yes)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// Each parameter with the type it is declared as.
+fn typed<'p>(params: &'p [Param<'_>]) -> Vec<(&'p (dyn ToSql + Sync), Type)> {
+    params
+        .iter()
+        .map(|param| -> (&(dyn ToSql + Sync), Type) {
+            match param {
+                Param::Null => (&Null, Type::UNKNOWN),
+                Param::Int(v) => (v, Type::INT8),
+                Param::Text(v) => (v, Type::TEXT),
+                Param::Bytes(v) => (v, Type::BYTEA),
+                Param::Bool(v) => (v, Type::BOOL),
+            }
+        })
+        .collect()
+}
+
+/// A row as values, by the type of each column.
+fn values(row: &Row) -> Result<Vec<Value>, PgError> {
+    (0..row.len())
+        .map(|i| {
+            let ty = row.columns()[i].type_();
+            let value = match *ty {
+                Type::INT2 => row
+                    .try_get::<_, Option<i16>>(i)
+                    .map(|v| v.map(|v| Value::Int(v.into()))),
+                Type::INT4 => row
+                    .try_get::<_, Option<i32>>(i)
+                    .map(|v| v.map(|v| Value::Int(v.into()))),
+                Type::INT8 => row.try_get::<_, Option<i64>>(i).map(|v| v.map(Value::Int)),
+                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => row
+                    .try_get::<_, Option<String>>(i)
+                    .map(|v| v.map(Value::Text)),
+                Type::BYTEA => row
+                    .try_get::<_, Option<Vec<u8>>>(i)
+                    .map(|v| v.map(Value::Bytes)),
+                Type::BOOL => row
+                    .try_get::<_, Option<bool>>(i)
+                    .map(|v| v.map(Value::Bool)),
+                _ => {
+                    return Err(PgError {
+                        sqlstate: None,
+                        message: format!(
+                            "column {} ({}) is of type {}, which crm2fa does not read",
+                            i + 1,
+                            row.columns()[i].name(),
+                            ty.name()
+                        ),
+                    })
+                }
+            };
+            value.map(|v| v.unwrap_or(Value::Null)).map_err(|e| {
+                let e = convert(&e);
+                PgError {
+                    sqlstate: None,
+                    message: format!(
+                        "column {} ({}): {}",
+                        i + 1,
+                        row.columns()[i].name(),
+                        e.message
+                    ),
+                }
+            })
+        })
+        .collect()
+}
+
+/// The server's SQLSTATE and message, or what went wrong on this side with
+/// its causes.
+fn convert(e: &tokio_postgres::Error) -> PgError {
+    if let Some(db) = e.as_db_error() {
+        let mut message = db.message().to_owned();
+        if let Some(detail) = db.detail() {
+            message.push_str(" (");
+            message.push_str(detail);
+            message.push(')');
+        }
+        return PgError {
+            sqlstate: Some(db.code().code().to_owned()),
+            message,
+        };
+    }
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = c.source();
+    }
+    PgError {
+        sqlstate: None,
+        message,
+    }
+}
+
+/// `3s`, `1.5s`, `250ms`.
+fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.as_secs() == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_in_the_config() {
+        assert_eq!(seconds(Duration::from_secs(3)), "3s");
+        assert_eq!(seconds(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(seconds(Duration::from_millis(250)), "250ms");
+    }
+
+    #[test]
+    fn every_param_kind_has_a_declared_type() {
+        let params = [
+            Param::Null,
+            Param::Int(1),
+            Param::Text("a"),
+            Param::Bytes(b"a"),
+            Param::Bool(true),
+        ];
+        let types: Vec<Type> = typed(&params).into_iter().map(|(_, t)| t).collect();
+        assert_eq!(
+            types,
+            [
+                Type::UNKNOWN,
+                Type::INT8,
+                Type::TEXT,
+                Type::BYTEA,
+                Type::BOOL
+            ]
+        );
+    }
+
+    #[test]
+    fn null_fits_any_type_and_writes_null() {
+        let mut buf = bytes::BytesMut::new();
+        for ty in [Type::INT4, Type::TEXT, Type::TIMESTAMPTZ, Type::UNKNOWN] {
+            assert!(matches!(
+                Null.to_sql_checked(&ty, &mut buf),
+                Ok(tokio_postgres::types::IsNull::Yes)
+            ));
+        }
+        assert!(buf.is_empty());
+    }
+}

@@ -1,0 +1,502 @@
+//! The client against a real PostgreSQL server: values both ways, SQLSTATEs,
+//! timeouts, TLS.
+mod server;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::{Barrier, OnceLock};
+use std::time::{Duration, Instant};
+
+use crm2fa_common::store::pg::{Param, PgClient, PgConnect, PgError, PgTarget, SslMode, Value};
+use crm2fa_pg::Connector;
+use server::{Server, PASSWORD};
+use zeroize::Zeroizing;
+
+/// The server without TLS, shared by the tests of this file.
+fn plain() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| Server::start(false))
+}
+
+/// The server with TLS (`ssl = on`, a certificate for `localhost`).
+fn with_tls() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| Server::start(true))
+}
+
+fn connect(target: &PgTarget) -> Box<dyn PgClient> {
+    Connector
+        .connect(target)
+        .unwrap_or_else(|e| panic!("connect {target:?}: {e}"))
+}
+
+fn error(result: Result<Box<dyn PgClient>, PgError>) -> PgError {
+    match result {
+        Ok(_) => panic!("connected where it should not"),
+        Err(e) => e,
+    }
+}
+
+fn assert_no_password(e: &PgError) {
+    assert!(!e.message.contains(PASSWORD), "{e}");
+    assert!(!e.to_string().contains(PASSWORD), "{e}");
+    assert!(!format!("{e:?}").contains(PASSWORD), "{e:?}");
+}
+
+#[test]
+fn every_param_kind_goes_in_and_every_value_kind_comes_back() {
+    let mut db = connect(&plain().target(SslMode::Disable));
+    db.batch(
+        "CREATE TABLE kinds (id BIGINT PRIMARY KEY, small SMALLINT, int INTEGER, big BIGINT,
+                             txt TEXT, vc VARCHAR(20), ch CHAR(3), bin BYTEA, flag BOOLEAN);
+         CREATE INDEX kinds_int ON kinds(int)",
+    )
+    .unwrap();
+    let insert = "INSERT INTO kinds (id, small, int, big, txt, vc, ch, bin, flag)
+                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    let all = [
+        Param::Int(1),
+        Param::Int(-7),
+        Param::Int(-42),
+        Param::Int(i64::MAX),
+        Param::Text("héllo ✓ 'quoted'"),
+        Param::Text("v"),
+        Param::Text("ab"),
+        Param::Bytes(&[0, 1, 0xff, b'\\']),
+        Param::Bool(true),
+    ];
+    assert_eq!(db.execute(insert, &all).unwrap(), 1);
+    let mut nulls = [Param::Null; 9];
+    nulls[0] = Param::Int(2);
+    assert_eq!(db.execute(insert, &nulls).unwrap(), 1);
+    let mut some = [Param::Null; 9];
+    some[0] = Param::Int(3);
+    some[2] = Param::Int(i32::MAX.into());
+    some[7] = Param::Bytes(b"");
+    some[8] = Param::Bool(false);
+    some[4] = Param::Text("");
+    assert_eq!(db.execute(insert, &some).unwrap(), 1);
+
+    let rows = db
+        .query(
+            "SELECT id, small, int, big, txt, vc, ch, bin, flag FROM kinds ORDER BY id",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            vec![
+                Value::Int(1),
+                Value::Int(-7),
+                Value::Int(-42),
+                Value::Int(i64::MAX),
+                Value::Text("héllo ✓ 'quoted'".into()),
+                Value::Text("v".into()),
+                Value::Text("ab ".into()),
+                Value::Bytes(vec![0, 1, 0xff, b'\\']),
+                Value::Bool(true),
+            ],
+            [vec![Value::Int(2)], vec![Value::Null; 8]].concat(),
+            vec![
+                Value::Int(3),
+                Value::Null,
+                Value::Int(i32::MAX.into()),
+                Value::Null,
+                Value::Text(String::new()),
+                Value::Null,
+                Value::Null,
+                Value::Bytes(vec![]),
+                Value::Bool(false),
+            ],
+        ]
+    );
+
+    // An Int compared with INTEGER and SMALLINT columns.
+    let ids = |db: &mut Box<dyn PgClient>, sql: &str, params: &[Param<'_>]| {
+        db.query(sql, params)
+            .unwrap()
+            .into_iter()
+            .map(|row| row[0].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(
+            &mut db,
+            "SELECT id FROM kinds WHERE int = $1",
+            &[Param::Int(-42)]
+        ),
+        [Value::Int(1)]
+    );
+    assert_eq!(
+        ids(
+            &mut db,
+            "SELECT id FROM kinds WHERE small = $1",
+            &[Param::Int(-7)]
+        ),
+        [Value::Int(1)]
+    );
+    // Text, Bytes and Bool in WHERE; a NULL parameter whose type the
+    // server infers.
+    assert_eq!(
+        ids(
+            &mut db,
+            "SELECT id FROM kinds WHERE txt = $1 AND bin = $2 AND flag = $3",
+            &[
+                Param::Text("héllo ✓ 'quoted'"),
+                Param::Bytes(&[0, 1, 0xff, b'\\']),
+                Param::Bool(true)
+            ]
+        ),
+        [Value::Int(1)]
+    );
+    assert_eq!(
+        ids(
+            &mut db,
+            "SELECT id FROM kinds WHERE ($1::text IS NULL OR txt = $1) ORDER BY id",
+            &[Param::Null]
+        ),
+        [Value::Int(1), Value::Int(2), Value::Int(3)]
+    );
+    assert!(db
+        .query("SELECT id FROM kinds WHERE id = $1", &[Param::Int(99)])
+        .unwrap()
+        .is_empty());
+
+    // Values computed by the server, and a NAME.
+    assert_eq!(
+        db.query(
+            "SELECT $1::bigint, $2 || 'x', current_user, 1::smallint, 2::integer, NULL::text",
+            &[Param::Null, Param::Text("a")]
+        )
+        .unwrap(),
+        [[
+            Value::Null,
+            Value::Text("ax".into()),
+            Value::Text("crm2fa".into()),
+            Value::Int(1),
+            Value::Int(2),
+            Value::Null
+        ]]
+    );
+
+    // Rows changed; a NULL assigned to a column of each type.
+    assert_eq!(
+        db.execute(
+            "UPDATE kinds SET small = $1, int = $2, big = $3, txt = $4, bin = $5, flag = $6
+             WHERE id >= $7",
+            &[
+                Param::Null,
+                Param::Null,
+                Param::Null,
+                Param::Null,
+                Param::Null,
+                Param::Null,
+                Param::Int(2)
+            ]
+        )
+        .unwrap(),
+        2
+    );
+    assert_eq!(
+        db.execute("DELETE FROM kinds WHERE id = $1", &[Param::Int(99)])
+            .unwrap(),
+        0
+    );
+
+    // An Int out of the range of an INTEGER column: the server says so.
+    let e = db
+        .execute(
+            "UPDATE kinds SET int = $1 WHERE id = 1",
+            &[Param::Int(i64::from(i32::MAX) + 1)],
+        )
+        .unwrap_err();
+    assert_eq!(e.sqlstate.as_deref(), Some("22003"), "{e}");
+    // The session is still usable after an error; a transaction by batch.
+    db.batch("BEGIN; UPDATE kinds SET int = 5 WHERE id = 1; COMMIT")
+        .unwrap();
+    assert_eq!(
+        ids(&mut db, "SELECT int FROM kinds WHERE id = 1", &[]),
+        [Value::Int(5)]
+    );
+    db.batch("DROP TABLE kinds").unwrap();
+}
+
+#[test]
+fn a_column_of_another_type_is_an_error_that_names_it() {
+    let mut db = connect(&plain().target(SslMode::Disable));
+    let e = db.query("SELECT 1, now() AS stamp", &[]).unwrap_err();
+    assert_eq!(e.sqlstate, None);
+    assert!(
+        e.message.contains("stamp") && e.message.contains("timestamptz"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_wrong_password_is_28p01_without_the_password() {
+    let server = plain();
+    let mut target = server.target(SslMode::Disable);
+    target.password = Some(Zeroizing::new("Wrong-Pass-ZZ9".to_owned()));
+    let e = error(Connector.connect(&target));
+    assert_eq!(e.sqlstate.as_deref(), Some("28P01"), "{e}");
+    assert!(
+        e.message.contains(&format!("127.0.0.1:{}", server.port)),
+        "{e}"
+    );
+    assert!(e.message.contains("password authentication failed"), "{e}");
+    assert!(!e.message.contains("Wrong-Pass-ZZ9"), "{e}");
+    assert_no_password(&e);
+
+    target.password = None;
+    let e = error(Connector.connect(&target));
+    assert!(e.message.contains("password"), "{e}");
+}
+
+#[test]
+fn a_refused_port_fails_at_once_naming_it() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut target = plain().target(SslMode::Disable);
+    target.port = port;
+    target.connect_timeout = Duration::from_secs(2);
+    let started = Instant::now();
+    let e = error(Connector.connect(&target));
+    assert!(started.elapsed() < Duration::from_secs(2), "{e}");
+    assert_eq!(e.sqlstate, None);
+    assert!(e.message.contains(&format!("127.0.0.1:{port}")), "{e}");
+    assert!(e.message.to_lowercase().contains("refused"), "{e}");
+    assert_no_password(&e);
+}
+
+#[test]
+fn a_server_that_never_answers_fails_within_connect_timeout() {
+    // Accepted by the kernel, never read: TCP connects, nothing answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    for sslmode in [SslMode::Disable, SslMode::Require] {
+        let mut target = plain().target(sslmode);
+        target.port = port;
+        target.connect_timeout = Duration::from_secs(1);
+        let started = Instant::now();
+        let e = error(Connector.connect(&target));
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(900), "{took:?} {e}");
+        assert!(took < Duration::from_secs(3), "{sslmode:?} took {took:?}");
+        assert_eq!(e.sqlstate, None);
+        assert!(e.message.contains(&format!("127.0.0.1:{port}")), "{e}");
+        assert!(e.message.contains("connect_timeout"), "{e}");
+    }
+    drop(silent);
+}
+
+#[test]
+fn a_call_without_an_answer_closes_the_session() {
+    let mut db = Connector
+        .connect_with_call_timeout(
+            &plain().target(SslMode::Disable),
+            Duration::from_millis(500),
+        )
+        .unwrap();
+    assert_eq!(db.query("SELECT 1", &[]).unwrap(), [[Value::Int(1)]]);
+    let started = Instant::now();
+    let e = db.query("SELECT pg_sleep(10)", &[]).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "{e}");
+    assert_eq!(e.sqlstate, None);
+    assert!(e.message.contains("no answer"), "{e}");
+    let e = db.batch("SELECT 1").unwrap_err();
+    assert!(e.message.contains("closed"), "{e}");
+}
+
+#[test]
+fn a_session_ended_by_the_server_says_so() {
+    let server = plain();
+    let mut db = connect(&server.target(SslMode::Disable));
+    let pid = db.query("SELECT pg_backend_pid()", &[]).unwrap()[0][0].clone();
+    let Value::Int(pid) = pid else {
+        panic!("{pid:?}")
+    };
+    let mut admin = connect(&server.target(SslMode::Disable));
+    admin
+        .query(
+            "SELECT pg_terminate_backend($1::integer)",
+            &[Param::Int(pid)],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // The server's last word, then the connection is gone.
+    let e = db.query("SELECT 1", &[]).unwrap_err();
+    assert_eq!(e.sqlstate.as_deref(), Some("57P01"), "{e}");
+    let e = db.query("SELECT 1", &[]).unwrap_err();
+    assert_eq!(e.sqlstate, None);
+    assert!(
+        e.message.contains(&format!("127.0.0.1:{}", server.port)),
+        "{e}"
+    );
+    assert!(e.message.contains("closed"), "{e}");
+}
+
+#[test]
+fn sqlstates_come_through() {
+    let mut db = connect(&plain().target(SslMode::Disable));
+    db.batch("CREATE TABLE uniq (name TEXT PRIMARY KEY)")
+        .unwrap();
+    db.execute("INSERT INTO uniq VALUES ($1)", &[Param::Text("a")])
+        .unwrap();
+    let e = db
+        .execute("INSERT INTO uniq VALUES ($1)", &[Param::Text("a")])
+        .unwrap_err();
+    assert_eq!(e.sqlstate.as_deref(), Some("23505"), "{e}");
+    assert!(e.to_string().contains("SQLSTATE 23505"), "{e}");
+
+    let e = db.query("SELECT * FROM no_such_table", &[]).unwrap_err();
+    assert_eq!(e.sqlstate.as_deref(), Some("42P01"), "{e}");
+    let e = db.batch("SELEKT 1").unwrap_err();
+    assert_eq!(e.sqlstate.as_deref(), Some("42601"), "{e}");
+
+    let mut outsider = plain().target(SslMode::Disable);
+    outsider.user = "outsider".to_owned();
+    let mut other = connect(&outsider);
+    let e = other.query("SELECT name FROM uniq", &[]).unwrap_err();
+    assert_eq!(e.sqlstate.as_deref(), Some("42501"), "{e}");
+    assert_no_password(&e);
+    db.batch("DROP TABLE uniq").unwrap();
+}
+
+#[test]
+fn concurrent_updates_are_40001_in_repeatable_read() {
+    let target = plain().target(SslMode::Disable);
+    let mut a = connect(&target);
+    let mut b = connect(&target);
+    a.batch("CREATE TABLE counter (id INTEGER PRIMARY KEY, n BIGINT NOT NULL)")
+        .unwrap();
+    a.execute(
+        "INSERT INTO counter VALUES ($1, $2)",
+        &[Param::Int(1), Param::Int(0)],
+    )
+    .unwrap();
+    a.batch("BEGIN ISOLATION LEVEL REPEATABLE READ").unwrap();
+    a.query("SELECT n FROM counter WHERE id = $1", &[Param::Int(1)])
+        .unwrap();
+    b.execute(
+        "UPDATE counter SET n = n + 1 WHERE id = $1",
+        &[Param::Int(1)],
+    )
+    .unwrap();
+    let e = a
+        .execute(
+            "UPDATE counter SET n = n + 1 WHERE id = $1",
+            &[Param::Int(1)],
+        )
+        .unwrap_err();
+    assert_eq!(e.sqlstate.as_deref(), Some("40001"), "{e}");
+    a.batch("ROLLBACK").unwrap();
+    a.batch("DROP TABLE counter").unwrap();
+}
+
+#[test]
+fn a_deadlock_is_40p01() {
+    let target = plain().target(SslMode::Disable);
+    let mut setup = connect(&target);
+    setup
+        .batch("CREATE TABLE locks (id BIGINT PRIMARY KEY); INSERT INTO locks VALUES (1), (2)")
+        .unwrap();
+    let barrier = Barrier::new(2);
+    let run = |first: i64, second: i64| {
+        let mut db = connect(&target);
+        db.batch("BEGIN").unwrap();
+        db.execute(
+            "UPDATE locks SET id = id WHERE id = $1",
+            &[Param::Int(first)],
+        )
+        .unwrap();
+        barrier.wait();
+        let outcome = db.execute(
+            "UPDATE locks SET id = id WHERE id = $1",
+            &[Param::Int(second)],
+        );
+        db.batch("ROLLBACK").unwrap();
+        outcome.err().and_then(|e| e.sqlstate)
+    };
+    let errors: Vec<Option<String>> = std::thread::scope(|s| {
+        let run = &run;
+        let one = s.spawn(move || run(1, 2));
+        let two = s.spawn(move || run(2, 1));
+        vec![one.join().unwrap(), two.join().unwrap()]
+    });
+    assert!(errors.contains(&Some("40P01".to_owned())), "{errors:?}");
+    setup.batch("DROP TABLE locks").unwrap();
+}
+
+#[test]
+fn require_against_a_server_without_tls_is_refused_clearly() {
+    let e = error(Connector.connect(&plain().target(SslMode::Require)));
+    assert_eq!(e.sqlstate, None);
+    assert!(e.message.contains("TLS"), "{e}");
+    assert!(e.message.contains("does not support TLS"), "{e}");
+}
+
+fn uses_tls(db: &mut Box<dyn PgClient>) -> bool {
+    let rows = db
+        .query(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .unwrap();
+    rows == [[Value::Bool(true)]]
+}
+
+#[test]
+fn require_encrypts_without_checking_the_certificate() {
+    // 127.0.0.1 is not a name in the certificate, and its CA is not given.
+    let mut db = connect(&with_tls().target(SslMode::Require));
+    assert!(uses_tls(&mut db));
+    let mut db = connect(&with_tls().target(SslMode::Disable));
+    assert!(!uses_tls(&mut db));
+}
+
+#[test]
+fn verify_full_checks_the_ca_and_the_name() {
+    let server = with_tls();
+    let mut target = server.target(SslMode::VerifyFull);
+    target.host = "localhost".to_owned();
+    target.ca_file = Some(server.dir.join("ca.crt"));
+    let mut db = connect(&target);
+    assert!(uses_tls(&mut db));
+
+    // The right CA, but a name the certificate is not for.
+    let mut by_address = target.clone();
+    by_address.host = "127.0.0.1".to_owned();
+    let e = error(Connector.connect(&by_address));
+    assert_eq!(e.sqlstate, None);
+    assert!(
+        e.message.contains("TLS") && e.message.contains("certificate"),
+        "{e}"
+    );
+    assert!(e.message.contains("127.0.0.1"), "{e}");
+
+    // Another CA.
+    let mut other_ca = target.clone();
+    other_ca.ca_file = Some(server.dir.join("other-ca.crt"));
+    let e = error(Connector.connect(&other_ca));
+    assert!(e.message.contains("certificate"), "{e}");
+    assert!(e.message.contains("UnknownIssuer"), "{e}");
+    assert_no_password(&e);
+
+    // No ca_file, a missing one, one without a certificate.
+    let mut none = target.clone();
+    none.ca_file = None;
+    let e = error(Connector.connect(&none));
+    assert!(e.message.contains("ca_file"), "{e}");
+    let mut missing = target.clone();
+    missing.ca_file = Some(PathBuf::from("/nonexistent/ca.pem"));
+    let e = error(Connector.connect(&missing));
+    assert!(e.message.contains("/nonexistent/ca.pem"), "{e}");
+    let mut empty = target.clone();
+    empty.ca_file = Some(server.dir.join("server.ext"));
+    let e = error(Connector.connect(&empty));
+    assert!(e.message.contains("no certificate"), "{e}");
+}
