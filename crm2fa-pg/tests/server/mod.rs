@@ -279,6 +279,25 @@ impl Server {
         }
     }
 
+    /// Create database `name`, owned by `crm2fa`.
+    #[allow(dead_code)]
+    pub(crate) fn create_db(&self, name: &str) {
+        let mut psql = Command::new(bindir().join("psql"));
+        psql.arg("-h")
+            .arg(&self.dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+            .args(["-c", &format!("CREATE DATABASE {name} OWNER crm2fa")]);
+        run(psql);
+    }
+
     /// Logging in to database `crm2fa` as `crm2fa` on 127.0.0.1, with a
     /// connect timeout of 5 s.
     pub(crate) fn target(&self, sslmode: SslMode) -> PgTarget {
