@@ -72,6 +72,7 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row, Socket};
 
+pub mod abi;
 mod tls;
 
 /// How long the server may take to answer one call on an open session.

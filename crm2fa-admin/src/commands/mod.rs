@@ -72,7 +72,7 @@ pub(crate) struct Ctx {
 impl Ctx {
     fn open(config: Option<&Path>, json: bool, yes: bool, out: Output) -> Result<Ctx, CliError> {
         let cfg = Config::load(&config::resolve_path(config))?;
-        let store = store::open(&cfg.store, None)?;
+        let store = store::open(&cfg.store, Some(&crm2fa_pg::Connector))?;
         Ok(Ctx {
             cfg,
             store,

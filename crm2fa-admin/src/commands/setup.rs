@@ -17,7 +17,8 @@ use crate::output::Text;
 struct InitReport {
     config: PathBuf,
     key_file: PathBuf,
-    store: PathBuf,
+    /// The SQLite file, or the PostgreSQL address (no password).
+    store: String,
     changes: Vec<String>,
 }
 
@@ -61,18 +62,33 @@ pub(super) fn init(config: Option<&Path>) -> Result<Done, CliError> {
             cfg.store.key_file.display()
         ));
     }
-    let existed = cfg.store.path.exists();
-    store::create(&cfg.store, None)?;
-    if !existed {
-        changes.push(format!(
-            "created the store {} (0600)",
-            cfg.store.path.display()
-        ));
-    }
+    let store = match &cfg.store.postgres {
+        Some(pg) => {
+            // Creates the schema, or brings it up to date: idempotent.
+            store::create(&cfg.store, Some(&crm2fa_pg::Connector))?;
+            changes.push(format!(
+                "the PostgreSQL store {} has the current schema (the hosts' role needs only \
+                 row rights: see README, PostgreSQL store)",
+                pg.location()
+            ));
+            pg.location()
+        }
+        None => {
+            let existed = cfg.store.path.exists();
+            store::create(&cfg.store, None)?;
+            if !existed {
+                changes.push(format!(
+                    "created the store {} (0600)",
+                    cfg.store.path.display()
+                ));
+            }
+            cfg.store.path.display().to_string()
+        }
+    };
     Done::ok(InitReport {
         config: path,
         key_file: cfg.store.key_file,
-        store: cfg.store.path,
+        store,
         changes,
     })
 }
@@ -99,7 +115,7 @@ impl Text for DoctorReport {
 
 /// Check what a login depends on; exit 1 when anything is wrong.
 pub(super) fn doctor(config: Option<&Path>) -> Result<Done, CliError> {
-    let checks = doctor::run(&config::resolve_path(config), None);
+    let checks = doctor::run(&config::resolve_path(config), Some(&crm2fa_pg::Connector));
     let ok = checks.iter().all(|c| c.ok);
     let status = if ok {
         Status::Success
