@@ -1,0 +1,226 @@
+//! A fleet: three hosts (three sandboxes, each its own PAM service and
+//! config) sharing one PostgreSQL store and one host key, logging in through
+//! real libpam. The module loads the PostgreSQL client library only because
+//! the config has a url; it logs in as a role that may only read and write
+//! rows, while `init` ran as the database's owner.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crm2fa_tests::pg::{unique_name, PgServer};
+use crm2fa_tests::*;
+
+const PW: &str = "correct horse";
+const OWNER_PW: &str = "owner-Secret-1";
+const HOST_PW: &str = "host-Secret-2";
+
+/// The client library the module loads.
+fn client_library() -> PathBuf {
+    let p = artifact_dir().join("libcrm2fa_pg.so");
+    assert!(
+        p.is_file(),
+        "{} is missing: cargo build --workspace",
+        p.display()
+    );
+    p
+}
+
+struct Fleet {
+    hosts: Vec<Sandbox>,
+}
+
+/// The `[store]` section for `url`, with the password in `pw_file`.
+fn store_section(url: &str, pw_file: &PathBuf, key: &PathBuf, timeout: &str) -> String {
+    format!(
+        "[store]\nurl = \"{url}\"\npassword_file = \"{}\"\nkey_file = \"{}\"\n\
+         client_library = \"{}\"\nconnect_timeout = \"{timeout}\"\n",
+        pw_file.display(),
+        key.display(),
+        client_library().display()
+    )
+}
+
+/// Three hosts on `pg`, the schema made by the owner role with `init` on
+/// the first, the hosts' configs using a role with row rights only, the
+/// config `sections` after `[store]`; `users` known to every host.
+fn fleet_on(pg: &PgServer, sections: &str, users: &[&str], timeout: &str) -> Fleet {
+    let db = unique_name("fleet");
+    let owner = unique_name("owner");
+    let host_role = unique_name("host");
+    let owner_url = pg.create_role_and_db(&owner, OWNER_PW, &db);
+    let host_url = pg.grant_rw_role(&host_role, HOST_PW, &db);
+    let hosts: Vec<Sandbox> = (0..3).map(|_| Sandbox::bare()).collect();
+    let first = &hosts[0];
+    let key = first.key_path();
+    // The administrator's config: the owner role, for `init` only.
+    let owner_pw = first.root().join("owner.password");
+    write_file(&owner_pw, &format!("{OWNER_PW}\n"), 0o600);
+    let admin_cfg = first.root().join("admin.toml");
+    write_file(
+        &admin_cfg,
+        &store_section(&owner_url, &owner_pw, &key, timeout),
+        0o600,
+    );
+    let mut init = std::process::Command::new(admin_path());
+    init.arg("--config").arg(&admin_cfg).arg("init");
+    let out = run_command(init, "crm2fa-admin init as the owner role");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("has the current schema"),
+        "{}",
+        show_output(&out)
+    );
+    let key_bytes = std::fs::read(&key).expect("the key init made");
+    for h in &hosts {
+        if h.key_path() != key {
+            write_bytes(&h.key_path(), &key_bytes, 0o600);
+        }
+        let pw = h.root().join("host.password");
+        write_file(&pw, &format!("{HOST_PW}\n"), 0o600);
+        let text = format!(
+            "{}\n{sections}",
+            store_section(&host_url, &pw, &h.key_path(), timeout)
+        );
+        h.write_config(&text);
+        h.set_stack(&h.default_stack());
+        for u in users {
+            h.add_user(u, PW);
+        }
+    }
+    Fleet { hosts }
+}
+
+fn fleet(sections: &str, users: &[&str]) -> Fleet {
+    fleet_on(PgServer::shared(), sections, users, "3s")
+}
+
+#[test]
+fn a_code_used_on_one_host_is_refused_on_the_others() {
+    let f = fleet("[policy]\nenforce = \"all\"\nprompts = 1\n", &["alice"]);
+    let e = f.hosts[0].enroll_active("alice");
+    wait_for_step_margin(Duration::from_secs(5));
+    let code = totp(&e.secret, 0);
+    f.hosts[1].login("alice", &[PW, &code]).assert_success();
+    for h in [&f.hosts[0], &f.hosts[2]] {
+        let r = h.login("alice", &[PW, &code]);
+        r.assert_denied();
+        assert_eq!(r.invalid_code_messages(), 1, "{r}");
+    }
+    // A backup code likewise, and the audit says which host wrote what.
+    f.hosts[2]
+        .login("alice", &[PW, &e.backup_codes[0]])
+        .assert_success();
+    f.hosts[0]
+        .login("alice", &[PW, &e.backup_codes[0]])
+        .assert_denied();
+    let audit = f.hosts[1].audit("alice");
+    assert!(
+        audit.iter().all(|a| a["host"].as_str().is_some()),
+        "{audit:?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .filter(|a| a["event"] == "login" && a["outcome"] == "success")
+            .count()
+            == 2,
+        "{audit:?}"
+    );
+}
+
+#[test]
+fn twenty_parallel_logins_with_one_code_over_three_hosts_let_exactly_one_in() {
+    let f = fleet("[policy]\nenforce = \"all\"\nprompts = 1\n", &["bob"]);
+    let e = f.hosts[0].enroll_active("bob");
+    wait_for_step_margin(Duration::from_secs(10));
+    let code = totp(&e.secret, 0);
+    let mut pending: Vec<PendingLogin> = (0..20)
+        .map(|i| f.hosts[i % 3].spawn_login("bob", &[PW, &code]))
+        .collect();
+    for p in &mut pending {
+        p.wait_for("Password:", Duration::from_secs(30));
+    }
+    for p in &mut pending {
+        p.send_answers();
+    }
+    let results: Vec<LoginResult> = pending.into_iter().map(PendingLogin::finish).collect();
+    assert_eq!(successes(&results), 1, "{}", transcripts(&results));
+}
+
+#[test]
+fn ten_users_in_parallel_over_three_hosts_all_get_in() {
+    let users: Vec<String> = (0..10).map(|i| format!("user{i}")).collect();
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    let f = fleet("[policy]\nenforce = \"all\"\n", &names);
+    let enrolled: Vec<Enrolled> = names.iter().map(|u| f.hosts[0].enroll_active(u)).collect();
+    let mut pending: Vec<PendingLogin> = enrolled
+        .iter()
+        .enumerate()
+        .map(|(i, e)| f.hosts[i % 3].spawn_login(&e.user, &[PW, &e.backup_codes[0]]))
+        .collect();
+    for p in &mut pending {
+        p.wait_for("Password:", Duration::from_secs(30));
+    }
+    for p in &mut pending {
+        p.send_answers();
+    }
+    let results: Vec<LoginResult> = pending.into_iter().map(PendingLogin::finish).collect();
+    assert_eq!(successes(&results), 10, "{}", transcripts(&results));
+}
+
+#[test]
+fn failures_on_different_hosts_add_up_to_one_lock() {
+    let f = fleet(
+        "[policy]\nenforce = \"all\"\nprompts = 1\n[lockout]\nmax_failures = 3\n",
+        &["carol"],
+    );
+    let e = f.hosts[0].enroll_active("carol");
+    let wrong = wrong_code(&e.secret);
+    for h in &f.hosts {
+        h.login("carol", &[PW, &wrong]).assert_denied();
+    }
+    let st = f.hosts[1].status("carol");
+    assert_eq!(st["locked"], true, "{st}");
+    // Locked everywhere: even a right code is not checked.
+    let r = f.hosts[2].login("carol", &[PW, &e.backup_codes[0]]);
+    r.assert_denied();
+    assert!(r.output.contains("locked"), "{r}");
+    f.hosts[0].admin_ok(&["unlock", "carol"]);
+    f.hosts[2]
+        .login("carol", &[PW, &e.backup_codes[0]])
+        .assert_success();
+}
+
+#[test]
+fn a_server_that_is_down_denies_within_the_connect_timeout() {
+    let pg = PgServer::start();
+    let f = fleet_on(
+        &pg,
+        "[policy]\nenforce = \"all\"\nfailmode = \"secure\"\n",
+        &["dave"],
+        "2s",
+    );
+    let e = f.hosts[0].enroll_active("dave");
+    f.hosts[1]
+        .login("dave", &[PW, &e.backup_codes[0]])
+        .assert_success();
+    // Stopped: refused at once. Hung (accepts, never answers): the timeout.
+    pg.kill();
+    let r = f.hosts[1].login("dave", &[PW, &e.backup_codes[1]]);
+    r.assert_denied();
+    assert_eq!(r.prompts_seen, 0, "no code is asked: {r}");
+    pg.restart();
+    pg.suspend();
+    let started = Instant::now();
+    let r = f.hosts[2].login("dave", &[PW, &e.backup_codes[1]]);
+    let took = started.elapsed();
+    pg.resume();
+    r.assert_denied();
+    assert!(
+        took < Duration::from_secs(8),
+        "a login waited {took:?} for a server that does not answer: {r}"
+    );
+    // Back: the same code works.
+    f.hosts[0]
+        .login("dave", &[PW, &e.backup_codes[1]])
+        .assert_success();
+}
