@@ -4,7 +4,7 @@
 //! the config has a url; it logs in as a role that may only read and write
 //! rows, while `init` ran as the database's owner.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crm2fa_tests::pg::{unique_name, PgServer};
@@ -30,7 +30,7 @@ struct Fleet {
 }
 
 /// The `[store]` section for `url`, with the password in `pw_file`.
-fn store_section(url: &str, pw_file: &PathBuf, key: &PathBuf, timeout: &str) -> String {
+fn store_section(url: &str, pw_file: &Path, key: &Path, timeout: &str) -> String {
     format!(
         "[store]\nurl = \"{url}\"\npassword_file = \"{}\"\nkey_file = \"{}\"\n\
          client_library = \"{}\"\nconnect_timeout = \"{timeout}\"\n",
