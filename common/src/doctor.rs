@@ -136,11 +136,9 @@ pub fn run(config_path: &Path, pg: Option<&dyn PgConnect>) -> Vec<Check> {
             None
         }
     };
-    for (name, file) in [
-        ("key directory", &cfg.store.key_file),
-        ("store directory", &cfg.store.path),
-    ] {
-        out.push(check_dirs(name, file));
+    out.push(check_dirs("key directory", &cfg.store.key_file));
+    if cfg.store.postgres.is_none() {
+        out.push(check_dirs("store directory", &cfg.store.path));
     }
     if let Some(c) = delivery_check(&cfg) {
         out.push(c);
@@ -148,9 +146,14 @@ pub fn run(config_path: &Path, pg: Option<&dyn PgConnect>) -> Vec<Check> {
     let store = match store::open(&cfg.store, pg) {
         Ok(s) => Some(s),
         Err(e) => {
-            let fallback = match &e {
-                crate::Error::StoreMissing { .. } => "run `crm2fa-admin init`",
-                _ => "restore the store from backup",
+            let fallback = match (&e, &cfg.store.postgres) {
+                (crate::Error::StoreMissing { .. }, _) => "run `crm2fa-admin init`",
+                (_, Some(_)) => {
+                    "check that the server is up and reachable from this host, the role, \
+                     password_file and sslmode; the schema is made by `crm2fa-admin init` as the \
+                     database's owner"
+                }
+                (_, None) => "restore the store from backup",
             };
             out.push(failed("store", &e, fallback));
             None
@@ -162,15 +165,28 @@ pub fn run(config_path: &Path, pg: Option<&dyn PgConnect>) -> Vec<Check> {
     match store.check_integrity() {
         Ok(errors) if errors.is_empty() => out.push(ok(
             "store",
-            format!(
-                "{} opens, schema is current, integrity check passed",
-                cfg.store.path.display()
-            ),
+            match &cfg.store.postgres {
+                Some(_) => format!(
+                    "{} answers, schema is current, this role has the row rights a login \
+                     needs, no damaged row",
+                    store.location()
+                ),
+                None => format!(
+                    "{} opens, schema is current, integrity check passed",
+                    cfg.store.path.display()
+                ),
+            },
         )),
         Ok(errors) => out.push(problem(
             "store",
             format!("integrity check: {}", errors.join("; ")),
-            "restore the store from backup",
+            match cfg.store.postgres {
+                Some(_) => {
+                    "as the database's owner, run the GRANTs named (README: PostgreSQL store); \
+                     restore damaged rows from a backup"
+                }
+                None => "restore the store from backup",
+            },
         )),
         Err(e) => out.push(problem(
             "store",

@@ -224,3 +224,43 @@ fn a_server_that_is_down_denies_within_the_connect_timeout() {
         .login("dave", &[PW, &e.backup_codes[1]])
         .assert_success();
 }
+
+#[test]
+fn doctor_checks_the_server_and_the_rights_of_the_hosts_role() {
+    let pg = PgServer::start();
+    let f = fleet_on(&pg, "", &[], "2s");
+    let h = &f.hosts[1];
+    let good = h.admin(&["doctor"]);
+    assert_eq!(good.status.code(), Some(0), "{}", show_output(&good));
+    let text = String::from_utf8_lossy(&good.stdout).to_string();
+    assert!(text.contains("this role has the row rights"), "{text}");
+    assert!(!text.contains("store directory"), "{text}");
+    // A right taken away is named, with the GRANT that gives it back.
+    let db = pg
+        .psql("SELECT datname FROM pg_database WHERE datname LIKE 'fleet%'")
+        .trim()
+        .to_string();
+    let role = pg
+        .psql("SELECT rolname FROM pg_roles WHERE rolname LIKE 'host%'")
+        .trim()
+        .to_string();
+    pg.psql_db(&db, &format!("REVOKE UPDATE ON email_codes FROM {role}"));
+    let bad = h.admin(&["doctor"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", show_output(&bad));
+    let text = show_output(&bad);
+    assert!(
+        text.contains(&format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON email_codes TO {role}"
+        )),
+        "{text}"
+    );
+    // The server gone: said, with what to check.
+    pg.kill();
+    let down = h.admin(&["doctor"]);
+    assert_eq!(down.status.code(), Some(1), "{}", show_output(&down));
+    let text = show_output(&down);
+    assert!(
+        text.contains("Connection refused") && text.contains("reachable from this host"),
+        "{text}"
+    );
+}

@@ -247,6 +247,80 @@ impl PgStore {
     }
 }
 
+/// The tables of the schema, and the sequences behind their ids.
+const TABLES: &[&str] = &[
+    "crm2fa_meta",
+    "users",
+    "backup_codes",
+    "recovery_codes",
+    "email_codes",
+    "sms_codes",
+    "remembered",
+    "audit",
+];
+const SEQUENCES: &[&str] = &[
+    "backup_codes_id_seq",
+    "recovery_codes_id_seq",
+    "email_codes_id_seq",
+    "sms_codes_id_seq",
+    "audit_id_seq",
+];
+
+impl PgStore {
+    /// The row rights a login needs and the connected role lacks, each
+    /// with the GRANT that gives it.
+    fn missing_rights(&mut self) -> Result<Vec<String>> {
+        let mut out = vec![];
+        for t in TABLES {
+            // has_table_privilege is true if any one of a list is held:
+            // each right is asked on its own.
+            let need: &[&str] = if *t == "crm2fa_meta" {
+                &["SELECT"]
+            } else {
+                &["SELECT", "INSERT", "UPDATE", "DELETE"]
+            };
+            let mut missing = vec![];
+            let mut role = String::new();
+            for right in need {
+                let rows = self
+                    .client
+                    .query(
+                        "SELECT current_user::text, has_table_privilege($1, $2)",
+                        &[Param::Text(t), Param::Text(right)],
+                    )
+                    .map_err(|e| self.err(e))?;
+                if let Some([Value::Text(r), Value::Bool(false)]) = rows.first().map(Vec::as_slice)
+                {
+                    role.clone_from(r);
+                    missing.push(*right);
+                }
+            }
+            if !missing.is_empty() {
+                out.push(format!(
+                    "role {role} lacks {} on table {t}: GRANT {} ON {t} TO {role}",
+                    missing.join(", "),
+                    need.join(", ")
+                ));
+            }
+        }
+        for q in SEQUENCES {
+            let rows = self
+                .client
+                .query(
+                    "SELECT current_user::text, has_sequence_privilege($1, 'USAGE')",
+                    &[Param::Text(q)],
+                )
+                .map_err(|e| self.err(e))?;
+            if let Some([Value::Text(role), Value::Bool(false)]) = rows.first().map(Vec::as_slice) {
+                out.push(format!(
+                    "role {role} lacks USAGE on sequence {q}: GRANT USAGE ON SEQUENCE {q} TO {role}"
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Store for PgStore {
     fn location(&self) -> &str {
         &self.location
@@ -277,7 +351,7 @@ impl Store for PgStore {
     }
 
     fn check_integrity(&mut self) -> Result<Vec<String>> {
-        let mut problems = vec![];
+        let mut problems = self.missing_rights()?;
         let rows = self
             .client
             .query(
