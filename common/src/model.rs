@@ -458,6 +458,92 @@ pub enum Verdict {
     UnknownUser,
 }
 
+/// One user's row exactly as a store keeps it, for copying a whole store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    /// The account name.
+    pub name: String,
+    /// `none`, `pending` or `active`.
+    pub state: String,
+    /// 2FA turned off.
+    pub disabled: bool,
+    /// The sealed TOTP secret.
+    pub secret: Option<Vec<u8>>,
+    /// Sealed backup codes kept for display at activation.
+    pub pending_codes: Option<Vec<u8>>,
+    /// Salt of the user's code hashes.
+    pub code_salt: Vec<u8>,
+    /// Newest TOTP step accepted.
+    pub last_step: i64,
+    /// Wrong codes in a row.
+    pub failures: i64,
+    /// When the lock ends.
+    pub locked_until: Option<i64>,
+    /// Locks since the last success.
+    pub lock_level: i64,
+    /// The last successful code.
+    pub last_success: Option<i64>,
+    /// `admin` or `login`.
+    pub enrolled_by: String,
+    /// Email contact.
+    pub email: Option<String>,
+    /// Phone contact.
+    pub phone: Option<String>,
+    /// `email`, `sms` or none.
+    pub delivery: Option<String>,
+    /// When the store first heard of the user.
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+}
+
+/// One code's row exactly as a store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeRow {
+    /// Which kind.
+    pub kind: CodeKind,
+    /// Whose.
+    pub user: String,
+    /// argon2id of the code.
+    pub hash: Vec<u8>,
+    /// When made.
+    pub created_at: i64,
+    /// When it expires (codes that expire).
+    pub expires_at: Option<i64>,
+    /// When used.
+    pub used_at: Option<i64>,
+}
+
+/// Everything a store holds, for `store copy`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every user.
+    pub users: Vec<UserRow>,
+    /// Every code, used or not, of every kind.
+    pub codes: Vec<CodeRow>,
+    /// Remembered hosts: user, host, until.
+    pub remembered: Vec<(String, String, i64)>,
+    /// The audit log, oldest first.
+    pub audit: Vec<crate::audit::AuditEntry>,
+}
+
+impl Snapshot {
+    /// Rows per table, for comparing two stores: users, backup, recovery,
+    /// email and SMS codes, remembered hosts, audit rows.
+    pub fn counts(&self) -> Vec<(&'static str, usize)> {
+        let codes = |k: CodeKind| self.codes.iter().filter(|c| c.kind == k).count();
+        vec![
+            ("users", self.users.len()),
+            ("backup codes", codes(CodeKind::Backup)),
+            ("recovery codes", codes(CodeKind::Recovery)),
+            ("email codes", codes(CodeKind::Email)),
+            ("SMS codes", codes(CodeKind::Sms)),
+            ("remembered hosts", self.remembered.len()),
+            ("audit rows", self.audit.len()),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

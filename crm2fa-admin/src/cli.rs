@@ -159,8 +159,32 @@ pub(crate) enum Command {
         #[command(subcommand)]
         source: ImportSource,
     },
+    /// The store as a whole: copy it to another (SQLite <-> PostgreSQL)
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Print shell completions
     Completions { shell: clap_complete::Shell },
+}
+
+/// What `store` does.
+#[derive(Debug, Subcommand)]
+pub(crate) enum StoreAction {
+    /// Copy everything (users, factors, codes with their used state,
+    /// remembered hosts, audit) into an empty store, check the counts, and
+    /// say how to switch the hosts over
+    Copy {
+        /// postgres://USER@HOST:PORT/DB?sslmode=... or the path of a SQLite file
+        #[arg(long, value_name = "URL_OR_PATH")]
+        to: String,
+        /// File holding the PostgreSQL role's password (0600 root)
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// CA certificates for sslmode=verify-full
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+    },
 }
 
 /// The completion script of `shell` for the command line above.

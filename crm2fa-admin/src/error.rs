@@ -47,6 +47,9 @@ pub(crate) enum CliError {
         #[source]
         source: Error,
     },
+    /// Arguments that do not fit together (exit 2, like clap's own).
+    #[error("{0}")]
+    Usage(String),
     /// Standard output could not be written.
     #[error("cannot write the output: {0}")]
     Output(#[source] std::io::Error),

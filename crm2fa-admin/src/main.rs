@@ -45,8 +45,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Say why on stderr; exit 1.
+/// Say why on stderr; exit 1 (2 for arguments that do not fit together).
 fn failed(e: &CliError) -> ExitCode {
     let _ = writeln!(io::stderr(), "crm2fa-admin: {e}");
-    ExitCode::from(1)
+    match e {
+        CliError::Usage(_) => ExitCode::from(2),
+        _ => ExitCode::from(1),
+    }
 }

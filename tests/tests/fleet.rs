@@ -264,3 +264,62 @@ fn doctor_checks_the_server_and_the_rights_of_the_hosts_role() {
         "{text}"
     );
 }
+
+#[test]
+fn a_sqlite_store_copied_to_postgresql_keeps_the_users_app_working() {
+    let pg = PgServer::shared();
+    let (sb, e) = Sandbox::with_active_user("[policy]\nenforce = \"all\"\n", "erin", PW);
+    sb.login("erin", &[PW, &e.backup_codes[0]]).assert_success();
+    let db = unique_name("copy");
+    let owner = unique_name("owner");
+    let owner_url = pg.create_role_and_db(&owner, OWNER_PW, &db);
+    let host_role = unique_name("host");
+    let host_url = pg.grant_rw_role(&host_role, HOST_PW, &db);
+    let owner_pw = sb.root().join("owner.password");
+    write_file(&owner_pw, &format!("{OWNER_PW}\n"), 0o600);
+    let v = sb.admin_json(&[
+        "store",
+        "copy",
+        "--to",
+        &owner_url,
+        "--password-file",
+        owner_pw.to_str().unwrap(),
+        "--yes",
+    ]);
+    assert_eq!(v["counts"]["users"], 1, "{v}");
+    assert_eq!(v["counts"]["backup codes"], e.backup_codes.len(), "{v}");
+    assert!(
+        json_strings(&v["switch_over"])
+            .iter()
+            .any(|s| s.contains("url = ")),
+        "{v}"
+    );
+    // A second copy into the same database is refused: it is not empty.
+    let again = sb.admin(&[
+        "store",
+        "copy",
+        "--to",
+        &owner_url,
+        "--password-file",
+        owner_pw.to_str().unwrap(),
+        "--yes",
+    ]);
+    assert_eq!(again.status.code(), Some(1), "{}", show_output(&again));
+    assert!(show_output(&again).contains("is not empty"));
+    // Switch the host over: the same app and the same (used) codes.
+    let pw = sb.root().join("host.password");
+    write_file(&pw, &format!("{HOST_PW}\n"), 0o600);
+    sb.write_config(&format!(
+        "{}\n[policy]\nenforce = \"all\"\nprompts = 1\n",
+        store_section(&host_url, &pw, &sb.key_path(), "3s")
+    ));
+    wait_for_step_margin(Duration::from_secs(5));
+    sb.login("erin", &[PW, &totp(&e.secret, 0)])
+        .assert_success();
+    sb.login("erin", &[PW, &e.backup_codes[0]]).assert_denied();
+    let audit = sb.audit("erin");
+    assert!(
+        audit.iter().filter(|a| a["event"] == "login").count() >= 3,
+        "the old audit rows came along: {audit:?}"
+    );
+}

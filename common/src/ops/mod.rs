@@ -16,12 +16,14 @@ mod codes;
 mod contact;
 mod enroll;
 mod import;
+mod store_copy;
 mod users;
 
 pub use check::{CodeCheck, Drift};
 pub use contact::{Change, Notice};
 pub use enroll::{account_name, open_codes, Enrollment};
 pub use import::{parse_google_authenticator, parse_oath, ImportPlan, ImportedFactor, Source};
+pub use store_copy::{copy_store, Copied};
 pub use users::Status;
 
 /// The service name the CLI writes to the audit log.

@@ -75,6 +75,7 @@ macro_rules! store_conformance {
             a_delivery_channel_is_a_factor_with_backup_codes,
             parallel_sends_never_exceed_the_resend_limit,
             parallel_logins_with_one_sent_code_exactly_one_succeeds,
+            a_snapshot_holds_every_row_and_loads_only_into_an_empty_store,
         );
     };
     (@each $backend:expr; $($name:ident),* $(,)?) => {
@@ -1429,4 +1430,54 @@ pub fn parallel_logins_with_one_sent_code_exactly_one_succeeds(b: &dyn Backend) 
     let offer = sent_offer(Channel::Sms, &c, &salt);
     let verdicts = in_parallel(b, 12, |s| redeem(s, &offer, NOW, 100));
     assert_eq!(verdicts.iter().filter(|v| accepted(v)).count(), 1);
+}
+
+/// A snapshot holds every row, used state and audit included; it is never
+/// loaded into a store that has users (nothing is written then).
+pub fn a_snapshot_holds_every_row_and_loads_only_into_an_empty_store(b: &dyn Backend) {
+    let mut s = b.open();
+    let (salt, set) = active_user(s.as_mut(), 3);
+    assert!(accepted(&redeem(
+        s.as_mut(),
+        &backup(&set[0], &salt),
+        NOW,
+        9
+    )));
+    let c = Code::generate(codes::RECOVERY_LEN);
+    let issued = audit(Fact::RecoveryIssued { until: NOW + 60 });
+    s.add_recovery("u", &salt, &c.hash(&salt), NOW + 60, NOW, &issued)
+        .unwrap();
+    let sent = Code::generate_digits(6);
+    send(s.as_mut(), Channel::Sms, &salt, &sent, NOW);
+    s.redeem(
+        "u",
+        &totp(11),
+        NOW,
+        &lockout(9),
+        &ctx(),
+        Some(("laptop", NOW + 99)),
+    )
+    .unwrap();
+    let snap = s.snapshot().unwrap();
+    let counts: std::collections::BTreeMap<_, _> = snap.counts().into_iter().collect();
+    assert_eq!(counts["users"], 1);
+    assert_eq!(counts["backup codes"], 3);
+    assert_eq!(counts["recovery codes"], 1);
+    assert_eq!(counts["SMS codes"], 1);
+    assert_eq!(counts["remembered hosts"], 1);
+    assert!(counts["audit rows"] >= 4, "{counts:?}");
+    let u = &snap.users[0];
+    assert_eq!(
+        (u.state.as_str(), u.last_step, u.code_salt.clone()),
+        ("active", 11, salt)
+    );
+    assert_eq!(
+        snap.codes
+            .iter()
+            .filter(|c| c.kind == CodeKind::Backup && c.used_at == Some(NOW))
+            .count(),
+        1
+    );
+    assert!(matches!(s.load_snapshot(&snap), Err(Error::Store { .. })));
+    assert_eq!(s.snapshot().unwrap(), snap, "a refused load wrote nothing");
 }

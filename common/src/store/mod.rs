@@ -20,8 +20,8 @@ use crate::config::{LockoutConfig, StoreConfig};
 use crate::delivery::Channel;
 use crate::error::{Error, Result};
 use crate::model::{
-    Candidate, CodeKind, Factor, LockState, NewEnrollment, StoredCode, TotpMatch, UserRecord,
-    Verdict,
+    Candidate, CodeKind, Factor, LockState, NewEnrollment, Snapshot, StoredCode, TotpMatch,
+    UserRecord, Verdict,
 };
 
 #[cfg(any(test, feature = "conformance"))]
@@ -221,6 +221,13 @@ pub trait Tx {
 
     /// Append an audit row.
     fn insert_audit(&mut self, entry: &AuditEntry) -> Result<()>;
+
+    /// Every row of the store, exactly as kept (audit oldest first).
+    fn export(&mut self) -> Result<Snapshot>;
+
+    /// Write every row of `snapshot` as it is, into a store that has none
+    /// (codes get new row ids).
+    fn load(&mut self, snapshot: &Snapshot) -> Result<()>;
 }
 
 /// What a login reads before it asks anything.
@@ -631,6 +638,28 @@ impl dyn Store + '_ {
                 tx.insert_audit(&e)?;
             }
             Ok(verdict)
+        })
+    }
+
+    /// Everything in the store, in one consistent read.
+    pub fn snapshot(&mut self) -> Result<Snapshot> {
+        self.read(|tx| tx.export())
+    }
+
+    /// Copy `snapshot` into this store, all or nothing, if it holds no
+    /// user and no audit row; the counts of what it then holds.
+    pub fn load_snapshot(&mut self, snapshot: &Snapshot) -> Result<Vec<(&'static str, usize)>> {
+        let location = self.location().to_string();
+        self.write(Durability::Full, |tx| {
+            if !tx.users()?.is_empty() || !tx.audit(&AuditFilter::default())?.is_empty() {
+                return Err(Error::store(
+                    location.clone(),
+                    "is not empty: a copy goes only into a store with no users and no audit \
+                     rows",
+                ));
+            }
+            tx.load(snapshot)?;
+            Ok(tx.export()?.counts())
         })
     }
 

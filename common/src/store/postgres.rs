@@ -21,7 +21,8 @@ use crate::codes::{HASH_LEN, SALT_LEN};
 use crate::delivery::Channel;
 use crate::error::{Error, Result};
 use crate::model::{
-    CodeKind, LockState, NewEnrollment, Origin, StoredCode, TotpMatch, TotpState, UserRecord,
+    CodeKind, CodeRow, LockState, NewEnrollment, Origin, Snapshot, StoredCode, TotpMatch,
+    TotpState, UserRecord, UserRow,
 };
 
 /// Schema version this build reads and writes.
@@ -925,6 +926,152 @@ impl Tx for PgTx<'_> {
             &[Param::Text(name), Param::Int(last_step), Param::Int(now)],
         )?;
         Ok(n == 1)
+    }
+
+    fn export(&mut self) -> Result<Snapshot> {
+        let rows = self.rows(
+            "SELECT name, state, disabled, secret, pending_codes, code_salt, last_step, failures,
+                    locked_until, lock_level, last_success, enrolled_by, email, phone, delivery,
+                    created_at, updated_at
+             FROM users ORDER BY name",
+            &[],
+        )?;
+        let users = rows
+            .iter()
+            .map(|r| {
+                let row = self.row(r);
+                Ok(UserRow {
+                    name: row.text(0)?,
+                    state: row.text(1)?,
+                    disabled: row.boolean(2)?,
+                    secret: row.opt_bytes(3)?,
+                    pending_codes: row.opt_bytes(4)?,
+                    code_salt: row.bytes(5)?,
+                    last_step: row.int(6)?,
+                    failures: row.int(7)?,
+                    locked_until: row.opt_int(8)?,
+                    lock_level: row.int(9)?,
+                    last_success: row.opt_int(10)?,
+                    enrolled_by: row.text(11)?,
+                    email: row.opt_text(12)?,
+                    phone: row.opt_text(13)?,
+                    delivery: row.opt_text(14)?,
+                    created_at: row.int(15)?,
+                    updated_at: row.int(16)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut codes = vec![];
+        for kind in CodeKind::ALL {
+            let expires = if kind.expires() {
+                "expires_at"
+            } else {
+                "NULL::bigint"
+            };
+            let rows = self.rows(
+                &format!(
+                    "SELECT username, hash, created_at, {expires}, used_at FROM {} ORDER BY id",
+                    table(kind)
+                ),
+                &[],
+            )?;
+            for r in &rows {
+                let row = self.row(r);
+                codes.push(CodeRow {
+                    kind,
+                    user: row.text(0)?,
+                    hash: row.bytes(1)?,
+                    created_at: row.int(2)?,
+                    expires_at: row.opt_int(3)?,
+                    used_at: row.opt_int(4)?,
+                });
+            }
+        }
+        let rows = self.rows(
+            "SELECT username, host, until FROM remembered ORDER BY username, host",
+            &[],
+        )?;
+        let remembered = rows
+            .iter()
+            .map(|r| {
+                let row = self.row(r);
+                Ok((row.text(0)?, row.text(1)?, row.int(2)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let audit = self.audit(&AuditFilter::default())?;
+        Ok(Snapshot {
+            users,
+            codes,
+            remembered,
+            audit,
+        })
+    }
+
+    fn load(&mut self, snapshot: &Snapshot) -> Result<()> {
+        for u in &snapshot.users {
+            self.exec(
+                "INSERT INTO users(name, state, disabled, secret, pending_codes, code_salt,
+                    last_step, failures, locked_until, lock_level, last_success, enrolled_by,
+                    email, phone, delivery, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                         $17)",
+                &[
+                    Param::Text(&u.name),
+                    Param::Text(&u.state),
+                    Param::Bool(u.disabled),
+                    u.secret.as_deref().map_or(Param::Null, Param::Bytes),
+                    u.pending_codes.as_deref().map_or(Param::Null, Param::Bytes),
+                    Param::Bytes(&u.code_salt),
+                    Param::Int(u.last_step),
+                    Param::Int(u.failures),
+                    opt(u.locked_until),
+                    Param::Int(u.lock_level),
+                    opt(u.last_success),
+                    Param::Text(&u.enrolled_by),
+                    opt_text(u.email.as_deref()),
+                    opt_text(u.phone.as_deref()),
+                    opt_text(u.delivery.as_deref()),
+                    Param::Int(u.created_at),
+                    Param::Int(u.updated_at),
+                ],
+            )?;
+        }
+        for c in &snapshot.codes {
+            if c.kind.expires() {
+                self.exec(
+                    &format!(
+                        "INSERT INTO {}(username, hash, created_at, expires_at, used_at)
+                         VALUES ($1, $2, $3, $4, $5)",
+                        table(c.kind)
+                    ),
+                    &[
+                        Param::Text(&c.user),
+                        Param::Bytes(&c.hash),
+                        Param::Int(c.created_at),
+                        Param::Int(c.expires_at.unwrap_or(0)),
+                        opt(c.used_at),
+                    ],
+                )?;
+            } else {
+                self.exec(
+                    "INSERT INTO backup_codes(username, hash, created_at, used_at)
+                     VALUES ($1, $2, $3, $4)",
+                    &[
+                        Param::Text(&c.user),
+                        Param::Bytes(&c.hash),
+                        Param::Int(c.created_at),
+                        opt(c.used_at),
+                    ],
+                )?;
+            }
+        }
+        for (user, host, until) in &snapshot.remembered {
+            self.remember(user, host, *until)?;
+        }
+        for e in &snapshot.audit {
+            self.insert_audit(e)?;
+        }
+        Ok(())
     }
 
     fn insert_audit(&mut self, e: &AuditEntry) -> Result<()> {

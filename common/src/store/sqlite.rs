@@ -16,7 +16,8 @@ use crate::delivery::Channel;
 use crate::error::{Error, Result};
 use crate::fsperm::{self, Secrecy};
 use crate::model::{
-    CodeKind, LockState, NewEnrollment, Origin, StoredCode, TotpMatch, TotpState, UserRecord,
+    CodeKind, CodeRow, LockState, NewEnrollment, Origin, Snapshot, StoredCode, TotpMatch,
+    TotpState, UserRecord, UserRow,
 };
 
 /// WAL size past which a write checkpoints and truncates it. Every login
@@ -877,6 +878,131 @@ impl Tx for SqliteTx<'_> {
             params![name, last_step, now],
         )?;
         Ok(n == 1)
+    }
+
+    fn export(&mut self) -> Result<Snapshot> {
+        let users = self.rows(
+            "SELECT name, state, disabled, secret, pending_codes, code_salt, last_step, failures,
+                    locked_until, lock_level, last_success, enrolled_by, email, phone, delivery,
+                    created_at, updated_at
+             FROM users ORDER BY name",
+            [],
+            |r| {
+                Ok(UserRow {
+                    name: r.get(0)?,
+                    state: r.get(1)?,
+                    disabled: r.get(2)?,
+                    secret: r.get(3)?,
+                    pending_codes: r.get(4)?,
+                    code_salt: r.get(5)?,
+                    last_step: r.get(6)?,
+                    failures: r.get(7)?,
+                    locked_until: r.get(8)?,
+                    lock_level: r.get(9)?,
+                    last_success: r.get(10)?,
+                    enrolled_by: r.get(11)?,
+                    email: r.get(12)?,
+                    phone: r.get(13)?,
+                    delivery: r.get(14)?,
+                    created_at: r.get(15)?,
+                    updated_at: r.get(16)?,
+                })
+            },
+        )?;
+        let mut codes = vec![];
+        for kind in CodeKind::ALL {
+            let expires = if kind.expires() { "expires_at" } else { "NULL" };
+            codes.extend(self.rows(
+                &format!(
+                    "SELECT user, hash, created_at, {expires}, used_at FROM {} ORDER BY id",
+                    table(kind)
+                ),
+                [],
+                |r| {
+                    Ok(CodeRow {
+                        kind,
+                        user: r.get(0)?,
+                        hash: r.get(1)?,
+                        created_at: r.get(2)?,
+                        expires_at: r.get(3)?,
+                        used_at: r.get(4)?,
+                    })
+                },
+            )?);
+        }
+        let remembered = self.rows(
+            "SELECT user, host, until FROM remembered ORDER BY user, host",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let audit = self.audit(&AuditFilter::default())?;
+        Ok(Snapshot {
+            users,
+            codes,
+            remembered,
+            audit,
+        })
+    }
+
+    fn load(&mut self, snapshot: &Snapshot) -> Result<()> {
+        for u in &snapshot.users {
+            self.exec(
+                "INSERT INTO users(name, state, disabled, secret, pending_codes, code_salt,
+                    last_step, failures, locked_until, lock_level, last_success, enrolled_by,
+                    email, phone, delivery, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                params![
+                    u.name,
+                    u.state,
+                    u.disabled,
+                    u.secret,
+                    u.pending_codes,
+                    u.code_salt,
+                    u.last_step,
+                    u.failures,
+                    u.locked_until,
+                    u.lock_level,
+                    u.last_success,
+                    u.enrolled_by,
+                    u.email,
+                    u.phone,
+                    u.delivery,
+                    u.created_at,
+                    u.updated_at
+                ],
+            )?;
+        }
+        for c in &snapshot.codes {
+            if c.kind.expires() {
+                self.exec(
+                    &format!(
+                        "INSERT INTO {}(user, hash, created_at, expires_at, used_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        table(c.kind)
+                    ),
+                    params![
+                        c.user,
+                        c.hash,
+                        c.created_at,
+                        c.expires_at.unwrap_or(0),
+                        c.used_at
+                    ],
+                )?;
+            } else {
+                self.exec(
+                    "INSERT INTO backup_codes(user, hash, created_at, used_at)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![c.user, c.hash, c.created_at, c.used_at],
+                )?;
+            }
+        }
+        for (user, host, until) in &snapshot.remembered {
+            self.remember(user, host, *until)?;
+        }
+        for e in &snapshot.audit {
+            self.insert_audit(e)?;
+        }
+        Ok(())
     }
 
     fn insert_audit(&mut self, e: &AuditEntry) -> Result<()> {

@@ -18,6 +18,7 @@ mod codes;
 mod enroll;
 mod import;
 mod setup;
+mod stores;
 mod users;
 
 /// How a command ended, after its report was printed.
@@ -202,5 +203,6 @@ pub(crate) fn run(cli: Cli, out: Output) -> Result<Done, CliError> {
         Command::Recovery { user, valid } => codes::recovery(&mut open()?, &account(user), valid),
         Command::Import { source } => import::import(&mut open()?, source, account),
         Command::Audit { user, since } => audit::audit(&mut open()?, user.map(account), since),
+        Command::Store { action } => stores::store(&mut open()?, action),
     }
 }
