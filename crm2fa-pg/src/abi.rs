@@ -73,6 +73,10 @@ unsafe fn session<'a>(handle: *mut c_void) -> Result<&'a mut Box<dyn PgClient>, 
     unsafe { handle.cast::<Box<dyn PgClient>>().as_mut() }.ok_or_else(|| fail("no session"))
 }
 
+fn params_of(b: &[u8]) -> Result<Vec<Value>, PgError> {
+    wire::decode_params(b).map_err(|e| fail(&e))
+}
+
 fn text(b: &[u8]) -> Result<&str, PgError> {
     std::str::from_utf8(b).map_err(|_| fail("the statement is not UTF-8"))
 }
@@ -144,7 +148,7 @@ pub unsafe extern "C" fn crm2fa_pg_execute(
     // SAFETY: per this function's contract.
     unsafe {
         guarded(err, || {
-            let values = wire::decode_params(bytes(params, params_len)).map_err(|e| fail(&e))?;
+            let values = params_of(bytes(params, params_len))?;
             let p: Vec<_> = values.iter().map(Value::as_param).collect();
             let n = session(handle)?.execute(text(bytes(sql, sql_len))?, &p)?;
             if !changed.is_null() {
@@ -173,7 +177,7 @@ pub unsafe extern "C" fn crm2fa_pg_query(
     // SAFETY: per this function's contract.
     unsafe {
         guarded(err, || {
-            let values = wire::decode_params(bytes(params, params_len)).map_err(|e| fail(&e))?;
+            let values = params_of(bytes(params, params_len))?;
             let p: Vec<_> = values.iter().map(Value::as_param).collect();
             let found = session(handle)?.query(text(bytes(sql, sql_len))?, &p)?;
             if rows.is_null() {

@@ -89,6 +89,17 @@ fn fleet_on(pg: &PgServer, sections: &str, users: &[&str], timeout: &str) -> Fle
     Fleet { hosts }
 }
 
+/// Once every login sits at its password prompt, all answers at once.
+fn released_together(mut pending: Vec<PendingLogin>) -> Vec<LoginResult> {
+    for p in &mut pending {
+        p.wait_for("Password:", Duration::from_secs(30));
+    }
+    for p in &mut pending {
+        p.send_answers();
+    }
+    pending.into_iter().map(PendingLogin::finish).collect()
+}
+
 fn fleet(sections: &str, users: &[&str]) -> Fleet {
     fleet_on(PgServer::shared(), sections, users, "3s")
 }
@@ -133,16 +144,10 @@ fn twenty_parallel_logins_with_one_code_over_three_hosts_let_exactly_one_in() {
     let e = f.hosts[0].enroll_active("bob");
     wait_for_step_margin(Duration::from_secs(10));
     let code = totp(&e.secret, 0);
-    let mut pending: Vec<PendingLogin> = (0..20)
+    let pending = (0..20)
         .map(|i| f.hosts[i % 3].spawn_login("bob", &[PW, &code]))
         .collect();
-    for p in &mut pending {
-        p.wait_for("Password:", Duration::from_secs(30));
-    }
-    for p in &mut pending {
-        p.send_answers();
-    }
-    let results: Vec<LoginResult> = pending.into_iter().map(PendingLogin::finish).collect();
+    let results = released_together(pending);
     assert_eq!(successes(&results), 1, "{}", transcripts(&results));
 }
 
@@ -152,18 +157,12 @@ fn ten_users_in_parallel_over_three_hosts_all_get_in() {
     let names: Vec<&str> = users.iter().map(String::as_str).collect();
     let f = fleet("[policy]\nenforce = \"all\"\n", &names);
     let enrolled: Vec<Enrolled> = names.iter().map(|u| f.hosts[0].enroll_active(u)).collect();
-    let mut pending: Vec<PendingLogin> = enrolled
+    let pending = enrolled
         .iter()
         .enumerate()
         .map(|(i, e)| f.hosts[i % 3].spawn_login(&e.user, &[PW, &e.backup_codes[0]]))
         .collect();
-    for p in &mut pending {
-        p.wait_for("Password:", Duration::from_secs(30));
-    }
-    for p in &mut pending {
-        p.send_answers();
-    }
-    let results: Vec<LoginResult> = pending.into_iter().map(PendingLogin::finish).collect();
+    let results = released_together(pending);
     assert_eq!(successes(&results), 10, "{}", transcripts(&results));
 }
 
