@@ -57,6 +57,9 @@ PAMDIR ?= $(if $(MULTIARCH),$(PREFIX)/lib/$(MULTIARCH)/security,$(PREFIX)/lib64/
 SBINDIR ?= $(PREFIX)/sbin
 # The sending program (SMTP, HTTP): run by the module, not by people.
 LIBEXECDIR ?= $(PREFIX)/libexec
+# The PostgreSQL client ([store] client_library): a plugin the module
+# dlopens, not a library on the linker's path.
+PGLIBDIR ?= $(PREFIX)/lib/crm2fa
 DATADIR ?= $(PREFIX)/share
 MANDIR ?= $(DATADIR)/man
 ZSHDIR ?= $(if $(MULTIARCH),$(DATADIR)/zsh/vendor-completions,$(DATADIR)/zsh/site-functions)
@@ -71,13 +74,17 @@ install: release
 	$(MAKE) install-files PROFILE=release
 
 # Copy what is built (no build): the module, the CLI, the sending program,
-# man pages, completions, the pam-auth-update profile, the tmpfiles entry,
+# the PostgreSQL client the module loads for [store] url, man pages,
+# completions, the pam-auth-update profile, the tmpfiles entry,
 # /var/lib/crm2fa (0700), and the default configuration (0600) unless one is
-# there already; its [delivery] program names where the sending program went.
+# there already; its [delivery] program and [store] client_library name
+# where the sending program and the client went.
 install-files: docs
 	install -D -m 0644 $(BIN)/libpam_crm2fa.so $(DESTDIR)$(PAMDIR)/pam_crm2fa.so
 	install -D -m 0755 $(BIN)/crm2fa-admin $(DESTDIR)$(SBINDIR)/crm2fa-admin
 	install -D -m 0755 $(BIN)/crm2fa-send $(DESTDIR)$(LIBEXECDIR)/crm2fa/crm2fa-send
+	install -d -m 0755 $(DESTDIR)$(PGLIBDIR)
+	install -m 0644 $(BIN)/libcrm2fa_pg.so $(DESTDIR)$(PGLIBDIR)/libcrm2fa_pg.so
 	install -d -m 0755 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
 	install -m 0644 packaging/man/crm2fa.toml.5 $(DESTDIR)$(MANDIR)/man5/
 	install -m 0644 packaging/man/pam_crm2fa.8 $(DOCS)/man8/*.8 $(DESTDIR)$(MANDIR)/man8/
@@ -89,7 +96,8 @@ install-files: docs
 	install -d -m 0700 $(DESTDIR)$(LOCALSTATEDIR)/lib/crm2fa
 	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/crm2fa
 	[ -e $(DESTDIR)$(SYSCONFDIR)/crm2fa/crm2fa.toml ] || { \
-	  (umask 077 && sed 's|^program = "/usr/libexec/crm2fa/crm2fa-send"|program = "$(LIBEXECDIR)/crm2fa/crm2fa-send"|' \
+	  (umask 077 && sed -e 's|^program = "/usr/libexec/crm2fa/crm2fa-send"|program = "$(LIBEXECDIR)/crm2fa/crm2fa-send"|' \
+	    -e 's|^client_library = "/usr/lib/crm2fa/libcrm2fa_pg.so"|client_library = "$(PGLIBDIR)/libcrm2fa_pg.so"|' \
 	    packaging/crm2fa.toml >$(DESTDIR)$(SYSCONFDIR)/crm2fa/crm2fa.toml.new) && \
 	  chmod 0600 $(DESTDIR)$(SYSCONFDIR)/crm2fa/crm2fa.toml.new && \
 	  mv $(DESTDIR)$(SYSCONFDIR)/crm2fa/crm2fa.toml.new $(DESTDIR)$(SYSCONFDIR)/crm2fa/crm2fa.toml; }
@@ -107,6 +115,8 @@ uninstall:
 	rm -f $(DESTDIR)$(PAMDIR)/pam_crm2fa.so $(DESTDIR)$(SBINDIR)/crm2fa-admin
 	rm -f $(DESTDIR)$(LIBEXECDIR)/crm2fa/crm2fa-send
 	rmdir $(DESTDIR)$(LIBEXECDIR)/crm2fa 2>/dev/null || true
+	rm -f $(DESTDIR)$(PGLIBDIR)/libcrm2fa_pg.so
+	rmdir $(DESTDIR)$(PGLIBDIR) 2>/dev/null || true
 	rm -f $(DESTDIR)$(MANDIR)/man5/crm2fa.toml.5 $(DESTDIR)$(MANDIR)/man8/pam_crm2fa.8 \
 	      $(DESTDIR)$(MANDIR)/man8/crm2fa-admin.8 $(DESTDIR)$(MANDIR)/man8/crm2fa-admin-*.8
 	rm -f $(DESTDIR)$(DATADIR)/bash-completion/completions/crm2fa-admin \

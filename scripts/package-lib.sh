@@ -18,7 +18,8 @@ stage() {
   mkdir -p "$dir"
   make -s install-files PREFIX=/usr DESTDIR="$dir" PROFILE="$PROFILE" \
     TARGET_DIR="$TARGET_DIR" DOCS="$(dirname "$dir")/docs" "$@" >/dev/null
-  find "$dir" \( -name pam_crm2fa.so -o \( -name crm2fa-admin -o -name crm2fa-send \) -type f -perm -u+x \) -print0 \
+  find "$dir" \( -name pam_crm2fa.so -o -name libcrm2fa_pg.so \
+    -o \( -name crm2fa-admin -o -name crm2fa-send \) -type f -perm -u+x \) -print0 \
     | xargs -0 strip --strip-unneeded --remove-section=.comment --remove-section=.note
   gzip -9n "$dir"/usr/share/man/man*/*
 }

@@ -122,6 +122,8 @@ fn make_install_places_every_file_and_uninstall_keeps_only_the_secrets() {
         (module.clone(), 0o644),
         (root.join("usr/sbin/crm2fa-admin"), 0o755),
         (root.join("usr/libexec/crm2fa/crm2fa-send"), 0o755),
+        (root.join("usr/lib/crm2fa"), 0o755),
+        (root.join("usr/lib/crm2fa/libcrm2fa_pg.so"), 0o644),
         (root.join("etc/crm2fa/crm2fa.toml"), 0o600),
         (root.join("var/lib/crm2fa"), 0o700),
         (root.join("usr/share/pam-configs/crm2fa"), 0o644),
@@ -172,6 +174,10 @@ fn make_install_places_every_file_and_uninstall_keeps_only_the_secrets() {
         "only the configuration is left (and /var/lib/crm2fa)"
     );
     assert!(root.join("var/lib/crm2fa").is_dir());
+    assert!(
+        !root.join("usr/lib/crm2fa").exists(),
+        "the PostgreSQL client's directory is removed with it"
+    );
 }
 
 #[test]
@@ -191,12 +197,22 @@ fn prefix_moves_everything_but_the_configuration_and_the_store() {
         "{files:?}"
     );
     assert!(root.join("var/lib/crm2fa").is_dir());
-    // The configuration written names the sending program where it went.
+    // The configuration written names the sending program and the
+    // PostgreSQL client where they went.
     let cfg = fs::read_to_string(root.join("etc/crm2fa/crm2fa.toml")).expect("config");
     assert!(
         cfg.contains("program = \"/usr/local/libexec/crm2fa/crm2fa-send\""),
         "{cfg}"
     );
+    assert!(
+        files.contains(&PathBuf::from("usr/local/lib/crm2fa/libcrm2fa_pg.so")),
+        "{files:?}"
+    );
+    assert!(
+        cfg.contains("client_library = \"/usr/local/lib/crm2fa/libcrm2fa_pg.so\""),
+        "{cfg}"
+    );
+    assert!(!cfg.contains("\"/usr/lib/crm2fa/"), "{cfg}");
 }
 
 /// Build a package with `script` from this test run's artifacts, once per
@@ -252,6 +268,8 @@ fn the_deb_holds_every_file_where_debian_wants_it_and_lintian_finds_no_error() {
         ),
         ("-rwxr-xr-x", "./usr/sbin/crm2fa-admin".into()),
         ("-rwxr-xr-x", "./usr/libexec/crm2fa/crm2fa-send".into()),
+        ("drwxr-xr-x", "./usr/lib/crm2fa/".into()),
+        ("-rw-r--r--", "./usr/lib/crm2fa/libcrm2fa_pg.so".into()),
         ("-rw-------", "./etc/crm2fa/crm2fa.toml".into()),
         ("drwx------", "./var/lib/crm2fa/".into()),
         ("-rw-r--r--", "./usr/share/pam-configs/crm2fa".into()),
@@ -282,6 +300,32 @@ fn the_deb_holds_every_file_where_debian_wants_it_and_lintian_finds_no_error() {
             "{mode} root/root {path} in:\n{listing}"
         );
     }
+    // The objects are stripped, and the PostgreSQL client still exports the
+    // functions the module looks up.
+    let unpacked = tempfile::tempdir().expect("tempdir");
+    run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(unpacked.path()));
+    let client = unpacked.path().join("usr/lib/crm2fa/libcrm2fa_pg.so");
+    for object in [
+        client.clone(),
+        unpacked.path().join(format!(
+            "usr/lib/{}/security/pam_crm2fa.so",
+            multiarch.trim()
+        )),
+    ] {
+        let sections = run(Command::new("readelf").arg("-S").arg(&object));
+        assert!(
+            !sections.contains(".symtab") && !sections.contains(".debug_"),
+            "{} is not stripped:\n{sections}",
+            object.display()
+        );
+    }
+    let exported = run(Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&client));
+    assert!(exported.contains(" T crm2fa_pg_connect"), "{exported}");
     let conffiles = run(Command::new("dpkg-deb")
         .arg("--info")
         .arg(&deb)
@@ -406,6 +450,8 @@ fn the_rpm_holds_every_file_with_the_config_kept_on_upgrade() {
         ("-rw-r--r--", "/usr/lib64/security/pam_crm2fa.so"),
         ("-rwxr-xr-x", "/usr/sbin/crm2fa-admin"),
         ("-rwxr-xr-x", "/usr/libexec/crm2fa/crm2fa-send"),
+        ("drwxr-xr-x", "/usr/lib/crm2fa"),
+        ("-rw-r--r--", "/usr/lib/crm2fa/libcrm2fa_pg.so"),
         ("-rw-------", "/etc/crm2fa/crm2fa.toml"),
         ("drwx------", "/var/lib/crm2fa"),
         ("-rw-r--r--", "/usr/share/man/man8/pam_crm2fa.8.gz"),
@@ -419,6 +465,12 @@ fn the_rpm_holds_every_file_with_the_config_kept_on_upgrade() {
         );
     }
     assert!(!listing.contains("pam-configs"), "{listing}");
+    let client = listing
+        .lines()
+        .find(|l| l.ends_with("/usr/lib/crm2fa/libcrm2fa_pg.so"))
+        .expect("the PostgreSQL client");
+    let fields: Vec<&str> = client.split_whitespace().collect();
+    assert_eq!(fields.get(2..4), Some(&["root", "root"][..]), "{client}");
     let config = run(Command::new("rpm").args(["-qp", "--configfiles"]).arg(&rpm));
     assert_eq!(config.trim(), "/etc/crm2fa/crm2fa.toml");
     let flags = run(Command::new("rpm")
