@@ -20,6 +20,7 @@ pkgs=(
   faketime            # a clock stepped backwards, in a fault test
   python3-aiosmtpd    # the SMTP server codes are sent to in tests (tests/fixtures/smtp_sink.py)
   postgresql postgresql-client  # throwaway PostgreSQL servers for the PostgreSQL store's tests (tests/src/pg.rs)
+  openssl             # the certificates of the test server that speaks TLS
   "$@"
 )
 

@@ -1,7 +1,7 @@
 //! `store copy` between SQLite and PostgreSQL: every row, used state and
 //! audit included, there and back again, and never into a store that has
 //! users.
-mod server;
+mod testdb;
 
 use crm2fa_common::audit::{AuditCtx, Fact};
 use crm2fa_common::codes::{self, Code};
@@ -13,6 +13,7 @@ use crm2fa_common::store::sqlite::SqliteStore;
 use crm2fa_common::store::Store;
 use crm2fa_common::Error;
 use crm2fa_pg::Connector;
+use crm2fa_tests::pg::PgServer;
 
 const NOW: i64 = 1_800_000_000;
 
@@ -73,10 +74,7 @@ fn filled(dir: &tempfile::TempDir) -> Box<dyn Store> {
 fn a_store_copied_to_postgresql_and_back_is_the_same_store() {
     let dir = tempfile::tempdir().unwrap();
     let mut from = filled(&dir);
-    let srv = server::Server::start(false);
-    srv.create_db("copy_target");
-    let mut target = srv.target(SslMode::Disable);
-    target.dbname = "copy_target".into();
+    let target = testdb::new_db(PgServer::shared(), "copy", SslMode::Disable);
     let mut pg: Box<dyn Store> =
         Box::new(PgStore::create(Connector.connect(&target).unwrap(), &target).unwrap());
     let copied = copy_store(from.as_mut(), pg.as_mut()).unwrap();

@@ -1,6 +1,6 @@
 //! The client against a real PostgreSQL server: values both ways, SQLSTATEs,
 //! timeouts, TLS.
-mod server;
+mod testdb;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -9,19 +9,25 @@ use std::time::{Duration, Instant};
 
 use crm2fa_common::store::pg::{Param, PgClient, PgConnect, PgError, PgTarget, SslMode, Value};
 use crm2fa_pg::Connector;
-use server::{Server, PASSWORD};
+use crm2fa_tests::pg::{make_ca, quote_ident, unique_name, PgServer, TLS_HOST};
+use testdb::{new_db, PASSWORD};
 use zeroize::Zeroizing;
 
-/// The server without TLS, shared by the tests of this file.
-fn plain() -> &'static Server {
-    static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(|| Server::start(false))
+/// A database of its own on the shared server, which has no TLS.
+fn plain(prefix: &str) -> PgTarget {
+    new_db(PgServer::shared(), prefix, SslMode::Disable)
 }
 
-/// The server with TLS (`ssl = on`, a certificate for `localhost`).
-fn with_tls() -> &'static Server {
-    static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(|| Server::start(true))
+/// The server with TLS (`ssl = on`, a certificate for `localhost`), shared
+/// by the tests of this file.
+fn with_tls() -> &'static PgServer {
+    static SERVER: OnceLock<PgServer> = OnceLock::new();
+    SERVER.get_or_init(PgServer::start_with_tls)
+}
+
+/// A target for a port where no PostgreSQL server is: no database needed.
+fn nowhere(port: u16, sslmode: SslMode) -> PgTarget {
+    testdb::target(port, "crm2fa", "crm2fa", sslmode)
 }
 
 fn connect(target: &PgTarget) -> Box<dyn PgClient> {
@@ -45,7 +51,8 @@ fn assert_no_password(e: &PgError) {
 
 #[test]
 fn every_param_kind_goes_in_and_every_value_kind_comes_back() {
-    let mut db = connect(&plain().target(SslMode::Disable));
+    let target = plain("kinds");
+    let mut db = connect(&target);
     db.batch(
         "CREATE TABLE kinds (id BIGINT PRIMARY KEY, small SMALLINT, int INTEGER, big BIGINT,
                              txt TEXT, vc VARCHAR(20), ch CHAR(3), bin BYTEA, flag BOOLEAN);
@@ -173,7 +180,7 @@ fn every_param_kind_goes_in_and_every_value_kind_comes_back() {
         [[
             Value::Null,
             Value::Text("ax".into()),
-            Value::Text("crm2fa".into()),
+            Value::Text(target.user.clone()),
             Value::Int(1),
             Value::Int(2),
             Value::Null
@@ -224,7 +231,7 @@ fn every_param_kind_goes_in_and_every_value_kind_comes_back() {
 
 #[test]
 fn a_column_of_another_type_is_an_error_that_names_it() {
-    let mut db = connect(&plain().target(SslMode::Disable));
+    let mut db = connect(&plain("coltype"));
     let e = db.query("SELECT 1, now() AS stamp", &[]).unwrap_err();
     assert_eq!(e.sqlstate, None);
     assert!(
@@ -235,13 +242,13 @@ fn a_column_of_another_type_is_an_error_that_names_it() {
 
 #[test]
 fn a_wrong_password_is_28p01_without_the_password() {
-    let server = plain();
-    let mut target = server.target(SslMode::Disable);
+    let mut target = plain("wrongpw");
     target.password = Some(Zeroizing::new("Wrong-Pass-ZZ9".to_owned()));
     let e = error(Connector.connect(&target));
     assert_eq!(e.sqlstate.as_deref(), Some("28P01"), "{e}");
     assert!(
-        e.message.contains(&format!("127.0.0.1:{}", server.port)),
+        e.message
+            .contains(&format!("127.0.0.1:{}", PgServer::shared().port())),
         "{e}"
     );
     assert!(e.message.contains("password authentication failed"), "{e}");
@@ -260,8 +267,7 @@ fn a_refused_port_fails_at_once_naming_it() {
         .local_addr()
         .unwrap()
         .port();
-    let mut target = plain().target(SslMode::Disable);
-    target.port = port;
+    let mut target = nowhere(port, SslMode::Disable);
     target.connect_timeout = Duration::from_secs(2);
     let started = Instant::now();
     let e = error(Connector.connect(&target));
@@ -278,8 +284,7 @@ fn a_server_that_never_answers_fails_within_connect_timeout() {
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
     for sslmode in [SslMode::Disable, SslMode::Require] {
-        let mut target = plain().target(sslmode);
-        target.port = port;
+        let mut target = nowhere(port, sslmode);
         target.connect_timeout = Duration::from_secs(1);
         let started = Instant::now();
         let e = error(Connector.connect(&target));
@@ -296,10 +301,7 @@ fn a_server_that_never_answers_fails_within_connect_timeout() {
 #[test]
 fn a_call_without_an_answer_closes_the_session() {
     let mut db = Connector
-        .connect_with_call_timeout(
-            &plain().target(SslMode::Disable),
-            Duration::from_millis(500),
-        )
+        .connect_with_call_timeout(&plain("calltimeout"), Duration::from_millis(500))
         .unwrap();
     assert_eq!(db.query("SELECT 1", &[]).unwrap(), [[Value::Int(1)]]);
     let started = Instant::now();
@@ -313,13 +315,13 @@ fn a_call_without_an_answer_closes_the_session() {
 
 #[test]
 fn a_session_ended_by_the_server_says_so() {
-    let server = plain();
-    let mut db = connect(&server.target(SslMode::Disable));
+    let target = plain("terminated");
+    let mut db = connect(&target);
     let pid = db.query("SELECT pg_backend_pid()", &[]).unwrap()[0][0].clone();
     let Value::Int(pid) = pid else {
         panic!("{pid:?}")
     };
-    let mut admin = connect(&server.target(SslMode::Disable));
+    let mut admin = connect(&target);
     admin
         .query(
             "SELECT pg_terminate_backend($1::integer)",
@@ -333,7 +335,8 @@ fn a_session_ended_by_the_server_says_so() {
     let e = db.query("SELECT 1", &[]).unwrap_err();
     assert_eq!(e.sqlstate, None);
     assert!(
-        e.message.contains(&format!("127.0.0.1:{}", server.port)),
+        e.message
+            .contains(&format!("127.0.0.1:{}", PgServer::shared().port())),
         "{e}"
     );
     assert!(e.message.contains("closed"), "{e}");
@@ -341,7 +344,8 @@ fn a_session_ended_by_the_server_says_so() {
 
 #[test]
 fn sqlstates_come_through() {
-    let mut db = connect(&plain().target(SslMode::Disable));
+    let target = plain("sqlstates");
+    let mut db = connect(&target);
     db.batch("CREATE TABLE uniq (name TEXT PRIMARY KEY)")
         .unwrap();
     db.execute("INSERT INTO uniq VALUES ($1)", &[Param::Text("a")])
@@ -357,8 +361,9 @@ fn sqlstates_come_through() {
     let e = db.batch("SELEKT 1").unwrap_err();
     assert_eq!(e.sqlstate.as_deref(), Some("42601"), "{e}");
 
-    let mut outsider = plain().target(SslMode::Disable);
-    outsider.user = "outsider".to_owned();
+    let mut outsider = target.clone();
+    outsider.user = unique_name("outsider");
+    PgServer::shared().create_role(&outsider.user, PASSWORD);
     let mut other = connect(&outsider);
     let e = other.query("SELECT name FROM uniq", &[]).unwrap_err();
     assert_eq!(e.sqlstate.as_deref(), Some("42501"), "{e}");
@@ -368,7 +373,7 @@ fn sqlstates_come_through() {
 
 #[test]
 fn concurrent_updates_are_40001_in_repeatable_read() {
-    let target = plain().target(SslMode::Disable);
+    let target = plain("serial");
     let mut a = connect(&target);
     let mut b = connect(&target);
     a.batch("CREATE TABLE counter (id INTEGER PRIMARY KEY, n BIGINT NOT NULL)")
@@ -399,7 +404,12 @@ fn concurrent_updates_are_40001_in_repeatable_read() {
 
 #[test]
 fn a_deadlock_is_40p01() {
-    let target = plain().target(SslMode::Disable);
+    let target = plain("deadlock");
+    // Detected after 200 ms rather than the default 1 s.
+    PgServer::shared().psql(&format!(
+        "ALTER DATABASE {} SET deadlock_timeout = '200ms';",
+        quote_ident(&target.dbname)
+    ));
     let mut setup = connect(&target);
     setup
         .batch("CREATE TABLE locks (id BIGINT PRIMARY KEY); INSERT INTO locks VALUES (1), (2)")
@@ -433,7 +443,8 @@ fn a_deadlock_is_40p01() {
 
 #[test]
 fn require_against_a_server_without_tls_is_refused_clearly() {
-    let e = error(Connector.connect(&plain().target(SslMode::Require)));
+    let server = PgServer::shared();
+    let e = error(Connector.connect(&nowhere(server.port(), SslMode::Require)));
     assert_eq!(e.sqlstate, None);
     assert!(e.message.contains("TLS"), "{e}");
     assert!(e.message.contains("does not support TLS"), "{e}");
@@ -452,18 +463,22 @@ fn uses_tls(db: &mut Box<dyn PgClient>) -> bool {
 #[test]
 fn require_encrypts_without_checking_the_certificate() {
     // 127.0.0.1 is not a name in the certificate, and its CA is not given.
-    let mut db = connect(&with_tls().target(SslMode::Require));
+    let mut target = new_db(with_tls(), "require", SslMode::Require);
+    let mut db = connect(&target);
     assert!(uses_tls(&mut db));
-    let mut db = connect(&with_tls().target(SslMode::Disable));
+    target.sslmode = SslMode::Disable;
+    let mut db = connect(&target);
     assert!(!uses_tls(&mut db));
 }
 
 #[test]
 fn verify_full_checks_the_ca_and_the_name() {
     let server = with_tls();
-    let mut target = server.target(SslMode::VerifyFull);
-    target.host = "localhost".to_owned();
-    target.ca_file = Some(server.dir.join("ca.crt"));
+    let mut target = new_db(server, "verify", SslMode::VerifyFull);
+    target.host = TLS_HOST.to_owned();
+    target.ca_file = server.tls_ca().map(PathBuf::from);
+    assert!(target.ca_file.is_some());
+    let elsewhere = tempfile::tempdir().unwrap();
     let mut db = connect(&target);
     assert!(uses_tls(&mut db));
 
@@ -480,7 +495,7 @@ fn verify_full_checks_the_ca_and_the_name() {
 
     // Another CA.
     let mut other_ca = target.clone();
-    other_ca.ca_file = Some(server.dir.join("other-ca.crt"));
+    other_ca.ca_file = Some(make_ca(elsewhere.path(), "other-ca"));
     let e = error(Connector.connect(&other_ca));
     assert!(e.message.contains("certificate"), "{e}");
     assert!(e.message.contains("UnknownIssuer"), "{e}");
@@ -496,7 +511,9 @@ fn verify_full_checks_the_ca_and_the_name() {
     let e = error(Connector.connect(&missing));
     assert!(e.message.contains("/nonexistent/ca.pem"), "{e}");
     let mut empty = target.clone();
-    empty.ca_file = Some(server.dir.join("server.ext"));
+    let no_certificate = elsewhere.path().join("server.ext");
+    std::fs::write(&no_certificate, "subjectAltName=DNS:localhost\n").unwrap();
+    empty.ca_file = Some(no_certificate);
     let e = error(Connector.connect(&empty));
     assert!(e.message.contains("no certificate"), "{e}");
 }

@@ -7,6 +7,8 @@
 //! superuser without a password; only root and `postgres` can reach it).
 //! Server settings are PostgreSQL's defaults (`fsync` and
 //! `synchronous_commit` stay on) except `max_connections = 100`.
+//! [`PgServer::start_with_tls`] also turns on TLS (`ssl = on`) with a
+//! certificate for `localhost` from a CA made for that server.
 //!
 //! Every server is stopped and its directory removed when the test process
 //! ends, however it ends (a panic, `panic = "abort"`, SIGKILL): each server
@@ -19,11 +21,12 @@
 //! dropped.
 //!
 //! Commands run as `postgres` through `setpriv` (no PAM session); the tests
-//! run as root.
+//! run as root. Certificates are made with the `openssl` command.
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -50,6 +53,11 @@ const PG_CTL_WAIT: &str = "60";
 /// `PGCONNECT_TIMEOUT` of [`PgServer::psql`] and [`PgServer::psql_as`], in
 /// seconds.
 const PSQL_CONNECT_TIMEOUT: &str = "10";
+/// How long the certificates of [`make_ca`] and
+/// [`PgServer::start_with_tls`] are valid, in days.
+const CERT_DAYS: &str = "2";
+/// The name the certificate of [`PgServer::start_with_tls`] is for.
+pub const TLS_HOST: &str = "localhost";
 
 /// The watchdog: waits for EOF on stdin, then stops the server of
 /// `$1/data` with pg_ctl `$2` and removes `$1`. A postmaster stopped by
@@ -179,6 +187,102 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Run `openssl ARGS` in `dir`; panics if it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run openssl (is it installed?): {e}"));
+    assert!(
+        out.status.success(),
+        "openssl {}: {}{}",
+        args.join(" "),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// `-newkey` arguments of `openssl req`: a P-256 key, unencrypted.
+const NEW_EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+/// Make a self-signed CA in `dir`: `NAME.crt` (PEM) and its key
+/// `NAME.key`; the path of the certificate. (One that signed nothing is
+/// the wrong CA for a client to check a server's certificate with.)
+pub fn make_ca(dir: &Path, name: &str) -> PathBuf {
+    let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
+    let subject = format!("/CN=crm2fa test {name}");
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"][..],
+            &NEW_EC_KEY,
+            &["-days", CERT_DAYS, "-subj", &subject],
+            &["-addext", "basicConstraints=critical,CA:TRUE"],
+            &["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+            &["-keyout", &key, "-out", &crt],
+        ]
+        .concat(),
+    );
+    dir.join(crt)
+}
+
+/// Make the CA `ca.crt` in `dir` and a certificate for [`TLS_HOST`] signed
+/// by it, `server.crt` with its key `server.key` (mode 0600); the path of
+/// the CA's certificate.
+fn make_server_certificates(dir: &Path) -> PathBuf {
+    let ca = make_ca(dir, "ca");
+    openssl(
+        dir,
+        &[
+            &["req"][..],
+            &NEW_EC_KEY,
+            &["-subj", &format!("/CN={TLS_HOST}")],
+            &["-keyout", "server.key", "-out", "server.csr"],
+        ]
+        .concat(),
+    );
+    fs::write(
+        dir.join("server.ext"),
+        format!(
+            "subjectAltName=DNS:{TLS_HOST}\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+        ),
+    )
+    .expect("write server.ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            CERT_DAYS,
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ],
+    );
+    // The server refuses a key others can read.
+    fs::set_permissions(dir.join("server.key"), fs::Permissions::from_mode(0o600))
+        .expect("chmod server.key");
+    ca
+}
+
 /// A throwaway PostgreSQL cluster on 127.0.0.1, stopped and removed when
 /// dropped (or, for [`PgServer::shared`], when the process ends).
 #[derive(Debug)]
@@ -189,6 +293,8 @@ pub struct PgServer {
     bin: PathBuf,
     port: u16,
     password: String,
+    /// The CA of the server's certificate, with TLS.
+    tls_ca: Option<PathBuf>,
     /// The watchdog; its stdin is the pipe whose closing stops the server.
     watchdog: Mutex<Option<Child>>,
 }
@@ -199,6 +305,18 @@ impl PgServer {
     /// on the private unix socket) and `pg_ctl start` on a free port;
     /// returns when the server accepts connections.
     pub fn start() -> PgServer {
+        PgServer::start_with(false)
+    }
+
+    /// [`start`](Self::start) a server that also speaks TLS (`ssl = on`;
+    /// clients choose, `sslmode=disable` still works) with a certificate
+    /// for [`TLS_HOST`] (not for `127.0.0.1`) signed by a CA made for it:
+    /// [`tls_ca`](Self::tls_ca).
+    pub fn start_with_tls() -> PgServer {
+        PgServer::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> PgServer {
         let bin = bin_dir().to_path_buf();
         let tmp = tempfile::Builder::new()
             .prefix("crm2fa-pg-")
@@ -233,8 +351,14 @@ impl PgServer {
             bin,
             port: 0,
             password: random_hex(),
+            tls_ca: None,
             watchdog: Mutex::new(Some(watchdog)),
         };
+        if tls {
+            let certs = pg.tls_dir();
+            fs::create_dir(&certs).expect("create the certificate directory");
+            pg.tls_ca = Some(make_server_certificates(&certs));
+        }
         pg.init();
         pg.port = pg.launch_on_free_port();
         pg
@@ -255,6 +379,12 @@ impl PgServer {
         self.port
     }
 
+    /// The certificate (PEM) of the CA that signed the server's, for a
+    /// client's `verify-full`; None without TLS.
+    pub fn tls_ca(&self) -> Option<&Path> {
+        self.tls_ca.as_deref()
+    }
+
     /// The server's temporary directory (removed when it stops).
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -267,6 +397,10 @@ impl PgServer {
 
     fn socket_dir(&self) -> PathBuf {
         self.dir.join("s")
+    }
+
+    fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
     }
 
     fn log_path(&self) -> PathBuf {
@@ -359,6 +493,9 @@ impl PgServer {
                 "--auth-host=scram-sha-256",
                 "--no-locale",
                 "--encoding=UTF8",
+                // Not synced to disk at the end: nothing here must survive
+                // a crash of the machine.
+                "--no-sync",
             ]);
         let out = Self::run(initdb, "initdb");
         let _ = fs::remove_file(&pwfile);
@@ -369,15 +506,23 @@ impl PgServer {
             text(&out.stdout),
             text(&out.stderr)
         );
-        let conf = self.data_dir().join("postgresql.conf");
-        let mut f = fs::OpenOptions::new()
+        let mut conf = String::from(
+            "\n# crm2fa tests: room for 40 parallel connections and more\nmax_connections = 100\n",
+        );
+        if self.tls_ca.is_some() {
+            let certs = self.tls_dir();
+            let _ = write!(
+                conf,
+                "ssl = on\nssl_cert_file = {}\nssl_key_file = {}\n",
+                quote_literal(&certs.join("server.crt").display().to_string()),
+                quote_literal(&certs.join("server.key").display().to_string())
+            );
+        }
+        fs::OpenOptions::new()
             .append(true)
-            .open(&conf)
-            .expect("open postgresql.conf");
-        f.write_all(
-            b"\n# crm2fa tests: room for 40 parallel connections and more\nmax_connections = 100\n",
-        )
-        .expect("append to postgresql.conf");
+            .open(self.data_dir().join("postgresql.conf"))
+            .and_then(|mut f| f.write_all(conf.as_bytes()))
+            .expect("append to postgresql.conf");
     }
 
     /// `pg_ctl start` on `port`: Ok, or Err(log of this attempt) when the

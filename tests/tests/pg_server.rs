@@ -1,8 +1,8 @@
 //! The PostgreSQL servers the store's tests run against
 //! (`crm2fa_tests::pg`): roles, databases and password logins over TCP,
-//! a role limited to rows, servers side by side, stop, crash and restart,
-//! and a shared server removed when its test process ends, also after a
-//! panic or SIGKILL.
+//! a role limited to rows, servers side by side, TLS, stop, crash and
+//! restart, and a shared server removed when its test process ends, also
+//! after a panic or SIGKILL.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crm2fa_tests::pg::{unique_name, PgServer};
+use crm2fa_tests::pg::{make_ca, unique_name, PgServer, TLS_HOST};
 
 /// Set in a child run of this binary: what [`shared_server_child`] does.
 const CHILD_ENV: &str = "CRM2FA_PG_SERVER_CHILD";
@@ -83,6 +83,9 @@ fn role_and_database_log_in_over_tcp_with_scram() {
     assert_eq!(pg.psql("SHOW synchronous_commit;"), "on");
     let max: u32 = pg.psql("SHOW max_connections;").parse().unwrap();
     assert!(max >= 100, "max_connections = {max}");
+    // No TLS unless asked for.
+    assert_eq!(pg.psql("SHOW ssl;"), "off");
+    assert!(pg.tls_ca().is_none());
 
     // 40 sessions at once.
     let most = thread::scope(|scope| {
@@ -199,6 +202,48 @@ fn two_servers_at_once_and_stop_removes_everything() {
     drop(b);
     assert!(!answers(port));
     assert!(!dir.exists());
+}
+
+#[test]
+fn tls_server_is_verified_by_its_ca_for_localhost_only() {
+    let t = Instant::now();
+    let pg = PgServer::start_with_tls();
+    eprintln!("PostgreSQL server with TLS started in {:?}", t.elapsed());
+    let ca = pg.tls_ca().expect("the CA of a TLS server").to_path_buf();
+    assert!(ca.starts_with(pg.dir()));
+    let pw = "tls pw";
+    pg.create_role_and_db("app", pw, "app");
+    assert_eq!(pg.psql("SHOW ssl;"), "on");
+    let tls = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid();";
+    let url = |host: &str, mode: &str, ca: &Path| {
+        format!(
+            "postgres://app@{host}:{}/app?sslmode={mode}&sslrootcert={}",
+            pg.port(),
+            ca.display()
+        )
+    };
+
+    // The certificate is for localhost, signed by the server's CA.
+    assert_eq!(
+        pg.psql_as(&url(TLS_HOST, "verify-full", &ca), pw, tls)
+            .unwrap(),
+        "t"
+    );
+    // Not for 127.0.0.1.
+    let err = pg
+        .psql_as(&url("127.0.0.1", "verify-full", &ca), pw, tls)
+        .unwrap_err();
+    assert!(err.contains("127.0.0.1"), "{err}");
+    // Not by another CA.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = make_ca(elsewhere.path(), "other");
+    assert_eq!(other, elsewhere.path().join("other.crt"));
+    let err = pg
+        .psql_as(&url(TLS_HOST, "verify-full", &other), pw, tls)
+        .unwrap_err();
+    assert!(err.contains("certificate verify failed"), "{err}");
+    // Without TLS still, as the client chooses.
+    assert_eq!(pg.psql_as(&pg.url("app", "app"), pw, tls).unwrap(), "f");
 }
 
 #[test]
