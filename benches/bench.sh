@@ -61,6 +61,39 @@ if [ "${BENCH_PROFILE:-1}" = 1 ] && { ! command -v strace >/dev/null || ! comman
   say "installing strace and valgrind for the counts (BENCH_PROFILE=0 skips them)"
   bash scripts/install-deps.sh strace valgrind
 fi
+BENCH_PG="${BENCH_PG:-1}"
+# The PostgreSQL server for crm2fa_pg: the highest version Debian installed
+# under /usr/lib/postgresql, run as the postgres user through setpriv.
+pg_bin() {
+  local d best=""
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/psql" ] || continue
+    if [ -z "$best" ] || [ "$(basename "$(dirname "$d")")" -gt "$(basename "$(dirname "$best")")" ] 2>/dev/null; then
+      best=$d
+    fi
+  done
+  printf '%s' "$best"
+}
+if [ "$BENCH_PG" = 1 ] && { [ -z "$(pg_bin)" ] || ! id -u postgres >/dev/null 2>&1 || [ ! -x /usr/bin/setpriv ]; }; then
+  say "installing postgresql for the crm2fa_pg kind (BENCH_PG=0 skips it)"
+  bash scripts/install-deps.sh postgresql postgresql-client
+fi
+if [ "$BENCH_PG" = 1 ]; then
+  PG_BIN=$(pg_bin)
+  [ -n "$PG_BIN" ] || die "no /usr/lib/postgresql/<version>/bin/initdb after install (apt-get install -y postgresql)"
+  id -u postgres >/dev/null 2>&1 || die "no system user postgres (the postgresql package creates it)"
+  [ -x /usr/bin/setpriv ] || die "/usr/bin/setpriv (util-linux) is missing"
+fi
+as_pg() {
+  (cd / && /usr/bin/setpriv --reuid=postgres --regid=postgres --init-groups -- \
+    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C "$@")
+}
+# SQL from stdin as the superuser over the server's unix socket, on database $1;
+# the rows unaligned, one a line.
+pg_sql() {
+  env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C PGCONNECT_TIMEOUT=10 \
+    "$PG_BIN/psql" -X -q -w -A -t -v ON_ERROR_STOP=1 -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d "$1" -f -
+}
 [ -e "$GA_MODULE" ] || die "$GA_MODULE missing after install (apt-get install -y libpam-google-authenticator)"
 [ -e "$OATH_MODULE" ] || die "$OATH_MODULE missing after install (apt-get install -y libpam-oath)"
 command -v python3 >/dev/null || die "python3 is needed for the timing driver"
@@ -77,14 +110,94 @@ BENCH_DIR=$(realpath -m "${BENCH_DIR:-$TARGET/bench-sandbox}")
 rm -rf "$BENCH_DIR"
 mkdir -p "$BENCH_DIR"
 chmod 700 "$BENCH_DIR"
-if [ "${BENCH_KEEP:-0}" != 1 ]; then
-  trap 'rm -rf "$BENCH_DIR"' EXIT
+
+# Everything the run started is stopped and removed when it ends, however it
+# ends: the PostgreSQL server (if any) and, unless BENCH_KEEP=1, the scratch
+# directory.
+PG_DIR=""
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ -n "$PG_DIR" ]; then
+    if [ -f "$PG_DIR/data/postmaster.pid" ]; then
+      as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w -t 30 stop >/dev/null 2>&1 \
+        || as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate -w -t 10 stop >/dev/null 2>&1 \
+        || say "could not stop the PostgreSQL server of $PG_DIR"
+    fi
+    rm -rf "$PG_DIR"
+  fi
+  [ "${BENCH_KEEP:-0}" = 1 ] || rm -rf "$BENCH_DIR"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- a throwaway PostgreSQL server for the crm2fa_pg kind ---------------------
+# Debian's postgresql, as the tests run it (tests/src/pg.rs): a cluster made by
+# initdb as the postgres user in its own directory under /tmp, SCRAM-SHA-256
+# over TCP on a free 127.0.0.1 port, trust on a unix socket in that directory
+# (root and postgres only) to create the roles. Server settings are
+# PostgreSQL's defaults: fsync and synchronous_commit stay on, as SQLite
+# commits with synchronous=FULL.
+PG_URL="" PG_ADMIN_URL=""
+if [ "$BENCH_PG" = 1 ]; then
+  PG_OWNER=crm2fa_bench_owner PG_HOST_ROLE=crm2fa_bench_host PG_DB=crm2fa_bench
+  PG_PORT="" PG_SOCK=""
+  PG_DIR=$(mktemp -d /tmp/crm2fa-bench-pg-XXXXXX)
+  mkdir "$PG_DIR/s"
+  chown -R postgres: "$PG_DIR"
+  say "PostgreSQL $(basename "$(dirname "$PG_BIN")"): initdb in $PG_DIR"
+  as_pg "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --auth-local=trust \
+    --auth-host=scram-sha-256 --no-locale --encoding=UTF8 >"$PG_DIR/initdb.log" 2>&1 \
+    || { cat "$PG_DIR/initdb.log" >&2; die "initdb failed"; }
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    if as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -o "-p $port -h 127.0.0.1 -k $PG_DIR/s" \
+         -l "$PG_DIR/server.log" -w -t 60 start >/dev/null 2>&1; then
+      PG_PORT=$port
+      break
+    fi
+    grep -q -e "could not bind" -e "already in use" "$PG_DIR/server.log" \
+      || { tail -n 20 "$PG_DIR/server.log" >&2; die "pg_ctl start failed"; }
+  done
+  [ -n "$PG_PORT" ] || die "PostgreSQL found no free port in 10 attempts"
+  PG_SOCK="$PG_DIR/s"
+  # Two roles, as README.md "A PostgreSQL store for a fleet" sets them up: the
+  # database's owner (runs `init`) and the hosts' role, which may only read
+  # and write rows (its GRANTs come after `init`, in the driver below).
+  PG_OWNER_PW=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  PG_HOST_PW=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  pg_sql postgres <<SQL
+CREATE ROLE $PG_OWNER LOGIN PASSWORD '$PG_OWNER_PW';
+CREATE DATABASE $PG_DB OWNER $PG_OWNER;
+CREATE ROLE $PG_HOST_ROLE LOGIN PASSWORD '$PG_HOST_PW';
+ALTER ROLE $PG_HOST_ROLE SET statement_timeout = '5s';
+SQL
+  pg_sql "$PG_DB" <<SQL
+ALTER SCHEMA public OWNER TO $PG_OWNER;
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+REVOKE TEMPORARY ON DATABASE $PG_DB FROM PUBLIC;
+SQL
+  # The roles' passwords, one a line, 0600 root, as password_file wants.
+  (umask 077
+   printf '%s\n' "$PG_OWNER_PW" >"$BENCH_DIR/pg-owner.password"
+   printf '%s\n' "$PG_HOST_PW" >"$BENCH_DIR/pg-host.password")
+  PG_ADMIN_URL="postgres://$PG_OWNER@127.0.0.1:$PG_PORT/$PG_DB?sslmode=disable"
+  PG_URL="postgres://$PG_HOST_ROLE@127.0.0.1:$PG_PORT/$PG_DB?sslmode=disable"
+  say "PostgreSQL listens on 127.0.0.1:$PG_PORT (fsync=$(pg_sql postgres <<<'SHOW fsync;'), synchronous_commit=$(pg_sql postgres <<<'SHOW synchronous_commit;'))"
 fi
 
 export BENCH_DIR MODULE ADMIN GA_MODULE OATH_MODULE MATRIX
 export BENCH_N="${BENCH_N:-200}" BENCH_WARMUP="${BENCH_WARMUP:-10}"
 export BENCH_TPUT="${BENCH_TPUT:-120}" BENCH_CLIENTS="${BENCH_CLIENTS:-1 2 8}"
 export BENCH_PROFILE="${BENCH_PROFILE:-1}" BENCH_CONTACTS="${BENCH_CONTACTS:-1}"
+export BENCH_PG PG_URL PG_ADMIN_URL
+if [ "$BENCH_PG" = 1 ]; then
+  PG_CLIENT_LIB="$TARGET/release/libcrm2fa_pg.so"
+  [ -f "$PG_CLIENT_LIB" ] || die "no $PG_CLIENT_LIB after the build"
+  export PG_BIN PG_SOCK PG_PORT PG_DB PG_OWNER PG_HOST_ROLE PG_DIR PG_CLIENT_LIB
+fi
 
 python3 - <<'PY'
 import base64, collections, concurrent.futures, hashlib, hmac, json, math, os, random
@@ -102,6 +215,8 @@ except ValueError as e:
 if N < 1 or WARMUP < 0 or TPUT < 0 or not CLIENTS or min(CLIENTS) < 1:
     sys.exit("bench: BENCH_N must be >= 1, BENCH_WARMUP and BENCH_TPUT >= 0, BENCH_CLIENTS >= 1 each")
 PROFILE = os.environ["BENCH_PROFILE"] == "1"
+# crm2fa_pg: crm2fa with a PostgreSQL store on the local throwaway server.
+PG = os.environ.get("BENCH_PG", "1") == "1"
 PASSWORD = "pw"
 # A pamtester that has not finished by then counts as failed (and is killed):
 # far above crm2fa's 10 s busy timeout.
@@ -141,15 +256,30 @@ count_users = [f"c{i:05d}" for i in range(2 if PROFILE else 0)]
 everyone = users + tput_users + count_users
 
 # --- crm2fa: config, store, one enrolled (active) user per login -----------
+def write_config(path, store):
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(store + '\n[policy]\nenforce = "opt-in"\n')
+        # BENCH_CONTACTS=1 (the default): codes by email are configured and every
+        # user has an address, as on a host that offers them; the TOTP login then
+        # also looks for an outstanding emailed code and offers "email".
+        if CONTACTS:
+            f.write('\n[email]\nsmtp_host = "127.0.0.1"\n')
+
 cfg = os.path.join(D, "crm2fa.toml")
-with open(os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-    f.write('[store]\npath = "crm2fa.db"\nkey_file = "secret.key"\n\n'
-            '[policy]\nenforce = "opt-in"\n')
-    # BENCH_CONTACTS=1 (the default): codes by email are configured and every
-    # user has an address, as on a host that offers them; the TOTP login then
-    # also looks for an outstanding emailed code and offers "email".
-    if CONTACTS:
-        f.write('\n[email]\nsmtp_host = "127.0.0.1"\n')
+write_config(cfg, '[store]\npath = "crm2fa.db"\nkey_file = "secret.key"\n')
+# crm2fa_pg: the same config but for [store], a PostgreSQL database on the
+# local server, reached over TCP with SCRAM as a fleet's hosts reach theirs.
+# The hosts' config uses a role with row rights only; `init` runs with the
+# database owner's (pg-admin.toml). Both share the key file init makes.
+if PG:
+    def pg_store(url, password_file):
+        return (f'[store]\nurl = "{url}"\npassword_file = "{password_file}"\n'
+                f'key_file = "pg-secret.key"\nclient_library = "{os.environ["PG_CLIENT_LIB"]}"\n'
+                'connect_timeout = "3s"\n')
+    cfg_pg = os.path.join(D, "crm2fa-pg.toml")
+    cfg_pg_admin = os.path.join(D, "pg-admin.toml")
+    write_config(cfg_pg, pg_store(os.environ["PG_URL"], "pg-host.password"))
+    write_config(cfg_pg_admin, pg_store(os.environ["PG_ADMIN_URL"], "pg-owner.password"))
 # The accounts: crm2fa looks the user up in NSS (getpwnam), so every user is
 # known to NSS through nss_wrapper, for every stack alike.
 passwd_file, group_file = os.path.join(D, "passwd"), os.path.join(D, "group")
@@ -177,6 +307,33 @@ login_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8
 admin = [ADMIN, "--config", cfg]
 run(admin + ["init"], env=nss_env)
 
+def pg_sql(db, sql):
+    """SQL as the server's superuser over its unix socket."""
+    return run([os.path.join(os.environ["PG_BIN"], "psql"), "-X", "-q", "-w", "-A", "-t",
+                "-v", "ON_ERROR_STOP=1", "-h", os.environ["PG_SOCK"], "-p", os.environ["PG_PORT"],
+                "-U", "postgres", "-d", db, "-c", sql],
+               env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "PGCONNECT_TIMEOUT": "10"})
+
+if PG:
+    admin_pg = [ADMIN, "--config", cfg_pg]
+    run([ADMIN, "--config", cfg_pg_admin, "init"], env=nss_env)
+    # The hosts' role: rows only, as README.md "A PostgreSQL store for a fleet"
+    # grants them, on the tables init just made.
+    r, o, db = os.environ["PG_HOST_ROLE"], os.environ["PG_OWNER"], os.environ["PG_DB"]
+    pg_sql(db, f"GRANT CONNECT ON DATABASE {db} TO {r};"
+               f" GRANT USAGE ON SCHEMA public TO {r};"
+               f" GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {r};"
+               f" GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {r};"
+               f" ALTER DEFAULT PRIVILEGES FOR ROLE {o} IN SCHEMA public"
+               f" GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {r};"
+               f" ALTER DEFAULT PRIVILEGES FOR ROLE {o} IN SCHEMA public GRANT USAGE ON SEQUENCES TO {r};")
+    # doctor checks that the hosts' role reaches the store with every row right a
+    # login needs (its other checks, e.g. the sending program, are not ours here).
+    r = subprocess.run(admin_pg + ["doctor"], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, env=nss_env)
+    if not any(l.split()[:2] == ["ok", "store"] for l in r.stdout.splitlines()):
+        sys.exit(f"bench: crm2fa-admin doctor does not find the PostgreSQL store usable:\n{r.stdout}{r.stderr}")
+
 ga_dir = {"ga": os.path.join(D, "ga"), "ga_fast": os.path.join(D, "ga-fast")}
 # google-authenticator: the file its own setup tool writes. GA: the options it
 # recommends (TOTP, disallow reuse, rate limit 3/30s, window 3 = +-1 step, as
@@ -187,21 +344,27 @@ for d in ga_dir.values():
     os.mkdir(d, 0o700)
 oath_file = os.path.join(D, "users.oath")
 
-def enroll(u):
-    j = json.loads(run(admin + ["--json", "enroll", u, "--no-qr"], env=nss_env))
+def enroll_crm2fa(adm, u):
+    j = json.loads(run(adm + ["--json", "enroll", u, "--no-qr"], env=nss_env))
     # Confirm with the previous step's code (inside the default skew of 1), so
     # that the step the timed login uses is still unused. A step that ends
     # between the code and its check makes it two steps old: try again.
     for tries in range(3):
-        argv = admin + ["confirm", u, totp(j["secret"], time.time() - 30)]
+        argv = adm + ["confirm", u, totp(j["secret"], time.time() - 30)]
         r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=nss_env)
         if r.returncode == 0:
             break
     else:
         sys.exit(f"bench: command failed ({r.returncode}): {' '.join(argv)}\n{r.stdout}{r.stderr}")
     if CONTACTS:
-        run(admin + ["set-contact", u, "--email", f"{u}@example.com"], env=nss_env)
-    out = {"crm2fa": j["secret"]}
+        run(adm + ["set-contact", u, "--email", f"{u}@example.com"], env=nss_env)
+    return j["secret"]
+
+def enroll(u):
+    out = {"crm2fa": enroll_crm2fa(admin, u)}
+    # crm2fa_pg: the same steps in the PostgreSQL store (its own secret).
+    if PG:
+        out["crm2fa_pg"] = enroll_crm2fa(admin_pg, u)
     for kind, d in ga_dir.items():
         gf = os.path.join(d, u)
         run(["google-authenticator", "-t", "-f", "-w", "3", "-Q", "NONE", "-q", "-s", gf]
@@ -212,7 +375,8 @@ def enroll(u):
     out["oath"] = base64.b32encode(os.urandom(20)).decode()
     return u, out
 
-log(f"enrolling {len(everyone)} users in crm2fa, GA, GA-fast and pam_oath (not timed) ...")
+log(f"enrolling {len(everyone)} users in crm2fa,{' crm2fa_pg,' if PG else ''} GA, GA-fast and pam_oath"
+    " (not timed) ...")
 t0 = time.time()
 secret = collections.defaultdict(dict)  # kind -> user -> base32 secret
 # crm2fa-admin hashes each user's backup codes (argon2) at enroll: use every core.
@@ -241,6 +405,7 @@ passdb = os.path.join(D, "passdb")
 services = {
     "baseline": "auth required pam_permit.so\n",
     "crm2fa": f"auth required {MODULE} config={cfg} qr=none\n",
+    **({"crm2fa_pg": f"auth required {MODULE} config={cfg_pg} qr=none\n"} if PG else {}),
     "ga": f"auth required {GA_MODULE} secret={ga_dir['ga']}/${{USER}} user=root\n",
     "ga_fast": f"auth required {GA_MODULE} secret={ga_dir['ga_fast']}/${{USER}} user=root\n",
     # window=1: +-1 step, as the others.
@@ -297,10 +462,11 @@ def attempt(kind, user, wrap=None):
             return ok, time.perf_counter() - t, msg, restarts
         restarts += 1
 
-KINDS = ["crm2fa", "ga", "ga_fast", "oath", "baseline"]
+KINDS = ["crm2fa"] + (["crm2fa_pg"] if PG else []) + ["ga", "ga_fast", "oath", "baseline"]
 label = {
     "baseline": "baseline: pam_matrix + pam_permit",
     "crm2fa": "crm2fa: + pam_crm2fa",
+    "crm2fa_pg": "crm2fa_pg: + pam_crm2fa, PostgreSQL store",
     "ga": "GA: + google-authenticator (reuse prot.)",
     "ga_fast": "GA-fast: + google-authenticator (no reuse prot.)",
     "oath": "pam_oath: + pam_oath (one users.oath)",
@@ -319,7 +485,7 @@ for r, user in enumerate(users):
             times[k].append(dt)
 
 # --- 2. throughput: concurrent clients ---------------------------------------
-TPUT_KINDS = ["crm2fa", "ga", "ga_fast", "oath", "baseline"]
+TPUT_KINDS = KINDS
 tput = {}  # (kind, clients) -> dict(rate, failed, n, p95, first failure)
 
 def cell(kind, clients, pool):
@@ -415,14 +581,16 @@ size = lambda path: os.path.getsize(path) / 1e6
 print()
 print(f"1. Per-login wall time, {N} logins each, one at a time (one pamtester process per login, pam_wrapper)")
 print(f"{'':{W}}{'median ms':>10}{'p95 ms':>10}")
-for k in ["baseline", "crm2fa", "ga", "ga_fast", "oath"]:
+REPORT = ["baseline"] + [k for k in KINDS if k != "baseline"]
+for k in REPORT:
     print(f"{label[k]:{W}}{ms(med[k]):10.2f}{ms(p[k]):10.2f}")
-for a, b in [("crm2fa", "ga_fast"), ("crm2fa", "ga"), ("crm2fa", "oath"), ("crm2fa", "baseline")]:
+for a, b in [("crm2fa", "ga_fast"), ("crm2fa", "ga"), ("crm2fa", "oath"), ("crm2fa", "baseline")] \
+        + ([("crm2fa_pg", "crm2fa")] if PG else []):
     name = f"ratio {a} / {dict(ga='GA', ga_fast='GA-fast', oath='pam_oath').get(b, b)}"
     print(f"{name:{W}}{med[a] / med[b]:9.2f}x{p[a] / p[b]:9.2f}x")
 print("second factor alone (median - baseline): "
       + ", ".join(f"{dict(ga='GA', ga_fast='GA-fast', oath='pam_oath').get(k, k)} {ms(med[k] - med['baseline']):.2f} ms"
-                  for k in ["crm2fa", "ga", "ga_fast", "oath"]))
+                  for k in REPORT[1:]))
 oath_lib = os.path.realpath("/lib/x86_64-linux-gnu/liboath.so.0")
 print(f"module sizes: pam_crm2fa.so {size(MODULE):.2f} MB, pam_google_authenticator.so {size(GA_MODULE):.2f} MB,"
       f" pam_oath.so {size(OATH_MODULE):.2f} MB (+ liboath {size(oath_lib):.2f} MB)"
@@ -438,7 +606,14 @@ print(f"crm2fa users have an email address and [email] is configured: {'yes' if 
       " (BENCH_CONTACTS)")
 db = os.path.join(D, "crm2fa.db")
 store = ", ".join(f"{os.path.basename(f)} {size(f):.2f} MB" for f in (db, db + "-wal") if os.path.exists(f))
-print(f"stores after {len(everyone)} enrolments and all logins: crm2fa {store}; users.oath {size(oath_file):.2f} MB")
+print(f"stores after {len(everyone)} enrolments and all logins: crm2fa {store}; users.oath {size(oath_file):.2f} MB"
+      + (f"; crm2fa_pg database {int(pg_sql(os.environ['PG_DB'], 'SELECT pg_database_size(current_database());')) / 1e6:.2f} MB"
+         if PG else ""))
+if PG:
+    print("crm2fa_pg: PostgreSQL " + pg_sql("postgres", "SHOW server_version;").strip()
+          + " on 127.0.0.1, a new connection (SCRAM-SHA-256, no TLS) per login, as the host role;"
+          + " fsync " + pg_sql("postgres", "SHOW fsync;").strip()
+          + ", synchronous_commit " + pg_sql("postgres", "SHOW synchronous_commit;").strip())
 print()
 # 95% bootstrap interval of the median ratio, to tell a real gap from noise.
 def verdict(a, b, goal):
@@ -456,15 +631,41 @@ verdict("crm2fa", "ga_fast",
         "Goal: crm2fa no slower than GA-fast, google-authenticator without reuse protection (median)")
 verdict("crm2fa", "ga", "      (and than GA with reuse protection, as its setup tool recommends)")
 
+# crm2fa_pg: what the second factor (median - baseline) costs with the
+# PostgreSQL store, against the same with SQLite; the interval by the same
+# bootstrap, resampling the three kinds' times.
+PG_GOAL = 1.5
+if PG:
+    rng = random.Random(1)
+    def second(k, xs):
+        return statistics.median(xs[k]) - statistics.median(xs["baseline"])
+    boot = []
+    for _ in range(1000):
+        xs = {k: rng.choices(times[k], k=N) for k in ("crm2fa_pg", "crm2fa", "baseline")}
+        if second("crm2fa", xs) > 0:
+            boot.append(second("crm2fa_pg", xs) / second("crm2fa", xs))
+    boot.sort()
+    sf_pg, sf = med["crm2fa_pg"] - med["baseline"], med["crm2fa"] - med["baseline"]
+    ratio = sf_pg / sf if sf > 0 else math.inf
+    lo = boot[int(0.025 * len(boot))] if boot else math.nan
+    hi = boot[min(len(boot) - 1, int(0.975 * len(boot)))] if boot else math.nan
+    v = ("MET" if ratio <= PG_GOAL else
+         "NOT MET, within noise" if lo <= PG_GOAL else "NOT MET")
+    print(f"Goal: the second factor (median - baseline) with the PostgreSQL store at most {PG_GOAL}x"
+          " what it costs with SQLite")
+    print(f"      {v}: {ratio:.2f}x (95% interval {lo:.2f}..{hi:.2f}),"
+          f" crm2fa_pg {ms(sf_pg):.2f} ms vs crm2fa {ms(sf):.2f} ms")
+
 if tput:
     print()
     print(f"2. Throughput: logins per second with concurrent clients, {TPUT} logins per cell, each its own")
     print("   pamtester process with a fresh valid code for its own user; failed = a valid code refused")
-    short = {"baseline": "baseline", "crm2fa": "crm2fa", "ga": "GA", "ga_fast": "GA-fast", "oath": "pam_oath"}
+    short = {"baseline": "baseline", "crm2fa": "crm2fa", "crm2fa_pg": "crm2fa_pg", "ga": "GA",
+             "ga_fast": "GA-fast", "oath": "pam_oath"}
     print("   and the p95 of one login's wall time under that load")
     print(f"{'':10}" + "".join(f"{str(c) + ' client' + ('s' if c > 1 else ''):>27}" for c in CLIENTS))
     print(f"{'':10}" + "".join(f"{'login/s':>9}{'failed':>9}{'p95 ms':>9}" for _ in CLIENTS))
-    for k in TPUT_KINDS:
+    for k in REPORT:
         row = "".join(f"{tput[(k, c)]['rate']:9.1f}"
                       f"{str(tput[(k, c)]['failed']) + '/' + str(tput[(k, c)]['n']):>9}"
                       f"{ms(tput[(k, c)]['p95']):9.1f}" for c in CLIENTS)
@@ -488,6 +689,16 @@ if tput:
         mine, theirs = good("crm2fa", c), good(best, c)
         print(f"      {c} client{'s' if c > 1 else ''}: {'MET' if mine >= theirs else 'NOT MET'}:"
               f" crm2fa {mine:.1f}/s vs {label[best].split(':')[0]} {theirs:.1f}/s ({mine / theirs:.2f}x)")
+    if PG:
+        pg_failed = sum(tput[("crm2fa_pg", c)]["failed"] for c in CLIENTS)
+        conc = [c for c in CLIENTS if c > 1]
+        pg_failed_conc = sum(tput[("crm2fa_pg", c)]["failed"] for c in conc)
+        print("Goal: crm2fa_pg none failed under concurrency")
+        print(f"      {'MET' if pg_failed_conc == 0 else 'NOT MET'}: crm2fa_pg failed: {pg_failed_conc}"
+              f" ({', '.join(f'{c} clients' for c in conc) or 'no concurrent cell'};"
+              f" {pg_failed} at every client count)")
+        print("      crm2fa_pg / crm2fa logins/s: " + ", ".join(
+            f"{c} client{'s' if c > 1 else ''} {good('crm2fa_pg', c) / good('crm2fa', c):.2f}x" for c in CLIENTS))
 
 if counts:
     print()
@@ -511,13 +722,13 @@ if counts:
             return str(sum(n for name, n in calls.items() if "stat" in name))
         return str(calls.get(c, 0))
     print(f"{'':{W}}" + "".join(f"{h:>9}" for _, h in cols))
-    for k in ["baseline", "crm2fa", "ga", "ga_fast", "oath"]:
+    for k in REPORT:
         print(f"{label[k]:{W}}" + "".join(f"{val(k, c):>9}" for c, _ in cols))
     if all(counts[k].get("Ir") for k in KINDS):
         base = counts["baseline"]["Ir"]
         print("instructions beyond the baseline: " + ", ".join(
             f"{dict(ga='GA', ga_fast='GA-fast', oath='pam_oath').get(k, k)} {(counts[k]['Ir'] - base) / 1e6:.2f}M"
-            for k in ["crm2fa", "ga", "ga_fast", "oath"]))
+            for k in REPORT[1:]))
     print(f"(crm2fa's store: WAL of {counts.get('wal_kb', 0):.0f} kB read back at the counted login, as by every"
           " login that opens the store alone;")
     print(f" GA and crm2fa look the user up in NSS, here nss_wrapper reading a passwd of {len(everyone)} users"
@@ -530,4 +741,7 @@ print("a code it has not seen; crm2fa records it in its SQLite store, GA rewrite
 print("file (DISALLOW_REUSE + RATE_LIMIT), pam_oath rewrites its one users.oath, GA-fast")
 print("writes nothing. All stores sit on the same filesystem; the order rotates. Wall-clock")
 print("numbers move with the machine's other load: compare rows of one run, not runs.")
+if PG:
+    print("crm2fa_pg is the same module and config but for [store]: each login connects over TCP")
+    print("(SCRAM) to the local PostgreSQL server, default durability, and commits there.")
 PY
