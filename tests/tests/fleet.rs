@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crm2fa_tests::pg::{unique_name, PgServer};
+use crm2fa_tests::pg::{make_ca, unique_name, PgServer, TLS_HOST};
 use crm2fa_tests::*;
 
 const PW: &str = "correct horse";
@@ -27,29 +27,70 @@ fn client_library() -> PathBuf {
 
 struct Fleet {
     hosts: Vec<Sandbox>,
+    /// The hosts' url (the role with row rights only).
+    host_url: String,
 }
 
-/// The `[store]` section for `url`, with the password in `pw_file`.
-fn store_section(url: &str, pw_file: &Path, key: &Path, timeout: &str) -> String {
+/// The `[store]` section for `url`, with the password in `pw_file`, and
+/// `ca_file` if given.
+fn store_section(
+    url: &str,
+    pw_file: &Path,
+    key: &Path,
+    timeout: &str,
+    ca: Option<&Path>,
+) -> String {
+    let ca_line = ca.map_or(String::new(), |ca| {
+        format!("ca_file = \"{}\"\n", ca.display())
+    });
     format!(
         "[store]\nurl = \"{url}\"\npassword_file = \"{}\"\nkey_file = \"{}\"\n\
-         client_library = \"{}\"\nconnect_timeout = \"{timeout}\"\n",
+         client_library = \"{}\"\nconnect_timeout = \"{timeout}\"\n{ca_line}",
         pw_file.display(),
         key.display(),
         client_library().display()
     )
 }
 
+/// `url` on a server with TLS: by the name its certificate is for, with
+/// `sslmode=verify-full`.
+fn verify_full(url: &str) -> String {
+    url.replace("@127.0.0.1:", &format!("@{TLS_HOST}:"))
+        .replace("sslmode=disable", "sslmode=verify-full")
+}
+
 /// Three hosts on `pg`, the schema made by the owner role with `init` on
 /// the first, the hosts' configs using a role with row rights only, the
-/// config `sections` after `[store]`; `users` known to every host.
-fn fleet_on(pg: &PgServer, sections: &str, users: &[&str], timeout: &str) -> Fleet {
+/// config `sections` after `[store]`; `users` known to every host. With
+/// `tls`, the server's CA: every config (the owner's too) then connects
+/// with `verify-full`, each host checking with its own copy of the CA.
+fn fleet_on(
+    pg: &PgServer,
+    sections: &str,
+    users: &[&str],
+    timeout: &str,
+    tls: Option<&Path>,
+) -> Fleet {
     let db = unique_name("fleet");
     let owner = unique_name("owner");
     let host_role = unique_name("host");
-    let owner_url = pg.create_role_and_db(&owner, OWNER_PW, &db);
-    let host_url = pg.grant_rw_role(&host_role, HOST_PW, &db);
+    let mut owner_url = pg.create_role_and_db(&owner, OWNER_PW, &db);
+    let mut host_url = pg.grant_rw_role(&host_role, HOST_PW, &db);
+    if tls.is_some() {
+        owner_url = verify_full(&owner_url);
+        host_url = verify_full(&host_url);
+    }
     let hosts: Vec<Sandbox> = (0..3).map(|_| Sandbox::bare()).collect();
+    let ca_copies: Vec<Option<PathBuf>> = hosts
+        .iter()
+        .map(|h| {
+            tls.map(|ca| {
+                let copy = h.root().join("db-ca.pem");
+                write_bytes(&copy, &std::fs::read(ca).expect("read the CA"), 0o644);
+                copy
+            })
+        })
+        .collect();
     let first = &hosts[0];
     let key = first.key_path();
     // The administrator's config: the owner role, for `init` only.
@@ -58,7 +99,13 @@ fn fleet_on(pg: &PgServer, sections: &str, users: &[&str], timeout: &str) -> Fle
     let admin_cfg = first.root().join("admin.toml");
     write_file(
         &admin_cfg,
-        &store_section(&owner_url, &owner_pw, &key, timeout),
+        &store_section(
+            &owner_url,
+            &owner_pw,
+            &key,
+            timeout,
+            ca_copies[0].as_deref(),
+        ),
         0o600,
     );
     let mut init = std::process::Command::new(admin_path());
@@ -70,7 +117,7 @@ fn fleet_on(pg: &PgServer, sections: &str, users: &[&str], timeout: &str) -> Fle
         show_output(&out)
     );
     let key_bytes = std::fs::read(&key).expect("the key init made");
-    for h in &hosts {
+    for (h, ca) in hosts.iter().zip(&ca_copies) {
         if h.key_path() != key {
             write_bytes(&h.key_path(), &key_bytes, 0o600);
         }
@@ -78,7 +125,7 @@ fn fleet_on(pg: &PgServer, sections: &str, users: &[&str], timeout: &str) -> Fle
         write_file(&pw, &format!("{HOST_PW}\n"), 0o600);
         let text = format!(
             "{}\n{sections}",
-            store_section(&host_url, &pw, &h.key_path(), timeout)
+            store_section(&host_url, &pw, &h.key_path(), timeout, ca.as_deref())
         );
         h.write_config(&text);
         h.set_stack(&h.default_stack());
@@ -86,7 +133,7 @@ fn fleet_on(pg: &PgServer, sections: &str, users: &[&str], timeout: &str) -> Fle
             h.add_user(u, PW);
         }
     }
-    Fleet { hosts }
+    Fleet { hosts, host_url }
 }
 
 /// Once every login sits at its password prompt, all answers at once.
@@ -101,7 +148,7 @@ fn released_together(mut pending: Vec<PendingLogin>) -> Vec<LoginResult> {
 }
 
 fn fleet(sections: &str, users: &[&str]) -> Fleet {
-    fleet_on(PgServer::shared(), sections, users, "3s")
+    fleet_on(PgServer::shared(), sections, users, "3s", None)
 }
 
 #[test]
@@ -197,6 +244,7 @@ fn a_server_that_is_down_denies_within_the_connect_timeout() {
         "[policy]\nenforce = \"all\"\nfailmode = \"secure\"\n",
         &["dave"],
         "2s",
+        None,
     );
     let e = f.hosts[0].enroll_active("dave");
     f.hosts[1]
@@ -227,7 +275,7 @@ fn a_server_that_is_down_denies_within_the_connect_timeout() {
 #[test]
 fn doctor_checks_the_server_and_the_rights_of_the_hosts_role() {
     let pg = PgServer::start();
-    let f = fleet_on(&pg, "", &[], "2s");
+    let f = fleet_on(&pg, "", &[], "2s", None);
     let h = &f.hosts[1];
     let good = h.admin(&["doctor"]);
     assert_eq!(good.status.code(), Some(0), "{}", show_output(&good));
@@ -310,7 +358,7 @@ fn a_sqlite_store_copied_to_postgresql_keeps_the_users_app_working() {
     write_file(&pw, &format!("{HOST_PW}\n"), 0o600);
     sb.write_config(&format!(
         "{}\n[policy]\nenforce = \"all\"\nprompts = 1\n",
-        store_section(&host_url, &pw, &sb.key_path(), "3s")
+        store_section(&host_url, &pw, &sb.key_path(), "3s", None)
     ));
     wait_for_step_margin(Duration::from_secs(5));
     sb.login("erin", &[PW, &totp(&e.secret, 0)])
@@ -321,4 +369,59 @@ fn a_sqlite_store_copied_to_postgresql_keeps_the_users_app_working() {
         audit.iter().filter(|a| a["event"] == "login").count() >= 3,
         "the old audit rows came along: {audit:?}"
     );
+}
+
+#[test]
+fn logins_over_tls_check_the_servers_certificate_with_a_trusted_ca_file() {
+    let pg = PgServer::start_with_tls();
+    let sections = "[policy]\nenforce = \"all\"\nfailmode = \"secure\"\n";
+    let f = fleet_on(&pg, sections, &["tina"], "3s", pg.tls_ca());
+    assert!(f.host_url.contains("sslmode=verify-full"), "{}", f.host_url);
+    let e = f.hosts[0].enroll_active("tina");
+    f.hosts[1]
+        .login("tina", &[PW, &e.backup_codes[0]])
+        .assert_success();
+
+    // A certificate from another CA than the host's ca_file: no session,
+    // so no code is asked, and doctor says why.
+    let h = &f.hosts[2];
+    let ca_file = h.root().join("db-ca.pem");
+    let good_ca = std::fs::read(&ca_file).unwrap();
+    let other = make_ca(h.root(), "other-ca");
+    write_bytes(&ca_file, &std::fs::read(other).unwrap(), 0o644);
+    let r = h.login("tina", &[PW, &e.backup_codes[1]]);
+    r.assert_denied();
+    assert_eq!(r.prompts_seen, 0, "{r}");
+    let doctor = show_output(&h.admin(&["doctor"]));
+    assert!(doctor.contains("certificate"), "{doctor}");
+
+    // The right CA in a file others may change: refused before any
+    // connection (whoever can change it picks the server logins trust).
+    write_bytes(&ca_file, &good_ca, 0o666);
+    let r = h.login("tina", &[PW, &e.backup_codes[1]]);
+    r.assert_denied();
+    assert_eq!(r.prompts_seen, 0, "{r}");
+    let doctor = show_output(&h.admin(&["doctor"]));
+    assert!(doctor.contains(&ca_file.display().to_string()), "{doctor}");
+
+    write_bytes(&ca_file, &good_ca, 0o644);
+    h.login("tina", &[PW, &e.backup_codes[1]]).assert_success();
+
+    // sslmode=require: encrypted without checking the certificate (the
+    // address is not a name in it), no ca_file needed.
+    let require = f
+        .host_url
+        .replace(&format!("@{TLS_HOST}:"), "@127.0.0.1:")
+        .replace("sslmode=verify-full", "sslmode=require");
+    h.write_config(&format!(
+        "{}\n{sections}",
+        store_section(
+            &require,
+            &h.root().join("host.password"),
+            &h.key_path(),
+            "3s",
+            None
+        )
+    ));
+    h.login("tina", &[PW, &e.backup_codes[2]]).assert_success();
 }

@@ -115,8 +115,14 @@ pub struct PostgresConfig {
 
 impl PostgresConfig {
     /// Where and how to connect, with the password read from
-    /// `password_file` (which must be root's and closed to others).
+    /// `password_file` (which must be root's and closed to others). With
+    /// `verify-full`, `ca_file` decides which server is trusted with the
+    /// logins, so it must be root's and closed to writes by others, as the
+    /// config is.
     pub fn target(&self) -> Result<PgTarget> {
+        if let (SslMode::VerifyFull, Some(ca)) = (self.sslmode, &self.ca_file) {
+            crate::fsperm::open_trusted(ca, crate::fsperm::Secrecy::NotWritableByOthers)?;
+        }
         let password = match &self.password_file {
             Some(p) => {
                 let mut f = crate::fsperm::open_trusted(p, crate::fsperm::Secrecy::OwnerOnly)?;
