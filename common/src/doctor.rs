@@ -148,6 +148,10 @@ pub fn run(config_path: &Path, pg: Option<&dyn PgConnect>) -> Vec<Check> {
         Err(e) => {
             let fallback = match (&e, &cfg.store.postgres) {
                 (crate::Error::StoreMissing { .. }, _) => "run `crm2fa-admin init`",
+                (_, Some(_)) if permission_denied(&e) => {
+                    "as the database's owner, give this role the row rights a login needs \
+                     (README, A PostgreSQL store for a fleet: the GRANTs)"
+                }
                 (_, Some(_)) => {
                     "check that the server is up and reachable from this host, the role, \
                      password_file and sslmode; the schema is made by `crm2fa-admin init` as the \
@@ -226,6 +230,15 @@ pub fn run(config_path: &Path, pg: Option<&dyn PgConnect>) -> Vec<Check> {
         }
     }
     out
+}
+
+/// Whether the PostgreSQL server refused `e` for want of a right
+/// (SQLSTATE 42501): the role is known but lacks its GRANTs.
+fn permission_denied(e: &crate::Error) -> bool {
+    matches!(e, crate::Error::Store { source, .. }
+        if source
+            .downcast_ref::<store::pg::PgError>()
+            .is_some_and(|p| p.sqlstate.as_deref() == Some("42501")))
 }
 
 #[cfg(test)]

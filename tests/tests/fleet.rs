@@ -301,6 +301,20 @@ fn doctor_checks_the_server_and_the_rights_of_the_hosts_role() {
         )),
         "{text}"
     );
+    // A role without its GRANTs at all fails at the first read: said so.
+    pg.psql_db(
+        &db,
+        &format!(
+            "REVOKE SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public FROM {role}"
+        ),
+    );
+    let bare = h.admin(&["doctor"]);
+    assert_eq!(bare.status.code(), Some(1), "{}", show_output(&bare));
+    let text = show_output(&bare);
+    assert!(
+        text.contains("permission denied") && text.contains("give this role the row rights"),
+        "{text}"
+    );
     // The server gone: said, with what to check.
     pg.kill();
     let down = h.admin(&["doctor"]);
