@@ -255,6 +255,13 @@ fn a_server_that_is_down_denies_within_the_connect_timeout() {
     let r = f.hosts[1].login("dave", &[PW, &e.backup_codes[1]]);
     r.assert_denied();
     assert_eq!(r.prompts_seen, 0, "no code is asked: {r}");
+    // The reason, in syslog (mirrored by `debug`).
+    assert_eq!(
+        r.debug_lines_with(&["denied (failmode = secure)", "Connection refused"])
+            .len(),
+        1,
+        "{r}"
+    );
     pg.restart();
     pg.suspend();
     let started = Instant::now();
@@ -262,6 +269,15 @@ fn a_server_that_is_down_denies_within_the_connect_timeout() {
     let took = started.elapsed();
     pg.resume();
     r.assert_denied();
+    assert_eq!(
+        r.debug_lines_with(&[
+            "denied (failmode = secure)",
+            "no answer within 2s (connect_timeout)"
+        ])
+        .len(),
+        1,
+        "{r}"
+    );
     assert!(
         took < Duration::from_secs(8),
         "a login waited {took:?} for a server that does not answer: {r}"
