@@ -48,8 +48,13 @@
 //!
 //! - `disable`: no TLS.
 //! - `require`: TLS, but the server's certificate is not checked (as in
-//!   libpq): the connection is encrypted against a passive eavesdropper,
-//!   not against someone in the middle.
+//!   libpq). The server must then prove it knows the role's password by
+//!   SCRAM-SHA-256 with channel binding (`channel_binding=require` in
+//!   libpq's words): a server in the middle that asks for the password in
+//!   clear, or lets the client in without any, is refused before the
+//!   password leaves, so it neither learns the password nor serves forged
+//!   rows. It needs a password and a server that offers SCRAM-SHA-256-PLUS
+//!   (PostgreSQL 11 and later over TLS; not every pooler does).
 //! - `verify-full`: TLS, the certificate chain checked against the PEM
 //!   certificates in `ca_file` (required) and the name against `host`.
 //!
@@ -160,6 +165,13 @@ impl Session {
             }
             SslMode::Require | SslMode::VerifyFull => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                if target.sslmode == SslMode::Require {
+                    // The certificate is not checked, so the server proves
+                    // itself by SCRAM bound to this TLS session: a server
+                    // asking for the password in clear (or not at all) is
+                    // refused before anything is sent.
+                    config.channel_binding(tokio_postgres::config::ChannelBinding::Require);
+                }
                 let tls =
                     tls::connector(target.sslmode, target.ca_file.as_deref()).map_err(fail)?;
                 rt.block_on(start(&config, tls, target.connect_timeout))

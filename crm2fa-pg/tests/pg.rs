@@ -517,3 +517,45 @@ fn verify_full_checks_the_ca_and_the_name() {
     let e = error(Connector.connect(&empty));
     assert!(e.message.contains("no certificate"), "{e}");
 }
+
+#[test]
+fn require_refuses_a_server_that_does_not_prove_it_knows_the_password() {
+    // A server of its own: its rules change, and it restarts.
+    let server = PgServer::start_with_tls();
+    let clear = new_db(&server, "cleartext", SslMode::Require);
+    let trusting = new_db(&server, "trusting", SslMode::Require);
+    let scram = new_db(&server, "scram", SslMode::Require);
+    // Every login the server lets in is logged.
+    server.psql("ALTER SYSTEM SET log_connections = on;");
+    // As a server in the middle would: ask for the password in clear, or
+    // let the client in without any (the restart applies the setting too).
+    server.prepend_hba(&format!("hostssl all {} 127.0.0.1/32 password", clear.user));
+    server.prepend_hba(&format!("hostssl all {} 127.0.0.1/32 trust", trusting.user));
+    for target in [&clear, &trusting] {
+        let e = error(Connector.connect(target));
+        assert!(
+            e.message.contains("channel binding"),
+            "{}: {e}",
+            target.user
+        );
+        assert_no_password(&e);
+    }
+    // The password never reached the server: it did not let the role that
+    // needs one in (the trusting rule lets anyone in; the client left).
+    let log = server.log();
+    let authorized = format!("connection authorized: user={}", clear.user);
+    assert!(!log.contains(&authorized), "{log}");
+    // SCRAM over TLS binds to the session: require connects.
+    let mut db = connect(&scram);
+    assert!(uses_tls(&mut db));
+    let authorized = format!("connection authorized: user={}", scram.user);
+    assert!(server.log().contains(&authorized));
+    // verify-full checks the certificate instead and does not insist on
+    // channel binding (a pooler may not offer it).
+    let mut checked = clear.clone();
+    checked.sslmode = SslMode::VerifyFull;
+    checked.host = TLS_HOST.to_owned();
+    checked.ca_file = server.tls_ca().map(PathBuf::from);
+    let mut db = connect(&checked);
+    assert!(uses_tls(&mut db));
+}

@@ -684,6 +684,17 @@ impl PgServer {
         ))
     }
 
+    /// Put `line` first in the server's `pg_hba.conf` (so it decides for
+    /// the connections it matches) and [`restart`](Self::restart) the
+    /// server, so that every connection from now on is under the new rules
+    /// (a reload would take effect at a moment nobody can observe).
+    pub fn prepend_hba(&self, line: &str) {
+        let path = self.data_dir().join("pg_hba.conf");
+        let old = fs::read_to_string(&path).expect("read pg_hba.conf");
+        fs::write(&path, format!("{line}\n{old}")).expect("write pg_hba.conf");
+        self.restart();
+    }
+
     /// Run `sql` (one or more statements) as the superuser on database
     /// `postgres`; the rows, unaligned (`|` between columns), one a line.
     /// Panics on any error.

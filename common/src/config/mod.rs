@@ -157,6 +157,37 @@ impl PostgresConfig {
     }
 }
 
+/// What `sslmode` needs beside the url, or refuses. `verify-full` checks
+/// the server's certificate against `ca_file`, so it needs one. `require`
+/// checks no certificate: the server proves itself by SCRAM with channel
+/// binding instead, which needs the role's password (`password_file`), and
+/// a `ca_file` would go unused while seeming to protect. Err: the key at
+/// fault and what is wrong.
+pub fn tls_companions(
+    sslmode: SslMode,
+    password_file: bool,
+    ca_file: bool,
+) -> std::result::Result<(), (&'static str, &'static str)> {
+    match (sslmode, password_file, ca_file) {
+        (SslMode::VerifyFull, _, false) => Err((
+            "ca_file",
+            "sslmode=verify-full needs ca_file, the CA that signed the server's certificate",
+        )),
+        (SslMode::Require, false, _) => Err((
+            "password_file",
+            "sslmode=require checks no certificate, so the server must prove itself by SCRAM \
+             with channel binding, which needs the role's password: set password_file, or use \
+             sslmode=verify-full with ca_file",
+        )),
+        (SslMode::Require, true, true) => Err((
+            "ca_file",
+            "sslmode=require does not check the certificate against ca_file; use \
+             sslmode=verify-full (the certificate must then name the url's host)",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Read `postgres://USER@HOST[:PORT]/DB[?sslmode=MODE]`; a password in it
 /// is refused (it belongs in `password_file`).
 pub fn parse_postgres_url(
@@ -607,22 +638,16 @@ impl Config {
             let (user, host, port, dbname, sslmode) =
                 parse_postgres_url(&st.url).map_err(|m| invalid("store", "url", m))?;
             let ca_file = optional_path(&st.ca_file);
-            if sslmode == SslMode::VerifyFull && ca_file.is_none() {
-                return Err(invalid(
-                    "store",
-                    "ca_file",
-                    "sslmode=verify-full needs ca_file, the CA that signed the server's \
-                     certificate"
-                        .into(),
-                ));
-            }
+            let password_file = optional_path(&st.password_file);
+            tls_companions(sslmode, password_file.is_some(), ca_file.is_some())
+                .map_err(|(key, m)| invalid("store", key, m.into()))?;
             Some(PostgresConfig {
                 host,
                 port,
                 user,
                 dbname,
                 sslmode,
-                password_file: optional_path(&st.password_file),
+                password_file,
                 ca_file,
                 connect_timeout,
                 client_library: anchor(&st.client_library),
@@ -949,6 +974,16 @@ mod tests {
         assert_eq!(pg.location(), "postgres://crm2fa@db:5432/crm2fa");
         let e = Config::parse("[store]\nurl = \"postgres://u@h/d\"\n", path).unwrap_err();
         assert!(e.to_string().contains("[store] ca_file"), "{e}");
+        // require: the server proves itself by SCRAM with channel binding,
+        // so a password is needed, and a ca_file would go unused.
+        let require = "[store]\nurl = \"postgres://u@h/d?sslmode=require\"\n";
+        let e = Config::parse(require, path).unwrap_err();
+        assert!(e.to_string().contains("[store] password_file"), "{e}");
+        let with_pw = format!("{require}password_file = \"db.password\"\n");
+        assert!(Config::parse(&with_pw, path).is_ok());
+        let e = Config::parse(&format!("{with_pw}ca_file = \"ca.pem\"\n"), path).unwrap_err();
+        assert!(e.to_string().contains("[store] ca_file"), "{e}");
+        assert!(e.to_string().contains("verify-full"), "{e}");
         let e = Config::parse("[store]\n\nurl = \"postgres://u:pw@h/d\"\n", path).unwrap_err();
         assert!(
             e.to_string().starts_with("/etc/crm2fa/crm2fa.toml:3:"),

@@ -130,11 +130,16 @@ fn target_config(
     }
     let (user, host, port, dbname, sslmode) =
         config::parse_postgres_url(to).map_err(|m| CliError::Usage(format!("--to {to}: {m}")))?;
-    if sslmode == config::SslMode::VerifyFull && ca_file.is_none() {
-        return Err(CliError::Usage(
-            "--to: sslmode=verify-full (the default) needs --ca-file".into(),
-        ));
-    }
+    config::tls_companions(sslmode, password_file.is_some(), ca_file.is_some()).map_err(
+        |(key, m)| {
+            let flag = if key == "ca_file" {
+                "--ca-file"
+            } else {
+                "--password-file"
+            };
+            CliError::Usage(format!("--to {to}: {m} (here: {flag})"))
+        },
+    )?;
     let connect_timeout = mine.postgres.as_ref().map_or(3, |p| p.connect_timeout);
     Ok(StoreConfig {
         path: mine.path.clone(),
