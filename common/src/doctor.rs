@@ -143,6 +143,23 @@ pub fn run(config_path: &Path, pg: Option<&dyn PgConnect>) -> Vec<Check> {
     if let Some(c) = delivery_check(&cfg) {
         out.push(c);
     }
+    if let (Some(p), Some(connector)) = (&cfg.store.postgres, pg) {
+        match connector.prepare(&p.client_library) {
+            Ok(Some(found)) => out.push(ok("client library", found)),
+            Ok(None) => {}
+            Err(e) => {
+                // Every login would fail the same way before connecting.
+                out.push(problem(
+                    "client library",
+                    e.message,
+                    "install libcrm2fa_pg.so from the same crm2fa release as the module \
+                     (root's, not writable by others; the package or `make install` puts it \
+                     at /usr/lib/crm2fa), or set [store] client_library to where it is",
+                ));
+                return out;
+            }
+        }
+    }
     let store = match store::open(&cfg.store, pg) {
         Ok(s) => Some(s),
         Err(e) => {

@@ -17,8 +17,6 @@ use pam::conv::Conv;
 use pam::items::RHost;
 use pam::module::{PamHandle, PamHooks};
 
-mod pgload;
-
 /// The module: libpam calls its hooks.
 #[derive(Debug)]
 pub struct Crm2fa;
@@ -140,7 +138,7 @@ impl PamHooks for Crm2fa {
             &req,
             &mut conv,
             &mut log,
-            Some(&pgload::Loader),
+            Some(&crm2fa_pgload::Loader),
         ))
     }
 

@@ -788,6 +788,11 @@ impl Sandbox {
         self.root().join("secret.key")
     }
 
+    /// The config file.
+    pub fn config_path(&self) -> &Path {
+        &self.cfg
+    }
+
     /// Overwrites the config file (mode 0600) with `text`.
     pub fn write_config(&self, text: &str) {
         write_file(&self.cfg, text, 0o600);

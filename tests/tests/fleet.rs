@@ -298,6 +298,34 @@ fn doctor_checks_the_server_and_the_rights_of_the_hosts_role() {
     let text = String::from_utf8_lossy(&good.stdout).to_string();
     assert!(text.contains("this role has the row rights"), "{text}");
     assert!(!text.contains("store directory"), "{text}");
+    // The client library a login loads is checked as the module loads it.
+    assert!(
+        text.contains(&format!(
+            "{} is root's and loads",
+            client_library().display()
+        )),
+        "{text}"
+    );
+    let config = std::fs::read_to_string(h.config_path()).unwrap();
+    let lib = client_library().display().to_string();
+    for (other, said) in [
+        ("/nonexistent/libcrm2fa_pg.so", "No such file"),
+        (
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "is not a crm2fa PostgreSQL client library",
+        ),
+    ] {
+        h.write_config(&config.replace(&lib, other));
+        let bad = h.admin(&["doctor"]);
+        assert_eq!(bad.status.code(), Some(1), "{}", show_output(&bad));
+        let text = show_output(&bad);
+        assert!(
+            text.contains("client library") && text.contains(said),
+            "{text}"
+        );
+        assert!(text.contains("install libcrm2fa_pg.so"), "{text}");
+    }
+    h.write_config(&config);
     // A right taken away is named, with the GRANT that gives it back.
     let db = pg
         .psql("SELECT datname FROM pg_database WHERE datname LIKE 'fleet%'")

@@ -143,6 +143,14 @@ impl PgTarget {
 pub trait PgConnect {
     /// Connect to `target` within its `connect_timeout`.
     fn connect(&self, target: &PgTarget) -> Result<Box<dyn PgClient>, PgError>;
+
+    /// Get ready to connect without connecting: a connector that loads
+    /// `client_library` (as the PAM module's does) loads and checks it and
+    /// says what it found; one built in has nothing to do (None).
+    fn prepare(&self, client_library: &std::path::Path) -> Result<Option<String>, PgError> {
+        let _ = client_library;
+        Ok(None)
+    }
 }
 
 impl Value {

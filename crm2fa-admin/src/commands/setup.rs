@@ -115,7 +115,7 @@ impl Text for DoctorReport {
 
 /// Check what a login depends on; exit 1 when anything is wrong.
 pub(super) fn doctor(config: Option<&Path>) -> Result<Done, CliError> {
-    let checks = doctor::run(&config::resolve_path(config), Some(&crm2fa_pg::Connector));
+    let checks = doctor::run(&config::resolve_path(config), Some(&crm2fa_pgload::Loader));
     let ok = checks.iter().all(|c| c.ok);
     let status = if ok {
         Status::Success

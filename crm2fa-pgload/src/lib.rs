@@ -6,6 +6,9 @@
 //! writes by others, in root's directories) before it is loaded, loaded
 //! once per process and never unloaded (a TLS or async runtime inside it may
 //! have registered destructors).
+//!
+//! The PAM module connects through [`Loader`]; so does `crm2fa-admin
+//! doctor`, which thereby checks the library a login would load.
 #![allow(unsafe_code)]
 
 use std::ffi::{c_void, CStr, CString};
@@ -19,7 +22,7 @@ use crm2fa_common::store::pg::{wire, Param, PgClient, PgConnect, PgError, PgTarg
 
 /// Loads the client library named by the target, then connects through it.
 #[derive(Debug)]
-pub(crate) struct Loader;
+pub struct Loader;
 
 /// The functions of one loaded library.
 struct Library {
@@ -140,6 +143,15 @@ impl Library {
 }
 
 impl PgConnect for Loader {
+    fn prepare(&self, client_library: &Path) -> Result<Option<String>, PgError> {
+        Library::load(client_library)?;
+        Ok(Some(format!(
+            "{} is root's and loads, client interface version {}",
+            client_library.display(),
+            wire::ABI_VERSION
+        )))
+    }
+
     fn connect(&self, target: &PgTarget) -> Result<Box<dyn PgClient>, PgError> {
         let lib = Library::load(&target.client_library)?;
         let encoded = wire::encode_target(target);
