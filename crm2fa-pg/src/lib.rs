@@ -88,6 +88,11 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// TCP keepalive: first probe after this much silence …
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// The session's `idle_in_transaction_session_timeout`: a host that
+/// vanishes inside a transaction (power, network) holds its locks (a user's
+/// row, during a login) until the server notices; this bounds that wait for
+/// everyone else. A transaction of crm2fa never waits on a person.
+const IDLE_IN_TRANSACTION: &str = "15s";
 /// … then one every …
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// … and the connection is dropped after this many unanswered.
@@ -148,6 +153,9 @@ impl Session {
             .user(&target.user)
             .dbname(&target.dbname)
             .application_name("crm2fa")
+            .options(format!(
+                "-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION}"
+            ))
             .connect_timeout(target.connect_timeout)
             .tcp_user_timeout(call_timeout)
             .keepalives(true)

@@ -559,3 +559,16 @@ fn require_refuses_a_server_that_does_not_prove_it_knows_the_password() {
     let mut db = connect(&checked);
     assert!(uses_tls(&mut db));
 }
+
+#[test]
+fn every_session_bounds_how_long_a_transaction_may_idle() {
+    let mut db = connect(&plain("idle"));
+    assert_eq!(
+        db.query(
+            "SELECT current_setting('idle_in_transaction_session_timeout')",
+            &[]
+        )
+        .unwrap(),
+        [[Value::Text("15s".into())]]
+    );
+}

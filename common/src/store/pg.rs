@@ -360,7 +360,21 @@ pub mod wire {
 
     /// Encode a connection target (the password too: zeroized on drop).
     pub fn encode_target(t: &PgTarget) -> Zeroizing<Vec<u8>> {
-        let mut out = Zeroizing::new(Vec::new());
+        // Room for everything up front: a buffer that grew would leave a
+        // copy of the password behind in the memory it gave back.
+        let ca = t.ca_file.as_ref().map(|p| p.to_string_lossy());
+        let ca_len = ca.as_ref().map_or(0, |p| p.len());
+        let password_len = t.password.as_ref().map_or(0, |p| p.len());
+        let size = 4 * 5
+            + 2
+            + 3
+            + 8
+            + t.host.len()
+            + t.user.len()
+            + t.dbname.len()
+            + password_len
+            + ca_len;
+        let mut out = Zeroizing::new(Vec::with_capacity(size));
         put_bytes(&mut out, t.host.as_bytes());
         out.extend_from_slice(&t.port.to_le_bytes());
         put_bytes(&mut out, t.user.as_bytes());
@@ -377,15 +391,16 @@ pub mod wire {
             SslMode::Require => 1,
             SslMode::VerifyFull => 2,
         });
-        match &t.ca_file {
+        match &ca {
             Some(p) => {
                 out.push(1);
-                put_bytes(&mut out, p.to_string_lossy().as_bytes());
+                put_bytes(&mut out, p.as_bytes());
             }
             None => out.push(0),
         }
         let ms = u64::try_from(t.connect_timeout.as_millis()).unwrap_or(u64::MAX);
         out.extend_from_slice(&ms.to_le_bytes());
+        debug_assert!(out.len() <= size, "{} > {size}", out.len());
         out
     }
 
@@ -463,7 +478,10 @@ pub mod wire {
                 connect_timeout: Duration::from_millis(2500),
                 client_library: PathBuf::new(),
             };
-            let back = decode_target(&encode_target(&t)).unwrap();
+            let encoded = encode_target(&t);
+            // Written without growing (no stray copy of the password).
+            assert_eq!(encoded.len(), encoded.capacity());
+            let back = decode_target(&encoded).unwrap();
             assert_eq!(back.location(), t.location());
             assert_eq!(back.password.as_deref().map(String::as_str), Some("pw"));
             assert_eq!(
