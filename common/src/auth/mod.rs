@@ -87,11 +87,16 @@ impl std::fmt::Debug for Request {
     }
 }
 
-/// A login that failed on an error, and whether it had asked for a code.
+/// A login that failed on an error, and how far it had come.
 #[derive(Debug)]
 pub struct Failure {
     /// What went wrong.
     pub error: Error,
+    /// The store had answered for the user (their factors, lock and sent
+    /// codes were known): a store that fails after that is not one that
+    /// "cannot be used", and `failmode = "safe"` does not skip it (a lock,
+    /// say, would otherwise give way whenever a write is held up).
+    pub answered: bool,
     /// The user had been prompted for a code already.
     pub prompted: bool,
 }
@@ -179,6 +184,7 @@ pub fn run(
         Err(error) => {
             let f = Failure {
                 error,
+                answered: false,
                 prompted: false,
             };
             return failed(&cfg, &req, log, &f);
@@ -207,12 +213,12 @@ fn store_or_key(e: &Error) -> bool {
 }
 
 /// A login that failed on an error: deny, saying why in syslog. Only a
-/// store or key that cannot be used before the first prompt, under
-/// `failmode = "safe"`, lets the password decide instead.
+/// store or key that cannot be used (before the store answered for the
+/// user), under `failmode = "safe"`, lets the password decide instead.
 fn failed(cfg: &Config, req: &Request, log: &mut Logger, f: &Failure) -> Outcome {
     let e = &f.error;
     match cfg.policy.failmode {
-        FailMode::Safe if !f.prompted && store_or_key(e) => {
+        FailMode::Safe if !f.answered && !f.prompted && store_or_key(e) => {
             log.error(&format!(
                 "second factor of {} skipped (failmode = safe): {e}",
                 req.user
@@ -222,6 +228,8 @@ fn failed(cfg: &Config, req: &Request, log: &mut Logger, f: &Failure) -> Outcome
         FailMode::Safe => {
             let when = if f.prompted {
                 "a code was already asked for"
+            } else if f.answered {
+                "the store had answered for the user"
             } else {
                 "not a store or key that cannot be used"
             };
@@ -248,7 +256,9 @@ struct Login<'a> {
     conv: &'a mut dyn Conversation,
     sender: &'a mut dyn Sender,
     qr: QrStyle,
-    /// A code was asked for: from here on every error denies.
+    /// The store answered for the user: from here on every error denies.
+    answered: bool,
+    /// A code was asked for.
     prompted: bool,
     /// The channels by which the user holds an unused sent code.
     sent: Vec<Channel>,
@@ -320,11 +330,13 @@ pub fn authenticate(
         conv,
         sender,
         qr,
+        answered: false,
         prompted: false,
         sent: vec![],
     };
     steps(&mut l).map_err(|error| Failure {
         error,
+        answered: l.answered,
         prompted: l.prompted,
     })
 }
@@ -342,6 +354,7 @@ fn steps(l: &mut Login<'_>) -> Result<Outcome, Error> {
         .ops
         .store
         .login_view(user, host.as_deref(), &configured, req.now())?;
+    l.answered = true;
     let (record, has_recovery) = (view.user, view.has_recovery);
     l.sent = view.sent;
     let decision = l.ops.decide_with(user, record.as_ref(), has_recovery)?;

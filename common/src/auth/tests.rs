@@ -569,12 +569,89 @@ fn failmode_safe_never_skips_a_store_error_after_the_prompt() {
     );
 }
 
+/// A store that answers `left` more transactions, then fails every one:
+/// it answered for the user, then a write could not be made.
+struct FailsAfter {
+    inner: Box<dyn Store>,
+    left: usize,
+}
+
+impl Store for FailsAfter {
+    fn location(&self) -> &str {
+        self.inner.location()
+    }
+    fn transaction(
+        &mut self,
+        kind: store::TxKind,
+        body: &mut store::TxBody<'_>,
+    ) -> crate::Result<()> {
+        if self.left == 0 {
+            return Err(Error::store("held", "database is locked"));
+        }
+        self.left -= 1;
+        self.inner.transaction(kind, body)
+    }
+    fn check_integrity(&mut self) -> crate::Result<Vec<String>> {
+        self.inner.check_integrity()
+    }
+}
+
+/// `authenticate` on `e`'s store wrapped so that it fails after its first
+/// transaction (the login's read of the user), then what `failed` makes of
+/// that error.
+fn fails_after_the_read(e: &mut Env, user: &str, now: i64, script: &mut Script) -> Outcome {
+    let store = std::mem::replace(&mut e.store, store::create(&e.cfg.store, None).unwrap());
+    let mut held = FailsAfter {
+        inner: store,
+        left: 1,
+    };
+    let f = authenticate(
+        &e.cfg,
+        &mut held,
+        &mut e.sender,
+        QrStyle::None,
+        &req(user, now),
+        script,
+        &mut e.log,
+    )
+    .unwrap_err();
+    e.store = held.inner;
+    assert!(f.answered && !f.prompted, "{f:?}");
+    failed(&e.cfg, &req(user, now), &mut e.log, &f)
+}
+
+#[test]
+fn failmode_safe_does_not_lift_a_lock_when_its_audit_row_cannot_be_written() {
+    let mut e = env(
+        "[policy]\nenforce = \"all\"\nfailmode = \"safe\"\nprompts = 1\n\
+         [lockout]\nmax_failures = 1\n",
+    );
+    let s = enrolled(&mut e, "lisa");
+    let wrong = if code(&e, &s, NOW) == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    let mut sc = Script::new(&[Some(wrong)]);
+    assert_eq!(login(&mut e, "lisa", NOW, &mut sc), Outcome::MaxTries);
+    let mut sc = Script::new(&[]);
+    assert_eq!(
+        fails_after_the_read(&mut e, "lisa", NOW + 1, &mut sc),
+        Outcome::Unavailable
+    );
+    assert!(sc.prompts.is_empty());
+}
+
 #[test]
 fn failmode_safe_lets_the_password_decide_only_for_an_unusable_store_or_key() {
     let cfg = env("[policy]\nfailmode = \"safe\"\n").cfg;
     let mut log = Logger::new("crm2fa-test", false);
     let r = req("mia", NOW);
-    let f = |error: Error, prompted: bool| Failure { error, prompted };
+    let f = |error: Error, prompted: bool| Failure {
+        error,
+        answered: prompted,
+        prompted,
+    };
     let store_down = || Error::store("db", "disk I/O error");
     assert_eq!(
         failed(&cfg, &r, &mut log, &f(store_down(), false)),

@@ -229,3 +229,18 @@ fn a_locked_user_gets_no_code() {
     assert_eq!(login(&mut e, "gil", NOW + 1, &mut sc), Outcome::MaxTries);
     assert_eq!(e.sender.count(), before);
 }
+
+#[test]
+fn failmode_safe_denies_when_the_automatic_send_cannot_be_recorded() {
+    let mut e = env_for("liam", EMAIL);
+    e.cfg.policy.failmode = FailMode::Safe;
+    by_channel(&mut e, "liam", Channel::Email);
+    let mut sc = Script::new(&[Some("")]);
+    // The store answered for liam; the send's write then failed: his code
+    // is not skipped for it.
+    assert_eq!(
+        fails_after_the_read(&mut e, "liam", NOW, &mut sc),
+        Outcome::Unavailable
+    );
+    assert!(e.sender.last().is_none());
+}
