@@ -442,11 +442,14 @@ fn candidate(
     let code = Code::normalize(answer);
     let methods = record.methods(has_recovery);
     let digits = l.ops.cfg.totp.digits;
+    // Every channel the user can get a code by, not only those this login
+    // saw a code for: another login (another host) may have sent one since.
+    let reachable = channels(l.ops.cfg, record);
     let kinds: Vec<CodeKind> = CodeKind::ALL
         .into_iter()
         .filter(|&k| match k {
-            CodeKind::Email => l.sent.contains(&Channel::Email),
-            CodeKind::Sms => l.sent.contains(&Channel::Sms),
+            CodeKind::Email => reachable.contains(&Channel::Email),
+            CodeKind::Sms => reachable.contains(&Channel::Sms),
             k => methods.contains(&k.factor()),
         })
         .filter(|k| k.shapes(&code, digits))

@@ -244,3 +244,64 @@ fn failmode_safe_denies_when_the_automatic_send_cannot_be_recorded() {
     );
     assert!(e.sender.last().is_none());
 }
+
+/// Answers the code prompt with a code that another login, on another
+/// handle of the same store (another process or host), had sent meanwhile.
+struct SentElsewhere {
+    other: Box<dyn Store>,
+    cfg: Config,
+    outbox: Outbox,
+    errors: Vec<String>,
+}
+
+impl Conversation for SentElsewhere {
+    fn prompt_hidden(&mut self, _msg: &str) -> Result<Option<String>, ConvError> {
+        let mut asks = Script::new(&[Some("email"), Some("")]);
+        let mut log = Logger::new("crm2fa-test", false);
+        let mut cfg = self.cfg.clone();
+        cfg.policy.prompts = 1;
+        let other = authenticate(
+            &cfg,
+            self.other.as_mut(),
+            &mut self.outbox,
+            QrStyle::None,
+            &req("eve", NOW + 5),
+            &mut asks,
+            &mut log,
+        );
+        assert!(other.is_ok());
+        Ok(self.outbox.last().map(|m| m.code.clone()))
+    }
+    fn prompt_visible(&mut self, msg: &str) -> Result<Option<String>, ConvError> {
+        self.prompt_hidden(msg)
+    }
+    fn info(&mut self, _msg: &str) {}
+    fn error(&mut self, msg: &str) {
+        self.errors.push(msg.into());
+    }
+}
+
+#[test]
+fn a_code_another_login_had_sent_is_good_here_too() {
+    let mut e = env_for("eve", EMAIL);
+    enrolled(&mut e, "eve");
+    e.cfg.policy.prompts = 1;
+    let mut conv = SentElsewhere {
+        other: store::open(&e.cfg.store, None).unwrap(),
+        cfg: e.cfg.clone(),
+        outbox: Outbox::default(),
+        errors: vec![],
+    };
+    let out = authenticate(
+        &e.cfg,
+        e.store.as_mut(),
+        &mut e.sender,
+        QrStyle::None,
+        &req("eve", NOW + 10),
+        &mut conv,
+        &mut e.log,
+    )
+    .unwrap();
+    assert_eq!(out, Outcome::Success, "{:?}", conv.errors);
+    assert_eq!(failures(&mut e, "eve"), 0);
+}
