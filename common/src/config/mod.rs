@@ -157,6 +157,27 @@ impl PostgresConfig {
     }
 }
 
+/// Whether `host` names this machine (a loopback name or address), where
+/// nothing sent to it crosses a network.
+fn loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The host of an `http://` or `https://` url (no user info, no port).
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.split(':').next().unwrap_or(""),
+    }
+}
+
 /// What `sslmode` needs beside the url, or refuses. `verify-full` checks
 /// the server's certificate against `ca_file`, so it needs one. `require`
 /// checks no certificate: the server proves itself by SCRAM with channel
@@ -589,6 +610,15 @@ impl Config {
         }
         let email = match raw.email {
             None => None,
+            Some(e) if !e.username.is_empty() && e.tls == Tls::None && !loopback(&e.smtp_host) => {
+                return Err(invalid(
+                    "email",
+                    "tls",
+                    "with a username, tls = \"none\" would send the SMTP password in clear: use \
+                     \"starttls\" or \"tls\" (\"none\" only to a relay on this host)"
+                        .into(),
+                ));
+            }
             Some(e) => Some(EmailConfig {
                 code_ttl: duration("email", "code_ttl", &e.code_ttl)?,
                 smtp_host: e.smtp_host,
@@ -610,6 +640,20 @@ impl Config {
                         "sms",
                         "url",
                         "set either command or url, not both".into(),
+                    ));
+                }
+                if !s.credentials_file.as_os_str().is_empty()
+                    && s.url
+                        .get(..7)
+                        .is_some_and(|p| p.eq_ignore_ascii_case("http://"))
+                    && !loopback(url_host(&s.url))
+                {
+                    return Err(invalid(
+                        "sms",
+                        "url",
+                        "credentials_file goes as HTTP Basic auth, in clear over http://: use an \
+                         https:// gateway (http:// only to one on this host)"
+                            .into(),
                     ));
                 }
                 if !matches!(s.method.as_str(), "POST" | "PUT" | "GET") {
@@ -772,6 +816,50 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config> {
         Config::parse(text, Path::new("/etc/crm2fa/crm2fa.toml"))
+    }
+
+    #[test]
+    fn credentials_never_go_in_clear_to_another_host() {
+        let smtp = |host: &str, tls: &str| {
+            parse(&format!(
+                "[email]\nsmtp_host = \"{host}\"\ntls = \"{tls}\"\nusername = \"crm2fa\"\n\
+                 password_file = \"smtp.pw\"\n"
+            ))
+        };
+        let e = smtp("mail.example", "none").unwrap_err();
+        assert!(e.to_string().contains("[email] tls"), "{e}");
+        for ok in [("mail.example", "starttls"), ("mail.example", "tls")] {
+            assert!(smtp(ok.0, ok.1).is_ok(), "{ok:?}");
+        }
+        for here in ["localhost", "127.0.0.1", "::1", "[::1]", "127.0.0.53"] {
+            assert!(smtp(here, "none").is_ok(), "{here}");
+        }
+        // Without a username nothing secret is sent.
+        assert!(parse("[email]\nsmtp_host = \"mail.example\"\ntls = \"none\"\n").is_ok());
+
+        let gateway = |url: &str| {
+            parse(&format!(
+                "[sms]\nurl = \"{url}\"\ncredentials_file = \"sms.cred\"\n"
+            ))
+        };
+        for clear in [
+            "http://sms.example/send",
+            "HTTP://sms.example:8080/send?to={phone}",
+            "http://user@sms.example/",
+            "http://[2001:db8::1]:80/",
+        ] {
+            let e = gateway(clear).unwrap_err();
+            assert!(e.to_string().contains("[sms] url"), "{clear}: {e}");
+        }
+        for fine in [
+            "https://sms.example/send",
+            "http://127.0.0.1:8080/send",
+            "http://localhost/send",
+            "http://[::1]:9000/x",
+        ] {
+            assert!(gateway(fine).is_ok(), "{fine}");
+        }
+        assert!(parse("[sms]\nurl = \"http://sms.example/send\"\n").is_ok());
     }
 
     #[test]
