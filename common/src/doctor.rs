@@ -93,6 +93,39 @@ fn delivery_check(cfg: &Config) -> Option<Check> {
     })
 }
 
+/// `[sms] command` gets the message, code included, as an argument, and
+/// every local user can read a process's arguments in /proc unless /proc is
+/// mounted with `hidepid` (`mounts` is the text of /proc/mounts).
+fn sms_command_check(mounts: &str) -> Check {
+    let hidden = mounts
+        .lines()
+        .rev()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() >= 4 && f[1] == "/proc" && f[2] == "proc")
+        .is_some_and(|f| {
+            f[3].split(',').any(|o| {
+                o.strip_prefix("hidepid=")
+                    .is_some_and(|v| !matches!(v, "0" | "off"))
+            })
+        });
+    if hidden {
+        ok(
+            "sms command",
+            "/proc hides other users' processes (hidepid): the code in the command's \
+             arguments is not readable by them",
+        )
+    } else {
+        problem(
+            "sms command",
+            "[sms] command gets the code in its arguments, and /proc shows every process's \
+             arguments to every local user (no hidepid)",
+            "mount /proc with hidepid=invisible (fstab: `proc /proc proc \
+             defaults,hidepid=invisible 0 0`, now: `mount -o remount,hidepid=invisible /proc`), \
+             or send by an HTTP gateway ([sms] url)",
+        )
+    }
+}
+
 /// Run every check for the configuration at `config_path` (a PostgreSQL
 /// store through `pg`).
 pub fn run(config_path: &Path, pg: Option<&dyn PgConnect>) -> Vec<Check> {
@@ -142,6 +175,10 @@ pub fn run(config_path: &Path, pg: Option<&dyn PgConnect>) -> Vec<Check> {
     }
     if let Some(c) = delivery_check(&cfg) {
         out.push(c);
+    }
+    if cfg.sms.as_ref().is_some_and(|s| !s.command.is_empty()) {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        out.push(sms_command_check(&mounts));
     }
     if let (Some(p), Some(connector)) = (&cfg.store.postgres, pg) {
         match connector.prepare(&p.client_library) {
@@ -262,6 +299,37 @@ fn permission_denied(e: &crate::Error) -> bool {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn an_sms_command_needs_a_proc_that_hides_other_users_processes() {
+        let open =
+            "sysfs /sys sysfs rw,nosuid 0 0\nproc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n";
+        let c = sms_command_check(open);
+        assert!(
+            !c.ok && c.fix.as_deref().unwrap().contains("hidepid=invisible"),
+            "{c:?}"
+        );
+        for hidden in [
+            "hidepid=invisible",
+            "hidepid=2",
+            "hidepid=1",
+            "hidepid=noaccess",
+            "hidepid=ptraceable",
+        ] {
+            let mounts = format!("proc /proc proc rw,relatime,{hidden} 0 0\n");
+            assert!(sms_command_check(&mounts).ok, "{hidden}");
+        }
+        for shown in ["hidepid=0", "hidepid=off"] {
+            let mounts = format!("proc /proc proc rw,{shown} 0 0\n");
+            assert!(!sms_command_check(&mounts).ok, "{shown}");
+        }
+        // Another proc mounted elsewhere (a container's) does not count,
+        // and the last mount on /proc is the one in force.
+        let elsewhere = "proc /proc proc rw 0 0\nproc /srv/c/proc proc rw,hidepid=2 0 0\n";
+        assert!(!sms_command_check(elsewhere).ok);
+        let over = "proc /proc proc rw 0 0\nproc /proc proc rw,hidepid=2 0 0\n";
+        assert!(sms_command_check(over).ok);
+    }
 
     #[test]
     fn healthy_setup_passes_and_problems_say_how_to_fix() {
