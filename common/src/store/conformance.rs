@@ -70,6 +70,8 @@ macro_rules! store_conformance {
             one_sent_code_is_outstanding_per_channel,
             the_resend_limit_counts_every_send_in_the_window,
             a_withdrawn_code_neither_works_nor_counts,
+            a_withdrawn_code_gives_back_the_one_sent_before,
+            an_earlier_sent_code_is_void_on_every_clock,
             no_code_is_sent_to_a_locked_user,
             contacts_are_kept_and_a_removed_one_ends_its_channel,
             a_delivery_channel_is_a_factor_with_backup_codes,
@@ -1085,6 +1087,18 @@ fn known_user(s: &mut dyn Store) -> Vec<u8> {
 
 /// Store a code for `u` by `channel` at `now`, valid 600 s.
 fn send(s: &mut dyn Store, channel: Channel, salt: &[u8], code: &Code, now: i64) -> SendGrant {
+    send_until(s, channel, salt, code, now, now + 600)
+}
+
+/// Store a code for `u` by `channel` at `now`, valid until `expires_at`.
+fn send_until(
+    s: &mut dyn Store,
+    channel: Channel,
+    salt: &[u8],
+    code: &Code,
+    now: i64,
+    expires_at: i64,
+) -> SendGrant {
     let sent = audit(Fact::CodeSent {
         channel,
         to: "x".into(),
@@ -1094,12 +1108,21 @@ fn send(s: &mut dyn Store, channel: Channel, salt: &[u8], code: &Code, now: i64)
         channel,
         salt,
         &code.hash(salt),
-        now + 600,
+        expires_at,
         now,
         LIMIT,
         &sent,
     )
     .unwrap()
+}
+
+/// Take back the code in row `id`, sent by `channel`, as after a failed send.
+fn withdraw(s: &mut dyn Store, channel: Channel, id: i64) {
+    let failed = audit(Fact::SendFailed {
+        channel,
+        reason: "down".into(),
+    });
+    s.withdraw_send(channel, id, &failed).unwrap();
 }
 
 fn sent_offer(channel: Channel, code: &Code, salt: &[u8]) -> Candidate {
@@ -1242,6 +1265,79 @@ pub fn a_withdrawn_code_neither_works_nor_counts(b: &dyn Backend) {
     assert!(rejected(&redeem(
         s.as_mut(),
         &sent_offer(Channel::Email, &c, &salt),
+        NOW,
+        9
+    )));
+}
+
+/// When the send of a new code fails, the code sent before it by that
+/// channel works again: the user who types it is let in, even when it
+/// was made before the resend window.
+pub fn a_withdrawn_code_gives_back_the_one_sent_before(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    let (first, second) = (Code::generate_digits(6), Code::generate_digits(6));
+    // Valid longer than the resend window: still good when the next is asked.
+    assert!(matches!(
+        send_until(s.as_mut(), Channel::Email, &salt, &first, NOW, NOW + 2000),
+        SendGrant::Granted { .. }
+    ));
+    let later = NOW + LIMIT.window + 100;
+    let SendGrant::Granted { id } = send(s.as_mut(), Channel::Email, &salt, &second, later) else {
+        panic!("the second code was not granted");
+    };
+    withdraw(s.as_mut(), Channel::Email, id);
+    assert_eq!(
+        s.login_view("u", None, &Channel::ALL, later + 1)
+            .unwrap()
+            .sent,
+        vec![Channel::Email]
+    );
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Email, &second, &salt),
+        later + 1,
+        9
+    )));
+    assert!(matches!(
+        redeem(
+            s.as_mut(),
+            &sent_offer(Channel::Email, &first, &salt),
+            later + 1,
+            9
+        ),
+        Verdict::Accepted {
+            factor: Factor::Email,
+            ..
+        }
+    ));
+}
+
+/// A new code by a channel voids the one sent before by it on every host,
+/// whatever its clock: a host whose clock is behind the one that sent the
+/// new code refuses the earlier one all the same.
+pub fn an_earlier_sent_code_is_void_on_every_clock(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    let (first, second) = (Code::generate_digits(6), Code::generate_digits(6));
+    send(s.as_mut(), Channel::Sms, &salt, &first, NOW + 10);
+    send(s.as_mut(), Channel::Sms, &salt, &second, NOW + 20);
+    // Checked by a host whose clock says NOW: before either was sent.
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Sms, &first, &salt),
+        NOW,
+        9
+    )));
+    assert!(accepted(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Sms, &second, &salt),
+        NOW,
+        9
+    )));
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Sms, &first, &salt),
         NOW,
         9
     )));

@@ -90,7 +90,9 @@ pub trait Tx {
     fn users(&mut self) -> Result<Vec<UserRecord>>;
 
     /// The user's unused codes of `kind`; codes that expire only while
-    /// unexpired at `now`.
+    /// unexpired at `now`; of a kind that is [`CodeKind::newest_only`],
+    /// only the newest row of the user and kind, if it is unused and
+    /// unexpired (newest by row, never by a host's clock).
     fn unused_codes(&mut self, kind: CodeKind, name: &str, now: i64) -> Result<Vec<StoredCode>>;
 
     /// The sealed backup codes kept for display while the user's enrolment
@@ -132,8 +134,9 @@ pub trait Tx {
         now: i64,
     ) -> Result<bool>;
 
-    /// Mark the code in row `id` used at `now`, if it is still unused. True
-    /// for exactly one caller per code, ever.
+    /// Mark the code in row `id` used at `now`, if it is still unused (and,
+    /// of a kind that is [`CodeKind::newest_only`], still the newest row of
+    /// its user). True for exactly one caller per code, ever.
     fn consume_code(&mut self, kind: CodeKind, id: i64, now: i64) -> Result<bool>;
 
     /// Give the user the new enrolment `new`, pending, with `last_step`
@@ -168,9 +171,10 @@ pub trait Tx {
         now: i64,
     ) -> Result<i64>;
 
-    /// Make the user's unused codes of an expiring `kind` expire at `now`,
-    /// and delete the rows made before `keep_since`.
-    fn void_codes(&mut self, kind: CodeKind, name: &str, now: i64, keep_since: i64) -> Result<()>;
+    /// Delete the user's rows of `kind` made before `before`, except the
+    /// newest one: it stays whatever its age, so that taking back a code
+    /// stored after it gives it back. Rewrites no other row.
+    fn prune_codes(&mut self, kind: CodeKind, name: &str, before: i64) -> Result<()>;
 
     /// When each of the user's codes of `kind` made after `since` was made,
     /// oldest first (used, expired or not).
@@ -740,9 +744,11 @@ impl dyn Store + '_ {
 
     /// Store a code to send by `channel` (its hash under `salt`, the salt
     /// read before), valid until `expires_at`, unless the user is locked or
-    /// `limit` is reached; it voids the user's earlier unused code of that
-    /// channel: one is outstanding at a time. The audit row goes in with
-    /// it. Every process and host counts against the same limit.
+    /// `limit` is reached. It voids the user's earlier codes of that
+    /// channel by being newer (only the newest can be used: one is
+    /// outstanding at a time, on every host whatever its clock), and
+    /// rewrites none of them. The audit row goes in with it. Every process
+    /// and host counts against the same limit.
     #[allow(clippy::too_many_arguments)]
     pub fn grant_send(
         &mut self,
@@ -768,7 +774,7 @@ impl dyn Store + '_ {
                 let until = made[made.len() - max].saturating_add(limit.window);
                 return Ok(SendGrant::Limited { until });
             }
-            tx.void_codes(kind, name, now, since)?;
+            tx.prune_codes(kind, name, since)?;
             let id = tx.insert_expiring_code(kind, name, hash, expires_at, now)?;
             tx.insert_audit(audit)?;
             Ok(SendGrant::Granted { id })
@@ -776,7 +782,9 @@ impl dyn Store + '_ {
     }
 
     /// Take back a code [`grant_send`](Self::grant_send) stored that could
-    /// not be sent: it neither works nor counts toward the resend limit.
+    /// not be sent: it neither works nor counts toward the resend limit,
+    /// and the code sent before it by that channel, if still unused and
+    /// unexpired, works again.
     pub fn withdraw_send(&mut self, channel: Channel, id: i64, audit: &AuditEntry) -> Result<()> {
         self.write(Durability::Full, |tx| {
             tx.delete_code(CodeKind::sent(channel), id)?;

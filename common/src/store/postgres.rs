@@ -561,11 +561,19 @@ impl Tx for PgTx<'_> {
 
     fn unused_codes(&mut self, kind: CodeKind, name: &str, now: i64) -> Result<Vec<StoredCode>> {
         let rows = if kind.expires() {
+            let t = table(kind);
+            // Newest by id: ids come from a sequence, and a sent code is
+            // stored only with its user's row locked, so a later code of a
+            // user always has a larger id, whichever host stored it.
+            let newest = if kind.newest_only() {
+                format!(" AND id = (SELECT max(id) FROM {t} WHERE username = $1)")
+            } else {
+                String::new()
+            };
             self.rows(
                 &format!(
-                    "SELECT id, hash FROM {} WHERE username = $1 AND used_at IS NULL \
-                     AND expires_at > $2",
-                    table(kind)
+                    "SELECT id, hash FROM {t} WHERE username = $1 AND used_at IS NULL \
+                     AND expires_at > $2{newest}"
                 ),
                 &[Param::Text(name), Param::Int(now)],
             )?
@@ -716,11 +724,14 @@ impl Tx for PgTx<'_> {
     }
 
     fn consume_code(&mut self, kind: CodeKind, id: i64, now: i64) -> Result<bool> {
+        let t = table(kind);
+        let newest = if kind.newest_only() {
+            format!(" AND id = (SELECT max(c.id) FROM {t} c WHERE c.username = {t}.username)")
+        } else {
+            String::new()
+        };
         let n = self.exec(
-            &format!(
-                "UPDATE {} SET used_at = $2 WHERE id = $1 AND used_at IS NULL",
-                table(kind)
-            ),
+            &format!("UPDATE {t} SET used_at = $2 WHERE id = $1 AND used_at IS NULL{newest}"),
             &[Param::Int(id), Param::Int(now)],
         )?;
         Ok(n == 1)
@@ -804,18 +815,14 @@ impl Tx for PgTx<'_> {
         }
     }
 
-    fn void_codes(&mut self, kind: CodeKind, name: &str, now: i64, keep_since: i64) -> Result<()> {
+    fn prune_codes(&mut self, kind: CodeKind, name: &str, before: i64) -> Result<()> {
         let t = table(kind);
         self.exec(
             &format!(
-                "UPDATE {t} SET expires_at = $2
-                 WHERE username = $1 AND used_at IS NULL AND expires_at > $2"
+                "DELETE FROM {t} WHERE username = $1 AND created_at < $2
+                   AND id <> (SELECT max(id) FROM {t} WHERE username = $1)"
             ),
-            &[Param::Text(name), Param::Int(now)],
-        )?;
-        self.exec(
-            &format!("DELETE FROM {t} WHERE username = $1 AND created_at < $2"),
-            &[Param::Text(name), Param::Int(keep_since)],
+            &[Param::Text(name), Param::Int(before)],
         )
         .map(drop)
     }

@@ -544,10 +544,15 @@ impl Tx for SqliteTx<'_> {
             })
         };
         if kind.expires() {
+            let t = table(kind);
+            let newest = if kind.newest_only() {
+                format!(" AND id = (SELECT max(id) FROM {t} WHERE user = ?1)")
+            } else {
+                String::new()
+            };
             self.rows(
                 &format!(
-                    "SELECT id, hash FROM {} WHERE user = ?1 AND used_at IS NULL AND expires_at > ?2",
-                    table(kind)
+                    "SELECT id, hash FROM {t} WHERE user = ?1 AND used_at IS NULL AND expires_at > ?2{newest}"
                 ),
                 params![name, now],
                 code,
@@ -689,11 +694,14 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn consume_code(&mut self, kind: CodeKind, id: i64, now: i64) -> Result<bool> {
+        let t = table(kind);
+        let newest = if kind.newest_only() {
+            format!(" AND id = (SELECT max(c.id) FROM {t} c WHERE c.user = {t}.user)")
+        } else {
+            String::new()
+        };
         let n = self.exec(
-            &format!(
-                "UPDATE {} SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL",
-                table(kind)
-            ),
+            &format!("UPDATE {t} SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL{newest}"),
             params![id, now],
         )?;
         Ok(n == 1)
@@ -768,18 +776,14 @@ impl Tx for SqliteTx<'_> {
         Ok(self.conn.last_insert_rowid())
     }
 
-    fn void_codes(&mut self, kind: CodeKind, name: &str, now: i64, keep_since: i64) -> Result<()> {
+    fn prune_codes(&mut self, kind: CodeKind, name: &str, before: i64) -> Result<()> {
         let t = table(kind);
         self.exec(
             &format!(
-                "UPDATE {t} SET expires_at = ?2
-                 WHERE user = ?1 AND used_at IS NULL AND expires_at > ?2"
+                "DELETE FROM {t} WHERE user = ?1 AND created_at < ?2
+                   AND id <> (SELECT max(id) FROM {t} WHERE user = ?1)"
             ),
-            params![name, now],
-        )?;
-        self.exec(
-            &format!("DELETE FROM {t} WHERE user = ?1 AND created_at < ?2"),
-            params![name, keep_since],
+            params![name, before],
         )
         .map(drop)
     }
