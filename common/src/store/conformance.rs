@@ -72,6 +72,7 @@ macro_rules! store_conformance {
             a_withdrawn_code_neither_works_nor_counts,
             a_withdrawn_code_gives_back_the_one_sent_before,
             an_earlier_sent_code_is_void_on_every_clock,
+            removing_the_contact_of_the_delivery_channel_keeps_a_user_disabled,
             no_code_is_sent_to_a_locked_user,
             contacts_are_kept_and_a_removed_one_ends_its_channel,
             a_delivery_channel_is_a_factor_with_backup_codes,
@@ -1341,6 +1342,43 @@ pub fn an_earlier_sent_code_is_void_on_every_clock(b: &dyn Backend) {
         NOW,
         9
     )));
+}
+
+/// Removing the contact of a disabled user's delivery channel ends that
+/// factor and leaves 2FA off: it does not turn it back on for a user with
+/// no factor left. Making a channel a factor does turn it on, as an
+/// enrolment does.
+pub fn removing_the_contact_of_the_delivery_channel_keeps_a_user_disabled(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    let hashes: Vec<_> = codes::backup_set(2, &salt)
+        .iter()
+        .map(|(_, h)| *h)
+        .collect();
+    let enrolled = audit(Fact::DeliveryEnrolled {
+        channel: Channel::Email,
+    });
+    s.set_delivery("u", Channel::Email, &salt, &hashes, NOW, &enrolled)
+        .unwrap();
+    s.disable("u", &salt, NOW, &audit(Fact::Disabled)).unwrap();
+    let removed = audit(Fact::ContactSet {
+        channel: Channel::Email,
+        to: None,
+    });
+    s.set_contact("u", Channel::Email, None, &salt, NOW, &removed)
+        .unwrap();
+    let r = s.user("u").unwrap().unwrap();
+    assert_eq!((r.delivery, r.disabled), (None, true));
+    let set = audit(Fact::ContactSet {
+        channel: Channel::Email,
+        to: Some("u***@example.com".into()),
+    });
+    s.set_contact("u", Channel::Email, Some("u@example.com"), &salt, NOW, &set)
+        .unwrap();
+    s.set_delivery("u", Channel::Email, &salt, &hashes, NOW, &enrolled)
+        .unwrap();
+    let r = s.user("u").unwrap().unwrap();
+    assert_eq!((r.delivery, r.disabled), (Some(Channel::Email), false));
 }
 
 /// A locked user gets no code, and nothing is stored.

@@ -194,8 +194,9 @@ pub trait Tx {
     ) -> Result<bool>;
 
     /// Set (or with `None` remove) the channel the user gets codes by
-    /// without asking; setting one turns 2FA back on. False for an unknown
-    /// user.
+    /// without asking. Setting one is an enrolment: it turns 2FA back on.
+    /// Removing one leaves the user's 2FA on or off as it was. False for an
+    /// unknown user.
     fn set_delivery(&mut self, name: &str, channel: Option<Channel>, now: i64) -> Result<bool>;
 
     /// Turn the user's 2FA off or on. False for an unknown user.

@@ -866,14 +866,17 @@ impl Tx for PgTx<'_> {
     }
 
     fn set_delivery(&mut self, name: &str, channel: Option<Channel>, now: i64) -> Result<bool> {
-        let n = self.exec(
-            "UPDATE users SET delivery = $2, disabled = FALSE, updated_at = $3 WHERE name = $1",
-            &[
-                Param::Text(name),
-                opt_text(channel.map(Channel::as_str)),
-                Param::Int(now),
-            ],
-        )?;
+        let n = match channel {
+            Some(c) => self.exec(
+                "UPDATE users SET delivery = $2, disabled = FALSE, updated_at = $3
+                 WHERE name = $1",
+                &[Param::Text(name), Param::Text(c.as_str()), Param::Int(now)],
+            )?,
+            None => self.exec(
+                "UPDATE users SET delivery = NULL, updated_at = $2 WHERE name = $1",
+                &[Param::Text(name), Param::Int(now)],
+            )?,
+        };
         Ok(n == 1)
     }
 

@@ -826,10 +826,16 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn set_delivery(&mut self, name: &str, channel: Option<Channel>, now: i64) -> Result<bool> {
-        let n = self.exec(
-            "UPDATE users SET delivery = ?2, disabled = 0, updated_at = ?3 WHERE name = ?1",
-            params![name, channel.map(Channel::as_str), now],
-        )?;
+        let n = match channel {
+            Some(c) => self.exec(
+                "UPDATE users SET delivery = ?2, disabled = 0, updated_at = ?3 WHERE name = ?1",
+                params![name, c.as_str(), now],
+            )?,
+            None => self.exec(
+                "UPDATE users SET delivery = NULL, updated_at = ?2 WHERE name = ?1",
+                params![name, now],
+            )?,
+        };
         Ok(n == 1)
     }
 
