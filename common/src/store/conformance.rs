@@ -72,6 +72,7 @@ macro_rules! store_conformance {
             a_withdrawn_code_neither_works_nor_counts,
             a_withdrawn_code_gives_back_the_one_sent_before,
             an_earlier_sent_code_is_void_on_every_clock,
+            a_changed_contact_voids_the_codes_sent_to_the_old_one,
             removing_the_contact_of_the_delivery_channel_keeps_a_user_disabled,
             no_code_is_sent_to_a_locked_user,
             contacts_are_kept_and_a_removed_one_ends_its_channel,
@@ -1340,6 +1341,56 @@ pub fn an_earlier_sent_code_is_void_on_every_clock(b: &dyn Backend) {
         s.as_mut(),
         &sent_offer(Channel::Sms, &first, &salt),
         NOW,
+        9
+    )));
+}
+
+/// A new address or number for a channel voids the codes sent to the old
+/// one (a removed one too); the other channel's code, and a code sent to
+/// an address set again unchanged, still work.
+pub fn a_changed_contact_voids_the_codes_sent_to_the_old_one(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    let contact = |s: &mut dyn Store, channel, to: Option<&str>| {
+        let set = audit(Fact::ContactSet {
+            channel,
+            to: to.map(String::from),
+        });
+        s.set_contact("u", channel, to, &salt, NOW, &set).unwrap();
+    };
+    contact(s.as_mut(), Channel::Sms, Some("+4420794600"));
+    let (old, sms) = (Code::generate_digits(6), Code::generate_digits(6));
+    send(s.as_mut(), Channel::Email, &salt, &old, NOW);
+    send(s.as_mut(), Channel::Sms, &salt, &sms, NOW);
+    contact(s.as_mut(), Channel::Email, Some("new@example.com"));
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Email, &old, &salt),
+        NOW + 1,
+        9
+    )));
+    assert!(accepted(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Sms, &sms, &salt),
+        NOW + 1,
+        9
+    )));
+    let kept = Code::generate_digits(6);
+    send(s.as_mut(), Channel::Email, &salt, &kept, NOW + 2);
+    contact(s.as_mut(), Channel::Email, Some("new@example.com"));
+    assert!(accepted(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Email, &kept, &salt),
+        NOW + 3,
+        9
+    )));
+    let removed = Code::generate_digits(6);
+    send(s.as_mut(), Channel::Email, &salt, &removed, NOW + 4);
+    contact(s.as_mut(), Channel::Email, None);
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Email, &removed, &salt),
+        NOW + 5,
         9
     )));
 }

@@ -794,8 +794,11 @@ impl dyn Store + '_ {
     }
 
     /// Set or remove where `name`'s codes by `channel` go; a user the
-    /// store does not know is added with `code_salt_if_new`. Removing the
-    /// contact of the user's delivery channel ends that factor.
+    /// store does not know is added with `code_salt_if_new`. A change
+    /// (a removal too) voids the unused codes sent by that channel: a code
+    /// sent to the old address or number no longer logs in. Removing the
+    /// contact of the user's delivery channel ends that factor, and leaves
+    /// their 2FA on or off as it was.
     pub fn set_contact(
         &mut self,
         name: &str,
@@ -807,8 +810,12 @@ impl dyn Store + '_ {
     ) -> Result<()> {
         self.write(Durability::Full, |tx| {
             tx.insert_user(name, code_salt_if_new, now)?;
+            let before = tx.lock_user(name)?;
             tx.set_contact(name, channel, to, now)?;
-            if to.is_none() && tx.user(name)?.and_then(|u| u.delivery) == Some(channel) {
+            if before.as_ref().and_then(|u| u.contact(channel)) != to {
+                tx.delete_codes(CodeKind::sent(channel), name, true)?;
+            }
+            if to.is_none() && before.and_then(|u| u.delivery) == Some(channel) {
                 // Nowhere to send them: the channel is no factor any more.
                 tx.set_delivery(name, None, now)?;
             }
