@@ -54,6 +54,7 @@ macro_rules! store_conformance {
             unknown_user_is_reported_and_nothing_is_written,
             audit_rows_are_kept_in_order_and_filtered,
             failed_transaction_leaves_nothing_behind,
+            a_failed_statement_fails_the_whole_transaction,
             users_are_listed_by_name,
             an_import_is_active_with_its_history_all_or_none,
             a_host_is_remembered_on_success_and_forgotten_on_a_lock_reset_or_disable,
@@ -705,6 +706,28 @@ pub fn failed_transaction_leaves_nothing_behind(b: &dyn Backend) {
     assert!(result.is_err());
     assert!(!s.user("u").unwrap().unwrap().disabled);
     assert_eq!(s.audit(&AuditFilter::default()).unwrap().len(), 2);
+}
+
+/// A statement that fails inside a transaction fails all of it, even when
+/// the body goes on and returns `Ok`: nothing of it is committed, the
+/// caller gets an error (never a success), and the next transaction on
+/// the same connection works.
+pub fn a_failed_statement_fails_the_whole_transaction(b: &dyn Backend) {
+    let mut s = b.open();
+    active_user(s.as_mut(), 0);
+    let result: Result<(), Error> = s.write(Durability::Full, |tx| {
+        tx.set_disabled("u", true, NOW)?;
+        // Codes of a user the store does not know: refused.
+        let refused = tx.insert_backup_codes("nobody", &[[1; codes::HASH_LEN]], NOW);
+        assert!(refused.is_err());
+        let _ = tx.insert_audit(&audit(Fact::Disabled));
+        Ok(())
+    });
+    assert!(matches!(result, Err(Error::Store { .. })), "{result:?}");
+    assert!(!s.user("u").unwrap().unwrap().disabled);
+    assert_eq!(s.audit(&AuditFilter::default()).unwrap().len(), 2);
+    assert!(s.unlock("u", NOW, &audit(Fact::Unlocked)).unwrap());
+    assert_eq!(s.audit(&AuditFilter::default()).unwrap().len(), 3);
 }
 
 /// A user's code salt is set once; an operation whose codes were hashed

@@ -62,9 +62,11 @@ pub trait Store {
     fn location(&self) -> &str;
 
     /// Run `body` in one transaction and commit if it returns `Ok`; roll
-    /// back if it returns an error or the commit fails. All of a write
-    /// transaction's changes become visible together or not at all, to
-    /// every process and host sharing the store.
+    /// back if it returns an error, if any call inside it failed (even one
+    /// whose error the body did not pass on: then no further call runs and
+    /// the transaction returns an error), or if the commit fails. All of a
+    /// write transaction's changes become visible together or not at all,
+    /// to every process and host sharing the store.
     fn transaction(&mut self, kind: TxKind, body: &mut TxBody<'_>) -> Result<()>;
 
     /// The backend's own consistency check: a list of problems, empty when
@@ -303,6 +305,61 @@ pub enum StepUse {
 
 /// How often a write transaction is run again after [`Error::Conflict`].
 const CONFLICT_RETRIES: u32 = 5;
+
+/// The first statement that failed inside a transaction, kept by the
+/// backend's [`Tx`]. A body may go on after an error and return `Ok`; the
+/// transaction must not then commit: PostgreSQL would roll back and report
+/// the COMMIT as done, SQLite would commit the statements around the
+/// failed one, half of what the body meant to do. Once one has failed, no
+/// further statement runs, and the transaction is rolled back and fails.
+#[derive(Debug, Default)]
+struct TxFailure {
+    /// What failed; `None` while nothing has.
+    what: Option<String>,
+    /// It was a [`Error::Conflict`]: the transaction is run again.
+    conflict: bool,
+}
+
+impl TxFailure {
+    /// Keep `e` if it is the first failure; return it.
+    fn note(&mut self, e: Error) -> Error {
+        if self.what.is_none() {
+            self.conflict = matches!(e, Error::Conflict { .. });
+            self.what = Some(match &e {
+                Error::Store { source, .. } => source.to_string(),
+                other => other.to_string(),
+            });
+        }
+        e
+    }
+
+    /// An error once a statement has failed: nothing more may run.
+    fn check(&self, location: &str) -> Result<()> {
+        match &self.what {
+            None => Ok(()),
+            Some(what) => Err(Error::store(
+                location,
+                format!("an earlier statement of this transaction failed ({what})"),
+            )),
+        }
+    }
+
+    /// What the transaction returns instead of committing, if a statement
+    /// failed in it.
+    fn into_error(self, location: &str) -> Option<Error> {
+        let what = self.what?;
+        Some(if self.conflict {
+            Error::Conflict {
+                location: location.into(),
+            }
+        } else {
+            Error::store(
+                location,
+                format!("a statement failed ({what}): the transaction was rolled back"),
+            )
+        })
+    }
+}
 
 /// Open the configured store (never creates one): SQLite, or PostgreSQL
 /// through `pg` when `[store] url` is set.

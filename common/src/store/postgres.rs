@@ -15,7 +15,7 @@
 //! upgrades it; [`PgStore::open`] (the login) never changes it, so the
 //! module's role needs only row rights.
 use super::pg::{Param, PgClient, PgError, PgTarget, Value};
-use super::{Durability, StepUse, Store, Tx, TxBody, TxKind};
+use super::{Durability, StepUse, Store, Tx, TxBody, TxFailure, TxKind};
 use crate::audit::{AuditEntry, AuditFilter, Event, Outcome};
 use crate::codes::{HASH_LEN, SALT_LEN};
 use crate::delivery::Channel;
@@ -338,9 +338,17 @@ impl Store for PgStore {
             }
         };
         self.client.batch(begin).map_err(|e| self.err(e))?;
-        let done = body(&mut PgTx {
+        let mut tx = PgTx {
             client: self.client.as_mut(),
             location: &self.location,
+            failure: TxFailure::default(),
+        };
+        // A COMMIT after a failed statement is answered as a success (the
+        // server rolls back instead): one that failed, even if the body went
+        // on, fails the transaction here.
+        let done = body(&mut tx).and_then(|()| match tx.failure.into_error(&self.location) {
+            Some(e) => Err(e),
+            None => Ok(()),
         });
         match done {
             Ok(()) => self.client.batch("COMMIT").map_err(|e| self.err(e)),
@@ -375,6 +383,9 @@ impl Store for PgStore {
 struct PgTx<'a> {
     client: &'a mut dyn PgClient,
     location: &'a str,
+    /// The first statement that failed: then none is sent after it, and
+    /// the transaction is rolled back.
+    failure: TxFailure,
 }
 
 const USER_COLUMNS: &str = "name, state, disabled, secret, code_salt, last_step, failures,
@@ -502,16 +513,19 @@ fn opt_text(v: Option<&str>) -> Param<'_> {
 }
 
 impl PgTx<'_> {
+    /// Run one statement; the number of rows it changed.
     fn exec(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
+        self.failure.check(self.location)?;
         self.client
             .execute(sql, params)
-            .map_err(|e| pg_err(self.location, e))
+            .map_err(|e| self.failure.note(pg_err(self.location, e)))
     }
 
     fn rows(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Value>>> {
+        self.failure.check(self.location)?;
         self.client
             .query(sql, params)
-            .map_err(|e| pg_err(self.location, e))
+            .map_err(|e| self.failure.note(pg_err(self.location, e)))
     }
 
     fn row<'r>(&self, values: &'r [Value]) -> Row<'r>
