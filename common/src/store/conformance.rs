@@ -20,7 +20,8 @@ use crate::config::LockoutConfig;
 use crate::delivery::Channel;
 use crate::error::Error;
 use crate::model::{
-    Candidate, CodeKind, Factor, LockState, NewEnrollment, Origin, TotpMatch, TotpState, Verdict,
+    Candidate, CodeKind, Factor, LockState, NewEnrollment, Origin, Snapshot, TotpMatch, TotpState,
+    UserRow, Verdict,
 };
 
 /// A store backend under test.
@@ -81,6 +82,7 @@ macro_rules! store_conformance {
             parallel_sends_never_exceed_the_resend_limit,
             parallel_logins_with_one_sent_code_exactly_one_succeeds,
             a_snapshot_holds_every_row_and_loads_only_into_an_empty_store,
+            a_load_that_does_not_hold_the_snapshot_writes_nothing,
         );
     };
     (@each $backend:expr; $($name:ident),* $(,)?) => {
@@ -1688,4 +1690,44 @@ pub fn a_snapshot_holds_every_row_and_loads_only_into_an_empty_store(b: &dyn Bac
     );
     assert!(matches!(s.load_snapshot(&snap), Err(Error::Store { .. })));
     assert_eq!(s.snapshot().unwrap(), snap, "a refused load wrote nothing");
+}
+
+/// A load that does not leave the store holding what the snapshot holds
+/// (here a remembered host listed twice, which the store keeps once) fails
+/// before it commits: the store stays empty, so a good copy can go in
+/// afterwards.
+pub fn a_load_that_does_not_hold_the_snapshot_writes_nothing(b: &dyn Backend) {
+    let mut s = b.open();
+    let user = UserRow {
+        name: "u".into(),
+        state: "none".into(),
+        disabled: false,
+        secret: None,
+        pending_codes: None,
+        code_salt: codes::new_salt(),
+        last_step: -1,
+        failures: 0,
+        locked_until: None,
+        lock_level: 0,
+        last_success: None,
+        enrolled_by: "admin".into(),
+        email: None,
+        phone: None,
+        delivery: None,
+        created_at: NOW,
+        updated_at: NOW,
+    };
+    let host = ("u".to_string(), "laptop".to_string(), NOW + 99);
+    let good = Snapshot {
+        users: vec![user],
+        remembered: vec![host.clone()],
+        audit: vec![audit(Fact::Unlocked)],
+        ..Snapshot::default()
+    };
+    let mut bad = good.clone();
+    bad.remembered.push(host);
+    assert!(matches!(s.load_snapshot(&bad), Err(Error::Store { .. })));
+    assert_eq!(s.snapshot().unwrap(), Snapshot::default());
+    assert_eq!(s.load_snapshot(&good).unwrap(), good.counts());
+    assert_eq!(s.snapshot().unwrap(), good);
 }

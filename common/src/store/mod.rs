@@ -709,9 +709,13 @@ impl dyn Store + '_ {
     }
 
     /// Copy `snapshot` into this store, all or nothing, if it holds no
-    /// user and no audit row; the counts of what it then holds.
+    /// user and no audit row; the counts of what it then holds, read back
+    /// before the copy commits. Unless they are the snapshot's, table by
+    /// table, the copy is rolled back: the store stays empty, so the copy
+    /// can be tried again.
     pub fn load_snapshot(&mut self, snapshot: &Snapshot) -> Result<Vec<(&'static str, usize)>> {
         let location = self.location().to_string();
+        let want = snapshot.counts();
         self.write(Durability::Full, |tx| {
             if !tx.users()?.is_empty() || !tx.audit(&AuditFilter::default())?.is_empty() {
                 return Err(Error::store(
@@ -721,7 +725,17 @@ impl dyn Store + '_ {
                 ));
             }
             tx.load(snapshot)?;
-            Ok(tx.export()?.counts())
+            let got = tx.export()?.counts();
+            if got != want {
+                return Err(Error::store(
+                    location.clone(),
+                    format!(
+                        "the copy does not hold what the source does: {got:?} against \
+                         {want:?}; nothing was written"
+                    ),
+                ));
+            }
+            Ok(got)
         })
     }
 
