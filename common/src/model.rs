@@ -357,6 +357,14 @@ impl CodeKind {
     pub fn expires(self) -> bool {
         self != CodeKind::Backup
     }
+
+    /// Only the user's newest code of this kind can be valid (sent codes):
+    /// a new one voids those before it without rewriting them, on every
+    /// host whatever its clock, and taking it back gives the one before
+    /// it back.
+    pub fn newest_only(self) -> bool {
+        matches!(self, CodeKind::Email | CodeKind::Sms)
+    }
 }
 
 /// An unused code as the store keeps it.

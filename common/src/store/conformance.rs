@@ -20,7 +20,8 @@ use crate::config::LockoutConfig;
 use crate::delivery::Channel;
 use crate::error::Error;
 use crate::model::{
-    Candidate, CodeKind, Factor, LockState, NewEnrollment, Origin, TotpMatch, TotpState, Verdict,
+    Candidate, CodeKind, Factor, LockState, NewEnrollment, Origin, Snapshot, TotpMatch, TotpState,
+    UserRow, Verdict,
 };
 
 /// A store backend under test.
@@ -54,6 +55,7 @@ macro_rules! store_conformance {
             unknown_user_is_reported_and_nothing_is_written,
             audit_rows_are_kept_in_order_and_filtered,
             failed_transaction_leaves_nothing_behind,
+            a_failed_statement_fails_the_whole_transaction,
             users_are_listed_by_name,
             an_import_is_active_with_its_history_all_or_none,
             a_host_is_remembered_on_success_and_forgotten_on_a_lock_reset_or_disable,
@@ -70,12 +72,17 @@ macro_rules! store_conformance {
             one_sent_code_is_outstanding_per_channel,
             the_resend_limit_counts_every_send_in_the_window,
             a_withdrawn_code_neither_works_nor_counts,
+            a_withdrawn_code_gives_back_the_one_sent_before,
+            an_earlier_sent_code_is_void_on_every_clock,
+            a_changed_contact_voids_the_codes_sent_to_the_old_one,
+            removing_the_contact_of_the_delivery_channel_keeps_a_user_disabled,
             no_code_is_sent_to_a_locked_user,
             contacts_are_kept_and_a_removed_one_ends_its_channel,
             a_delivery_channel_is_a_factor_with_backup_codes,
             parallel_sends_never_exceed_the_resend_limit,
             parallel_logins_with_one_sent_code_exactly_one_succeeds,
             a_snapshot_holds_every_row_and_loads_only_into_an_empty_store,
+            a_load_that_does_not_hold_the_snapshot_writes_nothing,
         );
     };
     (@each $backend:expr; $($name:ident),* $(,)?) => {
@@ -703,6 +710,28 @@ pub fn failed_transaction_leaves_nothing_behind(b: &dyn Backend) {
     assert_eq!(s.audit(&AuditFilter::default()).unwrap().len(), 2);
 }
 
+/// A statement that fails inside a transaction fails all of it, even when
+/// the body goes on and returns `Ok`: nothing of it is committed, the
+/// caller gets an error (never a success), and the next transaction on
+/// the same connection works.
+pub fn a_failed_statement_fails_the_whole_transaction(b: &dyn Backend) {
+    let mut s = b.open();
+    active_user(s.as_mut(), 0);
+    let result: Result<(), Error> = s.write(Durability::Full, |tx| {
+        tx.set_disabled("u", true, NOW)?;
+        // Codes of a user the store does not know: refused.
+        let refused = tx.insert_backup_codes("nobody", &[[1; codes::HASH_LEN]], NOW);
+        assert!(refused.is_err());
+        let _ = tx.insert_audit(&audit(Fact::Disabled));
+        Ok(())
+    });
+    assert!(matches!(result, Err(Error::Store { .. })), "{result:?}");
+    assert!(!s.user("u").unwrap().unwrap().disabled);
+    assert_eq!(s.audit(&AuditFilter::default()).unwrap().len(), 2);
+    assert!(s.unlock("u", NOW, &audit(Fact::Unlocked)).unwrap());
+    assert_eq!(s.audit(&AuditFilter::default()).unwrap().len(), 3);
+}
+
 /// A user's code salt is set once; an operation whose codes were hashed
 /// with another salt (read before a concurrent change) writes nothing.
 pub fn the_code_salt_never_changes_and_a_stale_one_is_refused(b: &dyn Backend) {
@@ -1085,6 +1114,18 @@ fn known_user(s: &mut dyn Store) -> Vec<u8> {
 
 /// Store a code for `u` by `channel` at `now`, valid 600 s.
 fn send(s: &mut dyn Store, channel: Channel, salt: &[u8], code: &Code, now: i64) -> SendGrant {
+    send_until(s, channel, salt, code, now, now + 600)
+}
+
+/// Store a code for `u` by `channel` at `now`, valid until `expires_at`.
+fn send_until(
+    s: &mut dyn Store,
+    channel: Channel,
+    salt: &[u8],
+    code: &Code,
+    now: i64,
+    expires_at: i64,
+) -> SendGrant {
     let sent = audit(Fact::CodeSent {
         channel,
         to: "x".into(),
@@ -1094,12 +1135,21 @@ fn send(s: &mut dyn Store, channel: Channel, salt: &[u8], code: &Code, now: i64)
         channel,
         salt,
         &code.hash(salt),
-        now + 600,
+        expires_at,
         now,
         LIMIT,
         &sent,
     )
     .unwrap()
+}
+
+/// Take back the code in row `id`, sent by `channel`, as after a failed send.
+fn withdraw(s: &mut dyn Store, channel: Channel, id: i64) {
+    let failed = audit(Fact::SendFailed {
+        channel,
+        reason: "down".into(),
+    });
+    s.withdraw_send(channel, id, &failed).unwrap();
 }
 
 fn sent_offer(channel: Channel, code: &Code, salt: &[u8]) -> Candidate {
@@ -1245,6 +1295,166 @@ pub fn a_withdrawn_code_neither_works_nor_counts(b: &dyn Backend) {
         NOW,
         9
     )));
+}
+
+/// When the send of a new code fails, the code sent before it by that
+/// channel works again: the user who types it is let in, even when it
+/// was made before the resend window.
+pub fn a_withdrawn_code_gives_back_the_one_sent_before(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    let (first, second) = (Code::generate_digits(6), Code::generate_digits(6));
+    // Valid longer than the resend window: still good when the next is asked.
+    assert!(matches!(
+        send_until(s.as_mut(), Channel::Email, &salt, &first, NOW, NOW + 2000),
+        SendGrant::Granted { .. }
+    ));
+    let later = NOW + LIMIT.window + 100;
+    let SendGrant::Granted { id } = send(s.as_mut(), Channel::Email, &salt, &second, later) else {
+        panic!("the second code was not granted");
+    };
+    withdraw(s.as_mut(), Channel::Email, id);
+    assert_eq!(
+        s.login_view("u", None, &Channel::ALL, later + 1)
+            .unwrap()
+            .sent,
+        vec![Channel::Email]
+    );
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Email, &second, &salt),
+        later + 1,
+        9
+    )));
+    assert!(matches!(
+        redeem(
+            s.as_mut(),
+            &sent_offer(Channel::Email, &first, &salt),
+            later + 1,
+            9
+        ),
+        Verdict::Accepted {
+            factor: Factor::Email,
+            ..
+        }
+    ));
+}
+
+/// A new code by a channel voids the one sent before by it on every host,
+/// whatever its clock: a host whose clock is behind the one that sent the
+/// new code refuses the earlier one all the same.
+pub fn an_earlier_sent_code_is_void_on_every_clock(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    let (first, second) = (Code::generate_digits(6), Code::generate_digits(6));
+    send(s.as_mut(), Channel::Sms, &salt, &first, NOW + 10);
+    send(s.as_mut(), Channel::Sms, &salt, &second, NOW + 20);
+    // Checked by a host whose clock says NOW: before either was sent.
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Sms, &first, &salt),
+        NOW,
+        9
+    )));
+    assert!(accepted(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Sms, &second, &salt),
+        NOW,
+        9
+    )));
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Sms, &first, &salt),
+        NOW,
+        9
+    )));
+}
+
+/// A new address or number for a channel voids the codes sent to the old
+/// one (a removed one too); the other channel's code, and a code sent to
+/// an address set again unchanged, still work.
+pub fn a_changed_contact_voids_the_codes_sent_to_the_old_one(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    let contact = |s: &mut dyn Store, channel, to: Option<&str>| {
+        let set = audit(Fact::ContactSet {
+            channel,
+            to: to.map(String::from),
+        });
+        s.set_contact("u", channel, to, &salt, NOW, &set).unwrap();
+    };
+    contact(s.as_mut(), Channel::Sms, Some("+4420794600"));
+    let (old, sms) = (Code::generate_digits(6), Code::generate_digits(6));
+    send(s.as_mut(), Channel::Email, &salt, &old, NOW);
+    send(s.as_mut(), Channel::Sms, &salt, &sms, NOW);
+    contact(s.as_mut(), Channel::Email, Some("new@example.com"));
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Email, &old, &salt),
+        NOW + 1,
+        9
+    )));
+    assert!(accepted(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Sms, &sms, &salt),
+        NOW + 1,
+        9
+    )));
+    let kept = Code::generate_digits(6);
+    send(s.as_mut(), Channel::Email, &salt, &kept, NOW + 2);
+    contact(s.as_mut(), Channel::Email, Some("new@example.com"));
+    assert!(accepted(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Email, &kept, &salt),
+        NOW + 3,
+        9
+    )));
+    let removed = Code::generate_digits(6);
+    send(s.as_mut(), Channel::Email, &salt, &removed, NOW + 4);
+    contact(s.as_mut(), Channel::Email, None);
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Email, &removed, &salt),
+        NOW + 5,
+        9
+    )));
+}
+
+/// Removing the contact of a disabled user's delivery channel ends that
+/// factor and leaves 2FA off: it does not turn it back on for a user with
+/// no factor left. Making a channel a factor does turn it on, as an
+/// enrolment does.
+pub fn removing_the_contact_of_the_delivery_channel_keeps_a_user_disabled(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    let hashes: Vec<_> = codes::backup_set(2, &salt)
+        .iter()
+        .map(|(_, h)| *h)
+        .collect();
+    let enrolled = audit(Fact::DeliveryEnrolled {
+        channel: Channel::Email,
+    });
+    s.set_delivery("u", Channel::Email, &salt, &hashes, NOW, &enrolled)
+        .unwrap();
+    s.disable("u", &salt, NOW, &audit(Fact::Disabled)).unwrap();
+    let removed = audit(Fact::ContactSet {
+        channel: Channel::Email,
+        to: None,
+    });
+    s.set_contact("u", Channel::Email, None, &salt, NOW, &removed)
+        .unwrap();
+    let r = s.user("u").unwrap().unwrap();
+    assert_eq!((r.delivery, r.disabled), (None, true));
+    let set = audit(Fact::ContactSet {
+        channel: Channel::Email,
+        to: Some("u***@example.com".into()),
+    });
+    s.set_contact("u", Channel::Email, Some("u@example.com"), &salt, NOW, &set)
+        .unwrap();
+    s.set_delivery("u", Channel::Email, &salt, &hashes, NOW, &enrolled)
+        .unwrap();
+    let r = s.user("u").unwrap().unwrap();
+    assert_eq!((r.delivery, r.disabled), (Some(Channel::Email), false));
 }
 
 /// A locked user gets no code, and nothing is stored.
@@ -1480,4 +1690,44 @@ pub fn a_snapshot_holds_every_row_and_loads_only_into_an_empty_store(b: &dyn Bac
     );
     assert!(matches!(s.load_snapshot(&snap), Err(Error::Store { .. })));
     assert_eq!(s.snapshot().unwrap(), snap, "a refused load wrote nothing");
+}
+
+/// A load that does not leave the store holding what the snapshot holds
+/// (here a remembered host listed twice, which the store keeps once) fails
+/// before it commits: the store stays empty, so a good copy can go in
+/// afterwards.
+pub fn a_load_that_does_not_hold_the_snapshot_writes_nothing(b: &dyn Backend) {
+    let mut s = b.open();
+    let user = UserRow {
+        name: "u".into(),
+        state: "none".into(),
+        disabled: false,
+        secret: None,
+        pending_codes: None,
+        code_salt: codes::new_salt(),
+        last_step: -1,
+        failures: 0,
+        locked_until: None,
+        lock_level: 0,
+        last_success: None,
+        enrolled_by: "admin".into(),
+        email: None,
+        phone: None,
+        delivery: None,
+        created_at: NOW,
+        updated_at: NOW,
+    };
+    let host = ("u".to_string(), "laptop".to_string(), NOW + 99);
+    let good = Snapshot {
+        users: vec![user],
+        remembered: vec![host.clone()],
+        audit: vec![audit(Fact::Unlocked)],
+        ..Snapshot::default()
+    };
+    let mut bad = good.clone();
+    bad.remembered.push(host);
+    assert!(matches!(s.load_snapshot(&bad), Err(Error::Store { .. })));
+    assert_eq!(s.snapshot().unwrap(), Snapshot::default());
+    assert_eq!(s.load_snapshot(&good).unwrap(), good.counts());
+    assert_eq!(s.snapshot().unwrap(), good);
 }

@@ -62,9 +62,11 @@ pub trait Store {
     fn location(&self) -> &str;
 
     /// Run `body` in one transaction and commit if it returns `Ok`; roll
-    /// back if it returns an error or the commit fails. All of a write
-    /// transaction's changes become visible together or not at all, to
-    /// every process and host sharing the store.
+    /// back if it returns an error, if any call inside it failed (even one
+    /// whose error the body did not pass on: then no further call runs and
+    /// the transaction returns an error), or if the commit fails. All of a
+    /// write transaction's changes become visible together or not at all,
+    /// to every process and host sharing the store.
     fn transaction(&mut self, kind: TxKind, body: &mut TxBody<'_>) -> Result<()>;
 
     /// The backend's own consistency check: a list of problems, empty when
@@ -90,7 +92,9 @@ pub trait Tx {
     fn users(&mut self) -> Result<Vec<UserRecord>>;
 
     /// The user's unused codes of `kind`; codes that expire only while
-    /// unexpired at `now`.
+    /// unexpired at `now`; of a kind that is [`CodeKind::newest_only`],
+    /// only the newest row of the user and kind, if it is unused and
+    /// unexpired (newest by row, never by a host's clock).
     fn unused_codes(&mut self, kind: CodeKind, name: &str, now: i64) -> Result<Vec<StoredCode>>;
 
     /// The sealed backup codes kept for display while the user's enrolment
@@ -132,8 +136,9 @@ pub trait Tx {
         now: i64,
     ) -> Result<bool>;
 
-    /// Mark the code in row `id` used at `now`, if it is still unused. True
-    /// for exactly one caller per code, ever.
+    /// Mark the code in row `id` used at `now`, if it is still unused (and,
+    /// of a kind that is [`CodeKind::newest_only`], still the newest row of
+    /// its user). True for exactly one caller per code, ever.
     fn consume_code(&mut self, kind: CodeKind, id: i64, now: i64) -> Result<bool>;
 
     /// Give the user the new enrolment `new`, pending, with `last_step`
@@ -168,9 +173,10 @@ pub trait Tx {
         now: i64,
     ) -> Result<i64>;
 
-    /// Make the user's unused codes of an expiring `kind` expire at `now`,
-    /// and delete the rows made before `keep_since`.
-    fn void_codes(&mut self, kind: CodeKind, name: &str, now: i64, keep_since: i64) -> Result<()>;
+    /// Delete the user's rows of `kind` made before `before`, except the
+    /// newest one: it stays whatever its age, so that taking back a code
+    /// stored after it gives it back. Rewrites no other row.
+    fn prune_codes(&mut self, kind: CodeKind, name: &str, before: i64) -> Result<()>;
 
     /// When each of the user's codes of `kind` made after `since` was made,
     /// oldest first (used, expired or not).
@@ -190,8 +196,9 @@ pub trait Tx {
     ) -> Result<bool>;
 
     /// Set (or with `None` remove) the channel the user gets codes by
-    /// without asking; setting one turns 2FA back on. False for an unknown
-    /// user.
+    /// without asking. Setting one is an enrolment: it turns 2FA back on.
+    /// Removing one leaves the user's 2FA on or off as it was. False for an
+    /// unknown user.
     fn set_delivery(&mut self, name: &str, channel: Option<Channel>, now: i64) -> Result<bool>;
 
     /// Turn the user's 2FA off or on. False for an unknown user.
@@ -298,6 +305,61 @@ pub enum StepUse {
 
 /// How often a write transaction is run again after [`Error::Conflict`].
 const CONFLICT_RETRIES: u32 = 5;
+
+/// The first statement that failed inside a transaction, kept by the
+/// backend's [`Tx`]. A body may go on after an error and return `Ok`; the
+/// transaction must not then commit: PostgreSQL would roll back and report
+/// the COMMIT as done, SQLite would commit the statements around the
+/// failed one, half of what the body meant to do. Once one has failed, no
+/// further statement runs, and the transaction is rolled back and fails.
+#[derive(Debug, Default)]
+struct TxFailure {
+    /// What failed; `None` while nothing has.
+    what: Option<String>,
+    /// It was a [`Error::Conflict`]: the transaction is run again.
+    conflict: bool,
+}
+
+impl TxFailure {
+    /// Keep `e` if it is the first failure; return it.
+    fn note(&mut self, e: Error) -> Error {
+        if self.what.is_none() {
+            self.conflict = matches!(e, Error::Conflict { .. });
+            self.what = Some(match &e {
+                Error::Store { source, .. } => source.to_string(),
+                other => other.to_string(),
+            });
+        }
+        e
+    }
+
+    /// An error once a statement has failed: nothing more may run.
+    fn check(&self, location: &str) -> Result<()> {
+        match &self.what {
+            None => Ok(()),
+            Some(what) => Err(Error::store(
+                location,
+                format!("an earlier statement of this transaction failed ({what})"),
+            )),
+        }
+    }
+
+    /// What the transaction returns instead of committing, if a statement
+    /// failed in it.
+    fn into_error(self, location: &str) -> Option<Error> {
+        let what = self.what?;
+        Some(if self.conflict {
+            Error::Conflict {
+                location: location.into(),
+            }
+        } else {
+            Error::store(
+                location,
+                format!("a statement failed ({what}): the transaction was rolled back"),
+            )
+        })
+    }
+}
 
 /// Open the configured store (never creates one): SQLite, or PostgreSQL
 /// through `pg` when `[store] url` is set.
@@ -647,9 +709,13 @@ impl dyn Store + '_ {
     }
 
     /// Copy `snapshot` into this store, all or nothing, if it holds no
-    /// user and no audit row; the counts of what it then holds.
+    /// user and no audit row; the counts of what it then holds, read back
+    /// before the copy commits. Unless they are the snapshot's, table by
+    /// table, the copy is rolled back: the store stays empty, so the copy
+    /// can be tried again.
     pub fn load_snapshot(&mut self, snapshot: &Snapshot) -> Result<Vec<(&'static str, usize)>> {
         let location = self.location().to_string();
+        let want = snapshot.counts();
         self.write(Durability::Full, |tx| {
             if !tx.users()?.is_empty() || !tx.audit(&AuditFilter::default())?.is_empty() {
                 return Err(Error::store(
@@ -659,7 +725,17 @@ impl dyn Store + '_ {
                 ));
             }
             tx.load(snapshot)?;
-            Ok(tx.export()?.counts())
+            let got = tx.export()?.counts();
+            if got != want {
+                return Err(Error::store(
+                    location.clone(),
+                    format!(
+                        "the copy does not hold what the source does: {got:?} against \
+                         {want:?}; nothing was written"
+                    ),
+                ));
+            }
+            Ok(got)
         })
     }
 
@@ -740,9 +816,11 @@ impl dyn Store + '_ {
 
     /// Store a code to send by `channel` (its hash under `salt`, the salt
     /// read before), valid until `expires_at`, unless the user is locked or
-    /// `limit` is reached; it voids the user's earlier unused code of that
-    /// channel: one is outstanding at a time. The audit row goes in with
-    /// it. Every process and host counts against the same limit.
+    /// `limit` is reached. It voids the user's earlier codes of that
+    /// channel by being newer (only the newest can be used: one is
+    /// outstanding at a time, on every host whatever its clock), and
+    /// rewrites none of them. The audit row goes in with it. Every process
+    /// and host counts against the same limit.
     #[allow(clippy::too_many_arguments)]
     pub fn grant_send(
         &mut self,
@@ -768,7 +846,7 @@ impl dyn Store + '_ {
                 let until = made[made.len() - max].saturating_add(limit.window);
                 return Ok(SendGrant::Limited { until });
             }
-            tx.void_codes(kind, name, now, since)?;
+            tx.prune_codes(kind, name, since)?;
             let id = tx.insert_expiring_code(kind, name, hash, expires_at, now)?;
             tx.insert_audit(audit)?;
             Ok(SendGrant::Granted { id })
@@ -776,7 +854,9 @@ impl dyn Store + '_ {
     }
 
     /// Take back a code [`grant_send`](Self::grant_send) stored that could
-    /// not be sent: it neither works nor counts toward the resend limit.
+    /// not be sent: it neither works nor counts toward the resend limit,
+    /// and the code sent before it by that channel, if still unused and
+    /// unexpired, works again.
     pub fn withdraw_send(&mut self, channel: Channel, id: i64, audit: &AuditEntry) -> Result<()> {
         self.write(Durability::Full, |tx| {
             tx.delete_code(CodeKind::sent(channel), id)?;
@@ -785,8 +865,11 @@ impl dyn Store + '_ {
     }
 
     /// Set or remove where `name`'s codes by `channel` go; a user the
-    /// store does not know is added with `code_salt_if_new`. Removing the
-    /// contact of the user's delivery channel ends that factor.
+    /// store does not know is added with `code_salt_if_new`. A change
+    /// (a removal too) voids the unused codes sent by that channel: a code
+    /// sent to the old address or number no longer logs in. Removing the
+    /// contact of the user's delivery channel ends that factor, and leaves
+    /// their 2FA on or off as it was.
     pub fn set_contact(
         &mut self,
         name: &str,
@@ -798,8 +881,12 @@ impl dyn Store + '_ {
     ) -> Result<()> {
         self.write(Durability::Full, |tx| {
             tx.insert_user(name, code_salt_if_new, now)?;
+            let before = tx.lock_user(name)?;
             tx.set_contact(name, channel, to, now)?;
-            if to.is_none() && tx.user(name)?.and_then(|u| u.delivery) == Some(channel) {
+            if before.as_ref().and_then(|u| u.contact(channel)) != to {
+                tx.delete_codes(CodeKind::sent(channel), name, true)?;
+            }
+            if to.is_none() && before.and_then(|u| u.delivery) == Some(channel) {
                 // Nowhere to send them: the channel is no factor any more.
                 tx.set_delivery(name, None, now)?;
             }

@@ -15,7 +15,7 @@
 //! upgrades it; [`PgStore::open`] (the login) never changes it, so the
 //! module's role needs only row rights.
 use super::pg::{Param, PgClient, PgError, PgTarget, Value};
-use super::{Durability, StepUse, Store, Tx, TxBody, TxKind};
+use super::{Durability, StepUse, Store, Tx, TxBody, TxFailure, TxKind};
 use crate::audit::{AuditEntry, AuditFilter, Event, Outcome};
 use crate::codes::{HASH_LEN, SALT_LEN};
 use crate::delivery::Channel;
@@ -338,9 +338,17 @@ impl Store for PgStore {
             }
         };
         self.client.batch(begin).map_err(|e| self.err(e))?;
-        let done = body(&mut PgTx {
+        let mut tx = PgTx {
             client: self.client.as_mut(),
             location: &self.location,
+            failure: TxFailure::default(),
+        };
+        // A COMMIT after a failed statement is answered as a success (the
+        // server rolls back instead): one that failed, even if the body went
+        // on, fails the transaction here.
+        let done = body(&mut tx).and_then(|()| match tx.failure.into_error(&self.location) {
+            Some(e) => Err(e),
+            None => Ok(()),
         });
         match done {
             Ok(()) => self.client.batch("COMMIT").map_err(|e| self.err(e)),
@@ -375,6 +383,9 @@ impl Store for PgStore {
 struct PgTx<'a> {
     client: &'a mut dyn PgClient,
     location: &'a str,
+    /// The first statement that failed: then none is sent after it, and
+    /// the transaction is rolled back.
+    failure: TxFailure,
 }
 
 const USER_COLUMNS: &str = "name, state, disabled, secret, code_salt, last_step, failures,
@@ -502,16 +513,19 @@ fn opt_text(v: Option<&str>) -> Param<'_> {
 }
 
 impl PgTx<'_> {
+    /// Run one statement; the number of rows it changed.
     fn exec(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
+        self.failure.check(self.location)?;
         self.client
             .execute(sql, params)
-            .map_err(|e| pg_err(self.location, e))
+            .map_err(|e| self.failure.note(pg_err(self.location, e)))
     }
 
     fn rows(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Value>>> {
+        self.failure.check(self.location)?;
         self.client
             .query(sql, params)
-            .map_err(|e| pg_err(self.location, e))
+            .map_err(|e| self.failure.note(pg_err(self.location, e)))
     }
 
     fn row<'r>(&self, values: &'r [Value]) -> Row<'r>
@@ -561,11 +575,19 @@ impl Tx for PgTx<'_> {
 
     fn unused_codes(&mut self, kind: CodeKind, name: &str, now: i64) -> Result<Vec<StoredCode>> {
         let rows = if kind.expires() {
+            let t = table(kind);
+            // Newest by id: ids come from a sequence, and a sent code is
+            // stored only with its user's row locked, so a later code of a
+            // user always has a larger id, whichever host stored it.
+            let newest = if kind.newest_only() {
+                format!(" AND id = (SELECT max(id) FROM {t} WHERE username = $1)")
+            } else {
+                String::new()
+            };
             self.rows(
                 &format!(
-                    "SELECT id, hash FROM {} WHERE username = $1 AND used_at IS NULL \
-                     AND expires_at > $2",
-                    table(kind)
+                    "SELECT id, hash FROM {t} WHERE username = $1 AND used_at IS NULL \
+                     AND expires_at > $2{newest}"
                 ),
                 &[Param::Text(name), Param::Int(now)],
             )?
@@ -716,11 +738,14 @@ impl Tx for PgTx<'_> {
     }
 
     fn consume_code(&mut self, kind: CodeKind, id: i64, now: i64) -> Result<bool> {
+        let t = table(kind);
+        let newest = if kind.newest_only() {
+            format!(" AND id = (SELECT max(c.id) FROM {t} c WHERE c.username = {t}.username)")
+        } else {
+            String::new()
+        };
         let n = self.exec(
-            &format!(
-                "UPDATE {} SET used_at = $2 WHERE id = $1 AND used_at IS NULL",
-                table(kind)
-            ),
+            &format!("UPDATE {t} SET used_at = $2 WHERE id = $1 AND used_at IS NULL{newest}"),
             &[Param::Int(id), Param::Int(now)],
         )?;
         Ok(n == 1)
@@ -804,18 +829,14 @@ impl Tx for PgTx<'_> {
         }
     }
 
-    fn void_codes(&mut self, kind: CodeKind, name: &str, now: i64, keep_since: i64) -> Result<()> {
+    fn prune_codes(&mut self, kind: CodeKind, name: &str, before: i64) -> Result<()> {
         let t = table(kind);
         self.exec(
             &format!(
-                "UPDATE {t} SET expires_at = $2
-                 WHERE username = $1 AND used_at IS NULL AND expires_at > $2"
+                "DELETE FROM {t} WHERE username = $1 AND created_at < $2
+                   AND id <> (SELECT max(id) FROM {t} WHERE username = $1)"
             ),
-            &[Param::Text(name), Param::Int(now)],
-        )?;
-        self.exec(
-            &format!("DELETE FROM {t} WHERE username = $1 AND created_at < $2"),
-            &[Param::Text(name), Param::Int(keep_since)],
+            &[Param::Text(name), Param::Int(before)],
         )
         .map(drop)
     }
@@ -859,14 +880,17 @@ impl Tx for PgTx<'_> {
     }
 
     fn set_delivery(&mut self, name: &str, channel: Option<Channel>, now: i64) -> Result<bool> {
-        let n = self.exec(
-            "UPDATE users SET delivery = $2, disabled = FALSE, updated_at = $3 WHERE name = $1",
-            &[
-                Param::Text(name),
-                opt_text(channel.map(Channel::as_str)),
-                Param::Int(now),
-            ],
-        )?;
+        let n = match channel {
+            Some(c) => self.exec(
+                "UPDATE users SET delivery = $2, disabled = FALSE, updated_at = $3
+                 WHERE name = $1",
+                &[Param::Text(name), Param::Text(c.as_str()), Param::Int(now)],
+            )?,
+            None => self.exec(
+                "UPDATE users SET delivery = NULL, updated_at = $2 WHERE name = $1",
+                &[Param::Text(name), Param::Int(now)],
+            )?,
+        };
         Ok(n == 1)
     }
 

@@ -3,13 +3,14 @@
 //! Write transactions are `BEGIN IMMEDIATE`: the write lock is taken up
 //! front, so concurrent logins queue (up to the busy timeout) instead of
 //! failing, and a conditional write never races another.
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use super::{Durability, StepUse, Store, Tx, TxBody, TxKind};
+use super::{Durability, StepUse, Store, Tx, TxBody, TxFailure, TxKind};
 use crate::audit::{AuditEntry, AuditFilter, Event, Outcome};
 use crate::codes::{HASH_LEN, SALT_LEN};
 use crate::delivery::Channel;
@@ -403,10 +404,20 @@ impl Store for SqliteStore {
             .conn
             .transaction_with_behavior(behavior)
             .map_err(|e| Error::store(location.clone(), e))?;
-        body(&mut SqliteTx {
+        let mut stx = SqliteTx {
             conn: &tx,
             location,
-        })?;
+            failure: RefCell::default(),
+        };
+        // On an error the transaction is dropped: rolled back.
+        body(&mut stx)?;
+        if let Some(e) = stx.failure.into_inner().into_error(location) {
+            // A statement failed and the body went on: what ran around it
+            // is not committed. Dropping the transaction rolls it back
+            // (unless SQLite already did, as it does after some errors).
+            drop(tx);
+            return Err(e);
+        }
         tx.commit().map_err(|e| Error::store(location.clone(), e))?;
         if kind != TxKind::Read {
             if self.wal_created {
@@ -434,6 +445,9 @@ impl Store for SqliteStore {
 struct SqliteTx<'a> {
     conn: &'a Connection,
     location: &'a str,
+    /// The first statement that failed: then none runs after it, and the
+    /// transaction is rolled back.
+    failure: RefCell<TxFailure>,
 }
 
 const USER_COLUMNS: &str = "name, state, disabled, secret, code_salt, last_step, failures,
@@ -488,13 +502,36 @@ fn table(kind: CodeKind) -> &'static str {
 }
 
 impl SqliteTx<'_> {
+    /// `e` as crm2fa's error, kept as the transaction's failure.
     fn err(&self, e: rusqlite::Error) -> Error {
-        Error::store(self.location, e)
+        self.failure
+            .borrow_mut()
+            .note(Error::store(self.location, e))
+    }
+
+    /// An error if a statement failed before in this transaction.
+    fn check(&self) -> Result<()> {
+        self.failure.borrow().check(self.location)
     }
 
     /// Run one statement; the number of rows it changed.
     fn exec(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
+        self.check()?;
         self.conn.execute(sql, params).map_err(|e| self.err(e))
+    }
+
+    /// The row `sql` selects, if any.
+    fn one<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>> {
+        self.check()?;
+        self.conn
+            .query_row(sql, params, f)
+            .optional()
+            .map_err(|e| self.err(e))
     }
 
     fn rows<T>(
@@ -503,6 +540,7 @@ impl SqliteTx<'_> {
         params: impl rusqlite::Params,
         f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> Result<Vec<T>> {
+        self.check()?;
         let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params, f)
@@ -518,14 +556,11 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>> {
-        self.conn
-            .query_row(
-                &format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"),
-                [name],
-                user_row,
-            )
-            .optional()
-            .map_err(|e| self.err(e))
+        self.one(
+            &format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"),
+            [name],
+            user_row,
+        )
     }
 
     fn users(&mut self) -> Result<Vec<UserRecord>> {
@@ -544,10 +579,15 @@ impl Tx for SqliteTx<'_> {
             })
         };
         if kind.expires() {
+            let t = table(kind);
+            let newest = if kind.newest_only() {
+                format!(" AND id = (SELECT max(id) FROM {t} WHERE user = ?1)")
+            } else {
+                String::new()
+            };
             self.rows(
                 &format!(
-                    "SELECT id, hash FROM {} WHERE user = ?1 AND used_at IS NULL AND expires_at > ?2",
-                    table(kind)
+                    "SELECT id, hash FROM {t} WHERE user = ?1 AND used_at IS NULL AND expires_at > ?2{newest}"
                 ),
                 params![name, now],
                 code,
@@ -565,15 +605,11 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn pending_codes(&mut self, name: &str) -> Result<Option<Vec<u8>>> {
-        let codes: Option<Option<Vec<u8>>> = self
-            .conn
-            .query_row(
-                "SELECT pending_codes FROM users WHERE name = ?1 AND state = 'pending'",
-                [name],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
+        let codes: Option<Option<Vec<u8>>> = self.one(
+            "SELECT pending_codes FROM users WHERE name = ?1 AND state = 'pending'",
+            [name],
+            |r| r.get(0),
+        )?;
         Ok(codes.map(Option::unwrap_or_default))
     }
 
@@ -689,11 +725,14 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn consume_code(&mut self, kind: CodeKind, id: i64, now: i64) -> Result<bool> {
+        let t = table(kind);
+        let newest = if kind.newest_only() {
+            format!(" AND id = (SELECT max(c.id) FROM {t} c WHERE c.user = {t}.user)")
+        } else {
+            String::new()
+        };
         let n = self.exec(
-            &format!(
-                "UPDATE {} SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL",
-                table(kind)
-            ),
+            &format!("UPDATE {t} SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL{newest}"),
             params![id, now],
         )?;
         Ok(n == 1)
@@ -768,18 +807,14 @@ impl Tx for SqliteTx<'_> {
         Ok(self.conn.last_insert_rowid())
     }
 
-    fn void_codes(&mut self, kind: CodeKind, name: &str, now: i64, keep_since: i64) -> Result<()> {
+    fn prune_codes(&mut self, kind: CodeKind, name: &str, before: i64) -> Result<()> {
         let t = table(kind);
         self.exec(
             &format!(
-                "UPDATE {t} SET expires_at = ?2
-                 WHERE user = ?1 AND used_at IS NULL AND expires_at > ?2"
+                "DELETE FROM {t} WHERE user = ?1 AND created_at < ?2
+                   AND id <> (SELECT max(id) FROM {t} WHERE user = ?1)"
             ),
-            params![name, now],
-        )?;
-        self.exec(
-            &format!("DELETE FROM {t} WHERE user = ?1 AND created_at < ?2"),
-            params![name, keep_since],
+            params![name, before],
         )
         .map(drop)
     }
@@ -822,10 +857,16 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn set_delivery(&mut self, name: &str, channel: Option<Channel>, now: i64) -> Result<bool> {
-        let n = self.exec(
-            "UPDATE users SET delivery = ?2, disabled = 0, updated_at = ?3 WHERE name = ?1",
-            params![name, channel.map(Channel::as_str), now],
-        )?;
+        let n = match channel {
+            Some(c) => self.exec(
+                "UPDATE users SET delivery = ?2, disabled = 0, updated_at = ?3 WHERE name = ?1",
+                params![name, c.as_str(), now],
+            )?,
+            None => self.exec(
+                "UPDATE users SET delivery = NULL, updated_at = ?2 WHERE name = ?1",
+                params![name, now],
+            )?,
+        };
         Ok(n == 1)
     }
 
