@@ -507,6 +507,7 @@ fn send_code(l: &mut Login<'_>, record: &UserRecord, channel: Channel) -> Result
     let grant = l.ops.store.grant_send(
         &user,
         channel,
+        to,
         &record.code_salt,
         &hash,
         now + ttl,
@@ -533,6 +534,14 @@ fn send_code(l: &mut Login<'_>, record: &UserRecord, channel: Channel) -> Result
         SendGrant::Locked { until } => {
             l.locked_message(until);
             return Ok(Sent::Locked);
+        }
+        SendGrant::ContactChanged => {
+            l.conv.error(&format!(
+                "Where codes by {} go was changed meanwhile; log in again to have one sent \
+                 there, or use another method.",
+                channel.label()
+            ));
+            return Ok(Sent::No);
         }
     };
     let minutes = ((ttl + 59) / 60).to_string();

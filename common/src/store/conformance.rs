@@ -17,7 +17,7 @@ use super::{Durability, Imported, SendGrant, SendLimit, Store};
 use crate::audit::{AuditCtx, AuditEntry, AuditFilter, Event, Fact, Outcome};
 use crate::codes::{self, Code};
 use crate::config::LockoutConfig;
-use crate::delivery::Channel;
+use crate::delivery::{self, Channel};
 use crate::error::Error;
 use crate::model::{
     Candidate, CodeKind, Factor, LockState, NewEnrollment, Origin, Snapshot, TotpMatch, TotpState,
@@ -75,6 +75,7 @@ macro_rules! store_conformance {
             a_withdrawn_code_gives_back_the_one_sent_before,
             an_earlier_sent_code_is_void_on_every_clock,
             a_changed_contact_voids_the_codes_sent_to_the_old_one,
+            no_code_is_stored_for_an_address_changed_meanwhile,
             removing_the_contact_of_the_delivery_channel_keeps_a_user_disabled,
             no_code_is_sent_to_a_locked_user,
             contacts_are_kept_and_a_removed_one_ends_its_channel,
@@ -1099,16 +1100,21 @@ const LIMIT: SendLimit = SendLimit {
     window: 900,
 };
 
-/// User `u`, known to the store with no factor and an email address: the
-/// salt.
+/// User `u`, known to the store with no factor, an email address and a
+/// phone number: the salt.
 fn known_user(s: &mut dyn Store) -> Vec<u8> {
     let salt = codes::new_salt();
-    let set = audit(Fact::ContactSet {
-        channel: Channel::Email,
-        to: Some("u***@example.com".into()),
-    });
-    s.set_contact("u", Channel::Email, Some("u@example.com"), &salt, NOW, &set)
-        .unwrap();
+    for (channel, to) in [
+        (Channel::Email, "u@example.com"),
+        (Channel::Sms, "+4420794600"),
+    ] {
+        let set = audit(Fact::ContactSet {
+            channel,
+            to: Some(delivery::mask(channel, to)),
+        });
+        s.set_contact("u", channel, Some(to), &salt, NOW, &set)
+            .unwrap();
+    }
     salt
 }
 
@@ -1130,9 +1136,12 @@ fn send_until(
         channel,
         to: "x".into(),
     });
+    let record = s.user("u").unwrap().expect("user u");
+    let to = record.contact(channel).expect("a contact for the channel");
     s.grant_send(
         "u",
         channel,
+        to,
         salt,
         &code.hash(salt),
         expires_at,
@@ -1368,6 +1377,55 @@ pub fn an_earlier_sent_code_is_void_on_every_clock(b: &dyn Backend) {
         NOW,
         9
     )));
+}
+
+/// A login read the address, then an administrator changed it: the code
+/// is not stored (it would go to the old address), and nothing counts.
+pub fn no_code_is_stored_for_an_address_changed_meanwhile(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    let code = Code::generate_digits(6);
+    let sent = audit(Fact::CodeSent {
+        channel: Channel::Email,
+        to: "o***@example.com".into(),
+    });
+    for stale in ["old@example.com", "U@example.com", ""] {
+        let grant = s
+            .grant_send(
+                "u",
+                Channel::Email,
+                stale,
+                &salt,
+                &code.hash(&salt),
+                NOW + 600,
+                NOW,
+                LIMIT,
+                &sent,
+            )
+            .unwrap();
+        assert!(
+            matches!(grant, SendGrant::ContactChanged),
+            "{stale}: {grant:?}"
+        );
+    }
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Email, &code, &salt),
+        NOW + 1,
+        9
+    )));
+    // Nothing counted toward the resend limit: all of it is still there.
+    for i in 0..LIMIT.max {
+        let c = Code::generate_digits(6);
+        let grant = send(
+            s.as_mut(),
+            Channel::Email,
+            &salt,
+            &c,
+            NOW + 2 + i64::from(i),
+        );
+        assert!(matches!(grant, SendGrant::Granted { .. }), "{grant:?}");
+    }
 }
 
 /// A new address or number for a channel voids the codes sent to the old
@@ -1658,6 +1716,12 @@ pub fn a_snapshot_holds_every_row_and_loads_only_into_an_empty_store(b: &dyn Bac
     s.add_recovery("u", &salt, &c.hash(&salt), NOW + 60, NOW, &issued)
         .unwrap();
     let sent = Code::generate_digits(6);
+    let phone = audit(Fact::ContactSet {
+        channel: Channel::Sms,
+        to: Some("+44********00".into()),
+    });
+    s.set_contact("u", Channel::Sms, Some("+4420794600"), &salt, NOW, &phone)
+        .unwrap();
     send(s.as_mut(), Channel::Sms, &salt, &sent, NOW);
     s.redeem(
         "u",

@@ -269,6 +269,9 @@ pub enum SendGrant {
         /// When the lock ends.
         until: i64,
     },
+    /// The channel's address or number is no longer the one the code
+    /// would be sent to (changed or removed meanwhile): nothing stored.
+    ContactChanged,
 }
 
 /// The resend limit: at most `max` codes per user and channel within
@@ -814,9 +817,10 @@ impl dyn Store + '_ {
         })
     }
 
-    /// Store a code to send by `channel` (its hash under `salt`, the salt
-    /// read before), valid until `expires_at`, unless the user is locked or
-    /// `limit` is reached. It voids the user's earlier codes of that
+    /// Store a code to send by `channel` to `to` (its hash under `salt`,
+    /// salt and address read before), valid until `expires_at`, unless the
+    /// user is locked, `limit` is reached, or the channel's address is no
+    /// longer `to` (an administrator changed it meanwhile). It voids the user's earlier codes of that
     /// channel by being newer (only the newest can be used: one is
     /// outstanding at a time, on every host whatever its clock), and
     /// rewrites none of them. The audit row goes in with it. Every process
@@ -826,6 +830,7 @@ impl dyn Store + '_ {
         &mut self,
         name: &str,
         channel: Channel,
+        to: &str,
         salt: &[u8],
         hash: &[u8; HASH_LEN],
         expires_at: i64,
@@ -838,6 +843,9 @@ impl dyn Store + '_ {
             let user = lock_with_salt(tx, name, salt)?;
             if let Some(until) = user.locked_at(now) {
                 return Ok(SendGrant::Locked { until });
+            }
+            if user.contact(channel) != Some(to) {
+                return Ok(SendGrant::ContactChanged);
             }
             let since = now.saturating_sub(limit.window);
             let made = tx.codes_made_since(kind, name, since)?;
