@@ -169,7 +169,31 @@ fn step_timeout(cfg: &Config) -> Duration {
     whole - margin
 }
 
+/// Under a setuid caller (su, polkit's helpers) this program runs with the
+/// user's real uid and gid and root's effective ones: the user could signal
+/// it and the SMS command (stop them, kill them mid-send), and a shell
+/// script as the command would drop root. With an effective uid of 0, every
+/// uid and gid becomes 0 and the supplementary groups go, before anything
+/// is read; what it runs inherits that.
+fn become_root_alone() -> Result<(), Failure> {
+    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+    if !Uid::effective().is_root() {
+        return Ok(());
+    }
+    // Refused only where groups cannot be set at all (some user
+    // namespaces): the uids and gids below still are.
+    match setgroups(&[]) {
+        Ok(()) | Err(nix::errno::Errno::EPERM) => {}
+        Err(e) => return Err(Failure::NotSent(format!("cannot drop the groups: {e}"))),
+    }
+    let root = (Gid::from_raw(0), Uid::from_raw(0));
+    setresgid(root.0, root.0, root.0)
+        .and_then(|()| setresuid(root.1, root.1, root.1))
+        .map_err(|e| Failure::NotSent(format!("cannot take root's ids: {e}")))
+}
+
 fn run() -> Result<(), Failure> {
+    become_root_alone()?;
     let config = match parse_args(std::env::args_os().skip(1))? {
         Action::Help => {
             print!("{USAGE}");

@@ -1,7 +1,19 @@
 //! SMS: a command (no shell; the phone and the message as its last two
 //! arguments) or an HTTP gateway (ureq over rustls; placeholders filled and
 //! encoded for where they go; basic auth from a root-only file).
-use std::io::Read;
+//!
+//! The command runs as root with PATH alone for environment. Its program
+//! (found in PATH if a bare name, followed through links) and, when its
+//! first argument is the absolute path of a file, that script, must be
+//! root's and closed to writes by others. It gets the message on its
+//! standard input too, then end of file, for a script that would rather
+//! read it there.
+//!
+//! The code is in the command's arguments, and every local user can read a
+//! process's arguments in `/proc/PID/cmdline` while it runs: on a host
+//! where untrusted users log in, mount `/proc` with `hidepid=invisible` (or
+//! use an HTTP gateway, which gets the code over the network only).
+use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,6 +24,7 @@ use base64::Engine as _;
 use crm2fa_common::config::SmsConfig;
 use crm2fa_common::delivery::{fill, Message};
 use crm2fa_common::fsperm::{self, Secrecy};
+use nix::sys::signal::Signal;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use ureq::http::{HeaderName, HeaderValue, Uri};
 use zeroize::Zeroizing;
@@ -34,31 +47,55 @@ pub(crate) fn send(cfg: &SmsConfig, timeout: Duration, msg: &Message) -> Result<
 // ---- command ---------------------------------------------------------------
 
 fn command(argv: &[String], timeout: Duration, msg: &Message) -> Result<(), Failure> {
-    let program = resolve(&argv[0])?;
-    // It runs as root with the code in its arguments: it must be root's.
-    fsperm::open_trusted(&program, Secrecy::NotWritableByOthers)
+    // It runs as root with the code in its arguments: it must be root's,
+    // the file a link leads to as well as a script it is given to run.
+    let program = trusted(&resolve(&argv[0])?)
         .map_err(|e| Failure::Config(format!("[sms] command: will not run it: {e}")))?;
-    let mut child = Command::new(&program)
-        .args(&argv[1..])
+    let mut args = argv[1..].to_vec();
+    if let Some(script) = args
+        .first_mut()
+        .filter(|a| Path::new(a.as_str()).is_absolute() && Path::new(a.as_str()).is_file())
+    {
+        let checked = trusted(Path::new(script.as_str()))
+            .map_err(|e| Failure::Config(format!("[sms] command: will not run its script: {e}")))?;
+        // The file checked is the one it opens, whatever a link becomes.
+        *script = checked.to_string_lossy().into_owned();
+    }
+    // Led by this program, the group is the one the PAM module kills whole
+    // at its deadline: the command stays in it. Otherwise (run by hand)
+    // the command gets a group of its own, so that a time-out stops what
+    // it started.
+    let leader = nix::unistd::getpgrp() == nix::unistd::getpid();
+    let mut cmd = Command::new(&program);
+    cmd.arg0(&argv[0])
+        .args(&args)
         .arg(&msg.to)
         .arg(&msg.text)
         .env_clear()
         .env("PATH", PATH)
         .current_dir("/")
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        // Its own process group, so that a time-out stops what it started.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| {
-            Failure::Config(format!(
-                "[sms] command: cannot run {}: {}",
-                program.display(),
-                plain_io(&e)
-            ))
-        })?;
+        .stderr(Stdio::piped());
+    if !leader {
+        cmd.process_group(0);
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        Failure::Config(format!(
+            "[sms] command: cannot run {}: {}",
+            program.display(),
+            plain_io(&e)
+        ))
+    })?;
     let pgid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    // The message on standard input as well, then its end: written aside,
+    // as a command may never read it.
+    if let Some(mut input) = child.stdin.take() {
+        let text = Zeroizing::new(msg.text.clone());
+        std::thread::spawn(move || {
+            let _ = input.write_all(text.as_bytes());
+        });
+    }
     // Its standard error is read aside, so that a chatty command never
     // blocks on a full pipe; the first 4 kB are kept.
     let (tx, rx) = mpsc::channel();
@@ -75,7 +112,12 @@ fn command(argv: &[String], timeout: Duration, msg: &Message) -> Result<(), Fail
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if Instant::now() >= deadline => {
-                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+                if leader {
+                    let _ = child.kill();
+                    kill_the_rest_of_the_group();
+                } else {
+                    let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
+                }
                 let _ = child.wait();
                 return Err(Failure::NotSent(format!(
                     "the SMS command did not finish within {:.1} s and was stopped",
@@ -111,7 +153,63 @@ fn command(argv: &[String], timeout: Duration, msg: &Message) -> Result<(), Fail
     }))
 }
 
-/// The command's program: an absolute path, or a name found in [`PATH`].
+/// Kill every other process of this program's process group (what the
+/// command started), until none is left or a second has passed.
+fn kill_the_rest_of_the_group() {
+    let me = std::process::id();
+    let until = Instant::now() + Duration::from_secs(1);
+    loop {
+        let others = group_members(me);
+        if others.is_empty() || Instant::now() >= until {
+            return;
+        }
+        for pid in others {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The live processes of the process group `group` but this one, from
+/// `/proc` (none where it cannot be read).
+fn group_members(group: u32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    entries
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // pid (comm) state ppid pgrp …: comm may hold anything but the
+            // last ')'.
+            let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+            let state = fields.next()?;
+            let pgrp: u32 = fields.nth(1)?.parse().ok()?;
+            (pgrp == group && pid != me && !matches!(state, "Z" | "X"))
+                .then(|| i32::try_from(pid).ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// `path` followed to the file it names, which must be root's and closed
+/// to writes by others, as must every directory on the way.
+fn trusted(path: &Path) -> Result<PathBuf, String> {
+    let real =
+        std::fs::canonicalize(path).map_err(|e| format!("{}: {}", path.display(), plain_io(&e)))?;
+    fsperm::open_trusted(&real, Secrecy::NotWritableByOthers).map_err(|e| {
+        if real == path {
+            e.to_string()
+        } else {
+            format!("{e} ({} leads there)", path.display())
+        }
+    })?;
+    Ok(real)
+}
+
+/// The command's program: an absolute path, or a name found in [`PATH`]
+/// (as the spawn would find it).
 fn resolve(program: &str) -> Result<PathBuf, Failure> {
     let path = Path::new(program);
     if path.is_absolute() {

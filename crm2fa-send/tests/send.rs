@@ -17,6 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use std::os::unix::process::CommandExt;
+
 use crm2fa_tests::sinks::{dead_port, email_section_at, HttpSink, SmtpSink, EMAIL_FROM};
 use crm2fa_tests::write_file;
 
@@ -96,15 +100,40 @@ fn message(channel: &str, to: &str) -> serde_json::Value {
     })
 }
 
-/// Run crm2fa-send as the module does (no shell, PATH only), `input` on
-/// its standard input; a run that takes over a minute fails the test.
-fn send_raw(config: &Path, input: &[u8], env: &[(&str, &str)]) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_crm2fa-send"))
-        .arg("--config")
+/// crm2fa-send as the module runs it: no shell, PATH only (and `env`).
+fn send_command(config: &Path, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_crm2fa-send"));
+    cmd.arg("--config")
         .arg(config)
         .env_clear()
         .env("PATH", PATH)
-        .envs(env.iter().copied())
+        .envs(env.iter().copied());
+    cmd
+}
+
+/// crm2fa-send as a setuid caller (su) runs it: real uid and gid nobody's
+/// (and its group), effective ones root's.
+fn send_command_under_setuid_caller(config: &Path) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--ruid=65534", "--rgid=65534", "--groups=65534", "--"])
+        .arg(env!("CARGO_BIN_EXE_crm2fa-send"))
+        .arg("--config")
+        .arg(config)
+        .env_clear()
+        .env("PATH", PATH);
+    cmd
+}
+
+/// Run crm2fa-send as the module does (no shell, PATH only), `input` on
+/// its standard input; a run that takes over a minute fails the test.
+fn send_raw(config: &Path, input: &[u8], env: &[(&str, &str)]) -> Run {
+    run(send_command(config, env), input)
+}
+
+/// Run `cmd`, `input` on its standard input; a run that takes over a minute
+/// fails the test.
+fn run(mut cmd: Command, input: &[u8]) -> Run {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -432,19 +461,21 @@ fn a_gateway_that_never_answers_times_out() {
 // ---- SMS by command ----------------------------------------------------------
 
 /// An SMS command: a shell script in the test's directory that writes its
-/// arguments (NUL-terminated) and its environment to files there, prints
-/// `stderr` on standard error and exits with `exit`.
+/// arguments (NUL-terminated), its environment and its standard input to
+/// files there, prints `stderr` on standard error and exits with `exit`.
 fn sms_script(dir: &Dir, stderr: &str, exit: i32) -> PathBuf {
     let script = dir.path("send-sms");
     let args = dir.path("args");
     let env = dir.path("env");
+    let stdin = dir.path("stdin");
     write_file(
         &script,
         &format!(
             "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\0' \"$a\"; done > '{}'\nenv > '{}'\n\
-             {}exit {exit}\n",
+             cat > '{}'\n{}exit {exit}\n",
             args.display(),
             env.display(),
+            stdin.display(),
             if stderr.is_empty() {
                 String::new()
             } else {
@@ -521,6 +552,164 @@ fn an_sms_command_other_users_may_change_is_not_run() {
     let config = dir.config(&format!("[sms]\ncommand = [\"{}\"]\n", script.display()));
     send(&config, &message("sms", "+441234567890")).failed(2, "will not run it");
     assert!(!dir.path("args").exists(), "the command ran");
+}
+
+#[test]
+fn an_sms_command_also_gets_the_message_on_its_standard_input() {
+    let dir = Dir::new();
+    let script = sms_script(&dir, "", 0);
+    let config = dir.config(&format!("[sms]\ncommand = [\"{}\"]\n", script.display()));
+    let msg = message("sms", "+441234567890");
+    send(&config, &msg).sent();
+    let stdin = fs::read_to_string(dir.path("stdin")).expect("the command ran");
+    assert_eq!(stdin, msg["text"].as_str().expect("text"));
+}
+
+#[test]
+fn an_sms_command_found_through_a_link_in_path_runs_and_its_script_is_checked() {
+    // sh is a link (to dash, bash …): the file it leads to is checked.
+    let dir = Dir::new();
+    let script = sms_script(&dir, "", 0);
+    let config = dir.config(&format!(
+        "[sms]\ncommand = [\"sh\", \"{}\"]\n",
+        script.display()
+    ));
+    send(&config, &message("sms", "+441234567890")).sent();
+    assert_eq!(recorded_args(&dir)[0], "+441234567890");
+    // The script it runs is checked as the program is.
+    fs::remove_file(dir.path("args")).expect("rm");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o777)).expect("chmod");
+    let run = send(&config, &message("sms", "+441234567890"));
+    run.failed(2, "will not run");
+    assert!(
+        run.stderr.contains(&script.display().to_string()),
+        "the script is named: {run:?}"
+    );
+    assert!(!dir.path("args").exists(), "the command ran");
+}
+
+#[test]
+fn an_sms_command_through_a_link_is_checked_where_the_link_leads() {
+    let dir = Dir::new();
+    let script = sms_script(&dir, "", 0);
+    let link = dir.path("sms-link");
+    std::os::unix::fs::symlink(&script, &link).expect("ln -s");
+    let config = dir.config(&format!("[sms]\ncommand = [\"{}\"]\n", link.display()));
+    send(&config, &message("sms", "+441234567890")).sent();
+    fs::remove_file(dir.path("args")).expect("rm");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o777)).expect("chmod");
+    send(&config, &message("sms", "+441234567890")).failed(2, "will not run it");
+    assert!(!dir.path("args").exists(), "the command ran");
+}
+
+#[test]
+fn under_a_setuid_caller_the_sms_command_runs_as_root_alone() {
+    let dir = Dir::new();
+    let script = dir.path("ids");
+    write_file(
+        &script,
+        "#!/bin/sh\necho $(grep -E '^(Uid|Gid|Groups):' /proc/$$/status) >&2\nexit 1\n",
+        0o755,
+    );
+    let config = dir.config(&format!("[sms]\ncommand = [\"{}\"]\n", script.display()));
+    let msg = message("sms", "+441234567890");
+    run(
+        send_command_under_setuid_caller(&config),
+        msg.to_string().as_bytes(),
+    )
+    .failed(1, ": Uid: 0 0 0 0 Gid: 0 0 0 0 Groups:");
+}
+
+/// An SMS command that starts two processes and waits: `nap` in the test's
+/// directory is a link to sleep, so that each carries the directory in its
+/// command line.
+fn napping_sms_command(dir: &Dir) -> PathBuf {
+    let sleep = ["/usr/bin/sleep", "/bin/sleep"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("sleep");
+    std::os::unix::fs::symlink(sleep, dir.path("nap")).expect("ln -s");
+    let script = dir.path("nap-sms");
+    write_file(
+        &script,
+        "#!/bin/sh\n\"${0%/*}/nap\" 30 &\n\"${0%/*}/nap\" 30\n",
+        0o755,
+    );
+    script
+}
+
+/// The processes whose command line holds the test's directory.
+fn running_in(dir: &Dir) -> Vec<i32> {
+    let marker = dir.dir.path().to_string_lossy().into_owned();
+    fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| {
+            let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(&marker)
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// Those of [`running_in`] once killed ones had a moment to go; any left
+/// are killed, so that a failed test leaves nothing behind.
+fn left_in(dir: &Dir) -> Vec<i32> {
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut left = running_in(dir);
+    while !left.is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+        left = running_in(dir);
+    }
+    for pid in &left {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    left
+}
+
+#[test]
+fn the_sms_command_is_in_the_process_group_the_module_kills() {
+    let dir = Dir::new();
+    let script = napping_sms_command(&dir);
+    let config = dir.config(&format!("[sms]\ncommand = [\"{}\"]\n", script.display()));
+    let mut cmd = send_command(&config, &[]);
+    let mut child = cmd
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run crm2fa-send");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(message("sms", "+441234567890").to_string().as_bytes())
+        .expect("write the message");
+    drop(stdin);
+    let until = Instant::now() + Duration::from_secs(20);
+    while running_in(&dir).len() < 3 {
+        assert!(Instant::now() < until, "the command did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // As the module does at its deadline.
+    let group = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    killpg(group, Signal::SIGKILL).expect("killpg");
+    let _ = child.wait();
+    assert_eq!(left_in(&dir), Vec::<i32>::new(), "still running");
+}
+
+#[test]
+fn leading_its_group_its_own_timeout_stops_all_the_sms_command_started() {
+    let dir = Dir::new();
+    let script = napping_sms_command(&dir);
+    let config = dir.config(&format!(
+        "[delivery]\ntimeout = \"1s\"\n\n[sms]\ncommand = [\"{}\"]\n",
+        script.display()
+    ));
+    let mut cmd = send_command(&config, &[]);
+    cmd.process_group(0);
+    run(cmd, message("sms", "+441234567890").to_string().as_bytes()).failed(1, "did not finish");
+    assert_eq!(left_in(&dir), Vec::<i32>::new(), "still running");
 }
 
 // ---- usage and configuration ---------------------------------------------------

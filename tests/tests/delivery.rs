@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crm2fa_tests::sinks::{code_in, dead_port, delivery_section, HttpSink, SmtpSink};
+use crm2fa_tests::sinks::{code_in, dead_port, delivery_section, send_program, HttpSink, SmtpSink};
 use crm2fa_tests::*;
 
 const PW: &str = "correct horse";
@@ -229,6 +229,117 @@ fn an_sms_command_gets_the_phone_and_the_message_as_two_arguments() {
         code_in(args[2], 6).unwrap_or_else(|| panic!("no code in {text}"))
     });
     r.assert_success();
+}
+
+/// `nap` in the sandbox: a link to `sleep`, so that what a script starts
+/// carries the sandbox's directory in its command line.
+fn add_nap(sb: &Sandbox) {
+    let sleep = ["/usr/bin/sleep", "/bin/sleep"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("sleep");
+    std::os::unix::fs::symlink(sleep, sb.root().join("nap")).expect("ln -s");
+}
+
+/// The processes whose command line holds the sandbox's directory, once
+/// killed ones had a moment to go; any left are killed, so that a failed
+/// test leaves nothing behind.
+fn left_running(sb: &Sandbox) -> Vec<String> {
+    let marker = sb.root().to_string_lossy().into_owned();
+    let find = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|e| {
+                let pid = e.ok()?.file_name().into_string().ok()?;
+                pid.parse::<u32>().ok()?;
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                String::from_utf8_lossy(&cmdline)
+                    .contains(&marker)
+                    .then_some(pid)
+            })
+            .collect()
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    let mut left = find();
+    while !left.is_empty() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+        left = find();
+    }
+    for pid in &left {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", pid])
+            .status();
+    }
+    left
+}
+
+/// The reason of the failed send in `user`'s audit.
+fn failed_send(sb: &Sandbox, user: &str) -> String {
+    let audit = sb.audit(user);
+    let failed = audit
+        .iter()
+        .find(|a| a["event"] == "send" && a["outcome"] == "failure")
+        .unwrap_or_else(|| panic!("no failed send in {audit:?}"));
+    failed["detail"].as_str().unwrap_or_default().to_string()
+}
+
+/// A sandbox with `nap`, the SMS command `sms` and the sending program
+/// `program` (scripts written into it), `[delivery] timeout` `timeout`, and
+/// `carol` enrolled (TOTP) with a phone.
+fn sms_sandbox(sms: &str, program: &str, timeout: &str) -> (Sandbox, Enrolled) {
+    let sb = Sandbox::new();
+    add_nap(&sb);
+    let (command, send) = (sb.root().join("sms"), sb.root().join("send"));
+    write_file(&command, &format!("#!/bin/sh\n{sms}\n"), 0o755);
+    write_file(&send, &format!("#!/bin/sh\n{program}\n"), 0o755);
+    sb.write_config(&config_text(&format!(
+        "[policy]\nenforce = \"all\"\n[sms]\ncommand = [\"{}\"]\n\
+         [delivery]\nprogram = \"{}\"\ntimeout = \"{timeout}\"\n",
+        command.display(),
+        send.display()
+    )));
+    sb.add_user("carol", PW);
+    let e = sb.enroll_active("carol");
+    sb.admin_ok(&["set-contact", "carol", "--phone", "+4420794600"]);
+    (sb, e)
+}
+
+#[test]
+fn a_send_stopped_at_the_deadline_leaves_nothing_running() {
+    // crm2fa-send starts late, so that the module's deadline comes before
+    // its own; the SMS command starts two processes and waits for them.
+    let (sb, e) = sms_sandbox(
+        "\"${0%/*}/nap\" 30 &\n\"${0%/*}/nap\" 30",
+        &format!("sleep 1\nexec {} \"$@\"", send_program().display()),
+        "2s",
+    );
+    let r = sb.login("carol", &[PW, "sms", &e.backup_codes[0]]);
+    r.assert_success();
+    assert!(
+        r.output.contains("The code could not be sent by SMS."),
+        "{r}"
+    );
+    let why = failed_send(&sb, "carol");
+    assert!(why.contains("did not finish within 2 s"), "{why}");
+    assert_eq!(left_running(&sb), Vec::<String>::new(), "still running");
+}
+
+#[test]
+fn a_failed_send_returns_at_once_though_a_child_keeps_stderr_open() {
+    // The program's child inherits its standard error and outlives it.
+    let (sb, e) = sms_sandbox(
+        "exit 0",
+        "\"${0%/*}/nap\" 30 &\necho 'modem refused' >&2\nexit 1",
+        "5s",
+    );
+    let started = std::time::Instant::now();
+    let r = sb.login("carol", &[PW, "sms", &e.backup_codes[0]]);
+    let took = started.elapsed();
+    r.assert_success();
+    let why = failed_send(&sb, "carol");
+    assert!(why.ends_with(": modem refused"), "{why}");
+    assert!(took < Duration::from_secs(5), "the login took {took:?}");
+    assert_eq!(left_running(&sb), Vec::<String>::new(), "still running");
 }
 
 #[test]

@@ -10,11 +10,17 @@ use std::io::Read;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{ChildStderr, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::fcntl::{self, FcntlArg, OFlag};
+use nix::sys::signal::{self, Signal};
 use nix::sys::socket::{self, MsgFlags};
+use nix::sys::wait::{self, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -119,6 +125,10 @@ pub trait Sender {
 /// the message as JSON on standard input, no shell, an empty environment.
 /// Exit 0: handed over; otherwise the first line of its standard error says
 /// why. Stopped (and the send failed) after `timeout`.
+///
+/// It runs in a process group of its own, killed whole when the send fails
+/// or times out, and, when the caller's effective uid is 0, with every uid
+/// and gid 0 and no supplementary groups, whoever the real user is.
 #[derive(Debug, Clone)]
 pub struct Program {
     /// The program.
@@ -156,7 +166,8 @@ impl Program {
         // with MSG_NOSIGNAL.
         let (ours, theirs) = UnixStream::pair()
             .map_err(|e| format!("cannot make a socket for {}: {e}", self.path.display()))?;
-        let mut child = Command::new(&self.path)
+        let mut command = Command::new(&self.path);
+        command
             .arg("--config")
             .arg(&self.config)
             .env_clear()
@@ -164,8 +175,21 @@ impl Program {
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
+            // A process group of its own, killed whole: nothing it started
+            // outlives a send that failed or took too long.
+            .process_group(0);
+        if nix::unistd::geteuid().is_root() {
+            // Under a setuid caller (su, polkit's helpers) the real ids are
+            // the user's: the user could stop or kill the program mid-send,
+            // and a shell would drop root. Root's ids only, no supplementary
+            // groups (which setting the uid drops).
+            command.uid(0).gid(0);
+        }
+        let mut child = command
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", self.path.display()))?;
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+        let mut said = ErrorOutput::new(child.stderr.take());
         let input = zeroize::Zeroizing::new(
             serde_json::to_vec(msg).map_err(|e| format!("cannot encode the message: {e}"))?,
         );
@@ -173,18 +197,21 @@ impl Program {
         while !rest.is_empty() {
             match socket::send(ours.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL) {
                 Ok(n) => rest = &rest[n..],
-                Err(nix::errno::Errno::EINTR) => {}
+                Err(Errno::EINTR) => {}
                 // The program ended early (EPIPE …): its status says why.
                 Err(_) => break,
             }
         }
         let _ = ours.shutdown(Shutdown::Write);
         let deadline = Instant::now() + self.timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
+        // Waited for without reaping it: until it is reaped its pid, and so
+        // its process group, cannot be another's.
+        let ended = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        let sent = loop {
+            said.read_available();
+            match wait::waitid(Id::Pid(pid), ended) {
+                Ok(WaitStatus::StillAlive) if Instant::now() >= deadline => {
+                    let _ = signal::killpg(pid, Signal::SIGKILL);
                     let _ = child.wait();
                     return Err(format!(
                         "{} did not finish within {} s and was stopped",
@@ -192,23 +219,94 @@ impl Program {
                         self.timeout.as_secs()
                     ));
                 }
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => return Err(format!("cannot wait for {}: {e}", self.path.display())),
+                Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(status) => break status == WaitStatus::Exited(pid, EXIT_SENT),
+                Err(e) => {
+                    let _ = signal::killpg(pid, Signal::SIGKILL);
+                    let _ = child.wait();
+                    return Err(format!("cannot wait for {}: {e}", self.path.display()));
+                }
             }
         };
-        if status.success() {
+        if !sent {
+            // The code will be withdrawn: whatever the program left behind
+            // must not send it later.
+            let _ = signal::killpg(pid, Signal::SIGKILL);
+        }
+        let status = child
+            .wait()
+            .map_err(|e| format!("cannot wait for {}: {e}", self.path.display()))?;
+        if sent {
             return Ok(());
         }
-        let mut said = String::new();
-        if let Some(err) = child.stderr.take() {
-            let _ = err.take(4096).read_to_string(&mut said);
+        // A process that left the group may still hold standard error open:
+        // read until the first line, its end or the deadline.
+        while !said.has_first_line() && said.read_available() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
+        let said = String::from_utf8_lossy(&said.kept);
         let said = said.lines().next().unwrap_or("").trim();
         Err(match (status.code(), said.is_empty()) {
             (_, false) => said.to_string(),
             (Some(c), true) => format!("{} exited with status {c}", self.path.display()),
             (None, true) => format!("{} was killed by a signal", self.path.display()),
         })
+    }
+}
+
+/// The first 4 kB the sending program writes to its standard error, read
+/// without blocking while it runs: a program that writes much never stalls
+/// on a full pipe, and one whose child keeps the pipe open never holds up
+/// the caller past its deadline.
+struct ErrorOutput {
+    /// The pipe, until its end (`None` then, or if it could not be made
+    /// non-blocking).
+    pipe: Option<std::fs::File>,
+    /// What was read, up to [`ErrorOutput::KEPT`] bytes.
+    kept: Vec<u8>,
+}
+
+impl ErrorOutput {
+    /// The most kept.
+    const KEPT: usize = 4096;
+
+    fn new(pipe: Option<ChildStderr>) -> ErrorOutput {
+        let pipe = pipe.map(OwnedFd::from).filter(|fd| {
+            fcntl::fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).is_ok()
+        });
+        ErrorOutput {
+            pipe: pipe.map(std::fs::File::from),
+            kept: Vec::new(),
+        }
+    }
+
+    /// Read what is there now; `false` once the pipe has ended.
+    fn read_available(&mut self) -> bool {
+        let Some(pipe) = self.pipe.as_mut() else {
+            return false;
+        };
+        let mut buf = [0u8; 1024];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let room = Self::KEPT - self.kept.len();
+                    self.kept.extend_from_slice(&buf[..n.min(room)]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.pipe = None;
+        false
+    }
+
+    /// Is the first line, the one that says why, all there?
+    fn has_first_line(&self) -> bool {
+        self.kept.contains(&b'\n') || self.kept.len() == Self::KEPT
     }
 }
 
@@ -430,6 +528,125 @@ mod tests {
         assert!(
             e.contains("did not finish within 1 s and was stopped"),
             "{e}"
+        );
+    }
+
+    /// `nap` in `dir`: a link to `sleep`, so that what a script starts
+    /// carries `dir` in its command line.
+    fn nap(dir: &tempfile::TempDir) {
+        let sleep = ["/usr/bin/sleep", "/bin/sleep"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("sleep");
+        std::os::unix::fs::symlink(sleep, dir.path().join("nap")).unwrap();
+    }
+
+    /// The processes whose command line holds `dir`, once those killed had
+    /// a moment to go; any left are killed, so that a failed test leaves
+    /// nothing behind.
+    fn left_in(dir: &tempfile::TempDir) -> Vec<i32> {
+        let marker = dir.path().to_string_lossy().into_owned();
+        let find = || -> Vec<i32> {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .filter_map(|e| {
+                    let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                    String::from_utf8_lossy(&cmdline)
+                        .contains(&marker)
+                        .then_some(pid)
+                })
+                .collect()
+        };
+        let until = Instant::now() + Duration::from_secs(2);
+        let mut left = find();
+        while !left.is_empty() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+            left = find();
+        }
+        for pid in &left {
+            let _ = signal::kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        left
+    }
+
+    #[test]
+    fn a_timeout_stops_all_the_program_started() {
+        let dir = tempfile::tempdir().unwrap();
+        nap(&dir);
+        let mut p = program(&dir, "\"${0%/*}/nap\" 30 &\nexec \"${0%/*}/nap\" 30", 1);
+        let e = p.send(&message()).unwrap_err();
+        assert!(e.contains("did not finish"), "{e}");
+        assert_eq!(left_in(&dir), Vec::<i32>::new(), "still running");
+    }
+
+    #[test]
+    fn a_failure_stops_what_the_program_left_behind_and_returns_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        nap(&dir);
+        // The child holds standard error open: reading it to its end would
+        // wait for the child.
+        let mut p = program(
+            &dir,
+            "\"${0%/*}/nap\" 30 &\necho 'modem refused' >&2\nexit 1",
+            5,
+        );
+        let started = Instant::now();
+        assert_eq!(p.send(&message()), Err("modem refused".into()));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(left_in(&dir), Vec::<i32>::new(), "still running");
+    }
+
+    #[test]
+    fn standard_error_held_open_from_outside_the_group_is_read_until_the_deadline_only() {
+        let dir = tempfile::tempdir().unwrap();
+        nap(&dir);
+        let mut p = program(&dir, "setsid \"${0%/*}/nap\" 30 &\nexit 1", 2);
+        let started = Instant::now();
+        let e = p.send(&message()).unwrap_err();
+        let took = started.elapsed();
+        left_in(&dir);
+        assert!(e.ends_with("exited with status 1"), "{e}");
+        assert!(took < Duration::from_secs(4), "{took:?}");
+    }
+
+    /// Set in the copy of the test binary that
+    /// [`under_a_setuid_caller_the_program_runs_as_root_alone`] runs.
+    const AS_SETUID_CALLER: &str = "CRM2FA_TEST_AS_SETUID_CALLER";
+
+    #[test]
+    fn under_a_setuid_caller_the_program_runs_as_root_alone() {
+        let name = "delivery::tests::under_a_setuid_caller_the_program_runs_as_root_alone";
+        if std::env::var_os(AS_SETUID_CALLER).is_some() {
+            // Here as su runs the module: real ids nobody's, effective root.
+            let dir = tempfile::tempdir().unwrap();
+            let mut p = program(
+                &dir,
+                "echo $(grep -E '^(Uid|Gid|Groups):' /proc/$$/status) >&2\nexit 1",
+                10,
+            );
+            assert_eq!(
+                p.send(&message()),
+                Err("Uid: 0 0 0 0 Gid: 0 0 0 0 Groups:".into())
+            );
+            return;
+        }
+        let out = Command::new("setpriv")
+            .args(["--ruid=65534", "--rgid=65534", "--groups=65534", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(AS_SETUID_CALLER, "1")
+            .output()
+            .expect("run setpriv (util-linux)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 
