@@ -492,14 +492,15 @@ fn relative_config_path_is_refused() {
     assert!(sc.prompts.is_empty());
 }
 
-/// A store whose writes fail once `broken` is set: a disk that fills
-/// up or a database that goes away in the middle of a login.
-struct Flaky {
+/// A store whose transactions fail when `fails` says so (given the kind
+/// of each): a disk that fills up, a database that goes away in the middle
+/// of a login, a write held up by another transaction.
+struct Failing {
     inner: Box<dyn Store>,
-    broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    fails: Box<dyn FnMut(store::TxKind) -> bool>,
 }
 
-impl Store for Flaky {
+impl Store for Failing {
     fn location(&self) -> &str {
         self.inner.location()
     }
@@ -508,13 +509,23 @@ impl Store for Flaky {
         kind: store::TxKind,
         body: &mut store::TxBody<'_>,
     ) -> crate::Result<()> {
-        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Error::store("flaky", "disk I/O error"));
+        if (self.fails)(kind) {
+            return Err(Error::store("failing", "disk I/O error"));
         }
         self.inner.transaction(kind, body)
     }
     fn check_integrity(&mut self) -> crate::Result<Vec<String>> {
         self.inner.check_integrity()
+    }
+}
+
+/// `e`'s store, taken out of it (a fresh one is left in its place), in a
+/// [`Failing`] that fails as `fails` says.
+fn failing(e: &mut Env, fails: impl FnMut(store::TxKind) -> bool + 'static) -> Failing {
+    let inner = std::mem::replace(&mut e.store, store::create(&e.cfg.store, None).unwrap());
+    Failing {
+        inner,
+        fails: Box::new(fails),
     }
 }
 
@@ -543,11 +554,10 @@ fn failmode_safe_never_skips_a_store_error_after_the_prompt() {
     let good = code(&e, &s, NOW);
     let wrong = if good == "000000" { "111111" } else { "000000" };
     let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let store = std::mem::replace(&mut e.store, store::create(&e.cfg.store, None).unwrap());
-    let mut flaky = Flaky {
-        inner: store,
-        broken: broken.clone(),
-    };
+    let seen = broken.clone();
+    let mut flaky = failing(&mut e, move |_| {
+        seen.load(std::sync::atomic::Ordering::SeqCst)
+    });
     let mut conv = BreaksAtPrompt {
         broken,
         answer: wrong.into(),
@@ -569,42 +579,12 @@ fn failmode_safe_never_skips_a_store_error_after_the_prompt() {
     );
 }
 
-/// A store that answers `left` more transactions, then fails every one:
-/// it answered for the user, then a write could not be made.
-struct FailsAfter {
-    inner: Box<dyn Store>,
-    left: usize,
-}
-
-impl Store for FailsAfter {
-    fn location(&self) -> &str {
-        self.inner.location()
-    }
-    fn transaction(
-        &mut self,
-        kind: store::TxKind,
-        body: &mut store::TxBody<'_>,
-    ) -> crate::Result<()> {
-        if self.left == 0 {
-            return Err(Error::store("held", "database is locked"));
-        }
-        self.left -= 1;
-        self.inner.transaction(kind, body)
-    }
-    fn check_integrity(&mut self) -> crate::Result<Vec<String>> {
-        self.inner.check_integrity()
-    }
-}
-
 /// `authenticate` on `e`'s store wrapped so that it fails after its first
 /// transaction (the login's read of the user), then what `failed` makes of
 /// that error.
 fn fails_after_the_read(e: &mut Env, user: &str, now: i64, script: &mut Script) -> Outcome {
-    let store = std::mem::replace(&mut e.store, store::create(&e.cfg.store, None).unwrap());
-    let mut held = FailsAfter {
-        inner: store,
-        left: 1,
-    };
+    let mut first = true;
+    let mut held = failing(e, move |_| !std::mem::replace(&mut first, false));
     let f = authenticate(
         &e.cfg,
         &mut held,
@@ -727,34 +707,16 @@ fn a_clock_stepped_backwards_never_makes_a_used_step_good_again() {
 #[test]
 fn a_login_that_needs_no_code_is_not_refused_for_a_busy_audit_table() {
     let mut e = env("[policy]\nenforce = \"opt-in\"\n");
-    let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let store = std::mem::replace(&mut e.store, store::create(&e.cfg.store, None).unwrap());
-    let flaky = Flaky {
-        inner: store,
-        broken: broken.clone(),
-    };
     // Reads work; the write of the audit row fails.
-    struct WritesFail(Flaky);
-    impl Store for WritesFail {
-        fn location(&self) -> &str {
-            self.0.location()
+    let tried = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let write_tried = tried.clone();
+    let mut s = failing(&mut e, move |kind| {
+        let write = kind != store::TxKind::Read;
+        if write {
+            write_tried.store(true, std::sync::atomic::Ordering::SeqCst);
         }
-        fn transaction(
-            &mut self,
-            kind: store::TxKind,
-            body: &mut store::TxBody<'_>,
-        ) -> crate::Result<()> {
-            let write = kind != store::TxKind::Read;
-            self.0
-                .broken
-                .store(write, std::sync::atomic::Ordering::SeqCst);
-            self.0.transaction(kind, body)
-        }
-        fn check_integrity(&mut self) -> crate::Result<Vec<String>> {
-            self.0.check_integrity()
-        }
-    }
-    let mut s = WritesFail(flaky);
+        write
+    });
     let mut sc = Script::new(&[]);
     let out = authenticate(
         &e.cfg,
@@ -767,7 +729,7 @@ fn a_login_that_needs_no_code_is_not_refused_for_a_busy_audit_table() {
     );
     assert_eq!(out.unwrap(), Outcome::Ignore);
     assert!(
-        broken.load(std::sync::atomic::Ordering::SeqCst),
+        tried.load(std::sync::atomic::Ordering::SeqCst),
         "the write was tried"
     );
 }
