@@ -95,7 +95,8 @@ pub struct Failure {
     /// The store had answered for the user (their factors, lock and sent
     /// codes were known): a store that fails after that is not one that
     /// "cannot be used", and `failmode = "safe"` does not skip it (a lock,
-    /// say, would otherwise give way whenever a write is held up).
+    /// say, would otherwise give way whenever a write is held up). An
+    /// unusable key, read after that, still is.
     pub answered: bool,
     /// The user had been prompted for a code already.
     pub prompted: bool,
@@ -197,6 +198,18 @@ pub fn run(
     }
 }
 
+/// The store failed (not the key): once it has answered for the user,
+/// such a failure is no longer one `failmode = "safe"` may skip.
+fn store_failed(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Store { .. }
+            | Error::StoreMissing { .. }
+            | Error::StoreSchema { .. }
+            | Error::Conflict { .. }
+    )
+}
+
 /// The store or the key cannot be used: what `failmode = "safe"` may skip.
 fn store_or_key(e: &Error) -> bool {
     matches!(
@@ -218,7 +231,7 @@ fn store_or_key(e: &Error) -> bool {
 fn failed(cfg: &Config, req: &Request, log: &mut Logger, f: &Failure) -> Outcome {
     let e = &f.error;
     match cfg.policy.failmode {
-        FailMode::Safe if !f.answered && !f.prompted && store_or_key(e) => {
+        FailMode::Safe if !f.prompted && store_or_key(e) && !(f.answered && store_failed(e)) => {
             log.error(&format!(
                 "second factor of {} skipped (failmode = safe): {e}",
                 req.user

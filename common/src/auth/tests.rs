@@ -642,6 +642,27 @@ fn failmode_safe_lets_the_password_decide_only_for_an_unusable_store_or_key() {
         Outcome::Unavailable,
         "after a prompt"
     );
+    // The key is read after the store answered: unusable, it still may be
+    // skipped; a store failing after it answered may not.
+    let key_bad = || Error::Key {
+        path: "/etc/crm2fa/secret.key".into(),
+        message: "not a key".into(),
+    };
+    let answered = |error: Error| Failure {
+        error,
+        answered: true,
+        prompted: false,
+    };
+    assert_eq!(
+        failed(&cfg, &r, &mut log, &answered(key_bad())),
+        Outcome::Ignore,
+        "a key that cannot be used"
+    );
+    assert_eq!(
+        failed(&cfg, &r, &mut log, &answered(store_down())),
+        Outcome::Unavailable,
+        "a store that had answered"
+    );
     let lookup = Error::NoSuchAccount { user: "mia".into() };
     assert_eq!(
         failed(&cfg, &r, &mut log, &f(lookup, false)),
