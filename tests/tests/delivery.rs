@@ -437,7 +437,16 @@ fn contacts_are_checked_masked_and_needed_for_a_channel() {
     let v = sb.admin_json(&["set-contact", "fred", "--email", "fred@example.com"]);
     assert_eq!(v["email"], "f***@example.com", "{v}");
     sb.admin_ok(&["enroll", "fred", "--method", "email"]);
-    let v = sb.admin_json(&["set-contact", "fred", "--email", ""]);
+    // Removing the address of the delivery channel ends a factor: asked.
+    let unasked = sb.admin(&["set-contact", "fred", "--email", ""]);
+    assert_eq!(unasked.status.code(), Some(1), "{}", show_output(&unasked));
+    assert!(
+        show_output(&unasked).contains("ends fred's email factor"),
+        "{}",
+        show_output(&unasked)
+    );
+    assert_eq!(sb.status("fred")["email"], "f***@example.com");
+    let v = sb.admin_json(&["set-contact", "fred", "--email", "", "--yes"]);
     assert_eq!(v["email"], serde_json::Value::Null, "{v}");
     let st = sb.status("fred");
     assert!(
@@ -465,4 +474,31 @@ fn doctor_checks_the_sending_program_when_a_channel_is_configured() {
         text.contains("/nonexistent/crm2fa-send") && text.contains("install crm2fa-send"),
         "{text}"
     );
+}
+
+#[test]
+fn a_protected_users_delivery_factor_is_never_removed_by_a_contact_change() {
+    let smtp = SmtpSink::start(None);
+    let sb = Sandbox::with_config(&format!(
+        "[policy]\nenforce = \"opt-in\"\nprotected_users = [\"pat\"]\n{}{}",
+        smtp.email_section(""),
+        delivery_section("")
+    ));
+    sb.add_user("pat", PW);
+    sb.admin_ok(&["set-contact", "pat", "--email", "pat@example.com"]);
+    sb.admin_ok(&["enroll", "pat", "--method", "email"]);
+    let refused = sb.admin(&["set-contact", "pat", "--email", "", "--yes"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", show_output(&refused));
+    assert!(
+        show_output(&refused).contains("protected user"),
+        "{}",
+        show_output(&refused)
+    );
+    let st = sb.status("pat");
+    assert!(
+        json_strings(&st["methods"]).contains(&"email".to_string()),
+        "{st}"
+    );
+    // A new address is a replacement, not a removal.
+    sb.admin_ok(&["set-contact", "pat", "--email", "pat@new.example"]);
 }

@@ -71,6 +71,30 @@ pub enum Notice {
 }
 
 impl Ops<'_> {
+    /// The channel whose factor the contact change would end (the user's
+    /// delivery channel losing its address or number), if any. Refused for
+    /// a protected user: their 2FA can be replaced, never removed.
+    pub fn check_set_contact(
+        &mut self,
+        user: &str,
+        email: Option<Option<&str>>,
+        phone: Option<Option<&str>>,
+    ) -> Result<Option<Channel>> {
+        let delivery = self.store.user(user)?.and_then(|u| u.delivery);
+        let ended = [(Channel::Email, email), (Channel::Sms, phone)]
+            .into_iter()
+            .find(|&(c, to)| to == Some(None) && delivery == Some(c))
+            .map(|(c, _)| c);
+        if ended.is_some() {
+            crate::policy::ensure_unprotected(
+                &self.cfg.policy,
+                user,
+                crate::error::ProtectedAction::Reset,
+            )?;
+        }
+        Ok(ended)
+    }
+
     /// Set or remove (`Some(None)`) the user's email address and phone
     /// number, checked first (a phone in its canonical `+` form). An
     /// unknown user is added with no factor. Removing the contact of the
@@ -82,6 +106,7 @@ impl Ops<'_> {
         phone: Option<Option<&str>>,
         now: i64,
     ) -> Result<()> {
+        self.check_set_contact(user, email, phone)?;
         let email = match email {
             Some(Some(e)) => Some(Some(delivery::check_email(e)?)),
             Some(None) => Some(None),

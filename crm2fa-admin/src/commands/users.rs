@@ -375,8 +375,14 @@ pub(super) fn set_contact(
             .map(|s| Some(s.trim()).filter(|s| !s.is_empty()))
     }
     let now = ctx.now;
-    ctx.ops()
-        .set_contact(user, given(&email), given(&phone), now)?;
+    let (email, phone) = (given(&email), given(&phone));
+    if let Some(channel) = ctx.ops().check_set_contact(user, email, phone)? {
+        ctx.confirm(&format!(
+            "This ends {user}'s {} factor: no code will be sent that way any more",
+            channel.label()
+        ))?;
+    }
+    ctx.ops().set_contact(user, email, phone, now)?;
     let status = ctx.ops().status(user, now)?;
     Done::ok(ContactReport {
         user: user.into(),
