@@ -207,3 +207,64 @@ fn an_import_that_replaces_a_factor_needs_yes_without_a_terminal() {
     assert_eq!(v["users"][0]["replaces"], "active", "{v}");
     sb.login("fay", &[PW, &totp(&secret, 1)]).assert_success();
 }
+
+#[test]
+fn an_import_that_voids_a_users_backup_codes_needs_yes_too() {
+    // carol's factor is email, with backup codes on paper: the import's
+    // codes replace those.
+    let sb = Sandbox::with_config("[email]\nsmtp_host = \"127.0.0.1\"\n");
+    sb.add_user("carol", PW);
+    sb.admin_ok(&["set-contact", "carol", "--email", "carol@example.com"]);
+    let v = sb.admin_json(&["enroll", "carol", "--method", "email"]);
+    let paper = v["backup_codes"].as_array().map_or(0, Vec::len);
+    assert!(paper > 0, "{v}");
+    let (file, _) = google_authenticator_file(&sb, "ga-carol", &["-t", "-d"]);
+    let file = file.to_str().unwrap();
+    let args = ["import", "google-authenticator", file, "--user", "carol"];
+    let out = sb.admin(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", show_output(&out));
+    assert!(
+        show_output(&out).contains(&format!("carol: {paper} unused backup code(s)")),
+        "{}",
+        show_output(&out)
+    );
+    assert_eq!(sb.status("carol")["backup_codes_left"], paper);
+    let v = sb.admin_json(&[&args[..], &["--yes"]].concat());
+    assert_eq!(v["users"][0]["voids_backup_codes"], paper, "{v}");
+    assert_eq!(v["users"][0]["replaces"], Value::Null, "{v}");
+}
+
+#[test]
+fn an_import_file_must_be_a_regular_file_not_a_link_nor_a_fifo() {
+    let sb = Sandbox::new();
+    sb.add_user("gil", PW);
+    let (file, _) = google_authenticator_file(&sb, "ga-gil", &["-t", "-d"]);
+    let link = sb.root().join("ga-link");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let fifo = sb.root().join("ga-fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    for (path, said) in [(&link, "symbolic link"), (&fifo, "not a regular file")] {
+        let started = std::time::Instant::now();
+        let out = sb.admin(&[
+            "import",
+            "google-authenticator",
+            path.to_str().unwrap(),
+            "--user",
+            "gil",
+            "--dry-run",
+        ]);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(out.status.code(), Some(1), "{}", show_output(&out));
+        assert!(show_output(&out).contains(said), "{}", show_output(&out));
+    }
+    let big = sb.root().join("ga-big");
+    fs::write(&big, vec![b'#'; (4 << 20) + 1]).unwrap();
+    let out = sb.admin(&["import", "oath", big.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show_output(&out));
+    assert!(
+        show_output(&out).contains("larger than 4 MiB"),
+        "{}",
+        show_output(&out)
+    );
+}

@@ -72,6 +72,9 @@ pub struct ImportPlan {
     pub user: String,
     /// The state of the factor it replaces, if the user has one.
     pub replaces: Option<&'static str>,
+    /// The user's unused backup codes, which the import makes void (the
+    /// file's single-use codes take their place).
+    pub voids_backup_codes: u32,
     /// Backup codes carried over.
     pub backup_codes: usize,
     /// The newest step counted as used.
@@ -372,14 +375,15 @@ impl Ops<'_> {
         factors
             .iter()
             .map(|f| {
-                let replaces = self
-                    .store
-                    .user(&f.user)?
+                let record = self.store.user(&f.user)?;
+                let replaces = record
+                    .as_ref()
                     .filter(|r| r.has_totp())
                     .map(|r| r.display_state());
                 Ok(ImportPlan {
                     user: f.user.clone(),
                     replaces,
+                    voids_backup_codes: record.map_or(0, |r| r.unused_backup_codes),
                     backup_codes: f.backup_codes.len(),
                     last_step: f.last_step,
                 })

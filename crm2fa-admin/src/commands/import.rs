@@ -19,6 +19,8 @@ struct UserImport {
     user: String,
     /// The state of the factor replaced, if any.
     replaces: Option<&'static str>,
+    /// The user's unused backup codes made void.
+    voids_backup_codes: u32,
     backup_codes: usize,
     last_step: i64,
 }
@@ -40,10 +42,21 @@ impl Text for ImportReport {
             "Imported"
         };
         for u in &self.users {
-            let replaces = match u.replaces {
+            let mut replaces = match u.replaces {
                 Some(state) => format!(", replacing the {state} enrolment"),
                 None => String::new(),
             };
+            if u.voids_backup_codes > 0 {
+                replaces += &format!(
+                    "; {} unused backup code(s) the user had {} void",
+                    u.voids_backup_codes,
+                    if self.dry_run {
+                        "would become"
+                    } else {
+                        "became"
+                    }
+                );
+            }
             writeln!(
                 w,
                 "{verb} {} from {} ({} backup code(s){replaces}).",
@@ -67,8 +80,51 @@ impl Text for ImportReport {
     }
 }
 
+/// The most an import file may hold: far more than any real one.
+const MAX_FILE: u64 = 4 << 20;
+
+/// The whole file at `path`, which must be a regular file of at most
+/// [`MAX_FILE`] bytes, not reached through a symbolic link (a user's own
+/// `~/.google_authenticator` could otherwise be a link to anything, or a
+/// FIFO that never ends).
 fn read(path: &Path) -> Result<Zeroizing<String>, CliError> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let refuse = |message: String| Error::Import {
+        path: path.into(),
+        line: 1,
+        message,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => refuse("is a symbolic link: give the file it points to".into()),
+            _ => Error::io(path, e),
+        })?;
+    let meta = f.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(refuse("not a regular file".into()).into());
+    }
+    let too_big = || {
+        refuse(format!(
+            "larger than {} MiB: not an import file",
+            MAX_FILE >> 20
+        ))
+    };
+    if meta.len() > MAX_FILE {
+        return Err(too_big().into());
+    }
+    let mut bytes = Zeroizing::new(Vec::new());
+    Read::by_ref(&mut f)
+        .take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(too_big().into());
+    }
+    let bytes = std::mem::take(&mut *bytes);
     let text = String::from_utf8(bytes).map_err(|_| Error::Import {
         path: path.into(),
         line: 1,
@@ -114,13 +170,20 @@ pub(super) fn import(
             .ops()
             .plan_import(&factors)?
             .into_iter()
-            .filter_map(|p| p.replaces.map(|s| format!("{} ({s})", p.user)))
+            .filter_map(|p| {
+                let mut what: Vec<String> = p
+                    .replaces
+                    .map(|s| format!("the {s} enrolment"))
+                    .into_iter()
+                    .collect();
+                if p.voids_backup_codes > 0 {
+                    what.push(format!("{} unused backup code(s)", p.voids_backup_codes));
+                }
+                (!what.is_empty()).then(|| format!("{}: {}", p.user, what.join(" and ")))
+            })
             .collect();
         if !replaced.is_empty() {
-            ctx.confirm(&format!(
-                "This replaces the enrolment of {}",
-                replaced.join(", ")
-            ))?;
+            ctx.confirm(&format!("This replaces {}", replaced.join("; ")))?;
         }
         ctx.ops().import(kind, &factors, now)?
     };
@@ -137,6 +200,7 @@ fn report(kind: Source, file: PathBuf, dry_run: bool, plans: Vec<ImportPlan>) ->
             .map(|p| UserImport {
                 user: p.user,
                 replaces: p.replaces,
+                voids_backup_codes: p.voids_backup_codes,
                 backup_codes: p.backup_codes,
                 last_step: p.last_step,
             })
