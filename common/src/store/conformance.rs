@@ -59,6 +59,7 @@ macro_rules! store_conformance {
             users_are_listed_by_name,
             an_import_is_active_with_its_history_all_or_none,
             a_host_is_remembered_on_success_and_forgotten_on_a_lock_reset_or_disable,
+            a_new_factor_forgets_the_hosts_and_sent_codes_of_the_old,
             the_code_salt_never_changes_and_a_stale_one_is_refused,
             confirm_never_reactivates_an_active_enrolment,
             a_code_row_is_consumed_once,
@@ -1000,6 +1001,43 @@ pub fn a_host_is_remembered_on_success_and_forgotten_on_a_lock_reset_or_disable(
     .unwrap();
     assert!(s.reset("u", NOW, &audit(Fact::Reset)).unwrap());
     assert!(remembered(s.as_mut(), NOW).is_empty(), "reset forgets");
+}
+
+/// Enrolling anew (a lost phone) forgets the hosts remembered with the old
+/// factor and voids the codes sent for it.
+pub fn a_new_factor_forgets_the_hosts_and_sent_codes_of_the_old(b: &dyn Backend) {
+    let mut s = b.open();
+    let (salt, _) = active_user(s.as_mut(), 0);
+    let ok = s
+        .redeem(
+            "u",
+            &totp(20),
+            NOW,
+            &lockout(2),
+            &ctx(),
+            Some(("laptop", NOW + 100)),
+        )
+        .unwrap();
+    assert!(accepted(&ok));
+    let set = audit(Fact::ContactSet {
+        channel: Channel::Email,
+        to: Some("u***@example.com".into()),
+    });
+    s.set_contact("u", Channel::Email, Some("u@example.com"), &salt, NOW, &set)
+        .unwrap();
+    let mailed = Code::generate_digits(6);
+    send(s.as_mut(), Channel::Email, &salt, &mailed, NOW);
+    assert_eq!(s.remembered("u", NOW).unwrap().len(), 1);
+    pending_with(s.as_mut(), &salt, &codes::backup_set(1, &salt));
+    assert!(s.remembered("u", NOW).unwrap().is_empty());
+    let view = s.login_view("u", Some("laptop"), &[], NOW + 1).unwrap();
+    assert_eq!(view.remembered_until, None);
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &sent_offer(Channel::Email, &mailed, &salt),
+        NOW + 1,
+        9
+    )));
 }
 
 /// `users` lists every user once, by name.

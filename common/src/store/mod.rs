@@ -405,6 +405,25 @@ fn connect(
     Ok((client, target))
 }
 
+/// A new factor takes the old one's place: the user's backup codes give
+/// way to `backup_hashes`, and recovery codes, unused sent codes and
+/// remembered hosts (which vouched for logins with the old factor) go.
+fn replace_codes(
+    tx: &mut dyn Tx,
+    name: &str,
+    backup_hashes: &[[u8; HASH_LEN]],
+    now: i64,
+) -> Result<()> {
+    tx.delete_codes(CodeKind::Backup, name, false)?;
+    tx.insert_backup_codes(name, backup_hashes, now)?;
+    tx.delete_codes(CodeKind::Recovery, name, false)?;
+    for channel in Channel::ALL {
+        tx.delete_codes(CodeKind::sent(channel), name, true)?;
+    }
+    tx.forget(name, None)?;
+    Ok(())
+}
+
 /// Lock the user's row; [`Error::Changed`] unless codes hashed with `salt`
 /// are theirs to keep (the salt was read, or made, before the transaction).
 fn lock_with_salt(tx: &mut dyn Tx, name: &str, salt: &[u8]) -> Result<UserRecord> {
@@ -593,7 +612,7 @@ impl dyn Store + '_ {
     /// Start (or, with `new.replace`, replace) the user's TOTP enrolment:
     /// pending, the new sealed secret, and a new set of backup codes that
     /// stay unusable until activation. Every older code of the user is
-    /// void. False, and nothing changed, when the user has a factor and
+    /// void, and no host is remembered any more. False, and nothing changed, when the user has a factor and
     /// `replace` is off.
     pub fn begin_enrollment(
         &mut self,
@@ -608,9 +627,7 @@ impl dyn Store + '_ {
             if !tx.set_enrollment(name, new, now)? {
                 return Ok(false);
             }
-            tx.delete_codes(CodeKind::Backup, name, false)?;
-            tx.insert_backup_codes(name, new.backup_hashes, now)?;
-            tx.delete_codes(CodeKind::Recovery, name, false)?;
+            replace_codes(tx, name, new.backup_hashes, now)?;
             tx.insert_audit(audit)?;
             Ok(true)
         })
@@ -745,7 +762,7 @@ impl dyn Store + '_ {
     /// Import factors made elsewhere, all or none in one transaction: for
     /// each, the user's enrolment is replaced by the active secret of
     /// `new` with its backup codes, every step up to `last_step` counts as
-    /// used, and every earlier code is void.
+    /// used, every earlier code is void and no host is remembered.
     pub fn import(&mut self, factors: &[Imported<'_>], now: i64) -> Result<()> {
         self.write(Durability::Full, |tx| {
             for f in factors {
@@ -758,9 +775,7 @@ impl dyn Store + '_ {
                         user: f.user.into(),
                     });
                 }
-                tx.delete_codes(CodeKind::Backup, f.user, false)?;
-                tx.insert_backup_codes(f.user, f.new.backup_hashes, now)?;
-                tx.delete_codes(CodeKind::Recovery, f.user, false)?;
+                replace_codes(tx, f.user, f.new.backup_hashes, now)?;
                 tx.update_lock(f.user, None, &LockState::default(), now)?;
                 tx.insert_audit(f.audit)?;
             }
