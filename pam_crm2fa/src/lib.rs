@@ -35,6 +35,9 @@ mod hooks {
 struct PamConversation<'a> {
     conv: Conv<'a>,
     silent: bool,
+    /// Essential information held back under `silent`, sent with the next
+    /// prompt.
+    held: zeroize::Zeroizing<String>,
 }
 
 impl PamConversation<'_> {
@@ -43,6 +46,14 @@ impl PamConversation<'_> {
         style: pam::constants::PamMessageStyle,
         msg: &str,
     ) -> Result<Option<String>, ConvError> {
+        let with_held;
+        let msg = if self.held.is_empty() {
+            msg
+        } else {
+            with_held = zeroize::Zeroizing::new(format!("{}\n{msg}", self.held.as_str()));
+            self.held.clear();
+            with_held.as_str()
+        };
         match self.conv.send(style, msg) {
             Ok(Some(answer)) => Ok(Some(
                 String::from_utf8_lossy(answer.as_bytes()).into_owned(),
@@ -68,6 +79,13 @@ impl Conversation for PamConversation<'_> {
     fn error(&mut self, msg: &str) {
         if !self.silent {
             let _ = self.conv.send(PAM_ERROR_MSG, msg);
+        }
+    }
+    fn essential(&mut self, msg: &str) {
+        if self.silent {
+            self.held.push_str(msg);
+        } else {
+            let _ = self.conv.send(PAM_TEXT_INFO, msg);
         }
     }
 }
@@ -131,6 +149,7 @@ impl PamHooks for Crm2fa {
         let mut conv = PamConversation {
             conv,
             silent: flags & PAM_SILENT != 0,
+            held: zeroize::Zeroizing::default(),
         };
         // The PostgreSQL client is loaded only if the config has a url.
         pam_code(auth::run(

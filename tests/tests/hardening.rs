@@ -77,6 +77,27 @@ fn pam_silent_keeps_the_prompts_and_drops_the_messages() {
     assert_eq!(r.invalid_code_messages(), 1, "without the flag: {r}");
 }
 
+#[test]
+fn pam_silent_still_shows_the_backup_codes_a_login_activates() {
+    let sb = Sandbox::new();
+    sb.add_user("fran", PW);
+    let secret = sb.enroll("fran");
+    wait_for_step_margin(std::time::Duration::from_secs(3));
+    let code = totp(&secret, 0);
+    let r = sb.login_op("fran", "authenticate(PAM_SILENT)", &[PW, &code, ""]);
+    r.assert_success();
+    // The codes go out with the prompt that asks to save them.
+    assert!(r.output.contains("Your backup codes"), "{r}");
+    let shown = r
+        .output
+        .lines()
+        .filter(|l| l.starts_with("    ") && l.trim().len() == 9 && l.contains('-'))
+        .count();
+    let st = sb.status("fran");
+    assert_eq!(st["state"], "active", "{st}");
+    assert_eq!(serde_json::json!(shown), st["backup_codes_left"], "{r}");
+}
+
 /// pamtester run as `nobody` (as a screen locker runs PAM as the user),
 /// with a PAM stack and module copy it can read; `extra` goes on the
 /// module's line. Its exit status and everything it printed.

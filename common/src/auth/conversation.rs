@@ -30,4 +30,11 @@ pub trait Conversation {
     fn info(&mut self, msg: &str);
     /// Show an error.
     fn error(&mut self, msg: &str);
+    /// Show information the user cannot do without, always followed by a
+    /// prompt (new backup codes, the setup of an authenticator app): where
+    /// informational messages are suppressed (`PAM_SILENT`), it goes out
+    /// with that prompt's text instead of being lost.
+    fn essential(&mut self, msg: &str) {
+        self.info(msg);
+    }
 }

@@ -828,7 +828,7 @@ fn show_backup_codes(l: &mut Login<'_>, codes: &[Code]) {
         text.push_str(&c.display());
         text.push('\n');
     }
-    l.conv.info(&text);
+    l.conv.essential(&text);
     let _ = l.conv.prompt_visible(SAVED_PROMPT);
 }
 
@@ -873,7 +873,7 @@ fn show_setup(l: &mut Login<'_>, secret: &Secret) {
         l.qr,
         "URI: ",
     ));
-    l.conv.info(&text);
+    l.conv.essential(&text);
 }
 
 #[cfg(test)]
