@@ -257,10 +257,13 @@ impl UserRecord {
         }
     }
 
-    /// State as `status` reports it: none, pending, active or disabled.
+    /// State as `status` reports it: none, pending, active or disabled. A
+    /// delivery channel is an active factor too (codes sent without asking).
     pub fn display_state(&self) -> &'static str {
         if self.disabled {
             "disabled"
+        } else if self.state == TotpState::None && self.delivery.is_some() {
+            TotpState::Active.as_str()
         } else {
             self.state.as_str()
         }

@@ -437,6 +437,7 @@ fn contacts_are_checked_masked_and_needed_for_a_channel() {
     let v = sb.admin_json(&["set-contact", "fred", "--email", "fred@example.com"]);
     assert_eq!(v["email"], "f***@example.com", "{v}");
     sb.admin_ok(&["enroll", "fred", "--method", "email"]);
+    assert_eq!(sb.status("fred")["state"], "active", "a factor of its own");
     // Removing the address of the delivery channel ends a factor: asked.
     let unasked = sb.admin(&["set-contact", "fred", "--email", ""]);
     assert_eq!(unasked.status.code(), Some(1), "{}", show_output(&unasked));
@@ -453,6 +454,7 @@ fn contacts_are_checked_masked_and_needed_for_a_channel() {
         !json_strings(&st["methods"]).contains(&"email".to_string()),
         "removing the address ends the email factor: {st}"
     );
+    assert_eq!(st["state"], "none", "{st}");
 }
 
 #[test]
