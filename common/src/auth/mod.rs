@@ -405,10 +405,16 @@ fn steps(l: &mut Login<'_>) -> Result<Outcome, Error> {
     }
     // Only a recovery code makes a row too, when it is issued.
     let record = record.ok_or_else(|| Error::NotEnrolled { user: user.into() })?;
-    let secret = if record.has_totp() {
-        record.open_totp_secret(&l.ops.key()?)?
+    // Read once: the key that opens the secret also opens the backup codes
+    // an activation shows, after the write that activated it.
+    let key = if record.has_totp() {
+        Some(l.ops.key()?)
     } else {
         None
+    };
+    let secret = match &key {
+        Some(k) => record.open_totp_secret(k)?,
+        None => None,
     };
     // Under self-enrolment a pending secret made by a login is shown again:
     // that login may have ended before the app was set up. One an
@@ -422,7 +428,7 @@ fn steps(l: &mut Login<'_>) -> Result<Outcome, Error> {
     ) {
         show_setup(l, s);
     }
-    ask_for_codes(l, &record, secret.as_ref(), has_recovery)
+    ask_for_codes(l, &record, secret.as_ref(), key.as_ref(), has_recovery)
 }
 
 /// What the typed `answer` could be, worked out before the write lock:
@@ -649,6 +655,7 @@ fn ask_for_codes(
     l: &mut Login<'_>,
     record: &UserRecord,
     secret: Option<&Secret>,
+    key: Option<&HostKey>,
     has_recovery: bool,
 ) -> Result<Outcome, Error> {
     let user = l.user().to_string();
@@ -740,7 +747,10 @@ fn ask_for_codes(
             } => {
                 match activated_codes {
                     Some(sealed) => {
-                        let codes = ops::open_codes(&l.ops.key()?, &user, &sealed)?;
+                        let codes = match key {
+                            Some(k) => ops::open_codes(k, &user, &sealed)?,
+                            None => ops::open_codes(&l.ops.key()?, &user, &sealed)?,
+                        };
                         show_backup_codes(l, &codes);
                     }
                     None => after_success(l, factor, backup_codes_left),
@@ -857,7 +867,7 @@ fn enroll_during_login(l: &mut Login<'_>) -> Result<Outcome, Error> {
         .store
         .user(&user)?
         .ok_or_else(|| Error::NotEnrolled { user: user.clone() })?;
-    ask_for_codes(l, &record, Some(&e.secret), false)
+    ask_for_codes(l, &record, Some(&e.secret), Some(&key), false)
 }
 
 /// Show what the user needs to set up their app: QR code, manual key, URI.

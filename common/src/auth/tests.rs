@@ -191,6 +191,57 @@ fn first_valid_code_activates_and_shows_backup_codes_before_a_final_prompt() {
     assert_eq!(state(&mut e, "alice"), TotpState::Active);
 }
 
+/// Answers the code prompt with `code` after replacing the key file with
+/// one that holds no key (as a broken restore mid-login would), then
+/// answers the rest with nothing.
+struct KeyGoesAtPrompt {
+    key_file: std::path::PathBuf,
+    code: String,
+    infos: Vec<String>,
+}
+
+impl Conversation for KeyGoesAtPrompt {
+    fn prompt_hidden(&mut self, _msg: &str) -> Result<Option<String>, ConvError> {
+        std::fs::write(&self.key_file, b"not a key").unwrap();
+        Ok(Some(std::mem::take(&mut self.code)))
+    }
+    fn prompt_visible(&mut self, _msg: &str) -> Result<Option<String>, ConvError> {
+        Ok(Some(String::new()))
+    }
+    fn info(&mut self, msg: &str) {
+        self.infos.push(msg.into());
+    }
+    fn error(&mut self, _msg: &str) {}
+}
+
+#[test]
+fn the_codes_an_activation_shows_are_opened_with_the_key_read_before_it() {
+    let mut e = env("[policy]\nenforce = \"opt-in\"\n[backup_codes]\ncount = 3\n");
+    let s = enrolled(&mut e, "amy");
+    let mut conv = KeyGoesAtPrompt {
+        key_file: e.cfg.store.key_file.clone(),
+        code: code(&e, &s, NOW),
+        infos: vec![],
+    };
+    let out = authenticate(
+        &e.cfg,
+        e.store.as_mut(),
+        &mut e.sender,
+        QrStyle::None,
+        &req("amy", NOW),
+        &mut conv,
+        &mut e.log,
+    );
+    // The activation committed: its codes are shown, not lost.
+    assert_eq!(out.unwrap(), Outcome::Success);
+    let shown = conv.infos.concat();
+    assert_eq!(
+        shown.lines().filter(|l| l.starts_with("    ")).count(),
+        3,
+        "{shown}"
+    );
+}
+
 #[test]
 fn wrong_codes_reprompt_then_fail_and_count() {
     let mut e = env("[policy]\nenforce = \"all\"\nprompts = 3\n");
