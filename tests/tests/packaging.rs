@@ -392,7 +392,7 @@ say() {{ echo "== $*"; }}
 login() {{ printf '%s\n' "$@" | pamtester login tess authenticate; }}
 dpkg -i /tmp/{name} >/dev/null
 say installed
-! grep -q pam_crm2fa /etc/pam.d/common-auth
+if grep -q pam_crm2fa /etc/pam.d/common-auth; then echo 'installing enabled it'; exit 1; fi
 useradd -m tess
 echo 'tess:Tr0ub4dor&3' | chpasswd
 login 'Tr0ub4dor&3'
@@ -407,13 +407,13 @@ say a wrong code is refused
 login 'Tr0ub4dor&3' "$(oathtool --totp -b "$secret")"
 say logged in with the password and a code
 dpkg -r crm2fa >/dev/null
-! grep -q pam_crm2fa /etc/pam.d/common-auth
+if grep -q pam_crm2fa /etc/pam.d/common-auth; then echo 'common-auth still loads it'; exit 1; fi
 login 'Tr0ub4dor&3'
 say removed: the password alone again
 test -f /etc/crm2fa/secret.key && test -f /var/lib/crm2fa/crm2fa.db
 dpkg -P crm2fa >/dev/null
 test ! -e /etc/crm2fa && test ! -e /var/lib/crm2fa
-! dpkg -s crm2fa >/dev/null 2>&1
+if dpkg -s crm2fa >/dev/null 2>&1; then echo 'still known to dpkg'; exit 1; fi
 say purged
 "#
     );
