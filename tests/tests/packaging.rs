@@ -108,16 +108,7 @@ fn make_install_places_every_file_and_uninstall_keeps_only_the_secrets() {
     let root = dir.path().join("root");
     let docs = dir.path().join("docs");
     install(&root, &docs, &[]);
-    let multiarch = String::from_utf8_lossy(
-        &Command::new("dpkg-architecture")
-            .arg("-qDEB_HOST_MULTIARCH")
-            .output()
-            .expect("dpkg-architecture")
-            .stdout,
-    )
-    .trim()
-    .to_string();
-    let module = root.join(format!("usr/lib/{multiarch}/security/pam_crm2fa.so"));
+    let module = root.join(format!("usr/lib/{}/security/pam_crm2fa.so", multiarch()));
     for (path, want) in [
         (module.clone(), 0o644),
         (root.join("usr/sbin/crm2fa-admin"), 0o755),
@@ -180,8 +171,21 @@ fn make_install_places_every_file_and_uninstall_keeps_only_the_secrets() {
     );
 }
 
+/// Debian's multiarch triplet (`x86_64-linux-gnu`).
+fn multiarch() -> String {
+    String::from_utf8_lossy(
+        &Command::new("dpkg-architecture")
+            .arg("-qDEB_HOST_MULTIARCH")
+            .output()
+            .expect("dpkg-architecture")
+            .stdout,
+    )
+    .trim()
+    .to_string()
+}
+
 #[test]
-fn prefix_moves_everything_but_the_configuration_and_the_store() {
+fn prefix_moves_everything_but_the_pam_files_the_configuration_and_the_store() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("root");
     install(&root, &dir.path().join("docs"), &["PREFIX=/usr/local"]);
@@ -190,10 +194,19 @@ fn prefix_moves_everything_but_the_configuration_and_the_store() {
         files.contains(&PathBuf::from("usr/local/sbin/crm2fa-admin")),
         "{files:?}"
     );
+    // libpam loads modules from its own directory only, and pam-auth-update
+    // reads /usr/share/pam-configs only: under /usr/local the module would
+    // fail every login whose PAM line names it, and the profile would
+    // enable nothing.
+    let module = PathBuf::from(format!("usr/lib/{}/security/pam_crm2fa.so", multiarch()));
+    let profile = PathBuf::from("usr/share/pam-configs/crm2fa");
+    assert!(files.contains(&module), "{files:?}");
+    assert!(files.contains(&profile), "{files:?}");
     assert!(
-        files
-            .iter()
-            .all(|f| f.starts_with("usr/local") || f.starts_with("etc/crm2fa")),
+        files.iter().all(|f| f.starts_with("usr/local")
+            || f.starts_with("etc/crm2fa")
+            || *f == module
+            || *f == profile),
         "{files:?}"
     );
     assert!(root.join("var/lib/crm2fa").is_dir());
@@ -213,6 +226,34 @@ fn prefix_moves_everything_but_the_configuration_and_the_store() {
         "{cfg}"
     );
     assert!(!cfg.contains("\"/usr/lib/crm2fa/"), "{cfg}");
+
+    // Both still go where their own variables say, under DESTDIR.
+    let other = dir.path().join("other");
+    install(
+        &other,
+        &dir.path().join("docs"),
+        &[
+            "PREFIX=/usr/local",
+            "PAMDIR=/lib/security",
+            "PAMCONFIGSDIR=/opt/pam-configs",
+        ],
+    );
+    let files = files_under(&other);
+    for want in ["lib/security/pam_crm2fa.so", "opt/pam-configs/crm2fa"] {
+        assert!(files.contains(&PathBuf::from(want)), "{want} in {files:?}");
+    }
+    let out = Command::new("make")
+        .current_dir(workspace_dir())
+        .args(["-s", "uninstall", "PREFIX=/usr/local"])
+        .args(["PAMDIR=/lib/security", "PAMCONFIGSDIR=/opt/pam-configs"])
+        .arg(format!("DESTDIR={}", other.display()))
+        .output()
+        .expect("make uninstall");
+    assert!(out.status.success(), "{}", show_output(&out));
+    assert_eq!(
+        files_under(&other),
+        vec![PathBuf::from("etc/crm2fa/crm2fa.toml")]
+    );
 }
 
 /// Build a package with `script` from this test run's artifacts, once per
