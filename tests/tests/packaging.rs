@@ -483,6 +483,85 @@ say purged
 }
 
 #[test]
+fn the_deb_is_not_removed_while_a_pam_line_it_does_not_manage_loads_the_module() {
+    let deb = deb();
+    let name = deb
+        .file_name()
+        .expect("file name")
+        .to_string_lossy()
+        .into_owned();
+    // The README's SSH-only line, right after `@include common-auth` in
+    // /etc/pam.d/sshd: pam-auth-update does not manage it, so removing the
+    // package would leave a line whose module is gone ("Module is unknown":
+    // every SSH login fails). Each code is one step later than the last,
+    // as a code is accepted once.
+    let script = format!(
+        r#"set -eu
+say() {{ echo "== $*"; }}
+login() {{ printf '%s\n' "$@" | pamtester sshd tess authenticate; }}
+code() {{ oathtool --totp -b -N "now + $1 seconds" "$secret"; }}
+installed() {{ [ "$(dpkg-query -W -f='${{db:Status-Status}}' crm2fa)" = installed ]; }}
+export DEBIAN_FRONTEND=noninteractive
+dpkg -i /tmp/{name} >/dev/null
+module=$(dpkg -L crm2fa | grep '/security/pam_crm2fa.so$')
+useradd -m tess
+echo 'tess:Tr0ub4dor&3' | chpasswd
+crm2fa-admin init >/dev/null
+secret=$(crm2fa-admin --json enroll tess --no-qr | sed -n 's/.*"secret": "\([A-Z2-7]*\)".*/\1/p')
+crm2fa-admin confirm tess "$(code -30)" >/dev/null
+[ -e /etc/pam.d/sshd ] || echo '@include common-auth' >/etc/pam.d/sshd
+sed -i 's/^@include common-auth$/&\nauth required pam_crm2fa.so/' /etc/pam.d/sshd
+grep -q '^auth required pam_crm2fa.so$' /etc/pam.d/sshd
+if login 'Tr0ub4dor&3'; then echo 'the password alone logged in'; exit 1; fi
+login 'Tr0ub4dor&3' "$(code 0)"
+say sshd asks for the code
+
+if dpkg -r crm2fa 2>/tmp/refused; then echo 'removed with the sshd line in place'; exit 1; fi
+cat /tmp/refused
+grep -q '^  /etc/pam.d/sshd$' /tmp/refused
+grep -q 'Take the pam_crm2fa.so line out' /tmp/refused
+installed && test -f "$module"
+login 'Tr0ub4dor&3' "$(code 30)"
+say refused: the module stays and the password and a code log in
+
+# With the profile enabled too, a refused removal leaves it enabled.
+pam-auth-update --enable crm2fa
+if dpkg -r crm2fa 2>/tmp/refused; then echo 'removed with the sshd line in place'; exit 1; fi
+installed
+grep -q pam_crm2fa /etc/pam.d/common-auth
+grep -q '^Module: crm2fa$' /var/lib/pam/auth
+say refused: the profile stays enabled
+pam-auth-update --disable crm2fa
+
+# Comments and copies nothing loads do not hold the package back.
+sed -i 's/^auth required pam_crm2fa.so$/# &/' /etc/pam.d/sshd
+echo 'auth required pam_crm2fa.so' >/etc/pam.d/sshd.dpkg-old
+echo 'auth required pam_crm2fa.so' >/etc/pam.d/sshd~
+dpkg -r crm2fa >/dev/null
+if installed || test -e "$module"; then echo 'not removed'; exit 1; fi
+if grep -q pam_crm2fa /etc/pam.d/common-auth; then echo 'common-auth still loads it'; exit 1; fi
+login 'Tr0ub4dor&3'
+say removed once the line is out: the password alone again
+"#
+    );
+    let out = in_throwaway_root(&[&deb], &script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", show_output(&out));
+    for step in [
+        "sshd asks for the code",
+        "refused: the module stays and the password and a code log in",
+        "refused: the profile stays enabled",
+        "removed once the line is out: the password alone again",
+    ] {
+        assert!(
+            text.contains(&format!("== {step}")),
+            "{step}: {}",
+            show_output(&out)
+        );
+    }
+}
+
+#[test]
 fn the_rpm_holds_every_file_with_the_config_kept_on_upgrade() {
     static RPM: OnceLock<PathBuf> = OnceLock::new();
     let rpm = package("build-rpm.sh", &RPM);
