@@ -609,6 +609,95 @@ fn the_rpm_holds_every_file_with_the_config_kept_on_upgrade() {
 }
 
 #[test]
+fn the_rpm_refuses_to_be_erased_while_a_pam_file_loads_the_module() {
+    static RPM: OnceLock<PathBuf> = OnceLock::new();
+    let rpm = package("build-rpm.sh", &RPM);
+    let query = |tag: &str| {
+        run(Command::new("rpm")
+            .args(["-qp", "--queryformat", tag])
+            .arg(&rpm))
+    };
+    assert_eq!(query("%{PREUNPROG}"), "/bin/sh");
+    let preun = query("%{PREUN}");
+    let shared = fs::read_to_string(workspace_dir().join("packaging/pam-lines.sh")).expect("read");
+    assert!(preun.contains(shared.trim()), "{preun}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scriptlet = dir.path().join("preun");
+    fs::write(&scriptlet, &preun).expect("write the scriptlet");
+    // rpm runs the scriptlet with 0 on erase, 1 on upgrade. authselect's
+    // system-auth is a link into /etc/authselect; a stand-in authselect
+    // reports the README's profile and feature.
+    let name = rpm
+        .file_name()
+        .expect("file name")
+        .to_string_lossy()
+        .into_owned();
+    let script = format!(
+        r##"set -u
+say() {{ echo "== $*"; }}
+preun() {{ sh /tmp/preun "$1" 2>/tmp/err; }}
+fail() {{ echo "$*"; cat /tmp/err; exit 1; }}
+preun 0 || fail 'refused with no line'
+say erased with no line
+mkdir -p /etc/authselect /tmp/bin
+line='auth [success=ok ignore=ignore default=die] pam_crm2fa.so'
+echo "$line" >/etc/authselect/system-auth
+ln -sf /etc/authselect/system-auth /etc/pam.d/system-auth
+echo "$line" >/etc/pam.d/password-auth
+preun 1 || fail 'an upgrade was refused'
+say upgraded with the lines
+preun 0 && fail 'erased with the lines in place'
+grep -qx '  /etc/pam.d/password-auth' /tmp/err && grep -qx '  /etc/pam.d/system-auth' /tmp/err \
+  || fail 'the files are not named'
+grep -q 'Take the pam_crm2fa.so line out' /tmp/err || fail 'no advice'
+grep -q authselect /tmp/err && fail 'authselect named without authselect'
+say refused, naming the files
+printf '%s\n' '#!/bin/sh' 'printf "Profile ID: custom/crm2fa\nEnabled features:\n- with-crm2fa\n- with-faillock\n"' \
+  >/tmp/bin/authselect
+chmod 0755 /tmp/bin/authselect
+PATH=/tmp/bin:$PATH preun 0 && fail 'erased with the lines in place'
+grep -q '^  Profile ID: custom/crm2fa$' /tmp/err && grep -q '^  - with-crm2fa$' /tmp/err \
+  && grep -q 'authselect disable-feature with-crm2fa' /tmp/err || fail 'authselect not named'
+say refused, naming the authselect profile and feature
+echo "# $line" >/etc/authselect/system-auth
+echo "  #$line" >/etc/pam.d/password-auth
+echo "$line" >/etc/pam.d/password-auth.rpmsave
+echo "$line" >/etc/pam.d/common-auth.pam-old
+preun 0 || fail 'refused for comments and backups'
+say erased with comments and backups only
+rm /etc/pam.d/system-auth /etc/pam.d/password-auth /tmp/bin/authselect
+rpm -i --nodeps --force-debian /tmp/{name} 2>/dev/null || fail 'rpm -i'
+module=/usr/lib64/security/pam_crm2fa.so
+echo 'auth required pam_crm2fa.so' >>/etc/pam.d/sshd
+rpm -e --nodeps crm2fa 2>/tmp/err && fail 'rpm -e erased it with the sshd line in place'
+grep -qx '  /etc/pam.d/sshd' /tmp/err || fail 'rpm -e did not name the file'
+rpm -q crm2fa >/dev/null && test -f $module || fail 'rpm -e removed the module'
+sed -i '/pam_crm2fa/d' /etc/pam.d/sshd
+rpm -e --nodeps crm2fa 2>/tmp/err || fail 'rpm -e refused with no line'
+rpm -q crm2fa >/dev/null || test -e $module && fail 'rpm -e left the module'
+say rpm -e refused while the sshd line was there, erased once it was out
+"##
+    );
+    let out = in_throwaway_root(&[&scriptlet, &rpm], &script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", show_output(&out));
+    for step in [
+        "erased with no line",
+        "upgraded with the lines",
+        "refused, naming the files",
+        "refused, naming the authselect profile and feature",
+        "erased with comments and backups only",
+        "rpm -e refused while the sshd line was there, erased once it was out",
+    ] {
+        assert!(
+            text.contains(&format!("== {step}")),
+            "{step}: {}",
+            show_output(&out)
+        );
+    }
+}
+
+#[test]
 fn the_demo_logs_in_without_a_terminal() {
     let dir = tempfile::tempdir().expect("tempdir");
     let target = artifact_dir();
