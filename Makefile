@@ -45,6 +45,8 @@ demo: build
 
 # ---- install on a host without packages --------------------------------------
 # make install [PREFIX=/usr] [DESTDIR=...]; the packages are built from it.
+# PREFIX moves everything but the PAM module and profile (PAMDIR,
+# PAMCONFIGSDIR), the configuration and the store.
 PREFIX ?= /usr
 DESTDIR ?=
 SYSCONFDIR ?= /etc
@@ -53,7 +55,11 @@ PROFILE ?= release
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 MULTIARCH := $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null)
 # Debian keeps PAM modules in the multiarch directory, RPM systems in lib64.
-PAMDIR ?= $(if $(MULTIARCH),$(PREFIX)/lib/$(MULTIARCH)/security,$(PREFIX)/lib64/security)
+# Not under PREFIX: libpam loads modules from here only, and pam-auth-update
+# reads profiles from /usr/share/pam-configs only (one under /usr/local
+# would be a module no login finds and a profile that enables nothing).
+PAMDIR ?= $(if $(MULTIARCH),/usr/lib/$(MULTIARCH)/security,/usr/lib64/security)
+PAMCONFIGSDIR ?= /usr/share/pam-configs
 SBINDIR ?= $(PREFIX)/sbin
 # The sending program (SMTP, HTTP): run by the module, not by people.
 LIBEXECDIR ?= $(PREFIX)/libexec
@@ -91,7 +97,7 @@ install-files: docs
 	install -D -m 0644 $(DOCS)/completions/crm2fa-admin.bash $(DESTDIR)$(DATADIR)/bash-completion/completions/crm2fa-admin
 	install -D -m 0644 $(DOCS)/completions/_crm2fa-admin $(DESTDIR)$(ZSHDIR)/_crm2fa-admin
 	install -D -m 0644 $(DOCS)/completions/crm2fa-admin.fish $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/crm2fa-admin.fish
-	install -D -m 0644 packaging/pam-configs/crm2fa $(DESTDIR)$(DATADIR)/pam-configs/crm2fa
+	install -D -m 0644 packaging/pam-configs/crm2fa $(DESTDIR)$(PAMCONFIGSDIR)/crm2fa
 	install -D -m 0644 packaging/tmpfiles/crm2fa.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/crm2fa.conf
 	install -d -m 0700 $(DESTDIR)$(LOCALSTATEDIR)/lib/crm2fa
 	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/crm2fa
@@ -122,7 +128,7 @@ uninstall:
 	rm -f $(DESTDIR)$(DATADIR)/bash-completion/completions/crm2fa-admin \
 	      $(DESTDIR)$(ZSHDIR)/_crm2fa-admin \
 	      $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/crm2fa-admin.fish
-	rm -f $(DESTDIR)$(DATADIR)/pam-configs/crm2fa $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/crm2fa.conf
+	rm -f $(DESTDIR)$(PAMCONFIGSDIR)/crm2fa $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/crm2fa.conf
 	@echo "uninstall: kept $(SYSCONFDIR)/crm2fa and $(LOCALSTATEDIR)/lib/crm2fa (configuration, key, store);"
 	@echo "uninstall: take the pam_crm2fa.so line out of every PAM file first, then remove them by hand."
 

@@ -25,9 +25,11 @@ SIZE=$(du -sk --exclude=DEBIAN "$STAGE" | cut -f1)
 sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$ARCH/" -e "s/@SIZE@/$SIZE/" \
   packaging/deb/control.in >"$STAGE/DEBIAN/control"
 echo /etc/crm2fa/crm2fa.toml >"$STAGE/DEBIAN/conffiles"
-for s in postinst prerm postrm; do
+for s in postinst postrm; do
   install -m 0755 "packaging/deb/$s" "$STAGE/DEBIAN/$s"
 done
+with_pam_lines packaging/deb/prerm.in >"$STAGE/DEBIAN/prerm"
+chmod 0755 "$STAGE/DEBIAN/prerm"
 (cd "$STAGE" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z \
   | xargs -0 md5sum) >"$STAGE/DEBIAN/md5sums"
 chmod 0644 "$STAGE"/DEBIAN/{control,conffiles,md5sums}

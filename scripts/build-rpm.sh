@@ -16,8 +16,8 @@ stage "$STAGE" PAMDIR=/usr/lib64/security ZSHDIR=/usr/share/zsh/site-functions
 rm -rf "$STAGE/usr/share/pam-configs"
 install -D -m 0644 packaging/deb/copyright "$STAGE/usr/share/licenses/crm2fa/LICENSE"
 
-sed -e "s|@VERSION@|$VERSION|" -e "s|@ARCH@|$ARCH|" -e "s|@STAGE@|$STAGE|" \
-  packaging/rpm/crm2fa.spec.in >"$WORK/crm2fa.spec"
+with_pam_lines packaging/rpm/crm2fa.spec.in \
+  | sed -e "s|@VERSION@|$VERSION|" -e "s|@ARCH@|$ARCH|" -e "s|@STAGE@|$STAGE|" >"$WORK/crm2fa.spec"
 # The files are staged ready (stripped, man pages compressed): no brp scripts.
 rpmbuild -bb --quiet --define "_topdir $WORK/top" --define "_build_id_links none" \
   --define "__os_install_post %{nil}" \

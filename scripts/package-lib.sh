@@ -23,3 +23,10 @@ stage() {
     | xargs -0 strip --strip-unneeded --remove-section=.comment --remove-section=.note
   gzip -9n "$dir"/usr/share/man/man*/*
 }
+
+# with_pam_lines FILE: FILE with its @PAM_LINES@ line replaced by
+# packaging/pam-lines.sh, the check both packages run before the module
+# goes.
+with_pam_lines() {
+  sed -e '/^@PAM_LINES@$/ {' -e 'r packaging/pam-lines.sh' -e 'd' -e '}' "$1"
+}

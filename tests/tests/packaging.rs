@@ -108,16 +108,7 @@ fn make_install_places_every_file_and_uninstall_keeps_only_the_secrets() {
     let root = dir.path().join("root");
     let docs = dir.path().join("docs");
     install(&root, &docs, &[]);
-    let multiarch = String::from_utf8_lossy(
-        &Command::new("dpkg-architecture")
-            .arg("-qDEB_HOST_MULTIARCH")
-            .output()
-            .expect("dpkg-architecture")
-            .stdout,
-    )
-    .trim()
-    .to_string();
-    let module = root.join(format!("usr/lib/{multiarch}/security/pam_crm2fa.so"));
+    let module = root.join(format!("usr/lib/{}/security/pam_crm2fa.so", multiarch()));
     for (path, want) in [
         (module.clone(), 0o644),
         (root.join("usr/sbin/crm2fa-admin"), 0o755),
@@ -180,8 +171,21 @@ fn make_install_places_every_file_and_uninstall_keeps_only_the_secrets() {
     );
 }
 
+/// Debian's multiarch triplet (`x86_64-linux-gnu`).
+fn multiarch() -> String {
+    String::from_utf8_lossy(
+        &Command::new("dpkg-architecture")
+            .arg("-qDEB_HOST_MULTIARCH")
+            .output()
+            .expect("dpkg-architecture")
+            .stdout,
+    )
+    .trim()
+    .to_string()
+}
+
 #[test]
-fn prefix_moves_everything_but_the_configuration_and_the_store() {
+fn prefix_moves_everything_but_the_pam_files_the_configuration_and_the_store() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("root");
     install(&root, &dir.path().join("docs"), &["PREFIX=/usr/local"]);
@@ -190,10 +194,19 @@ fn prefix_moves_everything_but_the_configuration_and_the_store() {
         files.contains(&PathBuf::from("usr/local/sbin/crm2fa-admin")),
         "{files:?}"
     );
+    // libpam loads modules from its own directory only, and pam-auth-update
+    // reads /usr/share/pam-configs only: under /usr/local the module would
+    // fail every login whose PAM line names it, and the profile would
+    // enable nothing.
+    let module = PathBuf::from(format!("usr/lib/{}/security/pam_crm2fa.so", multiarch()));
+    let profile = PathBuf::from("usr/share/pam-configs/crm2fa");
+    assert!(files.contains(&module), "{files:?}");
+    assert!(files.contains(&profile), "{files:?}");
     assert!(
-        files
-            .iter()
-            .all(|f| f.starts_with("usr/local") || f.starts_with("etc/crm2fa")),
+        files.iter().all(|f| f.starts_with("usr/local")
+            || f.starts_with("etc/crm2fa")
+            || *f == module
+            || *f == profile),
         "{files:?}"
     );
     assert!(root.join("var/lib/crm2fa").is_dir());
@@ -213,6 +226,34 @@ fn prefix_moves_everything_but_the_configuration_and_the_store() {
         "{cfg}"
     );
     assert!(!cfg.contains("\"/usr/lib/crm2fa/"), "{cfg}");
+
+    // Both still go where their own variables say, under DESTDIR.
+    let other = dir.path().join("other");
+    install(
+        &other,
+        &dir.path().join("docs"),
+        &[
+            "PREFIX=/usr/local",
+            "PAMDIR=/lib/security",
+            "PAMCONFIGSDIR=/opt/pam-configs",
+        ],
+    );
+    let files = files_under(&other);
+    for want in ["lib/security/pam_crm2fa.so", "opt/pam-configs/crm2fa"] {
+        assert!(files.contains(&PathBuf::from(want)), "{want} in {files:?}");
+    }
+    let out = Command::new("make")
+        .current_dir(workspace_dir())
+        .args(["-s", "uninstall", "PREFIX=/usr/local"])
+        .args(["PAMDIR=/lib/security", "PAMCONFIGSDIR=/opt/pam-configs"])
+        .arg(format!("DESTDIR={}", other.display()))
+        .output()
+        .expect("make uninstall");
+    assert!(out.status.success(), "{}", show_output(&out));
+    assert_eq!(
+        files_under(&other),
+        vec![PathBuf::from("etc/crm2fa/crm2fa.toml")]
+    );
 }
 
 /// Build a package with `script` from this test run's artifacts, once per
@@ -392,7 +433,7 @@ say() {{ echo "== $*"; }}
 login() {{ printf '%s\n' "$@" | pamtester login tess authenticate; }}
 dpkg -i /tmp/{name} >/dev/null
 say installed
-! grep -q pam_crm2fa /etc/pam.d/common-auth
+if grep -q pam_crm2fa /etc/pam.d/common-auth; then echo 'installing enabled it'; exit 1; fi
 useradd -m tess
 echo 'tess:Tr0ub4dor&3' | chpasswd
 login 'Tr0ub4dor&3'
@@ -407,13 +448,13 @@ say a wrong code is refused
 login 'Tr0ub4dor&3' "$(oathtool --totp -b "$secret")"
 say logged in with the password and a code
 dpkg -r crm2fa >/dev/null
-! grep -q pam_crm2fa /etc/pam.d/common-auth
+if grep -q pam_crm2fa /etc/pam.d/common-auth; then echo 'common-auth still loads it'; exit 1; fi
 login 'Tr0ub4dor&3'
 say removed: the password alone again
 test -f /etc/crm2fa/secret.key && test -f /var/lib/crm2fa/crm2fa.db
 dpkg -P crm2fa >/dev/null
 test ! -e /etc/crm2fa && test ! -e /var/lib/crm2fa
-! dpkg -s crm2fa >/dev/null 2>&1
+if dpkg -s crm2fa >/dev/null 2>&1; then echo 'still known to dpkg'; exit 1; fi
 say purged
 "#
     );
@@ -439,6 +480,85 @@ say purged
         !host_auth.contains("pam_crm2fa"),
         "the host's PAM stack was changed"
     );
+}
+
+#[test]
+fn the_deb_is_not_removed_while_a_pam_line_it_does_not_manage_loads_the_module() {
+    let deb = deb();
+    let name = deb
+        .file_name()
+        .expect("file name")
+        .to_string_lossy()
+        .into_owned();
+    // The README's SSH-only line, right after `@include common-auth` in
+    // /etc/pam.d/sshd: pam-auth-update does not manage it, so removing the
+    // package would leave a line whose module is gone ("Module is unknown":
+    // every SSH login fails). Each code is one step later than the last,
+    // as a code is accepted once.
+    let script = format!(
+        r#"set -eu
+say() {{ echo "== $*"; }}
+login() {{ printf '%s\n' "$@" | pamtester sshd tess authenticate; }}
+code() {{ oathtool --totp -b -N "now + $1 seconds" "$secret"; }}
+installed() {{ [ "$(dpkg-query -W -f='${{db:Status-Status}}' crm2fa)" = installed ]; }}
+export DEBIAN_FRONTEND=noninteractive
+dpkg -i /tmp/{name} >/dev/null
+module=$(dpkg -L crm2fa | grep '/security/pam_crm2fa.so$')
+useradd -m tess
+echo 'tess:Tr0ub4dor&3' | chpasswd
+crm2fa-admin init >/dev/null
+secret=$(crm2fa-admin --json enroll tess --no-qr | sed -n 's/.*"secret": "\([A-Z2-7]*\)".*/\1/p')
+crm2fa-admin confirm tess "$(code -30)" >/dev/null
+[ -e /etc/pam.d/sshd ] || echo '@include common-auth' >/etc/pam.d/sshd
+sed -i 's/^@include common-auth$/&\nauth required pam_crm2fa.so/' /etc/pam.d/sshd
+grep -q '^auth required pam_crm2fa.so$' /etc/pam.d/sshd
+if login 'Tr0ub4dor&3'; then echo 'the password alone logged in'; exit 1; fi
+login 'Tr0ub4dor&3' "$(code 0)"
+say sshd asks for the code
+
+if dpkg -r crm2fa 2>/tmp/refused; then echo 'removed with the sshd line in place'; exit 1; fi
+cat /tmp/refused
+grep -q '^  /etc/pam.d/sshd$' /tmp/refused
+grep -q 'Take the pam_crm2fa.so line out' /tmp/refused
+installed && test -f "$module"
+login 'Tr0ub4dor&3' "$(code 30)"
+say refused: the module stays and the password and a code log in
+
+# With the profile enabled too, a refused removal leaves it enabled.
+pam-auth-update --enable crm2fa
+if dpkg -r crm2fa 2>/tmp/refused; then echo 'removed with the sshd line in place'; exit 1; fi
+installed
+grep -q pam_crm2fa /etc/pam.d/common-auth
+grep -q '^Module: crm2fa$' /var/lib/pam/auth
+say refused: the profile stays enabled
+pam-auth-update --disable crm2fa
+
+# Comments and copies nothing loads do not hold the package back.
+sed -i 's/^auth required pam_crm2fa.so$/# &/' /etc/pam.d/sshd
+echo 'auth required pam_crm2fa.so' >/etc/pam.d/sshd.dpkg-old
+echo 'auth required pam_crm2fa.so' >/etc/pam.d/sshd~
+dpkg -r crm2fa >/dev/null
+if installed || test -e "$module"; then echo 'not removed'; exit 1; fi
+if grep -q pam_crm2fa /etc/pam.d/common-auth; then echo 'common-auth still loads it'; exit 1; fi
+login 'Tr0ub4dor&3'
+say removed once the line is out: the password alone again
+"#
+    );
+    let out = in_throwaway_root(&[&deb], &script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", show_output(&out));
+    for step in [
+        "sshd asks for the code",
+        "refused: the module stays and the password and a code log in",
+        "refused: the profile stays enabled",
+        "removed once the line is out: the password alone again",
+    ] {
+        assert!(
+            text.contains(&format!("== {step}")),
+            "{step}: {}",
+            show_output(&out)
+        );
+    }
 }
 
 #[test]
@@ -486,6 +606,95 @@ fn the_rpm_holds_every_file_with_the_config_kept_on_upgrade() {
             .any(|l| l.starts_with("/etc/crm2fa/crm2fa.toml ") && l.contains('n')),
         "the config is %config(noreplace): {flags}"
     );
+}
+
+#[test]
+fn the_rpm_refuses_to_be_erased_while_a_pam_file_loads_the_module() {
+    static RPM: OnceLock<PathBuf> = OnceLock::new();
+    let rpm = package("build-rpm.sh", &RPM);
+    let query = |tag: &str| {
+        run(Command::new("rpm")
+            .args(["-qp", "--queryformat", tag])
+            .arg(&rpm))
+    };
+    assert_eq!(query("%{PREUNPROG}"), "/bin/sh");
+    let preun = query("%{PREUN}");
+    let shared = fs::read_to_string(workspace_dir().join("packaging/pam-lines.sh")).expect("read");
+    assert!(preun.contains(shared.trim()), "{preun}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scriptlet = dir.path().join("preun");
+    fs::write(&scriptlet, &preun).expect("write the scriptlet");
+    // rpm runs the scriptlet with 0 on erase, 1 on upgrade. authselect's
+    // system-auth is a link into /etc/authselect; a stand-in authselect
+    // reports the README's profile and feature.
+    let name = rpm
+        .file_name()
+        .expect("file name")
+        .to_string_lossy()
+        .into_owned();
+    let script = format!(
+        r##"set -u
+say() {{ echo "== $*"; }}
+preun() {{ sh /tmp/preun "$1" 2>/tmp/err; }}
+fail() {{ echo "$*"; cat /tmp/err; exit 1; }}
+preun 0 || fail 'refused with no line'
+say erased with no line
+mkdir -p /etc/authselect /tmp/bin
+line='auth [success=ok ignore=ignore default=die] pam_crm2fa.so'
+echo "$line" >/etc/authselect/system-auth
+ln -sf /etc/authselect/system-auth /etc/pam.d/system-auth
+echo "$line" >/etc/pam.d/password-auth
+preun 1 || fail 'an upgrade was refused'
+say upgraded with the lines
+preun 0 && fail 'erased with the lines in place'
+grep -qx '  /etc/pam.d/password-auth' /tmp/err && grep -qx '  /etc/pam.d/system-auth' /tmp/err \
+  || fail 'the files are not named'
+grep -q 'Take the pam_crm2fa.so line out' /tmp/err || fail 'no advice'
+grep -q authselect /tmp/err && fail 'authselect named without authselect'
+say refused, naming the files
+printf '%s\n' '#!/bin/sh' 'printf "Profile ID: custom/crm2fa\nEnabled features:\n- with-crm2fa\n- with-faillock\n"' \
+  >/tmp/bin/authselect
+chmod 0755 /tmp/bin/authselect
+PATH=/tmp/bin:$PATH preun 0 && fail 'erased with the lines in place'
+grep -q '^  Profile ID: custom/crm2fa$' /tmp/err && grep -q '^  - with-crm2fa$' /tmp/err \
+  && grep -q 'authselect disable-feature with-crm2fa' /tmp/err || fail 'authselect not named'
+say refused, naming the authselect profile and feature
+echo "# $line" >/etc/authselect/system-auth
+echo "  #$line" >/etc/pam.d/password-auth
+echo "$line" >/etc/pam.d/password-auth.rpmsave
+echo "$line" >/etc/pam.d/common-auth.pam-old
+preun 0 || fail 'refused for comments and backups'
+say erased with comments and backups only
+rm /etc/pam.d/system-auth /etc/pam.d/password-auth /tmp/bin/authselect
+rpm -i --nodeps --force-debian /tmp/{name} 2>/dev/null || fail 'rpm -i'
+module=/usr/lib64/security/pam_crm2fa.so
+echo 'auth required pam_crm2fa.so' >>/etc/pam.d/sshd
+rpm -e --nodeps crm2fa 2>/tmp/err && fail 'rpm -e erased it with the sshd line in place'
+grep -qx '  /etc/pam.d/sshd' /tmp/err || fail 'rpm -e did not name the file'
+rpm -q crm2fa >/dev/null && test -f $module || fail 'rpm -e removed the module'
+sed -i '/pam_crm2fa/d' /etc/pam.d/sshd
+rpm -e --nodeps crm2fa 2>/tmp/err || fail 'rpm -e refused with no line'
+rpm -q crm2fa >/dev/null || test -e $module && fail 'rpm -e left the module'
+say rpm -e refused while the sshd line was there, erased once it was out
+"##
+    );
+    let out = in_throwaway_root(&[&scriptlet, &rpm], &script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", show_output(&out));
+    for step in [
+        "erased with no line",
+        "upgraded with the lines",
+        "refused, naming the files",
+        "refused, naming the authselect profile and feature",
+        "erased with comments and backups only",
+        "rpm -e refused while the sshd line was there, erased once it was out",
+    ] {
+        assert!(
+            text.contains(&format!("== {step}")),
+            "{step}: {}",
+            show_output(&out)
+        );
+    }
 }
 
 #[test]
