@@ -256,12 +256,35 @@ fn prefix_moves_everything_but_the_pam_files_the_configuration_and_the_store() {
     );
 }
 
+/// Where this test process builds its packages: `crm2fa-pkg-PID-…` in the
+/// temporary directory. It outlives the tests that use it (they share it
+/// through statics, which are never dropped), so each run first removes
+/// those of test processes that have ended.
+const PKG_PREFIX: &str = "crm2fa-pkg-";
+
+fn remove_ended_runs_packages() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix(PKG_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Build a package with `script` from this test run's artifacts, once per
 /// test process; its path.
 fn package(script: &str, cell: &'static OnceLock<PathBuf>) -> PathBuf {
     cell.get_or_init(|| {
+        remove_ended_runs_packages();
         let dir = tempfile::Builder::new()
-            .prefix("crm2fa-pkg-")
+            .prefix(&format!("{PKG_PREFIX}{}-", std::process::id()))
             .tempdir()
             .expect("tempdir")
             .keep();
