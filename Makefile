@@ -118,6 +118,7 @@ rpm: release
 # Remove what install put there, but never the configuration, the host key
 # or the store: they hold the users' secrets.
 uninstall:
+	@. packaging/pam-lines.sh && crm2fa_refuse_removal_while_named "$(DESTDIR)/etc/pam.d"
 	rm -f $(DESTDIR)$(PAMDIR)/pam_crm2fa.so $(DESTDIR)$(SBINDIR)/crm2fa-admin
 	rm -f $(DESTDIR)$(LIBEXECDIR)/crm2fa/crm2fa-send
 	rmdir $(DESTDIR)$(LIBEXECDIR)/crm2fa 2>/dev/null || true
@@ -129,8 +130,7 @@ uninstall:
 	      $(DESTDIR)$(ZSHDIR)/_crm2fa-admin \
 	      $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/crm2fa-admin.fish
 	rm -f $(DESTDIR)$(PAMCONFIGSDIR)/crm2fa $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/crm2fa.conf
-	@echo "uninstall: kept $(SYSCONFDIR)/crm2fa and $(LOCALSTATEDIR)/lib/crm2fa (configuration, key, store);"
-	@echo "uninstall: take the pam_crm2fa.so line out of every PAM file first, then remove them by hand."
+	@echo "uninstall: kept $(SYSCONFDIR)/crm2fa and $(LOCALSTATEDIR)/lib/crm2fa (configuration, key, store)"
 
 # Benchmarks print tables; they are never part of `make test`.
 bench: deps

@@ -5,13 +5,13 @@
 # pam_crm2fa the removal is refused and the module stays. No percent sign
 # in here: the .rpm's spec would read it as a macro.
 
-# crm2fa_refuse_removal_while_named: 0 when no file in /etc/pam.d loads
-# pam_crm2fa; otherwise says which files do and what to do, on stderr, and
-# returns 1. Comments and the copies nothing loads (editor, dpkg, rpm and
-# pam-auth-update backups) do not count.
+# crm2fa_refuse_removal_while_named [DIR]: 0 when no file in DIR (default
+# /etc/pam.d) loads pam_crm2fa; otherwise says which files do and what to
+# do, on stderr, and returns 1. Comments and the copies nothing loads
+# (editor, dpkg, rpm and pam-auth-update backups) do not count.
 crm2fa_refuse_removal_while_named() {
     crm2fa_named=
-    for crm2fa_file in /etc/pam.d/*; do
+    for crm2fa_file in "${1:-/etc/pam.d}"/*; do
         case $crm2fa_file in
             *~ | *.dpkg-* | *.ucf-* | *.rpmnew | *.rpmsave | *.rpmorig | *.pam-old | *.pam-new) continue ;;
         esac

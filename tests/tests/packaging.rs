@@ -152,12 +152,38 @@ fn make_install_places_every_file_and_uninstall_keeps_only_the_secrets() {
         "[policy]\nenforce = \"opt-in\"\n"
     );
 
-    let out = Command::new("make")
-        .current_dir(workspace_dir())
-        .args(["-s", "uninstall"])
-        .arg(format!("DESTDIR={}", root.display()))
-        .output()
-        .expect("make uninstall");
+    let uninstall = || {
+        Command::new("make")
+            .current_dir(workspace_dir())
+            .args(["-s", "uninstall"])
+            .arg(format!("DESTDIR={}", root.display()))
+            .output()
+            .expect("make uninstall")
+    };
+    // While a PAM file of that tree loads the module, it stays: without it
+    // every login through that file would fail.
+    let pamd = root.join("etc/pam.d");
+    fs::create_dir_all(&pamd).expect("mkdir pam.d");
+    let sshd = pamd.join("sshd");
+    fs::write(
+        &sshd,
+        "@include common-auth
+auth required pam_crm2fa.so
+",
+    )
+    .expect("sshd");
+    let out = uninstall();
+    assert!(!out.status.success(), "{}", show_output(&out));
+    assert!(
+        show_output(&out).contains(&format!("  {}", sshd.display())),
+        "{}",
+        show_output(&out)
+    );
+    assert!(files_under(&root)
+        .iter()
+        .any(|f| f.ends_with("pam_crm2fa.so")));
+    fs::remove_dir_all(root.join("etc/pam.d")).expect("rm pam.d");
+    let out = uninstall();
     assert!(out.status.success(), "{}", show_output(&out));
     assert_eq!(
         files_under(&root),
