@@ -466,14 +466,33 @@ fn in_throwaway_root(files: &[&Path], script: &str) -> Output {
         .expect("run unshare")
 }
 
+/// [`in_throwaway_root`], checked: the script succeeded and announced each
+/// of `steps` (`say STEP` prints `== STEP`).
+fn run_steps(files: &[&Path], script: &str, steps: &[&str]) {
+    let out = in_throwaway_root(files, script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", show_output(&out));
+    for step in steps {
+        assert!(
+            text.contains(&format!("== {step}")),
+            "{step}: {}",
+            show_output(&out)
+        );
+    }
+}
+
+/// The file name of `path`, which has one.
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .expect("file name")
+        .to_string_lossy()
+        .into_owned()
+}
+
 #[test]
 fn the_deb_installs_locks_nobody_out_logs_in_with_a_code_and_removes_cleanly() {
     let deb = deb();
-    let name = deb
-        .file_name()
-        .expect("file name")
-        .to_string_lossy()
-        .into_owned();
+    let name = file_name(&deb);
     // A real pam_unix user, the packaged profile, and pamtester on the
     // distribution's "login" service (which includes common-auth).
     let script = format!(
@@ -507,22 +526,17 @@ if dpkg -s crm2fa >/dev/null 2>&1; then echo 'still known to dpkg'; exit 1; fi
 say purged
 "#
     );
-    let out = in_throwaway_root(&[&deb], &script);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", show_output(&out));
-    for step in [
-        "password alone before the profile is enabled",
-        "a wrong code is refused",
-        "logged in with the password and a code",
-        "removed: the password alone again",
-        "purged",
-    ] {
-        assert!(
-            text.contains(&format!("== {step}")),
-            "{step}: {}",
-            show_output(&out)
-        );
-    }
+    run_steps(
+        &[&deb],
+        &script,
+        &[
+            "password alone before the profile is enabled",
+            "a wrong code is refused",
+            "logged in with the password and a code",
+            "removed: the password alone again",
+            "purged",
+        ],
+    );
     // The host never saw any of it.
     let host_auth = fs::read_to_string("/etc/pam.d/common-auth").unwrap_or_default();
     assert!(
@@ -534,11 +548,7 @@ say purged
 #[test]
 fn the_deb_is_not_removed_while_a_pam_line_it_does_not_manage_loads_the_module() {
     let deb = deb();
-    let name = deb
-        .file_name()
-        .expect("file name")
-        .to_string_lossy()
-        .into_owned();
+    let name = file_name(&deb);
     // The README's SSH-only line, right after `@include common-auth` in
     // /etc/pam.d/sshd: pam-auth-update does not manage it, so removing the
     // package would leave a line whose module is gone ("Module is unknown":
@@ -593,21 +603,16 @@ login 'Tr0ub4dor&3'
 say removed once the line is out: the password alone again
 "#
     );
-    let out = in_throwaway_root(&[&deb], &script);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", show_output(&out));
-    for step in [
-        "sshd asks for the code",
-        "refused: the module stays and the password and a code log in",
-        "refused: the profile stays enabled",
-        "removed once the line is out: the password alone again",
-    ] {
-        assert!(
-            text.contains(&format!("== {step}")),
-            "{step}: {}",
-            show_output(&out)
-        );
-    }
+    run_steps(
+        &[&deb],
+        &script,
+        &[
+            "sshd asks for the code",
+            "refused: the module stays and the password and a code log in",
+            "refused: the profile stays enabled",
+            "removed once the line is out: the password alone again",
+        ],
+    );
 }
 
 #[test]
@@ -676,11 +681,7 @@ fn the_rpm_refuses_to_be_erased_while_a_pam_file_loads_the_module() {
     // rpm runs the scriptlet with 0 on erase, 1 on upgrade. authselect's
     // system-auth is a link into /etc/authselect; a stand-in authselect
     // reports the README's profile and feature.
-    let name = rpm
-        .file_name()
-        .expect("file name")
-        .to_string_lossy()
-        .into_owned();
+    let name = file_name(&rpm);
     let script = format!(
         r##"set -u
 say() {{ echo "== $*"; }}
@@ -727,23 +728,18 @@ rpm -q crm2fa >/dev/null || test -e $module && fail 'rpm -e left the module'
 say rpm -e refused while the sshd line was there, erased once it was out
 "##
     );
-    let out = in_throwaway_root(&[&scriptlet, &rpm], &script);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", show_output(&out));
-    for step in [
-        "erased with no line",
-        "upgraded with the lines",
-        "refused, naming the files",
-        "refused, naming the authselect profile and feature",
-        "erased with comments and backups only",
-        "rpm -e refused while the sshd line was there, erased once it was out",
-    ] {
-        assert!(
-            text.contains(&format!("== {step}")),
-            "{step}: {}",
-            show_output(&out)
-        );
-    }
+    run_steps(
+        &[&scriptlet, &rpm],
+        &script,
+        &[
+            "erased with no line",
+            "upgraded with the lines",
+            "refused, naming the files",
+            "refused, naming the authselect profile and feature",
+            "erased with comments and backups only",
+            "rpm -e refused while the sshd line was there, erased once it was out",
+        ],
+    );
 }
 
 #[test]
