@@ -1032,11 +1032,12 @@ pub fn a_new_factor_forgets_the_hosts_and_sent_codes_of_the_old(b: &dyn Backend)
     assert!(s.remembered("u", NOW).unwrap().is_empty());
     let view = s.login_view("u", Some("laptop"), &[], NOW + 1).unwrap();
     assert_eq!(view.remembered_until, None);
-    assert!(rejected(&redeem(
+    assert!(rejected(&redeem_sent(
         s.as_mut(),
-        &sent_offer(Channel::Email, &mailed, &salt),
-        NOW + 1,
-        9
+        Channel::Email,
+        &mailed,
+        &salt,
+        NOW + 1
     )));
 }
 
@@ -1203,6 +1204,11 @@ fn sent_offer(channel: Channel, code: &Code, salt: &[u8]) -> Candidate {
     Candidate::code(CodeKind::sent(channel), code.hash(salt))
 }
 
+/// `u` types `code`, sent by `channel`, at `now` (lockout after 9).
+fn redeem_sent(s: &mut dyn Store, channel: Channel, code: &Code, salt: &[u8], now: i64) -> Verdict {
+    redeem(s, &sent_offer(channel, code, salt), now, 9)
+}
+
 /// A code sent by email is accepted once, as the factor `email`, and not
 /// once it has expired; an SMS code is not an email code.
 pub fn a_sent_code_works_once_and_not_after_expiry(b: &dyn Backend) {
@@ -1217,35 +1223,33 @@ pub fn a_sent_code_works_once_and_not_after_expiry(b: &dyn Backend) {
         s.login_view("u", None, &Channel::ALL, NOW).unwrap().sent,
         vec![Channel::Email]
     );
-    assert!(rejected(&redeem(
+    assert!(rejected(&redeem_sent(
         s.as_mut(),
-        &sent_offer(Channel::Sms, &c, &salt),
-        NOW,
-        9
+        Channel::Sms,
+        &c,
+        &salt,
+        NOW
     )));
-    assert!(rejected(&redeem(
+    assert!(rejected(&redeem_sent(
         s.as_mut(),
-        &sent_offer(Channel::Email, &c, &salt),
-        NOW + 600,
-        9
+        Channel::Email,
+        &c,
+        &salt,
+        NOW + 600
     )));
     assert!(matches!(
-        redeem(
-            s.as_mut(),
-            &sent_offer(Channel::Email, &c, &salt),
-            NOW + 599,
-            9
-        ),
+        redeem_sent(s.as_mut(), Channel::Email, &c, &salt, NOW + 599),
         Verdict::Accepted {
             factor: Factor::Email,
             ..
         }
     ));
-    assert!(rejected(&redeem(
+    assert!(rejected(&redeem_sent(
         s.as_mut(),
-        &sent_offer(Channel::Email, &c, &salt),
-        NOW + 1,
-        9
+        Channel::Email,
+        &c,
+        &salt,
+        NOW + 1
     )));
     assert!(s
         .login_view("u", None, &Channel::ALL, NOW)
@@ -1267,23 +1271,26 @@ pub fn one_sent_code_is_outstanding_per_channel(b: &dyn Backend) {
     send(s.as_mut(), Channel::Email, &salt, &first, NOW);
     send(s.as_mut(), Channel::Sms, &salt, &sms, NOW);
     send(s.as_mut(), Channel::Email, &salt, &second, NOW + 1);
-    assert!(rejected(&redeem(
+    assert!(rejected(&redeem_sent(
         s.as_mut(),
-        &sent_offer(Channel::Email, &first, &salt),
-        NOW + 2,
-        9
+        Channel::Email,
+        &first,
+        &salt,
+        NOW + 2
     )));
-    assert!(accepted(&redeem(
+    assert!(accepted(&redeem_sent(
         s.as_mut(),
-        &sent_offer(Channel::Sms, &sms, &salt),
-        NOW + 2,
-        9
+        Channel::Sms,
+        &sms,
+        &salt,
+        NOW + 2
     )));
-    assert!(accepted(&redeem(
+    assert!(accepted(&redeem_sent(
         s.as_mut(),
-        &sent_offer(Channel::Email, &second, &salt),
-        NOW + 2,
-        9
+        Channel::Email,
+        &second,
+        &salt,
+        NOW + 2
     )));
 }
 
@@ -1312,11 +1319,12 @@ pub fn the_resend_limit_counts_every_send_in_the_window(b: &dyn Backend) {
         send(s.as_mut(), Channel::Sms, &salt, &c, NOW + 900),
         SendGrant::Granted { .. }
     ));
-    assert!(accepted(&redeem(
+    assert!(accepted(&redeem_sent(
         s.as_mut(),
-        &sent_offer(Channel::Sms, &c, &salt),
-        NOW + 901,
-        9
+        Channel::Sms,
+        &c,
+        &salt,
+        NOW + 901
     )));
 }
 
@@ -1336,11 +1344,12 @@ pub fn a_withdrawn_code_neither_works_nor_counts(b: &dyn Backend) {
         });
         s.withdraw_send(Channel::Email, id, &failed).unwrap();
     }
-    assert!(rejected(&redeem(
+    assert!(rejected(&redeem_sent(
         s.as_mut(),
-        &sent_offer(Channel::Email, &c, &salt),
-        NOW,
-        9
+        Channel::Email,
+        &c,
+        &salt,
+        NOW
     )));
 }
 
@@ -1367,19 +1376,15 @@ pub fn a_withdrawn_code_gives_back_the_one_sent_before(b: &dyn Backend) {
             .sent,
         vec![Channel::Email]
     );
-    assert!(rejected(&redeem(
+    assert!(rejected(&redeem_sent(
         s.as_mut(),
-        &sent_offer(Channel::Email, &second, &salt),
-        later + 1,
-        9
+        Channel::Email,
+        &second,
+        &salt,
+        later + 1
     )));
     assert!(matches!(
-        redeem(
-            s.as_mut(),
-            &sent_offer(Channel::Email, &first, &salt),
-            later + 1,
-            9
-        ),
+        redeem_sent(s.as_mut(), Channel::Email, &first, &salt, later + 1),
         Verdict::Accepted {
             factor: Factor::Email,
             ..
@@ -1397,23 +1402,26 @@ pub fn an_earlier_sent_code_is_void_on_every_clock(b: &dyn Backend) {
     send(s.as_mut(), Channel::Sms, &salt, &first, NOW + 10);
     send(s.as_mut(), Channel::Sms, &salt, &second, NOW + 20);
     // Checked by a host whose clock says NOW: before either was sent.
-    assert!(rejected(&redeem(
+    assert!(rejected(&redeem_sent(
         s.as_mut(),
-        &sent_offer(Channel::Sms, &first, &salt),
-        NOW,
-        9
+        Channel::Sms,
+        &first,
+        &salt,
+        NOW
     )));
-    assert!(accepted(&redeem(
+    assert!(accepted(&redeem_sent(
         s.as_mut(),
-        &sent_offer(Channel::Sms, &second, &salt),
-        NOW,
-        9
+        Channel::Sms,
+        &second,
+        &salt,
+        NOW
     )));
-    assert!(rejected(&redeem(
+    assert!(rejected(&redeem_sent(
         s.as_mut(),
-        &sent_offer(Channel::Sms, &first, &salt),
-        NOW,
-        9
+        Channel::Sms,
+        &first,
+        &salt,
+        NOW
     )));
 }
 
@@ -1446,11 +1454,12 @@ pub fn no_code_is_stored_for_an_address_changed_meanwhile(b: &dyn Backend) {
             "{stale}: {grant:?}"
         );
     }
-    assert!(rejected(&redeem(
+    assert!(rejected(&redeem_sent(
         s.as_mut(),
-        &sent_offer(Channel::Email, &code, &salt),
-        NOW + 1,
-        9
+        Channel::Email,
+        &code,
+        &salt,
+        NOW + 1
     )));
     // Nothing counted toward the resend limit: all of it is still there.
     for i in 0..LIMIT.max {
@@ -1484,35 +1493,39 @@ pub fn a_changed_contact_voids_the_codes_sent_to_the_old_one(b: &dyn Backend) {
     send(s.as_mut(), Channel::Email, &salt, &old, NOW);
     send(s.as_mut(), Channel::Sms, &salt, &sms, NOW);
     contact(s.as_mut(), Channel::Email, Some("new@example.com"));
-    assert!(rejected(&redeem(
+    assert!(rejected(&redeem_sent(
         s.as_mut(),
-        &sent_offer(Channel::Email, &old, &salt),
-        NOW + 1,
-        9
+        Channel::Email,
+        &old,
+        &salt,
+        NOW + 1
     )));
-    assert!(accepted(&redeem(
+    assert!(accepted(&redeem_sent(
         s.as_mut(),
-        &sent_offer(Channel::Sms, &sms, &salt),
-        NOW + 1,
-        9
+        Channel::Sms,
+        &sms,
+        &salt,
+        NOW + 1
     )));
     let kept = Code::generate_digits(6);
     send(s.as_mut(), Channel::Email, &salt, &kept, NOW + 2);
     contact(s.as_mut(), Channel::Email, Some("new@example.com"));
-    assert!(accepted(&redeem(
+    assert!(accepted(&redeem_sent(
         s.as_mut(),
-        &sent_offer(Channel::Email, &kept, &salt),
-        NOW + 3,
-        9
+        Channel::Email,
+        &kept,
+        &salt,
+        NOW + 3
     )));
     let removed = Code::generate_digits(6);
     send(s.as_mut(), Channel::Email, &salt, &removed, NOW + 4);
     contact(s.as_mut(), Channel::Email, None);
-    assert!(rejected(&redeem(
+    assert!(rejected(&redeem_sent(
         s.as_mut(),
-        &sent_offer(Channel::Email, &removed, &salt),
-        NOW + 5,
-        9
+        Channel::Email,
+        &removed,
+        &salt,
+        NOW + 5
     )));
 }
 
@@ -1685,11 +1698,12 @@ pub fn a_delivery_channel_is_a_factor_with_backup_codes(b: &dyn Backend) {
         (r.has_factor(), r.backup_codes_left(), r.email.as_deref()),
         (false, 0, Some("u@example.com"))
     );
-    assert!(rejected(&redeem(
+    assert!(rejected(&redeem_sent(
         s.as_mut(),
-        &sent_offer(Channel::Sms, &c, &salt),
-        NOW,
-        9
+        Channel::Sms,
+        &c,
+        &salt,
+        NOW
     )));
     assert!(matches!(
         s.set_delivery(
