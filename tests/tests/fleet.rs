@@ -393,12 +393,15 @@ fn a_sqlite_store_copied_to_postgresql_keeps_the_users_app_working() {
     ]);
     assert_eq!(v["counts"]["users"], 1, "{v}");
     assert_eq!(v["counts"]["backup codes"], e.backup_codes.len(), "{v}");
-    assert!(
-        json_strings(&v["switch_over"])
-            .iter()
-            .any(|s| s.contains("url = ")),
-        "{v}"
-    );
+    // The hosts are told to use their own role, never the owner's.
+    let hosts_url = host_url.replacen(&format!("//{host_role}@"), "//HOSTS_ROLE@", 1);
+    let switch = json_strings(&v["switch_over"]);
+    let step = switch
+        .iter()
+        .find(|s| s.contains("url = "))
+        .unwrap_or_else(|| panic!("{v}"));
+    assert!(step.contains(&format!("url = \"{hosts_url}\"")), "{step}");
+    assert!(step.contains(&format!("never {owner}")), "{step}");
     // A second copy into the same database is refused: it is not empty.
     let again = sb.admin(&[
         "store",

@@ -77,9 +77,16 @@ fn copy(
              to each host, mode 0600 root"
                 .to_string(),
             format!(
-                "on each host set [store] url = \"{}\" with password_file (a role with row \
-                 rights only: README, PostgreSQL store), and run `crm2fa-admin doctor`",
-                url_of(p)
+                "on each host set [store] url = \"{}\" with HOSTS_ROLE the hosts' role, which \
+                 has row rights only (README, PostgreSQL store), never {}, the owner this copy \
+                 used; its password_file{}; then run `crm2fa-admin doctor`",
+                hosts_url(p),
+                p.user,
+                if p.sslmode == config::SslMode::VerifyFull {
+                    " and ca_file"
+                } else {
+                    ""
+                }
             ),
             "logins made on the old store after this copy are not in the new one: switch soon, \
              or copy again into an empty database"
@@ -103,14 +110,24 @@ fn copy(
     })
 }
 
-/// The url as the config writes it.
-fn url_of(p: &PostgresConfig) -> String {
+/// The url the hosts' configs write for the database `p` names: the
+/// same server, database and sslmode, with the role left for the admin to
+/// fill in (`HOSTS_ROLE`).
+fn hosts_url(p: &PostgresConfig) -> String {
     let mode = match p.sslmode {
         config::SslMode::Disable => "disable",
         config::SslMode::Require => "require",
         config::SslMode::VerifyFull => "verify-full",
     };
-    format!("{}?sslmode={mode}", p.location())
+    let host = if p.host.contains(':') {
+        format!("[{}]", p.host)
+    } else {
+        p.host.clone()
+    };
+    format!(
+        "postgres://HOSTS_ROLE@{host}:{}/{}?sslmode={mode}",
+        p.port, p.dbname
+    )
 }
 
 /// The store `to` names, with this config's key file and timeouts.
