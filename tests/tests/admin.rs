@@ -146,3 +146,21 @@ fn disable_without_a_terminal_needs_yes() {
     );
     assert_eq!(sb.status("carol")["state"], "none", "nothing changed");
 }
+
+#[test]
+fn enroll_without_a_qr_code_says_to_type_the_key() {
+    let sb = Sandbox::new();
+    sb.add_user("kim", "pw");
+    let text = |args: &[&str]| String::from_utf8_lossy(&sb.admin_ok(args).stdout).into_owned();
+    let plain = text(&["enroll", "kim", "--no-qr"]);
+    assert!(
+        plain.contains("Type this key into an authenticator app"),
+        "{plain}"
+    );
+    assert!(!plain.contains("QR code"), "{plain}");
+    let drawn = text(&["enroll", "kim", "--qr", "ascii", "--yes"]);
+    assert!(
+        drawn.contains("Scan this QR code with an authenticator app"),
+        "{drawn}"
+    );
+}

@@ -31,11 +31,12 @@ struct SetupReport {
 
 impl Text for SetupReport {
     fn write_text(&self, w: &mut dyn Write) -> io::Result<()> {
-        writeln!(
-            w,
-            "Enrolling {}. Scan this QR code with an authenticator app",
-            self.user
-        )?;
+        let how = if self.qr == QrStyle::None {
+            "Type this key into"
+        } else {
+            "Scan this QR code with"
+        };
+        writeln!(w, "Enrolling {}. {how} an authenticator app", self.user)?;
         writeln!(
             w,
             "(Google Authenticator, Microsoft Authenticator, FreeOTP, Authy ...):"
