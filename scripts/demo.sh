@@ -168,7 +168,8 @@ state=$(admin --json status "$USER_NAME" 2>/dev/null | python3 -c '
 import json, sys
 v = json.load(sys.stdin)
 print("%s is %s, %s backup codes left%s" % (v["user"], v["state"], v["backup_codes_left"], ", locked" if v["locked"] else ""))' 2>/dev/null || echo "?")
-echo "Status:   $state   (crm2fa-admin status $USER_NAME)"
+echo "Status:   $state"
+echo "          (LD_PRELOAD=libnss_wrapper.so NSS_WRAPPER_PASSWD=$SANDBOX/passwd NSS_WRAPPER_GROUP=$SANDBOX/group $ADMIN --config $CFG status $USER_NAME)"
 echo "Sandbox:  $SANDBOX (config, key, store, PAM service, passdb)"
 echo "Again:    $LOGIN_CMD"
 echo "Audit:    $ADMIN --config $CFG audit"
