@@ -457,6 +457,10 @@ pub enum Verdict {
     Rejected {
         /// Wrong codes in a row, this one included.
         failures: u32,
+        /// It was the user's TOTP code of a step already used (typed twice,
+        /// or replayed): refused and counted as any wrong code, and said
+        /// so in the audit.
+        reused: bool,
         /// Set when this failure locked the user.
         locked_until: Option<i64>,
     },

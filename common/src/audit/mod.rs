@@ -153,6 +153,8 @@ pub enum Fact {
     Rejected {
         /// Wrong codes in a row.
         failures: u32,
+        /// The code was one already used.
+        reused: bool,
     },
     /// Wrong codes locked the user.
     LockedOut {
@@ -293,10 +295,17 @@ impl Fact {
                     factor.as_str().to_string()
                 },
             ),
-            F::Rejected { failures } => (
+            F::Rejected { failures, reused } => (
                 Event::Login,
                 Outcome::Failure,
-                format!("wrong code ({failures} in a row)"),
+                format!(
+                    "{} ({failures} in a row)",
+                    if *reused {
+                        "code already used"
+                    } else {
+                        "wrong code"
+                    }
+                ),
             ),
             F::LockedOut { failures, until: t } => (
                 Event::Lock,
@@ -402,10 +411,12 @@ impl Fact {
             }],
             Verdict::Rejected {
                 failures,
+                reused,
                 locked_until,
             } => {
                 let mut out = vec![Fact::Rejected {
                     failures: *failures,
+                    reused: *reused,
                 }];
                 if let Some(until) = locked_until {
                     out.push(Fact::LockedOut {
@@ -525,6 +536,7 @@ mod tests {
     fn a_locking_failure_records_the_failure_and_the_lock() {
         let v = Verdict::Rejected {
             failures: 3,
+            reused: false,
             locked_until: Some(60),
         };
         let facts = Fact::of_verdict(&v);

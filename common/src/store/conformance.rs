@@ -46,6 +46,7 @@ macro_rules! store_conformance {
             recovery_code_works_once_and_not_after_expiry,
             new_recovery_code_replaces_the_unused_one_and_clears_a_lock,
             attempt_is_counted_before_it_is_checked,
+            a_step_typed_twice_is_refused_as_already_used,
             lock_refuses_without_checking_and_unlock_clears_it,
             count_starts_over_after_a_lock_expires,
             locks_escalate_until_a_success_or_unlock,
@@ -476,6 +477,7 @@ pub fn attempt_is_counted_before_it_is_checked(b: &dyn Backend) {
             redeem(s.as_mut(), &Candidate::default(), NOW, 5),
             Verdict::Rejected {
                 failures: i,
+                reused: false,
                 locked_until: None
             }
         );
@@ -484,6 +486,49 @@ pub fn attempt_is_counted_before_it_is_checked(b: &dyn Backend) {
     assert!(accepted(&redeem(s.as_mut(), &totp(30), NOW + 5, 5)));
     let r = s.user("u").unwrap().unwrap();
     assert_eq!((r.lock.failures, r.last_success), (0, Some(NOW + 5)));
+}
+
+/// A TOTP step typed again is refused and counted as any wrong code, and
+/// the verdict and the audit say it was already used.
+pub fn a_step_typed_twice_is_refused_as_already_used(b: &dyn Backend) {
+    let mut s = b.open();
+    active_user(s.as_mut(), 0);
+    assert!(accepted(&redeem(s.as_mut(), &totp(30), NOW, 5)));
+    for earlier in [30, 29, 10] {
+        assert!(
+            matches!(
+                redeem(s.as_mut(), &totp(earlier), NOW + 1, 5),
+                Verdict::Rejected { reused: true, .. }
+            ),
+            "step {earlier}"
+        );
+    }
+    assert!(matches!(
+        redeem(s.as_mut(), &Candidate::default(), NOW + 1, 5),
+        Verdict::Rejected {
+            reused: false,
+            failures: 4,
+            ..
+        }
+    ));
+    let details: Vec<String> = s
+        .audit(&AuditFilter {
+            user: Some("u".into()),
+            since: Some(NOW + 1),
+        })
+        .unwrap()
+        .into_iter()
+        .map(|e| e.detail)
+        .collect();
+    assert_eq!(
+        details,
+        [
+            "code already used (1 in a row)",
+            "code already used (2 in a row)",
+            "code already used (3 in a row)",
+            "wrong code (4 in a row)"
+        ]
+    );
 }
 
 /// Reaching `max_failures` locks; a right code is then refused without
@@ -498,6 +543,7 @@ pub fn lock_refuses_without_checking_and_unlock_clears_it(b: &dyn Backend) {
         redeem(s.as_mut(), &Candidate::default(), NOW, 3),
         Verdict::Rejected {
             failures: 3,
+            reused: false,
             locked_until: Some(NOW + 60)
         }
     );
@@ -530,6 +576,7 @@ pub fn count_starts_over_after_a_lock_expires(b: &dyn Backend) {
         redeem(s.as_mut(), &Candidate::default(), NOW + 60, 2),
         Verdict::Rejected {
             failures: 1,
+            reused: false,
             locked_until: None
         }
     );

@@ -710,6 +710,10 @@ impl dyn Store + '_ {
                             }
                             Verdict::Rejected {
                                 failures: counted.failures,
+                                reused: candidate
+                                    .totp
+                                    .as_ref()
+                                    .is_some_and(|m| m.step <= user.last_step),
                                 locked_until: counted.locked_until,
                             }
                         }
