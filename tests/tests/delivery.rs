@@ -438,6 +438,14 @@ fn contacts_are_checked_masked_and_needed_for_a_channel() {
     assert_eq!(v["email"], "f***@example.com", "{v}");
     sb.admin_ok(&["enroll", "fred", "--method", "email"]);
     assert_eq!(sb.status("fred")["state"], "active", "a factor of its own");
+    // An app would replace it (and its backup codes): asked.
+    let unasked = sb.admin(&["enroll", "fred", "--no-qr"]);
+    assert_eq!(unasked.status.code(), Some(1), "{}", show_output(&unasked));
+    assert!(
+        show_output(&unasked).contains("fred already has an email factor"),
+        "{}",
+        show_output(&unasked)
+    );
     // Removing the address of the delivery channel ends a factor: asked.
     let unasked = sb.admin(&["set-contact", "fred", "--email", ""]);
     assert_eq!(unasked.status.code(), Some(1), "{}", show_output(&unasked));

@@ -82,6 +82,7 @@ macro_rules! store_conformance {
             no_code_is_sent_to_a_locked_user,
             contacts_are_kept_and_a_removed_one_ends_its_channel,
             a_delivery_channel_is_a_factor_with_backup_codes,
+            an_app_enrolment_replaces_a_delivery_channel_as_the_factor,
             parallel_sends_never_exceed_the_resend_limit,
             parallel_logins_with_one_sent_code_exactly_one_succeeds,
             a_snapshot_holds_every_row_and_loads_only_into_an_empty_store,
@@ -1698,6 +1699,57 @@ pub fn contacts_are_kept_and_a_removed_one_ends_its_channel(b: &dyn Backend) {
         .unwrap();
     let r = s.user("u").unwrap().unwrap();
     assert_eq!((r.phone, r.delivery), (None, None));
+}
+
+/// Enrolling an app for a user whose factor is a channel replaces that
+/// factor: the channel's codes are no longer sent unasked, the old backup
+/// codes are void, and the new ones wait for the activation, as with any
+/// enrolment (nobody has seen them yet).
+pub fn an_app_enrolment_replaces_a_delivery_channel_as_the_factor(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    let old = codes::backup_set(2, &salt);
+    let hashes: Vec<_> = old.iter().map(|(_, h)| *h).collect();
+    let enrolled = audit(Fact::DeliveryEnrolled {
+        channel: Channel::Email,
+    });
+    assert!(s
+        .set_delivery("u", Channel::Email, &salt, &hashes, NOW, &enrolled)
+        .unwrap());
+    let new = codes::backup_set(2, &salt);
+    pending_with(s.as_mut(), &salt, &new);
+    let r = s.user("u").unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.delivery, r.backup_codes_left()),
+        (TotpState::Pending, None, 0)
+    );
+    for code in [&old[0].0, &new[0].0] {
+        assert!(rejected(&redeem(s.as_mut(), &backup(code, &salt), NOW, 9)));
+    }
+    // Codes by email still work when asked for at the prompt.
+    let mailed = Code::generate_digits(6);
+    assert!(matches!(
+        send(s.as_mut(), Channel::Email, &salt, &mailed, NOW + 1),
+        SendGrant::Granted { .. }
+    ));
+    assert!(accepted(&redeem_sent(
+        s.as_mut(),
+        Channel::Email,
+        &mailed,
+        &salt,
+        NOW + 2
+    )));
+    // The first code of the app activates it, with the new codes.
+    assert!(s
+        .confirm("u", &step(10), NOW + 3, &audit(Fact::Confirmed))
+        .unwrap()
+        .is_some());
+    assert!(accepted(&redeem(
+        s.as_mut(),
+        &backup(&new[0].0, &salt),
+        NOW + 4,
+        9
+    )));
 }
 
 /// A delivery channel is a factor: the user is enrolled, gets backup codes

@@ -609,9 +609,10 @@ impl dyn Store + '_ {
         self.write(Durability::Light, |tx| tx.insert_audit(entry))
     }
 
-    /// Start (or, with `new.replace`, replace) the user's TOTP enrolment:
-    /// pending, the new sealed secret, and a new set of backup codes that
-    /// stay unusable until activation. Every older code of the user is
+    /// Start (or, with `new.replace`, replace) the user's TOTP enrolment
+    /// (it replaces a delivery channel as the factor too): pending, the new
+    /// sealed secret, and a new set of backup codes that stay unusable
+    /// until activation. Every older code of the user is
     /// void, and no host is remembered any more. False, and nothing changed, when the user has a factor and
     /// `replace` is off.
     pub fn begin_enrollment(
@@ -627,6 +628,11 @@ impl dyn Store + '_ {
             if !tx.set_enrollment(name, new, now)? {
                 return Ok(false);
             }
+            // The app replaces a delivery channel as the user's factor too:
+            // until the first code activates it, codes by email or SMS are
+            // asked for at the prompt, not sent unasked, and the new backup
+            // codes wait for the activation like any enrolment's.
+            tx.set_delivery(name, None, now)?;
             replace_codes(tx, name, new.backup_hashes, now)?;
             tx.insert_audit(audit)?;
             Ok(true)

@@ -153,10 +153,14 @@ pub(super) fn enroll(
         MethodArg::Sms => return enroll_channel(ctx, user, Channel::Sms),
     }
     if let Some(r) = ctx.store.user(user)? {
-        if r.state != TotpState::None {
+        let factor = match (r.state, r.delivery) {
+            (TotpState::None, Some(c)) => Some(format!("an {} factor", c.label())),
+            (TotpState::None, None) => None,
+            (state, _) => Some(format!("a {} enrolment", state.as_str())),
+        };
+        if let Some(factor) = factor {
             ctx.confirm(&format!(
-                "{user} already has a {} enrolment; a new secret replaces it and its backup codes",
-                r.state.as_str()
+                "{user} already has {factor}; a new secret replaces it and its backup codes"
             ))?;
         }
     }
