@@ -114,6 +114,33 @@ pub struct PostgresConfig {
 }
 
 impl PostgresConfig {
+    /// The store `url` names, with its companions, checked as the config
+    /// and `store copy --to` both need: Err names what is at fault (`url`,
+    /// `password_file` or `ca_file`) and what is wrong.
+    pub fn from_url(
+        url: &str,
+        password_file: Option<PathBuf>,
+        ca_file: Option<PathBuf>,
+        connect_timeout: i64,
+        client_library: PathBuf,
+    ) -> std::result::Result<PostgresConfig, (&'static str, String)> {
+        let (user, host, port, dbname, sslmode) =
+            parse_postgres_url(url).map_err(|m| ("url", m))?;
+        tls_companions(sslmode, password_file.is_some(), ca_file.is_some())
+            .map_err(|(key, m)| (key, m.to_string()))?;
+        Ok(PostgresConfig {
+            host,
+            port,
+            user,
+            dbname,
+            sslmode,
+            password_file,
+            ca_file,
+            connect_timeout,
+            client_library,
+        })
+    }
+
     /// Where and how to connect, with the password read from
     /// `password_file` (which must be root's and closed to others). With
     /// `verify-full`, `ca_file` decides which server is trusted with the
@@ -184,7 +211,7 @@ fn url_host(url: &str) -> &str {
 /// binding instead, which needs the role's password (`password_file`), and
 /// a `ca_file` would go unused while seeming to protect. Err: the key at
 /// fault and what is wrong.
-pub fn tls_companions(
+fn tls_companions(
     sslmode: SslMode,
     password_file: bool,
     ca_file: bool,
@@ -211,7 +238,7 @@ pub fn tls_companions(
 
 /// Read `postgres://USER@HOST[:PORT]/DB[?sslmode=MODE]`; a password in it
 /// is refused (it belongs in `password_file`).
-pub fn parse_postgres_url(
+fn parse_postgres_url(
     url: &str,
 ) -> std::result::Result<(String, String, u16, String, SslMode), String> {
     let rest = url
@@ -679,23 +706,15 @@ impl Config {
         let postgres = if st.url.is_empty() {
             None
         } else {
-            let (user, host, port, dbname, sslmode) =
-                parse_postgres_url(&st.url).map_err(|m| invalid("store", "url", m))?;
-            let ca_file = optional_path(&st.ca_file);
-            let password_file = optional_path(&st.password_file);
-            tls_companions(sslmode, password_file.is_some(), ca_file.is_some())
-                .map_err(|(key, m)| invalid("store", key, m.into()))?;
-            Some(PostgresConfig {
-                host,
-                port,
-                user,
-                dbname,
-                sslmode,
-                password_file,
-                ca_file,
+            let pg = PostgresConfig::from_url(
+                &st.url,
+                optional_path(&st.password_file),
+                optional_path(&st.ca_file),
                 connect_timeout,
-                client_library: anchor(&st.client_library),
-            })
+                anchor(&st.client_library),
+            )
+            .map_err(|(key, m)| invalid("store", key, m))?;
+            Some(pg)
         };
         let d = raw.delivery;
         if d.max_sends == 0 {

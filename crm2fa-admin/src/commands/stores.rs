@@ -145,32 +145,18 @@ fn target_config(
             postgres: None,
         });
     }
-    let (user, host, port, dbname, sslmode) =
-        config::parse_postgres_url(to).map_err(|m| CliError::Usage(format!("--to {to}: {m}")))?;
-    config::tls_companions(sslmode, password_file.is_some(), ca_file.is_some()).map_err(
-        |(key, m)| {
-            let flag = if key == "ca_file" {
-                "--ca-file"
-            } else {
-                "--password-file"
-            };
-            CliError::Usage(format!("--to {to}: {m} (here: {flag})"))
-        },
-    )?;
     let connect_timeout = mine.postgres.as_ref().map_or(3, |p| p.connect_timeout);
+    let pg = PostgresConfig::from_url(to, password_file, ca_file, connect_timeout, PathBuf::new())
+        .map_err(|(key, m)| {
+            CliError::Usage(match key {
+                "url" => format!("--to {to}: {m}"),
+                "ca_file" => format!("--to {to}: {m} (here: --ca-file)"),
+                _ => format!("--to {to}: {m} (here: --password-file)"),
+            })
+        })?;
     Ok(StoreConfig {
         path: mine.path.clone(),
         key_file: mine.key_file.clone(),
-        postgres: Some(PostgresConfig {
-            host,
-            port,
-            user,
-            dbname,
-            sslmode,
-            password_file,
-            ca_file,
-            connect_timeout,
-            client_library: PathBuf::new(),
-        }),
+        postgres: Some(pg),
     })
 }
