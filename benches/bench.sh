@@ -30,6 +30,12 @@
 #                              (valgrind) and system calls (strace); 0 skips
 #        BENCH_DIR=...         scratch directory (default: <target>/bench-sandbox)
 #        BENCH_KEEP=1          keep the scratch directory afterwards
+#        BENCH_NSS=files       how the logins find the bench's accounts: files
+#                              (default) = glibc's own /etc/passwd lookup, in a
+#                              private mount namespace where /etc/passwd and
+#                              /etc/group are the bench's (the host's files are
+#                              not touched); wrapper = nss_wrapper. files needs
+#                              `unshare --mount`; without it, wrapper is used.
 #        CARGO_TARGET_DIR      honoured, like cargo does
 # Not part of `make test`. Needs root (pam_google_authenticator checks that its
 # secret files are owned by the user it runs as; we use user=root).
@@ -193,13 +199,35 @@ export BENCH_N="${BENCH_N:-200}" BENCH_WARMUP="${BENCH_WARMUP:-10}"
 export BENCH_TPUT="${BENCH_TPUT:-120}" BENCH_CLIENTS="${BENCH_CLIENTS:-1 2 8}"
 export BENCH_PROFILE="${BENCH_PROFILE:-1}" BENCH_CONTACTS="${BENCH_CONTACTS:-1}"
 export BENCH_PG PG_URL PG_ADMIN_URL
+# The accounts. On a host, a login finds its user through glibc's NSS (the
+# files module reading /etc/passwd, or sssd). files: the driver runs in a
+# mount namespace of its own, where it binds the bench's passwd and group
+# files over /etc/passwd and /etc/group (private: nothing outside sees them,
+# and they are gone when the driver ends). nss_wrapper, the fallback, costs
+# far more than glibc per lookup (it parses the whole file at every process
+# and calls getenv at each line: about 2 M instructions here for 600 users),
+# which only the modules that look the user up (crm2fa, GA) pay.
+BENCH_NSS="${BENCH_NSS:-files}"
+NS=()
+case "$BENCH_NSS" in
+  files)
+    if unshare --mount --propagation private true 2>/dev/null; then
+      NS=(unshare --mount --propagation private --)
+    else
+      say "no private mount namespace here (unshare --mount): the accounts come from nss_wrapper"
+      BENCH_NSS=wrapper
+    fi ;;
+  wrapper) ;;
+  *) die "BENCH_NSS must be files or wrapper" ;;
+esac
+export BENCH_NSS
 if [ "$BENCH_PG" = 1 ]; then
   PG_CLIENT_LIB="$TARGET/release/libcrm2fa_pg.so"
   [ -f "$PG_CLIENT_LIB" ] || die "no $PG_CLIENT_LIB after the build"
   export PG_BIN PG_SOCK PG_PORT PG_DB PG_OWNER PG_HOST_ROLE PG_DIR PG_CLIENT_LIB
 fi
 
-python3 - <<'PY'
+"${NS[@]}" python3 - <<'PY'
 import base64, collections, concurrent.futures, hashlib, hmac, json, math, os, random
 import statistics, struct, subprocess, sys, threading, time
 
@@ -215,6 +243,7 @@ except ValueError as e:
 if N < 1 or WARMUP < 0 or TPUT < 0 or not CLIENTS or min(CLIENTS) < 1:
     sys.exit("bench: BENCH_N must be >= 1, BENCH_WARMUP and BENCH_TPUT >= 0, BENCH_CLIENTS >= 1 each")
 PROFILE = os.environ["BENCH_PROFILE"] == "1"
+NSS = os.environ["BENCH_NSS"]  # files | wrapper: see the shell above
 # crm2fa_pg: crm2fa with a PostgreSQL store on the local throwaway server.
 PG = os.environ.get("BENCH_PG", "1") == "1"
 PASSWORD = "pw"
@@ -281,7 +310,7 @@ if PG:
     write_config(cfg_pg, pg_store(os.environ["PG_URL"], "pg-host.password"))
     write_config(cfg_pg_admin, pg_store(os.environ["PG_ADMIN_URL"], "pg-owner.password"))
 # The accounts: crm2fa looks the user up in NSS (getpwnam), so every user is
-# known to NSS through nss_wrapper, for every stack alike.
+# known to NSS, for every stack alike: the host's accounts and the bench's.
 passwd_file, group_file = os.path.join(D, "passwd"), os.path.join(D, "group")
 with open("/etc/passwd") as f:
     passwd = f.read()
@@ -295,14 +324,23 @@ with open(group_file, "w") as f:
     f.write(group if group.endswith("\n") or not group else group + "\n")
     for i, u in enumerate(everyone):
         f.write(f"{u}:x:{20000 + i}:\n")
-nss_env = dict(os.environ, LD_PRELOAD="libnss_wrapper.so",
-               NSS_WRAPPER_PASSWD=passwd_file, NSS_WRAPPER_GROUP=group_file)
-# The logins get a small environment, as a PAM process under sshd has: the
-# wrappers read theirs with getenv at every passwd line (nss_wrapper's getpwnam
-# cost about 1.0 M instructions with this shell's 35 variables, 0.6 M with a
-# small environment) and only the modules that look the user up pay for it.
-login_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8",
-             "NSS_WRAPPER_PASSWD": passwd_file, "NSS_WRAPPER_GROUP": group_file}
+# The logins get a small environment, as a PAM process under sshd has (the
+# wrappers read theirs with getenv, nss_wrapper at every passwd line).
+login_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
+if NSS == "files":
+    # This process's own mount namespace (the shell started it in one):
+    # glibc reads these two files as /etc/passwd and /etc/group.
+    for mine, etc in [(passwd_file, "/etc/passwd"), (group_file, "/etc/group")]:
+        os.chmod(mine, 0o644)
+        run(["mount", "--bind", mine, etc])
+    if subprocess.run(["getent", "passwd", everyone[-1]], capture_output=True).returncode != 0:
+        sys.exit("bench: the bench's accounts are not found through /etc/passwd after binding it")
+    nss_env, preload = dict(os.environ), "libpam_wrapper.so"
+else:
+    login_env.update(NSS_WRAPPER_PASSWD=passwd_file, NSS_WRAPPER_GROUP=group_file)
+    nss_env = dict(os.environ, LD_PRELOAD="libnss_wrapper.so",
+                   NSS_WRAPPER_PASSWD=passwd_file, NSS_WRAPPER_GROUP=group_file)
+    preload = "libpam_wrapper.so libnss_wrapper.so"
 
 admin = [ADMIN, "--config", cfg]
 run(admin + ["init"], env=nss_env)
@@ -421,7 +459,7 @@ with open(passdb, "w") as f:
         for name in services:
             f.write(f"{u}:{PASSWORD}:bench-{name}\n")
 
-env = dict(login_env, LD_PRELOAD="libpam_wrapper.so libnss_wrapper.so", PAM_WRAPPER="1",
+env = dict(login_env, LD_PRELOAD=preload, PAM_WRAPPER="1",
            PAM_WRAPPER_SERVICE_DIR=svc)
 
 # pam_wrapper (1.1.x) gives each process its own copy of the services in the
@@ -602,6 +640,8 @@ with open(MODULE, "rb") as f:
     linked = [n for n in (b"lettre", b"ureq", b"rustls") if n in f.read()]
 print("pam_crm2fa.so links no SMTP/HTTP/TLS client" if not linked
       else f"pam_crm2fa.so links {b', '.join(linked).decode()}: it should not")
+print("accounts (NSS): " + ("glibc's files module, the bench's /etc/passwd in a private mount namespace"
+                            if NSS == "files" else "nss_wrapper (BENCH_NSS=wrapper)"))
 print(f"crm2fa users have an email address and [email] is configured: {'yes' if CONTACTS else 'no'}"
       " (BENCH_CONTACTS)")
 db = os.path.join(D, "crm2fa.db")
@@ -729,10 +769,12 @@ if counts:
         print("instructions beyond the baseline: " + ", ".join(
             f"{dict(ga='GA', ga_fast='GA-fast', oath='pam_oath').get(k, k)} {(counts[k]['Ir'] - base) / 1e6:.2f}M"
             for k in REPORT[1:]))
-    print(f"(crm2fa's store: WAL of {counts.get('wal_kb', 0):.0f} kB read back at the counted login, as by every"
-          " login that opens the store alone;")
-    print(f" GA and crm2fa look the user up in NSS, here nss_wrapper reading a passwd of {len(everyone)} users"
-          " line by line)")
+    print(f"(crm2fa's store: a WAL file of {counts.get('wal_kb', 0):.0f} kB at the counted login, which reads back"
+          " the frames written since the WAL last started over, as every login that opens the store alone does;")
+    print(f" GA and crm2fa look the user up in NSS: "
+          + (f"glibc's files module, /etc/passwd of {len(everyone)} bench users and the host's)"
+             if NSS == "files" else
+             f"nss_wrapper (BENCH_NSS=wrapper), reading a passwd of {len(everyone)} users line by line)"))
 
 print()
 print("Fairness: every login is a fresh pamtester process with the same password step;")
