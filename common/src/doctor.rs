@@ -126,6 +126,37 @@ fn sms_command_check(mounts: &str) -> Check {
     }
 }
 
+/// An SMS gateway's url, headers and body template live in the config, and
+/// gateways take their API key in one of them: a config that other users
+/// can read (others, or a group other than root's) gives the key away. A
+/// login refuses only a config others can write; the packages install it
+/// 0600.
+fn sms_gateway_check(config_path: &Path, mode: u32, gid: u32) -> Check {
+    let readable = mode & 0o004 != 0 || (mode & 0o040 != 0 && gid != 0);
+    if readable {
+        problem(
+            "sms gateway",
+            format!(
+                "{} holds the SMS gateway's url, headers and body (where an API key goes) and                  other users can read it (mode {:04o})",
+                config_path.display(),
+                mode & 0o7777
+            ),
+            format!(
+                "chmod 0600 {} (as the packages install it)",
+                config_path.display()
+            ),
+        )
+    } else {
+        ok(
+            "sms gateway",
+            format!(
+                "{} (with the gateway's url, headers and body) is readable by root only",
+                config_path.display()
+            ),
+        )
+    }
+}
+
 /// Run every check for the configuration at `config_path` (a PostgreSQL
 /// store through `pg`).
 pub fn run(config_path: &Path, pg: Option<&dyn PgConnect>) -> Vec<Check> {
@@ -179,6 +210,12 @@ pub fn run(config_path: &Path, pg: Option<&dyn PgConnect>) -> Vec<Check> {
     if cfg.sms.as_ref().is_some_and(|s| !s.command.is_empty()) {
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
         out.push(sms_command_check(&mounts));
+    }
+    if cfg.sms.as_ref().is_some_and(|s| !s.url.is_empty()) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::metadata(config_path) {
+            out.push(sms_gateway_check(config_path, m.mode(), m.gid()));
+        }
     }
     if let (Some(p), Some(connector)) = (&cfg.store.postgres, pg) {
         match connector.prepare(&p.client_library) {
@@ -332,6 +369,25 @@ mod tests {
     }
 
     #[test]
+    fn an_sms_gateway_config_must_be_readable_by_root_only() {
+        let p = Path::new("/etc/crm2fa/crm2fa.toml");
+        for (mode, gid) in [(0o100600, 0), (0o100640, 0), (0o100400, 5)] {
+            assert!(sms_gateway_check(p, mode, gid).ok, "{mode:o} gid {gid}");
+        }
+        for (mode, gid) in [(0o100644, 0), (0o100604, 0), (0o100640, 4)] {
+            let c = sms_gateway_check(p, mode, gid);
+            assert!(!c.ok, "{mode:o} gid {gid}");
+            assert!(
+                c.fix
+                    .as_deref()
+                    .unwrap()
+                    .contains("chmod 0600 /etc/crm2fa/crm2fa.toml"),
+                "{c:?}"
+            );
+        }
+    }
+
+    #[test]
     fn healthy_setup_passes_and_problems_say_how_to_fix() {
         if nix::unistd::geteuid().as_raw() != 0 {
             return; // the rules are about root-owned files
@@ -360,5 +416,18 @@ mod tests {
             key.fix.as_deref().unwrap().contains("chmod 0600"),
             "{key:?}"
         );
+        // An SMS gateway in a config others can read.
+        std::fs::set_permissions(&cfg.store.key_file, std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        std::fs::write(
+            &cfg_path,
+            "[store]\npath = \"db\"\nkey_file = \"key\"\n[sms]\nurl = \"http://sms.example/send\"\n",
+        )
+        .unwrap();
+        let gateway = |checks: Vec<Check>| checks.into_iter().find(|c| c.check == "sms gateway");
+        assert!(gateway(run(&cfg_path, None)).unwrap().ok);
+        std::fs::set_permissions(&cfg_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = gateway(run(&cfg_path, None)).unwrap();
+        assert!(!c.ok && c.detail.contains("mode 0644"), "{c:?}");
     }
 }
