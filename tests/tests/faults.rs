@@ -641,15 +641,17 @@ fn assert_doctor_names(sb: &Sandbox, check: &str, file: &Path) -> String {
 fn a_truncated_store_denies_the_login_and_doctor_names_it_with_a_fix() {
     let (sb, secret) = sandbox_with_alice();
     let db = sb.store_path();
-    // The whole store in the .db, then its second half gone (a copy cut
-    // short, a full disk during a restore).
+    // The whole store in the .db, then the second half of its pages gone
+    // (a copy cut short, a full disk during a restore). The file itself may
+    // be longer than its pages: it grows by whole chunks.
     checkpoint(&db);
-    let len = fs::metadata(&db).unwrap().len();
+    let page_size: u64 = sqlite3(&db, "PRAGMA page_size;").parse().unwrap();
+    let pages: u64 = sqlite3(&db, "PRAGMA page_count;").parse().unwrap();
     OpenOptions::new()
         .write(true)
         .open(&db)
         .unwrap()
-        .set_len(len / 2)
+        .set_len(pages / 2 * page_size)
         .unwrap();
 
     let r = sb.login("alice", &[PW, &totp(&secret, 0)]);
