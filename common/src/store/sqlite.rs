@@ -373,11 +373,13 @@ impl SqliteStore {
     /// new size and blocks (an ext4 journal commit), where overwriting
     /// needs only the data synced: here 0.16 against 0.08 ms on a quiet
     /// disk, 1.3-1.7 ms (p95 4 ms) against 0.2 ms while other writers keep
-    /// the journal busy. Never waits: the checkpoint is PASSIVE (it copies what no
-    /// reader still needs, and takes no lock it would wait for), and SQLite
-    /// starts the WAL over only if no reader uses it. With a reader open (a
-    /// `sqlite3` shell, a backup, `doctor`) the WAL goes on growing, and a
-    /// later write starts it over.
+    /// the journal busy.
+    ///
+    /// Never waits: the checkpoint is PASSIVE (it copies what no reader
+    /// still needs, and takes no lock it would wait for), and SQLite starts
+    /// the WAL over only if no reader uses it. With a reader open (a
+    /// `sqlite3` shell, a backup, `doctor`), or other logins reading at that
+    /// moment, the WAL goes on growing, and a later write starts it over.
     fn restart_wal(&mut self) {
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
