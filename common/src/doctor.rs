@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::config::Config;
 use crate::crypto::HostKey;
 use crate::delivery::{self, Channel};
-use crate::fsperm;
+use crate::fsperm::{self, Secrecy};
 use crate::store;
 use crate::store::pg::PgConnect;
 
@@ -127,33 +127,28 @@ fn sms_command_check(mounts: &str) -> Check {
 }
 
 /// An SMS gateway's url, headers and body template live in the config, and
-/// gateways take their API key in one of them: a config that other users
-/// can read (others, or a group other than root's) gives the key away. A
-/// login refuses only a config others can write; the packages install it
+/// gateways take their API key in one of them: the config must then be
+/// readable by root only, the rule the key file keeps ([`Secrecy::OwnerOnly`]).
+/// A login refuses only a config others can write; the packages install it
 /// 0600.
-fn sms_gateway_check(config_path: &Path, mode: u32, gid: u32) -> Check {
-    let readable = mode & 0o004 != 0 || (mode & 0o040 != 0 && gid != 0);
-    if readable {
-        problem(
-            "sms gateway",
-            format!(
-                "{} holds the SMS gateway's url, headers and body (where an API key goes) and                  other users can read it (mode {:04o})",
-                config_path.display(),
-                mode & 0o7777
-            ),
-            format!(
-                "chmod 0600 {} (as the packages install it)",
-                config_path.display()
-            ),
-        )
-    } else {
-        ok(
+fn sms_gateway_check(config_path: &Path) -> Check {
+    match fsperm::check_if_present(config_path, Secrecy::OwnerOnly) {
+        Ok(_) => ok(
             "sms gateway",
             format!(
                 "{} (with the gateway's url, headers and body) is readable by root only",
                 config_path.display()
             ),
-        )
+        ),
+        Err(e) => problem(
+            "sms gateway",
+            format!(
+                "the SMS gateway's url, headers and body (where an API key goes) are in {}",
+                e.problem()
+            ),
+            e.fix()
+                .unwrap_or("chmod 0600 the configuration (as the packages install it)"),
+        ),
     }
 }
 
@@ -212,10 +207,7 @@ pub fn run(config_path: &Path, pg: Option<&dyn PgConnect>) -> Vec<Check> {
         out.push(sms_command_check(&mounts));
     }
     if cfg.sms.as_ref().is_some_and(|s| !s.url.is_empty()) {
-        use std::os::unix::fs::MetadataExt;
-        if let Ok(m) = std::fs::metadata(config_path) {
-            out.push(sms_gateway_check(config_path, m.mode(), m.gid()));
-        }
+        out.push(sms_gateway_check(config_path));
     }
     if let (Some(p), Some(connector)) = (&cfg.store.postgres, pg) {
         match connector.prepare(&p.client_library) {
@@ -370,18 +362,26 @@ mod tests {
 
     #[test]
     fn an_sms_gateway_config_must_be_readable_by_root_only() {
-        let p = Path::new("/etc/crm2fa/crm2fa.toml");
-        for (mode, gid) in [(0o100600, 0), (0o100640, 0), (0o100400, 5)] {
-            assert!(sms_gateway_check(p, mode, gid).ok, "{mode:o} gid {gid}");
+        if nix::unistd::geteuid().as_raw() != 0 {
+            return; // the rules are about root-owned files
         }
-        for (mode, gid) in [(0o100644, 0), (0o100604, 0), (0o100640, 4)] {
-            let c = sms_gateway_check(p, mode, gid);
-            assert!(!c.ok, "{mode:o} gid {gid}");
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = d.path().join("crm2fa.toml");
+        fsperm::create_private_file(&p, b"").unwrap();
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert!(sms_gateway_check(&p).ok, "{mode:o}");
+        }
+        for mode in [0o644, 0o604, 0o640] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let c = sms_gateway_check(&p);
+            assert!(!c.ok, "{mode:o}");
             assert!(
                 c.fix
                     .as_deref()
                     .unwrap()
-                    .contains("chmod 0600 /etc/crm2fa/crm2fa.toml"),
+                    .contains(&format!("chmod 0600 {}", p.display())),
                 "{c:?}"
             );
         }
