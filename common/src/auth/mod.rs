@@ -212,17 +212,14 @@ fn store_failed(e: &Error) -> bool {
 
 /// The store or the key cannot be used: what `failmode = "safe"` may skip.
 fn store_or_key(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::Store { .. }
-            | Error::StoreMissing { .. }
-            | Error::StoreSchema { .. }
-            | Error::Conflict { .. }
-            | Error::Key { .. }
-            | Error::Decrypt { .. }
-            | Error::Permissions { .. }
-            | Error::Io { .. }
-    )
+    store_failed(e)
+        || matches!(
+            e,
+            Error::Key { .. }
+                | Error::Decrypt { .. }
+                | Error::Permissions { .. }
+                | Error::Io { .. }
+        )
 }
 
 /// A login that failed on an error: deny, saying why in syslog. Only a
