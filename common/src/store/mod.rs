@@ -612,9 +612,9 @@ impl dyn Store + '_ {
     /// Start (or, with `new.replace`, replace) the user's TOTP enrolment
     /// (it replaces a delivery channel as the factor too): pending, the new
     /// sealed secret, and a new set of backup codes that stay unusable
-    /// until activation. Every older code of the user is
-    /// void, and no host is remembered any more. False, and nothing changed, when the user has a factor and
-    /// `replace` is off.
+    /// until activation. Every older code of the user is void, and no host
+    /// is remembered any more. False, and nothing changed, when the user
+    /// has a factor and `replace` is off.
     pub fn begin_enrollment(
         &mut self,
         name: &str,
@@ -845,10 +845,10 @@ impl dyn Store + '_ {
     /// Store a code to send by `channel` to `to` (its hash under `salt`,
     /// salt and address read before), valid until `expires_at`, unless the
     /// user is locked, `limit` is reached, or the channel's address is no
-    /// longer `to` (an administrator changed it meanwhile). It voids the user's earlier codes of that
-    /// channel by being newer (only the newest can be used: one is
-    /// outstanding at a time, on every host whatever its clock), and
-    /// rewrites none of them. The audit row goes in with it. Every process
+    /// longer `to` (an administrator changed it meanwhile). It voids the
+    /// user's earlier codes of that channel by being newer (only the newest
+    /// can be used: one is outstanding at a time, on every host whatever
+    /// its clock), and rewrites none of them. The audit row goes in with it. Every process
     /// and host counts against the same limit.
     #[allow(clippy::too_many_arguments)]
     pub fn grant_send(
