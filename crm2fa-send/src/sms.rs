@@ -13,27 +13,22 @@
 //! process's arguments in `/proc/PID/cmdline` while it runs: on a host
 //! where untrusted users log in, mount `/proc` with `hidepid=invisible` (or
 //! use an HTTP gateway, which gets the code over the network only).
-use std::io::{Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::ffi::OsStr;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use crm2fa_common::config::SmsConfig;
+use crm2fa_common::delivery::child::{self, Ended, Group, Job, RunError, PATH};
 use crm2fa_common::delivery::{fill, Message};
 use crm2fa_common::fsperm::{self, Secrecy};
-use nix::sys::signal::Signal;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use ureq::http::{HeaderName, HeaderValue, Uri};
 use zeroize::Zeroizing;
 
 use crate::email::plain_io;
 use crate::{secret, Failure};
-
-/// The PATH a command gets (and nothing else of the environment).
-const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Send `msg` as [sms] says; the whole send may take `timeout`.
 pub(crate) fn send(cfg: &SmsConfig, timeout: Duration, msg: &Message) -> Result<(), Failure> {
@@ -62,135 +57,47 @@ fn command(argv: &[String], timeout: Duration, msg: &Message) -> Result<(), Fail
         *script = checked.to_string_lossy().into_owned();
     }
     // Led by this program, the group is the one the PAM module kills whole
-    // at its deadline: the command stays in it. Otherwise (run by hand)
-    // the command gets a group of its own, so that a time-out stops what
-    // it started.
+    // at its deadline and when the send failed: the command stays in it.
+    // Otherwise (run by hand) the command gets a group of its own, so that
+    // a time-out or a failure stops what it started.
     let leader = nix::unistd::getpgrp() == nix::unistd::getpid();
-    let mut cmd = Command::new(&program);
-    cmd.arg0(&argv[0])
-        .args(&args)
-        .arg(&msg.to)
-        .arg(&msg.text)
-        .env_clear()
-        .env("PATH", PATH)
-        .current_dir("/")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    if !leader {
-        cmd.process_group(0);
-    }
-    let mut child = cmd.spawn().map_err(|e| {
-        Failure::Config(format!(
+    let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    all.extend([OsStr::new(&msg.to), OsStr::new(&msg.text)]);
+    let outcome = child::run(&Job {
+        program: &program,
+        arg0: Some(OsStr::new(&argv[0])),
+        args: &all,
+        // The message on standard input as well, then its end.
+        input: msg.text.as_bytes(),
+        timeout,
+        group: if leader { Group::Callers } else { Group::Own },
+    })
+    .map_err(|e| match e {
+        RunError::Start(e) => Failure::Config(format!(
             "[sms] command: cannot run {}: {}",
             program.display(),
             plain_io(&e)
-        ))
-    })?;
-    let pgid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-    // The message on standard input as well, then its end: written aside,
-    // as a command may never read it.
-    if let Some(mut input) = child.stdin.take() {
-        let text = Zeroizing::new(msg.text.clone());
-        std::thread::spawn(move || {
-            let _ = input.write_all(text.as_bytes());
-        });
-    }
-    // Its standard error is read aside, so that a chatty command never
-    // blocks on a full pipe; the first 4 kB are kept.
-    let (tx, rx) = mpsc::channel();
-    if let Some(mut err) = child.stderr.take() {
-        std::thread::spawn(move || {
-            let mut kept = Vec::new();
-            let _ = (&mut err).take(4096).read_to_end(&mut kept);
-            let _ = tx.send(kept);
-            let _ = std::io::copy(&mut err, &mut std::io::sink());
-        });
-    }
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() >= deadline => {
-                if leader {
-                    let _ = child.kill();
-                    kill_the_rest_of_the_group();
-                } else {
-                    let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
-                }
-                let _ = child.wait();
-                return Err(Failure::NotSent(format!(
-                    "the SMS command did not finish within {:.1} s and was stopped",
-                    timeout.as_secs_f64()
-                )));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => {
-                return Err(Failure::NotSent(format!(
-                    "cannot wait for the SMS command: {}",
-                    plain_io(&e)
-                )))
-            }
+        )),
+        RunError::Wait(e) => {
+            Failure::NotSent(format!("cannot wait for the SMS command: {}", plain_io(&e)))
         }
+    })?;
+    let how = match outcome.ended {
+        Ended::Exited(0) => return Ok(()),
+        Ended::TimedOut => {
+            return Err(Failure::NotSent(format!(
+                "the SMS command did not finish within {:.1} s and was stopped",
+                timeout.as_secs_f64()
+            )))
+        }
+        Ended::Exited(code) => format!("the SMS command exited with status {code}"),
+        Ended::Killed(Some(sig)) => format!("the SMS command was killed by signal {sig}"),
+        Ended::Killed(None) => "the SMS command failed".to_string(),
     };
-    if status.success() {
-        return Ok(());
-    }
-    // A child it left behind may hold the pipe open: wait only a moment.
-    let said = rx
-        .recv_timeout(Duration::from_millis(500))
-        .unwrap_or_default();
-    let said = String::from_utf8_lossy(&said);
-    let first = said.lines().map(str::trim).find(|l| !l.is_empty());
-    let how = match (status.code(), status.signal()) {
-        (Some(code), _) => format!("the SMS command exited with status {code}"),
-        (None, Some(sig)) => format!("the SMS command was killed by signal {sig}"),
-        (None, None) => "the SMS command failed".to_string(),
-    };
-    Err(Failure::NotSent(match first {
+    Err(Failure::NotSent(match outcome.said {
         Some(line) => format!("{how}: {line}"),
         None => how,
     }))
-}
-
-/// Kill every other process of this program's process group (what the
-/// command started), until none is left or a second has passed.
-fn kill_the_rest_of_the_group() {
-    let me = std::process::id();
-    let until = Instant::now() + Duration::from_secs(1);
-    loop {
-        let others = group_members(me);
-        if others.is_empty() || Instant::now() >= until {
-            return;
-        }
-        for pid in others {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// The live processes of the process group `group` but this one, from
-/// `/proc` (none where it cannot be read).
-fn group_members(group: u32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let me = std::process::id();
-    entries
-        .filter_map(|e| {
-            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // pid (comm) state ppid pgrp …: comm may hold anything but the
-            // last ')'.
-            let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
-            let state = fields.next()?;
-            let pgrp: u32 = fields.nth(1)?.parse().ok()?;
-            (pgrp == group && pid != me && !matches!(state, "Z" | "X"))
-                .then(|| i32::try_from(pid).ok())
-                .flatten()
-        })
-        .collect()
 }
 
 /// `path` followed to the file it names, which must be root's and closed

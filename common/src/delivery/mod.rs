@@ -6,27 +6,17 @@
 //! same configuration and exits 0 when the message was handed to the mail
 //! server or the SMS gateway. The rest (who may get a code, where it goes,
 //! the masked address shown at the prompt) is decided here, in plain Rust.
-use std::io::Read;
-use std::net::Shutdown;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStderr, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::fcntl::{self, FcntlArg, OFlag};
-use nix::sys::signal::{self, Signal};
-use nix::sys::socket::{self, MsgFlags};
-use nix::sys::wait::{self, Id, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fsperm::{self, Secrecy};
+
+pub mod child;
 
 /// A way to send a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -122,13 +112,13 @@ pub trait Sender {
 }
 
 /// The sending program, run once per message: `PROGRAM --config CONFIG`,
-/// the message as JSON on standard input, no shell, an empty environment.
-/// Exit 0: handed over; otherwise the first line of its standard error says
-/// why. Stopped (and the send failed) after `timeout`.
+/// the message as JSON on standard input, as [`child::run`] runs a program
+/// (no shell, PATH alone for environment, root's ids alone under a setuid
+/// caller). Exit 0: handed over; otherwise the first line of its standard
+/// error says why. Stopped (and the send failed) after `timeout`.
 ///
 /// It runs in a process group of its own, killed whole when the send fails
-/// or times out, and, when the caller's effective uid is 0, with every uid
-/// and gid 0 and no supplementary groups, whoever the real user is.
+/// or times out.
 #[derive(Debug, Clone)]
 pub struct Program {
     /// The program.
@@ -160,153 +150,41 @@ impl Program {
         // It runs as root with a code in its input: it must be root's.
         fsperm::open_trusted(&self.path, Secrecy::NotWritableByOthers)
             .map_err(|e| format!("will not run the sending program: {e}"))?;
-        // Standard input is a socket, not a pipe: a write to a program that
-        // exited early must not raise SIGPIPE in the calling program (su,
-        // login and others do not ignore it), and a socket can be written
-        // with MSG_NOSIGNAL.
-        let (ours, theirs) = UnixStream::pair()
-            .map_err(|e| format!("cannot make a socket for {}: {e}", self.path.display()))?;
-        let mut command = Command::new(&self.path);
-        command
-            .arg("--config")
-            .arg(&self.config)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            // A process group of its own, killed whole: nothing it started
-            // outlives a send that failed or took too long.
-            .process_group(0);
-        if nix::unistd::geteuid().is_root() {
-            // Under a setuid caller (su, polkit's helpers) the real ids are
-            // the user's: the user could stop or kill the program mid-send,
-            // and a shell would drop root. Root's ids only, no supplementary
-            // groups (which setting the uid drops).
-            command.uid(0).gid(0);
-        }
-        let mut child = command
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", self.path.display()))?;
-        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-        let mut said = ErrorOutput::new(child.stderr.take());
         let input = zeroize::Zeroizing::new(
             serde_json::to_vec(msg).map_err(|e| format!("cannot encode the message: {e}"))?,
         );
-        let mut rest: &[u8] = &input;
-        while !rest.is_empty() {
-            match socket::send(ours.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL) {
-                Ok(n) => rest = &rest[n..],
-                Err(Errno::EINTR) => {}
-                // The program ended early (EPIPE …): its status says why.
-                Err(_) => break,
-            }
-        }
-        let _ = ours.shutdown(Shutdown::Write);
-        let deadline = Instant::now() + self.timeout;
-        // Waited for without reaping it: until it is reaped its pid, and so
-        // its process group, cannot be another's.
-        let ended = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-        let sent = loop {
-            said.read_available();
-            match wait::waitid(Id::Pid(pid), ended) {
-                Ok(WaitStatus::StillAlive) if Instant::now() >= deadline => {
-                    let _ = signal::killpg(pid, Signal::SIGKILL);
-                    let _ = child.wait();
-                    return Err(format!(
-                        "{} did not finish within {} s and was stopped",
-                        self.path.display(),
-                        self.timeout.as_secs()
-                    ));
-                }
-                Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Ok(status) => break status == WaitStatus::Exited(pid, EXIT_SENT),
-                Err(e) => {
-                    let _ = signal::killpg(pid, Signal::SIGKILL);
-                    let _ = child.wait();
-                    return Err(format!("cannot wait for {}: {e}", self.path.display()));
-                }
-            }
-        };
-        if !sent {
-            // The code will be withdrawn: whatever the program left behind
-            // must not send it later.
-            let _ = signal::killpg(pid, Signal::SIGKILL);
-        }
-        let status = child
-            .wait()
-            .map_err(|e| format!("cannot wait for {}: {e}", self.path.display()))?;
-        if sent {
-            return Ok(());
-        }
-        // A process that left the group may still hold standard error open:
-        // read until the first line, its end or the deadline.
-        while !said.has_first_line() && said.read_available() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let said = String::from_utf8_lossy(&said.kept);
-        let said = said.lines().next().unwrap_or("").trim();
-        Err(match (status.code(), said.is_empty()) {
-            (_, false) => said.to_string(),
-            (Some(c), true) => format!("{} exited with status {c}", self.path.display()),
-            (None, true) => format!("{} was killed by a signal", self.path.display()),
+        // It runs in `/`: a config named relative to where the caller runs
+        // is made absolute.
+        let config = std::path::absolute(&self.config)
+            .map_err(|e| format!("cannot name {}: {e}", self.config.display()))?;
+        let outcome = child::run(&child::Job {
+            program: &self.path,
+            arg0: None,
+            args: &["--config".as_ref(), config.as_os_str()],
+            input: &input,
+            timeout: self.timeout,
+            group: child::Group::Own,
         })
-    }
-}
-
-/// The first 4 kB the sending program writes to its standard error, read
-/// without blocking while it runs: a program that writes much never stalls
-/// on a full pipe, and one whose child keeps the pipe open never holds up
-/// the caller past its deadline.
-struct ErrorOutput {
-    /// The pipe, until its end (`None` then, or if it could not be made
-    /// non-blocking).
-    pipe: Option<std::fs::File>,
-    /// What was read, up to [`ErrorOutput::KEPT`] bytes.
-    kept: Vec<u8>,
-}
-
-impl ErrorOutput {
-    /// The most kept.
-    const KEPT: usize = 4096;
-
-    fn new(pipe: Option<ChildStderr>) -> ErrorOutput {
-        let pipe = pipe.map(OwnedFd::from).filter(|fd| {
-            fcntl::fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).is_ok()
-        });
-        ErrorOutput {
-            pipe: pipe.map(std::fs::File::from),
-            kept: Vec::new(),
-        }
-    }
-
-    /// Read what is there now; `false` once the pipe has ended.
-    fn read_available(&mut self) -> bool {
-        let Some(pipe) = self.pipe.as_mut() else {
-            return false;
-        };
-        let mut buf = [0u8; 1024];
-        loop {
-            match pipe.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    let room = Self::KEPT - self.kept.len();
-                    self.kept.extend_from_slice(&buf[..n.min(room)]);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
+        .map_err(|e| match e {
+            child::RunError::Start(e) => format!("cannot run {}: {e}", self.path.display()),
+            child::RunError::Wait(e) => format!("cannot wait for {}: {e}", self.path.display()),
+        })?;
+        // What crm2fa-send says on failure is the reason, worded for the log.
+        Err(match (outcome.ended, outcome.said) {
+            (child::Ended::Exited(EXIT_SENT), _) => return Ok(()),
+            (child::Ended::TimedOut, _) => format!(
+                "{} did not finish within {} s and was stopped",
+                self.path.display(),
+                self.timeout.as_secs()
+            ),
+            (_, Some(said)) => said,
+            (child::Ended::Exited(c), None) => {
+                format!("{} exited with status {c}", self.path.display())
             }
-        }
-        self.pipe = None;
-        false
-    }
-
-    /// Is the first line, the one that says why, all there?
-    fn has_first_line(&self) -> bool {
-        self.kept.contains(&b'\n') || self.kept.len() == Self::KEPT
+            (child::Ended::Killed(_), None) => {
+                format!("{} was killed by a signal", self.path.display())
+            }
+        })
     }
 }
 
@@ -426,6 +304,11 @@ pub fn check_program(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
+    use std::time::Instant;
+
+    use nix::sys::signal::{self, Signal};
+    use nix::unistd::Pid;
 
     #[test]
     fn addresses_and_numbers_are_masked_as_the_prompt_shows_them() {
@@ -602,7 +485,7 @@ mod tests {
     }
 
     #[test]
-    fn standard_error_held_open_from_outside_the_group_is_read_until_the_deadline_only() {
+    fn standard_error_held_open_from_outside_the_group_is_read_for_a_moment_only() {
         let dir = tempfile::tempdir().unwrap();
         nap(&dir);
         let mut p = program(&dir, "setsid \"${0%/*}/nap\" 30 &\nexit 1", 2);
