@@ -42,11 +42,11 @@ pub fn ensure_unprotected(cfg: &PolicyConfig, user: &str, action: ProtectedActio
 /// about which computer it is.
 pub fn rememberable_host(rhost: &str, this_host: &str) -> bool {
     let h = rhost.trim().trim_start_matches('[').trim_end_matches(']');
-    if h.is_empty() || h.eq_ignore_ascii_case("localhost") || h.eq_ignore_ascii_case(this_host) {
+    if h.is_empty() || crate::config::loopback(h) || h.eq_ignore_ascii_case(this_host) {
         return false;
     }
     match h.parse::<std::net::IpAddr>() {
-        Ok(ip) => !ip.is_loopback() && !ip.is_unspecified(),
+        Ok(ip) => !ip.is_unspecified(),
         Err(_) => !h.to_ascii_lowercase().ends_with(".localhost"),
     }
 }

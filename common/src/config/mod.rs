@@ -184,9 +184,9 @@ impl PostgresConfig {
     }
 }
 
-/// Whether `host` names this machine (a loopback name or address), where
-/// nothing sent to it crosses a network.
-fn loopback(host: &str) -> bool {
+/// Whether `host` names this machine (`localhost` or a loopback address,
+/// in brackets or not), where nothing sent to it crosses a network.
+pub(crate) fn loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
         || host
