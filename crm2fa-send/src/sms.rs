@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use crm2fa_common::config::SmsConfig;
-use crm2fa_common::delivery::child::{self, Ended, Group, Job, RunError, PATH};
+use crm2fa_common::delivery::child::{self, Ended, Group, Job, RunError, Stdin, PATH};
 use crm2fa_common::delivery::{fill, Message};
 use crm2fa_common::fsperm::{self, Secrecy};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -67,8 +67,11 @@ fn command(argv: &[String], timeout: Duration, msg: &Message) -> Result<(), Fail
         program: &program,
         arg0: Some(OsStr::new(&argv[0])),
         args: &all,
-        // The message on standard input as well, then its end.
+        // The message on standard input as well, then its end; a pipe, so
+        // that a script may read it as /dev/stdin (this program ignores
+        // SIGPIPE, as every Rust program does).
         input: msg.text.as_bytes(),
+        stdin: Stdin::Pipe,
         timeout,
         group: if leader { Group::Callers } else { Group::Own },
     })

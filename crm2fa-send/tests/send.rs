@@ -461,8 +461,9 @@ fn a_gateway_that_never_answers_times_out() {
 // ---- SMS by command ----------------------------------------------------------
 
 /// An SMS command: a shell script in the test's directory that writes its
-/// arguments (NUL-terminated), its environment and its standard input to
-/// files there, prints `stderr` on standard error and exits with `exit`.
+/// arguments (NUL-terminated), its environment and its standard input (read
+/// as `/dev/stdin`, as many scripts do) to files there, prints `stderr` on
+/// standard error and exits with `exit`.
 fn sms_script(dir: &Dir, stderr: &str, exit: i32) -> PathBuf {
     let script = dir.path("send-sms");
     let args = dir.path("args");
@@ -472,7 +473,7 @@ fn sms_script(dir: &Dir, stderr: &str, exit: i32) -> PathBuf {
         &script,
         &format!(
             "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\0' \"$a\"; done > '{}'\nenv > '{}'\n\
-             cat > '{}'\n{}exit {exit}\n",
+             cat /dev/stdin > '{}'\n{}exit {exit}\n",
             args.display(),
             env.display(),
             stdin.display(),

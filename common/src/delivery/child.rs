@@ -3,14 +3,14 @@
 //! and `crm2fa-send` runs an `[sms] command`.
 //!
 //! No shell; PATH alone for environment; `/` as working directory; the
-//! input on a socket, then its end; standard error read as it comes, the
+//! input written as the program takes it, then its end; standard error
+//! read as it comes, the
 //! first 4 kB kept; a deadline; and nothing it started left running after
 //! a send that failed or took too long. When the caller's effective uid is
 //! 0 it runs with every uid and gid 0 and no supplementary groups, whoever
 //! the real user is (a setuid caller: su, polkit's helpers).
 use std::ffi::OsStr;
-use std::io::Read;
-use std::net::Shutdown;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -45,6 +45,19 @@ pub enum Group {
     Callers,
 }
 
+/// What the program's standard input is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdin {
+    /// A socket, written with MSG_NOSIGNAL: a program that ends before it
+    /// read everything raises no SIGPIPE in the caller (su, login and other
+    /// PAM applications do not ignore it). A program cannot open it again
+    /// by name (`/dev/stdin`): it reads its standard input as it is.
+    Socket,
+    /// A pipe, which a program may also open as `/dev/stdin`: only for a
+    /// caller that ignores SIGPIPE, as every Rust program does.
+    Pipe,
+}
+
 /// What to run.
 #[derive(Debug)]
 pub struct Job<'a> {
@@ -54,9 +67,11 @@ pub struct Job<'a> {
     pub arg0: Option<&'a OsStr>,
     /// Its arguments.
     pub args: &'a [&'a OsStr],
-    /// What it reads on standard input. Written without ever waiting: a
-    /// program that reads none of it gets what fits in the socket's buffer.
+    /// What it reads on standard input, then the input's end. Written as
+    /// the program takes it, never waiting for it to.
     pub input: &'a [u8],
+    /// What its standard input is.
+    pub stdin: Stdin,
     /// How long it may take.
     pub timeout: Duration,
     /// Its process group.
@@ -96,17 +111,14 @@ impl Outcome {
 pub enum RunError {
     /// It could not be started.
     Start(std::io::Error),
-    /// Waiting for it failed; it was killed.
+    /// Waiting for it failed. It was killed, unless it had been reaped
+    /// already (a caller that ignores SIGCHLD): its pid may then be
+    /// another's.
     Wait(std::io::Error),
 }
 
 /// Run `job` to its end or its deadline.
 pub fn run(job: &Job<'_>) -> Result<Outcome, RunError> {
-    // Standard input is a socket, not a pipe: a write to a program that
-    // exited early must not raise SIGPIPE in the calling program (su, login
-    // and others do not ignore it), and a socket can be written with
-    // MSG_NOSIGNAL.
-    let (ours, theirs) = UnixStream::pair().map_err(RunError::Start)?;
     let mut command = Command::new(job.program);
     if let Some(arg0) = job.arg0 {
         command.arg0(arg0);
@@ -116,7 +128,6 @@ pub fn run(job: &Job<'_>) -> Result<Outcome, RunError> {
         .env_clear()
         .env("PATH", PATH)
         .current_dir("/")
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     if job.group == Group::Own {
@@ -129,27 +140,38 @@ pub fn run(job: &Job<'_>) -> Result<Outcome, RunError> {
         // drops).
         command.uid(0).gid(0);
     }
+    let ours = match job.stdin {
+        Stdin::Socket => {
+            let (ours, theirs) = UnixStream::pair().map_err(RunError::Start)?;
+            ours.set_nonblocking(true).map_err(RunError::Start)?;
+            command.stdin(Stdio::from(OwnedFd::from(theirs)));
+            Some(InputEnd::Socket(ours))
+        }
+        Stdin::Pipe => {
+            command.stdin(Stdio::piped());
+            None
+        }
+    };
     let mut child = command.spawn().map_err(RunError::Start)?;
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let mut said = ErrorOutput::new(child.stderr.take());
-    let mut rest = job.input;
-    while !rest.is_empty() {
-        let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
-        match socket::send(ours.as_raw_fd(), rest, flags) {
-            Ok(n) => rest = &rest[n..],
-            Err(Errno::EINTR) => {}
-            // It ended early (EPIPE …), or reads nothing and the buffer is
-            // full: its status says how it went.
-            Err(_) => break,
-        }
-    }
-    let _ = ours.shutdown(Shutdown::Write);
+    let ours = ours.or_else(|| {
+        let pipe = OwnedFd::from(child.stdin.take()?);
+        fcntl::fcntl(pipe.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).ok()?;
+        Some(InputEnd::Pipe(std::fs::File::from(pipe)))
+    });
+    let mut input = Input {
+        end: ours,
+        rest: job.input,
+    };
+    input.push();
     let deadline = Instant::now() + job.timeout;
     // Waited for without reaping it: until it is reaped its pid, and so its
     // process group, cannot be another's.
     let ended = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
     let status = loop {
         said.read_available();
+        input.push();
         match wait::waitid(Id::Pid(pid), ended) {
             Ok(WaitStatus::StillAlive) if Instant::now() >= deadline => {
                 stop(job.group, pid);
@@ -164,7 +186,9 @@ pub fn run(job: &Job<'_>) -> Result<Outcome, RunError> {
             }
             Ok(status) => break status,
             Err(e) => {
-                stop(job.group, pid);
+                if e != Errno::ECHILD {
+                    stop(job.group, pid);
+                }
                 let _ = child.wait();
                 return Err(RunError::Wait(e.into()));
             }
@@ -180,6 +204,7 @@ pub fn run(job: &Job<'_>) -> Result<Outcome, RunError> {
         // is withdrawn when its send failed).
         let _ = signal::killpg(pid, Signal::SIGKILL);
     }
+    drop(input);
     child.wait().map_err(RunError::Wait)?;
     if ended == Ended::Exited(0) {
         return Ok(Outcome { ended, said: None });
@@ -194,6 +219,49 @@ pub fn run(job: &Job<'_>) -> Result<Outcome, RunError> {
         .find(|l| !l.is_empty())
         .map(str::to_string);
     Ok(Outcome { ended, said })
+}
+
+/// The caller's end of the program's standard input.
+enum InputEnd {
+    Socket(UnixStream),
+    Pipe(std::fs::File),
+}
+
+/// The input not yet written, and where it goes until all of it is.
+struct Input<'a> {
+    /// `None` once all is written (the end closed, so the program reads
+    /// the input's end), or when the program no longer reads.
+    end: Option<InputEnd>,
+    rest: &'a [u8],
+}
+
+impl Input<'_> {
+    /// Write what the program takes now, without waiting.
+    fn push(&mut self) {
+        while let Some(end) = &mut self.end {
+            if self.rest.is_empty() {
+                self.end = None;
+                return;
+            }
+            let wrote = match end {
+                InputEnd::Socket(s) => socket::send(
+                    s.as_raw_fd(),
+                    self.rest,
+                    MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+                )
+                .map_err(std::io::Error::from),
+                InputEnd::Pipe(p) => p.write(self.rest),
+            };
+            match wrote {
+                Ok(n) => self.rest = &self.rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                // It closed its input or ended (EPIPE …): its status says
+                // how it went.
+                Err(_) => self.end = None,
+            }
+        }
+    }
 }
 
 /// Kill the program and, in its own group, all of it; in the caller's
@@ -281,20 +349,24 @@ impl ErrorOutput {
             return false;
         };
         let mut buf = [0u8; 1024];
-        loop {
+        // A bound, so that a program that writes without pause cannot keep
+        // the caller from its deadline: the rest is read next time.
+        for _ in 0..64 {
             match pipe.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
+                Ok(n) if n > 0 => {
                     let room = Self::KEPT - self.kept.len();
                     self.kept.extend_from_slice(&buf[..n.min(room)]);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
+                // Its end, or an error: nothing more to read.
+                Ok(_) | Err(_) => {
+                    self.pipe = None;
+                    return false;
+                }
             }
         }
-        self.pipe = None;
-        false
+        true
     }
 
     /// Is the first line that is not blank, the one that says why, all
@@ -312,8 +384,13 @@ impl ErrorOutput {
 mod tests {
     use super::*;
 
-    /// Run `script` by `sh` with `input`.
+    /// Run `script` by `sh` with `input` on a socket.
     fn sh(script: &str, input: &[u8], timeout: Duration) -> Outcome {
+        sh_with(script, input, Stdin::Socket, timeout)
+    }
+
+    /// Run `script` by `sh` with `input` on `stdin`.
+    fn sh_with(script: &str, input: &[u8], stdin: Stdin, timeout: Duration) -> Outcome {
         let sh = ["/usr/bin/sh", "/bin/sh"]
             .into_iter()
             .map(Path::new)
@@ -324,6 +401,7 @@ mod tests {
             arg0: None,
             args: &["-c".as_ref(), script.as_ref()],
             input,
+            stdin,
             timeout,
             group: Group::Own,
         })
@@ -346,6 +424,31 @@ mod tests {
         let out = sh(
             r#"test "$(cat)" = "one line" && exit 0; echo "got other input" >&2; exit 1"#,
             b"one line",
+            Duration::from_secs(10),
+        );
+        assert!(out.sent(), "{out:?}");
+    }
+
+    #[test]
+    fn an_input_larger_than_the_buffer_arrives_whole_to_a_slow_reader() {
+        let input = vec![b'x'; 4 << 20];
+        for stdin in [Stdin::Socket, Stdin::Pipe] {
+            let out = sh_with(
+                "sleep 0.3; test \"$(wc -c)\" -eq 4194304",
+                &input,
+                stdin,
+                Duration::from_secs(20),
+            );
+            assert!(out.sent(), "{stdin:?}: {out:?}");
+        }
+    }
+
+    #[test]
+    fn on_a_pipe_the_input_can_be_opened_as_dev_stdin() {
+        let out = sh_with(
+            r#"test "$(cat /dev/stdin)" = hello"#,
+            b"hello",
+            Stdin::Pipe,
             Duration::from_secs(10),
         );
         assert!(out.sent(), "{out:?}");

@@ -162,6 +162,8 @@ impl Program {
             arg0: None,
             args: &["--config".as_ref(), config.as_os_str()],
             input: &input,
+            // The calling program may not ignore SIGPIPE.
+            stdin: child::Stdin::Socket,
             timeout: self.timeout,
             group: child::Group::Own,
         })
