@@ -217,3 +217,18 @@ fn a_wal_file_open_to_others_is_refused_at_login() {
         "{r}"
     );
 }
+
+#[test]
+fn the_module_carries_its_unwinder_and_needs_no_libgcc_s() {
+    // Every login loads what the module needs: libgcc_s.so.1 cost a login
+    // about 50 us. The unwinder is linked in (pam_crm2fa/build.rs), so a
+    // panic is still caught at the entry points.
+    let out = Command::new("readelf")
+        .arg("-d")
+        .arg(module_path())
+        .output()
+        .expect("run readelf (binutils)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("(NEEDED)"), "{text}");
+    assert!(!text.contains("libgcc_s"), "{text}");
+}
