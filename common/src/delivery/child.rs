@@ -155,11 +155,7 @@ pub fn run(job: &Job<'_>) -> Result<Outcome, RunError> {
     let mut child = command.spawn().map_err(RunError::Start)?;
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let mut said = ErrorOutput::new(child.stderr.take());
-    let ours = ours.or_else(|| {
-        let pipe = OwnedFd::from(child.stdin.take()?);
-        fcntl::fcntl(pipe.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).ok()?;
-        Some(InputEnd::Pipe(std::fs::File::from(pipe)))
-    });
+    let ours = ours.or_else(|| nonblocking(child.stdin.take()?).map(InputEnd::Pipe));
     let mut input = Input {
         end: ours,
         rest: job.input,
@@ -264,6 +260,14 @@ impl Input<'_> {
     }
 }
 
+/// Our end of one of the program's pipes, reads and writes on it never
+/// waiting; `None` if it cannot be made so.
+fn nonblocking(pipe: impl Into<OwnedFd>) -> Option<std::fs::File> {
+    let fd: OwnedFd = pipe.into();
+    fcntl::fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).ok()?;
+    Some(fd.into())
+}
+
 /// Kill the program and, in its own group, all of it; in the caller's
 /// group every other process of it.
 fn stop(group: Group, pid: Pid) {
@@ -334,11 +338,8 @@ impl ErrorOutput {
     const KEPT: usize = 4096;
 
     fn new(pipe: Option<ChildStderr>) -> ErrorOutput {
-        let pipe = pipe.map(OwnedFd::from).filter(|fd| {
-            fcntl::fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).is_ok()
-        });
         ErrorOutput {
-            pipe: pipe.map(std::fs::File::from),
+            pipe: pipe.and_then(nonblocking),
             kept: Vec::new(),
         }
     }
