@@ -848,8 +848,8 @@ impl dyn Store + '_ {
     /// longer `to` (an administrator changed it meanwhile). It voids the
     /// user's earlier codes of that channel by being newer (only the newest
     /// can be used: one is outstanding at a time, on every host whatever
-    /// its clock), and rewrites none of them. The audit row goes in with it. Every process
-    /// and host counts against the same limit.
+    /// its clock), and rewrites none of them. The audit row goes in with
+    /// it. Every process and host counts against the same limit.
     #[allow(clippy::too_many_arguments)]
     pub fn grant_send(
         &mut self,
