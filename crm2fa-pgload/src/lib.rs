@@ -173,6 +173,12 @@ struct Session {
     handle: *mut c_void,
 }
 
+// SAFETY: a session is one handle owned by this value alone, used by one
+// thread at a time (`&mut self`); the library's functions keep no
+// thread-local state about it, as its own Send session (`postgres::Client`)
+// does not.
+unsafe impl Send for Session {}
+
 impl Drop for Session {
     fn drop(&mut self) {
         // SAFETY: the handle came from CONNECT and is closed once.

@@ -1,6 +1,7 @@
 //! pam_crm2fa.so: PAM glue only. It reads the PAM items, talks to the user
 //! through the PAM conversation, and maps the outcome of
-//! [`crm2fa_common::auth::run`] to a PAM code. Panics never cross the FFI
+//! [`crm2fa_common::auth::run`] to a PAM code: run by crm2fad when it
+//! listens ([`crm2fa_common::auth::relay`]), else here. Panics never cross the FFI
 //! boundary: the `pam_hooks!` entry points catch them and return PAM_ABORT.
 #![deny(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -8,7 +9,9 @@
 use std::ffi::CStr;
 
 use crm2fa_common::audit::Logger;
+use crm2fa_common::auth::relay::{self, Relayed};
 use crm2fa_common::auth::{self, ConvError, Conversation, ModuleArgs, Outcome, Request};
+use crm2fa_common::store::Fresh;
 use pam::constants::{
     PamFlag, PamResultCode, PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON, PAM_SILENT,
     PAM_TEXT_INFO,
@@ -114,11 +117,11 @@ where
 
 impl PamHooks for Crm2fa {
     fn sm_authenticate(pamh: &mut PamHandle, args: Vec<&CStr>, flags: PamFlag) -> PamResultCode {
-        let args: Vec<String> = args
+        let argv: Vec<String> = args
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        let args = ModuleArgs::parse(args.iter().map(String::as_str));
+        let args = ModuleArgs::parse(argv.iter().map(String::as_str));
         let mut log = Logger::new("pam_crm2fa", args.debug);
         let user = match pamh.get_user(None) {
             Ok(u) if !u.is_empty() => u,
@@ -151,14 +154,19 @@ impl PamHooks for Crm2fa {
             silent: flags & PAM_SILENT != 0,
             held: zeroize::Zeroizing::default(),
         };
+        // Offered to crm2fad first, which keeps the store open between
+        // logins; run here when none is listening (or the caller is not
+        // root, which `run` handles).
+        if let (0, Some(socket)) = (req.caller_uid, &args.socket) {
+            match relay::relay(socket, &argv, &req, &mut conv, &mut log) {
+                Relayed::Done(outcome) => return pam_code(outcome),
+                Relayed::NotServed(Some(why)) => log.info(&why),
+                Relayed::NotServed(None) => {}
+            }
+        }
         // The PostgreSQL client is loaded only if the config has a url.
-        pam_code(auth::run(
-            &args,
-            &req,
-            &mut conv,
-            &mut log,
-            Some(&crm2fa_pgload::Loader),
-        ))
+        let stores = Fresh(Some(&crm2fa_pgload::Loader));
+        pam_code(auth::run(&args, &req, &mut conv, &mut log, &stores))
     }
 
     fn sm_setcred(_pamh: &mut PamHandle, _args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {

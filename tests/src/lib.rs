@@ -133,6 +133,11 @@ pub fn admin_path() -> PathBuf {
     artifact("crm2fa-admin")
 }
 
+/// Absolute path of the built login service.
+pub fn daemon_path() -> PathBuf {
+    artifact("crm2fad")
+}
+
 // ---------------------------------------------------------------------------
 // TOTP helpers (oathtool is the reference implementation)
 
@@ -665,6 +670,56 @@ fn read_all_at(file: &File) -> String {
 }
 
 // ---------------------------------------------------------------------------
+// crm2fad
+
+/// A crm2fad started for a sandbox ([`Sandbox::start_daemon`]): it knows
+/// the sandbox's accounts (nss_wrapper) and listens on
+/// [`Sandbox::daemon_socket`]. Killed and reaped when dropped.
+#[allow(missing_debug_implementations)]
+pub struct Daemon {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Daemon {
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it wrote to standard error so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Whether it has `path` open now (a store it keeps between logins).
+    pub fn holds_open(&self, path: &Path) -> bool {
+        let fds = fs::read_dir(format!("/proc/{}/fd", self.pid()));
+        fds.into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| fs::read_link(fd.path()).is_ok_and(|target| target == path))
+    }
+
+    /// Kill it (SIGKILL: no chance to tidy up) and reap it; its socket
+    /// stays behind.
+    pub fn kill(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Sandbox
 
 /// An activated enrolment.
@@ -971,6 +1026,53 @@ impl Sandbox {
         let a = f.try_clone().expect("dup");
         let b = f.try_clone().expect("dup");
         (f, a, b)
+    }
+
+    // ----- crm2fad
+
+    /// Where [`Sandbox::start_daemon`]'s crm2fad listens: a directory of
+    /// the sandbox's, as /run/crm2fa is on a host.
+    pub fn daemon_socket(&self) -> PathBuf {
+        self.root().join("run").join("crm2fad.sock")
+    }
+
+    /// The module's argument that offers its logins to that crm2fad.
+    pub fn socket_arg(&self) -> String {
+        format!("socket={}", self.daemon_socket().display())
+    }
+
+    /// Start crm2fad on [`Sandbox::daemon_socket`] and wait until it
+    /// answers there.
+    #[track_caller]
+    pub fn start_daemon(&self) -> Daemon {
+        let socket = self.daemon_socket();
+        let stderr = self.root().join(format!(
+            "crm2fad.{}.log",
+            self.serial.fetch_add(1, Ordering::SeqCst)
+        ));
+        let mut cmd = Command::new(daemon_path());
+        cmd.arg("--socket").arg(&socket);
+        self.nss_env(&mut cmd);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&stderr).expect("crm2fad log"));
+        let mut daemon = Daemon {
+            child: cmd.spawn().expect("start crm2fad"),
+            stderr,
+        };
+        let deadline = Instant::now() + PROCESS_TIMEOUT;
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if let Some(status) = daemon.child.try_wait().expect("try_wait") {
+                panic!("crm2fad exited ({status}):\n{}", daemon.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "crm2fad does not listen:\n{}",
+                daemon.stderr()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        daemon
     }
 
     // ----- CLI

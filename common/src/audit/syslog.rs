@@ -22,7 +22,13 @@ pub struct Logger {
     ident: String,
     syslog: Option<syslog::Logger<syslog::LoggerBackend, Formatter3164>>,
     mirror: bool,
+    /// Where mirrored lines go instead of standard error (crm2fad sends
+    /// them to the module it runs a login for).
+    sink: Option<Sink>,
 }
+
+/// Where a logger's mirrored lines go, instead of standard error.
+type Sink = Box<dyn FnMut(&str) + Send>;
 
 impl std::fmt::Debug for Logger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,7 +53,15 @@ impl Logger {
             ident: ident.into(),
             syslog,
             mirror,
+            sink: None,
         }
+    }
+
+    /// The same logger, its mirrored lines (under `debug`) handed to
+    /// `sink` instead of written to standard error.
+    pub fn mirrored_to(mut self, sink: impl FnMut(&str) + Send + 'static) -> Logger {
+        self.sink = Some(Box::new(sink));
+        self
     }
 
     /// Log one line.
@@ -60,7 +74,11 @@ impl Logger {
             };
         }
         if self.mirror {
-            eprintln!("{}: {msg}", self.ident);
+            let line = format!("{}: {msg}", self.ident);
+            match self.sink.as_mut() {
+                Some(sink) => sink(&line),
+                None => eprintln!("{line}"),
+            }
         }
     }
 

@@ -15,7 +15,7 @@ pub enum NonRoot {
 }
 
 /// Module arguments: `config=PATH`, `qr=unicode|ascii|none`,
-/// `nonroot=ignore|deny`, `debug`.
+/// `nonroot=ignore|deny`, `socket=PATH|none`, `debug`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleArgs {
     /// The configuration file (`config=`).
@@ -26,6 +26,9 @@ pub struct ModuleArgs {
     pub nonroot: NonRoot,
     /// Mirror syslog lines to standard error (`debug`).
     pub debug: bool,
+    /// crm2fad's socket (`socket=PATH`; `socket=none`: never offer the
+    /// login to crm2fad).
+    pub socket: Option<PathBuf>,
     /// Arguments not understood: logged and ignored.
     pub unknown: Vec<String>,
 }
@@ -39,6 +42,7 @@ impl ModuleArgs {
             qr: QrStyle::Unicode,
             nonroot: NonRoot::Ignore,
             debug: false,
+            socket: Some(PathBuf::from(super::relay::DEFAULT_SOCKET)),
             unknown: vec![],
         };
         for a in args {
@@ -50,6 +54,8 @@ impl ModuleArgs {
                 },
                 (Some(("nonroot", "ignore")), _) => out.nonroot = NonRoot::Ignore,
                 (Some(("nonroot", "deny")), _) => out.nonroot = NonRoot::Deny,
+                (Some(("socket", "none")), _) => out.socket = None,
+                (Some(("socket", p)), _) if p.starts_with('/') => out.socket = Some(p.into()),
                 (None, "debug") => out.debug = true,
                 _ => out.unknown.push(a.to_string()),
             }
@@ -72,12 +78,30 @@ mod tests {
             "qr=big",
             "nonroot=deny",
             "nonroot=maybe",
+            "socket=relative.sock",
         ]);
         assert_eq!(a.config, PathBuf::from("/x/y.toml"));
         assert_eq!(a.qr, QrStyle::Ascii);
         assert_eq!(a.nonroot, NonRoot::Deny);
         assert!(a.debug);
-        assert_eq!(a.unknown, vec!["frobnicate", "qr=big", "nonroot=maybe"]);
+        assert_eq!(
+            a.unknown,
+            vec![
+                "frobnicate",
+                "qr=big",
+                "nonroot=maybe",
+                "socket=relative.sock"
+            ]
+        );
+        assert_eq!(
+            a.socket.as_deref(),
+            Some(std::path::Path::new(crate::auth::relay::DEFAULT_SOCKET))
+        );
+        assert_eq!(ModuleArgs::parse(["socket=none"]).socket, None);
+        assert_eq!(
+            ModuleArgs::parse(["socket=/tmp/d.sock"]).socket,
+            Some(PathBuf::from("/tmp/d.sock"))
+        );
         let d = ModuleArgs::parse([]);
         assert_eq!(d.config, PathBuf::from(config::DEFAULT_PATH));
         assert_eq!(d.qr, QrStyle::Unicode);

@@ -19,12 +19,12 @@ use crate::model::{
 use crate::ops::{self, Drift, Ops};
 use crate::policy;
 use crate::qr::{self, QrStyle};
-use crate::store::pg::PgConnect;
-use crate::store::{self, SendGrant, SendLimit, Store};
+use crate::store::{SendGrant, SendLimit, Store, Stores};
 use crate::totp;
 
 mod args;
 mod conversation;
+pub mod relay;
 
 pub use args::{ModuleArgs, NonRoot};
 pub use conversation::{ConvError, Conversation, INVALID, PROMPT, SAVED_PROMPT};
@@ -103,14 +103,14 @@ pub struct Failure {
 }
 
 /// Run the whole login: check the caller, load the config, find the
-/// account, open the store (a PostgreSQL one through `pg`), then
-/// [`authenticate`].
+/// account, get the store from `stores` (opened afresh in the module, kept
+/// open by crm2fad), then [`authenticate`].
 pub fn run(
     args: &ModuleArgs,
     req: &Request,
     conv: &mut dyn Conversation,
     log: &mut Logger,
-    pg: Option<&dyn PgConnect>,
+    stores: &dyn Stores,
 ) -> Outcome {
     for a in &args.unknown {
         log.warn(&format!("ignoring unknown module argument {a:?}"));
@@ -180,7 +180,7 @@ pub fn run(
         user: account.name,
         ..req.clone()
     };
-    let mut store = match store::open(&cfg.store, pg) {
+    let mut store = match stores.open(&cfg.store) {
         Ok(s) => s,
         Err(error) => {
             let f = Failure {

@@ -1,5 +1,6 @@
 //! The login's unit tests: scripted conversations on a real store.
 use super::*;
+use crate::store;
 use std::collections::VecDeque;
 
 /// A scripted conversation: answers in order, records everything shown.
@@ -537,7 +538,13 @@ fn relative_config_path_is_refused() {
     let mut sc = Script::new(&[]);
     let mut log = Logger::new("crm2fa-test", false);
     assert_eq!(
-        run(&args, &req("kim", NOW), &mut sc, &mut log, None),
+        run(
+            &args,
+            &req("kim", NOW),
+            &mut sc,
+            &mut log,
+            &store::Fresh(None)
+        ),
         Outcome::Unavailable
     );
     assert!(sc.prompts.is_empty());
@@ -548,12 +555,15 @@ fn relative_config_path_is_refused() {
 /// of a login, a write held up by another transaction.
 struct Failing {
     inner: Box<dyn Store>,
-    fails: Box<dyn FnMut(store::TxKind) -> bool>,
+    fails: Box<dyn FnMut(store::TxKind) -> bool + Send>,
 }
 
 impl Store for Failing {
     fn location(&self) -> &str {
         self.inner.location()
+    }
+    fn still_current(&mut self) -> bool {
+        self.inner.still_current()
     }
     fn transaction(
         &mut self,
@@ -572,7 +582,7 @@ impl Store for Failing {
 
 /// `e`'s store, taken out of it (a fresh one is left in its place), in a
 /// [`Failing`] that fails as `fails` says.
-fn failing(e: &mut Env, fails: impl FnMut(store::TxKind) -> bool + 'static) -> Failing {
+fn failing(e: &mut Env, fails: impl FnMut(store::TxKind) -> bool + Send + 'static) -> Failing {
     let inner = std::mem::replace(&mut e.store, store::create(&e.cfg.store, None).unwrap());
     Failing {
         inner,
@@ -738,17 +748,23 @@ fn a_caller_that_is_not_root_gets_what_nonroot_says_without_reading_anything() {
     // The config does not even exist: nothing is read.
     let ignore = ModuleArgs::parse(["config=/nonexistent/crm2fa.toml"]);
     assert_eq!(
-        run(&ignore, &locker, &mut sc, &mut log, None),
+        run(&ignore, &locker, &mut sc, &mut log, &store::Fresh(None)),
         Outcome::Ignore
     );
     let deny = ModuleArgs::parse(["config=/nonexistent/crm2fa.toml", "nonroot=deny"]);
     assert_eq!(
-        run(&deny, &locker, &mut sc, &mut log, None),
+        run(&deny, &locker, &mut sc, &mut log, &store::Fresh(None)),
         Outcome::AuthErr
     );
     assert!(sc.prompts.is_empty() && sc.errors.is_empty());
     assert_eq!(
-        run(&ignore, &req("nina", NOW), &mut sc, &mut log, None),
+        run(
+            &ignore,
+            &req("nina", NOW),
+            &mut sc,
+            &mut log,
+            &store::Fresh(None)
+        ),
         Outcome::Unavailable,
         "root: the missing config denies"
     );

@@ -27,6 +27,7 @@ use crate::model::{
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod pg;
+pub mod pool;
 pub mod postgres;
 pub mod sqlite;
 
@@ -55,11 +56,17 @@ pub enum TxKind {
 /// the backend reports [`Error::Conflict`].
 pub type TxBody<'a> = dyn FnMut(&mut dyn Tx) -> Result<()> + 'a;
 
-/// A store backend: opens transactions.
-pub trait Store {
+/// A store backend: opens transactions. `Send`, so that crm2fad can keep
+/// one open between the logins it serves, whichever thread serves them.
+pub trait Store: Send {
     /// Where the store lives (a path, or an address without credentials),
     /// for messages.
     fn location(&self) -> &str;
+
+    /// Whether this store, opened for an earlier login and kept, may serve
+    /// another: still the file at its path (not one moved away since), a
+    /// session the server still answers. False means: open it afresh.
+    fn still_current(&mut self) -> bool;
 
     /// Run `body` in one transaction and commit if it returns `Ok`; roll
     /// back if it returns an error, if any call inside it failed (even one
@@ -361,6 +368,30 @@ impl TxFailure {
                 format!("a statement failed ({what}): the transaction was rolled back"),
             )
         })
+    }
+}
+
+/// Where a login gets its store: opened afresh for it ([`Fresh`], the PAM
+/// module), or kept open between logins ([`pool::Pool`], crm2fad).
+pub trait Stores {
+    /// The configured store, open, for one login.
+    fn open(&self, cfg: &StoreConfig) -> Result<Box<dyn Store + '_>>;
+}
+
+/// Opens the configured store afresh at every call ([`open`]), a PostgreSQL
+/// one through the connector, if any.
+#[derive(Clone, Copy)]
+pub struct Fresh<'a>(pub Option<&'a dyn pg::PgConnect>);
+
+impl std::fmt::Debug for Fresh<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Fresh").field(&self.0.is_some()).finish()
+    }
+}
+
+impl Stores for Fresh<'_> {
+    fn open(&self, cfg: &StoreConfig) -> Result<Box<dyn Store + '_>> {
+        open(cfg, self.0)
     }
 }
 

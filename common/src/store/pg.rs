@@ -66,8 +66,9 @@ impl std::fmt::Display for PgError {
 
 impl std::error::Error for PgError {}
 
-/// One open session with the server.
-pub trait PgClient {
+/// One open session with the server. `Send`: crm2fad keeps sessions open
+/// between logins, served by different threads (one at a time).
+pub trait PgClient: Send {
     /// Run `sql`, one or more statements without parameters (the simple
     /// query protocol): `BEGIN …`, `COMMIT`, `ROLLBACK`, DDL.
     fn batch(&mut self, sql: &str) -> Result<(), PgError>;

@@ -327,6 +327,12 @@ impl Store for PgStore {
         &self.location
     }
 
+    /// The server still answers on this session (it may have been
+    /// restarted, or have closed an idle session, since the last login).
+    fn still_current(&mut self) -> bool {
+        self.client.batch("SELECT 1").is_ok()
+    }
+
     fn transaction(&mut self, kind: TxKind, body: &mut TxBody<'_>) -> Result<()> {
         let begin = match kind {
             TxKind::Read => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",

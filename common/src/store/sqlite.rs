@@ -31,6 +31,10 @@ use crate::model::{
 /// need not also write the file's size (see [`SqliteStore::restart_wal`]).
 const WAL_RESTART_BYTES: u64 = 256 * 1024;
 
+/// Prepared statements kept per connection: more than the store's distinct
+/// statements, so none is parsed twice.
+const STATEMENT_CACHE: usize = 128;
+
 /// The store file grows by this much at a time, the new blocks written out
 /// when taken (this SQLite has no `posix_fallocate`: it writes a byte into
 /// each block). A checkpoint that copies pages past the old end of the file
@@ -181,6 +185,9 @@ pub struct SqliteStore {
     /// built without its own directory syncs, which cost a second fsync at
     /// every login).
     wal_created: bool,
+    /// The file opened (device, inode), to tell whether the path still
+    /// names it.
+    file: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -241,6 +248,9 @@ impl SqliteStore {
         )
         .map_err(err)?;
         conn.busy_handler(Some(busy())).map_err(err)?;
+        // Every statement a transaction runs is kept prepared: a store kept
+        // open between logins (crm2fad) parses each once.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let mut chunk = DB_CHUNK_BYTES;
         conn.file_control(Some("main"), FileControl::ChunkSize(&mut chunk))
             .map_err(err)?;
@@ -262,6 +272,7 @@ impl SqliteStore {
             location,
             durability: Some(Durability::Full),
             wal_created: false,
+            file: file_id(path),
         };
         store.migrate()?;
         Ok(store)
@@ -391,9 +402,21 @@ impl SqliteStore {
     }
 }
 
+/// The device and inode `path` names now, if it can be read.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 impl Store for SqliteStore {
     fn location(&self) -> &str {
         &self.location
+    }
+
+    /// The path names the file this connection has open: a store restored
+    /// by moving another file into its place is opened afresh.
+    fn still_current(&mut self) -> bool {
+        self.file.is_some() && file_id(&self.path) == self.file
     }
 
     fn transaction(&mut self, kind: TxKind, body: &mut TxBody<'_>) -> Result<()> {
@@ -528,7 +551,8 @@ impl SqliteTx<'_> {
     /// Run one statement; the number of rows it changed.
     fn exec(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
         self.check()?;
-        self.conn.execute(sql, params).map_err(|e| self.err(e))
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        stmt.execute(params).map_err(|e| self.err(e))
     }
 
     /// The row `sql` selects, if any.
@@ -539,8 +563,8 @@ impl SqliteTx<'_> {
         f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> Result<Option<T>> {
         self.check()?;
-        self.conn
-            .query_row(sql, params, f)
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        stmt.query_row(params, f)
             .optional()
             .map_err(|e| self.err(e))
     }

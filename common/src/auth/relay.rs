@@ -1,0 +1,436 @@
+//! A login run by crm2fad, with the PAM module as its conversation.
+//!
+//! The module opens crm2fad's socket (root's, in a directory of root's),
+//! checks that root answers, and sends who is logging in and its module
+//! arguments; crm2fad runs the same login, [`super::run`], on a store it
+//! keeps open between logins ([`crate::store::pool`]), and sends back each
+//! prompt and message, then the outcome. The module only converses: what
+//! the person types goes to crm2fad as the answer to its prompt.
+//!
+//! When no crm2fad answers (no socket, none listening, or it turns the
+//! login away before its first message: too many logins at once, another
+//! version) the module runs the login itself. Once crm2fad has begun, a
+//! failure denies: the login is never run twice.
+//!
+//! Frames: a tag byte, a big-endian `u32` length, that many bytes. Every
+//! buffer that may hold an answer or a message is zeroized when dropped.
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::socket::MsgFlags;
+use zeroize::Zeroizing;
+
+use super::{run, ConvError, Conversation, ModuleArgs, Outcome, Request};
+use crate::audit::Logger;
+use crate::store::Stores;
+
+/// Where crm2fad listens unless `socket=` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/crm2fa/crm2fad.sock";
+
+/// The version of the frames below; a crm2fad of another version closes
+/// the connection at once, and the module runs the login itself.
+const VERSION: u8 = 1;
+/// No frame is longer (a QR code drawn in text is a few kB).
+const MAX_FRAME: usize = 1 << 20;
+/// How long the module waits for crm2fad between two of its messages: the
+/// store's busy timeout, a PostgreSQL connect timeout and a send all fit.
+const SERVER_WAIT: Duration = Duration::from_secs(60);
+/// How long crm2fad waits for who is logging in.
+const HELLO_WAIT: Duration = Duration::from_secs(5);
+/// How long crm2fad waits for a person to answer a prompt.
+const ANSWER_WAIT: Duration = Duration::from_secs(3600);
+
+// Module to crm2fad.
+const HELLO: u8 = b'H';
+const ANSWER: u8 = b'A';
+const NO_ANSWER: u8 = b'N';
+const CONV_FAILED: u8 = b'X';
+// crm2fad to module.
+const PROMPT_HIDDEN: u8 = b'P';
+const PROMPT_VISIBLE: u8 = b'V';
+const INFO: u8 = b'I';
+const ERROR: u8 = b'E';
+const ESSENTIAL: u8 = b'S';
+/// A log line the module's `debug` mirrors to its standard error.
+const LOG_LINE: u8 = b'L';
+const DONE: u8 = b'D';
+
+const OUTCOMES: [Outcome; 6] = [
+    Outcome::Success,
+    Outcome::Ignore,
+    Outcome::AuthErr,
+    Outcome::MaxTries,
+    Outcome::Unavailable,
+    Outcome::UserUnknown,
+];
+
+fn put(stream: &mut UnixStream, tag: u8, body: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|&n| n as usize <= MAX_FRAME)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "frame too long"))?;
+    let mut frame = Zeroizing::new(Vec::with_capacity(5 + body.len()));
+    frame.push(tag);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(body);
+    // send(2) with MSG_NOSIGNAL: a PAM application (su, login) may not
+    // ignore SIGPIPE, and a crm2fad gone away must not kill it.
+    let mut rest: &[u8] = &frame;
+    while !rest.is_empty() {
+        match nix::sys::socket::send(stream.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = &rest[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn take(stream: &mut UnixStream) -> io::Result<(u8, Zeroizing<Vec<u8>>)> {
+    let mut head = [0u8; 5];
+    stream.read_exact(&mut head)?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too long"));
+    }
+    let mut body = Zeroizing::new(vec![0u8; len]);
+    stream.read_exact(&mut body)?;
+    Ok((head[0], body))
+}
+
+fn text(body: &[u8]) -> Zeroizing<String> {
+    Zeroizing::new(String::from_utf8_lossy(body).into_owned())
+}
+
+/// Who is logging in, as the module sends it.
+#[derive(Debug, PartialEq, Eq)]
+struct Hello {
+    user: String,
+    service: String,
+    rhost: String,
+    args: Vec<String>,
+}
+
+impl Hello {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![VERSION];
+        let fields = [&self.user, &self.service, &self.rhost]
+            .into_iter()
+            .chain(&self.args);
+        for s in fields {
+            out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        out
+    }
+
+    /// None: another version, or not a hello.
+    fn decode(body: &[u8]) -> Option<Hello> {
+        let (&version, mut rest) = body.split_first()?;
+        if version != VERSION {
+            return None;
+        }
+        let mut fields = vec![];
+        while !rest.is_empty() {
+            let (len, tail) = rest.split_first_chunk::<4>()?;
+            let len = u32::from_be_bytes(*len) as usize;
+            let field = tail.get(..len)?;
+            fields.push(String::from_utf8(field.to_vec()).ok()?);
+            rest = &tail[len..];
+        }
+        let mut fields = fields.into_iter();
+        Some(Hello {
+            user: fields.next()?,
+            service: fields.next()?,
+            rhost: fields.next()?,
+            args: fields.collect(),
+        })
+    }
+}
+
+/// What became of a login offered to crm2fad.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Relayed {
+    /// crm2fad ran it: its outcome.
+    Done(Outcome),
+    /// crm2fad did not take it (why, when worth a log line): the module
+    /// runs it itself.
+    NotServed(Option<String>),
+}
+
+/// Offer the login to the crm2fad listening on `socket`, then converse
+/// for it through `conv` until it ends. `argv` are the module's arguments
+/// as written on its PAM line; `req.user` the name as PAM has it. Only a
+/// caller running as root offers a login: the socket is root's alone.
+pub fn relay(
+    socket: &Path,
+    argv: &[String],
+    req: &Request,
+    conv: &mut dyn Conversation,
+    log: &mut Logger,
+) -> Relayed {
+    let mut stream = match connect(socket) {
+        Ok(s) => s,
+        Err(why) => return Relayed::NotServed(why),
+    };
+    let hello = Hello {
+        user: req.user.clone(),
+        service: req.service.clone(),
+        rhost: req.rhost.clone(),
+        args: argv.to_vec(),
+    };
+    if put(&mut stream, HELLO, &hello.encode()).is_err() {
+        return Relayed::NotServed(Some(format!(
+            "crm2fad ({}) closed the connection before the login began",
+            socket.display()
+        )));
+    }
+    let mut begun = false;
+    loop {
+        let (tag, body) = match take(&mut stream) {
+            Ok(frame) => frame,
+            Err(e) if !begun && e.kind() == io::ErrorKind::UnexpectedEof => {
+                // Turned away (too many logins, another version): nothing
+                // of the login has been said or done on crm2fad's side.
+                return Relayed::NotServed(Some(format!(
+                    "crm2fad ({}) turned the login away",
+                    socket.display()
+                )));
+            }
+            Err(e) => {
+                log.error(&format!(
+                    "login of {} denied: crm2fad ({}) stopped answering during the login: {e}",
+                    req.user,
+                    socket.display()
+                ));
+                return Relayed::Done(Outcome::Unavailable);
+            }
+        };
+        begun = true;
+        let reply = match tag {
+            PROMPT_HIDDEN => Some(conv.prompt_hidden(&text(&body))),
+            PROMPT_VISIBLE => Some(conv.prompt_visible(&text(&body))),
+            INFO => {
+                conv.info(&text(&body));
+                None
+            }
+            ERROR => {
+                conv.error(&text(&body));
+                None
+            }
+            ESSENTIAL => {
+                conv.essential(&text(&body));
+                None
+            }
+            LOG_LINE => {
+                eprintln!("{}", text(&body).as_str());
+                None
+            }
+            DONE => {
+                let outcome = body
+                    .first()
+                    .and_then(|&b| OUTCOMES.get(usize::from(b)))
+                    .copied();
+                return Relayed::Done(outcome.unwrap_or_else(|| {
+                    log.error(&format!(
+                        "login of {} denied: crm2fad sent an outcome this module does not know",
+                        req.user
+                    ));
+                    Outcome::Unavailable
+                }));
+            }
+            _ => {
+                log.error(&format!(
+                    "login of {} denied: crm2fad sent a message this module does not know",
+                    req.user
+                ));
+                return Relayed::Done(Outcome::Unavailable);
+            }
+        };
+        let sent = match reply {
+            None => Ok(()),
+            Some(Ok(Some(answer))) => {
+                let answer = Zeroizing::new(answer);
+                put(&mut stream, ANSWER, answer.as_bytes())
+            }
+            Some(Ok(None)) => put(&mut stream, NO_ANSWER, &[]),
+            Some(Err(ConvError)) => put(&mut stream, CONV_FAILED, &[]),
+        };
+        if let Err(e) = sent {
+            log.error(&format!(
+                "login of {} denied: crm2fad ({}) went away during the login: {e}",
+                req.user,
+                socket.display()
+            ));
+            return Relayed::Done(Outcome::Unavailable);
+        }
+    }
+}
+
+/// Connect to crm2fad if one listens on `socket` and it is root's: the
+/// socket, the directories above it and the process that answers. Err:
+/// not served, and why if worth saying (no socket at all is not).
+fn connect(socket: &Path) -> Result<UnixStream, Option<String>> {
+    let meta = match std::fs::symlink_metadata(socket) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(None),
+        Err(e) => return Err(Some(format!("cannot use {}: {e}", socket.display()))),
+    };
+    let untrusted = |why: String| {
+        Some(format!(
+            "crm2fad's socket {} is not used: {why}",
+            socket.display()
+        ))
+    };
+    if !meta.file_type().is_socket() || meta.uid() != 0 {
+        return Err(untrusted("it is not a socket of root's".into()));
+    }
+    if let Err(e) = crate::fsperm::check_parent_dirs(socket) {
+        return Err(untrusted(e.to_string()));
+    }
+    let stream = UnixStream::connect(socket).map_err(|e| {
+        Some(format!(
+            "crm2fad is not running ({}: {e}); the module runs the login",
+            socket.display()
+        ))
+    })?;
+    match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) {
+        Ok(cred) if cred.uid() == 0 => {}
+        Ok(cred) => {
+            return Err(untrusted(format!(
+                "the process listening runs as uid {}, not root",
+                cred.uid()
+            )))
+        }
+        Err(e) => return Err(untrusted(format!("cannot tell who listens: {e}"))),
+    }
+    let timeouts = stream
+        .set_read_timeout(Some(SERVER_WAIT))
+        .and_then(|()| stream.set_write_timeout(Some(SERVER_WAIT)));
+    timeouts.map_err(|e| Some(format!("cannot use {}: {e}", socket.display())))?;
+    Ok(stream)
+}
+
+/// The module's conversation, over the socket.
+struct Remote<'a> {
+    stream: &'a mut UnixStream,
+}
+
+impl Remote<'_> {
+    fn ask(&mut self, tag: u8, msg: &str) -> Result<Option<String>, ConvError> {
+        put(self.stream, tag, msg.as_bytes()).map_err(|_| ConvError)?;
+        match take(self.stream) {
+            Ok((ANSWER, body)) => Ok(Some(text(&body).to_string())),
+            Ok((NO_ANSWER, _)) => Ok(None),
+            _ => Err(ConvError),
+        }
+    }
+
+    fn say(&mut self, tag: u8, msg: &str) {
+        let _ = put(self.stream, tag, msg.as_bytes());
+    }
+}
+
+impl Conversation for Remote<'_> {
+    fn prompt_hidden(&mut self, msg: &str) -> Result<Option<String>, ConvError> {
+        self.ask(PROMPT_HIDDEN, msg)
+    }
+    fn prompt_visible(&mut self, msg: &str) -> Result<Option<String>, ConvError> {
+        self.ask(PROMPT_VISIBLE, msg)
+    }
+    fn info(&mut self, msg: &str) {
+        self.say(INFO, msg)
+    }
+    fn error(&mut self, msg: &str) {
+        self.say(ERROR, msg)
+    }
+    fn essential(&mut self, msg: &str) {
+        self.say(ESSENTIAL, msg)
+    }
+}
+
+/// Serve one connection to crm2fad: a login offered by a PAM module
+/// running as root, run with a store from `stores`. Anyone else, or a
+/// module of another version, is closed on at once. Returns the outcome,
+/// if a login ran.
+pub fn serve(mut stream: UnixStream, stores: &dyn Stores) -> Option<Outcome> {
+    let peer = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
+    if !peer.is_ok_and(|c| c.uid() == 0) {
+        return None;
+    }
+    stream.set_read_timeout(Some(HELLO_WAIT)).ok()?;
+    stream.set_write_timeout(Some(SERVER_WAIT)).ok()?;
+    let hello = match take(&mut stream) {
+        Ok((HELLO, body)) => Hello::decode(&body)?,
+        _ => return None,
+    };
+    stream.set_read_timeout(Some(ANSWER_WAIT)).ok()?;
+    let args = ModuleArgs::parse(hello.args.iter().map(String::as_str));
+    let req = Request {
+        user: hello.user,
+        service: hello.service,
+        rhost: hello.rhost,
+        clock: std::sync::Arc::new(crate::unix_now),
+        caller_uid: 0,
+    };
+    let mut log = Logger::new("pam_crm2fa", args.debug);
+    if args.debug {
+        if let Ok(mut mirror) = stream.try_clone() {
+            log = log.mirrored_to(move |line| {
+                let _ = put(&mut mirror, LOG_LINE, line.as_bytes());
+            });
+        }
+    }
+    let outcome = run(
+        &args,
+        &req,
+        &mut Remote {
+            stream: &mut stream,
+        },
+        &mut log,
+        stores,
+    );
+    let code = OUTCOMES.iter().position(|&o| o == outcome).unwrap_or(4) as u8;
+    let _ = put(&mut stream, DONE, &[code]);
+    Some(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hello_reads_back_as_written_and_another_version_is_refused() {
+        let h = Hello {
+            user: "alice".into(),
+            service: "sshd".into(),
+            rhost: "".into(),
+            args: vec!["config=/x.toml".into(), "debug".into()],
+        };
+        let mut bytes = h.encode();
+        assert_eq!(Hello::decode(&bytes), Some(h));
+        bytes[0] = VERSION + 1;
+        assert_eq!(Hello::decode(&bytes), None);
+        assert_eq!(Hello::decode(&[VERSION, 0, 0, 0, 9, b'a']), None);
+        assert_eq!(Hello::decode(&[VERSION]), None);
+    }
+
+    #[test]
+    fn frames_read_back_and_an_oversized_one_is_refused() {
+        use std::io::Write;
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        put(&mut a, INFO, b"hello").unwrap();
+        let (tag, body) = take(&mut b).unwrap();
+        assert_eq!((tag, body.as_slice()), (INFO, &b"hello"[..]));
+        let mut head = vec![INFO];
+        head.extend_from_slice(&((MAX_FRAME + 1) as u32).to_be_bytes());
+        a.write_all(&head).unwrap();
+        assert_eq!(take(&mut b).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert!(put(&mut a, INFO, &vec![0; MAX_FRAME + 1]).is_err());
+    }
+}

@@ -1,0 +1,209 @@
+//! Stores kept open between logins, for crm2fad: a login served by it
+//! takes an open store (SQLite connection or PostgreSQL session) for the
+//! configured `[store]`, and gives it back when it ends, so the next login
+//! does not pay to open the database, read back its WAL, parse its schema
+//! or start a server session.
+//!
+//! A kept store serves again only if [`Store::still_current`] says so (the
+//! same file at its path, a session the server still answers) and no
+//! transaction of the login that held it failed; otherwise it is closed and
+//! the store opened afresh. Nothing is cached above the store: every login
+//! reads its user's rows in its own transactions, as the module does.
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use super::pg::PgConnect;
+use super::{Store, Stores, TxBody, TxKind};
+use crate::config::{PostgresConfig, StoreConfig};
+use crate::error::Result;
+
+/// Open stores kept at most, over every `[store]` served.
+pub const MAX_IDLE: usize = 32;
+
+/// What a kept store was opened for: two configs that name the same
+/// database the same way share stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Key {
+    /// The SQLite file, when `postgres` is not set.
+    path: Option<PathBuf>,
+    postgres: Option<PostgresConfig>,
+}
+
+impl Key {
+    fn of(cfg: &StoreConfig) -> Key {
+        Key {
+            path: cfg.postgres.is_none().then(|| cfg.path.clone()),
+            postgres: cfg.postgres.clone(),
+        }
+    }
+}
+
+/// Open stores, by the `[store]` they were opened for.
+pub struct Pool {
+    idle: Mutex<Vec<(Key, Box<dyn Store>)>>,
+    pg: Option<Box<dyn PgConnect + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle = self.idle.lock().map(|v| v.len()).unwrap_or(0);
+        f.debug_struct("Pool").field("idle", &idle).finish()
+    }
+}
+
+impl Pool {
+    /// An empty pool; PostgreSQL stores are opened through `pg`.
+    pub fn new(pg: Option<Box<dyn PgConnect + Send + Sync>>) -> Pool {
+        Pool {
+            idle: Mutex::new(Vec::new()),
+            pg,
+        }
+    }
+
+    /// How many open stores are kept now.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    fn take(&self, key: &Key) -> Option<Box<dyn Store>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let at = idle.iter().rposition(|(k, _)| k == key)?;
+        Some(idle.swap_remove(at).1)
+    }
+
+    fn give_back(&self, key: Key, store: Box<dyn Store>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= MAX_IDLE {
+            // The oldest goes: it belongs to the config least used lately.
+            idle.remove(0);
+        }
+        idle.push((key, store));
+    }
+}
+
+impl Stores for Pool {
+    fn open(&self, cfg: &StoreConfig) -> Result<Box<dyn Store + '_>> {
+        let key = Key::of(cfg);
+        while let Some(mut kept) = self.take(&key) {
+            if kept.still_current() {
+                return Ok(Box::new(Lent::new(self, key, kept)));
+            }
+            // Closed here; the next one kept, or a fresh one, serves.
+        }
+        let store = super::open(cfg, self.pg.as_deref().map(|c| c as &dyn PgConnect))?;
+        Ok(Box::new(Lent::new(self, key, store)))
+    }
+}
+
+/// A store lent to one login: back to the pool when the login drops it,
+/// unless one of its transactions failed.
+struct Lent<'p> {
+    pool: &'p Pool,
+    key: Option<Key>,
+    store: Option<Box<dyn Store>>,
+    failed: bool,
+}
+
+impl<'p> Lent<'p> {
+    fn new(pool: &'p Pool, key: Key, store: Box<dyn Store>) -> Lent<'p> {
+        Lent {
+            pool,
+            key: Some(key),
+            store: Some(store),
+            failed: false,
+        }
+    }
+
+    fn inner(&mut self) -> &mut dyn Store {
+        match self.store.as_mut() {
+            Some(s) => s.as_mut(),
+            // Taken only in drop.
+            None => unreachable!("a lent store is present until dropped"),
+        }
+    }
+}
+
+impl Store for Lent<'_> {
+    fn location(&self) -> &str {
+        self.store.as_ref().map_or("", |s| s.location())
+    }
+
+    fn still_current(&mut self) -> bool {
+        self.inner().still_current()
+    }
+
+    fn transaction(&mut self, kind: TxKind, body: &mut TxBody<'_>) -> Result<()> {
+        let result = self.inner().transaction(kind, body);
+        self.failed |= result.is_err();
+        result
+    }
+
+    fn check_integrity(&mut self) -> Result<Vec<String>> {
+        self.inner().check_integrity()
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let (false, Some(key), Some(store)) = (self.failed, self.key.take(), self.store.take()) {
+            self.pool.give_back(key, store);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    fn config(dir: &std::path::Path) -> StoreConfig {
+        StoreConfig {
+            path: dir.join("crm2fa.db"),
+            key_file: dir.join("secret.key"),
+            postgres: None,
+        }
+    }
+
+    fn read(store: &mut dyn Store) -> Result<()> {
+        store.transaction(TxKind::Read, &mut |tx| tx.users().map(drop))
+    }
+
+    #[test]
+    fn a_store_is_kept_while_current_and_closed_after_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        drop(super::super::create(&cfg, None).unwrap());
+        let pool = Pool::new(None);
+
+        let mut s = pool.open(&cfg).unwrap();
+        read(s.as_mut()).unwrap();
+        drop(s);
+        assert_eq!(pool.idle(), 1, "given back");
+        let s = pool.open(&cfg).unwrap();
+        assert_eq!(pool.idle(), 0, "the kept one was lent");
+        drop(s);
+
+        // A transaction that fails: the store is closed, not kept.
+        let mut s = pool.open(&cfg).unwrap();
+        let failed = s.transaction(TxKind::Read, &mut |_| {
+            Err(Error::store("test", "failed on purpose"))
+        });
+        assert!(failed.is_err());
+        drop(s);
+        assert_eq!(pool.idle(), 0);
+
+        // Another file moved into the store's place: the kept store is not
+        // lent again; the new file is opened.
+        drop(pool.open(&cfg).unwrap());
+        assert_eq!(pool.idle(), 1);
+        let other = tempfile::tempdir().unwrap();
+        let other_cfg = config(other.path());
+        drop(super::super::create(&other_cfg, None).unwrap());
+        std::fs::rename(&other_cfg.path, &cfg.path).unwrap();
+        let mut s = pool.open(&cfg).unwrap();
+        assert!(s.still_current());
+        read(s.as_mut()).unwrap();
+        drop(s);
+        assert_eq!(pool.idle(), 1, "the old one closed, the new one kept");
+    }
+}

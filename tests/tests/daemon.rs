@@ -1,0 +1,196 @@
+//! Logins run by crm2fad, the module conversing for it (`socket=`), through
+//! real libpam: the same login as in the module, the store kept open
+//! between logins, and the module running the login itself whenever no
+//! crm2fad of root's answers.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use crm2fa_tests::*;
+
+const PW: &str = "correct horse";
+
+/// A sandbox whose module offers its logins to crm2fad, with `user`
+/// active.
+fn sandbox(user: &str) -> (Sandbox, Enrolled) {
+    let sb = Sandbox::new();
+    sb.add_user(user, PW);
+    let e = sb.enroll_active(user);
+    sb.set_stack(&[
+        sb.matrix_line(),
+        sb.module_line("required", &sb.socket_arg()),
+        "account required pam_permit.so".to_string(),
+    ]);
+    (sb, e)
+}
+
+fn events(sb: &Sandbox, user: &str) -> Vec<String> {
+    sb.audit(user)
+        .iter()
+        .map(|e| format!("{} {}", e["event"], e["outcome"]))
+        .collect()
+}
+
+#[test]
+fn crm2fad_runs_the_login_and_keeps_the_store_open_for_the_next() {
+    let (sb, e) = sandbox("alice");
+    let d = sb.start_daemon();
+    assert!(!d.holds_open(&sb.store_path()));
+
+    let r = sb.login("alice", &[PW, &wrong_code(&e.secret), &totp(&e.secret, 0)]);
+    r.assert_success();
+    assert_eq!(r.prompts_seen, 2, "{r}");
+    assert_eq!(r.invalid_code_messages(), 1, "{r}");
+    // crm2fad ran it: the store stays open there, and the module's `debug`
+    // still shows the login's log lines.
+    assert!(d.holds_open(&sb.store_path()), "{}", d.stderr());
+    assert!(
+        !r.debug_lines_with(&["totp", "success"]).is_empty(),
+        "the log lines come back to the module under debug:\n{r}"
+    );
+
+    // The step is spent, whoever asks: crm2fad again, or the module alone.
+    let again = sb.login("alice", &[PW, &totp(&e.secret, 0)]);
+    again.assert_denied();
+    assert_eq!(again.invalid_code_messages(), 1, "{again}");
+    sb.set_stack(&sb.default_stack());
+    sb.login("alice", &[PW, &totp(&e.secret, 0)])
+        .assert_denied();
+    let ev = events(&sb, "alice");
+    assert_eq!(
+        ev.iter().filter(|e| e.contains("failure")).count(),
+        3,
+        "each wrong code counted once: {ev:?}"
+    );
+}
+
+#[test]
+fn without_crm2fad_the_module_runs_the_login_itself() {
+    let (sb, e) = sandbox("bob");
+    // No socket at all.
+    let r = sb.login("bob", &[PW, &totp(&e.secret, 0)]);
+    r.assert_success();
+
+    // A socket left behind by a crm2fad that was killed: nobody listens.
+    let d = sb.start_daemon();
+    d.kill();
+    assert!(sb.daemon_socket().exists());
+    let r = sb.login("bob", &[PW, &totp(&e.secret, 1)]);
+    r.assert_success();
+    assert!(
+        !r.debug_lines_with(&["crm2fad is not running"]).is_empty(),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_socket_not_of_roots_is_never_used() {
+    let (sb, e) = sandbox("carol");
+    let d = sb.start_daemon();
+    let socket = sb.daemon_socket();
+    // A socket another user owns could be anyone's listener.
+    std::os::unix::fs::chown(&socket, Some(4242), None).unwrap();
+    let r = sb.login("carol", &[PW, &totp(&e.secret, 0)]);
+    r.assert_success();
+    assert!(
+        !r.debug_lines_with(&["not a socket of root's"]).is_empty(),
+        "{r}"
+    );
+    assert!(!d.holds_open(&sb.store_path()), "crm2fad was not asked");
+
+    // Nor one in a directory others may write to.
+    std::os::unix::fs::chown(&socket, Some(0), None).unwrap();
+    let dir = socket.parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let r = sb.login("carol", &[PW, &totp(&e.secret, 1)]);
+    r.assert_success();
+    assert!(!r.debug_lines_with(&["is not used"]).is_empty(), "{r}");
+    assert!(!d.holds_open(&sb.store_path()), "crm2fad was not asked");
+}
+
+#[test]
+fn crm2fad_gone_during_the_login_denies_and_never_runs_it_twice() {
+    let (sb, e) = sandbox("dave");
+    let d = sb.start_daemon();
+    let mut pending = sb.spawn_login("dave", &[]);
+    pending.send_line(PW);
+    pending.wait_for("Verification code", Duration::from_secs(30));
+    d.kill();
+    pending.send_line(&totp(&e.secret, 0));
+    let r = pending.finish();
+    r.assert_denied();
+    assert_eq!(r.pam_result(), PamResult::AuthinfoUnavail, "{r}");
+    assert_eq!(r.prompts_seen, 1, "not asked again by the module:\n{r}");
+    assert!(!r.debug_lines_with(&["crm2fad"]).is_empty(), "{r}");
+    // The code was never checked: it still works.
+    sb.login("dave", &[PW, &totp(&e.secret, 0)])
+        .assert_success();
+}
+
+#[test]
+fn a_store_moved_away_is_not_served_from_the_open_one() {
+    let (sb, e) = sandbox("erin");
+    let _d = sb.start_daemon();
+    sb.login("erin", &[PW, &totp(&e.secret, 0)])
+        .assert_success();
+    let store = sb.store_path();
+    let moved = sb.root().join("moved.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let from = format!("{}{suffix}", store.display());
+        if Path::new(&from).exists() {
+            std::fs::rename(&from, format!("{}{suffix}", moved.display())).unwrap();
+        }
+    }
+    let r = sb.login("erin", &[PW, &totp(&e.secret, 1)]);
+    r.assert_denied();
+    r.assert_unavailable_naming(&["crm2fa.db"]);
+    for suffix in ["", "-wal", "-shm"] {
+        let from = format!("{}{suffix}", moved.display());
+        if Path::new(&from).exists() {
+            std::fs::rename(&from, format!("{}{suffix}", store.display())).unwrap();
+        }
+    }
+    sb.login("erin", &[PW, &totp(&e.secret, 1)])
+        .assert_success();
+}
+
+#[test]
+fn concurrent_logins_through_crm2fad_accept_a_code_once_and_every_user() {
+    let sb = Sandbox::new();
+    let users: Vec<String> = (0..10).map(|i| format!("user{i}")).collect();
+    let mut secrets = vec![];
+    for u in &users {
+        sb.add_user(u, PW);
+        secrets.push(sb.enroll_active(u).secret);
+    }
+    sb.add_user("frank", PW);
+    let frank = sb.enroll_active("frank");
+    sb.set_stack(&[
+        sb.matrix_line(),
+        sb.module_line("required", &sb.socket_arg()),
+        "account required pam_permit.so".to_string(),
+    ]);
+    let _d = sb.start_daemon();
+    wait_for_step_margin(Duration::from_secs(10));
+
+    let code = totp(&frank.secret, 0);
+    let same: Vec<(&str, Vec<String>)> = (0..20)
+        .map(|_| ("frank", vec![PW.to_string(), code.clone()]))
+        .collect();
+    let results = sb.login_all_at_once(&same);
+    assert_eq!(successes(&results), 1, "{}", transcripts(&results));
+
+    let each: Vec<(&str, Vec<String>)> = users
+        .iter()
+        .zip(&secrets)
+        .map(|(u, s)| (u.as_str(), vec![PW.to_string(), totp(s, 0)]))
+        .collect();
+    let results = sb.login_all_at_once(&each);
+    assert_eq!(
+        successes(&results),
+        users.len(),
+        "{}",
+        transcripts(&results)
+    );
+}
