@@ -66,6 +66,8 @@ LIBEXECDIR ?= $(PREFIX)/libexec
 # The PostgreSQL client ([store] client_library): a plugin the module
 # dlopens, not a library on the linker's path.
 PGLIBDIR ?= $(PREFIX)/lib/crm2fa
+# systemd's units: crm2fad.service.
+UNITDIR ?= $(PREFIX)/lib/systemd/system
 DATADIR ?= $(PREFIX)/share
 MANDIR ?= $(DATADIR)/man
 ZSHDIR ?= $(if $(MULTIARCH),$(DATADIR)/zsh/vendor-completions,$(DATADIR)/zsh/site-functions)
@@ -79,8 +81,9 @@ docs:
 install: release
 	$(MAKE) install-files PROFILE=release
 
-# Copy what is built (no build): the module, the CLI, the sending program,
-# the PostgreSQL client the module loads for [store] url, man pages,
+# Copy what is built (no build): the module, the CLI, the login service and
+# its systemd unit, the sending program, the PostgreSQL client the module
+# loads for [store] url, man pages,
 # completions, the pam-auth-update profile, the tmpfiles entry,
 # /var/lib/crm2fa (0700), and the default configuration (0600) unless one is
 # there already; its [delivery] program and [store] client_library name
@@ -88,12 +91,17 @@ install: release
 install-files: docs
 	install -D -m 0644 $(BIN)/libpam_crm2fa.so $(DESTDIR)$(PAMDIR)/pam_crm2fa.so
 	install -D -m 0755 $(BIN)/crm2fa-admin $(DESTDIR)$(SBINDIR)/crm2fa-admin
+	install -D -m 0755 $(BIN)/crm2fad $(DESTDIR)$(SBINDIR)/crm2fad
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	sed -e 's|^ExecStart=/usr/sbin/crm2fad$$|ExecStart=$(SBINDIR)/crm2fad|' \
+	  packaging/systemd/crm2fad.service >$(DESTDIR)$(UNITDIR)/crm2fad.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/crm2fad.service
 	install -D -m 0755 $(BIN)/crm2fa-send $(DESTDIR)$(LIBEXECDIR)/crm2fa/crm2fa-send
 	install -d -m 0755 $(DESTDIR)$(PGLIBDIR)
 	install -m 0644 $(BIN)/libcrm2fa_pg.so $(DESTDIR)$(PGLIBDIR)/libcrm2fa_pg.so
 	install -d -m 0755 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
 	install -m 0644 packaging/man/crm2fa.toml.5 $(DESTDIR)$(MANDIR)/man5/
-	install -m 0644 packaging/man/pam_crm2fa.8 $(DOCS)/man8/*.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 packaging/man/pam_crm2fa.8 packaging/man/crm2fad.8 $(DOCS)/man8/*.8 $(DESTDIR)$(MANDIR)/man8/
 	install -D -m 0644 $(DOCS)/completions/crm2fa-admin.bash $(DESTDIR)$(DATADIR)/bash-completion/completions/crm2fa-admin
 	install -D -m 0644 $(DOCS)/completions/_crm2fa-admin $(DESTDIR)$(ZSHDIR)/_crm2fa-admin
 	install -D -m 0644 $(DOCS)/completions/crm2fa-admin.fish $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/crm2fa-admin.fish
@@ -120,11 +128,13 @@ rpm: release
 uninstall:
 	@. packaging/pam-lines.sh && crm2fa_refuse_removal_while_named "$(DESTDIR)/etc/pam.d"
 	rm -f $(DESTDIR)$(PAMDIR)/pam_crm2fa.so $(DESTDIR)$(SBINDIR)/crm2fa-admin
+	rm -f $(DESTDIR)$(SBINDIR)/crm2fad $(DESTDIR)$(UNITDIR)/crm2fad.service
 	rm -f $(DESTDIR)$(LIBEXECDIR)/crm2fa/crm2fa-send
 	rmdir $(DESTDIR)$(LIBEXECDIR)/crm2fa 2>/dev/null || true
 	rm -f $(DESTDIR)$(PGLIBDIR)/libcrm2fa_pg.so
 	rmdir $(DESTDIR)$(PGLIBDIR) 2>/dev/null || true
 	rm -f $(DESTDIR)$(MANDIR)/man5/crm2fa.toml.5 $(DESTDIR)$(MANDIR)/man8/pam_crm2fa.8 \
+	      $(DESTDIR)$(MANDIR)/man8/crm2fad.8 \
 	      $(DESTDIR)$(MANDIR)/man8/crm2fa-admin.8 $(DESTDIR)$(MANDIR)/man8/crm2fa-admin-*.8
 	rm -f $(DESTDIR)$(DATADIR)/bash-completion/completions/crm2fa-admin \
 	      $(DESTDIR)$(ZSHDIR)/_crm2fa-admin \

@@ -19,7 +19,7 @@ stage() {
   make -s install-files PREFIX=/usr DESTDIR="$dir" PROFILE="$PROFILE" \
     TARGET_DIR="$TARGET_DIR" DOCS="$(dirname "$dir")/docs" "$@" >/dev/null
   find "$dir" \( -name pam_crm2fa.so -o -name libcrm2fa_pg.so \
-    -o \( -name crm2fa-admin -o -name crm2fa-send \) -type f -perm -u+x \) -print0 \
+    -o \( -name crm2fa-admin -o -name crm2fa-send -o -name crm2fad \) -type f -perm -u+x \) -print0 \
     | xargs -0 strip --strip-unneeded --remove-section=.comment --remove-section=.note
   gzip -9n "$dir"/usr/share/man/man*/*
 }

@@ -112,6 +112,9 @@ fn make_install_places_every_file_and_uninstall_keeps_only_the_secrets() {
     for (path, want) in [
         (module.clone(), 0o644),
         (root.join("usr/sbin/crm2fa-admin"), 0o755),
+        (root.join("usr/sbin/crm2fad"), 0o755),
+        (root.join("usr/lib/systemd/system/crm2fad.service"), 0o644),
+        (root.join("usr/share/man/man8/crm2fad.8"), 0o644),
         (root.join("usr/libexec/crm2fa/crm2fa-send"), 0o755),
         (root.join("usr/lib/crm2fa"), 0o755),
         (root.join("usr/lib/crm2fa/libcrm2fa_pg.so"), 0o644),
@@ -236,6 +239,15 @@ fn prefix_moves_everything_but_the_pam_files_the_configuration_and_the_store() {
         "{files:?}"
     );
     assert!(root.join("var/lib/crm2fa").is_dir());
+    // systemd reads units under /usr/local/lib too; the unit starts the
+    // crm2fad installed beside the CLI.
+    let unit = fs::read_to_string(root.join("usr/local/lib/systemd/system/crm2fad.service"))
+        .expect("crm2fad.service");
+    assert!(
+        unit.lines()
+            .any(|l| l == "ExecStart=/usr/local/sbin/crm2fad"),
+        "{unit}"
+    );
     // The configuration written names the sending program and the
     // PostgreSQL client where they went.
     let cfg = fs::read_to_string(root.join("etc/crm2fa/crm2fa.toml")).expect("config");
@@ -357,6 +369,12 @@ fn the_deb_holds_every_file_where_debian_wants_it_and_lintian_finds_no_error() {
             format!("./usr/lib/{}/security/pam_crm2fa.so", multiarch.trim()),
         ),
         ("-rwxr-xr-x", "./usr/sbin/crm2fa-admin".into()),
+        ("-rwxr-xr-x", "./usr/sbin/crm2fad".into()),
+        (
+            "-rw-r--r--",
+            "./usr/lib/systemd/system/crm2fad.service".into(),
+        ),
+        ("-rw-r--r--", "./usr/share/man/man8/crm2fad.8.gz".into()),
         ("-rwxr-xr-x", "./usr/libexec/crm2fa/crm2fa-send".into()),
         ("drwxr-xr-x", "./usr/lib/crm2fa/".into()),
         ("-rw-r--r--", "./usr/lib/crm2fa/libcrm2fa_pg.so".into()),
@@ -623,6 +641,8 @@ fn the_rpm_holds_every_file_with_the_config_kept_on_upgrade() {
     for (mode, path) in [
         ("-rw-r--r--", "/usr/lib64/security/pam_crm2fa.so"),
         ("-rwxr-xr-x", "/usr/sbin/crm2fa-admin"),
+        ("-rwxr-xr-x", "/usr/sbin/crm2fad"),
+        ("-rw-r--r--", "/usr/lib/systemd/system/crm2fad.service"),
         ("-rwxr-xr-x", "/usr/libexec/crm2fa/crm2fa-send"),
         ("drwxr-xr-x", "/usr/lib/crm2fa"),
         ("-rw-r--r--", "/usr/lib/crm2fa/libcrm2fa_pg.so"),
