@@ -2,7 +2,10 @@
 # crm2fa login benchmark, one process per login (as under sshd), through real
 # libpam (pamtester + pam_wrapper), for these PAM stacks:
 #   baseline  pam_matrix (password) + pam_permit
-#   crm2fa    pam_matrix + pam_crm2fa.so (release build), TOTP code
+#   crm2fa    pam_matrix + pam_crm2fa.so (release build), TOTP code, run by
+#             crm2fad as the packages install it (the store kept open)
+#   crm2fa-alone  the same module with socket=none: the login in the module
+#             alone, which opens the store afresh (a host without crm2fad)
 #   GA        pam_matrix + pam_google_authenticator.so, TOTP code, with reuse
 #             protection and rate limit (DISALLOW_REUSE, RATE_LIMIT 3 30)
 #   GA-fast   the same module without reuse protection nor rate limit: its
@@ -109,8 +112,10 @@ cargo build --release --workspace --quiet
 
 MODULE="$TARGET/release/libpam_crm2fa.so"
 ADMIN="$TARGET/release/crm2fa-admin"
+DAEMON="$TARGET/release/crm2fad"
 [ -f "$MODULE" ] || die "no $MODULE after the build"
 [ -x "$ADMIN" ] || die "no $ADMIN after the build"
+[ -x "$DAEMON" ] || die "no $DAEMON after the build"
 
 BENCH_DIR=$(realpath -m "${BENCH_DIR:-$TARGET/bench-sandbox}")
 rm -rf "$BENCH_DIR"
@@ -194,7 +199,7 @@ SQL
   say "PostgreSQL listens on 127.0.0.1:$PG_PORT (fsync=$(pg_sql postgres <<<'SHOW fsync;'), synchronous_commit=$(pg_sql postgres <<<'SHOW synchronous_commit;'))"
 fi
 
-export BENCH_DIR MODULE ADMIN GA_MODULE OATH_MODULE MATRIX
+export BENCH_DIR MODULE ADMIN DAEMON GA_MODULE OATH_MODULE MATRIX
 export BENCH_N="${BENCH_N:-200}" BENCH_WARMUP="${BENCH_WARMUP:-10}"
 export BENCH_TPUT="${BENCH_TPUT:-120}" BENCH_CLIENTS="${BENCH_CLIENTS:-1 2 8}"
 export BENCH_PROFILE="${BENCH_PROFILE:-1}" BENCH_CONTACTS="${BENCH_CONTACTS:-1}"
@@ -232,7 +237,7 @@ import base64, collections, concurrent.futures, hashlib, hmac, json, math, os, r
 import statistics, struct, subprocess, sys, threading, time
 
 D = os.environ["BENCH_DIR"]
-MODULE, ADMIN = os.environ["MODULE"], os.environ["ADMIN"]
+MODULE, ADMIN, DAEMON = os.environ["MODULE"], os.environ["ADMIN"], os.environ["DAEMON"]
 CONTACTS = os.environ.get("BENCH_CONTACTS", "1") == "1"
 GA_MODULE, OATH_MODULE, MATRIX = os.environ["GA_MODULE"], os.environ["OATH_MODULE"], os.environ["MATRIX"]
 try:
@@ -296,6 +301,9 @@ def write_config(path, store):
 
 cfg = os.path.join(D, "crm2fa.toml")
 write_config(cfg, '[store]\npath = "crm2fa.db"\nkey_file = "secret.key"\n')
+# crm2fa-alone: its own store (a code may be used once), the same settings.
+cfg_alone = os.path.join(D, "crm2fa-alone.toml")
+write_config(cfg_alone, '[store]\npath = "crm2fa-alone.db"\nkey_file = "secret.key"\n')
 # crm2fa_pg: the same config but for [store], a PostgreSQL database on the
 # local server, reached over TCP with SCRAM as a fleet's hosts reach theirs.
 # The hosts' config uses a role with row rights only; `init` runs with the
@@ -344,6 +352,24 @@ else:
 
 admin = [ADMIN, "--config", cfg]
 run(admin + ["init"], env=nss_env)
+admin_alone = [ADMIN, "--config", cfg_alone]
+run(admin_alone + ["init"], env=nss_env)
+
+# crm2fad, as the packages start it, in this namespace (it looks the bench's
+# accounts up like the logins do), on a socket of the scratch directory;
+# stopped when the driver ends, however it ends.
+import atexit
+SOCKET = os.path.join(D, "run", "crm2fad.sock")
+os.mkdir(os.path.dirname(SOCKET), 0o755)
+daemon = subprocess.Popen([DAEMON, "--socket", SOCKET], env=nss_env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=open(os.path.join(D, "crm2fad.log"), "w"))
+atexit.register(daemon.kill)
+for _ in range(500):
+    if os.path.exists(SOCKET) or daemon.poll() is not None:
+        break
+    time.sleep(0.01)
+if not os.path.exists(SOCKET):
+    sys.exit("bench: crm2fad does not listen (see crm2fad.log in BENCH_DIR, with BENCH_KEEP=1)")
 
 def pg_sql(db, sql):
     """SQL as the server's superuser over its unix socket."""
@@ -399,7 +425,7 @@ def enroll_crm2fa(adm, u):
     return j["secret"]
 
 def enroll(u):
-    out = {"crm2fa": enroll_crm2fa(admin, u)}
+    out = {"crm2fa": enroll_crm2fa(admin, u), "crm2fa_alone": enroll_crm2fa(admin_alone, u)}
     # crm2fa_pg: the same steps in the PostgreSQL store (its own secret).
     if PG:
         out["crm2fa_pg"] = enroll_crm2fa(admin_pg, u)
@@ -442,8 +468,9 @@ os.mkdir(svc)
 passdb = os.path.join(D, "passdb")
 services = {
     "baseline": "auth required pam_permit.so\n",
-    "crm2fa": f"auth required {MODULE} config={cfg} qr=none\n",
-    **({"crm2fa_pg": f"auth required {MODULE} config={cfg_pg} qr=none\n"} if PG else {}),
+    "crm2fa": f"auth required {MODULE} config={cfg} qr=none socket={SOCKET}\n",
+    "crm2fa_alone": f"auth required {MODULE} config={cfg_alone} qr=none socket=none\n",
+    **({"crm2fa_pg": f"auth required {MODULE} config={cfg_pg} qr=none socket={SOCKET}\n"} if PG else {}),
     "ga": f"auth required {GA_MODULE} secret={ga_dir['ga']}/${{USER}} user=root\n",
     "ga_fast": f"auth required {GA_MODULE} secret={ga_dir['ga_fast']}/${{USER}} user=root\n",
     # window=1: +-1 step, as the others.
@@ -500,11 +527,12 @@ def attempt(kind, user, wrap=None):
             return ok, time.perf_counter() - t, msg, restarts
         restarts += 1
 
-KINDS = ["crm2fa"] + (["crm2fa_pg"] if PG else []) + ["ga", "ga_fast", "oath", "baseline"]
+KINDS = ["crm2fa", "crm2fa_alone"] + (["crm2fa_pg"] if PG else []) + ["ga", "ga_fast", "oath", "baseline"]
 label = {
     "baseline": "baseline: pam_matrix + pam_permit",
-    "crm2fa": "crm2fa: + pam_crm2fa",
-    "crm2fa_pg": "crm2fa_pg: + pam_crm2fa, PostgreSQL store",
+    "crm2fa": "crm2fa: + pam_crm2fa, run by crm2fad",
+    "crm2fa_alone": "crm2fa-alone: + pam_crm2fa, socket=none",
+    "crm2fa_pg": "crm2fa_pg: + pam_crm2fa, crm2fad, PostgreSQL",
     "ga": "GA: + google-authenticator (reuse prot.)",
     "ga_fast": "GA-fast: + google-authenticator (no reuse prot.)",
     "oath": "pam_oath: + pam_oath (one users.oath)",
@@ -583,7 +611,7 @@ if PROFILE:
         f"{'' if have_strace or have_valgrind else ' nothing (install strace and valgrind)'} ...")
     cdir = os.path.join(D, "counts")
     os.mkdir(cdir)
-    wal = os.path.join(D, "crm2fa.db-wal")
+    wal = os.path.join(D, "crm2fa-alone.db-wal")
     counts["wal_kb"] = os.path.getsize(wal) / 1024 if os.path.exists(wal) else 0
     for k in KINDS:
         counts[k] = {}
@@ -622,12 +650,13 @@ print(f"{'':{W}}{'median ms':>10}{'p95 ms':>10}")
 REPORT = ["baseline"] + [k for k in KINDS if k != "baseline"]
 for k in REPORT:
     print(f"{label[k]:{W}}{ms(med[k]):10.2f}{ms(p[k]):10.2f}")
-for a, b in [("crm2fa", "ga_fast"), ("crm2fa", "ga"), ("crm2fa", "oath"), ("crm2fa", "baseline")] \
+for a, b in [("crm2fa", "ga_fast"), ("crm2fa", "ga"), ("crm2fa", "oath"), ("crm2fa", "baseline"),
+             ("crm2fa", "crm2fa_alone"), ("crm2fa_alone", "oath")] \
         + ([("crm2fa_pg", "crm2fa")] if PG else []):
-    name = f"ratio {a} / {dict(ga='GA', ga_fast='GA-fast', oath='pam_oath').get(b, b)}"
+    name = f"ratio {a} / {dict(ga='GA', ga_fast='GA-fast', oath='pam_oath', crm2fa_alone='crm2fa-alone').get(b, b)}"
     print(f"{name:{W}}{med[a] / med[b]:9.2f}x{p[a] / p[b]:9.2f}x")
 print("second factor alone (median - baseline): "
-      + ", ".join(f"{dict(ga='GA', ga_fast='GA-fast', oath='pam_oath').get(k, k)} {ms(med[k] - med['baseline']):.2f} ms"
+      + ", ".join(f"{dict(ga='GA', ga_fast='GA-fast', oath='pam_oath', crm2fa_alone='crm2fa-alone').get(k, k)} {ms(med[k] - med['baseline']):.2f} ms"
                   for k in REPORT[1:]))
 oath_lib = os.path.realpath("/lib/x86_64-linux-gnu/liboath.so.0")
 print(f"module sizes: pam_crm2fa.so {size(MODULE):.2f} MB, pam_google_authenticator.so {size(GA_MODULE):.2f} MB,"
@@ -644,14 +673,16 @@ print("accounts (NSS): " + ("glibc's files module, the bench's /etc/passwd in a 
                             if NSS == "files" else "nss_wrapper (BENCH_NSS=wrapper)"))
 print(f"crm2fa users have an email address and [email] is configured: {'yes' if CONTACTS else 'no'}"
       " (BENCH_CONTACTS)")
-db = os.path.join(D, "crm2fa.db")
-store = ", ".join(f"{os.path.basename(f)} {size(f):.2f} MB" for f in (db, db + "-wal") if os.path.exists(f))
-print(f"stores after {len(everyone)} enrolments and all logins: crm2fa {store}; users.oath {size(oath_file):.2f} MB"
+def sqlite_store(name):
+    db = os.path.join(D, name)
+    return ", ".join(f"{os.path.basename(f)} {size(f):.2f} MB" for f in (db, db + "-wal") if os.path.exists(f))
+print(f"stores after {len(everyone)} enrolments and all logins: crm2fa {sqlite_store('crm2fa.db')};"
+      f" crm2fa-alone {sqlite_store('crm2fa-alone.db')}; users.oath {size(oath_file):.2f} MB"
       + (f"; crm2fa_pg database {int(pg_sql(os.environ['PG_DB'], 'SELECT pg_database_size(current_database());')) / 1e6:.2f} MB"
          if PG else ""))
 if PG:
     print("crm2fa_pg: PostgreSQL " + pg_sql("postgres", "SHOW server_version;").strip()
-          + " on 127.0.0.1, a new connection (SCRAM-SHA-256, no TLS) per login, as the host role;"
+          + " on 127.0.0.1, sessions (TCP, SCRAM-SHA-256, no TLS) kept open by crm2fad, as the host role;"
           + " fsync " + pg_sql("postgres", "SHOW fsync;").strip()
           + ", synchronous_commit " + pg_sql("postgres", "SHOW synchronous_commit;").strip())
 print()
@@ -700,7 +731,8 @@ if tput:
     print()
     print(f"2. Throughput: logins per second with concurrent clients, {TPUT} logins per cell, each its own")
     print("   pamtester process with a fresh valid code for its own user; failed = a valid code refused")
-    short = {"baseline": "baseline", "crm2fa": "crm2fa", "crm2fa_pg": "crm2fa_pg", "ga": "GA",
+    short = {"baseline": "baseline", "crm2fa": "crm2fa", "crm2fa_alone": "crm2fa-alone",
+             "crm2fa_pg": "crm2fa_pg", "ga": "GA",
              "ga_fast": "GA-fast", "oath": "pam_oath"}
     print("   and the p95 of one login's wall time under that load")
     print(f"{'':10}" + "".join(f"{str(c) + ' client' + ('s' if c > 1 else ''):>27}" for c in CLIENTS))
@@ -728,7 +760,8 @@ if tput:
         best = max(peers, key=lambda k: good(k, c))
         mine, theirs = good("crm2fa", c), good(best, c)
         print(f"      {c} client{'s' if c > 1 else ''}: {'MET' if mine >= theirs else 'NOT MET'}:"
-              f" crm2fa {mine:.1f}/s vs {label[best].split(':')[0]} {theirs:.1f}/s ({mine / theirs:.2f}x)")
+              f" crm2fa {mine:.1f}/s vs {label[best].split(':')[0]} {theirs:.1f}/s ({mine / theirs:.2f}x);"
+              f" crm2fa-alone {good('crm2fa_alone', c) / theirs:.2f}x")
     if PG:
         pg_failed = sum(tput[("crm2fa_pg", c)]["failed"] for c in CLIENTS)
         conc = [c for c in CLIENTS if c > 1]
@@ -767,10 +800,12 @@ if counts:
     if all(counts[k].get("Ir") for k in KINDS):
         base = counts["baseline"]["Ir"]
         print("instructions beyond the baseline: " + ", ".join(
-            f"{dict(ga='GA', ga_fast='GA-fast', oath='pam_oath').get(k, k)} {(counts[k]['Ir'] - base) / 1e6:.2f}M"
+            f"{dict(ga='GA', ga_fast='GA-fast', oath='pam_oath', crm2fa_alone='crm2fa-alone').get(k, k)} {(counts[k]['Ir'] - base) / 1e6:.2f}M"
             for k in REPORT[1:]))
-    print(f"(crm2fa's store: a WAL file of {counts.get('wal_kb', 0):.0f} kB at the counted login, which reads back"
-          " the frames written since the WAL last started over, as every login that opens the store alone does;")
+    print("(crm2fa and crm2fa_pg: the PAM process's counts only; crm2fad does the store's work, and its fsync,")
+    print(" elsewhere. crm2fa-alone: the whole login in the PAM process, whose store's WAL was"
+          f" {counts.get('wal_kb', 0):.0f} kB at the counted login,")
+    print(" read back whole, as every login that opens the store alone does;")
     print(f" GA and crm2fa look the user up in NSS: "
           + (f"glibc's files module, /etc/passwd of {len(everyone)} bench users and the host's)"
              if NSS == "files" else
@@ -779,11 +814,12 @@ if counts:
 print()
 print("Fairness: every login is a fresh pamtester process with the same password step;")
 print("each login uses its own user and a fresh current-step code, so every module checks")
-print("a code it has not seen; crm2fa records it in its SQLite store, GA rewrites the user's")
+print("a code it has not seen; crm2fa records it in its SQLite store (crm2fad commits it, durably,")
+print("before the module hears the outcome), GA rewrites the user's")
 print("file (DISALLOW_REUSE + RATE_LIMIT), pam_oath rewrites its one users.oath, GA-fast")
 print("writes nothing. All stores sit on the same filesystem; the order rotates. Wall-clock")
 print("numbers move with the machine's other load: compare rows of one run, not runs.")
 if PG:
-    print("crm2fa_pg is the same module and config but for [store]: each login connects over TCP")
-    print("(SCRAM) to the local PostgreSQL server, default durability, and commits there.")
+    print("crm2fa_pg is the same module, crm2fad and config but for [store]: crm2fad keeps sessions")
+    print("(TCP, SCRAM) with the local PostgreSQL server open; default durability; it commits there.")
 PY
