@@ -17,12 +17,27 @@ fn sandbox(user: &str) -> (Sandbox, Enrolled) {
     let sb = Sandbox::new();
     sb.add_user(user, PW);
     let e = sb.enroll_active(user);
+    offer_to_crm2fad(&sb);
+    (sb, e)
+}
+
+/// The default stack, its module with `socket=` the sandbox's crm2fad.
+fn offer_to_crm2fad(sb: &Sandbox) {
     sb.set_stack(&[
         sb.matrix_line(),
         sb.module_line("required", &sb.socket_arg()),
         "account required pam_permit.so".to_string(),
     ]);
-    (sb, e)
+}
+
+/// Rename the store and its -wal and -shm files, those there are.
+fn move_store(from: &Path, to: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let f = format!("{}{suffix}", from.display());
+        if Path::new(&f).exists() {
+            std::fs::rename(&f, format!("{}{suffix}", to.display())).unwrap();
+        }
+    }
 }
 
 fn events(sb: &Sandbox, user: &str) -> Vec<String> {
@@ -134,23 +149,12 @@ fn a_store_moved_away_is_not_served_from_the_open_one() {
     let _d = sb.start_daemon();
     sb.login("erin", &[PW, &totp(&e.secret, 0)])
         .assert_success();
-    let store = sb.store_path();
-    let moved = sb.root().join("moved.db");
-    for suffix in ["", "-wal", "-shm"] {
-        let from = format!("{}{suffix}", store.display());
-        if Path::new(&from).exists() {
-            std::fs::rename(&from, format!("{}{suffix}", moved.display())).unwrap();
-        }
-    }
+    let (store, moved) = (sb.store_path(), sb.root().join("moved.db"));
+    move_store(&store, &moved);
     let r = sb.login("erin", &[PW, &totp(&e.secret, 1)]);
     r.assert_denied();
     r.assert_unavailable_naming(&["crm2fa.db"]);
-    for suffix in ["", "-wal", "-shm"] {
-        let from = format!("{}{suffix}", moved.display());
-        if Path::new(&from).exists() {
-            std::fs::rename(&from, format!("{}{suffix}", store.display())).unwrap();
-        }
-    }
+    move_store(&moved, &store);
     sb.login("erin", &[PW, &totp(&e.secret, 1)])
         .assert_success();
 }
@@ -166,11 +170,7 @@ fn concurrent_logins_through_crm2fad_accept_a_code_once_and_every_user() {
     }
     sb.add_user("frank", PW);
     let frank = sb.enroll_active("frank");
-    sb.set_stack(&[
-        sb.matrix_line(),
-        sb.module_line("required", &sb.socket_arg()),
-        "account required pam_permit.so".to_string(),
-    ]);
+    offer_to_crm2fad(&sb);
     let _d = sb.start_daemon();
     wait_for_step_margin(Duration::from_secs(10));
 

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crm2fa_tests::pg::{make_ca, unique_name, PgServer, TLS_HOST};
+use crm2fa_tests::pg::{make_ca, quote_literal, unique_name, PgServer, TLS_HOST};
 use crm2fa_tests::*;
 
 const PW: &str = "correct horse";
@@ -485,4 +485,49 @@ fn logins_over_tls_check_the_servers_certificate_with_a_trusted_ca_file() {
         )
     ));
     h.login("tina", &[PW, &e.backup_codes[2]]).assert_success();
+}
+
+#[test]
+fn crm2fad_keeps_a_hosts_session_between_logins_and_opens_another_after_a_restart() {
+    // Its own server: this test restarts it.
+    let pg = PgServer::start();
+    let f = fleet_on(&pg, "[policy]\nenforce = \"all\"\n", &["erin"], "3s", None);
+    let h = &f.hosts[0];
+    let e = h.enroll_active("erin");
+    h.set_stack(&[
+        h.matrix_line(),
+        h.module_line("required", &h.socket_arg()),
+        "account required pam_permit.so".to_string(),
+    ]);
+    let _d = h.start_daemon();
+    let role = f.host_url["postgres://".len()..]
+        .split('@')
+        .next()
+        .expect("a role in the url")
+        .to_string();
+    let sessions = || {
+        pg.psql(&format!(
+            "SELECT coalesce(string_agg(pid::text, ','), '') FROM pg_stat_activity \
+             WHERE usename = {}",
+            quote_literal(&role)
+        ))
+    };
+    h.login("erin", &[PW, &totp(&e.secret, 0)]).assert_success();
+    let first = sessions();
+    assert!(
+        !first.is_empty() && !first.contains(','),
+        "one session of the hosts' role, kept by crm2fad after the login: {first:?}"
+    );
+    h.login("erin", &[PW, &e.backup_codes[0]]).assert_success();
+    assert_eq!(sessions(), first, "the same session served the next login");
+    // The server restarted: the kept session is gone, the next login opens
+    // another and gets in.
+    pg.restart();
+    h.login("erin", &[PW, &totp(&e.secret, 1)]).assert_success();
+    let after = sessions();
+    assert!(
+        !after.is_empty() && after != first,
+        "{first:?} then {after:?}"
+    );
+    pg.stop();
 }

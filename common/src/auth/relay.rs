@@ -194,9 +194,16 @@ pub fn relay(
     loop {
         let (tag, body) = match take(&mut stream) {
             Ok(frame) => frame,
-            Err(e) if !begun && e.kind() == io::ErrorKind::UnexpectedEof => {
+            Err(e)
+                if !begun
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                    ) =>
+            {
                 // Turned away (too many logins, another version): nothing
-                // of the login has been said or done on crm2fad's side.
+                // of the login has been said or done on crm2fad's side. A
+                // close before reading the hello is a reset, not an end.
                 return Relayed::NotServed(Some(format!(
                     "crm2fad ({}) turned the login away",
                     socket.display()
@@ -418,6 +425,81 @@ mod tests {
         assert_eq!(Hello::decode(&bytes), None);
         assert_eq!(Hello::decode(&[VERSION, 0, 0, 0, 9, b'a']), None);
         assert_eq!(Hello::decode(&[VERSION]), None);
+    }
+
+    /// A conversation that answers every prompt with `answer`.
+    struct Answers(&'static str, usize);
+
+    impl Conversation for Answers {
+        fn prompt_hidden(&mut self, _: &str) -> Result<Option<String>, ConvError> {
+            self.1 += 1;
+            Ok(Some(self.0.into()))
+        }
+        fn prompt_visible(&mut self, msg: &str) -> Result<Option<String>, ConvError> {
+            self.prompt_hidden(msg)
+        }
+        fn info(&mut self, _: &str) {}
+        fn error(&mut self, _: &str) {}
+    }
+
+    /// Offer a login to a listener that does `serve` with its connection.
+    fn offer(serve: impl FnOnce(UnixStream) + Send + 'static) -> (Relayed, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("crm2fad.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let server = std::thread::spawn(move || serve(listener.accept().unwrap().0));
+        let req = Request {
+            user: "alice".into(),
+            service: "sshd".into(),
+            rhost: String::new(),
+            clock: std::sync::Arc::new(|| 0),
+            caller_uid: 0,
+        };
+        let mut conv = Answers("123456", 0);
+        let mut log = Logger::new("crm2fa-test", false);
+        let relayed = relay(&socket, &[], &req, &mut conv, &mut log);
+        server.join().unwrap();
+        (relayed, conv.1)
+    }
+
+    #[test]
+    fn a_login_turned_away_before_it_began_runs_in_the_module() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // the socket must be root's
+        }
+        // Closed unread (too many logins at once): a reset, not an end.
+        let (r, asked) = offer(|s| {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(s)
+        });
+        assert!(matches!(r, Relayed::NotServed(Some(_))), "{r:?}");
+        assert_eq!(asked, 0);
+        // Read, then closed (another version).
+        let (r, _) = offer(|mut s| {
+            take(&mut s).unwrap();
+        });
+        assert!(matches!(r, Relayed::NotServed(Some(_))), "{r:?}");
+    }
+
+    #[test]
+    fn crm2fad_gone_after_its_first_prompt_denies() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let (r, asked) = offer(|mut s| {
+            take(&mut s).unwrap();
+            put(&mut s, PROMPT_HIDDEN, b"Verification code: ").unwrap();
+            let (tag, answer) = take(&mut s).unwrap();
+            assert_eq!((tag, answer.as_slice()), (ANSWER, &b"123456"[..]));
+        });
+        assert_eq!(r, Relayed::Done(Outcome::Unavailable));
+        assert_eq!(asked, 1);
+        // And an outcome it sends is the login's.
+        let (r, _) = offer(|mut s| {
+            take(&mut s).unwrap();
+            put(&mut s, DONE, &[3]).unwrap();
+        });
+        assert_eq!(r, Relayed::Done(Outcome::MaxTries));
     }
 
     #[test]
