@@ -277,6 +277,22 @@ impl Drop for Session {
 }
 
 impl PgClient for Session {
+    /// Without a round trip: the connection task reads what the server
+    /// sent since the last call, and a server that ended the session (a
+    /// restart, an idle timeout) has sent its end, so the client is closed.
+    fn still_open(&mut self) -> bool {
+        let Some(client) = self.client.as_ref() else {
+            return false;
+        };
+        // Each yield lets the runtime poll the socket and run the
+        // connection task once.
+        self.rt.block_on(async {
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+        });
+        !client.is_closed()
+    }
+
     fn batch(&mut self, sql: &str) -> Result<(), PgError> {
         let client = self.take_client()?;
         let answer = within(&self.rt, self.call_timeout, client.batch_execute(sql));

@@ -79,6 +79,14 @@ pub trait PgClient: Send {
     /// Run one query with `params`; its rows, each a value per column in
     /// the order of the select list.
     fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Value>>, PgError>;
+
+    /// Whether the session is still open, for a session kept between
+    /// logins: the server may have ended it since (a restart, an idle
+    /// timeout). By default a round trip; a client that can tell without
+    /// one says so.
+    fn still_open(&mut self) -> bool {
+        self.batch("SELECT 1").is_ok()
+    }
 }
 
 /// `sslmode` of `[store] url`.

@@ -327,10 +327,10 @@ impl Store for PgStore {
         &self.location
     }
 
-    /// The server still answers on this session (it may have been
-    /// restarted, or have closed an idle session, since the last login).
+    /// The session is still open (the server may have been restarted, or
+    /// have closed an idle session, since the last login).
     fn still_current(&mut self) -> bool {
-        self.client.batch("SELECT 1").is_ok()
+        self.client.still_open()
     }
 
     fn transaction(&mut self, kind: TxKind, body: &mut TxBody<'_>) -> Result<()> {
