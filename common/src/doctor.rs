@@ -2,6 +2,7 @@
 //! store, their owners and modes — and say how to fix each problem.
 use std::path::Path;
 
+use crate::auth::relay::{self, Unserved};
 use crate::config::Config;
 use crate::crypto::HostKey;
 use crate::delivery::{self, Channel};
@@ -44,6 +45,34 @@ fn problem(check: &str, detail: impl Into<String>, fix: impl Into<String>) -> Ch
 /// `fallback`.
 fn failed(check: &str, e: &crate::Error, fallback: &str) -> Check {
     problem(check, e.problem(), e.fix().unwrap_or(fallback))
+}
+
+/// crm2fad: not needed (logins then open the store themselves), but a
+/// socket the module will not use is a problem.
+fn login_service_check(socket: &Path) -> Check {
+    const NAME: &str = "login service";
+    match relay::probe(socket) {
+        Ok(()) => ok(
+            NAME,
+            format!(
+                "crm2fad listens on {}: logins run there, on a store kept open",
+                socket.display()
+            ),
+        ),
+        Err(Unserved::Absent | Unserved::NotRunning(_)) => ok(
+            NAME,
+            "crm2fad is not running: each login opens the store itself (slower; \
+             `systemctl enable --now crm2fad` starts it)",
+        ),
+        Err(Unserved::Untrusted(why)) => problem(
+            NAME,
+            why,
+            format!(
+                "stop whatever made {}, then `systemctl restart crm2fad`",
+                socket.display()
+            ),
+        ),
+    }
 }
 
 /// The directories above a trusted file: whoever may write one may
@@ -202,6 +231,7 @@ pub fn run(config_path: &Path, pg: Option<&dyn PgConnect>) -> Vec<Check> {
     if let Some(c) = delivery_check(&cfg) {
         out.push(c);
     }
+    out.push(login_service_check(Path::new(relay::DEFAULT_SOCKET)));
     if cfg.sms.as_ref().is_some_and(|s| !s.command.is_empty()) {
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
         out.push(sms_command_check(&mounts));
@@ -328,6 +358,29 @@ fn permission_denied(e: &crate::Error) -> bool {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_login_service_is_optional_but_an_untrusted_socket_is_a_problem() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // the socket must be root's
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("crm2fad.sock");
+        let absent = login_service_check(&socket);
+        assert!(
+            absent.ok && absent.detail.contains("not running"),
+            "{absent:?}"
+        );
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let running = login_service_check(&socket);
+        assert!(
+            running.ok && running.detail.contains("listens"),
+            "{running:?}"
+        );
+        std::os::unix::fs::chown(&socket, Some(4242), None).unwrap();
+        let untrusted = login_service_check(&socket);
+        assert!(!untrusted.ok && untrusted.fix.is_some(), "{untrusted:?}");
+    }
 
     #[test]
     fn an_sms_command_needs_a_proc_that_hides_other_users_processes() {

@@ -75,6 +75,7 @@ fn every_man_page_renders_without_a_warning() {
         "man8/crm2fa-admin.8",
         "man8/crm2fa-admin-enroll.8",
         "man8/pam_crm2fa.8",
+        "man8/crm2fad.8",
         "man5/crm2fa.toml.5",
     ] {
         assert!(pages.contains(&PathBuf::from(want)), "{want} in {pages:?}");

@@ -176,7 +176,7 @@ pub fn relay(
 ) -> Relayed {
     let mut stream = match connect(socket) {
         Ok(s) => s,
-        Err(why) => return Relayed::NotServed(why),
+        Err(why) => return Relayed::NotServed(why.reason()),
     };
     let hello = Hello {
         user: req.user.clone(),
@@ -279,17 +279,48 @@ pub fn relay(
     }
 }
 
+/// Why no crm2fad serves a login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unserved {
+    /// There is no socket: crm2fad is not installed or not running.
+    Absent,
+    /// Nobody listens (a socket left behind), or it cannot be used.
+    NotRunning(String),
+    /// The socket, a directory above it or the process listening is not
+    /// root's: it is never used.
+    Untrusted(String),
+}
+
+impl Unserved {
+    /// What a log line says, if anything.
+    fn reason(self) -> Option<String> {
+        match self {
+            Unserved::Absent => None,
+            Unserved::NotRunning(why) | Unserved::Untrusted(why) => Some(why),
+        }
+    }
+}
+
+/// Whether a crm2fad of root's answers on `socket` (for `doctor`).
+pub fn probe(socket: &Path) -> Result<(), Unserved> {
+    connect(socket).map(drop)
+}
+
 /// Connect to crm2fad if one listens on `socket` and it is root's: the
-/// socket, the directories above it and the process that answers. Err:
-/// not served, and why if worth saying (no socket at all is not).
-fn connect(socket: &Path) -> Result<UnixStream, Option<String>> {
+/// socket, the directories above it and the process that answers.
+fn connect(socket: &Path) -> Result<UnixStream, Unserved> {
     let meta = match std::fs::symlink_metadata(socket) {
         Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(None),
-        Err(e) => return Err(Some(format!("cannot use {}: {e}", socket.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Unserved::Absent),
+        Err(e) => {
+            return Err(Unserved::NotRunning(format!(
+                "cannot use {}: {e}",
+                socket.display()
+            )))
+        }
     };
     let untrusted = |why: String| {
-        Some(format!(
+        Unserved::Untrusted(format!(
             "crm2fad's socket {} is not used: {why}",
             socket.display()
         ))
@@ -301,7 +332,7 @@ fn connect(socket: &Path) -> Result<UnixStream, Option<String>> {
         return Err(untrusted(e.to_string()));
     }
     let stream = UnixStream::connect(socket).map_err(|e| {
-        Some(format!(
+        Unserved::NotRunning(format!(
             "crm2fad is not running ({}: {e}); the module runs the login",
             socket.display()
         ))
@@ -319,7 +350,7 @@ fn connect(socket: &Path) -> Result<UnixStream, Option<String>> {
     let timeouts = stream
         .set_read_timeout(Some(SERVER_WAIT))
         .and_then(|()| stream.set_write_timeout(Some(SERVER_WAIT)));
-    timeouts.map_err(|e| Some(format!("cannot use {}: {e}", socket.display())))?;
+    timeouts.map_err(|e| Unserved::NotRunning(format!("cannot use {}: {e}", socket.display())))?;
     Ok(stream)
 }
 
