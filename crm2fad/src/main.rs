@@ -11,8 +11,11 @@
 //!
 //! Only root may connect (the socket is 0600 in a directory of root's, and
 //! each connection's peer must be uid 0). Each login is served by its own
-//! thread; past [`MAX_LOGINS`] at once, a connection is closed unanswered
-//! and the module runs that login itself.
+//! thread; past as many at once as its file descriptors allow (see
+//! [`max_logins`]), a connection is closed unanswered and the module runs
+//! that login itself. SIGTERM (systemd's stop) removes the socket, so new
+//! logins run in the module, and waits up to [`STOP_WAIT`] for the logins
+//! in progress before it exits.
 #![forbid(unsafe_code)]
 
 use std::io;
@@ -20,17 +23,24 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use crm2fa_common::audit::Logger;
 use crm2fa_common::auth::relay;
 use crm2fa_common::fsperm;
 use crm2fa_common::store::pool::Pool;
+use nix::sys::signal::{SigSet, Signal};
 
-/// Logins served at once, at most.
-const MAX_LOGINS: usize = 256;
+/// How long a stop waits for the logins in progress (systemd's
+/// TimeoutStopSec in crm2fad.service is longer).
+const STOP_WAIT: Duration = Duration::from_secs(75);
+/// File descriptors a login may hold: its connection and a copy (debug),
+/// syslog, a store opened for it (SQLite: the file, WAL and index; or a
+/// PostgreSQL session), the sending program's pipes.
+const FDS_PER_LOGIN: u64 = 8;
 
 /// crm2fa login service: runs the logins pam_crm2fa.so offers it, with the
 /// store kept open between them.
@@ -49,6 +59,16 @@ fn main() -> ExitCode {
         log.error("must run as root: it reads the configuration, the key and the store");
         return ExitCode::from(1);
     }
+    // SIGTERM and SIGINT go to a thread of their own: blocked here, before
+    // any other thread starts (they inherit the mask).
+    let mut stop = SigSet::empty();
+    stop.add(Signal::SIGTERM);
+    stop.add(Signal::SIGINT);
+    if let Err(e) = stop.thread_block() {
+        log.error(&format!("cannot take SIGTERM: {e}"));
+        return ExitCode::from(1);
+    }
+    let max = max_logins();
     let listener = match listen(&cli.socket) {
         Ok(l) => l,
         Err(why) => {
@@ -56,18 +76,40 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    log.info(&format!("listening on {}", cli.socket.display()));
+    log.info(&format!(
+        "listening on {}, up to {max} logins at once",
+        cli.socket.display()
+    ));
     let pool = Arc::new(Pool::new(Some(Box::new(crm2fa_pg::Connector))));
     let active = Arc::new(AtomicUsize::new(0));
+    let stopping = Arc::new(AtomicBool::new(false));
+    {
+        let (active, stopping, socket) = (
+            Arc::clone(&active),
+            Arc::clone(&stopping),
+            cli.socket.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("stop".into())
+            .spawn(move || stop_on_signal(stop, &socket, &active, &stopping));
+        if let Err(e) = spawned {
+            log.error(&format!("cannot start the thread that takes SIGTERM: {e}"));
+            return ExitCode::from(1);
+        }
+    }
     for conn in listener.incoming() {
         let stream = match conn {
             Ok(s) => s,
             Err(e) => {
+                if e.raw_os_error().is_some_and(is_out_of_files) {
+                    // Wait for a login to end rather than spin.
+                    std::thread::sleep(Duration::from_millis(50));
+                }
                 log.warn(&format!("accepting a connection failed: {e}"));
                 continue;
             }
         };
-        if active.load(Ordering::Relaxed) >= MAX_LOGINS {
+        if stopping.load(Ordering::SeqCst) || active.load(Ordering::SeqCst) >= max {
             // Closed unanswered: the module runs this login itself.
             continue;
         }
@@ -84,6 +126,56 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The process is out of file descriptors (EMFILE) or the system is
+/// (ENFILE).
+fn is_out_of_files(errno: i32) -> bool {
+    errno == nix::errno::Errno::EMFILE as i32 || errno == nix::errno::Errno::ENFILE as i32
+}
+
+/// How many logins may run at once: as many as the file descriptors allow
+/// (the soft limit raised to the hard one first), [`FDS_PER_LOGIN`] each,
+/// between 16 and 1024.
+fn max_logins() -> usize {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let limit = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard))
+            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() =>
+        {
+            hard
+        }
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    };
+    let n = limit.saturating_sub(64) / FDS_PER_LOGIN;
+    n.clamp(16, 1024) as usize
+}
+
+/// On SIGTERM or SIGINT: remove the socket (new logins then run in the
+/// module), wait for the logins in progress up to [`STOP_WAIT`], exit.
+fn stop_on_signal(signals: SigSet, socket: &Path, active: &AtomicUsize, stopping: &AtomicBool) {
+    let Ok(signal) = signals.wait() else {
+        return;
+    };
+    stopping.store(true, Ordering::SeqCst);
+    let mut log = Logger::new("crm2fad", true);
+    let _ = std::fs::remove_file(socket);
+    let waiting = active.load(Ordering::SeqCst);
+    log.info(&format!(
+        "{signal}: stopping; new logins run in the module; waiting for {waiting} in progress"
+    ));
+    let deadline = Instant::now() + STOP_WAIT;
+    while active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = active.load(Ordering::SeqCst);
+    if left > 0 {
+        log.warn(&format!(
+            "stopped with {left} logins still in progress (they are denied)"
+        ));
+    }
+    std::process::exit(0);
 }
 
 /// One login being served, counted until its thread ends (or never starts).
@@ -122,6 +214,10 @@ fn listen(path: &Path) -> Result<UnixListener, String> {
         Err(e) => return Err(e.to_string()),
     }
     // Made 0600 from the start: no moment when another user could connect.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    UnixListener::bind(path).map_err(|e| e.to_string())
+    // The umask goes back after: the sending program and an [sms] command
+    // run with the one crm2fad was started with, as under the module.
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(umask);
+    bound.map_err(|e| e.to_string())
 }

@@ -701,6 +701,20 @@ impl Daemon {
             .any(|fd| fs::read_link(fd.path()).is_ok_and(|target| target == path))
     }
 
+    /// Send it SIGTERM (systemd's stop) without waiting.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM crm2fad: {status}");
+    }
+
+    /// Wait up to `timeout` for it to exit; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_timeout(&mut self.child, timeout)
+    }
+
     /// Kill it (SIGKILL: no chance to tidy up) and reap it; its socket
     /// stays behind.
     pub fn kill(mut self) {

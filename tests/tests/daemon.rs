@@ -194,3 +194,47 @@ fn concurrent_logins_through_crm2fad_accept_a_code_once_and_every_user() {
         transcripts(&results)
     );
 }
+
+#[test]
+fn a_stop_lets_the_login_in_progress_finish_and_sends_new_ones_to_the_module() {
+    let (sb, e) = sandbox("gina");
+    let mut d = sb.start_daemon();
+    let mut pending = sb.spawn_login("gina", &[]);
+    pending.send_line(PW);
+    pending.wait_for("Verification code", Duration::from_secs(30));
+    d.terminate();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sb.daemon_socket().exists() {
+        assert!(std::time::Instant::now() < deadline, "the socket stays");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The login under way ends in crm2fad, which then exits.
+    pending.send_line(&totp(&e.secret, 0));
+    pending.finish().assert_success();
+    let status = d.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}:\n{}",
+        d.stderr()
+    );
+    // A new login runs in the module.
+    let r = sb.login("gina", &[PW, &totp(&e.secret, 1)]);
+    r.assert_success();
+    assert!(!d.holds_open(&sb.store_path()));
+}
+
+#[test]
+fn a_kept_store_others_may_now_write_is_refused_as_an_open_would_refuse_it() {
+    let (sb, e) = sandbox("hank");
+    let d = sb.start_daemon();
+    sb.login("hank", &[PW, &totp(&e.secret, 0)])
+        .assert_success();
+    assert!(d.holds_open(&sb.store_path()));
+    let store = sb.store_path();
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let r = sb.login("hank", &[PW, &totp(&e.secret, 1)]);
+    r.assert_unavailable_naming(&["crm2fa.db", "0666"]);
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o600)).unwrap();
+    sb.login("hank", &[PW, &totp(&e.secret, 1)])
+        .assert_success();
+}

@@ -42,11 +42,17 @@ impl std::fmt::Debug for Logger {
 impl Logger {
     /// A logger that names itself `ident`.
     pub fn new(ident: &str, mirror: bool) -> Logger {
+        Logger::with_pid(ident, mirror, std::process::id())
+    }
+
+    /// A logger that names itself `ident[pid]`: crm2fad logs a login it
+    /// runs with the PAM process's pid, as the module would.
+    pub fn with_pid(ident: &str, mirror: bool, pid: u32) -> Logger {
         let syslog = syslog::unix(Formatter3164 {
             facility: Facility::LOG_AUTHPRIV,
             hostname: None,
             process: ident.into(),
-            pid: std::process::id(),
+            pid,
         })
         .ok();
         Logger {

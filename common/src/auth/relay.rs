@@ -8,9 +8,10 @@
 //! the person types goes to crm2fad as the answer to its prompt.
 //!
 //! When no crm2fad answers (no socket, none listening, or it turns the
-//! login away before its first message: too many logins at once, another
-//! version) the module runs the login itself. Once crm2fad has begun, a
-//! failure denies: the login is never run twice.
+//! login away before accepting it: too many logins at once, another
+//! version, stopping) the module runs the login itself. crm2fad accepts a
+//! login (its first message) before it does anything for it; from then on
+//! a failure denies: the login is never run twice.
 //!
 //! Frames: a tag byte, a big-endian `u32` length, that many bytes. Every
 //! buffer that may hold an answer or a message is zeroized when dropped.
@@ -33,12 +34,14 @@ pub const DEFAULT_SOCKET: &str = "/run/crm2fa/crm2fad.sock";
 
 /// The version of the frames below; a crm2fad of another version closes
 /// the connection at once, and the module runs the login itself.
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// No frame is longer (a QR code drawn in text is a few kB).
 const MAX_FRAME: usize = 1 << 20;
 /// How long the module waits for crm2fad between two of its messages: the
-/// store's busy timeout, a PostgreSQL connect timeout and a send all fit.
-const SERVER_WAIT: Duration = Duration::from_secs(60);
+/// store's busy timeout, a PostgreSQL connect timeout and a send with a
+/// long `[delivery] timeout` all fit (sshd's LoginGraceTime ends a login
+/// sooner).
+const SERVER_WAIT: Duration = Duration::from_secs(600);
 /// How long crm2fad waits for who is logging in.
 const HELLO_WAIT: Duration = Duration::from_secs(5);
 /// How long crm2fad waits for a person to answer a prompt.
@@ -50,6 +53,8 @@ const ANSWER: u8 = b'A';
 const NO_ANSWER: u8 = b'N';
 const CONV_FAILED: u8 = b'X';
 // crm2fad to module.
+/// The login is crm2fad's from here on: sent before it does anything.
+const ACCEPTED: u8 = b'K';
 const PROMPT_HIDDEN: u8 = b'P';
 const PROMPT_VISIBLE: u8 = b'V';
 const INFO: u8 = b'I';
@@ -110,6 +115,9 @@ fn text(body: &[u8]) -> Zeroizing<String> {
 /// Who is logging in, as the module sends it.
 #[derive(Debug, PartialEq, Eq)]
 struct Hello {
+    /// The PAM process, named in crm2fad's syslog lines for the login as
+    /// the module names itself (`pam_crm2fa[PID]`).
+    pid: u32,
     user: String,
     service: String,
     rhost: String,
@@ -119,6 +127,7 @@ struct Hello {
 impl Hello {
     fn encode(&self) -> Vec<u8> {
         let mut out = vec![VERSION];
+        out.extend_from_slice(&self.pid.to_be_bytes());
         let fields = [&self.user, &self.service, &self.rhost]
             .into_iter()
             .chain(&self.args);
@@ -131,10 +140,11 @@ impl Hello {
 
     /// None: another version, or not a hello.
     fn decode(body: &[u8]) -> Option<Hello> {
-        let (&version, mut rest) = body.split_first()?;
+        let (&version, rest) = body.split_first()?;
         if version != VERSION {
             return None;
         }
+        let (pid, mut rest) = rest.split_first_chunk::<4>()?;
         let mut fields = vec![];
         while !rest.is_empty() {
             let (len, tail) = rest.split_first_chunk::<4>()?;
@@ -145,6 +155,7 @@ impl Hello {
         }
         let mut fields = fields.into_iter();
         Some(Hello {
+            pid: u32::from_be_bytes(*pid),
             user: fields.next()?,
             service: fields.next()?,
             rhost: fields.next()?,
@@ -179,6 +190,7 @@ pub fn relay(
         Err(why) => return Relayed::NotServed(why.reason()),
     };
     let hello = Hello {
+        pid: std::process::id(),
         user: req.user.clone(),
         service: req.service.clone(),
         rhost: req.rhost.clone(),
@@ -201,9 +213,10 @@ pub fn relay(
                         io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
                     ) =>
             {
-                // Turned away (too many logins, another version): nothing
-                // of the login has been said or done on crm2fad's side. A
-                // close before reading the hello is a reset, not an end.
+                // Turned away before it accepted the login (too many
+                // logins, another version, stopping): crm2fad has done
+                // nothing for it. A close before reading the hello is a
+                // reset, not an end.
                 return Relayed::NotServed(Some(format!(
                     "crm2fad ({}) turned the login away",
                     socket.display()
@@ -220,6 +233,7 @@ pub fn relay(
         };
         begun = true;
         let reply = match tag {
+            ACCEPTED => None,
             PROMPT_HIDDEN => Some(conv.prompt_hidden(&text(&body))),
             PROMPT_VISIBLE => Some(conv.prompt_visible(&text(&body))),
             INFO => {
@@ -408,6 +422,8 @@ pub fn serve(mut stream: UnixStream, stores: &dyn Stores) -> Option<Outcome> {
         _ => return None,
     };
     stream.set_read_timeout(Some(ANSWER_WAIT)).ok()?;
+    // From here on the module will not run the login itself.
+    put(&mut stream, ACCEPTED, &[]).ok()?;
     let args = ModuleArgs::parse(hello.args.iter().map(String::as_str));
     let req = Request {
         user: hello.user,
@@ -416,7 +432,7 @@ pub fn serve(mut stream: UnixStream, stores: &dyn Stores) -> Option<Outcome> {
         clock: std::sync::Arc::new(crate::unix_now),
         caller_uid: 0,
     };
-    let mut log = Logger::new("pam_crm2fa", args.debug);
+    let mut log = Logger::with_pid("pam_crm2fa", args.debug, hello.pid);
     if args.debug {
         if let Ok(mut mirror) = stream.try_clone() {
             log = log.mirrored_to(move |line| {
@@ -445,6 +461,7 @@ mod tests {
     #[test]
     fn a_hello_reads_back_as_written_and_another_version_is_refused() {
         let h = Hello {
+            pid: 4321,
             user: "alice".into(),
             service: "sshd".into(),
             rhost: "".into(),
@@ -454,8 +471,11 @@ mod tests {
         assert_eq!(Hello::decode(&bytes), Some(h));
         bytes[0] = VERSION + 1;
         assert_eq!(Hello::decode(&bytes), None);
-        assert_eq!(Hello::decode(&[VERSION, 0, 0, 0, 9, b'a']), None);
-        assert_eq!(Hello::decode(&[VERSION]), None);
+        assert_eq!(
+            Hello::decode(&[VERSION, 0, 0, 0, 1, 0, 0, 0, 9, b'a']),
+            None
+        );
+        assert_eq!(Hello::decode(&[VERSION, 0, 0]), None);
     }
 
     /// A conversation that answers every prompt with `answer`.
@@ -525,6 +545,14 @@ mod tests {
         });
         assert_eq!(r, Relayed::Done(Outcome::Unavailable));
         assert_eq!(asked, 1);
+        // Gone once it accepted the login, before any prompt (a send under
+        // way, say): denied, never run again in the module.
+        let (r, asked) = offer(|mut s| {
+            take(&mut s).unwrap();
+            put(&mut s, ACCEPTED, &[]).unwrap();
+        });
+        assert_eq!(r, Relayed::Done(Outcome::Unavailable));
+        assert_eq!(asked, 0);
         // And an outcome it sends is the login's.
         let (r, _) = offer(|mut s| {
             take(&mut s).unwrap();

@@ -11,6 +11,7 @@
 //! reads its user's rows in its own transactions, as the module does.
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use super::pg::PgConnect;
 use super::{Store, Stores, TxBody, TxKind};
@@ -19,6 +20,11 @@ use crate::error::Result;
 
 /// Open stores kept at most, over every `[store]` served.
 pub const MAX_IDLE: usize = 32;
+/// Open stores kept at most for one `[store]`: a burst of logins leaves no
+/// more PostgreSQL sessions than this behind on each host.
+pub const MAX_IDLE_PER_STORE: usize = 4;
+/// A store not lent for this long is closed.
+pub const IDLE_TIME: Duration = Duration::from_secs(60);
 
 /// What a kept store was opened for: two configs that name the same
 /// database the same way share stores.
@@ -38,9 +44,13 @@ impl Key {
     }
 }
 
+/// A kept store, what it was opened for and when it was given back.
+type Kept = (Key, Box<dyn Store>, Instant);
+
 /// Open stores, by the `[store]` they were opened for.
 pub struct Pool {
-    idle: Mutex<Vec<(Key, Box<dyn Store>)>>,
+    /// Kept stores, the oldest given back first.
+    idle: Mutex<Vec<Kept>>,
     pg: Option<Box<dyn PgConnect + Send + Sync>>,
 }
 
@@ -65,19 +75,45 @@ impl Pool {
         self.idle.lock().map(|v| v.len()).unwrap_or(0)
     }
 
+    /// The store of `key` given back last, if any; stores idle too long
+    /// are closed (after the lock is let go: closing a PostgreSQL session
+    /// may wait for the server).
     fn take(&self, key: &Key) -> Option<Box<dyn Store>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let at = idle.iter().rposition(|(k, _)| k == key)?;
-        Some(idle.swap_remove(at).1)
+        let (found, expired) = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let fresh = idle
+                .iter()
+                .position(|(_, _, at)| now.duration_since(*at) < IDLE_TIME)
+                .unwrap_or(idle.len());
+            let expired: Vec<_> = idle.drain(..fresh).collect();
+            let found = idle
+                .iter()
+                .rposition(|(k, _, _)| k == key)
+                .map(|at| idle.remove(at).1);
+            (found, expired)
+        };
+        drop(expired);
+        found
     }
 
     fn give_back(&self, key: Key, store: Box<dyn Store>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() >= MAX_IDLE {
-            // The oldest goes: it belongs to the config least used lately.
-            idle.remove(0);
-        }
-        idle.push((key, store));
+        let closed = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let same: Vec<usize> = (0..idle.len()).filter(|&i| idle[i].0 == key).collect();
+            let closed = if same.len() >= MAX_IDLE_PER_STORE {
+                // The oldest of this store's goes.
+                Some(idle.remove(same[0]).1)
+            } else if idle.len() >= MAX_IDLE {
+                // The oldest goes: it belongs to the config least used lately.
+                Some(idle.remove(0).1)
+            } else {
+                None
+            };
+            idle.push((key, store, Instant::now()));
+            closed
+        };
+        drop(closed);
     }
 }
 
@@ -145,7 +181,11 @@ impl Store for Lent<'_> {
 
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
-        if let (false, Some(key), Some(store)) = (self.failed, self.key.take(), self.store.take()) {
+        // Not after a panic: a transaction may have been left open.
+        if self.failed || std::thread::panicking() {
+            return;
+        }
+        if let (Some(key), Some(store)) = (self.key.take(), self.store.take()) {
             self.pool.give_back(key, store);
         }
     }
@@ -205,5 +245,12 @@ mod tests {
         read(s.as_mut()).unwrap();
         drop(s);
         assert_eq!(pool.idle(), 1, "the old one closed, the new one kept");
+
+        // A burst of logins leaves at most MAX_IDLE_PER_STORE behind.
+        let lent: Vec<_> = (0..MAX_IDLE_PER_STORE + 3)
+            .map(|_| pool.open(&cfg).unwrap())
+            .collect();
+        drop(lent);
+        assert_eq!(pool.idle(), MAX_IDLE_PER_STORE);
     }
 }

@@ -209,19 +209,13 @@ impl SqliteStore {
     /// Open an existing store (never creates one). Checks ownership and mode,
     /// and brings an older schema up to date.
     pub fn open(path: &Path) -> Result<SqliteStore> {
-        match fsperm::check_if_present(path, Secrecy::OwnerOnly)? {
-            true => {}
-            false => return Err(Error::StoreMissing { path: path.into() }),
-        }
-        let mut wal_present = false;
-        for suffix in ["-wal", "-shm"] {
-            let mut side = path.as_os_str().to_owned();
-            side.push(suffix);
-            let present = fsperm::check_if_present(Path::new(&side), Secrecy::OwnerOnly)?;
-            wal_present |= suffix == "-wal" && present;
-        }
+        let wal_present = check_files(path)?;
+        // Taken before SQLite opens it: a file swapped in between is then
+        // told apart at the next lend, never trusted for good.
+        let file = file_id(path);
         let mut store = SqliteStore::connect(path)?;
         store.wal_created = !wal_present;
+        store.file = file;
         Ok(store)
     }
 
@@ -272,7 +266,7 @@ impl SqliteStore {
             location,
             durability: Some(Durability::Full),
             wal_created: false,
-            file: file_id(path),
+            file: None,
         };
         store.migrate()?;
         Ok(store)
@@ -402,6 +396,23 @@ impl SqliteStore {
     }
 }
 
+/// The store file, its `-wal` and `-shm` files, and the directories above
+/// them: root's and closed to others, at every open and before a kept store
+/// serves another login. Whether the `-wal` file is there.
+fn check_files(path: &Path) -> Result<bool> {
+    if !fsperm::check_if_present(path, Secrecy::OwnerOnly)? {
+        return Err(Error::StoreMissing { path: path.into() });
+    }
+    let mut wal_present = false;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let present = fsperm::check_if_present(Path::new(&side), Secrecy::OwnerOnly)?;
+        wal_present |= suffix == "-wal" && present;
+    }
+    Ok(wal_present)
+}
+
 /// The device and inode `path` names now, if it can be read.
 fn file_id(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -413,10 +424,13 @@ impl Store for SqliteStore {
         &self.location
     }
 
-    /// The path names the file this connection has open: a store restored
-    /// by moving another file into its place is opened afresh.
+    /// The path names the file this connection has open (a store restored
+    /// by moving another file into its place is opened afresh), and the
+    /// files pass the checks of an open (a store others may now read or
+    /// write is not served from the open connection either: the open that
+    /// follows refuses it).
     fn still_current(&mut self) -> bool {
-        self.file.is_some() && file_id(&self.path) == self.file
+        self.file.is_some() && file_id(&self.path) == self.file && check_files(&self.path).is_ok()
     }
 
     fn transaction(&mut self, kind: TxKind, body: &mut TxBody<'_>) -> Result<()> {
