@@ -108,7 +108,14 @@ CREATE INDEX audit_user_time ON audit(username, time);
 pub struct PgStore {
     client: Box<dyn PgClient>,
     location: String,
+    /// When the schema version was last found to be this build's.
+    checked: std::time::Instant,
 }
+
+/// How long a session kept between logins trusts the schema version it
+/// found: another host's `crm2fa-admin init` may upgrade the schema, and
+/// this build then refuses the store, as a fresh open would.
+const SCHEMA_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -138,6 +145,7 @@ impl PgStore {
         let mut store = PgStore {
             client,
             location: target.location(),
+            checked: std::time::Instant::now(),
         };
         match store.version()? {
             v if v == SCHEMA_VERSION => Ok(store),
@@ -165,6 +173,7 @@ impl PgStore {
         let mut store = PgStore {
             client,
             location: target.location(),
+            checked: std::time::Instant::now(),
         };
         store.migrate()?;
         PgStore::open(store.client, target)
@@ -328,9 +337,20 @@ impl Store for PgStore {
     }
 
     /// The session is still open (the server may have been restarted, or
-    /// have closed an idle session, since the last login).
+    /// have closed an idle session, since the last login), and, once a
+    /// minute, the schema is still this build's.
     fn still_current(&mut self) -> bool {
-        self.client.still_open()
+        if !self.client.still_open() {
+            return false;
+        }
+        if self.checked.elapsed() < SCHEMA_RECHECK {
+            return true;
+        }
+        let current = self.version().is_ok_and(|v| v == SCHEMA_VERSION);
+        if current {
+            self.checked = std::time::Instant::now();
+        }
+        current
     }
 
     fn transaction(&mut self, kind: TxKind, body: &mut TxBody<'_>) -> Result<()> {
