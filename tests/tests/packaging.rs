@@ -534,6 +534,20 @@ if login 'Tr0ub4dor&3' 000000 000000 000000; then echo 'a wrong code logged in';
 say a wrong code is refused
 login 'Tr0ub4dor&3' "$(oathtool --totp -b "$secret")"
 say logged in with the password and a code
+mkdir -p -m 0755 /run/crm2fa
+/usr/sbin/crm2fad 2>/tmp/crm2fad.log &
+dpid=$!
+i=0
+while [ ! -S /run/crm2fa/crm2fad.sock ]; do
+  i=$((i + 1)); [ "$i" -lt 500 ] || {{ cat /tmp/crm2fad.log; exit 1; }}; sleep 0.01
+done
+login 'Tr0ub4dor&3' "$(oathtool --totp -b -N 'now + 30 seconds' "$secret")"
+ls -l /proc/$dpid/fd | grep -q /var/lib/crm2fa/crm2fa.db
+say the installed crm2fad ran the login and keeps the store open
+kill -TERM $dpid
+wait $dpid
+test ! -e /run/crm2fa/crm2fad.sock
+say crm2fad stopped and took its socket away
 dpkg -r crm2fa >/dev/null
 if grep -q pam_crm2fa /etc/pam.d/common-auth; then echo 'common-auth still loads it'; exit 1; fi
 login 'Tr0ub4dor&3'
@@ -552,6 +566,8 @@ say purged
             "password alone before the profile is enabled",
             "a wrong code is refused",
             "logged in with the password and a code",
+            "the installed crm2fad ran the login and keeps the store open",
+            "crm2fad stopped and took its socket away",
             "removed: the password alone again",
             "purged",
         ],
