@@ -238,3 +238,35 @@ fn a_kept_store_others_may_now_write_is_refused_as_an_open_would_refuse_it() {
     sb.login("hank", &[PW, &totp(&e.secret, 1)])
         .assert_success();
 }
+
+#[test]
+fn a_first_login_through_crm2fad_shows_the_backup_codes_also_when_silent() {
+    let sb = Sandbox::new();
+    sb.add_user("ivy", PW);
+    sb.add_user("jon", PW);
+    let ivy = sb.enroll("ivy");
+    let jon = sb.enroll("jon");
+    offer_to_crm2fad(&sb);
+    let d = sb.start_daemon();
+
+    // The codes shown (one a line, indented) before the prompt to save them.
+    let shown = |r: &LoginResult| {
+        let before = &r.output[..r.output.find(SAVED_PROMPT).unwrap_or(0)];
+        before
+            .lines()
+            .filter(|l| l.starts_with("    ") && l.trim().len() == 9 && l.contains('-'))
+            .count()
+    };
+    let r = sb.login("ivy", &[PW, &totp(&ivy, 0), ""]);
+    r.assert_success();
+    assert_eq!(r.count(SAVED_PROMPT), 1, "{r}");
+    assert_eq!(shown(&r), 10, "{r}");
+    assert_eq!(sb.status("ivy")["state"], "active");
+    assert!(d.holds_open(&sb.store_path()), "crm2fad ran it");
+
+    // PAM_SILENT: the codes still come, with the last prompt's text.
+    let r = sb.login_op("jon", "authenticate(PAM_SILENT)", &[PW, &totp(&jon, 0), ""]);
+    r.assert_success();
+    assert_eq!(shown(&r), 10, "{r}");
+    assert_eq!(sb.status("jon")["backup_codes_left"], 10);
+}
