@@ -42,13 +42,18 @@ pub fn open_trusted(path: &Path, secrecy: Secrecy) -> Result<File> {
     Ok(file)
 }
 
-/// Check `path` as [`open_trusted`] does, if it exists; `Ok(false)` if not.
-pub fn check_if_present(path: &Path, secrecy: Secrecy) -> Result<bool> {
+/// [`open_trusted`], if `path` exists; `Ok(None)` if not.
+pub fn open_if_present(path: &Path, secrecy: Secrecy) -> Result<Option<File>> {
     match open_trusted(path, secrecy) {
-        Ok(_) => Ok(true),
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Ok(f) => Ok(Some(f)),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Check `path` as [`open_trusted`] does, if it exists; `Ok(false)` if not.
+pub fn check_if_present(path: &Path, secrecy: Secrecy) -> Result<bool> {
+    open_if_present(path, secrecy).map(|f| f.is_some())
 }
 
 fn check_meta(path: &Path, meta: &std::fs::Metadata, secrecy: Secrecy) -> Result<()> {

@@ -56,8 +56,7 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let idle = self.idle.lock().map(|v| v.len()).unwrap_or(0);
-        f.debug_struct("Pool").field("idle", &idle).finish()
+        f.debug_struct("Pool").field("idle", &self.idle()).finish()
     }
 }
 

@@ -209,13 +209,13 @@ impl SqliteStore {
     /// Open an existing store (never creates one). Checks ownership and mode,
     /// and brings an older schema up to date.
     pub fn open(path: &Path) -> Result<SqliteStore> {
-        let wal_present = check_files(path)?;
-        // Taken before SQLite opens it: a file swapped in between is then
-        // told apart at the next lend, never trusted for good.
-        let file = file_id(path);
+        // The file checked is the one remembered, before SQLite opens it: a
+        // file swapped in between is told apart at the next lend, never
+        // trusted for good.
+        let (file, wal_present) = check_files(path)?;
         let mut store = SqliteStore::connect(path)?;
         store.wal_created = !wal_present;
-        store.file = file;
+        store.file = Some(file);
         Ok(store)
     }
 
@@ -398,11 +398,14 @@ impl SqliteStore {
 
 /// The store file, its `-wal` and `-shm` files, and the directories above
 /// them: root's and closed to others, at every open and before a kept store
-/// serves another login. Whether the `-wal` file is there.
-fn check_files(path: &Path) -> Result<bool> {
-    if !fsperm::check_if_present(path, Secrecy::OwnerOnly)? {
-        return Err(Error::StoreMissing { path: path.into() });
-    }
+/// serves another login. The file checked (device, inode), and whether the
+/// `-wal` file is there.
+fn check_files(path: &Path) -> Result<((u64, u64), bool)> {
+    use std::os::unix::fs::MetadataExt;
+    let file = fsperm::open_if_present(path, Secrecy::OwnerOnly)?
+        .ok_or_else(|| Error::StoreMissing { path: path.into() })?
+        .metadata()
+        .map_err(|e| Error::io(path, e))?;
     let mut wal_present = false;
     for suffix in ["-wal", "-shm"] {
         let mut side = path.as_os_str().to_owned();
@@ -410,13 +413,7 @@ fn check_files(path: &Path) -> Result<bool> {
         let present = fsperm::check_if_present(Path::new(&side), Secrecy::OwnerOnly)?;
         wal_present |= suffix == "-wal" && present;
     }
-    Ok(wal_present)
-}
-
-/// The device and inode `path` names now, if it can be read.
-fn file_id(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    Ok(((file.dev(), file.ino()), wal_present))
 }
 
 impl Store for SqliteStore {
@@ -430,7 +427,7 @@ impl Store for SqliteStore {
     /// write is not served from the open connection either: the open that
     /// follows refuses it).
     fn still_current(&mut self) -> bool {
-        self.file.is_some() && file_id(&self.path) == self.file && check_files(&self.path).is_ok()
+        check_files(&self.path).is_ok_and(|(file, _)| Some(file) == self.file)
     }
 
     fn transaction(&mut self, kind: TxKind, body: &mut TxBody<'_>) -> Result<()> {
