@@ -14,23 +14,27 @@
 //!   a connection and never answers, a server stuck in authentication: all
 //!   fail when it expires. (The blocking `postgres` crate applies its
 //!   `connect_timeout` to the TCP connect only.)
-//! - Every later call (`batch`, `execute`, `query`) must be answered within
-//!   [`CALL_TIMEOUT`]. When it expires the session is closed (the server
+//! - Every later call (`batch`, `execute`, `query`, `pipeline`) must be
+//!   answered within [`CALL_TIMEOUT`]. When it expires the session is closed (the server
 //!   sees the connection end and rolls back what the session had begun) and
 //!   every later call on it fails.
 //! - TCP keepalives, and `TCP_USER_TIMEOUT` set to the call deadline, make
 //!   the kernel notice a peer that is gone between calls.
 //!
-//! Nothing is set on the server side: no `options` startup parameter (some
-//! connection poolers refuse it) and no extra round trip. A bound on how
-//! long the server works on one statement is its own setting:
-//! `ALTER ROLE crm2fa SET statement_timeout = '5s'`.
+//! The session sets one thing on the server side, in the `options` startup
+//! parameter (no extra round trip): `idle_in_transaction_session_timeout`,
+//! so that a host gone in the middle of a transaction does not hold a
+//! user's row for long. A bound on how long the server works on one
+//! statement is its own setting: `ALTER ROLE crm2fa SET statement_timeout =
+//! '5s'`.
 //!
 //! # Statements
 //!
 //! [`PgClient::execute`] and [`PgClient::query`] send the statement as the
 //! unnamed statement with its parameters in one round trip (nothing is
-//! prepared by name, which also suits a pooler in transaction mode). Each
+//! prepared by name, which also suits a pooler in transaction mode);
+//! [`PgClient::pipeline`] sends several so, and reads their answers once
+//! all are sent: one round trip for them all. Each
 //! parameter's type is declared by its kind: [`Param::Int`] `bigint`,
 //! [`Param::Text`] `text`, [`Param::Bytes`] `bytea`, [`Param::Bool`]
 //! `boolean`, and [`Param::Null`] unknown (the server infers it from where
@@ -64,18 +68,25 @@
 //! (`28P01` for a wrong password, `40001`, `40P01`, `23505` …) and a message
 //! naming `host:port` for a failure of the connection. The password is never
 //! part of a message.
+use std::collections::HashMap;
 use std::error::Error as _;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crm2fa_common::store::pg::{Param, PgClient, PgConnect, PgError, PgTarget, SslMode, Value};
+use crm2fa_common::store::pg::{
+    Done, Param, PgClient, PgConnect, PgError, PgTarget, SslMode, Stmt, Value,
+};
+use futures_util::future::join_all;
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 use tokio::time::error::Elapsed;
 use tokio::time::timeout;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Row, Socket};
+use tokio_postgres::{Client, NoTls, Row, Socket, Statement};
 
 pub mod abi;
 mod tls;
@@ -131,7 +142,29 @@ struct Session {
     /// `host:port`, for messages.
     server: String,
     call_timeout: Duration,
+    /// The statements this session has run, by SQL and declared parameter
+    /// types (at most [`MAX_KNOWN`]).
+    known: HashMap<(String, Vec<Type>), Known>,
 }
+
+/// What a session knows of a statement.
+enum Known {
+    /// Run once, as the unnamed statement.
+    Seen,
+    /// Prepared on the server: run by name, without parsing or planning.
+    Prepared(Statement),
+    /// Preparing it failed, or running it prepared did: run it unnamed.
+    Unnamed,
+}
+
+/// How many statements a session remembers: more than crm2fa runs.
+const MAX_KNOWN: usize = 256;
+
+/// Set once the server lost a statement this process prepared (SQLSTATE
+/// `26000`: a pooler in transaction mode that does not keep prepared
+/// statements, such as PgBouncer before 1.21): from then on, nothing is
+/// prepared.
+static PREPARING_FAILED: AtomicBool = AtomicBool::new(false);
 
 impl Session {
     fn open(target: &PgTarget, call_timeout: Duration) -> Result<Session, PgError> {
@@ -193,6 +226,7 @@ impl Session {
                 connection: Some(connection),
                 server,
                 call_timeout,
+                known: HashMap::new(),
             }),
             outcome => {
                 // A name lookup may still run on a blocking thread: leave it.
@@ -233,16 +267,16 @@ impl Session {
         client: Client,
         answer: Result<Result<R, tokio_postgres::Error>, Elapsed>,
     ) -> Result<R, PgError> {
+        self.give_back(client, answer)?.map_err(|e| self.error(&e))
+    }
+
+    /// `answer`, once the client is given back; after a timeout, the
+    /// session closed and an error saying so.
+    fn give_back<T>(&mut self, client: Client, answer: Result<T, Elapsed>) -> Result<T, PgError> {
         match answer {
-            Ok(result) => {
+            Ok(answer) => {
                 self.client = Some(client);
-                result.map_err(|e| {
-                    let mut e = convert(&e);
-                    if e.sqlstate.is_none() {
-                        e.message = format!("{}: {}", self.server, e.message);
-                    }
-                    e
-                })
+                Ok(answer)
             }
             Err(_elapsed) => {
                 drop(client);
@@ -263,6 +297,23 @@ impl Session {
             }
         }
     }
+
+    /// A failed call's error, naming the server when the server did not
+    /// send it.
+    fn error(&self, e: &tokio_postgres::Error) -> PgError {
+        let mut e = convert(e);
+        if e.sqlstate.is_none() {
+            e.message = format!("{}: {}", self.server, e.message);
+        }
+        e
+    }
+}
+
+/// What one call of a pipeline got, before its rows are read.
+enum Answer {
+    Batch,
+    Changed(u64),
+    Rows(Vec<Row>),
 }
 
 impl Drop for Session {
@@ -300,27 +351,183 @@ impl PgClient for Session {
     }
 
     fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, PgError> {
-        let params = typed(params);
-        let client = self.take_client()?;
-        let answer = within(
-            &self.rt,
-            self.call_timeout,
-            client.execute_typed(sql, &params),
-        );
-        self.finish(client, answer)
+        match self.pipeline(&[Stmt::Execute(sql, params)]).pop() {
+            Some(Ok(Done::Changed(n))) => Ok(n),
+            Some(Err(e)) => Err(e),
+            _ => Err(self.unanswered()),
+        }
     }
 
     fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Value>>, PgError> {
-        let params = typed(params);
-        let client = self.take_client()?;
-        let answer = within(
-            &self.rt,
-            self.call_timeout,
-            client.query_typed(sql, &params),
-        );
-        self.finish(client, answer)?.iter().map(values).collect()
+        match self.pipeline(&[Stmt::Query(sql, params)]).pop() {
+            Some(Ok(Done::Rows(rows))) => Ok(rows),
+            Some(Err(e)) => Err(e),
+            _ => Err(self.unanswered()),
+        }
+    }
+
+    /// All sent at once: tokio-postgres queues each call's messages when
+    /// it is first polled, and `join_all` polls them in order, so the
+    /// server gets them in order and answers them in one round trip.
+    ///
+    /// A statement runs as the unnamed statement the first time; the second
+    /// time it is prepared (in one round trip with any others to prepare),
+    /// and from then on run by name: the server neither parses nor plans it
+    /// again. A session that serves one login prepares next to nothing; one
+    /// that crm2fad keeps soon has every statement of a login prepared.
+    fn pipeline(&mut self, statements: &[Stmt<'_>]) -> Vec<Result<Done, PgError>> {
+        let client = match self.take_client() {
+            Ok(client) => client,
+            Err(e) => return statements.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let params: Vec<Vec<(&(dyn ToSql + Sync), Type)>> = statements
+            .iter()
+            .map(|s| match s {
+                Stmt::Batch(_) => Vec::new(),
+                Stmt::Execute(_, p) | Stmt::Query(_, p) => typed(p),
+            })
+            .collect();
+        let keys: Vec<Option<(String, Vec<Type>)>> = statements
+            .iter()
+            .zip(&params)
+            .map(|(s, p)| match *s {
+                Stmt::Batch(_) => None,
+                Stmt::Execute(sql, _) | Stmt::Query(sql, _) => {
+                    Some((sql.to_owned(), p.iter().map(|(_, t)| t.clone()).collect()))
+                }
+            })
+            .collect();
+        if let Err(elapsed) = self.prepare_seen(&client, keys.iter().flatten()) {
+            let e = self.give_back(client, Err::<(), _>(elapsed)).unwrap_err();
+            return statements.iter().map(|_| Err(e.clone())).collect();
+        }
+        let prepared: Vec<Option<Statement>> = keys
+            .iter()
+            .map(|key| match key.as_ref().and_then(|k| self.known.get(k)) {
+                Some(Known::Prepared(statement)) => Some(statement.clone()),
+                _ => None,
+            })
+            .collect();
+        for key in keys.iter().flatten() {
+            if self.known.len() < MAX_KNOWN && !self.known.contains_key(key) {
+                self.known.insert(key.clone(), Known::Seen);
+            }
+        }
+        let calls: Vec<Call<'_>> =
+            statements
+                .iter()
+                .zip(&params)
+                .zip(&prepared)
+                .map(|((s, p), prepared)| -> Call<'_> {
+                    let client = &client;
+                    let by_name = || p.iter().map(|(v, _)| *v).collect::<Vec<_>>();
+                    match (*s, prepared) {
+                        (Stmt::Batch(sql), _) => Box::pin(async move {
+                            client.batch_execute(sql).await.map(|()| Answer::Batch)
+                        }),
+                        (Stmt::Execute(_, _), Some(statement)) => {
+                            let values = by_name();
+                            Box::pin(async move {
+                                client
+                                    .execute(statement, &values)
+                                    .await
+                                    .map(Answer::Changed)
+                            })
+                        }
+                        (Stmt::Query(_, _), Some(statement)) => {
+                            let values = by_name();
+                            Box::pin(async move {
+                                client.query(statement, &values).await.map(Answer::Rows)
+                            })
+                        }
+                        (Stmt::Execute(sql, _), None) => Box::pin(async move {
+                            client.execute_typed(sql, p).await.map(Answer::Changed)
+                        }),
+                        (Stmt::Query(sql, _), None) => {
+                            Box::pin(
+                                async move { client.query_typed(sql, p).await.map(Answer::Rows) },
+                            )
+                        }
+                    }
+                })
+                .collect();
+        let answer = within(&self.rt, self.call_timeout, join_all(calls));
+        let answers = match self.give_back(client, answer) {
+            Ok(answers) => answers,
+            Err(e) => return statements.iter().map(|_| Err(e.clone())).collect(),
+        };
+        answers
+            .into_iter()
+            .zip(keys.iter().zip(&prepared))
+            .map(|(answer, (key, prepared))| match answer {
+                Ok(Answer::Batch) => Ok(Done::Batch),
+                Ok(Answer::Changed(n)) => Ok(Done::Changed(n)),
+                Ok(Answer::Rows(rows)) => rows
+                    .iter()
+                    .map(values)
+                    .collect::<Result<_, _>>()
+                    .map(Done::Rows),
+                Err(e) => {
+                    // The schema changed under a plan, a pooler lost the
+                    // prepared statement …: run it unnamed from now on.
+                    if let (Some(key), Some(_)) = (key, prepared) {
+                        self.known.insert(key.clone(), Known::Unnamed);
+                        if e.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) {
+                            PREPARING_FAILED.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    Err(self.error(&e))
+                }
+            })
+            .collect()
     }
 }
+
+impl Session {
+    /// Prepare, in one round trip, those of `keys` that ran once before.
+    /// A statement the server would not prepare runs unnamed; only a
+    /// timeout is an error.
+    fn prepare_seen<'k>(
+        &mut self,
+        client: &Client,
+        keys: impl Iterator<Item = &'k (String, Vec<Type>)>,
+    ) -> Result<(), Elapsed> {
+        let mut todo: Vec<&(String, Vec<Type>)> = Vec::new();
+        for key in keys {
+            if matches!(self.known.get(key), Some(Known::Seen)) && !todo.contains(&key) {
+                todo.push(key);
+            }
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        if PREPARING_FAILED.load(Ordering::Relaxed) {
+            for key in todo {
+                self.known.insert(key.clone(), Known::Unnamed);
+            }
+            return Ok(());
+        }
+        let prepares = todo
+            .iter()
+            .map(|(sql, types)| client.prepare_typed(sql, types));
+        let prepared = within(&self.rt, self.call_timeout, join_all(prepares))?;
+        for (key, statement) in todo.into_iter().zip(prepared) {
+            let known = statement.map_or(Known::Unnamed, Known::Prepared);
+            self.known.insert(key.clone(), known);
+        }
+        Ok(())
+    }
+
+    fn unanswered(&self) -> PgError {
+        PgError {
+            sqlstate: None,
+            message: format!("{}: no answer to the statement", self.server),
+        }
+    }
+}
+
+/// One call of a pipeline.
+type Call<'a> = Pin<Box<dyn Future<Output = Result<Answer, tokio_postgres::Error>> + 'a>>;
 
 /// Runs `f` on `rt` until it is done or `deadline` has passed.
 fn within<F: Future>(rt: &Runtime, deadline: Duration, f: F) -> Result<F::Output, Elapsed> {

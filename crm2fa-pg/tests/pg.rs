@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
-use crm2fa_common::store::pg::{Param, PgClient, PgConnect, PgError, PgTarget, SslMode, Value};
+use crm2fa_common::store::pg::{
+    Done, Param, PgClient, PgConnect, PgError, PgTarget, SslMode, Stmt, Value,
+};
 use crm2fa_pg::Connector;
 use crm2fa_tests::pg::{make_ca, quote_ident, unique_name, PgServer, TLS_HOST};
 use testdb::{new_db, PASSWORD};
@@ -571,4 +573,112 @@ fn every_session_bounds_how_long_a_transaction_may_idle() {
         .unwrap(),
         [[Value::Text("15s".into())]]
     );
+}
+
+/// The statements this session has prepared on the server (but this one).
+fn prepared(db: &mut Box<dyn PgClient>) -> Vec<String> {
+    db.batch("SELECT 1").unwrap();
+    let rows = db
+        .query(
+            "SELECT statement FROM pg_prepared_statements
+             WHERE statement NOT LIKE '%pg_prepared_statements%' ORDER BY statement",
+            &[],
+        )
+        .unwrap();
+    rows.into_iter()
+        .map(|r| match &r[0] {
+            Value::Text(t) => t.clone(),
+            v => panic!("{v:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_pipeline_runs_in_order_and_reports_each_outcome() {
+    let target = plain("pipeline");
+    let mut db = connect(&target);
+    db.batch("CREATE TABLE p (id BIGINT PRIMARY KEY, v TEXT)")
+        .unwrap();
+    let pid = db.query("SELECT pg_backend_pid()", &[]).unwrap();
+    let insert = "INSERT INTO p(id, v) VALUES ($1, $2)";
+    let done = db.pipeline(&[
+        Stmt::Batch("BEGIN"),
+        Stmt::Execute(insert, &[Param::Int(1), Param::Text("a")]),
+        Stmt::Execute(insert, &[Param::Int(2), Param::Null]),
+        Stmt::Query("SELECT count(*) FROM p", &[]),
+        Stmt::Execute(
+            "UPDATE p SET v = $2 WHERE id = $1",
+            &[Param::Int(9), Param::Text("x")],
+        ),
+        Stmt::Batch("COMMIT"),
+    ]);
+    assert_eq!(
+        done,
+        [
+            Ok(Done::Batch),
+            Ok(Done::Changed(1)),
+            Ok(Done::Changed(1)),
+            Ok(Done::Rows(vec![vec![Value::Int(2)]])),
+            Ok(Done::Changed(0)),
+            Ok(Done::Batch),
+        ]
+    );
+    // A failure in a transaction: the server refuses what follows, and
+    // the COMMIT rolls back.
+    let done = db.pipeline(&[
+        Stmt::Batch("BEGIN"),
+        Stmt::Execute(insert, &[Param::Int(3), Param::Text("c")]),
+        Stmt::Execute(insert, &[Param::Int(1), Param::Text("again")]),
+        Stmt::Execute(insert, &[Param::Int(4), Param::Text("d")]),
+        Stmt::Batch("COMMIT"),
+    ]);
+    assert_eq!(done[1], Ok(Done::Changed(1)));
+    assert_eq!(
+        done[2].as_ref().unwrap_err().sqlstate.as_deref(),
+        Some("23505")
+    );
+    assert_eq!(
+        done[3].as_ref().unwrap_err().sqlstate.as_deref(),
+        Some("25P02")
+    );
+    assert_eq!(
+        db.query("SELECT id FROM p ORDER BY id", &[]).unwrap(),
+        [[Value::Int(1)], [Value::Int(2)]]
+    );
+    // One session throughout.
+    assert_eq!(db.query("SELECT pg_backend_pid()", &[]).unwrap(), pid);
+}
+
+#[test]
+fn a_statement_run_again_is_prepared_and_one_whose_plan_broke_runs_unnamed() {
+    let target = plain("prepared");
+    let mut db = connect(&target);
+    db.batch("CREATE TABLE q (id BIGINT PRIMARY KEY, v INTEGER); INSERT INTO q VALUES (1, 7)")
+        .unwrap();
+    let read = "SELECT v FROM q WHERE id = $1";
+    let once = "SELECT v + 1 FROM q WHERE id = $1";
+    assert_eq!(db.query(read, &[Param::Int(1)]).unwrap(), [[Value::Int(7)]]);
+    assert_eq!(db.query(once, &[Param::Int(1)]).unwrap(), [[Value::Int(8)]]);
+    assert!(prepared(&mut db).is_empty(), "{:?}", prepared(&mut db));
+    for _ in 0..3 {
+        assert_eq!(db.query(read, &[Param::Int(1)]).unwrap(), [[Value::Int(7)]]);
+    }
+    assert_eq!(
+        prepared(&mut db),
+        [read],
+        "run twice: prepared; run once: not"
+    );
+    // The same text with a NULL is another statement (its types differ).
+    assert_eq!(
+        db.query(read, &[Param::Null]).unwrap(),
+        Vec::<Vec<Value>>::new()
+    );
+    // A column's type changed under the prepared plan: that run fails,
+    // the next runs unnamed and works.
+    db.batch("ALTER TABLE q ALTER v TYPE BIGINT").unwrap();
+    let e = db.query(read, &[Param::Int(1)]).unwrap_err();
+    assert_eq!(e.sqlstate.as_deref(), Some("0A000"), "{e}");
+    for _ in 0..2 {
+        assert_eq!(db.query(read, &[Param::Int(1)]).unwrap(), [[Value::Int(7)]]);
+    }
 }

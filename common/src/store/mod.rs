@@ -21,7 +21,7 @@ use crate::delivery::Channel;
 use crate::error::{Error, Result};
 use crate::model::{
     Candidate, CodeKind, Factor, LockState, NewEnrollment, Snapshot, StoredCode, TotpMatch,
-    UserRecord, Verdict,
+    TotpState, UserRecord, Verdict,
 };
 
 #[cfg(any(test, feature = "conformance"))]
@@ -117,7 +117,10 @@ pub trait Tx {
     /// Set the user's lock counters to `to` if they are still `expected`
     /// (any value when `None`). False when the user is unknown, or when a
     /// concurrent attempt changed the counters first: two attempts never
-    /// both count from the same value.
+    /// both count from the same value. With `expected`, a store may instead
+    /// find the lost race only when the next statement runs or the
+    /// transaction commits: the transaction then fails with
+    /// [`Error::Conflict`] and nothing of it is written.
     fn update_lock(
         &mut self,
         name: &str,
@@ -1055,7 +1058,11 @@ fn consume_first_match(
     now: i64,
 ) -> Result<Option<(Factor, Option<Vec<u8>>)>> {
     if let Some(totp) = &candidate.totp {
-        let pending = tx.pending_codes(&user.name)?;
+        // `user` was read with its row locked: its state is still so.
+        let pending = match user.state {
+            TotpState::Pending => tx.pending_codes(&user.name)?,
+            TotpState::None | TotpState::Active => None,
+        };
         if tx.consume_step(&user.name, totp, StepUse::Login, now)? {
             return Ok(Some((Factor::Totp, pending)));
         }

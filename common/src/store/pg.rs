@@ -43,6 +43,28 @@ pub enum Value {
     Bool(bool),
 }
 
+/// One statement of a [`PgClient::pipeline`].
+#[derive(Debug, Clone, Copy)]
+pub enum Stmt<'a> {
+    /// As [`PgClient::batch`] runs it.
+    Batch(&'a str),
+    /// As [`PgClient::execute`] runs it.
+    Execute(&'a str, &'a [Param<'a>]),
+    /// As [`PgClient::query`] runs it.
+    Query(&'a str, &'a [Param<'a>]),
+}
+
+/// What one statement of a [`PgClient::pipeline`] gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Done {
+    /// A [`Stmt::Batch`] ran.
+    Batch,
+    /// A [`Stmt::Execute`] changed this many rows.
+    Changed(u64),
+    /// A [`Stmt::Query`]'s rows.
+    Rows(Vec<Vec<Value>>),
+}
+
 /// What went wrong talking to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgError {
@@ -79,6 +101,22 @@ pub trait PgClient: Send {
     /// Run one query with `params`; its rows, each a value per column in
     /// the order of the select list.
     fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Value>>, PgError>;
+
+    /// Run `statements` in order, each as its own call would, and give each
+    /// one's outcome. Each runs whatever became of those before it (in a
+    /// transaction, the server refuses every statement after one that
+    /// failed). A client that can sends them all before it reads the first
+    /// answer: one round trip instead of one each. By default, one by one.
+    fn pipeline(&mut self, statements: &[Stmt<'_>]) -> Vec<Result<Done, PgError>> {
+        statements
+            .iter()
+            .map(|s| match *s {
+                Stmt::Batch(sql) => self.batch(sql).map(|()| Done::Batch),
+                Stmt::Execute(sql, params) => self.execute(sql, params).map(Done::Changed),
+                Stmt::Query(sql, params) => self.query(sql, params).map(Done::Rows),
+            })
+            .collect()
+    }
 
     /// Whether the session is still open, for a session kept between
     /// logins: the server may have ended it since (a restart, an idle
@@ -159,6 +197,18 @@ pub trait PgConnect {
     fn prepare(&self, client_library: &std::path::Path) -> Result<Option<String>, PgError> {
         let _ = client_library;
         Ok(None)
+    }
+}
+
+impl From<Param<'_>> for Value {
+    fn from(p: Param<'_>) -> Value {
+        match p {
+            Param::Null => Value::Null,
+            Param::Int(v) => Value::Int(v),
+            Param::Text(v) => Value::Text(v.to_owned()),
+            Param::Bytes(v) => Value::Bytes(v.to_vec()),
+            Param::Bool(v) => Value::Bool(v),
+        }
     }
 }
 

@@ -10,11 +10,18 @@
 //! locks the user's row (`SELECT … FOR UPDATE`). Reads run in `REPEATABLE
 //! READ READ ONLY` transactions: one consistent view.
 //!
+//! Round trips are what a login waits for, so statements that need no
+//! answer before the next one are sent with it ([`PgClient::pipeline`]):
+//! `BEGIN` goes with the transaction's first statement, and writes whose
+//! outcome nothing in the transaction reads (the success, the audit rows,
+//! the attempt's count) go with the next statement or the `COMMIT`. A write
+//! whose count must be checked is answered before the `COMMIT` is sent.
+//!
 //! The schema is versioned in `crm2fa_meta`; [`PgStore::create`] (run by
 //! `crm2fa-admin init`, as a role that may create tables) creates or
 //! upgrades it; [`PgStore::open`] (the login) never changes it, so the
 //! module's role needs only row rights.
-use super::pg::{Param, PgClient, PgError, PgTarget, Value};
+use super::pg::{Done, Param, PgClient, PgError, PgTarget, Stmt, Value};
 use super::{Durability, StepUse, Store, Tx, TxBody, TxFailure, TxKind};
 use crate::audit::{AuditEntry, AuditFilter, Event, Outcome};
 use crate::codes::{HASH_LEN, SALT_LEN};
@@ -363,23 +370,23 @@ impl Store for PgStore {
                 "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit = off"
             }
         };
-        self.client.batch(begin).map_err(|e| self.err(e))?;
         let mut tx = PgTx {
             client: self.client.as_mut(),
             location: &self.location,
             failure: TxFailure::default(),
+            later: vec![Later::batch(begin)],
+            begun: false,
         };
         // A COMMIT after a failed statement is answered as a success (the
         // server rolls back instead): one that failed, even if the body went
         // on, fails the transaction here.
-        let done = body(&mut tx).and_then(|()| match tx.failure.into_error(&self.location) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        });
+        let done = body(&mut tx).and_then(|()| tx.commit());
         match done {
-            Ok(()) => self.client.batch("COMMIT").map_err(|e| self.err(e)),
+            Ok(()) => Ok(()),
             Err(e) => {
-                let _ = self.client.batch("ROLLBACK");
+                if tx.begun {
+                    let _ = self.client.batch("ROLLBACK");
+                }
                 Err(e)
             }
         }
@@ -412,6 +419,35 @@ struct PgTx<'a> {
     /// The first statement that failed: then none is sent after it, and
     /// the transaction is rolled back.
     failure: TxFailure,
+    /// Statements to send with the next one that needs an answer: the
+    /// `BEGIN`, and writes whose outcome nothing before the commit reads.
+    later: Vec<Later>,
+    /// The `BEGIN` was sent.
+    begun: bool,
+}
+
+/// At most this many statements are held back (a copy of a store inserts
+/// rows by the thousand).
+const MAX_LATER: usize = 64;
+
+/// A statement held back to go with the next one.
+struct Later {
+    sql: String,
+    /// `None`: a batch without parameters.
+    params: Option<Vec<Value>>,
+    /// The number of rows it must change; any other is a concurrent
+    /// change, and the transaction fails as an [`Error::Conflict`].
+    must_change: Option<u64>,
+}
+
+impl Later {
+    fn batch(sql: &str) -> Later {
+        Later {
+            sql: sql.to_owned(),
+            params: None,
+            must_change: None,
+        }
+    }
 }
 
 const USER_COLUMNS: &str = "name, state, disabled, secret, code_salt, last_step, failures,
@@ -539,19 +575,106 @@ fn opt_text(v: Option<&str>) -> Param<'_> {
 }
 
 impl PgTx<'_> {
+    /// Send what was held back, then `now`, together; the outcome of each
+    /// of `now`. A held-back statement that failed, or changed other than
+    /// the rows it must, fails the transaction.
+    fn run(&mut self, now: &[Stmt<'_>]) -> Result<Vec<Done>> {
+        self.failure.check(self.location)?;
+        let later = std::mem::take(&mut self.later);
+        let params: Vec<Vec<Param<'_>>> = later
+            .iter()
+            .map(|l| l.params.iter().flatten().map(Value::as_param).collect())
+            .collect();
+        let mut statements: Vec<Stmt<'_>> = later
+            .iter()
+            .zip(&params)
+            .map(|(l, p)| match l.params {
+                None => Stmt::Batch(&l.sql),
+                Some(_) => Stmt::Execute(&l.sql, p),
+            })
+            .collect();
+        statements.extend_from_slice(now);
+        self.begun = true;
+        let results = self.client.pipeline(&statements);
+        if results.len() != statements.len() {
+            return Err(self.failure.note(Error::store(
+                self.location,
+                format!(
+                    "the client answered {} of {} statements",
+                    results.len(),
+                    statements.len()
+                ),
+            )));
+        }
+        let mut results = results.into_iter();
+        for (l, result) in later.iter().zip(results.by_ref()) {
+            match result {
+                Err(e) => return Err(self.failure.note(pg_err(self.location, e))),
+                Ok(Done::Changed(n)) if l.must_change.is_some_and(|m| m != n) => {
+                    return Err(self.failure.note(Error::Conflict {
+                        location: self.location.into(),
+                    }))
+                }
+                Ok(_) => {}
+            }
+        }
+        results
+            .map(|r| r.map_err(|e| self.failure.note(pg_err(self.location, e))))
+            .collect()
+    }
+
+    /// Hold `sql` back to go with the next statement (see [`Later`]).
+    fn exec_later(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+        must_change: Option<u64>,
+    ) -> Result<()> {
+        self.failure.check(self.location)?;
+        if self.later.len() >= MAX_LATER {
+            self.run(&[])?;
+        }
+        self.later.push(Later {
+            sql: sql.to_owned(),
+            params: Some(params.iter().map(|&p| Value::from(p)).collect()),
+            must_change,
+        });
+        Ok(())
+    }
+
+    /// Send what is held back and `COMMIT`. A statement whose count must
+    /// be checked is answered first: a `COMMIT` never goes with a write
+    /// that may turn out not to have happened.
+    fn commit(&mut self) -> Result<()> {
+        if let Some(e) = std::mem::take(&mut self.failure).into_error(self.location) {
+            return Err(e);
+        }
+        if self.later.iter().any(|l| l.must_change.is_some()) {
+            self.run(&[])?;
+        }
+        self.run(&[Stmt::Batch("COMMIT")]).map(drop)
+    }
+
     /// Run one statement; the number of rows it changed.
     fn exec(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
-        self.failure.check(self.location)?;
-        self.client
-            .execute(sql, params)
-            .map_err(|e| self.failure.note(pg_err(self.location, e)))
+        match self.run(&[Stmt::Execute(sql, params)])?.pop() {
+            Some(Done::Changed(n)) => Ok(n),
+            _ => Err(self.unanswered()),
+        }
     }
 
     fn rows(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Value>>> {
-        self.failure.check(self.location)?;
-        self.client
-            .query(sql, params)
-            .map_err(|e| self.failure.note(pg_err(self.location, e)))
+        match self.run(&[Stmt::Query(sql, params)])?.pop() {
+            Some(Done::Rows(rows)) => Ok(rows),
+            _ => Err(self.unanswered()),
+        }
+    }
+
+    fn unanswered(&mut self) -> Error {
+        self.failure.note(Error::store(
+            self.location,
+            "the client gave no rows for a statement",
+        ))
     }
 
     fn row<'r>(&self, values: &'r [Value]) -> Row<'r>
@@ -577,15 +700,23 @@ impl Tx for PgTx<'_> {
     fn lock_user(&mut self, name: &str) -> Result<Option<UserRecord>> {
         // Lock the row first (FOR UPDATE cannot go with the count in the
         // select list), then read it: what the write decides from stays
-        // true until the transaction ends, on every host.
-        let locked = self.rows(
-            "SELECT 1 FROM users WHERE name = $1 FOR UPDATE",
-            &[Param::Text(name)],
-        )?;
-        if locked.is_empty() {
-            return Ok(None);
+        // true until the transaction ends, on every host. Sent together:
+        // the server runs the read once the lock is granted.
+        let key = [Param::Text(name)];
+        let read = format!("SELECT {USER_COLUMNS} FROM users WHERE name = $1");
+        let mut done = self
+            .run(&[
+                Stmt::Query("SELECT 1 FROM users WHERE name = $1 FOR UPDATE", &key),
+                Stmt::Query(&read, &key),
+            ])?
+            .into_iter();
+        match (done.next(), done.next()) {
+            (Some(Done::Rows(locked)), _) if locked.is_empty() => Ok(None),
+            (Some(Done::Rows(_)), Some(Done::Rows(users))) => {
+                users.first().map(|r| self.row(r).user()).transpose()
+            }
+            _ => Err(self.unanswered()),
         }
-        self.user(name)
     }
 
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>> {
@@ -708,13 +839,18 @@ impl Tx for PgTx<'_> {
                     opt(from.locked_until),
                     Param::Int(i64::from(from.level)),
                 ]);
-                self.exec(
+                // Nothing before the commit reads the count: it goes with
+                // the next statement, and a lost race fails the transaction
+                // as a conflict (which runs it again).
+                self.exec_later(
                     "UPDATE users SET failures = $2, locked_until = $3, lock_level = $4,
                             updated_at = $5
                      WHERE name = $1 AND failures = $6
                        AND locked_until IS NOT DISTINCT FROM $7::bigint AND lock_level = $8",
                     &params,
-                )?
+                    Some(1),
+                )?;
+                1
             }
             None => self.exec(
                 "UPDATE users SET failures = $2, locked_until = $3, lock_level = $4,
@@ -727,13 +863,13 @@ impl Tx for PgTx<'_> {
     }
 
     fn record_success(&mut self, name: &str, now: i64) -> Result<()> {
-        self.exec(
+        self.exec_later(
             "UPDATE users SET last_success = $2, failures = 0, locked_until = NULL,
                     lock_level = 0
              WHERE name = $1",
             &[Param::Text(name), Param::Int(now)],
+            None,
         )
-        .map(drop)
     }
 
     fn consume_step(
@@ -952,12 +1088,12 @@ impl Tx for PgTx<'_> {
     }
 
     fn remember(&mut self, name: &str, host: &str, until: i64) -> Result<()> {
-        self.exec(
+        self.exec_later(
             "INSERT INTO remembered(username, host, until) VALUES ($1, $2, $3)
              ON CONFLICT(username, host) DO UPDATE SET until = excluded.until",
             &[Param::Text(name), Param::Text(host), Param::Int(until)],
+            None,
         )
-        .map(drop)
     }
 
     fn forget(&mut self, name: &str, host: Option<&str>) -> Result<usize> {
@@ -1125,7 +1261,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn insert_audit(&mut self, e: &AuditEntry) -> Result<()> {
-        self.exec(
+        self.exec_later(
             "INSERT INTO audit(time, username, service, rhost, event, outcome, detail, host)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
@@ -1138,7 +1274,223 @@ impl Tx for PgTx<'_> {
                 Param::Text(&e.detail),
                 Param::Text(&e.host),
             ],
+            None,
         )
-        .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What goes to the server in which round trip, with a client that
+    //! answers from a script. (The SQL itself runs against a real server in
+    //! the conformance suite.)
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// The statements of each call, as their first words.
+    type Calls = Arc<Mutex<Vec<Vec<String>>>>;
+
+    struct Scripted {
+        calls: Calls,
+        /// A statement starting with this fails (insufficient privilege).
+        fail: Option<&'static str>,
+        /// What an `UPDATE` changes.
+        changed: u64,
+    }
+
+    fn words(sql: &str) -> String {
+        sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    }
+
+    impl Scripted {
+        fn answer(&self, sql: &str, query: bool) -> std::result::Result<Done, PgError> {
+            if self.fail.is_some_and(|f| sql.starts_with(f)) {
+                return Err(PgError {
+                    sqlstate: Some("42501".into()),
+                    message: "permission denied".into(),
+                });
+            }
+            Ok(if !query {
+                Done::Changed(if sql.starts_with("UPDATE") {
+                    self.changed
+                } else {
+                    1
+                })
+            } else if sql.starts_with("SELECT 1 FROM users") {
+                Done::Rows(vec![vec![Value::Int(1)]])
+            } else {
+                Done::Rows(Vec::new())
+            })
+        }
+    }
+
+    impl PgClient for Scripted {
+        fn batch(&mut self, sql: &str) -> std::result::Result<(), PgError> {
+            self.pipeline(&[Stmt::Batch(sql)]).remove(0).map(drop)
+        }
+        fn execute(
+            &mut self,
+            sql: &str,
+            params: &[Param<'_>],
+        ) -> std::result::Result<u64, PgError> {
+            match self.pipeline(&[Stmt::Execute(sql, params)]).remove(0)? {
+                Done::Changed(n) => Ok(n),
+                _ => unreachable!(),
+            }
+        }
+        fn query(
+            &mut self,
+            sql: &str,
+            params: &[Param<'_>],
+        ) -> std::result::Result<Vec<Vec<Value>>, PgError> {
+            match self.pipeline(&[Stmt::Query(sql, params)]).remove(0)? {
+                Done::Rows(rows) => Ok(rows),
+                _ => unreachable!(),
+            }
+        }
+        fn pipeline(&mut self, statements: &[Stmt<'_>]) -> Vec<std::result::Result<Done, PgError>> {
+            let sqls = statements.iter().map(|s| match *s {
+                Stmt::Batch(sql) => (sql, None),
+                Stmt::Execute(sql, _) => (sql, Some(false)),
+                Stmt::Query(sql, _) => (sql, Some(true)),
+            });
+            let mut sent = Vec::new();
+            let mut out = Vec::new();
+            for (sql, query) in sqls {
+                sent.push(words(sql));
+                out.push(match query {
+                    None => Ok(Done::Batch),
+                    Some(query) => self.answer(sql, query),
+                });
+            }
+            self.calls.lock().unwrap().push(sent);
+            out
+        }
+    }
+
+    fn store(fail: Option<&'static str>, changed: u64) -> (PgStore, Calls) {
+        let calls = Calls::default();
+        let client = Scripted {
+            calls: calls.clone(),
+            fail,
+            changed,
+        };
+        let store = PgStore {
+            client: Box::new(client),
+            location: "test".into(),
+            checked: std::time::Instant::now(),
+        };
+        (store, calls)
+    }
+
+    fn entry() -> AuditEntry {
+        AuditEntry {
+            time: 1,
+            host: "h".into(),
+            user: "u".into(),
+            service: "s".into(),
+            rhost: String::new(),
+            event: Event::Login,
+            outcome: Outcome::Success,
+            detail: String::new(),
+        }
+    }
+
+    fn write(store: &mut PgStore, body: &mut TxBody<'_>) -> Result<()> {
+        store.transaction(TxKind::Write(Durability::Full), body)
+    }
+
+    fn calls(c: &Calls) -> Vec<Vec<String>> {
+        c.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn begin_lock_and_read_go_together_and_writes_go_with_the_commit() {
+        let (mut s, c) = store(None, 1);
+        write(&mut s, &mut |tx| {
+            assert!(tx.lock_user("u")?.is_none(), "no row from the script");
+            tx.record_success("u", 1)?;
+            tx.insert_audit(&entry())
+        })
+        .unwrap();
+        assert_eq!(
+            calls(&c),
+            [
+                vec![
+                    "BEGIN ISOLATION LEVEL",
+                    "SELECT 1 FROM",
+                    "SELECT name, state,"
+                ],
+                vec!["UPDATE users SET", "INSERT INTO audit(time,", "COMMIT"],
+            ]
+        );
+    }
+
+    #[test]
+    fn a_count_that_must_hold_is_answered_before_the_commit_is_sent() {
+        let lock = LockState::default();
+        for (changed, committed) in [(1, true), (0, false)] {
+            let (mut s, c) = store(None, changed);
+            let done = write(&mut s, &mut |tx| {
+                assert!(tx.update_lock("u", Some(&lock), &lock, 1)?);
+                tx.insert_audit(&entry())
+            });
+            assert_eq!(done.is_ok(), committed, "{done:?}");
+            let last = if committed { "COMMIT" } else { "ROLLBACK" };
+            assert_eq!(
+                calls(&c),
+                [
+                    vec![
+                        "BEGIN ISOLATION LEVEL",
+                        "UPDATE users SET",
+                        "INSERT INTO audit(time,"
+                    ],
+                    vec![last]
+                ],
+                "changed {changed}"
+            );
+            if !committed {
+                assert!(matches!(done, Err(Error::Conflict { .. })), "{done:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_held_back_write_that_failed_fails_the_transaction() {
+        let (mut s, c) = store(Some("INSERT INTO audit"), 1);
+        let done = write(&mut s, &mut |tx| tx.insert_audit(&entry()));
+        let e = done.unwrap_err().to_string();
+        assert!(e.contains("permission denied"), "{e}");
+        assert_eq!(
+            calls(&c),
+            [
+                vec!["BEGIN ISOLATION LEVEL", "INSERT INTO audit(time,", "COMMIT"],
+                vec!["ROLLBACK"],
+            ]
+        );
+    }
+
+    #[test]
+    fn a_body_that_fails_before_any_statement_sends_nothing() {
+        let (mut s, c) = store(None, 1);
+        let done = write(&mut s, &mut |_| Err(Error::store("test", "no")));
+        assert!(done.is_err());
+        assert!(calls(&c).is_empty(), "{:?}", calls(&c));
+    }
+
+    #[test]
+    fn held_back_writes_are_sent_before_they_pile_up() {
+        let (mut s, c) = store(None, 1);
+        write(&mut s, &mut |tx| {
+            for _ in 0..MAX_LATER * 2 {
+                tx.insert_audit(&entry())?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let sizes: Vec<usize> = calls(&c).iter().map(Vec::len).collect();
+        assert!(sizes.iter().all(|&n| n <= MAX_LATER + 1), "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), MAX_LATER * 2 + 2);
     }
 }
