@@ -28,6 +28,9 @@
 #        BENCH_WARMUP=10       untimed rounds first
 #        BENCH_TPUT=120        logins per throughput cell (kind x clients);
 #                              0 skips the throughput table
+#        BENCH_TPUT_ROUNDS=3   each cell runs in this many parts, every kind's
+#                              part of a round after another's, so a spell of
+#                              load on the machine falls on every kind alike
 #        BENCH_CLIENTS="1 2 8" client counts of the throughput table
 #        BENCH_PROFILE=1       also count one login of each kind: instructions
 #                              (valgrind) and system calls (strace); 0 skips
@@ -243,10 +246,12 @@ GA_MODULE, OATH_MODULE, MATRIX = os.environ["GA_MODULE"], os.environ["OATH_MODUL
 try:
     N, WARMUP, TPUT = int(os.environ["BENCH_N"]), int(os.environ["BENCH_WARMUP"]), int(os.environ["BENCH_TPUT"])
     CLIENTS = [int(c) for c in os.environ["BENCH_CLIENTS"].split()]
+    ROUNDS = int(os.environ.get("BENCH_TPUT_ROUNDS", "3"))
 except ValueError as e:
-    sys.exit(f"bench: BENCH_N, BENCH_WARMUP, BENCH_TPUT and BENCH_CLIENTS must be integers ({e})")
-if N < 1 or WARMUP < 0 or TPUT < 0 or not CLIENTS or min(CLIENTS) < 1:
-    sys.exit("bench: BENCH_N must be >= 1, BENCH_WARMUP and BENCH_TPUT >= 0, BENCH_CLIENTS >= 1 each")
+    sys.exit(f"bench: BENCH_N, BENCH_WARMUP, BENCH_TPUT, BENCH_TPUT_ROUNDS and BENCH_CLIENTS must be integers ({e})")
+if N < 1 or WARMUP < 0 or TPUT < 0 or not CLIENTS or min(CLIENTS) < 1 or ROUNDS < 1:
+    sys.exit("bench: BENCH_N and BENCH_TPUT_ROUNDS must be >= 1, BENCH_WARMUP and BENCH_TPUT >= 0,"
+             " BENCH_CLIENTS >= 1 each")
 PROFILE = os.environ["BENCH_PROFILE"] == "1"
 NSS = os.environ["BENCH_NSS"]  # files | wrapper: see the shell above
 # crm2fa_pg: crm2fa with a PostgreSQL store on the local throwaway server.
@@ -582,9 +587,19 @@ def cell(kind, clients, pool):
     wall = time.perf_counter() - t0
     failed = [m for ok, _, m, _ in results if not ok]
     return {
-        "rate": len(results) / wall, "n": len(results), "failed": len(failed),
-        "p95": p95([dt for _, dt, _, _ in results]), "why": failed[0] if failed else None,
+        "wall": wall, "n": len(results), "failed": len(failed),
+        "times": [dt for _, dt, _, _ in results], "why": failed[0] if failed else None,
         "restarts": sum(n for _, _, _, n in results),
+    }
+
+def merged(parts):
+    """One cell out of its rounds: every login of them over their summed wall time."""
+    wall, n = sum(p["wall"] for p in parts), sum(p["n"] for p in parts)
+    return {
+        "rate": n / wall, "n": n, "failed": sum(p["failed"] for p in parts),
+        "p95": p95([dt for p in parts for dt in p["times"]]),
+        "why": next((p["why"] for p in parts if p["why"]), None),
+        "restarts": sum(p["restarts"] for p in parts),
     }
 
 def p95(xs):
@@ -592,12 +607,20 @@ def p95(xs):
     return s[max(0, math.ceil(0.95 * len(s)) - 1)]
 
 if TPUT > 0:
-    log(f"throughput: {TPUT} logins per cell, {' / '.join(map(str, CLIENTS))} concurrent clients,"
-        f" {', '.join(TPUT_KINDS)} (order rotated) ...")
+    log(f"throughput: {TPUT} logins per cell in {ROUNDS} rounds, {' / '.join(map(str, CLIENTS))}"
+        f" concurrent clients, {', '.join(TPUT_KINDS)} (order rotated each round) ...")
     for ci, clients in enumerate(CLIENTS):
         pool = tput_users[ci * TPUT:(ci + 1) * TPUT]
-        for k in TPUT_KINDS[ci % len(TPUT_KINDS):] + TPUT_KINDS[:ci % len(TPUT_KINDS)]:
-            tput[(k, clients)] = cell(k, clients, pool)
+        parts = {k: [] for k in TPUT_KINDS}
+        for r in range(ROUNDS):
+            chunk = pool[r::ROUNDS]
+            if not chunk:
+                continue
+            first = (ci + r) % len(TPUT_KINDS)
+            for k in TPUT_KINDS[first:] + TPUT_KINDS[:first]:
+                parts[k].append(cell(k, clients, chunk))
+        for k in TPUT_KINDS:
+            tput[(k, clients)] = merged(parts[k])
 
 # --- 3. counts of one login: instructions and system calls -------------------
 # Not timed, so the machine's other load does not move them.
@@ -729,8 +752,9 @@ if PG:
 
 if tput:
     print()
-    print(f"2. Throughput: logins per second with concurrent clients, {TPUT} logins per cell, each its own")
-    print("   pamtester process with a fresh valid code for its own user; failed = a valid code refused")
+    print(f"2. Throughput: logins per second with concurrent clients, {TPUT} logins per cell in {ROUNDS} rounds")
+    print("   (the kinds take turns within each round), each login its own pamtester process with a")
+    print("   fresh valid code for its own user; failed = a valid code refused")
     short = {"baseline": "baseline", "crm2fa": "crm2fa", "crm2fa_alone": "crm2fa-alone",
              "crm2fa_pg": "crm2fa_pg", "ga": "GA",
              "ga_fast": "GA-fast", "oath": "pam_oath"}
