@@ -1284,6 +1284,7 @@ mod tests {
     //! What goes to the server in which round trip, with a client that
     //! answers from a script. (The SQL itself runs against a real server in
     //! the conformance suite.)
+    use std::sync::atomic::{AtomicI64, Ordering};
     use std::sync::{Arc, Mutex};
 
     use super::*;
@@ -1297,6 +1298,8 @@ mod tests {
         fail: Option<&'static str>,
         /// What an `UPDATE` changes.
         changed: u64,
+        /// The schema version in the database.
+        schema: Arc<AtomicI64>,
     }
 
     fn words(sql: &str) -> String {
@@ -1317,6 +1320,9 @@ mod tests {
                 } else {
                     1
                 })
+            } else if sql.starts_with("SELECT value FROM crm2fa_meta") {
+                let v = self.schema.load(Ordering::Relaxed).to_string();
+                Done::Rows(vec![vec![Value::Text(v)]])
             } else if sql.starts_with("SELECT 1 FROM users") {
                 Done::Rows(vec![vec![Value::Int(1)]])
             } else {
@@ -1370,18 +1376,28 @@ mod tests {
     }
 
     fn store(fail: Option<&'static str>, changed: u64) -> (PgStore, Calls) {
+        let (store, calls, _) = store_with_schema(fail, changed);
+        (store, calls)
+    }
+
+    fn store_with_schema(
+        fail: Option<&'static str>,
+        changed: u64,
+    ) -> (PgStore, Calls, Arc<AtomicI64>) {
         let calls = Calls::default();
+        let schema = Arc::new(AtomicI64::new(SCHEMA_VERSION));
         let client = Scripted {
             calls: calls.clone(),
             fail,
             changed,
+            schema: schema.clone(),
         };
         let store = PgStore {
             client: Box::new(client),
             location: "test".into(),
             checked: std::time::Instant::now(),
         };
-        (store, calls)
+        (store, calls, schema)
     }
 
     fn entry() -> AuditEntry {
@@ -1492,5 +1508,31 @@ mod tests {
         let sizes: Vec<usize> = calls(&c).iter().map(Vec::len).collect();
         assert!(sizes.iter().all(|&n| n <= MAX_LATER + 1), "{sizes:?}");
         assert_eq!(sizes.iter().sum::<usize>(), MAX_LATER * 2 + 2);
+    }
+
+    #[test]
+    fn a_kept_session_looks_at_the_schema_version_once_a_minute() {
+        let (mut s, c, schema) = store_with_schema(None, 1);
+        let looked = |c: &Calls| {
+            calls(c)
+                .iter()
+                .flatten()
+                .filter(|w| w.starts_with("SELECT value FROM"))
+                .count()
+        };
+        assert!(s.still_current());
+        schema.store(SCHEMA_VERSION + 1, Ordering::Relaxed);
+        assert!(s.still_current(), "within the minute, not looked at");
+        assert_eq!(looked(&c), 0);
+        s.checked = std::time::Instant::now()
+            .checked_sub(SCHEMA_RECHECK + std::time::Duration::from_secs(1))
+            .expect("the clock started over a minute ago");
+        assert!(!s.still_current(), "another host's init upgraded it");
+        assert!(!s.still_current(), "and it stays refused");
+        assert_eq!(looked(&c), 2);
+        schema.store(SCHEMA_VERSION, Ordering::Relaxed);
+        assert!(s.still_current());
+        assert!(s.still_current(), "looked at again only after a minute");
+        assert_eq!(looked(&c), 3);
     }
 }
