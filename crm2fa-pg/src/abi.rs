@@ -9,7 +9,8 @@ use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crm2fa_common::store::pg::abi::Buf;
-use crm2fa_common::store::pg::{wire, PgClient, PgConnect, PgError, Value};
+use crm2fa_common::store::pg::wire::Statement;
+use crm2fa_common::store::pg::{wire, Param, PgClient, PgConnect, PgError, Stmt, Value};
 
 use crate::Connector;
 
@@ -73,14 +74,6 @@ unsafe fn session<'a>(handle: *mut c_void) -> Result<&'a mut Box<dyn PgClient>, 
     unsafe { handle.cast::<Box<dyn PgClient>>().as_mut() }.ok_or_else(|| fail("no session"))
 }
 
-fn params_of(b: &[u8]) -> Result<Vec<Value>, PgError> {
-    wire::decode_params(b).map_err(|e| fail(&e))
-}
-
-fn text(b: &[u8]) -> Result<&str, PgError> {
-    std::str::from_utf8(b).map_err(|_| fail("the statement is not UTF-8"))
-}
-
 /// The version of the interface this library speaks.
 #[no_mangle]
 pub extern "C" fn crm2fa_pg_abi_version() -> u32 {
@@ -113,77 +106,48 @@ pub unsafe extern "C" fn crm2fa_pg_connect(
     }
 }
 
-/// Run statements without parameters.
+/// Run the encoded statements as a pipeline; the encoded outcome of each in
+/// `outcomes`.
 ///
 /// # Safety
 ///
-/// A live `handle`; `sql` valid for `len` bytes; `err` valid for a write.
+/// A live `handle`; `statements` valid for `len` bytes; `outcomes` and
+/// `err` valid for writes.
 #[no_mangle]
-pub unsafe extern "C" fn crm2fa_pg_batch(
+pub unsafe extern "C" fn crm2fa_pg_pipeline(
     handle: *mut c_void,
-    sql: *const u8,
+    statements: *const u8,
     len: usize,
-    err: *mut Buf,
-) -> i32 {
-    // SAFETY: per this function's contract.
-    unsafe { guarded(err, || session(handle)?.batch(text(bytes(sql, len))?)) }
-}
-
-/// Run one statement with encoded parameters; rows changed in `changed`.
-///
-/// # Safety
-///
-/// A live `handle`; `sql` and `params` valid for their lengths; `changed`
-/// and `err` valid for writes.
-#[no_mangle]
-pub unsafe extern "C" fn crm2fa_pg_execute(
-    handle: *mut c_void,
-    sql: *const u8,
-    sql_len: usize,
-    params: *const u8,
-    params_len: usize,
-    changed: *mut u64,
+    outcomes: *mut Buf,
     err: *mut Buf,
 ) -> i32 {
     // SAFETY: per this function's contract.
     unsafe {
         guarded(err, || {
-            let values = params_of(bytes(params, params_len))?;
-            let p: Vec<_> = values.iter().map(Value::as_param).collect();
-            let n = session(handle)?.execute(text(bytes(sql, sql_len))?, &p)?;
-            if !changed.is_null() {
-                changed.write(n);
+            let decoded = wire::decode_statements(bytes(statements, len)).map_err(|e| fail(&e))?;
+            let params: Vec<Vec<Param<'_>>> = decoded
+                .iter()
+                .map(|s| match s {
+                    Statement::Batch(_) => Vec::new(),
+                    Statement::Execute(_, v) | Statement::Query(_, v) => {
+                        v.iter().map(Value::as_param).collect()
+                    }
+                })
+                .collect();
+            let stmts: Vec<Stmt<'_>> = decoded
+                .iter()
+                .zip(&params)
+                .map(|(s, p)| match s {
+                    Statement::Batch(sql) => Stmt::Batch(sql),
+                    Statement::Execute(sql, _) => Stmt::Execute(sql, p),
+                    Statement::Query(sql, _) => Stmt::Query(sql, p),
+                })
+                .collect();
+            let done = session(handle)?.pipeline(&stmts);
+            if outcomes.is_null() {
+                return Err(fail("no place for the outcomes"));
             }
-            Ok(())
-        })
-    }
-}
-
-/// Run one query with encoded parameters; the encoded rows in `rows`.
-///
-/// # Safety
-///
-/// As [`crm2fa_pg_execute`], with `rows` valid for a write.
-#[no_mangle]
-pub unsafe extern "C" fn crm2fa_pg_query(
-    handle: *mut c_void,
-    sql: *const u8,
-    sql_len: usize,
-    params: *const u8,
-    params_len: usize,
-    rows: *mut Buf,
-    err: *mut Buf,
-) -> i32 {
-    // SAFETY: per this function's contract.
-    unsafe {
-        guarded(err, || {
-            let values = params_of(bytes(params, params_len))?;
-            let p: Vec<_> = values.iter().map(Value::as_param).collect();
-            let found = session(handle)?.query(text(bytes(sql, sql_len))?, &p)?;
-            if rows.is_null() {
-                return Err(fail("no place for the rows"));
-            }
-            rows.write(hand_out(wire::encode_rows(&found)));
+            outcomes.write(hand_out(wire::encode_outcomes(&done)));
             Ok(())
         })
     }

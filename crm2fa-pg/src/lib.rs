@@ -259,17 +259,6 @@ impl Session {
         })
     }
 
-    /// The outcome of a call: gives the client back, or after a timeout
-    /// ends the connection (the server then rolls back what the session
-    /// had begun) and leaves the session closed.
-    fn finish<R>(
-        &mut self,
-        client: Client,
-        answer: Result<Result<R, tokio_postgres::Error>, Elapsed>,
-    ) -> Result<R, PgError> {
-        self.give_back(client, answer)?.map_err(|e| self.error(&e))
-    }
-
     /// `answer`, once the client is given back; after a timeout, the
     /// session closed and an error saying so.
     fn give_back<T>(&mut self, client: Client, answer: Result<T, Elapsed>) -> Result<T, PgError> {
@@ -342,28 +331,6 @@ impl PgClient for Session {
             tokio::task::yield_now().await;
         });
         !client.is_closed()
-    }
-
-    fn batch(&mut self, sql: &str) -> Result<(), PgError> {
-        let client = self.take_client()?;
-        let answer = within(&self.rt, self.call_timeout, client.batch_execute(sql));
-        self.finish(client, answer)
-    }
-
-    fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, PgError> {
-        match self.pipeline(&[Stmt::Execute(sql, params)]).pop() {
-            Some(Ok(Done::Changed(n))) => Ok(n),
-            Some(Err(e)) => Err(e),
-            _ => Err(self.unanswered()),
-        }
-    }
-
-    fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Value>>, PgError> {
-        match self.pipeline(&[Stmt::Query(sql, params)]).pop() {
-            Some(Ok(Done::Rows(rows))) => Ok(rows),
-            Some(Err(e)) => Err(e),
-            _ => Err(self.unanswered()),
-        }
     }
 
     /// All sent at once: tokio-postgres queues each call's messages when
@@ -516,13 +483,6 @@ impl Session {
             self.known.insert(key.clone(), known);
         }
         Ok(())
-    }
-
-    fn unanswered(&self) -> PgError {
-        PgError {
-            sqlstate: None,
-            message: format!("{}: no answer to the statement", self.server),
-        }
     }
 }
 

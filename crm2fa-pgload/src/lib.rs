@@ -18,7 +18,9 @@ use std::sync::Mutex;
 
 use crm2fa_common::fsperm::{self, Secrecy};
 use crm2fa_common::store::pg::abi::{self, Buf};
-use crm2fa_common::store::pg::{wire, Param, PgClient, PgConnect, PgError, PgTarget, Value};
+use crm2fa_common::store::pg::{
+    mismatched, wire, Done, PgClient, PgConnect, PgError, PgTarget, Stmt,
+};
 
 /// Loads the client library named by the target, then connects through it.
 #[derive(Debug)]
@@ -27,9 +29,7 @@ pub struct Loader;
 /// The functions of one loaded library.
 struct Library {
     connect: abi::ConnectFn,
-    batch: abi::BatchFn,
-    execute: abi::ExecuteFn,
-    query: abi::QueryFn,
+    pipeline: abi::PipelineFn,
     close: abi::CloseFn,
     free: abi::FreeFn,
 }
@@ -109,9 +109,7 @@ impl Library {
         let lib = unsafe {
             Library {
                 connect: std::mem::transmute::<*mut c_void, abi::ConnectFn>(sym(abi::CONNECT)?),
-                batch: std::mem::transmute::<*mut c_void, abi::BatchFn>(sym(abi::BATCH)?),
-                execute: std::mem::transmute::<*mut c_void, abi::ExecuteFn>(sym(abi::EXECUTE)?),
-                query: std::mem::transmute::<*mut c_void, abi::QueryFn>(sym(abi::QUERY)?),
+                pipeline: std::mem::transmute::<*mut c_void, abi::PipelineFn>(sym(abi::PIPELINE)?),
                 close: std::mem::transmute::<*mut c_void, abi::CloseFn>(sym(abi::CLOSE)?),
                 free: std::mem::transmute::<*mut c_void, abi::FreeFn>(sym(abi::FREE)?),
             }
@@ -187,58 +185,32 @@ impl Drop for Session {
 }
 
 impl PgClient for Session {
-    fn batch(&mut self, sql: &str) -> Result<(), PgError> {
-        let mut err = Buf::EMPTY;
-        // SAFETY: `abi::BATCH`: a live handle; sql valid for its length.
-        let rc = unsafe { (self.lib.batch)(self.handle, sql.as_ptr(), sql.len(), &mut err) };
-        match rc {
-            0 => Ok(()),
-            _ => Err(self.lib.error(err)),
-        }
-    }
-
-    fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, PgError> {
-        let p = wire::encode_params(params);
-        let (mut changed, mut err) = (0u64, Buf::EMPTY);
-        // SAFETY: `abi::EXECUTE`: a live handle; sql and params valid for
-        // their lengths; changed and err valid out-pointers.
+    fn pipeline(&mut self, statements: &[Stmt<'_>]) -> Vec<Result<Done, PgError>> {
+        let encoded = wire::encode_statements(statements);
+        let (mut outcomes, mut err) = (Buf::EMPTY, Buf::EMPTY);
+        // SAFETY: `abi::PIPELINE`: a live handle; the statements valid for
+        // their length; outcomes and err valid out-pointers.
         let rc = unsafe {
-            (self.lib.execute)(
+            (self.lib.pipeline)(
                 self.handle,
-                sql.as_ptr(),
-                sql.len(),
-                p.as_ptr(),
-                p.len(),
-                &mut changed,
+                encoded.as_ptr(),
+                encoded.len(),
+                &mut outcomes,
                 &mut err,
             )
         };
-        match rc {
-            0 => Ok(changed),
+        let answered = match rc {
+            0 => wire::decode_outcomes(&self.lib.take(outcomes)).map_err(|e| {
+                fail(format!(
+                    "the PostgreSQL client library sent bad outcomes ({e})"
+                ))
+            }),
             _ => Err(self.lib.error(err)),
-        }
-    }
-
-    fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Value>>, PgError> {
-        let p = wire::encode_params(params);
-        let (mut rows, mut err) = (Buf::EMPTY, Buf::EMPTY);
-        // SAFETY: `abi::QUERY`: as for execute; rows is an out-pointer.
-        let rc = unsafe {
-            (self.lib.query)(
-                self.handle,
-                sql.as_ptr(),
-                sql.len(),
-                p.as_ptr(),
-                p.len(),
-                &mut rows,
-                &mut err,
-            )
         };
-        if rc != 0 {
-            return Err(self.lib.error(err));
+        match answered {
+            Ok(done) if done.len() == statements.len() => done,
+            Ok(_) => statements.iter().map(|_| Err(mismatched())).collect(),
+            Err(e) => statements.iter().map(|_| Err(e.clone())).collect(),
         }
-        let bytes = self.lib.take(rows);
-        wire::decode_rows(&bytes)
-            .map_err(|e| fail(format!("the PostgreSQL client library sent bad rows ({e})")))
     }
 }

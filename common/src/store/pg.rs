@@ -91,31 +91,37 @@ impl std::error::Error for PgError {}
 /// One open session with the server. `Send`: crm2fad keeps sessions open
 /// between logins, served by different threads (one at a time).
 pub trait PgClient: Send {
+    /// Run `statements` in order, each as if on its own, and give each
+    /// one's outcome. Each runs whatever became of those before it (in a
+    /// transaction, the server refuses every statement after one that
+    /// failed). They are all sent before the first answer is read: one
+    /// round trip for them all.
+    fn pipeline(&mut self, statements: &[Stmt<'_>]) -> Vec<Result<Done, PgError>>;
+
     /// Run `sql`, one or more statements without parameters (the simple
     /// query protocol): `BEGIN …`, `COMMIT`, `ROLLBACK`, DDL.
-    fn batch(&mut self, sql: &str) -> Result<(), PgError>;
+    fn batch(&mut self, sql: &str) -> Result<(), PgError> {
+        match one(self.pipeline(&[Stmt::Batch(sql)]))? {
+            Done::Batch => Ok(()),
+            _ => Err(mismatched()),
+        }
+    }
 
     /// Run one statement with `params`; the number of rows it changed.
-    fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, PgError>;
+    fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, PgError> {
+        match one(self.pipeline(&[Stmt::Execute(sql, params)]))? {
+            Done::Changed(n) => Ok(n),
+            _ => Err(mismatched()),
+        }
+    }
 
     /// Run one query with `params`; its rows, each a value per column in
     /// the order of the select list.
-    fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Value>>, PgError>;
-
-    /// Run `statements` in order, each as its own call would, and give each
-    /// one's outcome. Each runs whatever became of those before it (in a
-    /// transaction, the server refuses every statement after one that
-    /// failed). A client that can sends them all before it reads the first
-    /// answer: one round trip instead of one each. By default, one by one.
-    fn pipeline(&mut self, statements: &[Stmt<'_>]) -> Vec<Result<Done, PgError>> {
-        statements
-            .iter()
-            .map(|s| match *s {
-                Stmt::Batch(sql) => self.batch(sql).map(|()| Done::Batch),
-                Stmt::Execute(sql, params) => self.execute(sql, params).map(Done::Changed),
-                Stmt::Query(sql, params) => self.query(sql, params).map(Done::Rows),
-            })
-            .collect()
+    fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Value>>, PgError> {
+        match one(self.pipeline(&[Stmt::Query(sql, params)]))? {
+            Done::Rows(rows) => Ok(rows),
+            _ => Err(mismatched()),
+        }
     }
 
     /// Whether the session is still open, for a session kept between
@@ -124,6 +130,23 @@ pub trait PgClient: Send {
     /// one says so.
     fn still_open(&mut self) -> bool {
         self.batch("SELECT 1").is_ok()
+    }
+}
+
+/// The outcome of a pipeline of one statement.
+fn one(outcomes: Vec<Result<Done, PgError>>) -> Result<Done, PgError> {
+    let mut outcomes = outcomes.into_iter();
+    match (outcomes.next(), outcomes.next()) {
+        (Some(outcome), None) => outcome,
+        _ => Err(mismatched()),
+    }
+}
+
+/// A client's answer that does not fit the statements it was given.
+pub fn mismatched() -> PgError {
+    PgError {
+        sqlstate: None,
+        message: "the PostgreSQL client gave an answer that does not fit the statements".into(),
     }
 }
 
@@ -230,14 +253,14 @@ impl Value {
 /// interface carries bytes, not Rust types). Every decoder refuses, rather
 /// than panics on, input it did not make.
 pub mod wire {
-    use super::{Param, PgError, PgTarget, SslMode, Value};
+    use super::{Done, Param, PgError, PgTarget, SslMode, Stmt, Value};
     use std::path::PathBuf;
     use std::time::Duration;
     use zeroize::Zeroizing;
 
     /// The version of this encoding and of the C functions that carry it;
     /// a library built for another is refused.
-    pub const ABI_VERSION: u32 = 1;
+    pub const ABI_VERSION: u32 = 2;
 
     const NULL: u8 = 0;
     const INT: u8 = 1;
@@ -301,11 +324,18 @@ pub mod wire {
             Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         }
 
-        fn i64(&mut self) -> Decoded<i64> {
-            let b = self.take(8)?;
+        fn eight(&mut self) -> Decoded<[u8; 8]> {
             let mut a = [0u8; 8];
-            a.copy_from_slice(b);
-            Ok(i64::from_le_bytes(a))
+            a.copy_from_slice(self.take(8)?);
+            Ok(a)
+        }
+
+        fn i64(&mut self) -> Decoded<i64> {
+            Ok(i64::from_le_bytes(self.eight()?))
+        }
+
+        fn u64(&mut self) -> Decoded<u64> {
+            Ok(u64::from_le_bytes(self.eight()?))
         }
 
         fn bytes(&mut self) -> Decoded<&'a [u8]> {
@@ -346,75 +376,164 @@ pub mod wire {
         }
     }
 
-    /// Encode statement parameters.
-    pub fn encode_params(params: &[Param<'_>]) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&u32::try_from(params.len()).unwrap_or(0).to_le_bytes());
+    fn put_count(out: &mut Vec<u8>, n: usize) {
+        out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+    }
+
+    fn put_values(out: &mut Vec<u8>, params: &[Param<'_>]) {
+        put_count(out, params.len());
         for p in params {
-            put_param(&mut out, p);
+            put_param(out, p);
         }
-        out
     }
 
-    /// Decode statement parameters (as values; see [`Value::as_param`]).
-    pub fn decode_params(bytes: &[u8]) -> Decoded<Vec<Value>> {
-        let mut r = Reader { rest: bytes };
-        let n = r.count()?;
-        let values = (0..n).map(|_| r.value()).collect::<Decoded<Vec<_>>>()?;
-        r.end()?;
-        Ok(values)
+    fn put_error(out: &mut Vec<u8>, e: &PgError) {
+        match &e.sqlstate {
+            Some(s) => {
+                out.push(1);
+                put_bytes(out, s.as_bytes());
+            }
+            None => out.push(0),
+        }
+        put_bytes(out, e.message.as_bytes());
     }
 
-    /// Encode the rows of a query.
-    pub fn encode_rows(rows: &[Vec<Value>]) -> Vec<u8> {
+    impl Reader<'_> {
+        fn values(&mut self) -> Decoded<Vec<Value>> {
+            let n = self.count()?;
+            (0..n).map(|_| self.value()).collect()
+        }
+
+        fn error(&mut self) -> Decoded<PgError> {
+            let sqlstate = match self.u8()? {
+                0 => None,
+                _ => Some(self.text()?),
+            };
+            let message = self.text()?;
+            Ok(PgError { sqlstate, message })
+        }
+    }
+
+    const BATCH: u8 = 0;
+    const EXECUTE: u8 = 1;
+    const QUERY: u8 = 2;
+    const FAILED: u8 = 3;
+
+    /// A [`Stmt`] as decoded, owning what it borrowed.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Statement {
+        /// [`Stmt::Batch`].
+        Batch(String),
+        /// [`Stmt::Execute`], with its parameters as values.
+        Execute(String, Vec<Value>),
+        /// [`Stmt::Query`], with its parameters as values.
+        Query(String, Vec<Value>),
+    }
+
+    /// Encode the statements of a pipeline.
+    pub fn encode_statements(statements: &[Stmt<'_>]) -> Vec<u8> {
         let mut out = Vec::new();
-        out.extend_from_slice(&u32::try_from(rows.len()).unwrap_or(0).to_le_bytes());
-        for row in rows {
-            out.extend_from_slice(&u32::try_from(row.len()).unwrap_or(0).to_le_bytes());
-            for v in row {
-                put_param(&mut out, &v.as_param());
+        put_count(&mut out, statements.len());
+        for s in statements {
+            match *s {
+                Stmt::Batch(sql) => {
+                    out.push(BATCH);
+                    put_bytes(&mut out, sql.as_bytes());
+                }
+                Stmt::Execute(sql, params) | Stmt::Query(sql, params) => {
+                    out.push(match s {
+                        Stmt::Execute(..) => EXECUTE,
+                        _ => QUERY,
+                    });
+                    put_bytes(&mut out, sql.as_bytes());
+                    put_values(&mut out, params);
+                }
             }
         }
         out
     }
 
-    /// Decode the rows of a query.
-    pub fn decode_rows(bytes: &[u8]) -> Decoded<Vec<Vec<Value>>> {
+    /// Decode the statements of a pipeline.
+    pub fn decode_statements(bytes: &[u8]) -> Decoded<Vec<Statement>> {
         let mut r = Reader { rest: bytes };
         let n = r.count()?;
-        let mut rows = Vec::with_capacity(n);
+        let mut statements = Vec::with_capacity(n);
         for _ in 0..n {
-            let cols = r.count()?;
-            rows.push((0..cols).map(|_| r.value()).collect::<Decoded<Vec<_>>>()?);
+            statements.push(match r.u8()? {
+                BATCH => Statement::Batch(r.text()?),
+                EXECUTE => Statement::Execute(r.text()?, r.values()?),
+                QUERY => Statement::Query(r.text()?, r.values()?),
+                t => return Err(format!("unknown statement tag {t}")),
+            });
         }
         r.end()?;
-        Ok(rows)
+        Ok(statements)
+    }
+
+    /// Encode the outcome of each statement of a pipeline.
+    pub fn encode_outcomes(outcomes: &[Result<Done, PgError>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_count(&mut out, outcomes.len());
+        for o in outcomes {
+            match o {
+                Ok(Done::Batch) => out.push(BATCH),
+                Ok(Done::Changed(n)) => {
+                    out.push(EXECUTE);
+                    out.extend_from_slice(&n.to_le_bytes());
+                }
+                Ok(Done::Rows(rows)) => {
+                    out.push(QUERY);
+                    put_count(&mut out, rows.len());
+                    for row in rows {
+                        let values: Vec<Param<'_>> = row.iter().map(Value::as_param).collect();
+                        put_values(&mut out, &values);
+                    }
+                }
+                Err(e) => {
+                    out.push(FAILED);
+                    put_error(&mut out, e);
+                }
+            }
+        }
+        out
+    }
+
+    /// Decode the outcome of each statement of a pipeline.
+    pub fn decode_outcomes(bytes: &[u8]) -> Decoded<Vec<Result<Done, PgError>>> {
+        let mut r = Reader { rest: bytes };
+        let n = r.count()?;
+        let mut outcomes = Vec::with_capacity(n);
+        for _ in 0..n {
+            outcomes.push(match r.u8()? {
+                BATCH => Ok(Done::Batch),
+                EXECUTE => Ok(Done::Changed(r.u64()?)),
+                QUERY => {
+                    let rows = r.count()?;
+                    Ok(Done::Rows(
+                        (0..rows).map(|_| r.values()).collect::<Decoded<_>>()?,
+                    ))
+                }
+                FAILED => Err(r.error()?),
+                t => return Err(format!("unknown outcome tag {t}")),
+            });
+        }
+        r.end()?;
+        Ok(outcomes)
     }
 
     /// Encode an error.
     pub fn encode_error(e: &PgError) -> Vec<u8> {
         let mut out = Vec::new();
-        match &e.sqlstate {
-            Some(s) => {
-                out.push(1);
-                put_bytes(&mut out, s.as_bytes());
-            }
-            None => out.push(0),
-        }
-        put_bytes(&mut out, e.message.as_bytes());
+        put_error(&mut out, e);
         out
     }
 
     /// Decode an error.
     pub fn decode_error(bytes: &[u8]) -> Decoded<PgError> {
         let mut r = Reader { rest: bytes };
-        let sqlstate = match r.u8()? {
-            0 => None,
-            _ => Some(r.text()?),
-        };
-        let message = r.text()?;
+        let e = r.error()?;
         r.end()?;
-        Ok(PgError { sqlstate, message })
+        Ok(e)
     }
 
     /// Encode a connection target (the password too: zeroized on drop).
@@ -514,13 +633,43 @@ pub mod wire {
             ]
         }
 
+        fn outcomes() -> Vec<Result<Done, PgError>> {
+            let v = values();
+            vec![
+                Ok(Done::Batch),
+                Ok(Done::Changed(u64::MAX)),
+                Ok(Done::Rows(vec![v.clone(), vec![], v])),
+                Ok(Done::Rows(vec![])),
+                Err(PgError {
+                    sqlstate: Some("40001".into()),
+                    message: "could not serialize".into(),
+                }),
+                Err(PgError {
+                    sqlstate: None,
+                    message: "closed".into(),
+                }),
+            ]
+        }
+
         #[test]
         fn everything_reads_back_as_written() {
             let v = values();
             let params: Vec<Param<'_>> = v.iter().map(Value::as_param).collect();
-            assert_eq!(decode_params(&encode_params(&params)).unwrap(), v);
-            let rows = vec![v.clone(), vec![], v];
-            assert_eq!(decode_rows(&encode_rows(&rows)).unwrap(), rows);
+            let statements = [
+                Stmt::Batch("BEGIN"),
+                Stmt::Execute("UPDATE t SET a = $1", &params),
+                Stmt::Query("SELECT 1", &[]),
+            ];
+            assert_eq!(
+                decode_statements(&encode_statements(&statements)).unwrap(),
+                [
+                    Statement::Batch("BEGIN".into()),
+                    Statement::Execute("UPDATE t SET a = $1".into(), v.clone()),
+                    Statement::Query("SELECT 1".into(), vec![]),
+                ]
+            );
+            let o = outcomes();
+            assert_eq!(decode_outcomes(&encode_outcomes(&o)).unwrap(), o);
             let e = PgError {
                 sqlstate: Some("40001".into()),
                 message: "could not serialize".into(),
@@ -552,15 +701,21 @@ pub mod wire {
 
         #[test]
         fn damaged_input_is_refused_not_a_panic() {
-            let good = encode_rows(&[values()]);
+            let good = encode_outcomes(&outcomes());
             for cut in 0..good.len() {
-                assert!(decode_rows(&good[..cut]).is_err(), "cut at {cut}");
+                assert!(decode_outcomes(&good[..cut]).is_err(), "cut at {cut}");
             }
             let mut longer = good.clone();
             longer.push(0);
-            assert!(decode_rows(&longer).is_err());
-            assert!(decode_params(&[255, 255, 255, 255]).is_err());
-            assert!(decode_params(&[1, 0, 0, 0, 9]).is_err());
+            assert!(decode_outcomes(&longer).is_err());
+            let params = [Param::Int(1), Param::Text("a")];
+            let good = encode_statements(&[Stmt::Query("SELECT $1, $2", &params)]);
+            for cut in 0..good.len() {
+                assert!(decode_statements(&good[..cut]).is_err(), "cut at {cut}");
+            }
+            assert!(decode_statements(&[255, 255, 255, 255]).is_err());
+            assert!(decode_statements(&[1, 0, 0, 0, 9]).is_err());
+            assert!(decode_outcomes(&[1, 0, 0, 0, 9]).is_err());
             assert!(decode_error(&[]).is_err());
             assert!(decode_target(&[0, 0, 0]).is_err());
         }
@@ -603,36 +758,14 @@ pub mod abi {
     /// Signature of [`CONNECT`].
     pub type ConnectFn = unsafe extern "C" fn(*const u8, usize, *mut *mut c_void, *mut Buf) -> i32;
 
-    /// `batch(handle, sql, sql_len, &err)`.
-    pub const BATCH: &[u8] = b"crm2fa_pg_batch\0";
-    /// Signature of [`BATCH`].
-    pub type BatchFn = unsafe extern "C" fn(*mut c_void, *const u8, usize, *mut Buf) -> i32;
-
-    /// `execute(handle, sql, sql_len, params, params_len, &changed, &err)`.
-    pub const EXECUTE: &[u8] = b"crm2fa_pg_execute\0";
-    /// Signature of [`EXECUTE`].
-    pub type ExecuteFn = unsafe extern "C" fn(
-        *mut c_void,
-        *const u8,
-        usize,
-        *const u8,
-        usize,
-        *mut u64,
-        *mut Buf,
-    ) -> i32;
-
-    /// `query(handle, sql, sql_len, params, params_len, &rows, &err)`.
-    pub const QUERY: &[u8] = b"crm2fa_pg_query\0";
-    /// Signature of [`QUERY`].
-    pub type QueryFn = unsafe extern "C" fn(
-        *mut c_void,
-        *const u8,
-        usize,
-        *const u8,
-        usize,
-        *mut Buf,
-        *mut Buf,
-    ) -> i32;
+    /// `pipeline(handle, statements, statements_len, &outcomes, &err)`:
+    /// the statements encoded by [`super::wire::encode_statements`], the
+    /// outcomes by [`super::wire::encode_outcomes`]; nonzero (and `err`)
+    /// only when the call itself failed.
+    pub const PIPELINE: &[u8] = b"crm2fa_pg_pipeline\0";
+    /// Signature of [`PIPELINE`].
+    pub type PipelineFn =
+        unsafe extern "C" fn(*mut c_void, *const u8, usize, *mut Buf, *mut Buf) -> i32;
 
     /// `close(handle)`: ends the session.
     pub const CLOSE: &[u8] = b"crm2fa_pg_close\0";

@@ -1332,29 +1332,6 @@ mod tests {
     }
 
     impl PgClient for Scripted {
-        fn batch(&mut self, sql: &str) -> std::result::Result<(), PgError> {
-            self.pipeline(&[Stmt::Batch(sql)]).remove(0).map(drop)
-        }
-        fn execute(
-            &mut self,
-            sql: &str,
-            params: &[Param<'_>],
-        ) -> std::result::Result<u64, PgError> {
-            match self.pipeline(&[Stmt::Execute(sql, params)]).remove(0)? {
-                Done::Changed(n) => Ok(n),
-                _ => unreachable!(),
-            }
-        }
-        fn query(
-            &mut self,
-            sql: &str,
-            params: &[Param<'_>],
-        ) -> std::result::Result<Vec<Vec<Value>>, PgError> {
-            match self.pipeline(&[Stmt::Query(sql, params)]).remove(0)? {
-                Done::Rows(rows) => Ok(rows),
-                _ => unreachable!(),
-            }
-        }
         fn pipeline(&mut self, statements: &[Stmt<'_>]) -> Vec<std::result::Result<Done, PgError>> {
             let sqls = statements.iter().map(|s| match *s {
                 Stmt::Batch(sql) => (sql, None),
