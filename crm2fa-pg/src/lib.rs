@@ -149,13 +149,18 @@ struct Session {
 
 /// What a session knows of a statement.
 enum Known {
-    /// Run once, as the unnamed statement.
-    Seen,
+    /// Run this many times, as the unnamed statement.
+    Seen(u32),
     /// Prepared on the server: run by name, without parsing or planning.
     Prepared(Statement),
     /// Preparing it failed, or running it prepared did: run it unnamed.
     Unnamed,
 }
+
+/// How many times a session runs a statement unnamed before it prepares
+/// it: one login runs none of its statements more than twice, so a session
+/// that serves one login (the module's own) prepares nothing.
+const PREPARE_AFTER: u32 = 2;
 
 /// How many statements a session remembers: more than crm2fa runs.
 const MAX_KNOWN: usize = 256;
@@ -337,11 +342,12 @@ impl PgClient for Session {
     /// it is first polled, and `join_all` polls them in order, so the
     /// server gets them in order and answers them in one round trip.
     ///
-    /// A statement runs as the unnamed statement the first time; the second
-    /// time it is prepared (in one round trip with any others to prepare),
-    /// and from then on run by name: the server neither parses nor plans it
-    /// again. A session that serves one login prepares next to nothing; one
-    /// that crm2fad keeps soon has every statement of a login prepared.
+    /// A statement runs as the unnamed statement the first
+    /// [`PREPARE_AFTER`] times; the next time it is prepared (in one round
+    /// trip with any others to prepare), and from then on run by name: the
+    /// server neither parses nor plans it again. A session that serves one
+    /// login prepares nothing; one that crm2fad keeps has every statement
+    /// of a login prepared from its second login on.
     fn pipeline(&mut self, statements: &[Stmt<'_>]) -> Vec<Result<Done, PgError>> {
         let client = match self.take_client() {
             Ok(client) => client,
@@ -375,9 +381,19 @@ impl PgClient for Session {
                 _ => None,
             })
             .collect();
-        for key in keys.iter().flatten() {
-            if self.known.len() < MAX_KNOWN && !self.known.contains_key(key) {
-                self.known.insert(key.clone(), Known::Seen);
+        for (key, prepared) in keys.iter().zip(&prepared) {
+            let Some(key) = key else { continue };
+            if prepared.is_some() {
+                continue;
+            }
+            let room = self.known.len() < MAX_KNOWN;
+            match self.known.get_mut(key) {
+                Some(Known::Seen(n)) => *n += 1,
+                Some(_) => {}
+                None if room => {
+                    self.known.insert(key.clone(), Known::Seen(1));
+                }
+                None => {}
             }
         }
         let calls: Vec<Call<'_>> =
@@ -451,7 +467,8 @@ impl PgClient for Session {
 }
 
 impl Session {
-    /// Prepare, in one round trip, those of `keys` that ran once before.
+    /// Prepare, in one round trip, those of `keys` that ran
+    /// [`PREPARE_AFTER`] times unnamed.
     /// A statement the server would not prepare runs unnamed; only a
     /// timeout is an error.
     fn prepare_seen<'k>(
@@ -461,7 +478,9 @@ impl Session {
     ) -> Result<(), Elapsed> {
         let mut todo: Vec<&(String, Vec<Type>)> = Vec::new();
         for key in keys {
-            if matches!(self.known.get(key), Some(Known::Seen)) && !todo.contains(&key) {
+            if matches!(self.known.get(key), Some(Known::Seen(n)) if *n >= PREPARE_AFTER)
+                && !todo.contains(&key)
+            {
                 todo.push(key);
             }
         }
