@@ -531,3 +531,26 @@ fn crm2fad_keeps_a_hosts_session_between_logins_and_opens_another_after_a_restar
     );
     pg.stop();
 }
+
+#[test]
+fn a_kept_session_is_not_used_once_the_password_file_is_open_to_others() {
+    let f = fleet("[policy]\nenforce = \"all\"\n", &["fay"]);
+    let h = &f.hosts[0];
+    let e = h.enroll_active("fay");
+    h.set_stack(&[
+        h.matrix_line(),
+        h.module_line("required", &h.socket_arg()),
+        "account required pam_permit.so".to_string(),
+    ]);
+    let _d = h.start_daemon();
+    h.login("fay", &[PW, &totp(&e.secret, 0)]).assert_success();
+    // The module would refuse to read it now; so does crm2fad, though its
+    // session was opened with it while it was closed to others.
+    let pw = h.root().join("host.password");
+    let mode = |m| std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(m));
+    mode(0o644).unwrap();
+    h.login("fay", &[PW, &totp(&e.secret, 1)])
+        .assert_unavailable_naming(&["host.password"]);
+    mode(0o600).unwrap();
+    h.login("fay", &[PW, &totp(&e.secret, 1)]).assert_success();
+}

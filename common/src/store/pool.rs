@@ -119,6 +119,13 @@ impl Pool {
 impl Stores for Pool {
     fn open(&self, cfg: &StoreConfig) -> Result<Box<dyn Store + '_>> {
         let key = Key::of(cfg);
+        // A kept PostgreSQL session is used only while the files a fresh
+        // connection reads still pass its checks (`password_file` root's
+        // and closed to others, `ca_file` closed to others' writes): a login
+        // fails on them here as it would in the module.
+        if let Some(pg) = &cfg.postgres {
+            pg.target()?;
+        }
         while let Some(mut kept) = self.take(&key) {
             if kept.still_current() {
                 return Ok(Box::new(Lent::new(self, key, kept)));
