@@ -353,6 +353,11 @@ fn deb() -> PathBuf {
     package("build-deb.sh", &DEB)
 }
 
+fn rpm() -> PathBuf {
+    static RPM: OnceLock<PathBuf> = OnceLock::new();
+    package("build-rpm.sh", &RPM)
+}
+
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run");
     assert!(out.status.success(), "{cmd:?}: {}", show_output(&out));
@@ -652,8 +657,7 @@ say removed once the line is out: the password alone again
 
 #[test]
 fn the_rpm_holds_every_file_with_the_config_kept_on_upgrade() {
-    static RPM: OnceLock<PathBuf> = OnceLock::new();
-    let rpm = package("build-rpm.sh", &RPM);
+    let rpm = rpm();
     let listing = run(Command::new("rpm").args(["-qlpv"]).arg(&rpm));
     for (mode, path) in [
         ("-rw-r--r--", "/usr/lib64/security/pam_crm2fa.so"),
@@ -701,8 +705,7 @@ fn the_rpm_holds_every_file_with_the_config_kept_on_upgrade() {
 
 #[test]
 fn the_rpm_refuses_to_be_erased_while_a_pam_file_loads_the_module() {
-    static RPM: OnceLock<PathBuf> = OnceLock::new();
-    let rpm = package("build-rpm.sh", &RPM);
+    let rpm = rpm();
     let query = |tag: &str| {
         run(Command::new("rpm")
             .args(["-qp", "--queryformat", tag])
@@ -775,6 +778,63 @@ say rpm -e refused while the sshd line was there, erased once it was out
             "refused, naming the authselect profile and feature",
             "erased with comments and backups only",
             "rpm -e refused while the sshd line was there, erased once it was out",
+        ],
+    );
+}
+
+#[test]
+fn the_rpm_enables_crm2fad_when_installed_or_upgraded_from_a_version_without_it() {
+    let rpm = rpm();
+    let query = |tag: &str| {
+        run(Command::new("rpm")
+            .args(["-qp", "--queryformat", tag])
+            .arg(&rpm))
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pre = dir.path().join("pre");
+    let post = dir.path().join("post");
+    fs::write(&pre, query("%{PREIN}")).expect("write the scriptlet");
+    fs::write(&post, query("%{POSTIN}")).expect("write the scriptlet");
+    // rpm runs %pre and %post with 1 on a first installation, 2 on an
+    // upgrade; the new files are in place between them. A stand-in
+    // systemctl notes what it was asked.
+    let script = r##"set -u
+say() { echo "== $*"; }
+fail() { echo "$*"; cat /tmp/calls 2>/dev/null; exit 1; }
+mkdir -p /tmp/bin /run/systemd/system
+printf '%s\n' '#!/bin/sh' 'echo "$*" >>/tmp/calls' >/tmp/bin/systemctl
+printf '%s\n' '#!/bin/sh' 'exit 0' >/tmp/bin/systemd-tmpfiles
+chmod 0755 /tmp/bin/systemctl /tmp/bin/systemd-tmpfiles
+unit=/usr/lib/systemd/system/crm2fad.service
+state=/var/lib/rpm-state/crm2fa
+step() { # $1: 1 install, 2 upgrade; $2: the unit there before (old version has it)
+  rm -f /tmp/calls $unit
+  [ "$2" = yes ] && : >$unit
+  PATH=/tmp/bin:$PATH sh /tmp/pre "$1" || fail "pre $1"
+  : >$unit
+  PATH=/tmp/bin:$PATH sh /tmp/post "$1" || fail "post $1"
+  test ! -e $state || fail "the state directory is left"
+}
+step 1 no
+grep -qx -- '--no-reload enable crm2fad.service' /tmp/calls && grep -qx 'start crm2fad.service' /tmp/calls \
+  || fail 'a first installation did not enable and start it'
+say a first installation enables and starts crm2fad
+step 2 no
+grep -qx -- '--no-reload enable crm2fad.service' /tmp/calls && grep -qx 'start crm2fad.service' /tmp/calls \
+  || fail 'the upgrade that brings it did not enable and start it'
+say the upgrade that brings crm2fad enables and starts it
+step 2 yes
+grep -q enable /tmp/calls && fail 'a later upgrade enabled it again'
+grep -qx 'try-restart crm2fad.service' /tmp/calls || fail 'a later upgrade did not restart it'
+say a later upgrade enables nothing and restarts crm2fad if running
+"##;
+    run_steps(
+        &[&pre, &post],
+        script,
+        &[
+            "a first installation enables and starts crm2fad",
+            "the upgrade that brings crm2fad enables and starts it",
+            "a later upgrade enables nothing and restarts crm2fad if running",
         ],
     );
 }
