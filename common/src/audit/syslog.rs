@@ -20,11 +20,24 @@ pub enum Level {
 /// error: under su or sudo that is the user's terminal.
 pub struct Logger {
     ident: String,
-    syslog: Option<syslog::Logger<syslog::LoggerBackend, Formatter3164>>,
+    /// The PAM process the lines are about.
+    pid: u32,
+    /// Connected at the first line: a login the module hands to crm2fad
+    /// logs nothing in its own process, and so never connects.
+    syslog: Syslog,
     mirror: bool,
     /// Where mirrored lines go instead of standard error (crm2fad sends
     /// them to the module it runs a login for).
     sink: Option<Sink>,
+}
+
+/// A logger's connection to syslog.
+enum Syslog {
+    /// Not tried yet.
+    Unopened,
+    Open(syslog::Logger<syslog::LoggerBackend, Formatter3164>),
+    /// Tried, and there is no syslog to write to.
+    Unavailable,
 }
 
 /// Where a logger's mirrored lines go, instead of standard error.
@@ -48,16 +61,10 @@ impl Logger {
     /// A logger that names itself `ident[pid]`: crm2fad logs a login it
     /// runs with the PAM process's pid, as the module would.
     pub fn with_pid(ident: &str, mirror: bool, pid: u32) -> Logger {
-        let syslog = syslog::unix(Formatter3164 {
-            facility: Facility::LOG_AUTHPRIV,
-            hostname: None,
-            process: ident.into(),
-            pid,
-        })
-        .ok();
         Logger {
             ident: ident.into(),
-            syslog,
+            pid,
+            syslog: Syslog::Unopened,
             mirror,
             sink: None,
         }
@@ -70,9 +77,28 @@ impl Logger {
         self
     }
 
+    /// The connection to syslog, made on first use.
+    fn connected(&mut self) -> Option<&mut syslog::Logger<syslog::LoggerBackend, Formatter3164>> {
+        if let Syslog::Unopened = self.syslog {
+            self.syslog = match syslog::unix(Formatter3164 {
+                facility: Facility::LOG_AUTHPRIV,
+                hostname: None,
+                process: self.ident.clone(),
+                pid: self.pid,
+            }) {
+                Ok(s) => Syslog::Open(s),
+                Err(_) => Syslog::Unavailable,
+            };
+        }
+        match &mut self.syslog {
+            Syslog::Open(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// Log one line.
     pub fn log(&mut self, level: Level, msg: &str) {
-        if let Some(s) = self.syslog.as_mut() {
+        if let Some(s) = self.connected() {
             let _ = match level {
                 Level::Info => s.info(msg),
                 Level::Warning => s.warning(msg),
@@ -128,5 +154,19 @@ impl Logger {
         for e in entries {
             self.entry(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syslog_is_connected_at_the_first_line_not_before() {
+        let mut log = Logger::with_pid("crm2fa-test", false, 1);
+        assert!(matches!(log.syslog, Syslog::Unopened));
+        // What the first line does first (without writing one).
+        let _ = log.connected();
+        assert!(!matches!(log.syslog, Syslog::Unopened));
     }
 }
