@@ -30,12 +30,13 @@
 //!
 //! # Statements
 //!
-//! [`PgClient::execute`] and [`PgClient::query`] send the statement as the
-//! unnamed statement with its parameters in one round trip (nothing is
-//! prepared by name, which also suits a pooler in transaction mode);
-//! [`PgClient::pipeline`] sends several so, and reads their answers once
-//! all are sent: one round trip for them all. Each
-//! parameter's type is declared by its kind: [`Param::Int`] `bigint`,
+//! [`PgClient::pipeline`] sends its statements with their parameters and
+//! reads the answers once all are sent: one round trip for them all. A
+//! statement goes as the unnamed statement the first two times a session
+//! runs it, then prepared by name; a session that
+//! serves one login prepares nothing, one kept by crm2fad does not have
+//! the server parse and plan its statements again. Each parameter's type
+//! is declared by its kind: [`Param::Int`] `bigint`,
 //! [`Param::Text`] `text`, [`Param::Bytes`] `bytea`, [`Param::Bool`]
 //! `boolean`, and [`Param::Null`] unknown (the server infers it from where
 //! `$n` stands). A `bigint` parameter fits an `INTEGER` or `SMALLINT`
