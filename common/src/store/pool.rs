@@ -119,15 +119,14 @@ impl Pool {
 impl Stores for Pool {
     fn open(&self, cfg: &StoreConfig) -> Result<Box<dyn Store + '_>> {
         let key = Key::of(cfg);
-        // A kept PostgreSQL session is used only while the files a fresh
-        // connection reads still pass its checks (`password_file` root's
-        // and closed to others, `ca_file` closed to others' writes): a login
-        // fails on them here as it would in the module.
-        if let Some(pg) = &cfg.postgres {
-            pg.target()?;
-        }
+        // A kept PostgreSQL session also needs the files a new connection
+        // reads to pass its checks (`password_file` root's and closed to
+        // others, `ca_file` closed to others' writes): otherwise the fresh
+        // open below fails on them, as the module's would. Checked only for
+        // a store about to be lent again: a fresh open checks them itself.
+        let files_pass = || cfg.postgres.as_ref().is_none_or(|pg| pg.target().is_ok());
         while let Some(mut kept) = self.take(&key) {
-            if kept.still_current() {
+            if kept.still_current() && files_pass() {
                 return Ok(Box::new(Lent::new(self, key, kept)));
             }
             // Closed here; the next one kept, or a fresh one, serves.
