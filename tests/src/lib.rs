@@ -1055,6 +1055,17 @@ impl Sandbox {
         format!("socket={}", self.daemon_socket().display())
     }
 
+    /// The stack that offers the module's logins to that crm2fad: the
+    /// password (pam_matrix), the module with [`Sandbox::socket_arg`],
+    /// then `pam_permit` for the account.
+    pub fn offer_to_crm2fad(&self) {
+        self.set_stack(&[
+            self.matrix_line(),
+            self.module_line("required", &self.socket_arg()),
+            "account required pam_permit.so".to_string(),
+        ]);
+    }
+
     /// Start crm2fad on [`Sandbox::daemon_socket`] and wait until it
     /// answers there.
     #[track_caller]

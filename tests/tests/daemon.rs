@@ -17,17 +17,8 @@ fn sandbox(user: &str) -> (Sandbox, Enrolled) {
     let sb = Sandbox::new();
     sb.add_user(user, PW);
     let e = sb.enroll_active(user);
-    offer_to_crm2fad(&sb);
+    sb.offer_to_crm2fad();
     (sb, e)
-}
-
-/// The default stack, its module with `socket=` the sandbox's crm2fad.
-fn offer_to_crm2fad(sb: &Sandbox) {
-    sb.set_stack(&[
-        sb.matrix_line(),
-        sb.module_line("required", &sb.socket_arg()),
-        "account required pam_permit.so".to_string(),
-    ]);
 }
 
 /// Rename the store and its -wal and -shm files, those there are.
@@ -170,7 +161,7 @@ fn concurrent_logins_through_crm2fad_accept_a_code_once_and_every_user() {
     }
     sb.add_user("frank", PW);
     let frank = sb.enroll_active("frank");
-    offer_to_crm2fad(&sb);
+    sb.offer_to_crm2fad();
     let _d = sb.start_daemon();
     wait_for_step_margin(Duration::from_secs(10));
 
@@ -246,7 +237,7 @@ fn a_first_login_through_crm2fad_shows_the_backup_codes_also_when_silent() {
     sb.add_user("jon", PW);
     let ivy = sb.enroll("ivy");
     let jon = sb.enroll("jon");
-    offer_to_crm2fad(&sb);
+    sb.offer_to_crm2fad();
     let d = sb.start_daemon();
 
     // The codes shown (one a line, indented) before the prompt to save them.

@@ -494,11 +494,7 @@ fn crm2fad_keeps_a_hosts_session_between_logins_and_opens_another_after_a_restar
     let f = fleet_on(&pg, "[policy]\nenforce = \"all\"\n", &["erin"], "3s", None);
     let h = &f.hosts[0];
     let e = h.enroll_active("erin");
-    h.set_stack(&[
-        h.matrix_line(),
-        h.module_line("required", &h.socket_arg()),
-        "account required pam_permit.so".to_string(),
-    ]);
+    h.offer_to_crm2fad();
     let _d = h.start_daemon();
     let role = f.host_url["postgres://".len()..]
         .split('@')
@@ -537,11 +533,7 @@ fn a_kept_session_is_not_used_once_the_password_file_is_open_to_others() {
     let f = fleet("[policy]\nenforce = \"all\"\n", &["fay"]);
     let h = &f.hosts[0];
     let e = h.enroll_active("fay");
-    h.set_stack(&[
-        h.matrix_line(),
-        h.module_line("required", &h.socket_arg()),
-        "account required pam_permit.so".to_string(),
-    ]);
+    h.offer_to_crm2fad();
     let _d = h.start_daemon();
     h.login("fay", &[PW, &totp(&e.secret, 0)]).assert_success();
     // The module would refuse to read it now; so does crm2fad, though its
