@@ -145,8 +145,11 @@ struct Session {
     call_timeout: Duration,
     /// The statements this session has run, by SQL and declared parameter
     /// types (at most [`MAX_KNOWN`]).
-    known: HashMap<(String, Vec<Type>), Known>,
+    known: HashMap<Key, Known>,
 }
+
+/// A statement as a session knows it: its SQL and declared parameter types.
+type Key = (String, Vec<Type>);
 
 /// What a session knows of a statement.
 enum Known {
@@ -361,7 +364,7 @@ impl PgClient for Session {
                 Stmt::Execute(_, p) | Stmt::Query(_, p) => typed(p),
             })
             .collect();
-        let keys: Vec<Option<(String, Vec<Type>)>> = statements
+        let keys: Vec<Option<Key>> = statements
             .iter()
             .zip(&params)
             .map(|(s, p)| match *s {
@@ -371,32 +374,13 @@ impl PgClient for Session {
                 }
             })
             .collect();
-        if let Err(elapsed) = self.prepare_seen(&client, keys.iter().flatten()) {
-            let e = self.give_back(client, Err::<(), _>(elapsed)).unwrap_err();
-            return statements.iter().map(|_| Err(e.clone())).collect();
-        }
-        let prepared: Vec<Option<Statement>> = keys
-            .iter()
-            .map(|key| match key.as_ref().and_then(|k| self.known.get(k)) {
-                Some(Known::Prepared(statement)) => Some(statement.clone()),
-                _ => None,
-            })
-            .collect();
-        for (key, prepared) in keys.iter().zip(&prepared) {
-            let Some(key) = key else { continue };
-            if prepared.is_some() {
-                continue;
+        let prepared = match self.prepared_for(&client, &keys) {
+            Ok(prepared) => prepared,
+            Err(elapsed) => {
+                let e = self.give_back(client, Err::<(), _>(elapsed)).unwrap_err();
+                return statements.iter().map(|_| Err(e.clone())).collect();
             }
-            let room = self.known.len() < MAX_KNOWN;
-            match self.known.get_mut(key) {
-                Some(Known::Seen(n)) => *n += 1,
-                Some(_) => {}
-                None if room => {
-                    self.known.insert(key.clone(), Known::Seen(1));
-                }
-                None => {}
-            }
-        }
+        };
         let calls: Vec<Call<'_>> =
             statements
                 .iter()
@@ -468,6 +452,35 @@ impl PgClient for Session {
 }
 
 impl Session {
+    /// For each of `keys` (`None`: a batch), the prepared statement to run
+    /// it by, if it has one now. Those that ran [`PREPARE_AFTER`] times
+    /// unnamed are prepared first; a run without a prepared statement is
+    /// counted. Only a timeout of the preparing is an error.
+    fn prepared_for(
+        &mut self,
+        client: &Client,
+        keys: &[Option<Key>],
+    ) -> Result<Vec<Option<Statement>>, Elapsed> {
+        self.prepare_seen(client, keys.iter().flatten())?;
+        Ok(keys
+            .iter()
+            .map(|key| {
+                let key = key.as_ref()?;
+                let room = self.known.len() < MAX_KNOWN;
+                match self.known.get_mut(key) {
+                    Some(Known::Prepared(statement)) => return Some(statement.clone()),
+                    Some(Known::Seen(n)) => *n += 1,
+                    Some(Known::Unnamed) => {}
+                    None if room => {
+                        self.known.insert(key.clone(), Known::Seen(1));
+                    }
+                    None => {}
+                }
+                None
+            })
+            .collect())
+    }
+
     /// Prepare, in one round trip, those of `keys` that ran
     /// [`PREPARE_AFTER`] times unnamed.
     /// A statement the server would not prepare runs unnamed; only a
@@ -475,9 +488,9 @@ impl Session {
     fn prepare_seen<'k>(
         &mut self,
         client: &Client,
-        keys: impl Iterator<Item = &'k (String, Vec<Type>)>,
+        keys: impl Iterator<Item = &'k Key>,
     ) -> Result<(), Elapsed> {
-        let mut todo: Vec<&(String, Vec<Type>)> = Vec::new();
+        let mut todo: Vec<&Key> = Vec::new();
         for key in keys {
             if matches!(self.known.get(key), Some(Known::Seen(n)) if *n >= PREPARE_AFTER)
                 && !todo.contains(&key)
