@@ -13,7 +13,7 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use super::{Durability, Imported, SendGrant, SendLimit, Store};
+use super::{Durability, Found, Imported, Read, SendGrant, SendLimit, Store};
 use crate::audit::{AuditCtx, AuditEntry, AuditFilter, Event, Fact, Outcome};
 use crate::codes::{self, Code};
 use crate::config::LockoutConfig;
@@ -71,6 +71,7 @@ macro_rules! store_conformance {
             parallel_logins_with_one_recovery_code_exactly_one_succeeds,
             parallel_enrolments_keep_one_factor,
             a_sent_code_works_once_and_not_after_expiry,
+            last_reads_answer_as_each_read_does,
             one_sent_code_is_outstanding_per_channel,
             the_resend_limit_counts_every_send_in_the_window,
             a_withdrawn_code_neither_works_nor_counts,
@@ -1252,6 +1253,76 @@ fn withdraw(s: &mut dyn Store, channel: Channel, id: i64) {
 
 fn sent_offer(channel: Channel, code: &Code, salt: &[u8]) -> Candidate {
     Candidate::code(CodeKind::sent(channel), code.hash(salt))
+}
+
+/// [`Tx::last_reads`](super::Tx::last_reads) answers each read, in order,
+/// as the read's own method does, however many are asked at once.
+pub fn last_reads_answer_as_each_read_does(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    let sms = Code::generate_digits(6);
+    send(s.as_mut(), Channel::Sms, &salt, &sms, NOW);
+    let ok = s
+        .redeem(
+            "u",
+            &sent_offer(Channel::Sms, &sms, &salt),
+            NOW,
+            &lockout(9),
+            &ctx(),
+            Some(("laptop", NOW + 100)),
+        )
+        .unwrap();
+    assert!(accepted(&ok));
+    send(
+        s.as_mut(),
+        Channel::Email,
+        &salt,
+        &Code::generate_digits(6),
+        NOW,
+    );
+    let c = Code::generate(codes::RECOVERY_LEN);
+    let issued = audit(Fact::RecoveryIssued { until: NOW + 60 });
+    s.add_recovery("u", &salt, &c.hash(&salt), NOW + 60, NOW, &issued)
+        .unwrap();
+    let reads = [
+        Read::User("u"),
+        Read::User("nobody"),
+        Read::UnusedCodes(CodeKind::Recovery, "u", NOW),
+        Read::UnusedCodes(CodeKind::Recovery, "u", NOW + 60),
+        Read::UnusedCodes(CodeKind::sent(Channel::Email), "u", NOW),
+        Read::UnusedCodes(CodeKind::sent(Channel::Sms), "u", NOW),
+        Read::UnusedCodes(CodeKind::Backup, "u", NOW),
+        Read::Remembered("u", NOW),
+        Read::Remembered("u", NOW + 100),
+    ];
+    let found = s.read(|tx| tx.last_reads(&reads)).unwrap();
+    let user = format!("{:?}", s.user("u").unwrap().expect("user u"));
+    let counts: Vec<String> = found
+        .iter()
+        .map(|f| match f {
+            Found::User(Some(u)) => {
+                assert_eq!(format!("{u:?}"), user, "as Tx::user reads it");
+                "user".to_string()
+            }
+            Found::User(None) => "none".to_string(),
+            Found::Codes(c) => format!("{} codes", c.len()),
+            Found::Remembered(hosts) => format!("{hosts:?}"),
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            "user",
+            "none",
+            "1 codes",
+            "0 codes",
+            "1 codes",
+            "0 codes",
+            "0 codes",
+            &format!("{:?}", [("laptop", NOW + 100)]),
+            "[]",
+        ]
+    );
 }
 
 /// `u` types `code`, sent by `channel`, at `now` (lockout after 9).

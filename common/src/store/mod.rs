@@ -245,6 +245,47 @@ pub trait Tx {
     /// Write every row of `snapshot` as it is, into a store that has none
     /// (codes get new row ids).
     fn load(&mut self, snapshot: &Snapshot) -> Result<()>;
+
+    /// The transaction's last statements: several reads, each answered as
+    /// its own method answers it, in order. Nothing may follow them in the
+    /// transaction. A backend that talks to a server sends them together,
+    /// in a read transaction with its `BEGIN` and `COMMIT`: one round trip.
+    fn last_reads(&mut self, reads: &[Read<'_>]) -> Result<Vec<Found>> {
+        reads
+            .iter()
+            .map(|r| {
+                Ok(match *r {
+                    Read::User(name) => Found::User(self.user(name)?),
+                    Read::UnusedCodes(kind, name, now) => {
+                        Found::Codes(self.unused_codes(kind, name, now)?)
+                    }
+                    Read::Remembered(name, now) => Found::Remembered(self.remembered(name, now)?),
+                })
+            })
+            .collect()
+    }
+}
+
+/// One read of [`Tx::last_reads`]: the method of [`Tx`] it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read<'a> {
+    /// [`Tx::user`].
+    User(&'a str),
+    /// [`Tx::unused_codes`].
+    UnusedCodes(CodeKind, &'a str, i64),
+    /// [`Tx::remembered`].
+    Remembered(&'a str, i64),
+}
+
+/// What one [`Read`] found.
+#[derive(Debug, Clone)]
+pub enum Found {
+    /// Of [`Read::User`].
+    User(Option<UserRecord>),
+    /// Of [`Read::UnusedCodes`].
+    Codes(Vec<StoredCode>),
+    /// Of [`Read::Remembered`].
+    Remembered(Vec<(String, i64)>),
 }
 
 /// What a login reads before it asks anything.
@@ -257,7 +298,7 @@ pub struct LoginView {
     /// Until when the login's remote host is remembered for them.
     pub remembered_until: Option<i64>,
     /// The channels asked about by which they hold an unused, unexpired
-    /// sent code (looked up only where they have a contact).
+    /// sent code (counted only where they have a contact).
     pub sent: Vec<Channel>,
 }
 
@@ -566,33 +607,63 @@ impl dyn Store + '_ {
         channels: &[Channel],
         now: i64,
     ) -> Result<LoginView> {
-        self.read(|tx| {
-            let user = tx.user(name)?;
-            let has_recovery = !tx.unused_codes(CodeKind::Recovery, name, now)?.is_empty();
-            let remembered_until = match (rhost, &user) {
-                (Some(host), Some(_)) => tx
-                    .remembered(name, now)?
+        // All at once, whatever the user turns out to be: on a server
+        // that is one round trip, where reading the user first cost one
+        // more for each read that depends on it.
+        let mut reads = vec![
+            Read::User(name),
+            Read::UnusedCodes(CodeKind::Recovery, name, now),
+        ];
+        if rhost.is_some() {
+            reads.push(Read::Remembered(name, now));
+        }
+        reads.extend(
+            channels
+                .iter()
+                .map(|&c| Read::UnusedCodes(CodeKind::sent(c), name, now)),
+        );
+        let location = self.location().to_string();
+        let found = self.read(|tx| tx.last_reads(&reads))?;
+        let mismatch = || {
+            Error::store(
+                location.clone(),
+                "a read was answered with another kind of result",
+            )
+        };
+        let mut found = found.into_iter();
+        let user = match found.next() {
+            Some(Found::User(u)) => u,
+            _ => return Err(mismatch()),
+        };
+        let codes = |found: &mut std::vec::IntoIter<Found>| match found.next() {
+            Some(Found::Codes(c)) => Ok(c),
+            _ => Err(mismatch()),
+        };
+        let has_recovery = !codes(&mut found)?.is_empty();
+        let remembered_until = match rhost {
+            Some(host) => match found.next() {
+                Some(Found::Remembered(hosts)) => hosts
                     .into_iter()
                     .find(|(h, _)| h == host)
-                    .map(|(_, until)| until),
-                _ => None,
-            };
-            // Only a configured channel with a contact can have sent a code:
-            // the login of everyone else pays for no query.
-            let mut sent = vec![];
-            for &c in channels {
-                if user.as_ref().is_some_and(|u| u.contact(c).is_some())
-                    && !tx.unused_codes(CodeKind::sent(c), name, now)?.is_empty()
-                {
-                    sent.push(c);
-                }
+                    .map(|(_, until)| until)
+                    .filter(|_| user.is_some()),
+                _ => return Err(mismatch()),
+            },
+            None => None,
+        };
+        // Only a channel with a contact can have sent a code.
+        let mut sent = vec![];
+        for &c in channels {
+            let unused = codes(&mut found)?;
+            if user.as_ref().is_some_and(|u| u.contact(c).is_some()) && !unused.is_empty() {
+                sent.push(c);
             }
-            Ok(LoginView {
-                user,
-                has_recovery,
-                remembered_until,
-                sent,
-            })
+        }
+        Ok(LoginView {
+            user,
+            has_recovery,
+            remembered_until,
+            sent,
         })
     }
 

@@ -22,7 +22,7 @@
 //! upgrades it; [`PgStore::open`] (the login) never changes it, so the
 //! module's role needs only row rights.
 use super::pg::{Done, Param, PgClient, PgError, PgTarget, Stmt, Value};
-use super::{Durability, StepUse, Store, Tx, TxBody, TxFailure, TxKind};
+use super::{Durability, Found, Read, StepUse, Store, Tx, TxBody, TxFailure, TxKind};
 use crate::audit::{AuditEntry, AuditFilter, Event, Outcome};
 use crate::codes::{HASH_LEN, SALT_LEN};
 use crate::delivery::Channel;
@@ -376,6 +376,8 @@ impl Store for PgStore {
             failure: TxFailure::default(),
             later: vec![Later::batch(begin)],
             begun: false,
+            read_only: kind == TxKind::Read,
+            committed: false,
         };
         // A COMMIT after a failed statement is answered as a success (the
         // server rolls back instead): one that failed, even if the body went
@@ -424,6 +426,11 @@ struct PgTx<'a> {
     later: Vec<Later>,
     /// The `BEGIN` was sent.
     begun: bool,
+    /// A read transaction.
+    read_only: bool,
+    /// The `COMMIT` of a read transaction went with its last reads
+    /// ([`Tx::last_reads`]).
+    committed: bool,
 }
 
 /// At most this many statements are held back (a copy of a store inserts
@@ -574,12 +581,58 @@ fn opt_text(v: Option<&str>) -> Param<'_> {
     v.map_or(Param::Null, Param::Text)
 }
 
+/// The statement of one read and its parameters.
+fn read_statement<'a>(read: &Read<'a>) -> (String, Vec<Param<'a>>) {
+    match *read {
+        Read::User(name) => (
+            format!("SELECT {USER_COLUMNS} FROM users WHERE name = $1"),
+            vec![Param::Text(name)],
+        ),
+        Read::UnusedCodes(kind, name, now) => {
+            let t = table(kind);
+            if kind.expires() {
+                // Newest by id: ids come from a sequence, and a sent code is
+                // stored only with its user's row locked, so a later code of
+                // a user always has a larger id, whichever host stored it.
+                let newest = if kind.newest_only() {
+                    format!(" AND id = (SELECT max(id) FROM {t} WHERE username = $1)")
+                } else {
+                    String::new()
+                };
+                (
+                    format!(
+                        "SELECT id, hash FROM {t} WHERE username = $1 AND used_at IS NULL \
+                         AND expires_at > $2{newest}"
+                    ),
+                    vec![Param::Text(name), Param::Int(now)],
+                )
+            } else {
+                (
+                    format!("SELECT id, hash FROM {t} WHERE username = $1 AND used_at IS NULL"),
+                    vec![Param::Text(name)],
+                )
+            }
+        }
+        Read::Remembered(name, now) => (
+            "SELECT host, until FROM remembered WHERE username = $1 AND until > $2 ORDER BY host"
+                .to_string(),
+            vec![Param::Text(name), Param::Int(now)],
+        ),
+    }
+}
+
 impl PgTx<'_> {
     /// Send what was held back, then `now`, together; the outcome of each
     /// of `now`. A held-back statement that failed, or changed other than
     /// the rows it must, fails the transaction.
     fn run(&mut self, now: &[Stmt<'_>]) -> Result<Vec<Done>> {
         self.failure.check(self.location)?;
+        if self.committed {
+            return Err(self.failure.note(Error::store(
+                self.location,
+                "a statement came after the transaction's commit",
+            )));
+        }
         let later = std::mem::take(&mut self.later);
         let params: Vec<Vec<Param<'_>>> = later
             .iter()
@@ -649,6 +702,9 @@ impl PgTx<'_> {
         if let Some(e) = std::mem::take(&mut self.failure).into_error(self.location) {
             return Err(e);
         }
+        if self.committed {
+            return Ok(());
+        }
         if self.later.iter().any(|l| l.must_change.is_some()) {
             self.run(&[])?;
         }
@@ -687,6 +743,39 @@ impl PgTx<'_> {
         }
     }
 
+    /// One read on its own.
+    fn read_one(&mut self, read: Read<'_>) -> Result<Found> {
+        let (sql, params) = read_statement(&read);
+        let rows = self.rows(&sql, &params)?;
+        self.found(&read, &rows)
+    }
+
+    /// What `read`'s rows say.
+    fn found(&self, read: &Read<'_>, rows: &[Vec<Value>]) -> Result<Found> {
+        Ok(match read {
+            Read::User(_) => Found::User(rows.first().map(|r| self.row(r).user()).transpose()?),
+            Read::UnusedCodes(..) => Found::Codes(
+                rows.iter()
+                    .map(|r| {
+                        let row = self.row(r);
+                        Ok(StoredCode {
+                            id: row.int(0)?,
+                            hash: row.bytes(1)?,
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+            Read::Remembered(..) => Found::Remembered(
+                rows.iter()
+                    .map(|r| {
+                        let row = self.row(r);
+                        Ok((row.text(0)?, row.int(1)?))
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+        })
+    }
+
     fn users_where(&mut self, clause: &str, params: &[Param<'_>]) -> Result<Vec<UserRecord>> {
         let rows = self.rows(
             &format!("SELECT {USER_COLUMNS} FROM users {clause}"),
@@ -720,10 +809,10 @@ impl Tx for PgTx<'_> {
     }
 
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>> {
-        Ok(self
-            .users_where("WHERE name = $1", &[Param::Text(name)])?
-            .into_iter()
-            .next())
+        match self.read_one(Read::User(name))? {
+            Found::User(u) => Ok(u),
+            _ => Err(self.unanswered()),
+        }
     }
 
     fn users(&mut self) -> Result<Vec<UserRecord>> {
@@ -731,41 +820,10 @@ impl Tx for PgTx<'_> {
     }
 
     fn unused_codes(&mut self, kind: CodeKind, name: &str, now: i64) -> Result<Vec<StoredCode>> {
-        let rows = if kind.expires() {
-            let t = table(kind);
-            // Newest by id: ids come from a sequence, and a sent code is
-            // stored only with its user's row locked, so a later code of a
-            // user always has a larger id, whichever host stored it.
-            let newest = if kind.newest_only() {
-                format!(" AND id = (SELECT max(id) FROM {t} WHERE username = $1)")
-            } else {
-                String::new()
-            };
-            self.rows(
-                &format!(
-                    "SELECT id, hash FROM {t} WHERE username = $1 AND used_at IS NULL \
-                     AND expires_at > $2{newest}"
-                ),
-                &[Param::Text(name), Param::Int(now)],
-            )?
-        } else {
-            self.rows(
-                &format!(
-                    "SELECT id, hash FROM {} WHERE username = $1 AND used_at IS NULL",
-                    table(kind)
-                ),
-                &[Param::Text(name)],
-            )?
-        };
-        rows.iter()
-            .map(|r| {
-                let row = self.row(r);
-                Ok(StoredCode {
-                    id: row.int(0)?,
-                    hash: row.bytes(1)?,
-                })
-            })
-            .collect()
+        match self.read_one(Read::UnusedCodes(kind, name, now))? {
+            Found::Codes(c) => Ok(c),
+            _ => Err(self.unanswered()),
+        }
     }
 
     fn pending_codes(&mut self, name: &str) -> Result<Option<Vec<u8>>> {
@@ -1075,16 +1133,36 @@ impl Tx for PgTx<'_> {
     }
 
     fn remembered(&mut self, name: &str, now: i64) -> Result<Vec<(String, i64)>> {
-        let rows = self.rows(
-            "SELECT host, until FROM remembered WHERE username = $1 AND until > $2 ORDER BY host",
-            &[Param::Text(name), Param::Int(now)],
-        )?;
-        rows.iter()
-            .map(|r| {
-                let row = self.row(r);
-                Ok((row.text(0)?, row.int(1)?))
+        match self.read_one(Read::Remembered(name, now))? {
+            Found::Remembered(hosts) => Ok(hosts),
+            _ => Err(self.unanswered()),
+        }
+    }
+
+    fn last_reads(&mut self, reads: &[Read<'_>]) -> Result<Vec<Found>> {
+        let asked: Vec<(String, Vec<Param<'_>>)> = reads.iter().map(read_statement).collect();
+        let mut statements: Vec<Stmt<'_>> = asked
+            .iter()
+            .map(|(sql, params)| Stmt::Query(sql, params))
+            .collect();
+        if self.read_only {
+            statements.push(Stmt::Batch("COMMIT"));
+        }
+        let done = self.run(&statements)?;
+        self.committed = self.read_only;
+        let found = reads
+            .iter()
+            .zip(done)
+            .map(|(r, d)| match d {
+                Done::Rows(rows) => self.found(r, &rows),
+                _ => Err(self.unanswered()),
             })
-            .collect()
+            .collect::<Result<Vec<Found>>>()?;
+        if found.len() == reads.len() {
+            Ok(found)
+        } else {
+            Err(self.unanswered())
+        }
     }
 
     fn remember(&mut self, name: &str, host: &str, until: i64) -> Result<()> {
@@ -1418,6 +1496,64 @@ mod tests {
                 vec!["UPDATE users SET", "INSERT INTO audit(time,", "COMMIT"],
             ]
         );
+    }
+
+    #[test]
+    fn a_login_reads_everything_at_once_with_begin_and_commit() {
+        let (mut s, c) = store(None, 1);
+        let store: &mut dyn Store = &mut s;
+        let view = store
+            .login_view("u", Some("laptop"), &[Channel::Email], 1)
+            .unwrap();
+        assert!(view.user.is_none() && view.remembered_until.is_none());
+        assert_eq!(
+            calls(&c),
+            [vec![
+                "BEGIN ISOLATION LEVEL",
+                "SELECT name, state,",
+                "SELECT id, hash",
+                "SELECT host, until",
+                "SELECT id, hash",
+                "COMMIT"
+            ]]
+        );
+    }
+
+    #[test]
+    fn nothing_goes_after_the_commit_of_a_read() {
+        let (mut s, c) = store(None, 1);
+        let done = s.transaction(TxKind::Read, &mut |tx| {
+            tx.last_reads(&[Read::User("u")])?;
+            tx.user("u").map(drop)
+        });
+        assert!(done.is_err(), "{done:?}");
+        assert_eq!(calls(&c).len(), 2, "the reads, then a ROLLBACK: {c:?}");
+        assert_eq!(calls(&c)[1], ["ROLLBACK"]);
+    }
+
+    #[test]
+    fn the_last_reads_of_a_write_leave_the_commit_to_it() {
+        let (mut s, c) = store(None, 1);
+        write(&mut s, &mut |tx| {
+            tx.last_reads(&[Read::User("u")]).map(drop)
+        })
+        .unwrap();
+        assert_eq!(
+            calls(&c),
+            [
+                vec!["BEGIN ISOLATION LEVEL", "SELECT name, state,"],
+                vec!["COMMIT"]
+            ]
+        );
+    }
+
+    #[test]
+    fn a_read_that_fails_fails_the_login_view() {
+        let (mut s, c) = store(Some("SELECT host"), 1);
+        let store: &mut dyn Store = &mut s;
+        let done = store.login_view("u", Some("laptop"), &[], 1);
+        assert!(matches!(&done, Err(Error::Store { .. })), "{done:?}");
+        assert_eq!(calls(&c).last().unwrap(), &["ROLLBACK"]);
     }
 
     #[test]
