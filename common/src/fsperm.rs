@@ -25,6 +25,12 @@ pub enum Secrecy {
 /// error for it (not found, permission denied …).
 pub fn open_trusted(path: &Path, secrecy: Secrecy) -> Result<File> {
     check_parent_dirs(path)?;
+    open_beside_checked(path, secrecy)
+}
+
+/// [`open_trusted`] without the directories above `path`: for a file
+/// beside one [`open_trusted`] has just checked, in the same directory.
+fn open_beside_checked(path: &Path, secrecy: Secrecy) -> Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -42,18 +48,44 @@ pub fn open_trusted(path: &Path, secrecy: Secrecy) -> Result<File> {
     Ok(file)
 }
 
-/// [`open_trusted`], if `path` exists; `Ok(None)` if not.
-pub fn open_if_present(path: &Path, secrecy: Secrecy) -> Result<Option<File>> {
-    match open_trusted(path, secrecy) {
+/// `Ok(None)` for a file that is not there.
+fn if_present(opened: Result<File>) -> Result<Option<File>> {
+    match opened {
         Ok(f) => Ok(Some(f)),
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
 }
 
+/// [`open_trusted`], if `path` exists; `Ok(None)` if not.
+pub fn open_if_present(path: &Path, secrecy: Secrecy) -> Result<Option<File>> {
+    if_present(open_trusted(path, secrecy))
+}
+
 /// Check `path` as [`open_trusted`] does, if it exists; `Ok(false)` if not.
 pub fn check_if_present(path: &Path, secrecy: Secrecy) -> Result<bool> {
     open_if_present(path, secrecy).map(|f| f.is_some())
+}
+
+/// Check, as [`open_trusted`] does, the file at `path` (which must exist)
+/// and the files named by it with each of `suffixes` that exist, beside
+/// it: their directories once. The file opened, and which of the others
+/// exist.
+pub fn open_with_siblings(
+    path: &Path,
+    suffixes: &[&str],
+    secrecy: Secrecy,
+) -> Result<(File, Vec<bool>)> {
+    let file = open_trusted(path, secrecy)?;
+    let present = suffixes
+        .iter()
+        .map(|suffix| {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            if_present(open_beside_checked(Path::new(&side), secrecy)).map(|f| f.is_some())
+        })
+        .collect::<Result<_>>()?;
+    Ok((file, present))
 }
 
 fn check_meta(path: &Path, meta: &std::fs::Metadata, secrecy: Secrecy) -> Result<()> {
@@ -208,6 +240,38 @@ mod tests {
         assert!(open_trusted(&p, Secrecy::OwnerOnly).is_err());
         let ok = file_with_mode(d.path(), "k2", 0o600);
         open_trusted(&ok, Secrecy::OwnerOnly).unwrap();
+    }
+
+    #[test]
+    fn siblings_are_checked_as_the_file_is_and_may_be_absent() {
+        if nix::unistd::geteuid().as_raw() != 0 {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let db = file_with_mode(d.path(), "s.db", 0o600);
+        let suffixes = ["-wal", "-shm"];
+        let (_, present) = open_with_siblings(&db, &suffixes, Secrecy::OwnerOnly).unwrap();
+        assert_eq!(present, [false, false]);
+        file_with_mode(d.path(), "s.db-shm", 0o600);
+        let (_, present) = open_with_siblings(&db, &suffixes, Secrecy::OwnerOnly).unwrap();
+        assert_eq!(present, [false, true]);
+        let wal = file_with_mode(d.path(), "s.db-wal", 0o644);
+        let err = open_with_siblings(&db, &suffixes, Secrecy::OwnerOnly)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("s.db-wal") && err.contains("chmod 0600"),
+            "{err}"
+        );
+        std::fs::remove_file(&wal).unwrap();
+        std::os::unix::fs::symlink(d.path().join("s.db-shm"), &wal).unwrap();
+        let err = open_with_siblings(&db, &suffixes, Secrecy::OwnerOnly)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        let missing = d.path().join("none.db");
+        let err = open_with_siblings(&missing, &suffixes, Secrecy::OwnerOnly).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
     }
 
     #[test]

@@ -402,18 +402,18 @@ impl SqliteStore {
 /// `-wal` file is there.
 fn check_files(path: &Path) -> Result<((u64, u64), bool)> {
     use std::os::unix::fs::MetadataExt;
-    let file = fsperm::open_if_present(path, Secrecy::OwnerOnly)?
-        .ok_or_else(|| Error::StoreMissing { path: path.into() })?
-        .metadata()
-        .map_err(|e| Error::io(path, e))?;
-    let mut wal_present = false;
-    for suffix in ["-wal", "-shm"] {
-        let mut side = path.as_os_str().to_owned();
-        side.push(suffix);
-        let present = fsperm::check_if_present(Path::new(&side), Secrecy::OwnerOnly)?;
-        wal_present |= suffix == "-wal" && present;
-    }
-    Ok(((file.dev(), file.ino()), wal_present))
+    let (file, present) =
+        match fsperm::open_with_siblings(path, &["-wal", "-shm"], Secrecy::OwnerOnly) {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::StoreMissing { path: path.into() })
+            }
+            opened => opened?,
+        };
+    let file = file.metadata().map_err(|e| Error::io(path, e))?;
+    Ok((
+        (file.dev(), file.ino()),
+        present.first().copied().unwrap_or(false),
+    ))
 }
 
 impl Store for SqliteStore {
