@@ -121,7 +121,7 @@ impl Origin {
 }
 
 /// What the store knows about one user.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
     /// The account name.
     pub name: String,

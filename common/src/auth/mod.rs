@@ -657,12 +657,16 @@ fn ask_for_codes(
 ) -> Result<Outcome, Error> {
     let user = l.user().to_string();
     let mut attempted = false;
+    // The row as read before the prompt, for the first code's write: see
+    // `Store::redeem_seen` (not after a code was sent: sending writes).
+    let mut seen = Some(record);
     let channels = channels(l.ops.cfg, record);
     match record.delivery {
         // Codes by this channel are the user's way in (no app in use): send
         // one at once, unless one sent lately is still unused.
         Some(c) if record.state != TotpState::Active && !l.sent.contains(&c) => {
             if channels.contains(&c) {
+                seen = None;
                 if let Sent::Locked = send_code(l, record, c)? {
                     return Ok(Outcome::MaxTries);
                 }
@@ -716,6 +720,7 @@ fn ask_for_codes(
                 ));
                 continue;
             }
+            seen = None;
             match send_code(l, record, channel)? {
                 Sent::Yes => prompts += 1,
                 Sent::No => {}
@@ -730,10 +735,16 @@ fn ask_for_codes(
         let remember = host
             .as_deref()
             .map(|h| (h, now + i64::from(l.ops.cfg.remember_days) * 86_400));
-        let verdict =
-            l.ops
-                .store
-                .redeem(&user, &offer, now, &l.ops.cfg.lockout, &l.ops.ctx, remember)?;
+        // For the first code only: a refused one changed the row.
+        let verdict = l.ops.store.redeem_seen(
+            &user,
+            seen.take(),
+            &offer,
+            now,
+            &l.ops.cfg.lockout,
+            &l.ops.ctx,
+            remember,
+        )?;
         let entries = l.ops.ctx.entries(now, &user, &Fact::of_verdict(&verdict));
         l.ops.log.entries(&entries);
         match verdict {

@@ -21,7 +21,7 @@ use crate::delivery::{self, Channel};
 use crate::error::Error;
 use crate::model::{
     Candidate, CodeKind, Factor, LockState, NewEnrollment, Origin, Snapshot, TotpMatch, TotpState,
-    UserRow, Verdict,
+    UserRecord, UserRow, Verdict,
 };
 
 /// A store backend under test.
@@ -67,6 +67,8 @@ macro_rules! store_conformance {
             a_stale_lock_count_is_not_written,
             parallel_wrong_guesses_never_exceed_max_failures,
             parallel_logins_with_one_totp_step_exactly_one_succeeds,
+            an_attempt_from_a_row_seen_before_is_made_as_from_the_row,
+            parallel_logins_that_saw_the_row_count_and_consume_once,
             parallel_logins_with_one_backup_code_exactly_one_succeeds,
             parallel_logins_with_one_recovery_code_exactly_one_succeeds,
             parallel_enrolments_keep_one_factor,
@@ -184,6 +186,12 @@ fn recovery(code: &Code, salt: &[u8]) -> Candidate {
 
 fn redeem(s: &mut dyn Store, c: &Candidate, now: i64, max: u32) -> Verdict {
     s.redeem("u", c, now, &lockout(max), &ctx(), None).unwrap()
+}
+
+/// [`redeem`] by a login that read the row as `seen` before its prompt.
+fn redeem_as(s: &mut dyn Store, seen: &UserRecord, c: &Candidate, now: i64, max: u32) -> Verdict {
+    s.redeem_seen("u", Some(seen), c, now, &lockout(max), &ctx(), None)
+        .unwrap()
 }
 
 fn accepted(v: &Verdict) -> bool {
@@ -1123,6 +1131,86 @@ pub fn parallel_logins_with_one_totp_step_exactly_one_succeeds(b: &dyn Backend) 
     active_user(b.open().as_mut(), 0);
     let verdicts = in_parallel(b, 12, |s| redeem(s, &totp(50), NOW, 100));
     assert_eq!(verdicts.iter().filter(|v| accepted(v)).count(), 1);
+}
+
+/// An attempt decided from the row a login read before its prompt is the
+/// attempt made from the row as it is: the same when the row is as seen,
+/// made again from the row when it changed meanwhile (never counted twice,
+/// never a step accepted twice).
+pub fn an_attempt_from_a_row_seen_before_is_made_as_from_the_row(b: &dyn Backend) {
+    let mut s = b.open();
+    let (salt, set) = active_user(s.as_mut(), 2);
+    let seen = s.user("u").unwrap().unwrap();
+    assert!(accepted(&redeem_as(s.as_mut(), &seen, &totp(20), NOW, 3)));
+    // `seen` is out of date now: its last step is 10.
+    assert_eq!(
+        redeem_as(s.as_mut(), &seen, &totp(20), NOW, 3),
+        Verdict::Rejected {
+            failures: 1,
+            reused: true,
+            locked_until: None
+        }
+    );
+    assert!(accepted(&redeem_as(s.as_mut(), &seen, &totp(21), NOW, 3)));
+    let mut row = s.user("u").unwrap().unwrap();
+    assert_eq!((row.last_step, row.lock.failures), (21, 0));
+    for n in 1..=3 {
+        assert!(rejected(&redeem_as(
+            s.as_mut(),
+            &row,
+            &Candidate::default(),
+            NOW,
+            3
+        )));
+        row = s.user("u").unwrap().unwrap();
+        assert_eq!(row.lock.failures, n, "counted once");
+    }
+    let locked = Verdict::Locked { until: NOW + 60 };
+    for from in [&row, &seen] {
+        let right = backup(&set[0], &salt);
+        assert_eq!(redeem_as(s.as_mut(), from, &right, NOW + 1, 3), locked);
+    }
+    assert_eq!(s.user("u").unwrap().unwrap(), row, "nothing but audit rows");
+    let other = UserRecord {
+        name: "v".into(),
+        ..row.clone()
+    };
+    assert_eq!(
+        s.redeem_seen(
+            "u",
+            Some(&other),
+            &totp(22),
+            NOW + 61,
+            &lockout(3),
+            &ctx(),
+            None
+        )
+        .unwrap(),
+        Verdict::Accepted {
+            factor: Factor::Totp,
+            activated_codes: None,
+            backup_codes_left: 2
+        },
+        "another user's row is not taken for this one's"
+    );
+}
+
+/// Parallel logins that all read the row before their prompt: one TOTP
+/// step is accepted once, and wrong guesses are counted once each, up to
+/// the lock.
+pub fn parallel_logins_that_saw_the_row_count_and_consume_once(b: &dyn Backend) {
+    active_user(b.open().as_mut(), 0);
+    let seen = b.open().user("u").unwrap().unwrap();
+    let verdicts = in_parallel(b, 12, |s| redeem_as(s, &seen, &totp(50), NOW, 100));
+    assert_eq!(verdicts.iter().filter(|v| accepted(v)).count(), 1);
+    let mut s = b.open();
+    assert!(s.unlock("u", NOW, &audit(Fact::Unlocked)).unwrap());
+    let seen = s.user("u").unwrap().unwrap();
+    let verdicts = in_parallel(b, 16, |s| {
+        redeem_as(s, &seen, &Candidate::default(), NOW, 5)
+    });
+    assert_eq!(verdicts.iter().filter(|v| rejected(v)).count(), 5);
+    assert_eq!(s.user("u").unwrap().unwrap().lock.failures, 5);
 }
 
 /// One backup code offered by many parallel logins: exactly one succeeds.

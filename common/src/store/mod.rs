@@ -92,6 +92,14 @@ pub trait Tx {
     /// decides from this read stays true while it writes.
     fn lock_user(&mut self, name: &str) -> Result<Option<UserRecord>>;
 
+    /// Lock the user's row as [`Tx::lock_user`] does, expecting it to be
+    /// `seen` still (read earlier, outside this transaction): if it is
+    /// not, or is gone, the transaction fails with [`Error::Conflict`]
+    /// and nothing of it is written. A store may find that only when the
+    /// next statement runs or the transaction commits, so that a write can
+    /// go with the lock, decided from `seen`.
+    fn lock_user_as(&mut self, seen: &UserRecord) -> Result<()>;
+
     /// One user, if the store knows them.
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>>;
 
@@ -787,10 +795,39 @@ impl dyn Store + '_ {
         ctx: &AuditCtx,
         remember: Option<(&str, i64)>,
     ) -> Result<Verdict> {
+        self.redeem_seen(name, None, candidate, now, lockout, ctx, remember)
+    }
+
+    /// [`redeem`](Self::redeem) by a login that read the user as `seen`
+    /// before it asked for the code: the attempt is decided from `seen`
+    /// while the row is locked, and stands only if the row is still
+    /// `seen` (on PostgreSQL the lock, the count and the code check then go
+    /// in one round trip). If the row changed meanwhile, the attempt is
+    /// made again from the row as it is, as `redeem` makes it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn redeem_seen(
+        &mut self,
+        name: &str,
+        seen: Option<&UserRecord>,
+        candidate: &Candidate,
+        now: i64,
+        lockout: &LockoutConfig,
+        ctx: &AuditCtx,
+        remember: Option<(&str, i64)>,
+    ) -> Result<Verdict> {
         let location = self.location().to_string();
+        let mut seen = seen.filter(|u| u.name == name);
         self.write(Durability::Full, |tx| {
-            let Some(user) = tx.lock_user(name)? else {
-                return Ok(Verdict::UnknownUser);
+            // Once only: a transaction run again after a conflict reads.
+            let user = match seen.take() {
+                Some(user) => {
+                    tx.lock_user_as(user)?;
+                    user.clone()
+                }
+                None => match tx.lock_user(name)? {
+                    Some(user) => user,
+                    None => return Ok(Verdict::UnknownUser),
+                },
             };
             let verdict = match user.locked_at(now) {
                 Some(until) => Verdict::Locked { until },

@@ -442,9 +442,14 @@ struct Later {
     sql: String,
     /// `None`: a batch without parameters.
     params: Option<Vec<Value>>,
+    /// A query: its rows are read (and else dropped).
+    query: bool,
     /// The number of rows it must change; any other is a concurrent
     /// change, and the transaction fails as an [`Error::Conflict`].
     must_change: Option<u64>,
+    /// The user its rows must be, as [`Tx::lock_user_as`] expects; any
+    /// other (or none) fails the transaction as an [`Error::Conflict`].
+    must_read: Option<UserRecord>,
 }
 
 impl Later {
@@ -452,7 +457,9 @@ impl Later {
         Later {
             sql: sql.to_owned(),
             params: None,
+            query: false,
             must_change: None,
+            must_read: None,
         }
     }
 }
@@ -641,9 +648,10 @@ impl PgTx<'_> {
         let mut statements: Vec<Stmt<'_>> = later
             .iter()
             .zip(&params)
-            .map(|(l, p)| match l.params {
-                None => Stmt::Batch(&l.sql),
-                Some(_) => Stmt::Execute(&l.sql, p),
+            .map(|(l, p)| match (&l.params, l.query) {
+                (None, _) => Stmt::Batch(&l.sql),
+                (Some(_), false) => Stmt::Execute(&l.sql, p),
+                (Some(_), true) => Stmt::Query(&l.sql, p),
             })
             .collect();
         statements.extend_from_slice(now);
@@ -661,14 +669,21 @@ impl PgTx<'_> {
         }
         let mut results = results.into_iter();
         for (l, result) in later.iter().zip(results.by_ref()) {
-            match result {
-                Err(e) => return Err(self.failure.note(pg_err(self.location, e))),
-                Ok(Done::Changed(n)) if l.must_change.is_some_and(|m| m != n) => {
-                    return Err(self.failure.note(Error::Conflict {
-                        location: self.location.into(),
-                    }))
+            let changed = match (result, &l.must_read) {
+                (Err(e), _) => return Err(self.failure.note(pg_err(self.location, e))),
+                (Ok(Done::Changed(n)), _) => l.must_change.is_some_and(|m| m != n),
+                (Ok(Done::Rows(rows)), Some(seen)) => {
+                    match rows.first().map(|r| self.row(r).user()).transpose() {
+                        Ok(found) => found.as_ref() != Some(seen),
+                        Err(e) => return Err(self.failure.note(e)),
+                    }
                 }
-                Ok(_) => {}
+                (Ok(_), _) => false,
+            };
+            if changed {
+                return Err(self.failure.note(Error::Conflict {
+                    location: self.location.into(),
+                }));
             }
         }
         results
@@ -683,21 +698,29 @@ impl PgTx<'_> {
         params: &[Param<'_>],
         must_change: Option<u64>,
     ) -> Result<()> {
+        self.hold(Later {
+            sql: sql.to_owned(),
+            params: Some(params.iter().map(|&p| Value::from(p)).collect()),
+            query: false,
+            must_change,
+            must_read: None,
+        })
+    }
+
+    /// Hold `later` back to go with the next statement.
+    fn hold(&mut self, later: Later) -> Result<()> {
         self.failure.check(self.location)?;
         if self.later.len() >= MAX_LATER {
             self.run(&[])?;
         }
-        self.later.push(Later {
-            sql: sql.to_owned(),
-            params: Some(params.iter().map(|&p| Value::from(p)).collect()),
-            must_change,
-        });
+        self.later.push(later);
         Ok(())
     }
 
-    /// Send what is held back and `COMMIT`. A statement whose count must
-    /// be checked is answered first: a `COMMIT` never goes with a write
-    /// that may turn out not to have happened.
+    /// Send what is held back and `COMMIT`. A statement whose count or
+    /// rows must be checked is answered first: a `COMMIT` never goes with
+    /// a write that may turn out not to have happened, or to have been
+    /// decided from a row that changed.
     fn commit(&mut self) -> Result<()> {
         if let Some(e) = std::mem::take(&mut self.failure).into_error(self.location) {
             return Err(e);
@@ -705,7 +728,11 @@ impl PgTx<'_> {
         if self.committed {
             return Ok(());
         }
-        if self.later.iter().any(|l| l.must_change.is_some()) {
+        if self
+            .later
+            .iter()
+            .any(|l| l.must_change.is_some() || l.must_read.is_some())
+        {
             self.run(&[])?;
         }
         self.run(&[Stmt::Batch("COMMIT")]).map(drop)
@@ -806,6 +833,28 @@ impl Tx for PgTx<'_> {
             }
             _ => Err(self.unanswered()),
         }
+    }
+
+    fn lock_user_as(&mut self, seen: &UserRecord) -> Result<()> {
+        // Held back, to go with the count and the code check that follow
+        // (decided from `seen`), and checked when they are answered.
+        let (read, _) = read_statement(&Read::User(&seen.name));
+        for (sql, must_read) in [
+            (
+                "SELECT 1 FROM users WHERE name = $1 FOR UPDATE".to_string(),
+                None,
+            ),
+            (read, Some(seen.clone())),
+        ] {
+            self.hold(Later {
+                sql,
+                params: Some(vec![Value::Text(seen.name.clone())]),
+                query: true,
+                must_change: None,
+                must_read,
+            })?;
+        }
+        Ok(())
     }
 
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>> {
@@ -1496,6 +1545,45 @@ mod tests {
                 vec!["UPDATE users SET", "INSERT INTO audit(time,", "COMMIT"],
             ]
         );
+    }
+
+    fn seen() -> UserRecord {
+        UserRecord::new("u", vec![0; SALT_LEN])
+    }
+
+    #[test]
+    fn a_row_seen_before_goes_with_the_next_statement_and_must_be_found() {
+        // The script has no user row: the one seen is gone, so the
+        // statement sent with the lock is undone, and nothing commits.
+        let (mut s, c) = store(None, 1);
+        let done = write(&mut s, &mut |tx| {
+            tx.lock_user_as(&seen())?;
+            tx.consume_code(CodeKind::Backup, 1, 1).map(drop)
+        });
+        assert!(matches!(done, Err(Error::Conflict { .. })), "{done:?}");
+        assert_eq!(
+            calls(&c),
+            [
+                vec![
+                    "BEGIN ISOLATION LEVEL",
+                    "SELECT 1 FROM",
+                    "SELECT name, state,",
+                    "UPDATE backup_codes SET"
+                ],
+                vec!["ROLLBACK"],
+            ]
+        );
+    }
+
+    #[test]
+    fn a_row_seen_before_is_checked_before_the_commit_is_sent() {
+        let (mut s, c) = store(None, 1);
+        let done = write(&mut s, &mut |tx| {
+            tx.lock_user_as(&seen())?;
+            tx.insert_audit(&entry())
+        });
+        assert!(matches!(done, Err(Error::Conflict { .. })), "{done:?}");
+        assert!(!calls(&c).concat().contains(&"COMMIT".to_string()), "{c:?}");
     }
 
     #[test]

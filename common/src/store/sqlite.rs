@@ -601,6 +601,15 @@ impl Tx for SqliteTx<'_> {
         self.user(name)
     }
 
+    fn lock_user_as(&mut self, seen: &UserRecord) -> Result<()> {
+        if self.lock_user(&seen.name)?.as_ref() == Some(seen) {
+            return Ok(());
+        }
+        Err(Error::Conflict {
+            location: self.location.into(),
+        })
+    }
+
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>> {
         self.one(
             &format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"),
