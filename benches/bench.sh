@@ -521,13 +521,27 @@ def attempt(kind, user, wrap=None):
         if wrap:
             argv = wrap + ["env", "LD_PRELOAD=" + env["LD_PRELOAD"]] + argv
             run_env = {k: v for k, v in env.items() if k != "LD_PRELOAD"}
+        # No timeout for subprocess itself: with one, Popen.wait polls for
+        # the exit, sleeping 1, 2, 4 ... ms between tries, and a login whose
+        # process is not reaped at the first try is timed a millisecond or
+        # more too long. A timer kills a login that hangs instead.
+        p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=run_env)
+        hung = threading.Event()
+        def kill(p=p):
+            hung.set()
+            p.kill()
+        killer = threading.Timer(LOGIN_TIMEOUT * (10 if wrap else 1), kill)
+        killer.start()
         try:
-            r = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=run_env,
-                               timeout=LOGIN_TIMEOUT * (10 if wrap else 1))
-            out = (r.stdout + r.stderr).strip()
-            ok, msg, asked = r.returncode == 0, f"exit {r.returncode}: {out}", "Password:" in out
-        except subprocess.TimeoutExpired:
+            stdout, stderr = p.communicate(stdin)
+        finally:
+            killer.cancel()
+        if hung.is_set():
             ok, msg, asked = False, f"no answer in {LOGIN_TIMEOUT} s (killed)", True
+        else:
+            out = (stdout + stderr).strip()
+            ok, msg, asked = p.returncode == 0, f"exit {p.returncode}: {out}", "Password:" in out
         if ok or asked or restarts == HARNESS_RETRIES:
             return ok, time.perf_counter() - t, msg, restarts
         restarts += 1
