@@ -669,16 +669,19 @@ impl PgTx<'_> {
         }
         let mut results = results.into_iter();
         for (l, result) in later.iter().zip(results.by_ref()) {
-            let changed = match (result, &l.must_read) {
-                (Err(e), _) => return Err(self.failure.note(pg_err(self.location, e))),
-                (Ok(Done::Changed(n)), _) => l.must_change.is_some_and(|m| m != n),
-                (Ok(Done::Rows(rows)), Some(seen)) => {
+            // A check that cannot be made (an answer of another kind)
+            // fails the transaction too.
+            let changed = match (result, &l.must_read, l.must_change) {
+                (Err(e), _, _) => return Err(self.failure.note(pg_err(self.location, e))),
+                (Ok(Done::Rows(rows)), Some(seen), _) => {
                     match rows.first().map(|r| self.row(r).user()).transpose() {
                         Ok(found) => found.as_ref() != Some(seen),
                         Err(e) => return Err(self.failure.note(e)),
                     }
                 }
-                (Ok(_), _) => false,
+                (Ok(Done::Changed(n)), None, Some(m)) => n != m,
+                (Ok(_), None, None) => false,
+                (Ok(_), _, _) => return Err(self.unanswered()),
             };
             if changed {
                 return Err(self.failure.note(Error::Conflict {
@@ -1427,6 +1430,8 @@ mod tests {
         changed: u64,
         /// The schema version in the database.
         schema: Arc<AtomicI64>,
+        /// Every statement is answered as a batch, whatever it is.
+        wrong_kind: bool,
     }
 
     fn words(sql: &str) -> String {
@@ -1470,6 +1475,7 @@ mod tests {
             for (sql, query) in sqls {
                 sent.push(words(sql));
                 out.push(match query {
+                    _ if self.wrong_kind => Ok(Done::Batch),
                     None => Ok(Done::Batch),
                     Some(query) => self.answer(sql, query),
                 });
@@ -1495,6 +1501,7 @@ mod tests {
             fail,
             changed,
             schema: schema.clone(),
+            wrong_kind: false,
         };
         let store = PgStore {
             client: Box::new(client),
@@ -1572,6 +1579,46 @@ mod tests {
                 ],
                 vec!["ROLLBACK"],
             ]
+        );
+    }
+
+    #[test]
+    fn a_check_answered_with_another_kind_of_result_fails_the_transaction() {
+        let calls = Calls::default();
+        let client = Scripted {
+            calls: calls.clone(),
+            fail: None,
+            changed: 1,
+            schema: Arc::new(AtomicI64::new(SCHEMA_VERSION)),
+            wrong_kind: true,
+        };
+        let mut s = PgStore {
+            client: Box::new(client),
+            location: "test".into(),
+            checked: std::time::Instant::now(),
+        };
+        let lock = LockState::default();
+        let bodies: [&mut TxBody<'_>; 2] = [
+            &mut |tx| {
+                tx.lock_user_as(&seen())?;
+                tx.insert_audit(&entry())
+            },
+            &mut |tx| {
+                tx.update_lock("u", Some(&lock), &lock, 1)?;
+                tx.insert_audit(&entry())
+            },
+        ];
+        for body in bodies {
+            let done = write(&mut s, body);
+            assert!(matches!(done, Err(Error::Store { .. })), "{done:?}");
+        }
+        assert!(
+            !calls
+                .lock()
+                .unwrap()
+                .concat()
+                .contains(&"COMMIT".to_string()),
+            "{calls:?}"
         );
     }
 
