@@ -21,6 +21,8 @@ pkgs=(
   python3-aiosmtpd    # the SMTP server codes are sent to in tests (tests/fixtures/smtp_sink.py)
   postgresql postgresql-client  # throwaway PostgreSQL servers for the PostgreSQL store's tests (tests/src/pg.rs)
   openssl             # the certificates of the test server that speaks TLS
+  lintian             # checks the .deb (make deb, and a packaging test)
+  rpm                 # rpmbuild for the .rpm (make rpm, and the packaging tests)
   "$@"
 )
 
