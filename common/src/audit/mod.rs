@@ -6,7 +6,7 @@ use crate::model::{Factor, Verdict};
 
 mod syslog;
 
-pub use self::syslog::{Level, Logger};
+pub use self::syslog::{Level, Logger, SyslogConnection};
 
 /// What kind of thing happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

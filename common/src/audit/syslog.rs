@@ -33,11 +33,25 @@ pub struct Logger {
 
 /// A logger's connection to syslog.
 enum Syslog {
-    /// Not tried yet.
-    Unopened,
+    /// Not tried yet; a connection kept from an earlier logger, if any.
+    Unopened(SyslogConnection),
     Open(syslog::Logger<syslog::LoggerBackend, Formatter3164>),
     /// Tried, and there is no syslog to write to.
     Unavailable,
+}
+
+/// A connection to syslog that outlives a [`Logger`]: crm2fad keeps one
+/// per thread, so that a login it runs writes its lines without connecting
+/// to `/dev/log` anew. Empty until a logger has connected.
+#[derive(Default)]
+pub struct SyslogConnection(Option<syslog::LoggerBackend>);
+
+impl std::fmt::Debug for SyslogConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SyslogConnection")
+            .field(&self.0.is_some())
+            .finish()
+    }
 }
 
 /// Where a logger's mirrored lines go, instead of standard error.
@@ -64,7 +78,7 @@ impl Logger {
         Logger {
             ident: ident.into(),
             pid,
-            syslog: Syslog::Unopened,
+            syslog: Syslog::Unopened(SyslogConnection::default()),
             mirror,
             sink: None,
         }
@@ -77,17 +91,39 @@ impl Logger {
         self
     }
 
-    /// The connection to syslog, made on first use.
+    /// The same logger, writing through `kept` (a connection an earlier
+    /// logger had) rather than connecting anew.
+    pub fn through(mut self, kept: SyslogConnection) -> Logger {
+        if let Syslog::Unopened(_) = self.syslog {
+            self.syslog = Syslog::Unopened(kept);
+        }
+        self
+    }
+
+    /// The logger's connection to syslog, to keep for the next one.
+    pub fn into_connection(self) -> SyslogConnection {
+        match self.syslog {
+            Syslog::Open(s) => SyslogConnection(Some(s.backend)),
+            Syslog::Unopened(kept) => kept,
+            Syslog::Unavailable => SyslogConnection::default(),
+        }
+    }
+
+    /// The connection to syslog: the kept one, or one made on first use.
     fn connected(&mut self) -> Option<&mut syslog::Logger<syslog::LoggerBackend, Formatter3164>> {
-        if let Syslog::Unopened = self.syslog {
-            self.syslog = match syslog::unix(Formatter3164 {
+        if let Syslog::Unopened(kept) = &mut self.syslog {
+            let formatter = Formatter3164 {
                 facility: Facility::LOG_AUTHPRIV,
                 hostname: None,
                 process: self.ident.clone(),
                 pid: self.pid,
-            }) {
-                Ok(s) => Syslog::Open(s),
-                Err(_) => Syslog::Unavailable,
+            };
+            self.syslog = match kept.0.take() {
+                Some(backend) => Syslog::Open(syslog::Logger::new(backend, formatter)),
+                None => match syslog::unix(formatter) {
+                    Ok(s) => Syslog::Open(s),
+                    Err(_) => Syslog::Unavailable,
+                },
             };
         }
         match &mut self.syslog {
@@ -96,15 +132,28 @@ impl Logger {
         }
     }
 
-    /// Log one line.
-    pub fn log(&mut self, level: Level, msg: &str) {
-        if let Some(s) = self.connected() {
-            let _ = match level {
+    /// Write one line to syslog; if that fails on a connection made
+    /// earlier (syslog was restarted since), connect again and retry once.
+    fn write_syslog(&mut self, level: Level, msg: &str) {
+        for _ in 0..2 {
+            let Some(s) = self.connected() else {
+                return;
+            };
+            let written = match level {
                 Level::Info => s.info(msg),
                 Level::Warning => s.warning(msg),
                 Level::Error => s.err(msg),
             };
+            if written.is_ok() {
+                return;
+            }
+            self.syslog = Syslog::Unopened(SyslogConnection::default());
         }
+    }
+
+    /// Log one line.
+    pub fn log(&mut self, level: Level, msg: &str) {
+        self.write_syslog(level, msg);
         if self.mirror {
             let line = format!("{}: {msg}", self.ident);
             match self.sink.as_mut() {
@@ -164,9 +213,57 @@ mod tests {
     #[test]
     fn syslog_is_connected_at_the_first_line_not_before() {
         let mut log = Logger::with_pid("crm2fa-test", false, 1);
-        assert!(matches!(log.syslog, Syslog::Unopened));
+        assert!(matches!(log.syslog, Syslog::Unopened(_)));
         // What the first line does first (without writing one).
         let _ = log.connected();
-        assert!(!matches!(log.syslog, Syslog::Unopened));
+        assert!(!matches!(log.syslog, Syslog::Unopened(_)));
+    }
+
+    #[test]
+    fn a_kept_connection_carries_the_next_loggers_lines_and_a_dead_one_is_dropped() {
+        use std::os::unix::net::UnixDatagram;
+        let (ours, syslogd) = UnixDatagram::pair().unwrap();
+        syslogd
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let read = || {
+            let mut buf = [0u8; 512];
+            let n = syslogd.recv(&mut buf).unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        let kept = SyslogConnection(Some(syslog::LoggerBackend::Unix(ours)));
+        let mut first = Logger::with_pid("crm2fa-test", false, 41).through(kept);
+        first.info("one");
+        let line = read();
+        assert!(
+            line.contains("crm2fa-test[41]") && line.ends_with("one"),
+            "{line}"
+        );
+        let kept = first.into_connection();
+        assert!(kept.0.is_some());
+        // The next logger writes through it, under its own pid.
+        let mut second = Logger::with_pid("crm2fa-test", false, 42).through(kept);
+        second.warn("two");
+        let line = read();
+        assert!(
+            line.contains("crm2fa-test[42]") && line.ends_with("two"),
+            "{line}"
+        );
+        // syslog gone (restarted): the write fails, the logger connects
+        // anew rather than keep the dead socket.
+        drop(syslogd);
+        let mut third =
+            Logger::with_pid("crm2fa-test", false, 43).through(second.into_connection());
+        third.error("three");
+        match &third.syslog {
+            Syslog::Unavailable => {}
+            Syslog::Open(s) => {
+                if let syslog::LoggerBackend::Unix(socket) = &s.backend {
+                    let peer = socket.peer_addr().unwrap();
+                    assert!(peer.as_pathname().is_some(), "still the dead socket");
+                }
+            }
+            Syslog::Unopened(_) => panic!("not reconnected"),
+        }
     }
 }
