@@ -10,12 +10,12 @@
 //! module runs the login itself: nothing depends on it.
 //!
 //! Only root may connect (the socket is 0600 in a directory of root's, and
-//! each connection's peer must be uid 0). Each login is served by its own
-//! thread; past as many at once as its file descriptors allow (see
-//! [`max_logins`]), a connection is closed unanswered and the module runs
-//! that login itself. SIGTERM (systemd's stop) removes the socket, so new
-//! logins run in the module, and waits up to [`STOP_WAIT`] for the logins
-//! in progress before it exits.
+//! each connection's peer must be uid 0). Logins are served by threads
+//! that are kept between them ([`Workers`]); past as many at once as the
+//! file descriptors allow (see [`max_logins`]), a connection is closed
+//! unanswered and the module runs that login itself. SIGTERM (systemd's
+//! stop) removes the socket, so new logins run in the module, and waits up
+//! to [`STOP_WAIT`] for the logins in progress before it exits.
 #![forbid(unsafe_code)]
 
 use std::io;
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use crm2fa_common::audit::Logger;
+use crm2fa_common::audit::{Logger, SyslogConnection};
 use crm2fa_common::auth::relay;
 use crm2fa_common::fsperm;
 use crm2fa_common::store::pool::Pool;
@@ -80,52 +80,145 @@ fn main() -> ExitCode {
         "listening on {}, up to {max} logins at once",
         cli.socket.display()
     ));
-    let pool = Arc::new(Pool::new(Some(Box::new(crm2fa_pg::Connector))));
-    let active = Arc::new(AtomicUsize::new(0));
-    let stopping = Arc::new(AtomicBool::new(false));
+    let workers = Arc::new(Workers {
+        listener,
+        pool: Pool::new(Some(Box::new(crm2fa_pg::Connector))),
+        max,
+        active: AtomicUsize::new(0),
+        waiting: AtomicUsize::new(0),
+        threads: AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
+    });
+    if let Err(e) = nix::sys::socket::setsockopt(
+        &workers.listener,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(IDLE_EXIT.as_secs() as i64, 0),
+    ) {
+        log.error(&format!("cannot set a timeout on the socket: {e}"));
+        return ExitCode::from(1);
+    }
     {
-        let (active, stopping, socket) = (
-            Arc::clone(&active),
-            Arc::clone(&stopping),
-            cli.socket.clone(),
-        );
+        let (workers, socket) = (Arc::clone(&workers), cli.socket.clone());
         let spawned = std::thread::Builder::new()
             .name("stop".into())
-            .spawn(move || stop_on_signal(stop, &socket, &active, &stopping));
+            .spawn(move || stop_on_signal(stop, &socket, &workers));
         if let Err(e) = spawned {
             log.error(&format!("cannot start the thread that takes SIGTERM: {e}"));
             return ExitCode::from(1);
         }
     }
-    for conn in listener.incoming() {
-        let stream = match conn {
-            Ok(s) => s,
-            Err(e) => {
-                if e.raw_os_error().is_some_and(is_out_of_files) {
-                    // Wait for a login to end rather than spin.
-                    std::thread::sleep(Duration::from_millis(50));
+    // The main thread is the first of the workers, and never ends.
+    workers.threads.fetch_add(1, Ordering::SeqCst);
+    workers.waiting.fetch_add(1, Ordering::SeqCst);
+    workers.work(true);
+    ExitCode::SUCCESS
+}
+
+/// How long a thread waits for a login before it ends, unless it is the
+/// last one waiting.
+const IDLE_EXIT: Duration = Duration::from_secs(60);
+
+/// The threads that run logins. Each waits in `accept` on the socket,
+/// serves the connection it gets, and waits again: no thread is started
+/// for a login, nor is a connection handed from one thread to another.
+/// When the last waiting thread takes a connection, it starts another to
+/// wait in its place (at most `max` + 1 in all: the one beyond `max` turns
+/// connections away while `max` logins run). A thread that waited
+/// [`IDLE_EXIT`] for nothing ends, unless no other is waiting.
+struct Workers {
+    listener: UnixListener,
+    pool: Pool,
+    /// How many logins may run at once ([`max_logins`]).
+    max: usize,
+    /// Logins being served.
+    active: AtomicUsize,
+    /// Threads waiting in `accept`.
+    waiting: AtomicUsize,
+    /// Threads in all.
+    threads: AtomicUsize,
+    /// SIGTERM came: new connections are closed unanswered.
+    stopping: AtomicBool,
+}
+
+impl Workers {
+    /// One thread's life; `waiting` already counts it. The main thread
+    /// (`forever`) never ends.
+    fn work(self: &Arc<Self>, forever: bool) {
+        // Each thread's own connection to syslog, kept from one login to
+        // the next.
+        let mut syslog = SyslogConnection::default();
+        loop {
+            let accepted = self.listener.accept();
+            let others_waiting = self.waiting.fetch_sub(1, Ordering::SeqCst) - 1;
+            match accepted {
+                Ok((stream, _)) => {
+                    if others_waiting == 0 {
+                        self.start_one();
+                    }
+                    self.serve(stream, &mut syslog);
                 }
-                log.warn(&format!("accepting a connection failed: {e}"));
-                continue;
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock && others_waiting > 0 && !forever =>
+                {
+                    // Idle for IDLE_EXIT, and another thread waits.
+                    self.threads.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    if e.raw_os_error().is_some_and(is_out_of_files) {
+                        // Wait for a login to end rather than spin.
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Logger::new("crm2fad", true)
+                        .through(std::mem::take(&mut syslog))
+                        .warn(&format!("accepting a connection failed: {e}"));
+                }
             }
-        };
-        if stopping.load(Ordering::SeqCst) || active.load(Ordering::SeqCst) >= max {
-            // Closed unanswered: the module runs this login itself.
-            continue;
-        }
-        let serving = Serving::start(&active);
-        let pool = Arc::clone(&pool);
-        let spawned = std::thread::Builder::new()
-            .name("login".into())
-            .spawn(move || {
-                let _serving = serving;
-                relay::serve(stream, pool.as_ref());
-            });
-        if let Err(e) = spawned {
-            log.warn(&format!("cannot start a thread for a login: {e}"));
+            self.waiting.fetch_add(1, Ordering::SeqCst);
         }
     }
-    ExitCode::SUCCESS
+
+    /// Serve one connection, unless stopping or `max` logins run already:
+    /// then it is closed unanswered, and the module runs that login itself.
+    fn serve(&self, stream: UnixStream, syslog: &mut SyslogConnection) {
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let admitted = self
+            .active
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max).then_some(n + 1)
+            });
+        if admitted.is_err() {
+            return;
+        }
+        relay::serve(stream, &self.pool, syslog);
+        self.active.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Start a thread to wait for the next connection, unless `max` + 1
+    /// run already.
+    fn start_one(self: &Arc<Self>) {
+        let room = self
+            .threads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n <= self.max).then_some(n + 1)
+            });
+        if room.is_err() {
+            return;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let workers = Arc::clone(self);
+        let started = std::thread::Builder::new()
+            .name("login".into())
+            .spawn(move || workers.work(false));
+        if let Err(e) = started {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.threads.fetch_sub(1, Ordering::SeqCst);
+            Logger::new("crm2fad", true).warn(&format!("cannot start a thread for logins: {e}"));
+        }
+    }
 }
 
 /// The process is out of file descriptors (EMFILE) or the system is
@@ -154,44 +247,28 @@ fn max_logins() -> usize {
 
 /// On SIGTERM or SIGINT: remove the socket (new logins then run in the
 /// module), wait for the logins in progress up to [`STOP_WAIT`], exit.
-fn stop_on_signal(signals: SigSet, socket: &Path, active: &AtomicUsize, stopping: &AtomicBool) {
+fn stop_on_signal(signals: SigSet, socket: &Path, workers: &Workers) {
     let Ok(signal) = signals.wait() else {
         return;
     };
-    stopping.store(true, Ordering::SeqCst);
+    workers.stopping.store(true, Ordering::SeqCst);
     let mut log = Logger::new("crm2fad", true);
     let _ = std::fs::remove_file(socket);
-    let waiting = active.load(Ordering::SeqCst);
+    let waiting = workers.active.load(Ordering::SeqCst);
     log.info(&format!(
         "{signal}: stopping; new logins run in the module; waiting for {waiting} in progress"
     ));
     let deadline = Instant::now() + STOP_WAIT;
-    while active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+    while workers.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let left = active.load(Ordering::SeqCst);
+    let left = workers.active.load(Ordering::SeqCst);
     if left > 0 {
         log.warn(&format!(
             "stopped with {left} logins still in progress (they are denied)"
         ));
     }
     std::process::exit(0);
-}
-
-/// One login being served, counted until its thread ends (or never starts).
-struct Serving(Arc<AtomicUsize>);
-
-impl Serving {
-    fn start(active: &Arc<AtomicUsize>) -> Serving {
-        active.fetch_add(1, Ordering::Relaxed);
-        Serving(Arc::clone(active))
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Listen on `path`, mode 0600, in a directory of root's closed to others'

@@ -21,6 +21,19 @@ fn sandbox(user: &str) -> (Sandbox, Enrolled) {
     (sb, e)
 }
 
+/// `n` active users named `prefix0`, `prefix1` ..., and their secrets.
+fn active_users(sb: &Sandbox, prefix: &str, n: usize) -> (Vec<String>, Vec<String>) {
+    let users: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let secrets = users
+        .iter()
+        .map(|u| {
+            sb.add_user(u, PW);
+            sb.enroll_active(u).secret
+        })
+        .collect();
+    (users, secrets)
+}
+
 /// Rename the store and its -wal and -shm files, those there are.
 fn move_store(from: &Path, to: &Path) {
     for suffix in ["", "-wal", "-shm"] {
@@ -153,12 +166,7 @@ fn a_store_moved_away_is_not_served_from_the_open_one() {
 #[test]
 fn concurrent_logins_through_crm2fad_accept_a_code_once_and_every_user() {
     let sb = Sandbox::new();
-    let users: Vec<String> = (0..10).map(|i| format!("user{i}")).collect();
-    let mut secrets = vec![];
-    for u in &users {
-        sb.add_user(u, PW);
-        secrets.push(sb.enroll_active(u).secret);
-    }
+    let (users, secrets) = active_users(&sb, "user", 10);
     sb.add_user("frank", PW);
     let frank = sb.enroll_active("frank");
     sb.offer_to_crm2fad();
@@ -260,4 +268,32 @@ fn a_first_login_through_crm2fad_shows_the_backup_codes_also_when_silent() {
     r.assert_success();
     assert_eq!(shown(&r), 10, "{r}");
     assert_eq!(sb.status("jon")["backup_codes_left"], 10);
+}
+
+/// crm2fad's threads, by id.
+fn threads_of(d: &Daemon) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+        .unwrap()
+        .map(|t| t.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn logins_one_after_another_are_served_by_the_threads_kept_from_the_first() {
+    let sb = Sandbox::new();
+    let (users, secrets) = active_users(&sb, "kept", 4);
+    sb.offer_to_crm2fad();
+    let d = sb.start_daemon();
+    // crm2fad's threads while each login waits at its prompt: one serves
+    // it, and no thread is started or ended for a login.
+    let mut seen = vec![];
+    for (u, s) in users.iter().zip(&secrets) {
+        let mut pending = sb.spawn_login(u, &[]);
+        pending.send_line(PW);
+        pending.wait_for("Verification code", Duration::from_secs(30));
+        seen.push(threads_of(&d));
+        pending.send_line(&totp(s, 0));
+        pending.finish().assert_success();
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
 }

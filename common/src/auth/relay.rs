@@ -9,9 +9,10 @@
 //!
 //! When no crm2fad answers (no socket, none listening, or it turns the
 //! login away before accepting it: too many logins at once, another
-//! version, stopping) the module runs the login itself. crm2fad accepts a
-//! login (its first message) before it does anything for it; from then on
-//! a failure denies: the login is never run twice.
+//! version, stopping) the module runs the login itself. crm2fad's first
+//! frame accepts the login, and it sends one before it writes anything
+//! (see [`Link`]); from then on a failure denies: the login is never run
+//! twice.
 //!
 //! Frames: a tag byte, a big-endian `u32` length, that many bytes. Every
 //! buffer that may hold an answer or a message is zeroized when dropped.
@@ -20,14 +21,17 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::socket::MsgFlags;
 use zeroize::Zeroizing;
 
 use super::{run, ConvError, Conversation, ModuleArgs, Outcome, Request};
-use crate::audit::Logger;
-use crate::store::Stores;
+use crate::audit::{Logger, SyslogConnection};
+use crate::config::StoreConfig;
+use crate::store::{Store, Stores, TxBody, TxKind};
 
 /// Where crm2fad listens unless `socket=` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/crm2fa/crm2fad.sock";
@@ -53,7 +57,8 @@ const ANSWER: u8 = b'A';
 const NO_ANSWER: u8 = b'N';
 const CONV_FAILED: u8 = b'X';
 // crm2fad to module.
-/// The login is crm2fad's from here on: sent before it does anything.
+/// The login is crm2fad's from here on: sent before a write to the store
+/// when no other frame went first (any frame accepts the login).
 const ACCEPTED: u8 = b'K';
 const PROMPT_HIDDEN: u8 = b'P';
 const PROMPT_VISIBLE: u8 = b'V';
@@ -73,7 +78,7 @@ const OUTCOMES: [Outcome; 6] = [
     Outcome::UserUnknown,
 ];
 
-fn put(stream: &mut UnixStream, tag: u8, body: &[u8]) -> io::Result<()> {
+fn put(stream: &UnixStream, tag: u8, body: &[u8]) -> io::Result<()> {
     let len = u32::try_from(body.len())
         .ok()
         .filter(|&n| n as usize <= MAX_FRAME)
@@ -96,7 +101,7 @@ fn put(stream: &mut UnixStream, tag: u8, body: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn take(stream: &mut UnixStream) -> io::Result<(u8, Zeroizing<Vec<u8>>)> {
+fn take(mut stream: &UnixStream) -> io::Result<(u8, Zeroizing<Vec<u8>>)> {
     let mut head = [0u8; 5];
     stream.read_exact(&mut head)?;
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
@@ -185,7 +190,7 @@ pub fn relay(
     conv: &mut dyn Conversation,
     log: &mut Logger,
 ) -> Relayed {
-    let mut stream = match connect(socket) {
+    let stream = match connect(socket) {
         Ok(s) => s,
         Err(why) => return Relayed::NotServed(why.reason()),
     };
@@ -196,7 +201,7 @@ pub fn relay(
         rhost: req.rhost.clone(),
         args: argv.to_vec(),
     };
-    if put(&mut stream, HELLO, &hello.encode()).is_err() {
+    if put(&stream, HELLO, &hello.encode()).is_err() {
         return Relayed::NotServed(Some(format!(
             "crm2fad ({}) closed the connection before the login began",
             socket.display()
@@ -204,7 +209,7 @@ pub fn relay(
     }
     let mut begun = false;
     loop {
-        let (tag, body) = match take(&mut stream) {
+        let (tag, body) = match take(&stream) {
             Ok(frame) => frame,
             Err(e)
                 if !begun
@@ -277,10 +282,10 @@ pub fn relay(
             None => Ok(()),
             Some(Ok(Some(answer))) => {
                 let answer = Zeroizing::new(answer);
-                put(&mut stream, ANSWER, answer.as_bytes())
+                put(&stream, ANSWER, answer.as_bytes())
             }
-            Some(Ok(None)) => put(&mut stream, NO_ANSWER, &[]),
-            Some(Err(ConvError)) => put(&mut stream, CONV_FAILED, &[]),
+            Some(Ok(None)) => put(&stream, NO_ANSWER, &[]),
+            Some(Err(ConvError)) => put(&stream, CONV_FAILED, &[]),
         };
         if let Err(e) = sent {
             log.error(&format!(
@@ -368,15 +373,45 @@ fn connect(socket: &Path) -> Result<UnixStream, Unserved> {
     Ok(stream)
 }
 
+/// crm2fad's end of a login's connection.
+///
+/// The login becomes crm2fad's (the module will not run it itself) with the
+/// first frame crm2fad sends, or, if a write to the store comes before any
+/// frame, with an [`ACCEPTED`] sent just before that write
+/// ([`AcceptBeforeWrite`]). Until then crm2fad has only read: if it fails,
+/// the module may run the login itself, and nothing is done twice. A login
+/// that prompts, as most do, so costs the module no wake-up of its own for
+/// the acceptance.
+struct Link {
+    stream: UnixStream,
+    /// Shared with the copy of the stream that mirrors log lines.
+    accepted: Arc<AtomicBool>,
+}
+
+impl Link {
+    fn send(&self, tag: u8, body: &[u8]) -> io::Result<()> {
+        self.accepted.store(true, Ordering::SeqCst);
+        put(&self.stream, tag, body)
+    }
+
+    /// Tell the module the login is crm2fad's, unless a frame already did.
+    fn accept(&self) -> io::Result<()> {
+        if self.accepted.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        put(&self.stream, ACCEPTED, &[])
+    }
+}
+
 /// The module's conversation, over the socket.
 struct Remote<'a> {
-    stream: &'a mut UnixStream,
+    link: &'a Link,
 }
 
 impl Remote<'_> {
     fn ask(&mut self, tag: u8, msg: &str) -> Result<Option<String>, ConvError> {
-        put(self.stream, tag, msg.as_bytes()).map_err(|_| ConvError)?;
-        match take(self.stream) {
+        self.link.send(tag, msg.as_bytes()).map_err(|_| ConvError)?;
+        match take(&self.link.stream) {
             Ok((ANSWER, body)) => Ok(Some(text(&body).to_string())),
             Ok((NO_ANSWER, _)) => Ok(None),
             _ => Err(ConvError),
@@ -384,7 +419,7 @@ impl Remote<'_> {
     }
 
     fn say(&mut self, tag: u8, msg: &str) {
-        let _ = put(self.stream, tag, msg.as_bytes());
+        let _ = self.link.send(tag, msg.as_bytes());
     }
 }
 
@@ -406,51 +441,110 @@ impl Conversation for Remote<'_> {
     }
 }
 
+/// The stores of a login crm2fad runs: before a write transaction, the
+/// module is told that the login is crm2fad's.
+struct AcceptBeforeWrite<'a> {
+    stores: &'a dyn Stores,
+    link: &'a Link,
+}
+
+impl Stores for AcceptBeforeWrite<'_> {
+    fn open(&self, cfg: &StoreConfig) -> crate::Result<Box<dyn Store + '_>> {
+        Ok(Box::new(Accepting {
+            store: self.stores.open(cfg)?,
+            link: self.link,
+        }))
+    }
+}
+
+struct Accepting<'a> {
+    store: Box<dyn Store + 'a>,
+    link: &'a Link,
+}
+
+impl Store for Accepting<'_> {
+    fn location(&self) -> &str {
+        self.store.location()
+    }
+
+    fn still_current(&mut self) -> bool {
+        self.store.still_current()
+    }
+
+    fn transaction(&mut self, kind: TxKind, body: &mut TxBody<'_>) -> crate::Result<()> {
+        if matches!(kind, TxKind::Write(_)) {
+            self.link.accept().map_err(|e| {
+                crate::Error::store(
+                    self.store.location(),
+                    format!("not written: the PAM module went away ({e})"),
+                )
+            })?;
+        }
+        self.store.transaction(kind, body)
+    }
+
+    fn check_integrity(&mut self) -> crate::Result<Vec<String>> {
+        self.store.check_integrity()
+    }
+}
+
 /// Serve one connection to crm2fad: a login offered by a PAM module
-/// running as root, run with a store from `stores`. Anyone else, or a
-/// module of another version, is closed on at once. Returns the outcome,
-/// if a login ran.
-pub fn serve(mut stream: UnixStream, stores: &dyn Stores) -> Option<Outcome> {
+/// running as root, run with a store from `stores`, its syslog lines
+/// written through `syslog` (kept by the caller for its next login).
+/// Anyone else, or a module of another version, is closed on at once.
+/// Returns the outcome, if a login ran.
+pub fn serve(
+    stream: UnixStream,
+    stores: &dyn Stores,
+    syslog: &mut SyslogConnection,
+) -> Option<Outcome> {
     let peer = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
     if !peer.is_ok_and(|c| c.uid() == 0) {
         return None;
     }
     stream.set_read_timeout(Some(HELLO_WAIT)).ok()?;
     stream.set_write_timeout(Some(SERVER_WAIT)).ok()?;
-    let hello = match take(&mut stream) {
+    let hello = match take(&stream) {
         Ok((HELLO, body)) => Hello::decode(&body)?,
         _ => return None,
     };
     stream.set_read_timeout(Some(ANSWER_WAIT)).ok()?;
-    // From here on the module will not run the login itself.
-    put(&mut stream, ACCEPTED, &[]).ok()?;
     let args = ModuleArgs::parse(hello.args.iter().map(String::as_str));
     let req = Request {
         user: hello.user,
         service: hello.service,
         rhost: hello.rhost,
-        clock: std::sync::Arc::new(crate::unix_now),
+        clock: Arc::new(crate::unix_now),
         caller_uid: 0,
     };
-    let mut log = Logger::with_pid("pam_crm2fa", args.debug, hello.pid);
+    let link = Link {
+        stream,
+        accepted: Arc::new(AtomicBool::new(false)),
+    };
+    let mut log =
+        Logger::with_pid("pam_crm2fa", args.debug, hello.pid).through(std::mem::take(syslog));
     if args.debug {
-        if let Ok(mut mirror) = stream.try_clone() {
+        if let Ok(mirror) = link.stream.try_clone() {
+            let accepted = Arc::clone(&link.accepted);
             log = log.mirrored_to(move |line| {
-                let _ = put(&mut mirror, LOG_LINE, line.as_bytes());
+                accepted.store(true, Ordering::SeqCst);
+                let _ = put(&mirror, LOG_LINE, line.as_bytes());
             });
         }
     }
     let outcome = run(
         &args,
         &req,
-        &mut Remote {
-            stream: &mut stream,
-        },
+        &mut Remote { link: &link },
         &mut log,
-        stores,
+        &AcceptBeforeWrite {
+            stores,
+            link: &link,
+        },
     );
+    *syslog = log.into_connection();
     let code = OUTCOMES.iter().position(|&o| o == outcome).unwrap_or(4) as u8;
-    let _ = put(&mut stream, DONE, &[code]);
+    let _ = link.send(DONE, &[code]);
     Some(outcome)
 }
 
@@ -503,7 +597,7 @@ mod tests {
             user: "alice".into(),
             service: "sshd".into(),
             rhost: String::new(),
-            clock: std::sync::Arc::new(|| 0),
+            clock: Arc::new(|| 0),
             caller_uid: 0,
         };
         let mut conv = Answers("123456", 0);
@@ -526,8 +620,8 @@ mod tests {
         assert!(matches!(r, Relayed::NotServed(Some(_))), "{r:?}");
         assert_eq!(asked, 0);
         // Read, then closed (another version).
-        let (r, _) = offer(|mut s| {
-            take(&mut s).unwrap();
+        let (r, _) = offer(|s| {
+            take(&s).unwrap();
         });
         assert!(matches!(r, Relayed::NotServed(Some(_))), "{r:?}");
     }
@@ -537,41 +631,119 @@ mod tests {
         if !nix::unistd::geteuid().is_root() {
             return;
         }
-        let (r, asked) = offer(|mut s| {
-            take(&mut s).unwrap();
-            put(&mut s, PROMPT_HIDDEN, b"Verification code: ").unwrap();
-            let (tag, answer) = take(&mut s).unwrap();
+        let (r, asked) = offer(|s| {
+            take(&s).unwrap();
+            put(&s, PROMPT_HIDDEN, b"Verification code: ").unwrap();
+            let (tag, answer) = take(&s).unwrap();
             assert_eq!((tag, answer.as_slice()), (ANSWER, &b"123456"[..]));
         });
         assert_eq!(r, Relayed::Done(Outcome::Unavailable));
         assert_eq!(asked, 1);
         // Gone once it accepted the login, before any prompt (a send under
         // way, say): denied, never run again in the module.
-        let (r, asked) = offer(|mut s| {
-            take(&mut s).unwrap();
-            put(&mut s, ACCEPTED, &[]).unwrap();
+        let (r, asked) = offer(|s| {
+            take(&s).unwrap();
+            put(&s, ACCEPTED, &[]).unwrap();
         });
         assert_eq!(r, Relayed::Done(Outcome::Unavailable));
         assert_eq!(asked, 0);
         // And an outcome it sends is the login's.
-        let (r, _) = offer(|mut s| {
-            take(&mut s).unwrap();
-            put(&mut s, DONE, &[3]).unwrap();
+        let (r, _) = offer(|s| {
+            take(&s).unwrap();
+            put(&s, DONE, &[3]).unwrap();
         });
         assert_eq!(r, Relayed::Done(Outcome::MaxTries));
+    }
+
+    /// A link to a module (the other end, not blocking), and a store.
+    fn linked() -> (Link, UnixStream, tempfile::TempDir, crate::config::Config) {
+        let (ours, module) = UnixStream::pair().unwrap();
+        module.set_nonblocking(true).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config::parse(
+            "[store]\npath = \"db\"\nkey_file = \"key\"\n",
+            &dir.path().join("crm2fa.toml"),
+        )
+        .unwrap();
+        drop(crate::store::create(&cfg.store, None).unwrap());
+        let link = Link {
+            stream: ours,
+            accepted: Arc::new(AtomicBool::new(false)),
+        };
+        (link, module, dir, cfg)
+    }
+
+    /// The frames the module has been sent so far, by tag.
+    fn sent(module: &UnixStream) -> Vec<u8> {
+        let mut tags = vec![];
+        while let Ok((tag, _)) = take(module) {
+            tags.push(tag);
+        }
+        tags
+    }
+
+    #[test]
+    fn a_login_is_accepted_before_its_first_write_or_with_its_first_frame() {
+        use crate::store::Durability;
+        let (link, module, _dir, cfg) = linked();
+        let stores = AcceptBeforeWrite {
+            stores: &crate::store::Fresh(None),
+            link: &link,
+        };
+        let mut store = stores.open(&cfg.store).unwrap();
+        // Reads tell the module nothing: crm2fad failing now leaves the
+        // login to the module, with nothing done.
+        assert_eq!(store.user("alice").unwrap(), None);
+        assert_eq!(sent(&module), b"");
+        // A write is told first, once.
+        let salt = [0u8; 16];
+        store
+            .write(Durability::Full, |tx| tx.insert_user("alice", &salt, 1))
+            .unwrap();
+        assert_eq!(sent(&module), vec![ACCEPTED]);
+        store
+            .write(Durability::Full, |tx| tx.insert_user("bob", &salt, 1))
+            .unwrap();
+        assert_eq!(sent(&module), b"");
+
+        // A frame first accepts the login by itself.
+        let (link, module, _dir, cfg) = linked();
+        let stores = AcceptBeforeWrite {
+            stores: &crate::store::Fresh(None),
+            link: &link,
+        };
+        Remote { link: &link }.info("hello");
+        let mut store = stores.open(&cfg.store).unwrap();
+        store
+            .write(Durability::Full, |tx| tx.insert_user("alice", &salt, 1))
+            .unwrap();
+        assert_eq!(sent(&module), vec![INFO]);
+
+        // The module gone: nothing is written.
+        let (link, module, _dir, cfg) = linked();
+        drop(module);
+        let stores = AcceptBeforeWrite {
+            stores: &crate::store::Fresh(None),
+            link: &link,
+        };
+        let mut store = stores.open(&cfg.store).unwrap();
+        assert!(store
+            .write(Durability::Full, |tx| tx.insert_user("alice", &salt, 1))
+            .is_err());
+        assert_eq!(store.user("alice").unwrap(), None);
     }
 
     #[test]
     fn frames_read_back_and_an_oversized_one_is_refused() {
         use std::io::Write;
-        let (mut a, mut b) = UnixStream::pair().unwrap();
-        put(&mut a, INFO, b"hello").unwrap();
-        let (tag, body) = take(&mut b).unwrap();
+        let (mut a, b) = UnixStream::pair().unwrap();
+        put(&a, INFO, b"hello").unwrap();
+        let (tag, body) = take(&b).unwrap();
         assert_eq!((tag, body.as_slice()), (INFO, &b"hello"[..]));
         let mut head = vec![INFO];
         head.extend_from_slice(&((MAX_FRAME + 1) as u32).to_be_bytes());
         a.write_all(&head).unwrap();
-        assert_eq!(take(&mut b).unwrap_err().kind(), io::ErrorKind::InvalidData);
-        assert!(put(&mut a, INFO, &vec![0; MAX_FRAME + 1]).is_err());
+        assert_eq!(take(&b).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert!(put(&a, INFO, &vec![0; MAX_FRAME + 1]).is_err());
     }
 }
