@@ -141,38 +141,45 @@ struct Workers {
 }
 
 impl Workers {
-    /// One thread's life; `waiting` already counts it. The main thread
-    /// (`forever`) never ends.
+    /// One thread's life; `waiting` and `threads` already count it. The
+    /// main thread (`forever`) never ends.
     fn work(self: &Arc<Self>, forever: bool) {
         // Each thread's own connection to syslog, kept from one login to
         // the next.
         let mut syslog = SyslogConnection::default();
+        // Accepting fails (out of file descriptors): said once, until a
+        // connection is accepted again.
+        let mut failing = false;
         loop {
             let accepted = self.listener.accept();
             let others_waiting = self.waiting.fetch_sub(1, Ordering::SeqCst) - 1;
             match accepted {
                 Ok((stream, _)) => {
+                    failing = false;
                     if others_waiting == 0 {
                         self.start_one();
                     }
                     self.serve(stream, &mut syslog);
                 }
-                Err(e)
-                    if e.kind() == io::ErrorKind::WouldBlock && others_waiting > 0 && !forever =>
-                {
-                    // Idle for IDLE_EXIT, and another thread waits.
-                    self.threads.fetch_sub(1, Ordering::SeqCst);
-                    return;
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Idle for IDLE_EXIT: end, if another thread waits.
+                    if others_waiting > 0 && !forever {
+                        self.threads.fetch_sub(1, Ordering::SeqCst);
+                        return;
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
+                    if !failing {
+                        let mut log =
+                            Logger::new("crm2fad", true).through(std::mem::take(&mut syslog));
+                        log.warn(&format!("accepting a connection failed: {e}"));
+                        syslog = log.into_connection();
+                        failing = true;
+                    }
                     if e.raw_os_error().is_some_and(is_out_of_files) {
                         // Wait for a login to end rather than spin.
                         std::thread::sleep(Duration::from_millis(50));
                     }
-                    Logger::new("crm2fad", true)
-                        .through(std::mem::take(&mut syslog))
-                        .warn(&format!("accepting a connection failed: {e}"));
                 }
             }
             self.waiting.fetch_add(1, Ordering::SeqCst);
@@ -181,6 +188,8 @@ impl Workers {
 
     /// Serve one connection, unless stopping or `max` logins run already:
     /// then it is closed unanswered, and the module runs that login itself.
+    /// A login that panics ends alone (its connection closed: denied, or
+    /// left to the module if nothing was sent yet); the thread goes on.
     fn serve(&self, stream: UnixStream, syslog: &mut SyslogConnection) {
         if self.stopping.load(Ordering::SeqCst) {
             return;
@@ -193,8 +202,14 @@ impl Workers {
         if admitted.is_err() {
             return;
         }
-        relay::serve(stream, &self.pool, syslog);
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            relay::serve(stream, &self.pool, syslog)
+        }));
         self.active.fetch_sub(1, Ordering::SeqCst);
+        if served.is_err() {
+            Logger::new("crm2fad", true)
+                .error("a login failed unexpectedly (a panic); it is denied");
+        }
     }
 
     /// Start a thread to wait for the next connection, unless `max` + 1

@@ -389,17 +389,19 @@ struct Link {
 }
 
 impl Link {
+    /// Send a frame; the login is accepted once one went out whole.
     fn send(&self, tag: u8, body: &[u8]) -> io::Result<()> {
+        put(&self.stream, tag, body)?;
         self.accepted.store(true, Ordering::SeqCst);
-        put(&self.stream, tag, body)
+        Ok(())
     }
 
     /// Tell the module the login is crm2fad's, unless a frame already did.
     fn accept(&self) -> io::Result<()> {
-        if self.accepted.swap(true, Ordering::SeqCst) {
+        if self.accepted.load(Ordering::SeqCst) {
             return Ok(());
         }
-        put(&self.stream, ACCEPTED, &[])
+        self.send(ACCEPTED, &[])
     }
 }
 
@@ -527,8 +529,9 @@ pub fn serve(
         if let Ok(mirror) = link.stream.try_clone() {
             let accepted = Arc::clone(&link.accepted);
             log = log.mirrored_to(move |line| {
-                accepted.store(true, Ordering::SeqCst);
-                let _ = put(&mirror, LOG_LINE, line.as_bytes());
+                if put(&mirror, LOG_LINE, line.as_bytes()).is_ok() {
+                    accepted.store(true, Ordering::SeqCst);
+                }
             });
         }
     }
@@ -655,6 +658,38 @@ mod tests {
         assert_eq!(r, Relayed::Done(Outcome::MaxTries));
     }
 
+    #[test]
+    fn crm2fad_sends_nothing_before_the_first_frame_of_the_login() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // serve() answers root only
+        }
+        // A login that ends while reading (no configuration there): its
+        // outcome is the first frame, with no ACCEPTED before it.
+        let (module, ours) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            serve(
+                ours,
+                &crate::store::Fresh(None),
+                &mut SyslogConnection::default(),
+            )
+        });
+        let hello = Hello {
+            pid: 1,
+            user: "alice".into(),
+            service: "sshd".into(),
+            rhost: String::new(),
+            args: vec!["config=/nonexistent/crm2fa.toml".into()],
+        };
+        put(&module, HELLO, &hello.encode()).unwrap();
+        let (tag, body) = take(&module).unwrap();
+        let unavailable = OUTCOMES
+            .iter()
+            .position(|&o| o == Outcome::Unavailable)
+            .unwrap() as u8;
+        assert_eq!((tag, body.as_slice()), (DONE, &[unavailable][..]));
+        assert_eq!(server.join().unwrap(), Some(Outcome::Unavailable));
+    }
+
     /// A link to a module (the other end, not blocking), and a store.
     fn linked() -> (Link, UnixStream, tempfile::TempDir, crate::config::Config) {
         let (ours, module) = UnixStream::pair().unwrap();
@@ -692,8 +727,10 @@ mod tests {
         };
         let mut store = stores.open(&cfg.store).unwrap();
         // Reads tell the module nothing: crm2fad failing now leaves the
-        // login to the module, with nothing done.
+        // login to the module, with nothing done. Nor does a frame that
+        // could not be sent.
         assert_eq!(store.user("alice").unwrap(), None);
+        assert!(link.send(INFO, &vec![b'x'; MAX_FRAME + 1]).is_err());
         assert_eq!(sent(&module), b"");
         // A write is told first, once.
         let salt = [0u8; 16];

@@ -63,10 +63,13 @@ impl Ops<'_> {
     }
 
     /// Record a fact that changes nothing else: audit table and syslog.
+    /// The store first: crm2fad tells the module a login is its own before
+    /// that write, so no line goes out for a login the module may still run.
     pub fn record(&mut self, now: i64, user: &str, fact: &Fact) -> Result<()> {
         let e = self.entry(now, user, fact);
+        let stored = self.store.record(&e);
         self.log.entry(&e);
-        self.store.record(&e)
+        stored
     }
 
     /// The policy's decision for `user` at `now`, as the login makes it.
