@@ -80,6 +80,7 @@ macro_rules! store_conformance {
             a_withdrawn_code_gives_back_the_one_sent_before,
             an_earlier_sent_code_is_void_on_every_clock,
             a_changed_contact_voids_the_codes_sent_to_the_old_one,
+            a_changed_contact_does_not_lift_the_resend_limit,
             no_code_is_stored_for_an_address_changed_meanwhile,
             removing_the_contact_of_the_delivery_channel_keeps_a_user_disabled,
             no_code_is_sent_to_a_locked_user,
@@ -1682,6 +1683,44 @@ pub fn no_code_is_stored_for_an_address_changed_meanwhile(b: &dyn Backend) {
         );
         assert!(matches!(grant, SendGrant::Granted { .. }), "{grant:?}");
     }
+}
+
+/// The codes a contact change voids still count toward the resend limit:
+/// setting the address anew does not buy more sends.
+pub fn a_changed_contact_does_not_lift_the_resend_limit(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    let c = Code::generate_digits(6);
+    for i in 0..3 {
+        assert!(matches!(
+            send(s.as_mut(), Channel::Sms, &salt, &c, NOW + i),
+            SendGrant::Granted { .. }
+        ));
+    }
+    let set = audit(Fact::ContactSet {
+        channel: Channel::Sms,
+        to: Some("+4420794601".into()),
+    });
+    s.set_contact(
+        "u",
+        Channel::Sms,
+        Some("+4420794601"),
+        &salt,
+        NOW + 10,
+        &set,
+    )
+    .unwrap();
+    assert!(rejected(&redeem_sent(
+        s.as_mut(),
+        Channel::Sms,
+        &c,
+        &salt,
+        NOW + 11
+    )));
+    assert_eq!(
+        send(s.as_mut(), Channel::Sms, &salt, &c, NOW + 12),
+        SendGrant::Limited { until: NOW + 900 }
+    );
 }
 
 /// A new address or number for a channel voids the codes sent to the old

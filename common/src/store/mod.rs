@@ -488,9 +488,21 @@ fn connect(
     Ok((client, target))
 }
 
+/// Void the user's unused codes sent by `channel`: marked used, they log
+/// in no more but still count toward the resend limit, which a new
+/// address or factor does not lift.
+fn void_sent_codes(tx: &mut dyn Tx, channel: Channel, name: &str, now: i64) -> Result<()> {
+    let kind = CodeKind::sent(channel);
+    for code in tx.unused_codes(kind, name, now)? {
+        tx.consume_code(kind, code.id, now)?;
+    }
+    Ok(())
+}
+
 /// A new factor takes the old one's place: the user's backup codes give
-/// way to `backup_hashes`, and recovery codes, unused sent codes and
-/// remembered hosts (which vouched for logins with the old factor) go.
+/// way to `backup_hashes`, recovery codes and remembered hosts (which
+/// vouched for logins with the old factor) go, and unused sent codes are
+/// voided.
 fn replace_codes(
     tx: &mut dyn Tx,
     name: &str,
@@ -501,7 +513,7 @@ fn replace_codes(
     tx.insert_backup_codes(name, backup_hashes, now)?;
     tx.delete_codes(CodeKind::Recovery, name, false)?;
     for channel in Channel::ALL {
-        tx.delete_codes(CodeKind::sent(channel), name, true)?;
+        void_sent_codes(tx, channel, name, now)?;
     }
     tx.forget(name, None)?;
     Ok(())
@@ -1042,7 +1054,8 @@ impl dyn Store + '_ {
     /// Set or remove where `name`'s codes by `channel` go; a user the
     /// store does not know is added with `code_salt_if_new`. A change
     /// (a removal too) voids the unused codes sent by that channel: a code
-    /// sent to the old address or number no longer logs in. Removing the
+    /// sent to the old address or number no longer logs in, and still
+    /// counts toward the resend limit. Removing the
     /// contact of the user's delivery channel ends that factor, and leaves
     /// their 2FA on or off as it was.
     pub fn set_contact(
@@ -1059,7 +1072,7 @@ impl dyn Store + '_ {
             let before = tx.lock_user(name)?;
             tx.set_contact(name, channel, to, now)?;
             if before.as_ref().and_then(|u| u.contact(channel)) != to {
-                tx.delete_codes(CodeKind::sent(channel), name, true)?;
+                void_sent_codes(tx, channel, name, now)?;
             }
             if to.is_none() && before.and_then(|u| u.delivery) == Some(channel) {
                 // Nowhere to send them: the channel is no factor any more.
