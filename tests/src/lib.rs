@@ -1070,12 +1070,29 @@ impl Sandbox {
     /// answers there.
     #[track_caller]
     pub fn start_daemon(&self) -> Daemon {
+        self.start_daemon_with_files(None)
+    }
+
+    /// [`Self::start_daemon`], its file descriptors limited to `files`
+    /// (soft and hard, by `prlimit`), which bounds its logins at once.
+    pub fn start_daemon_with_files(&self, files: Option<u64>) -> Daemon {
         let socket = self.daemon_socket();
         let stderr = self.root().join(format!(
             "crm2fad.{}.log",
             self.serial.fetch_add(1, Ordering::SeqCst)
         ));
-        let mut cmd = Command::new(daemon_path());
+        let mut cmd = match files {
+            None => Command::new(daemon_path()),
+            Some(n) => {
+                // prlimit sets the limit on itself, then runs crm2fad in
+                // its place (the same pid).
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(daemon_path());
+                c
+            }
+        };
         cmd.arg("--socket").arg(&socket);
         self.nss_env(&mut cmd);
         cmd.stdin(Stdio::null())

@@ -297,3 +297,31 @@ fn logins_one_after_another_are_served_by_the_threads_kept_from_the_first() {
     }
     assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
 }
+
+#[test]
+fn past_its_logins_at_once_crm2fad_turns_the_next_away_to_the_module() {
+    let sb = Sandbox::new();
+    let (users, secrets) = active_users(&sb, "busy", 17);
+    sb.offer_to_crm2fad();
+    // 192 file descriptors: (192 - 64) / 8 = 16 logins at once.
+    let _d = sb.start_daemon_with_files(Some(192));
+    let mut pending = vec![];
+    for u in &users[..16] {
+        let mut login = sb.spawn_login(u, &[]);
+        login.send_line(PW);
+        login.wait_for("Verification code", Duration::from_secs(30));
+        pending.push(login);
+    }
+    // The 17th: closed unanswered, and run by the module itself.
+    let r = sb.login(&users[16], &[PW, &totp(&secrets[16], 0)]);
+    r.assert_success();
+    assert!(
+        !r.debug_lines_with(&["turned the login away"]).is_empty(),
+        "{r}"
+    );
+    // The 16 go on in crm2fad.
+    for (mut login, s) in pending.into_iter().zip(&secrets) {
+        login.send_line(&totp(s, 0));
+        login.finish().assert_success();
+    }
+}
