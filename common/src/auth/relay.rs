@@ -384,11 +384,17 @@ fn connect(socket: &Path) -> Result<UnixStream, Unserved> {
 /// the acceptance.
 struct Link {
     stream: UnixStream,
-    /// Shared with the copy of the stream that mirrors log lines.
-    accepted: Arc<AtomicBool>,
+    accepted: AtomicBool,
 }
 
 impl Link {
+    fn new(stream: UnixStream) -> Link {
+        Link {
+            stream,
+            accepted: AtomicBool::new(false),
+        }
+    }
+
     /// Send a frame; the login is accepted once one went out whole.
     fn send(&self, tag: u8, body: &[u8]) -> io::Result<()> {
         put(&self.stream, tag, body)?;
@@ -519,21 +525,15 @@ pub fn serve(
         clock: Arc::new(crate::unix_now),
         caller_uid: 0,
     };
-    let link = Link {
-        stream,
-        accepted: Arc::new(AtomicBool::new(false)),
-    };
+    // Shared with the debug mirror, which sends its log lines as frames.
+    let link = Arc::new(Link::new(stream));
     let mut log =
         Logger::with_pid("pam_crm2fa", args.debug, hello.pid).through(std::mem::take(syslog));
     if args.debug {
-        if let Ok(mirror) = link.stream.try_clone() {
-            let accepted = Arc::clone(&link.accepted);
-            log = log.mirrored_to(move |line| {
-                if put(&mirror, LOG_LINE, line.as_bytes()).is_ok() {
-                    accepted.store(true, Ordering::SeqCst);
-                }
-            });
-        }
+        let mirror = Arc::clone(&link);
+        log = log.mirrored_to(move |line| {
+            let _ = mirror.send(LOG_LINE, line.as_bytes());
+        });
     }
     let outcome = run(
         &args,
@@ -701,11 +701,7 @@ mod tests {
         )
         .unwrap();
         drop(crate::store::create(&cfg.store, None).unwrap());
-        let link = Link {
-            stream: ours,
-            accepted: Arc::new(AtomicBool::new(false)),
-        };
-        (link, module, dir, cfg)
+        (Link::new(ours), module, dir, cfg)
     }
 
     /// The frames the module has been sent so far, by tag.
