@@ -54,6 +54,19 @@ impl std::fmt::Debug for SyslogConnection {
     }
 }
 
+/// Connect to the system's syslog socket (`/dev/log`, or the other
+/// places syslog listens); in this crate's tests, to a socket the test
+/// owns when it has named one.
+fn connect(
+    formatter: Formatter3164,
+) -> syslog::Result<syslog::Logger<syslog::LoggerBackend, Formatter3164>> {
+    #[cfg(test)]
+    if let Some(path) = tests::SOCKET.with(|p| p.borrow().clone()) {
+        return syslog::unix_custom(formatter, path);
+    }
+    syslog::unix(formatter)
+}
+
 /// Where a logger's mirrored lines go, instead of standard error.
 type Sink = Box<dyn FnMut(&str) + Send>;
 
@@ -120,7 +133,7 @@ impl Logger {
             };
             self.syslog = match kept.0.take() {
                 Some(backend) => Syslog::Open(syslog::Logger::new(backend, formatter)),
-                None => match syslog::unix(formatter) {
+                None => match connect(formatter) {
                     Ok(s) => Syslog::Open(s),
                     Err(_) => Syslog::Unavailable,
                 },
@@ -209,6 +222,29 @@ impl Logger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+    use std::os::unix::net::UnixDatagram;
+    use std::path::PathBuf;
+
+    thread_local! {
+        /// The syslog socket [`connect`] uses in this thread's test, if any.
+        pub(super) static SOCKET: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+    }
+
+    /// A syslog socket bound at `path`, as syslogd binds `/dev/log`.
+    fn syslogd(path: &std::path::Path) -> UnixDatagram {
+        let socket = UnixDatagram::bind(path).unwrap();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        socket
+    }
+
+    fn line(syslogd: &UnixDatagram) -> String {
+        let mut buf = [0u8; 512];
+        let n = syslogd.recv(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
 
     #[test]
     fn syslog_is_connected_at_the_first_line_not_before() {
@@ -221,16 +257,11 @@ mod tests {
 
     #[test]
     fn a_kept_connection_carries_the_next_loggers_lines_and_a_dead_one_is_dropped() {
-        use std::os::unix::net::UnixDatagram;
         let (ours, syslogd) = UnixDatagram::pair().unwrap();
         syslogd
             .set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
-        let read = || {
-            let mut buf = [0u8; 512];
-            let n = syslogd.recv(&mut buf).unwrap();
-            String::from_utf8_lossy(&buf[..n]).into_owned()
-        };
+        let read = || line(&syslogd);
         let kept = SyslogConnection(Some(syslog::LoggerBackend::Unix(ours)));
         let mut first = Logger::with_pid("crm2fa-test", false, 41).through(kept);
         first.info("one");
@@ -265,5 +296,33 @@ mod tests {
             }
             Syslog::Unopened(_) => panic!("not reconnected"),
         }
+    }
+
+    #[test]
+    fn a_line_written_after_syslog_restarted_reaches_the_new_syslog() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        SOCKET.with(|p| *p.borrow_mut() = Some(path.clone()));
+        let first = syslogd(&path);
+        let mut log = Logger::with_pid("crm2fa-test", false, 51);
+        log.info("before");
+        assert!(line(&first).ends_with("before"));
+        let kept = log.into_connection();
+        // syslog restarts: its socket goes, and a new one is bound in its place.
+        drop(first);
+        std::fs::remove_file(&path).unwrap();
+        let second = syslogd(&path);
+        let mut next = Logger::with_pid("crm2fa-test", false, 52).through(kept);
+        next.warn("after");
+        let got = line(&second);
+        assert!(
+            got.contains("crm2fa-test[52]") && got.ends_with("after"),
+            "{got}"
+        );
+        // And the connection made anew is the one kept for the next logger.
+        let mut third = Logger::with_pid("crm2fa-test", false, 53).through(next.into_connection());
+        third.info("again");
+        assert!(line(&second).ends_with("again"));
+        SOCKET.with(|p| *p.borrow_mut() = None);
     }
 }
