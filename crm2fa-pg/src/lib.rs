@@ -21,10 +21,14 @@
 //! - TCP keepalives, and `TCP_USER_TIMEOUT` set to the call deadline, make
 //!   the kernel notice a peer that is gone between calls.
 //!
-//! The session sets one thing on the server side, in the `options` startup
-//! parameter (no extra round trip): `idle_in_transaction_session_timeout`,
-//! so that a host gone in the middle of a transaction does not hold a
-//! user's row for long. A bound on how long the server works on one
+//! The session sets two things on the server side, in the `options`
+//! startup parameter (no extra round trip), over what the role, the
+//! database or the server's configuration say:
+//! `idle_in_transaction_session_timeout`, so that a host gone in the
+//! middle of a transaction does not hold a user's row for long; and
+//! `synchronous_commit = on`, so that a `COMMIT` that used up a code
+//! returns only once it is on disk (with it `off`, a server crash could
+//! lose the commit, and the code would work again). A bound on how long the server works on one
 //! statement is its own setting: `ALTER ROLE crm2fa SET statement_timeout =
 //! '5s'`.
 //!
@@ -196,7 +200,8 @@ impl Session {
             .dbname(&target.dbname)
             .application_name("crm2fa")
             .options(format!(
-                "-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION}"
+                "-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION} \
+                 -c synchronous_commit=on"
             ))
             .connect_timeout(target.connect_timeout)
             .tcp_user_timeout(call_timeout)

@@ -575,6 +575,26 @@ fn every_session_bounds_how_long_a_transaction_may_idle() {
     );
 }
 
+#[test]
+fn every_session_commits_to_disk_whatever_the_database_says() {
+    // A DBA's `synchronous_commit = off` would let a server crash lose a
+    // commit that used up a code, and the code would work again.
+    let target = plain("synccommit");
+    PgServer::shared().psql(&format!(
+        "ALTER DATABASE {} SET synchronous_commit = off",
+        quote_ident(&target.dbname)
+    ));
+    let setting = |db: &mut Box<dyn PgClient>| {
+        db.query("SELECT current_setting('synchronous_commit')", &[])
+            .unwrap()
+    };
+    let mut db = connect(&target);
+    assert_eq!(setting(&mut db), [[Value::Text("on".into())]]);
+    // What any other session of that database gets (the check of the check).
+    let other = PgServer::shared().psql_db(&target.dbname, "SHOW synchronous_commit");
+    assert!(other.contains("off"), "{other}");
+}
+
 /// The statements this session has prepared on the server (but this one).
 fn prepared(db: &mut Box<dyn PgClient>) -> Vec<String> {
     db.batch("SELECT 1").unwrap();
