@@ -78,6 +78,7 @@ macro_rules! store_conformance {
             the_resend_limit_counts_every_send_in_the_window,
             a_withdrawn_code_neither_works_nor_counts,
             a_withdrawn_code_gives_back_the_one_sent_before,
+            a_code_used_before_its_withdrawal_stays_used_and_counted,
             an_earlier_sent_code_is_void_on_every_clock,
             a_changed_contact_voids_the_codes_sent_to_the_old_one,
             a_changed_contact_does_not_lift_the_resend_limit,
@@ -1561,6 +1562,47 @@ pub fn a_withdrawn_code_neither_works_nor_counts(b: &dyn Backend) {
         &salt,
         NOW
     )));
+}
+
+/// A sender that reports a failure after the message went out: the user
+/// logged in with the code meanwhile. Withdrawing it then leaves it as it
+/// is, used: the code sent before it does not work again, and the used
+/// one still counts toward the resend limit.
+pub fn a_code_used_before_its_withdrawal_stays_used_and_counted(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    let (first, second) = (Code::generate_digits(6), Code::generate_digits(6));
+    assert!(matches!(
+        send(s.as_mut(), Channel::Email, &salt, &first, NOW),
+        SendGrant::Granted { .. }
+    ));
+    let SendGrant::Granted { id } = send(s.as_mut(), Channel::Email, &salt, &second, NOW + 1)
+    else {
+        panic!("the second code was not granted");
+    };
+    assert!(accepted(&redeem_sent(
+        s.as_mut(),
+        Channel::Email,
+        &second,
+        &salt,
+        NOW + 2
+    )));
+    withdraw(s.as_mut(), Channel::Email, id);
+    assert!(rejected(&redeem_sent(
+        s.as_mut(),
+        Channel::Email,
+        &first,
+        &salt,
+        NOW + 3
+    )));
+    assert!(matches!(
+        send(s.as_mut(), Channel::Email, &salt, &second, NOW + 4),
+        SendGrant::Granted { .. }
+    ));
+    assert_eq!(
+        send(s.as_mut(), Channel::Email, &salt, &second, NOW + 5),
+        SendGrant::Limited { until: NOW + 900 }
+    );
 }
 
 /// When the send of a new code fails, the code sent before it by that

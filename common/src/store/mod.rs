@@ -200,8 +200,9 @@ pub trait Tx {
     /// oldest first (used, expired or not).
     fn codes_made_since(&mut self, kind: CodeKind, name: &str, since: i64) -> Result<Vec<i64>>;
 
-    /// Delete the code in row `id`.
-    fn delete_code(&mut self, kind: CodeKind, id: i64) -> Result<()>;
+    /// Delete the code in row `id` unless it was used: a used code stays,
+    /// as a record and toward the resend limit.
+    fn delete_unused_code(&mut self, kind: CodeKind, id: i64) -> Result<()>;
 
     /// Set (or with `None` remove) where the user's `channel` codes go.
     /// False for an unknown user.
@@ -1043,10 +1044,12 @@ impl dyn Store + '_ {
     /// Take back a code [`grant_send`](Self::grant_send) stored that could
     /// not be sent: it neither works nor counts toward the resend limit,
     /// and the code sent before it by that channel, if still unused and
-    /// unexpired, works again.
+    /// unexpired, works again. A code used meanwhile (the sender failed
+    /// after the message went out) stays: it still counts, and the one
+    /// before it stays void.
     pub fn withdraw_send(&mut self, channel: Channel, id: i64, audit: &AuditEntry) -> Result<()> {
         self.write(Durability::Full, |tx| {
-            tx.delete_code(CodeKind::sent(channel), id)?;
+            tx.delete_unused_code(CodeKind::sent(channel), id)?;
             tx.insert_audit(audit)
         })
     }

@@ -1125,9 +1125,12 @@ impl Tx for PgTx<'_> {
         rows.iter().map(|r| self.row(r).int(0)).collect()
     }
 
-    fn delete_code(&mut self, kind: CodeKind, id: i64) -> Result<()> {
+    fn delete_unused_code(&mut self, kind: CodeKind, id: i64) -> Result<()> {
         self.exec(
-            &format!("DELETE FROM {} WHERE id = $1", table(kind)),
+            &format!(
+                "DELETE FROM {} WHERE id = $1 AND used_at IS NULL",
+                table(kind)
+            ),
             &[Param::Int(id)],
         )
         .map(drop)

@@ -885,9 +885,12 @@ impl Tx for SqliteTx<'_> {
         )
     }
 
-    fn delete_code(&mut self, kind: CodeKind, id: i64) -> Result<()> {
+    fn delete_unused_code(&mut self, kind: CodeKind, id: i64) -> Result<()> {
         self.exec(
-            &format!("DELETE FROM {} WHERE id = ?1", table(kind)),
+            &format!(
+                "DELETE FROM {} WHERE id = ?1 AND used_at IS NULL",
+                table(kind)
+            ),
             params![id],
         )
         .map(drop)
