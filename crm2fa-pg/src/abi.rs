@@ -106,8 +106,9 @@ pub unsafe extern "C" fn crm2fa_pg_connect(
     }
 }
 
-/// Run the encoded statements as a pipeline; the encoded outcome of each in
-/// `outcomes`.
+/// Run the encoded statements as a pipeline, each answer within `limit_ms`
+/// milliseconds (0: the session's own bound); the encoded outcome of each
+/// in `outcomes`.
 ///
 /// # Safety
 ///
@@ -118,6 +119,7 @@ pub unsafe extern "C" fn crm2fa_pg_pipeline(
     handle: *mut c_void,
     statements: *const u8,
     len: usize,
+    limit_ms: u64,
     outcomes: *mut Buf,
     err: *mut Buf,
 ) -> i32 {
@@ -143,7 +145,8 @@ pub unsafe extern "C" fn crm2fa_pg_pipeline(
                     Statement::Query(sql, _) => Stmt::Query(sql, p),
                 })
                 .collect();
-            let done = session(handle)?.pipeline(&stmts);
+            let limit = (limit_ms > 0).then(|| std::time::Duration::from_millis(limit_ms));
+            let done = session(handle)?.pipeline_within(&stmts, limit);
             if outcomes.is_null() {
                 return Err(fail("no place for the outcomes"));
             }

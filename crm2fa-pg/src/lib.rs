@@ -15,7 +15,9 @@
 //!   fail when it expires. (The blocking `postgres` crate applies its
 //!   `connect_timeout` to the TCP connect only.)
 //! - Every later call (`batch`, `execute`, `query`, `pipeline`) must be
-//!   answered within [`CALL_TIMEOUT`]. When it expires the session is closed (the server
+//!   answered within [`CALL_TIMEOUT`], or the shorter limit the caller gives
+//!   ([`PgClient::pipeline_within`]: the store gives `connect_timeout` to
+//!   the first read of a login on a session crm2fad kept). When it expires the session is closed (the server
 //!   sees the connection end and rolls back what the session had begun) and
 //!   every later call on it fails.
 //! - TCP keepalives, and `TCP_USER_TIMEOUT` set to the call deadline, make
@@ -275,7 +277,12 @@ impl Session {
 
     /// `answer`, once the client is given back; after a timeout, the
     /// session closed and an error saying so.
-    fn give_back<T>(&mut self, client: Client, answer: Result<T, Elapsed>) -> Result<T, PgError> {
+    fn give_back<T>(
+        &mut self,
+        client: Client,
+        answer: Result<T, Elapsed>,
+        limit: Duration,
+    ) -> Result<T, PgError> {
         match answer {
             Ok(answer) => {
                 self.client = Some(client);
@@ -294,7 +301,7 @@ impl Session {
                     message: format!(
                         "no answer from {} within {}; the session is closed",
                         self.server,
-                        seconds(self.call_timeout)
+                        seconds(limit)
                     ),
                 })
             }
@@ -357,7 +364,12 @@ impl PgClient for Session {
     /// server neither parses nor plans it again. A session that serves one
     /// login prepares nothing; one that crm2fad keeps has every statement
     /// of a login prepared from its second login on.
-    fn pipeline(&mut self, statements: &[Stmt<'_>]) -> Vec<Result<Done, PgError>> {
+    fn pipeline_within(
+        &mut self,
+        statements: &[Stmt<'_>],
+        limit: Option<Duration>,
+    ) -> Vec<Result<Done, PgError>> {
+        let limit = limit.map_or(self.call_timeout, |l| l.min(self.call_timeout));
         let client = match self.take_client() {
             Ok(client) => client,
             Err(e) => return statements.iter().map(|_| Err(e.clone())).collect(),
@@ -379,10 +391,12 @@ impl PgClient for Session {
                 }
             })
             .collect();
-        let prepared = match self.prepared_for(&client, &keys) {
+        let prepared = match self.prepared_for(&client, &keys, limit) {
             Ok(prepared) => prepared,
             Err(elapsed) => {
-                let e = self.give_back(client, Err::<(), _>(elapsed)).unwrap_err();
+                let e = self
+                    .give_back(client, Err::<(), _>(elapsed), limit)
+                    .unwrap_err();
                 return statements.iter().map(|_| Err(e.clone())).collect();
             }
         };
@@ -424,8 +438,8 @@ impl PgClient for Session {
                     }
                 })
                 .collect();
-        let answer = within(&self.rt, self.call_timeout, join_all(calls));
-        let answers = match self.give_back(client, answer) {
+        let answer = within(&self.rt, limit, join_all(calls));
+        let answers = match self.give_back(client, answer, limit) {
             Ok(answers) => answers,
             Err(e) => return statements.iter().map(|_| Err(e.clone())).collect(),
         };
@@ -460,13 +474,14 @@ impl Session {
     /// For each of `keys` (`None`: a batch), the prepared statement to run
     /// it by, if it has one now. Those that ran [`PREPARE_AFTER`] times
     /// unnamed are prepared first; a run without a prepared statement is
-    /// counted. Only a timeout of the preparing is an error.
+    /// counted. Only a timeout of the preparing (past `limit`) is an error.
     fn prepared_for(
         &mut self,
         client: &Client,
         keys: &[Option<Key>],
+        limit: Duration,
     ) -> Result<Vec<Option<Statement>>, Elapsed> {
-        self.prepare_seen(client, keys.iter().flatten())?;
+        self.prepare_seen(client, keys.iter().flatten(), limit)?;
         Ok(keys
             .iter()
             .map(|key| {
@@ -494,6 +509,7 @@ impl Session {
         &mut self,
         client: &Client,
         keys: impl Iterator<Item = &'k Key>,
+        limit: Duration,
     ) -> Result<(), Elapsed> {
         let mut todo: Vec<&Key> = Vec::new();
         for key in keys {
@@ -515,7 +531,7 @@ impl Session {
         let prepares = todo
             .iter()
             .map(|(sql, types)| client.prepare_typed(sql, types));
-        let prepared = within(&self.rt, self.call_timeout, join_all(prepares))?;
+        let prepared = within(&self.rt, limit, join_all(prepares))?;
         for (key, statement) in todo.into_iter().zip(prepared) {
             let known = statement.map_or(Known::Unnamed, Known::Prepared);
             self.known.insert(key.clone(), known);

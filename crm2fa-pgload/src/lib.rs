@@ -185,8 +185,16 @@ impl Drop for Session {
 }
 
 impl PgClient for Session {
-    fn pipeline(&mut self, statements: &[Stmt<'_>]) -> Vec<Result<Done, PgError>> {
+    fn pipeline_within(
+        &mut self,
+        statements: &[Stmt<'_>],
+        limit: Option<std::time::Duration>,
+    ) -> Vec<Result<Done, PgError>> {
         let encoded = wire::encode_statements(statements);
+        // At least a millisecond: 0 says "none".
+        let limit_ms = limit.map_or(0, |l| {
+            u64::try_from(l.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
         let (mut outcomes, mut err) = (Buf::EMPTY, Buf::EMPTY);
         // SAFETY: `abi::PIPELINE`: a live handle; the statements valid for
         // their length; outcomes and err valid out-pointers.
@@ -195,6 +203,7 @@ impl PgClient for Session {
                 self.handle,
                 encoded.as_ptr(),
                 encoded.len(),
+                limit_ms,
                 &mut outcomes,
                 &mut err,
             )

@@ -574,13 +574,38 @@ impl PgServer {
         (!pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())).then_some(pid)
     }
 
+    /// The processes the postmaster started: a backend per session, and
+    /// the server's own workers.
+    fn children(&self) -> Vec<String> {
+        let Some(parent) = self.postmaster_pid() else {
+            return Vec::new();
+        };
+        let Ok(procs) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        procs
+            .flatten()
+            .filter_map(|p| {
+                let pid = p.file_name().into_string().ok()?;
+                let stat = fs::read_to_string(p.path().join("stat")).ok()?;
+                // pid (comm) state ppid …: comm may hold spaces and parentheses.
+                let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+                (ppid == parent).then_some(pid)
+            })
+            .collect()
+    }
+
     fn signal(&self, sig: &str) -> bool {
         let Some(pid) = self.postmaster_pid() else {
             return false;
         };
+        Self::send_signal(sig, &[pid])
+    }
+
+    fn send_signal(sig: &str, pids: &[String]) -> bool {
         Command::new("kill")
             .arg(format!("-{sig}"))
-            .arg(&pid)
+            .args(pids)
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -644,8 +669,26 @@ impl PgServer {
         assert!(self.signal("STOP"), "SIGSTOP to the postmaster failed");
     }
 
-    /// Let a [`suspend`](Self::suspend)ed postmaster run again.
+    /// Freeze the whole server (SIGSTOP to the postmaster and every
+    /// process it started): established sessions get no answer either,
+    /// as when the server's host hangs or the network drops its packets.
+    /// Undone by [`resume`](Self::resume).
+    pub fn freeze(&self) {
+        self.suspend();
+        let children = self.children();
+        assert!(
+            !children.is_empty() && Self::send_signal("STOP", &children),
+            "SIGSTOP to the server's processes failed"
+        );
+    }
+
+    /// Let a [`suspend`](Self::suspend)ed postmaster, or a
+    /// [`freeze`](Self::freeze)d server, run again.
     pub fn resume(&self) {
+        let children = self.children();
+        if !children.is_empty() {
+            Self::send_signal("CONT", &children);
+        }
         self.signal("CONT");
     }
 

@@ -529,6 +529,50 @@ fn crm2fad_keeps_a_hosts_session_between_logins_and_opens_another_after_a_restar
 }
 
 #[test]
+fn a_server_that_stops_answering_under_a_kept_session_denies_within_the_connect_timeout() {
+    // Its own server: this test suspends it.
+    let pg = PgServer::start();
+    let f = fleet_on(
+        &pg,
+        "[policy]\nenforce = \"all\"\nfailmode = \"secure\"\n",
+        &["gus"],
+        "2s",
+        None,
+    );
+    let h = &f.hosts[0];
+    let e = h.enroll_active("gus");
+    h.offer_to_crm2fad();
+    let _d = h.start_daemon();
+    h.login("gus", &[PW, &e.backup_codes[0]]).assert_success();
+    // crm2fad keeps the session; the server stops answering on it (the
+    // socket stays open, as when the network drops its packets).
+    pg.freeze();
+    let started = Instant::now();
+    let r = h.login("gus", &[PW, &e.backup_codes[1]]);
+    let took = started.elapsed();
+    pg.resume();
+    r.assert_denied();
+    assert_eq!(r.prompts_seen, 0, "no code is asked: {r}");
+    assert_eq!(
+        r.debug_lines_with(&[
+            "denied (failmode = secure)",
+            "within 2s; the session is closed"
+        ])
+        .len(),
+        1,
+        "{r}"
+    );
+    // Not the 15 s any call may take.
+    assert!(
+        took < Duration::from_secs(8),
+        "a login waited {took:?} on a kept session the server no longer answers: {r}"
+    );
+    // Back: a new session serves, and the code not used works.
+    h.login("gus", &[PW, &e.backup_codes[1]]).assert_success();
+    pg.stop();
+}
+
+#[test]
 fn a_kept_session_is_not_used_once_the_password_file_is_open_to_others() {
     let f = fleet("[policy]\nenforce = \"all\"\n", &["fay"]);
     let h = &f.hosts[0];

@@ -95,8 +95,19 @@ pub trait PgClient: Send {
     /// one's outcome. Each runs whatever became of those before it (in a
     /// transaction, the server refuses every statement after one that
     /// failed). They are all sent before the first answer is read: one
-    /// round trip for them all.
-    fn pipeline(&mut self, statements: &[Stmt<'_>]) -> Vec<Result<Done, PgError>>;
+    /// round trip for them all. Every answer must come within `limit`, if
+    /// given, as well as within the session's own bound; past it the
+    /// session is closed and every statement fails.
+    fn pipeline_within(
+        &mut self,
+        statements: &[Stmt<'_>],
+        limit: Option<Duration>,
+    ) -> Vec<Result<Done, PgError>>;
+
+    /// [`pipeline_within`](Self::pipeline_within) the session's own bound.
+    fn pipeline(&mut self, statements: &[Stmt<'_>]) -> Vec<Result<Done, PgError>> {
+        self.pipeline_within(statements, None)
+    }
 
     /// Run `sql`, one or more statements without parameters (the simple
     /// query protocol): `BEGIN …`, `COMMIT`, `ROLLBACK`, DDL.
@@ -260,7 +271,7 @@ pub mod wire {
 
     /// The version of this encoding and of the C functions that carry it;
     /// a library built for another is refused.
-    pub const ABI_VERSION: u32 = 2;
+    pub const ABI_VERSION: u32 = 3;
 
     const NULL: u8 = 0;
     const INT: u8 = 1;
@@ -758,14 +769,17 @@ pub mod abi {
     /// Signature of [`CONNECT`].
     pub type ConnectFn = unsafe extern "C" fn(*const u8, usize, *mut *mut c_void, *mut Buf) -> i32;
 
-    /// `pipeline(handle, statements, statements_len, &outcomes, &err)`:
-    /// the statements encoded by [`super::wire::encode_statements`], the
-    /// outcomes by [`super::wire::encode_outcomes`]; nonzero (and `err`)
-    /// only when the call itself failed.
+    /// `pipeline(handle, statements, statements_len, limit_ms, &outcomes,
+    /// &err)`: the statements encoded by
+    /// [`super::wire::encode_statements`], the outcomes by
+    /// [`super::wire::encode_outcomes`]; `limit_ms` as
+    /// [`PgClient::pipeline_within`](super::PgClient::pipeline_within)'s
+    /// `limit` in milliseconds, 0 for none; nonzero (and `err`) only when
+    /// the call itself failed.
     pub const PIPELINE: &[u8] = b"crm2fa_pg_pipeline\0";
     /// Signature of [`PIPELINE`].
     pub type PipelineFn =
-        unsafe extern "C" fn(*mut c_void, *const u8, usize, *mut Buf, *mut Buf) -> i32;
+        unsafe extern "C" fn(*mut c_void, *const u8, usize, u64, *mut Buf, *mut Buf) -> i32;
 
     /// `close(handle)`: ends the session.
     pub const CLOSE: &[u8] = b"crm2fa_pg_close\0";

@@ -96,6 +96,19 @@ impl Pool {
         found
     }
 
+    /// Close every store of `key` kept now.
+    fn forget(&self, key: &Key) {
+        let gone: Vec<_> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let (gone, kept) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|(k, _, _)| k == key);
+            *idle = kept;
+            gone
+        };
+        drop(gone);
+    }
+
     fn give_back(&self, key: Key, store: Box<dyn Store>) {
         let closed = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,11 +138,16 @@ impl Stores for Pool {
         // open below fails on them, as the module's would. Checked only for
         // a store about to be lent again: a fresh open checks them itself.
         let files_pass = || cfg.postgres.as_ref().is_none_or(|pg| pg.target().is_ok());
-        while let Some(mut kept) = self.take(&key) {
+        if let Some(mut kept) = self.take(&key) {
             if kept.still_current() && files_pass() {
                 return Ok(Box::new(Lent::new(self, key, kept)));
             }
-            // Closed here; the next one kept, or a fresh one, serves.
+            // Closed here, and the others kept for this store with it:
+            // what ended this one (the file replaced, the server restarted
+            // or no longer answering) most likely ended them too, and each
+            // would make this login wait again. A fresh one serves.
+            drop(kept);
+            self.forget(&key);
         }
         let store = super::open(cfg, self.pg.as_deref().map(|c| c as &dyn PgConnect))?;
         Ok(Box::new(Lent::new(self, key, store)))
@@ -257,5 +275,16 @@ mod tests {
             .collect();
         drop(lent);
         assert_eq!(pool.idle(), MAX_IDLE_PER_STORE);
+
+        // One of them found out of date: the others kept with it are
+        // closed too, rather than each tried in turn.
+        let third = tempfile::tempdir().unwrap();
+        let third_cfg = config(third.path());
+        drop(super::super::create(&third_cfg, None).unwrap());
+        std::fs::rename(&third_cfg.path, &cfg.path).unwrap();
+        let s = pool.open(&cfg).unwrap();
+        assert_eq!(pool.idle(), 0, "every old one closed");
+        drop(s);
+        assert_eq!(pool.idle(), 1);
     }
 }

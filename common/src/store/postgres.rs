@@ -117,6 +117,12 @@ pub struct PgStore {
     location: String,
     /// When the schema version was last found to be this build's.
     checked: std::time::Instant,
+    /// `connect_timeout`: how long a session kept between logins may take
+    /// to answer the next login's first read (see [`Store::still_current`]).
+    answer_within: std::time::Duration,
+    /// The next read transaction is the first of a login on a kept
+    /// session: each of its answers must come within `answer_within`.
+    first_read: bool,
 }
 
 /// How long a session kept between logins trusts the schema version it
@@ -149,11 +155,7 @@ impl PgStore {
     /// be this build's (an older one: run `crm2fa-admin init`). Changes
     /// nothing.
     pub fn open(client: Box<dyn PgClient>, target: &PgTarget) -> Result<PgStore> {
-        let mut store = PgStore {
-            client,
-            location: target.location(),
-            checked: std::time::Instant::now(),
-        };
+        let mut store = PgStore::new(client, target);
         match store.version()? {
             v if v == SCHEMA_VERSION => Ok(store),
             v if v > SCHEMA_VERSION => Err(Error::StoreSchema {
@@ -177,29 +179,41 @@ impl PgStore {
     /// Create the schema, or bring an older one up to date, then open the
     /// store. Idempotent; needs a role that may create tables.
     pub fn create(client: Box<dyn PgClient>, target: &PgTarget) -> Result<PgStore> {
-        let mut store = PgStore {
+        let mut store = PgStore::new(client, target);
+        store.migrate()?;
+        PgStore::open(store.client, target)
+    }
+
+    fn new(client: Box<dyn PgClient>, target: &PgTarget) -> PgStore {
+        PgStore {
             client,
             location: target.location(),
             checked: std::time::Instant::now(),
-        };
-        store.migrate()?;
-        PgStore::open(store.client, target)
+            answer_within: target.connect_timeout,
+            first_read: false,
+        }
     }
 
     fn err(&self, e: PgError) -> Error {
         pg_err(&self.location, e)
     }
 
-    /// The schema version, 0 without one: one query.
+    /// The schema version, 0 without one: one query, answered within
+    /// `connect_timeout`.
     fn version(&mut self) -> Result<i64> {
-        let rows = match self.client.query(
-            "SELECT value FROM crm2fa_meta WHERE key = 'schema_version'",
-            &[],
-        ) {
-            Ok(rows) => rows,
+        let answer = self.client.pipeline_within(
+            &[Stmt::Query(
+                "SELECT value FROM crm2fa_meta WHERE key = 'schema_version'",
+                &[],
+            )],
+            Some(self.answer_within),
+        );
+        let rows = match answer.into_iter().next() {
+            Some(Ok(Done::Rows(rows))) => rows,
             // undefined_table: no schema yet.
-            Err(e) if e.sqlstate.as_deref() == Some("42P01") => return Ok(0),
-            Err(e) => return Err(self.err(e)),
+            Some(Err(e)) if e.sqlstate.as_deref() == Some("42P01") => return Ok(0),
+            Some(Err(e)) => return Err(self.err(e)),
+            _ => return Err(self.err(super::pg::mismatched())),
         };
         match rows.first().and_then(|r| r.first()) {
             Some(Value::Text(t)) => t.parse().map_err(|_| {
@@ -346,10 +360,17 @@ impl Store for PgStore {
     /// The session is still open (the server may have been restarted, or
     /// have closed an idle session, since the last login), and, once a
     /// minute, the schema is still this build's.
+    ///
+    /// A server that stopped answering (suspended, or cut off by the
+    /// network) leaves the session open: so the next login's first read,
+    /// and the schema check, must be answered within `connect_timeout`, as
+    /// a new session must connect within it. A write may wait longer (up
+    /// to the session's own bound), as it may for a row another host holds.
     fn still_current(&mut self) -> bool {
         if !self.client.still_open() {
             return false;
         }
+        self.first_read = true;
         if self.checked.elapsed() < SCHEMA_RECHECK {
             return true;
         }
@@ -370,8 +391,10 @@ impl Store for PgStore {
                 "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit = off"
             }
         };
+        let first_read = std::mem::take(&mut self.first_read);
         let mut tx = PgTx {
             client: self.client.as_mut(),
+            limit: (first_read && kind == TxKind::Read).then_some(self.answer_within),
             location: &self.location,
             failure: TxFailure::default(),
             later: vec![Later::batch(begin)],
@@ -417,6 +440,8 @@ impl Store for PgStore {
 /// One transaction on the store's session.
 struct PgTx<'a> {
     client: &'a mut dyn PgClient,
+    /// How soon each answer must come, beyond the session's own bound.
+    limit: Option<std::time::Duration>,
     location: &'a str,
     /// The first statement that failed: then none is sent after it, and
     /// the transaction is rolled back.
@@ -656,7 +681,7 @@ impl PgTx<'_> {
             .collect();
         statements.extend_from_slice(now);
         self.begun = true;
-        let results = self.client.pipeline(&statements);
+        let results = self.client.pipeline_within(&statements, self.limit);
         if results.len() != statements.len() {
             return Err(self.failure.note(Error::store(
                 self.location,
@@ -1435,6 +1460,8 @@ mod tests {
         schema: Arc<AtomicI64>,
         /// Every statement is answered as a batch, whatever it is.
         wrong_kind: bool,
+        /// The limit of each call.
+        limits: Arc<Mutex<Vec<Option<std::time::Duration>>>>,
     }
 
     fn words(sql: &str) -> String {
@@ -1467,7 +1494,12 @@ mod tests {
     }
 
     impl PgClient for Scripted {
-        fn pipeline(&mut self, statements: &[Stmt<'_>]) -> Vec<std::result::Result<Done, PgError>> {
+        fn pipeline_within(
+            &mut self,
+            statements: &[Stmt<'_>],
+            limit: Option<std::time::Duration>,
+        ) -> Vec<std::result::Result<Done, PgError>> {
+            self.limits.lock().unwrap().push(limit);
             let sqls = statements.iter().map(|s| match *s {
                 Stmt::Batch(sql) => (sql, None),
                 Stmt::Execute(sql, _) => (sql, Some(false)),
@@ -1505,13 +1537,22 @@ mod tests {
             changed,
             schema: schema.clone(),
             wrong_kind: false,
+            limits: Arc::default(),
         };
-        let store = PgStore {
+        (scripted(client), calls, schema)
+    }
+
+    /// How long [`scripted`] stores wait for a kept session's first answers.
+    const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+    fn scripted(client: Scripted) -> PgStore {
+        PgStore {
             client: Box::new(client),
             location: "test".into(),
             checked: std::time::Instant::now(),
-        };
-        (store, calls, schema)
+            answer_within: ANSWER_WITHIN,
+            first_read: false,
+        }
     }
 
     fn entry() -> AuditEntry {
@@ -1594,12 +1635,9 @@ mod tests {
             changed: 1,
             schema: Arc::new(AtomicI64::new(SCHEMA_VERSION)),
             wrong_kind: true,
+            limits: Arc::default(),
         };
-        let mut s = PgStore {
-            client: Box::new(client),
-            location: "test".into(),
-            checked: std::time::Instant::now(),
-        };
+        let mut s = scripted(client);
         let lock = LockState::default();
         let bodies: [&mut TxBody<'_>; 2] = [
             &mut |tx| {
@@ -1785,5 +1823,54 @@ mod tests {
         assert!(s.still_current());
         assert!(s.still_current(), "looked at again only after a minute");
         assert_eq!(looked(&c), 3);
+    }
+
+    #[test]
+    fn a_kept_sessions_first_read_and_schema_check_answer_within_connect_timeout() {
+        let limits = Arc::default();
+        let client = Scripted {
+            calls: Calls::default(),
+            fail: None,
+            changed: 1,
+            schema: Arc::new(AtomicI64::new(SCHEMA_VERSION)),
+            wrong_kind: false,
+            limits: Arc::clone(&limits),
+        };
+        let mut s = scripted(client);
+        let view = |s: &mut PgStore| {
+            let store: &mut dyn Store = s;
+            store.login_view("u", None, &[], 1).unwrap();
+        };
+        let taken = |limits: &Arc<Mutex<Vec<Option<std::time::Duration>>>>| {
+            std::mem::take(&mut *limits.lock().unwrap())
+        };
+        // A session just opened: its server answered a moment ago.
+        view(&mut s);
+        write(&mut s, &mut |tx| tx.insert_audit(&entry())).unwrap();
+        assert_eq!(taken(&limits), [None, None]);
+        // Lent again for a login (this client's `still_open` is a round
+        // trip, the first call each time): the first read is bounded, and
+        // the write after it (which may wait for a row another host holds)
+        // is not.
+        assert!(s.still_current());
+        view(&mut s);
+        write(&mut s, &mut |tx| tx.insert_audit(&entry())).unwrap();
+        view(&mut s);
+        assert_eq!(taken(&limits), [None, Some(ANSWER_WITHIN), None, None]);
+        // A write first is not bounded, and leaves no bound for later.
+        assert!(s.still_current());
+        write(&mut s, &mut |tx| tx.insert_audit(&entry())).unwrap();
+        view(&mut s);
+        assert_eq!(taken(&limits), [None, None, None]);
+        // The schema check, once a minute, is bounded too.
+        s.checked = std::time::Instant::now()
+            .checked_sub(SCHEMA_RECHECK + std::time::Duration::from_secs(1))
+            .expect("the clock started over a minute ago");
+        assert!(s.still_current());
+        view(&mut s);
+        assert_eq!(
+            taken(&limits),
+            [None, Some(ANSWER_WITHIN), Some(ANSWER_WITHIN)]
+        );
     }
 }
