@@ -25,31 +25,57 @@ pub enum Secrecy {
 /// error for it (not found, permission denied …).
 pub fn open_trusted(path: &Path, secrecy: Secrecy) -> Result<File> {
     check_parent_dirs(path)?;
-    open_beside_checked(path, secrecy)
+    open_beside_checked(path, secrecy, Use::Read).map(|(file, _)| file)
+}
+
+/// What a trusted file is opened for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// To read it.
+    Read,
+    /// Only to look at it (`O_PATH`). Closing a descriptor opened to read
+    /// drops every POSIX lock the process holds on the file, SQLite's
+    /// among them: crm2fad checks a store's files while its other threads
+    /// hold SQLite's locks on them. Closing an `O_PATH` one drops none.
+    Look,
 }
 
 /// [`open_trusted`] without the directories above `path`: for a file
 /// beside one [`open_trusted`] has just checked, in the same directory.
-fn open_beside_checked(path: &Path, secrecy: Secrecy) -> Result<File> {
+/// The file opened for `use_`, and what it is.
+fn open_beside_checked(
+    path: &Path,
+    secrecy: Secrecy,
+    use_: Use,
+) -> Result<(File, std::fs::Metadata)> {
+    let look = match use_ {
+        Use::Read => 0,
+        Use::Look => libc::O_PATH,
+    };
+    let symlink = || Error::Permissions {
+        path: path.into(),
+        problem: "is a symbolic link".into(),
+        fix: format!("replace {} with the file it points to", path.display()),
+    };
     let file = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(look | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => Error::Permissions {
-                path: path.into(),
-                problem: "is a symbolic link".into(),
-                fix: format!("replace {} with the file it points to", path.display()),
-            },
+            Some(libc::ELOOP) => symlink(),
             _ => Error::io(path, e),
         })?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    // With O_PATH, O_NOFOLLOW opens the link itself rather than failing.
+    if meta.file_type().is_symlink() {
+        return Err(symlink());
+    }
     check_meta(path, &meta, secrecy)?;
-    Ok(file)
+    Ok((file, meta))
 }
 
 /// `Ok(None)` for a file that is not there.
-fn if_present(opened: Result<File>) -> Result<Option<File>> {
+fn if_present<T>(opened: Result<T>) -> Result<Option<T>> {
     match opened {
         Ok(f) => Ok(Some(f)),
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -62,30 +88,34 @@ pub fn open_if_present(path: &Path, secrecy: Secrecy) -> Result<Option<File>> {
     if_present(open_trusted(path, secrecy))
 }
 
-/// Check `path` as [`open_trusted`] does, if it exists; `Ok(false)` if not.
+/// Check `path` as [`open_trusted`] does, if it exists, without opening
+/// it to read (see [`Use::Look`]); `Ok(false)` if not.
 pub fn check_if_present(path: &Path, secrecy: Secrecy) -> Result<bool> {
-    open_if_present(path, secrecy).map(|f| f.is_some())
+    check_parent_dirs(path)?;
+    if_present(open_beside_checked(path, secrecy, Use::Look)).map(|f| f.is_some())
 }
 
-/// Check, as [`open_trusted`] does, the file at `path` (which must exist)
-/// and the files named by it with each of `suffixes` that exist, beside
-/// it: their directories once. The file opened, and which of the others
-/// exist.
-pub fn open_with_siblings(
+/// Check, as [`open_trusted`] does but without opening any to read (see
+/// [`Use::Look`]), the file at `path` (which must exist) and the files
+/// named by it with each of `suffixes` that exist, beside it: their
+/// directories once. What the file is, and which of the others exist.
+pub fn check_with_siblings(
     path: &Path,
     suffixes: &[&str],
     secrecy: Secrecy,
-) -> Result<(File, Vec<bool>)> {
-    let file = open_trusted(path, secrecy)?;
+) -> Result<(std::fs::Metadata, Vec<bool>)> {
+    check_parent_dirs(path)?;
+    let (_, meta) = open_beside_checked(path, secrecy, Use::Look)?;
     let present = suffixes
         .iter()
         .map(|suffix| {
             let mut side = path.as_os_str().to_owned();
             side.push(suffix);
-            if_present(open_beside_checked(Path::new(&side), secrecy)).map(|f| f.is_some())
+            if_present(open_beside_checked(Path::new(&side), secrecy, Use::Look))
+                .map(|f| f.is_some())
         })
         .collect::<Result<_>>()?;
-    Ok((file, present))
+    Ok((meta, present))
 }
 
 fn check_meta(path: &Path, meta: &std::fs::Metadata, secrecy: Secrecy) -> Result<()> {
@@ -250,13 +280,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let db = file_with_mode(d.path(), "s.db", 0o600);
         let suffixes = ["-wal", "-shm"];
-        let (_, present) = open_with_siblings(&db, &suffixes, Secrecy::OwnerOnly).unwrap();
+        let (_, present) = check_with_siblings(&db, &suffixes, Secrecy::OwnerOnly).unwrap();
         assert_eq!(present, [false, false]);
         file_with_mode(d.path(), "s.db-shm", 0o600);
-        let (_, present) = open_with_siblings(&db, &suffixes, Secrecy::OwnerOnly).unwrap();
+        let (_, present) = check_with_siblings(&db, &suffixes, Secrecy::OwnerOnly).unwrap();
         assert_eq!(present, [false, true]);
         let wal = file_with_mode(d.path(), "s.db-wal", 0o644);
-        let err = open_with_siblings(&db, &suffixes, Secrecy::OwnerOnly)
+        let err = check_with_siblings(&db, &suffixes, Secrecy::OwnerOnly)
             .unwrap_err()
             .to_string();
         assert!(
@@ -265,12 +295,12 @@ mod tests {
         );
         std::fs::remove_file(&wal).unwrap();
         std::os::unix::fs::symlink(d.path().join("s.db-shm"), &wal).unwrap();
-        let err = open_with_siblings(&db, &suffixes, Secrecy::OwnerOnly)
+        let err = check_with_siblings(&db, &suffixes, Secrecy::OwnerOnly)
             .unwrap_err()
             .to_string();
         assert!(err.contains("symbolic link"), "{err}");
         let missing = d.path().join("none.db");
-        let err = open_with_siblings(&missing, &suffixes, Secrecy::OwnerOnly).unwrap_err();
+        let err = check_with_siblings(&missing, &suffixes, Secrecy::OwnerOnly).unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err}");
     }
 

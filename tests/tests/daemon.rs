@@ -298,6 +298,47 @@ fn logins_one_after_another_are_served_by_the_threads_kept_from_the_first() {
     assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
 }
 
+/// The POSIX locks process `pid` holds on the file at `path`, as the
+/// kernel lists them in /proc/locks.
+fn locks_of(pid: u32, path: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(path).unwrap().ino().to_string();
+    let pid = pid.to_string();
+    std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            // N: POSIX ADVISORY READ|WRITE PID MAJ:MIN:INODE START END
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 6 && f[4] == pid && f[5].rsplit(':').next() == Some(ino.as_str())
+        })
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn crm2fad_keeps_sqlites_lock_on_the_store_between_logins() {
+    // SQLite's shared lock on the -shm file tells every other process (the
+    // module running a login itself, crm2fa-admin) that the WAL index is in
+    // use. Checking the store's files for the next login must not drop it:
+    // closing any descriptor a process opened on a file drops all its
+    // POSIX locks on it.
+    let sb = Sandbox::new();
+    let (users, secrets) = active_users(&sb, "lock", 3);
+    sb.offer_to_crm2fad();
+    let d = sb.start_daemon();
+    let mut shm = sb.store_path().into_os_string();
+    shm.push("-shm");
+    for (u, s) in users.iter().zip(&secrets) {
+        sb.login(u, &[PW, &totp(s, 0)]).assert_success();
+        let held = locks_of(d.pid(), Path::new(&shm));
+        assert!(
+            !held.is_empty(),
+            "crm2fad holds no lock on the -shm file after the login of {u}"
+        );
+    }
+}
+
 #[test]
 fn past_its_logins_at_once_crm2fad_turns_the_next_away_to_the_module() {
     let sb = Sandbox::new();

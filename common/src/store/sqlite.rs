@@ -403,13 +403,12 @@ impl SqliteStore {
 fn check_files(path: &Path) -> Result<((u64, u64), bool)> {
     use std::os::unix::fs::MetadataExt;
     let (file, present) =
-        match fsperm::open_with_siblings(path, &["-wal", "-shm"], Secrecy::OwnerOnly) {
+        match fsperm::check_with_siblings(path, &["-wal", "-shm"], Secrecy::OwnerOnly) {
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::StoreMissing { path: path.into() })
             }
-            opened => opened?,
+            checked => checked?,
         };
-    let file = file.metadata().map_err(|e| Error::io(path, e))?;
     Ok((
         (file.dev(), file.ino()),
         present.first().copied().unwrap_or(false),
@@ -1154,6 +1153,50 @@ mod conformance {
 mod tests {
     use super::*;
     use crate::audit::{AuditCtx, Fact};
+
+    /// The POSIX locks this process holds on the file with inode `ino`, as
+    /// the kernel lists them.
+    fn locks_held_on(ino: u64) -> Vec<String> {
+        let me = std::process::id().to_string();
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                // N: POSIX ADVISORY READ|WRITE PID MAJ:MIN:INODE START END
+                f.len() >= 6
+                    && f[1] == "POSIX"
+                    && f[4] == me
+                    && f[5].rsplit(':').next() == Some(&ino.to_string())
+            })
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn checking_the_files_leaves_sqlites_locks_on_them_alone() {
+        use std::os::unix::fs::MetadataExt;
+        // The ownership checks refuse a store root does not own.
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("db");
+        let mut s = SqliteStore::create(&p).unwrap();
+        let store: &mut dyn Store = &mut s;
+        // A write transaction in progress, as in another of crm2fad's
+        // threads while this one checks the files for the next login.
+        store
+            .transaction(TxKind::Write(Durability::Full), &mut |_| {
+                let shm = std::fs::metadata(d.path().join("db-shm")).unwrap().ino();
+                let held = locks_held_on(shm);
+                assert!(!held.is_empty(), "SQLite holds locks on the -shm file");
+                check_files(&p).unwrap();
+                assert_eq!(locks_held_on(shm), held, "the check dropped them");
+                Ok(())
+            })
+            .unwrap();
+    }
 
     #[test]
     fn corrupt_store_is_an_error_naming_the_file() {
