@@ -457,6 +457,32 @@ fn enroll_with_a_wrong_code_still_prints_the_pending_enrolment() {
 }
 
 #[test]
+fn enroll_with_the_apps_code_activates_the_pending_enrolment_it_printed() {
+    let sb = Sandbox::new();
+    sb.add_user("alice", PW);
+    // Printed (no terminal): pending.
+    let first = sb.admin_json(&["enroll", "alice", "--no-qr"]);
+    assert_eq!(first["state"], "pending", "{first}");
+    let secret = first["secret"].as_str().expect("secret").to_string();
+    // The user scanned it; the code their app shows activates that secret,
+    // not a new one.
+    let out = sb.admin(&["--json", "enroll", "alice", "--code", &totp(&secret, 0)]);
+    assert_eq!(out.status.code(), Some(0), "{}", show_output(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(v["state"], "active", "{v}");
+    assert_eq!(v["secret"], first["secret"], "{v}");
+    assert_eq!(v["otpauth_uri"], first["otpauth_uri"], "{v}");
+    assert_eq!(v["backup_codes"].as_array().map(Vec::len), Some(10), "{v}");
+    assert_eq!(sb.status("alice")["state"], "active");
+    sb.login("alice", &[PW, &totp(&secret, 1)]).assert_success();
+    // An active factor is not confirmed again: a code replaces it only
+    // as a new enrolment, which asks first.
+    let out = sb.admin(&["enroll", "alice", "--code", &totp(&secret, 1)]);
+    assert_eq!(out.status.code(), Some(1), "{}", show_output(&out));
+    assert_eq!(sb.status("alice")["state"], "active");
+}
+
+#[test]
 fn disable_keeps_the_factor_and_enable_restores_it() {
     let sb = Sandbox::with_config("[policy]\nenforce = \"all\"\n");
     sb.add_user("alice", PW);

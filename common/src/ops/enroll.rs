@@ -45,6 +45,38 @@ pub fn open_codes(key: &HostKey, user: &str, sealed: &[u8]) -> Result<Vec<Code>>
 }
 
 impl Ops<'_> {
+    /// What the user needs to set up their app for `secret`.
+    fn enrollment(&self, user: &str, secret: Secret) -> Enrollment {
+        Enrollment {
+            user: user.into(),
+            base32: totp::secret_base32(&secret),
+            otpauth_uri: totp::otpauth_uri(&self.cfg.totp, &secret, &account_name(user)),
+            secret,
+        }
+    }
+
+    /// `user`'s pending TOTP enrolment, as [`begin_enrollment`] showed it
+    /// (an administrator confirming it with a code the user read from
+    /// their app); [`Error::NotPending`] if there is none.
+    ///
+    /// [`begin_enrollment`]: Self::begin_enrollment
+    pub fn pending_enrollment(&mut self, key: &HostKey, user: &str) -> Result<Enrollment> {
+        let rec = self
+            .store
+            .user(user)?
+            .ok_or_else(|| Error::NotEnrolled { user: user.into() })?;
+        match (rec.state, &rec.secret) {
+            (TotpState::Pending, Some(sealed)) => {
+                let secret = key.open(user, sealed)?;
+                Ok(self.enrollment(user, secret))
+            }
+            _ => Err(Error::NotPending {
+                user: user.into(),
+                state: rec.display_state(),
+            }),
+        }
+    }
+
     /// Start a new TOTP enrolment for `user`, pending until a first valid
     /// code, with its backup codes made and hashed now, so activation costs
     /// nothing. An administrator's enrolment replaces an existing factor; a
@@ -84,12 +116,7 @@ impl Ops<'_> {
             return Err(Error::AlreadyEnrolled { user: user.into() });
         }
         self.log.entry(&audit);
-        Ok(Enrollment {
-            user: user.into(),
-            base32: totp::secret_base32(&secret),
-            otpauth_uri: totp::otpauth_uri(&self.cfg.totp, &secret, &account_name(user)),
-            secret,
-        })
+        Ok(self.enrollment(user, secret))
     }
 
     /// Activate `user`'s pending enrolment with `code` from their app: the

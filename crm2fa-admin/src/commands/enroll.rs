@@ -137,8 +137,9 @@ fn enroll_channel(ctx: &mut Ctx, user: &str, channel: Channel) -> Result<Done, C
 }
 
 /// A new TOTP secret for `user`, pending; confirmed at once with `code`,
-/// or with a code typed on the terminal. With `method` email or SMS, codes
-/// by that channel instead.
+/// or with a code typed on the terminal. With `code`, a pending enrolment
+/// the user already set their app up with is confirmed, not replaced. With
+/// `method` email or SMS, codes by that channel instead.
 pub(super) fn enroll(
     ctx: &mut Ctx,
     user: &str,
@@ -152,11 +153,18 @@ pub(super) fn enroll(
         MethodArg::Email => return enroll_channel(ctx, user, Channel::Email),
         MethodArg::Sms => return enroll_channel(ctx, user, Channel::Sms),
     }
-    if let Some(r) = ctx.store.user(user)? {
+    let record = ctx.store.user(user)?;
+    // `enroll USER` showed the secret; the user scanned it and read a code
+    // from their app: `enroll USER --code CODE` confirms that one.
+    let confirm_pending = code.is_some()
+        && record
+            .as_ref()
+            .is_some_and(|r| r.state == TotpState::Pending);
+    if let Some(r) = record.filter(|_| !confirm_pending) {
         let factor = match (r.state, r.delivery) {
             (TotpState::None, Some(c)) => Some(format!("an {} factor", c.label())),
             (TotpState::None, None) => None,
-            (state, _) => Some(format!("a {} enrolment", state.as_str())),
+            (state, _) => Some(format!("an enrolment ({})", state.as_str())),
         };
         if let Some(factor) = factor {
             ctx.confirm(&format!(
@@ -167,7 +175,11 @@ pub(super) fn enroll(
     let now = ctx.now;
     let mut ops = ctx.ops();
     let key = ops.key()?;
-    let e = ops.begin_enrollment(&key, user, now, Origin::Admin)?;
+    let e = if confirm_pending {
+        ops.pending_enrollment(&key, user)?
+    } else {
+        ops.begin_enrollment(&key, user, now, Origin::Admin)?
+    };
     let setup = SetupReport {
         user: user.into(),
         qr: if no_qr { QrStyle::None } else { qr.into() },
