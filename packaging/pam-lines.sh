@@ -32,10 +32,9 @@ crm2fa_refuse_removal_while_named() {
             if [ -n "$crm2fa_current" ]; then
                 echo "authselect current uses crm2fa:"
                 echo "$crm2fa_current" | sed 's/^/  /'
-                echo "Turn it off first, keeping your other features:"
-                echo "  authselect disable-feature with-crm2fa"
-                echo "or authselect select a profile without crm2fa (the one it is based"
-                echo "on, e.g. authselect select local --force, with your features)."
+                echo "Select a profile without crm2fa first, with the features you use: the"
+                echo "one it is based on, e.g."
+                echo "  authselect select local --force with-silent-lastlog"
             fi
         fi
     } >&2

@@ -742,13 +742,13 @@ grep -qx '  /etc/pam.d/password-auth' /tmp/err && grep -qx '  /etc/pam.d/system-
 grep -q 'Take the pam_crm2fa.so line out' /tmp/err || fail 'no advice'
 grep -q authselect /tmp/err && fail 'authselect named without authselect'
 say refused, naming the files
-printf '%s\n' '#!/bin/sh' 'printf "Profile ID: custom/crm2fa\nEnabled features:\n- with-crm2fa\n- with-faillock\n"' \
+printf '%s\n' '#!/bin/sh' 'printf "Profile ID: custom/crm2fa\nEnabled features:\n- with-faillock\n"' \
   >/tmp/bin/authselect
 chmod 0755 /tmp/bin/authselect
 PATH=/tmp/bin:$PATH preun 0 && fail 'erased with the lines in place'
-grep -q '^  Profile ID: custom/crm2fa$' /tmp/err && grep -q '^  - with-crm2fa$' /tmp/err \
-  && grep -q 'authselect disable-feature with-crm2fa' /tmp/err || fail 'authselect not named'
-say refused, naming the authselect profile and feature
+grep -q '^  Profile ID: custom/crm2fa$' /tmp/err \
+  && grep -q 'authselect select local --force' /tmp/err || fail 'authselect not named'
+say refused, naming the authselect profile and how to leave it
 echo "# $line" >/etc/authselect/system-auth
 echo "  #$line" >/etc/pam.d/password-auth
 echo "$line" >/etc/pam.d/password-auth.rpmsave
@@ -775,7 +775,7 @@ say rpm -e refused while the sshd line was there, erased once it was out
             "erased with no line",
             "upgraded with the lines",
             "refused, naming the files",
-            "refused, naming the authselect profile and feature",
+            "refused, naming the authselect profile and how to leave it",
             "erased with comments and backups only",
             "rpm -e refused while the sshd line was there, erased once it was out",
         ],
