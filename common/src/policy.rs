@@ -1,5 +1,5 @@
 //! Who must use a second factor, and why; whose 2FA may never be removed.
-use crate::config::{Enforce, GroupRef, PolicyConfig};
+use crate::config::{Enforce, GroupRef, PolicyConfig, Unenrolled};
 use crate::error::{Error, ProtectedAction, Result};
 use crate::model::UserRecord;
 
@@ -12,6 +12,37 @@ pub struct Decision {
     pub ask: bool,
     /// Why, in words.
     pub reason: String,
+}
+
+/// What a login does about the second factor, given the policy's
+/// [`Decision`] (a lock or a remembered host aside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtLogin {
+    /// No code is asked.
+    NoCode,
+    /// A code is asked.
+    Code,
+    /// A code is required, and there is no factor to give one with: the
+    /// login is refused (`unenrolled = "deny"`).
+    Refused,
+    /// The same, and the password alone decides (`unenrolled = "allow"`).
+    PasswordOnly,
+    /// The same, and the login sets up an app (`unenrolled = "enroll"`).
+    SetUp,
+}
+
+impl Decision {
+    /// What the login does for a user who has a factor (`enrolled`) or a
+    /// valid recovery code (`has_recovery`), or neither, under `unenrolled`.
+    pub fn at_login(&self, enrolled: bool, has_recovery: bool, unenrolled: Unenrolled) -> AtLogin {
+        match (self.ask, enrolled || has_recovery, unenrolled) {
+            (false, _, _) => AtLogin::NoCode,
+            (true, true, _) => AtLogin::Code,
+            (true, false, Unenrolled::Deny) => AtLogin::Refused,
+            (true, false, Unenrolled::Allow) => AtLogin::PasswordOnly,
+            (true, false, Unenrolled::Enroll) => AtLogin::SetUp,
+        }
+    }
 }
 
 /// Does the policy need the user's groups?
@@ -131,6 +162,23 @@ mod tests {
             disabled,
             ..UserRecord::new("u", vec![])
         }
+    }
+
+    #[test]
+    fn a_required_code_without_a_factor_is_what_unenrolled_says() {
+        let required = decide(&cfg(Enforce::All), "u", &[], None, false);
+        let at = |enrolled, recovery, unenrolled| required.at_login(enrolled, recovery, unenrolled);
+        assert_eq!(at(false, false, Unenrolled::Deny), AtLogin::Refused);
+        assert_eq!(at(false, false, Unenrolled::Allow), AtLogin::PasswordOnly);
+        assert_eq!(at(false, false, Unenrolled::Enroll), AtLogin::SetUp);
+        // A factor, or a recovery code, is asked for whatever `unenrolled` says.
+        assert_eq!(at(true, false, Unenrolled::Deny), AtLogin::Code);
+        assert_eq!(at(false, true, Unenrolled::Deny), AtLogin::Code);
+        let not_asked = decide(&cfg(Enforce::OptIn), "u", &[], None, false);
+        assert_eq!(
+            not_asked.at_login(false, false, Unenrolled::Deny),
+            AtLogin::NoCode
+        );
     }
 
     #[test]

@@ -125,6 +125,20 @@ fn disable_exempts_a_user_without_a_factor_and_enable_takes_it_back() {
     let v = sb.admin_json(&["enable", "bob"]);
     assert_eq!(v["state"], "none", "{v}");
     sb.login("bob", &[PW]).assert_denied();
+    // What the policy says of it: required, and refused for want of a
+    // factor (not "asked for a code", which would lock bob out unawares).
+    let policy = sb.admin_json(&["policy", "bob"]);
+    assert_eq!(
+        (&policy["required"], &policy["asked"], &policy["login"]),
+        (&true.into(), &false.into(), &"refused".into()),
+        "{policy}"
+    );
+    let out = sb.admin_ok(&["policy", "bob"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("refused") && text.contains("enrol them first"),
+        "{text}"
+    );
     assert!(
         sb.audit("bob")
             .iter()

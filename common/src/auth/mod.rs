@@ -17,7 +17,7 @@ use crate::model::{
     Candidate, CodeKind, Factor, Origin, TotpMatch, TotpState, UserRecord, Verdict,
 };
 use crate::ops::{self, Drift, Ops};
-use crate::policy;
+use crate::policy::{self, AtLogin};
 use crate::qr::{self, QrStyle};
 use crate::store::{SendGrant, SendLimit, Store, Stores};
 use crate::totp;
@@ -386,19 +386,19 @@ fn steps(l: &mut Login<'_>) -> Result<Outcome, Error> {
         }));
     }
     let enrolled = record.as_ref().is_some_and(UserRecord::has_factor);
-    if !enrolled && !has_recovery {
-        return match cfg.policy.unenrolled {
-            Unenrolled::Deny => {
-                l.conv.error(
-                    "Two-factor authentication is required for this account, but it has no \
-                     second factor set up. Ask an administrator to enrol you.",
-                );
-                l.record(Fact::UnenrolledDenied)?;
-                Ok(Outcome::AuthErr)
-            }
-            Unenrolled::Allow => Ok(l.let_through(Fact::UnenrolledAllowed)),
-            Unenrolled::Enroll => enroll_during_login(l),
-        };
+    match decision.at_login(enrolled, has_recovery, cfg.policy.unenrolled) {
+        AtLogin::Refused => {
+            l.conv.error(
+                "Two-factor authentication is required for this account, but it has no \
+                 second factor set up. Ask an administrator to enrol you.",
+            );
+            l.record(Fact::UnenrolledDenied)?;
+            return Ok(Outcome::AuthErr);
+        }
+        AtLogin::PasswordOnly => return Ok(l.let_through(Fact::UnenrolledAllowed)),
+        AtLogin::SetUp => return enroll_during_login(l),
+        // A code is asked (the policy's `ask` was checked above).
+        AtLogin::Code | AtLogin::NoCode => {}
     }
     // Only a recovery code makes a row too, when it is issued.
     let record = record.ok_or_else(|| Error::NotEnrolled { user: user.into() })?;

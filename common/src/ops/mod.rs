@@ -78,6 +78,16 @@ impl Ops<'_> {
         self.decide_with(user, record.as_ref(), has_recovery)
     }
 
+    /// The policy's decision for `user` at `now`, and what the login does
+    /// with it for them.
+    pub fn explain(&mut self, user: &str, now: i64) -> Result<(Decision, policy::AtLogin)> {
+        let (record, has_recovery) = self.store.user_and_recovery(user, now)?;
+        let d = self.decide_with(user, record.as_ref(), has_recovery)?;
+        let enrolled = record.as_ref().is_some_and(UserRecord::has_factor);
+        let at_login = d.at_login(enrolled, has_recovery, self.cfg.policy.unenrolled);
+        Ok((d, at_login))
+    }
+
     /// The policy's decision for `user`, whose record is `record` and who
     /// holds a valid recovery code or not, as read by the caller.
     pub fn decide_with(

@@ -2,6 +2,7 @@
 use std::io::{self, Write};
 
 use crm2fa_common::ops::{Change, Status};
+use crm2fa_common::policy::AtLogin;
 use serde::Serialize;
 
 use super::{Ctx, Done};
@@ -309,15 +310,39 @@ pub(super) fn unlock(ctx: &mut Ctx, user: &str) -> Result<Done, CliError> {
 struct PolicyReport {
     user: String,
     required: bool,
+    /// The login asks for a code (after setting up an app, under
+    /// `unenrolled = "enroll"`).
     asked: bool,
     reason: String,
+    /// What the login does: `code`, `no code`, `refused` (no factor, under
+    /// `unenrolled = "deny"`), `password only` (no factor, `"allow"`) or
+    /// `set up` (no factor, `"enroll"`).
+    login: &'static str,
+    #[serde(skip)]
+    at_login: AtLogin,
 }
 
 impl Text for PolicyReport {
     fn write_text(&self, w: &mut dyn Write) -> io::Result<()> {
+        let login = match self.at_login {
+            AtLogin::Code => "the login will ask for a code",
+            AtLogin::NoCode => "the login will not ask for a code",
+            AtLogin::Refused => {
+                "but no second factor is set up, so the login will be refused \
+                 (unenrolled = \"deny\"): enrol them first"
+            }
+            AtLogin::PasswordOnly => {
+                "but no second factor is set up, so the password alone will let them \
+                 in (unenrolled = \"allow\")"
+            }
+            AtLogin::SetUp => {
+                "and no second factor is set up yet: the login will show a QR code to \
+                 set one up (unenrolled = \"enroll\")"
+            }
+        };
         writeln!(
             w,
-            "{}: 2FA is {} ({}); the login {} ask for a code.",
+            "{}: 2FA is {} ({}); {login}.",
             self.user,
             if self.required {
                 "required"
@@ -325,20 +350,28 @@ impl Text for PolicyReport {
                 "not required"
             },
             self.reason,
-            if self.asked { "will" } else { "will not" }
         )
     }
 }
 
-/// Explain whether 2FA is required of `user`, and why.
+/// Explain whether 2FA is required of `user`, and why, and what the login
+/// will do about it.
 pub(super) fn policy(ctx: &mut Ctx, user: &str) -> Result<Done, CliError> {
     let now = ctx.now;
-    let d = ctx.ops().decide(user, now)?;
+    let (d, at_login) = ctx.ops().explain(user, now)?;
     Done::ok(PolicyReport {
         user: user.into(),
         required: d.required,
-        asked: d.ask,
+        asked: matches!(at_login, AtLogin::Code | AtLogin::SetUp),
         reason: d.reason,
+        login: match at_login {
+            AtLogin::Code => "code",
+            AtLogin::NoCode => "no code",
+            AtLogin::Refused => "refused",
+            AtLogin::PasswordOnly => "password only",
+            AtLogin::SetUp => "set up",
+        },
+        at_login,
     })
 }
 
