@@ -298,6 +298,50 @@ fn logins_one_after_another_are_served_by_the_threads_kept_from_the_first() {
     assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
 }
 
+/// Send `signal` (`STOP`, `CONT`) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[test]
+fn a_crm2fad_that_sends_nothing_gives_the_login_back_to_the_module() {
+    let (sb, e) = sandbox("hank");
+    let d = sb.start_daemon();
+    // Stopped: it takes no connection and sends nothing.
+    signal(d.pid(), "STOP");
+    let started = std::time::Instant::now();
+    let r = sb.login("hank", &[PW, &totp(&e.secret, 0)]);
+    let took = started.elapsed();
+    signal(d.pid(), "CONT");
+    r.assert_success();
+    assert!(
+        !r.debug_lines_with(&["crm2fad", "sent nothing within 15 s"])
+            .is_empty(),
+        "{r}"
+    );
+    assert!(
+        took < Duration::from_secs(40),
+        "the login took {took:?}: {r}"
+    );
+    // Running again, crm2fad takes the connection the module gave up: it
+    // can no longer send on it, so it writes nothing for that login; the
+    // next login it serves.
+    let r = sb.login("hank", &[PW, &totp(&e.secret, 1)]);
+    r.assert_success();
+    assert!(
+        r.debug_lines_with(&["sent nothing"]).is_empty(),
+        "served by crm2fad again: {r}"
+    );
+    // The code the module accepted was used once, in the module: it is
+    // refused now, as any used code is.
+    sb.login("hank", &[PW, &totp(&e.secret, 0)]).assert_denied();
+}
+
 /// The POSIX locks process `pid` holds on the file at `path`, as the
 /// kernel lists them in /proc/locks.
 fn locks_of(pid: u32, path: &Path) -> Vec<String> {

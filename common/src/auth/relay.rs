@@ -7,12 +7,13 @@
 //! prompt and message, then the outcome. The module only converses: what
 //! the person types goes to crm2fad as the answer to its prompt.
 //!
-//! When no crm2fad answers (no socket, none listening, or it turns the
-//! login away before accepting it: too many logins at once, another
-//! version, stopping) the module runs the login itself. crm2fad's first
-//! frame accepts the login, and it sends one before it writes anything
-//! (see [`Link`]); from then on a failure denies: the login is never run
-//! twice.
+//! When no crm2fad answers (no socket, none listening, its queue full, or
+//! it turns the login away before accepting it: too many logins at once,
+//! another version, stopping; or it sends nothing within
+//! [`FIRST_FRAME_WAIT`]: stopped, stuck) the module runs the login itself.
+//! crm2fad's first frame accepts the login, and it sends one before it
+//! writes anything (see [`Link`]); from then on a failure denies: the login
+//! is never run twice.
 //!
 //! Frames: a tag byte, a big-endian `u32` length, that many bytes. Every
 //! buffer that may hold an answer or a message is zeroized when dropped.
@@ -46,6 +47,15 @@ const MAX_FRAME: usize = 1 << 20;
 /// long `[delivery] timeout` all fit (sshd's LoginGraceTime ends a login
 /// sooner).
 const SERVER_WAIT: Duration = Duration::from_secs(600);
+/// How long the module waits for crm2fad's first frame before it takes the
+/// login back: a crm2fad that is stopped, stuck, or out of file descriptors
+/// must not hold every login on the host. Room for crm2fad to look the
+/// account up and reach a PostgreSQL server (its connect and first read,
+/// each within the default `connect_timeout` of 3 s). A crm2fad that was
+/// only slow has written nothing: the module shuts the connection down
+/// first, so crm2fad can no longer send the frame that would accept the
+/// login, and runs the login only if no byte of one came.
+const FIRST_FRAME_WAIT: Duration = Duration::from_secs(15);
 /// How long crm2fad waits for who is logging in.
 const HELLO_WAIT: Duration = Duration::from_secs(5);
 /// How long crm2fad waits for a person to answer a prompt.
@@ -209,6 +219,9 @@ pub fn relay(
     }
     let mut begun = false;
     loop {
+        if !begun && !first_byte_within(&stream, FIRST_FRAME_WAIT) {
+            return take_back(&stream, socket, req, log);
+        }
         let (tag, body) = match take(&stream) {
             Ok(frame) => frame,
             Err(e)
@@ -298,6 +311,55 @@ pub fn relay(
     }
 }
 
+/// Whether crm2fad sent anything (or closed the connection) within `wait`.
+fn first_byte_within(stream: &UnixStream, wait: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let until = std::time::Instant::now() + wait;
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(
+            std::os::fd::AsFd::as_fd(stream),
+            PollFlags::POLLIN,
+        )];
+        match poll(&mut fds, timeout) {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(nix::errno::Errno::EINTR) if !left.is_zero() => {}
+            // Let the read that follows say what is wrong.
+            Err(_) => return true,
+        }
+    }
+}
+
+/// crm2fad sent nothing within [`FIRST_FRAME_WAIT`]: shut the connection
+/// down, which makes every later send of crm2fad's fail (so it can no
+/// longer accept the login, nor write anything for it), then look at what
+/// came meanwhile. Nothing: the module runs the login. Anything: crm2fad
+/// may have accepted it just before, and the login is denied.
+fn take_back(stream: &UnixStream, socket: &Path, req: &Request, log: &mut Logger) -> Relayed {
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let mut byte = [0u8; 1];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    match nix::sys::socket::recv(stream.as_raw_fd(), &mut byte, flags) {
+        Ok(n) if n > 0 => {
+            log.error(&format!(
+                "login of {} denied: crm2fad ({}) answered only as the module took the \
+                 login back, after {} s",
+                req.user,
+                socket.display(),
+                FIRST_FRAME_WAIT.as_secs()
+            ));
+            Relayed::Done(Outcome::Unavailable)
+        }
+        _ => Relayed::NotServed(Some(format!(
+            "crm2fad ({}) sent nothing within {} s; the module runs the login",
+            socket.display(),
+            FIRST_FRAME_WAIT.as_secs()
+        ))),
+    }
+}
+
 /// Why no crm2fad serves a login.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unserved {
@@ -350,11 +412,17 @@ fn connect(socket: &Path) -> Result<UnixStream, Unserved> {
     if let Err(e) = crate::fsperm::check_parent_dirs(socket) {
         return Err(untrusted(e.to_string()));
     }
-    let stream = UnixStream::connect(socket).map_err(|e| {
-        Unserved::NotRunning(format!(
+    let stream = connect_now(socket).map_err(|e| match e.raw_os_error() {
+        // Its queue of connections not yet taken is full (it is stopped
+        // or stuck): a blocking connect would wait for room for good.
+        Some(libc::EAGAIN) => Unserved::NotRunning(format!(
+            "crm2fad ({}) is not taking logins (its queue is full); the module runs the login",
+            socket.display()
+        )),
+        _ => Unserved::NotRunning(format!(
             "crm2fad is not running ({}: {e}); the module runs the login",
             socket.display()
-        ))
+        )),
     })?;
     match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) {
         Ok(cred) if cred.uid() == 0 => {}
@@ -370,6 +438,23 @@ fn connect(socket: &Path) -> Result<UnixStream, Unserved> {
         .set_read_timeout(Some(SERVER_WAIT))
         .and_then(|()| stream.set_write_timeout(Some(SERVER_WAIT)));
     timeouts.map_err(|e| Unserved::NotRunning(format!("cannot use {}: {e}", socket.display())))?;
+    Ok(stream)
+}
+
+/// Connect to `socket` without waiting for room in its queue (`EAGAIN`
+/// when there is none); the stream returned blocks.
+fn connect_now(socket: &Path) -> io::Result<UnixStream> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = nix::sys::socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    let addr = UnixAddr::new(socket)?;
+    nix::sys::socket::connect(fd.as_raw_fd(), &addr)?;
+    let stream = UnixStream::from(fd);
+    stream.set_nonblocking(false)?;
     Ok(stream)
 }
 
