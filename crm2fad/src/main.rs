@@ -31,16 +31,21 @@ use clap::Parser;
 use crm2fa_common::audit::{Logger, SyslogConnection};
 use crm2fa_common::auth::relay;
 use crm2fa_common::fsperm;
-use crm2fa_common::store::pool::Pool;
+use crm2fa_common::store::pool::{self, Pool};
 use nix::sys::signal::{SigSet, Signal};
 
 /// How long a stop waits for the logins in progress (systemd's
 /// TimeoutStopSec in crm2fad.service is longer).
 const STOP_WAIT: Duration = Duration::from_secs(75);
-/// File descriptors a login may hold: its connection and a copy (debug),
-/// syslog, a store opened for it (SQLite: the file, WAL and index; or a
-/// PostgreSQL session), the sending program's pipes.
-const FDS_PER_LOGIN: u64 = 8;
+/// File descriptors a login may hold at once: its connection, syslog, a
+/// store opened for it (SQLite: the file, WAL and index; or a PostgreSQL
+/// session, its socket and its runtime's), a file being checked or read
+/// (configuration, key, /etc/passwd), the sending program's pipes.
+const FDS_PER_LOGIN: u64 = 12;
+/// File descriptors kept for the process itself (its standard streams, the
+/// socket, the signal thread …) and for the stores kept between logins
+/// (up to [`pool::MAX_IDLE`], four each at most).
+const FDS_KEPT: u64 = 64 + 4 * pool::MAX_IDLE as u64;
 
 /// crm2fa login service: runs the logins pam_crm2fa.so offers it, with the
 /// store kept open between them.
@@ -167,7 +172,11 @@ impl Workers {
                         self.threads.fetch_sub(1, Ordering::SeqCst);
                         return;
                     }
+                    // The last one waiting: the host is quiet, and the
+                    // stores no login took for a while are closed.
+                    self.pool.close_idle();
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     if !failing {
                         let mut log =
@@ -176,10 +185,9 @@ impl Workers {
                         syslog = log.into_connection();
                         failing = true;
                     }
-                    if e.raw_os_error().is_some_and(is_out_of_files) {
-                        // Wait for a login to end rather than spin.
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
+                    // Out of file descriptors, memory …: wait for a login to
+                    // end rather than spin.
+                    std::thread::sleep(Duration::from_millis(50));
                 }
             }
             self.waiting.fetch_add(1, Ordering::SeqCst);
@@ -236,12 +244,6 @@ impl Workers {
     }
 }
 
-/// The process is out of file descriptors (EMFILE) or the system is
-/// (ENFILE).
-fn is_out_of_files(errno: i32) -> bool {
-    errno == nix::errno::Errno::EMFILE as i32 || errno == nix::errno::Errno::ENFILE as i32
-}
-
 /// How many logins may run at once: as many as the file descriptors allow
 /// (the soft limit raised to the hard one first), [`FDS_PER_LOGIN`] each,
 /// between 16 and 1024.
@@ -256,7 +258,7 @@ fn max_logins() -> usize {
         Ok((soft, _)) => soft,
         Err(_) => 1024,
     };
-    let n = limit.saturating_sub(64) / FDS_PER_LOGIN;
+    let n = limit.saturating_sub(FDS_KEPT) / FDS_PER_LOGIN;
     n.clamp(16, 1024) as usize
 }
 

@@ -388,8 +388,8 @@ fn past_its_logins_at_once_crm2fad_turns_the_next_away_to_the_module() {
     let sb = Sandbox::new();
     let (users, secrets) = active_users(&sb, "busy", 17);
     sb.offer_to_crm2fad();
-    // 192 file descriptors: (192 - 64) / 8 = 16 logins at once.
-    let _d = sb.start_daemon_with_files(Some(192));
+    // 384 file descriptors: (384 - 64 - 4 * 32 kept) / 12 = 16 logins at once.
+    let _d = sb.start_daemon_with_files(Some(384));
     let mut pending = vec![];
     for u in &users[..16] {
         let mut login = sb.spawn_login(u, &[]);

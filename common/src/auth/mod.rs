@@ -211,15 +211,24 @@ fn store_failed(e: &Error) -> bool {
 }
 
 /// The store or the key cannot be used: what `failmode = "safe"` may skip.
+/// Not this process running out of file descriptors or memory: whoever
+/// could make crm2fad run out (many logins held at the prompt) would
+/// otherwise turn the second factor off.
 fn store_or_key(e: &Error) -> bool {
-    store_failed(e)
-        || matches!(
-            e,
-            Error::Key { .. }
-                | Error::Decrypt { .. }
-                | Error::Permissions { .. }
-                | Error::Io { .. }
-        )
+    let out_of_resources = matches!(
+        e,
+        Error::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM))
+    );
+    !out_of_resources
+        && (store_failed(e)
+            || matches!(
+                e,
+                Error::Key { .. }
+                    | Error::Decrypt { .. }
+                    | Error::Permissions { .. }
+                    | Error::Io { .. }
+            ))
 }
 
 /// A login that failed on an error: deny, saying why in syslog. Only a

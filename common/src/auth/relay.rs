@@ -89,6 +89,11 @@ const OUTCOMES: [Outcome; 6] = [
 ];
 
 fn put(stream: &UnixStream, tag: u8, body: &[u8]) -> io::Result<()> {
+    send_all(stream, &frame(tag, body)?)
+}
+
+/// The frame of `tag` and `body`, if `body` is not too long.
+fn frame(tag: u8, body: &[u8]) -> io::Result<Zeroizing<Vec<u8>>> {
     let len = u32::try_from(body.len())
         .ok()
         .filter(|&n| n as usize <= MAX_FRAME)
@@ -97,9 +102,13 @@ fn put(stream: &UnixStream, tag: u8, body: &[u8]) -> io::Result<()> {
     frame.push(tag);
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(body);
+    Ok(frame)
+}
+
+fn send_all(stream: &UnixStream, frame: &[u8]) -> io::Result<()> {
     // send(2) with MSG_NOSIGNAL: a PAM application (su, login) may not
     // ignore SIGPIPE, and a crm2fad gone away must not kill it.
-    let mut rest: &[u8] = &frame;
+    let mut rest: &[u8] = frame;
     while !rest.is_empty() {
         match nix::sys::socket::send(stream.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -470,6 +479,9 @@ fn connect_now(socket: &Path) -> io::Result<UnixStream> {
 struct Link {
     stream: UnixStream,
     accepted: AtomicBool,
+    /// A send failed, perhaps halfway through a frame: nothing more goes
+    /// out (the module would read the rest as frames of their own).
+    broken: AtomicBool,
 }
 
 impl Link {
@@ -477,12 +489,20 @@ impl Link {
         Link {
             stream,
             accepted: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
         }
     }
 
     /// Send a frame; the login is accepted once one went out whole.
     fn send(&self, tag: u8, body: &[u8]) -> io::Result<()> {
-        put(&self.stream, tag, body)?;
+        let frame = frame(tag, body)?;
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        if let Err(e) = send_all(&self.stream, &frame) {
+            self.broken.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
         self.accepted.store(true, Ordering::SeqCst);
         Ok(())
     }

@@ -730,6 +730,25 @@ fn failmode_safe_lets_the_password_decide_only_for_an_unusable_store_or_key() {
         Outcome::Unavailable,
         "a lookup failure"
     );
+    // A file that cannot be read may be skipped; one this process ran out
+    // of descriptors or memory to open, never (crm2fad, made to run out).
+    let io = |errno| {
+        Error::io(
+            "/var/lib/crm2fa/crm2fa.db",
+            std::io::Error::from_raw_os_error(errno),
+        )
+    };
+    assert_eq!(
+        failed(&cfg, &r, &mut log, &f(io(libc::EIO), false)),
+        Outcome::Ignore
+    );
+    for errno in [libc::EMFILE, libc::ENFILE, libc::ENOMEM] {
+        assert_eq!(
+            failed(&cfg, &r, &mut log, &f(io(errno), false)),
+            Outcome::Unavailable,
+            "errno {errno}"
+        );
+    }
     let secure = env("").cfg;
     assert_eq!(
         failed(&secure, &r, &mut log, &f(store_down(), false)),

@@ -80,12 +80,7 @@ impl Pool {
     fn take(&self, key: &Key) -> Option<Box<dyn Store>> {
         let (found, expired) = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            let fresh = idle
-                .iter()
-                .position(|(_, _, at)| now.duration_since(*at) < IDLE_TIME)
-                .unwrap_or(idle.len());
-            let expired: Vec<_> = idle.drain(..fresh).collect();
+            let expired = Self::expired(&mut idle);
             let found = idle
                 .iter()
                 .rposition(|(k, _, _)| k == key)
@@ -94,6 +89,30 @@ impl Pool {
         };
         drop(expired);
         found
+    }
+
+    /// Close the stores kept longer than [`IDLE_TIME`]: crm2fad calls it
+    /// when it has had nothing to do for a while, so that a quiet host does
+    /// not hold a PostgreSQL session for good.
+    pub fn close_idle(&self) {
+        let expired = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            Self::expired(&mut idle)
+        };
+        drop(expired);
+    }
+
+    /// Those of `idle` (oldest first) kept longer than [`IDLE_TIME`], taken
+    /// out of it.
+    fn expired(
+        idle: &mut Vec<(Key, Box<dyn Store>, Instant)>,
+    ) -> Vec<(Key, Box<dyn Store>, Instant)> {
+        let now = Instant::now();
+        let fresh = idle
+            .iter()
+            .position(|(_, _, at)| now.duration_since(*at) < IDLE_TIME)
+            .unwrap_or(idle.len());
+        idle.drain(..fresh).collect()
     }
 
     /// Close every store of `key` kept now.
@@ -268,6 +287,20 @@ mod tests {
         read(s.as_mut()).unwrap();
         drop(s);
         assert_eq!(pool.idle(), 1, "the old one closed, the new one kept");
+
+        // Kept past IDLE_TIME on a quiet host: closed without a login to
+        // come for it.
+        drop(pool.open(&cfg).unwrap());
+        assert_eq!(pool.idle(), 1);
+        pool.close_idle();
+        assert_eq!(pool.idle(), 1, "not idle long enough");
+        for (_, _, at) in pool.idle.lock().unwrap().iter_mut() {
+            *at = Instant::now()
+                .checked_sub(IDLE_TIME + Duration::from_secs(1))
+                .expect("the clock started over a minute ago");
+        }
+        pool.close_idle();
+        assert_eq!(pool.idle(), 0);
 
         // A burst of logins leaves at most MAX_IDLE_PER_STORE behind.
         let lent: Vec<_> = (0..MAX_IDLE_PER_STORE + 3)
