@@ -91,8 +91,10 @@ pub fn open_if_present(path: &Path, secrecy: Secrecy) -> Result<Option<File>> {
 /// Check `path` as [`open_trusted`] does, if it exists, without opening
 /// it to read (see [`Use::Look`]); `Ok(false)` if not.
 pub fn check_if_present(path: &Path, secrecy: Secrecy) -> Result<bool> {
-    check_parent_dirs(path)?;
-    if_present(open_beside_checked(path, secrecy, Use::Look)).map(|f| f.is_some())
+    // A directory above it missing: it is not there either.
+    let checked =
+        check_parent_dirs(path).and_then(|()| open_beside_checked(path, secrecy, Use::Look));
+    if_present(checked).map(|f| f.is_some())
 }
 
 /// Check, as [`open_trusted`] does but without opening any to read (see
@@ -302,6 +304,13 @@ mod tests {
         let missing = d.path().join("none.db");
         let err = check_with_siblings(&missing, &suffixes, Secrecy::OwnerOnly).unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_file_in_a_directory_not_made_yet_is_not_present() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("not").join("yet").join("crm2fa.db");
+        assert!(!check_if_present(&p, Secrecy::OwnerOnly).unwrap());
     }
 
     #[test]
