@@ -178,3 +178,29 @@ fn enroll_without_a_qr_code_says_to_type_the_key() {
         "{drawn}"
     );
 }
+
+#[test]
+fn init_at_a_new_config_path_keeps_the_store_and_key_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("etc").join("crm2fa.toml");
+    let out = std::process::Command::new(admin_path())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("init")
+        .env_remove("CRM2FA_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show_output(&out));
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        text.contains("path = \"crm2fa.db\"") && text.contains("key_file = \"secret.key\""),
+        "{text}"
+    );
+    for made in ["secret.key", "crm2fa.db"] {
+        assert!(
+            dir.path().join("etc").join(made).exists(),
+            "{made}: {}",
+            show_output(&out)
+        );
+    }
+}

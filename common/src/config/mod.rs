@@ -18,6 +18,33 @@ pub const DEFAULT_PATH: &str = "/etc/crm2fa/crm2fa.toml";
 pub const ENV_VAR: &str = "CRM2FA_CONFIG";
 /// The shipped configuration, written by `crm2fa-admin init` when none exists.
 pub const EXAMPLE: &str = include_str!("../../../packaging/crm2fa.toml");
+/// [`EXAMPLE`]'s store and key, which a configuration written elsewhere
+/// than [`DEFAULT_PATH`] keeps beside itself instead.
+const EXAMPLE_FILES: [(&str, &str); 2] = [
+    (
+        "path = \"/var/lib/crm2fa/crm2fa.db\"",
+        "path = \"crm2fa.db\"",
+    ),
+    (
+        "key_file = \"/etc/crm2fa/secret.key\"",
+        "key_file = \"secret.key\"",
+    ),
+];
+
+/// The configuration `crm2fa-admin init` writes at `path`: the shipped
+/// one; at another path than [`DEFAULT_PATH`], with its store and key
+/// beside it (relative paths), so that a configuration made for a test or
+/// a second instance leaves the host's own files alone.
+pub fn example_for(path: &Path) -> String {
+    if path == Path::new(DEFAULT_PATH) {
+        return EXAMPLE.to_string();
+    }
+    EXAMPLE_FILES
+        .iter()
+        .fold(EXAMPLE.to_string(), |text, (shipped, beside)| {
+            text.replacen(shipped, beside, 1)
+        })
+}
 
 /// The config path to use: an explicit one, else `CRM2FA_CONFIG`, else the default.
 /// The result is absolute, so the paths in the file are anchored to it.
@@ -879,6 +906,25 @@ mod tests {
             assert!(gateway(fine).is_ok(), "{fine}");
         }
         assert!(parse("[sms]\nurl = \"http://sms.example/send\"\n").is_ok());
+    }
+
+    #[test]
+    fn a_config_written_elsewhere_keeps_its_store_and_key_beside_it() {
+        let shipped = Config::parse(
+            &example_for(Path::new(DEFAULT_PATH)),
+            Path::new(DEFAULT_PATH),
+        )
+        .unwrap();
+        assert_eq!(
+            shipped.store.path,
+            PathBuf::from("/var/lib/crm2fa/crm2fa.db")
+        );
+        let at = Path::new("/srv/test/crm2fa.toml");
+        let beside = Config::parse(&example_for(at), at).unwrap();
+        assert_eq!(beside.store.path, PathBuf::from("/srv/test/crm2fa.db"));
+        assert_eq!(beside.store.key_file, PathBuf::from("/srv/test/secret.key"));
+        // Nothing else changes.
+        assert_eq!(example_for(at).lines().count(), EXAMPLE.lines().count());
     }
 
     #[test]

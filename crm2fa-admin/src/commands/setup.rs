@@ -43,7 +43,7 @@ pub(super) fn init(config: Option<&Path>) -> Result<Done, CliError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fsperm::ensure_dir(dir, 0o755)?;
         }
-        fsperm::create_private_file(&path, config::EXAMPLE.as_bytes())?;
+        fsperm::create_private_file(&path, config::example_for(&path).as_bytes())?;
         changes.push(format!(
             "wrote the default configuration {}",
             path.display()
