@@ -63,6 +63,7 @@ pub(crate) enum Command {
     /// Give USER a new TOTP secret: prints a QR code, the manual key and the URI
     /// (or, with --method email|sms, codes sent to their contact)
     Enroll {
+        /// The user (login name)
         user: String,
         /// The second factor to set up
         #[arg(long, value_name = "METHOD", value_enum, default_value_t = MethodArg::Totp)]
@@ -73,22 +74,28 @@ pub(crate) enum Command {
         /// How to draw the QR code
         #[arg(long, value_name = "STYLE", value_enum, default_value_t = QrArg::Unicode)]
         qr: QrArg,
-        /// The first code from the app: confirms and activates at once
+        /// The first code from the app: confirms and activates at once (a
+        /// pending enrolment printed earlier and scanned since: that one)
         #[arg(long, value_name = "CODE", conflicts_with = "method")]
         code: Option<String>,
     },
     /// Activate a pending enrolment with a code from the app
     Confirm {
+        /// The user (login name)
         user: String,
         /// The code; without it, it is read from the terminal (hidden) or
         /// one line of standard input
         code: Option<String>,
     },
     /// Show USER's 2FA state
-    Status { user: String },
+    Status {
+        /// The user (login name)
+        user: String,
+    },
     /// Set where USER's email/SMS codes and notices go ("" removes one)
     #[command(group(clap::ArgGroup::new("contact").required(true).multiple(true).args(["email", "phone"])))]
     SetContact {
+        /// The user (login name)
         user: String,
         /// Email address for codes and notices
         #[arg(long, value_name = "ADDRESS")]
@@ -101,15 +108,20 @@ pub(crate) enum Command {
     List,
     /// Verify a code without logging in: consumes and counts nothing
     Check {
+        /// The user (login name)
         user: String,
         /// The code; without it, it is read from the terminal (hidden) or
         /// one line of standard input
         code: Option<String>,
     },
     /// Lost device: remove all of USER's factors and codes
-    Reset { user: String },
+    Reset {
+        /// The user (login name)
+        user: String,
+    },
     /// Show how many backup codes are left, or make a new set
     BackupCodes {
+        /// The user (login name)
         user: String,
         /// Make a new set; the old set stops working at once
         #[arg(long)]
@@ -120,32 +132,45 @@ pub(crate) enum Command {
     },
     /// Issue a one-time recovery code for a user who lost every factor; clears a lock
     Recovery {
+        /// The user (login name)
         user: String,
         /// How long the code is valid, e.g. 30m, 48h, 2d
         #[arg(long, value_name = "DURATION", default_value = "48h", value_parser = config::parse_duration)]
         valid: i64,
     },
     /// Clear USER's lockout
-    Unlock { user: String },
+    Unlock {
+        /// The user (login name)
+        user: String,
+    },
     /// Forget USER's remembered remote hosts (or just HOST): a code is asked again
     Forget {
+        /// The user (login name)
         user: String,
         /// Only this remote host
         host: Option<String>,
     },
     /// Turn USER's 2FA off, factor or not (`enable` turns it back on)
     Disable {
+        /// The user (login name)
         user: String,
         /// Also when the policy requires 2FA of USER
         #[arg(long)]
         override_policy: bool,
     },
     /// Turn USER's 2FA back on with the factors they had
-    Enable { user: String },
+    Enable {
+        /// The user (login name)
+        user: String,
+    },
     /// Explain whether 2FA is required for USER, and why
-    Policy { user: String },
+    Policy {
+        /// The user (login name)
+        user: String,
+    },
     /// The audit log, oldest first
     Audit {
+        /// Only this user's rows
         #[arg(long, value_name = "USER")]
         user: Option<String>,
         /// RFC 3339 time, YYYY-MM-DD, or a duration back from now (e.g. 24h)

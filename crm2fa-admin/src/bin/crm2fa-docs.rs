@@ -27,9 +27,10 @@ fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, bytes)
 }
 
-/// The man pages: clap's rendering of the command and of each subcommand
-/// (file name and page). The main page also says the exit status and
-/// files, which the command line cannot know about.
+/// The man pages: clap's rendering of the command and of each subcommand,
+/// those of subcommands too (`crm2fa-admin-store-copy(8)` …): file name and
+/// page. The main page also says the exit status and files, which the
+/// command line cannot know about.
 fn man_pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
     let mut cmd = cli::Cli::command()
         .version(env!("CARGO_PKG_VERSION"))
@@ -50,10 +51,19 @@ fn man_pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
         man.render(&mut out)?;
         Ok((man.get_filename(), out))
     };
-    let mut pages = vec![];
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        pages.push(page(sub.clone())?);
+    fn below(
+        cmd: &clap::Command,
+        page: &dyn Fn(clap::Command) -> std::io::Result<(String, Vec<u8>)>,
+        pages: &mut Vec<(String, Vec<u8>)>,
+    ) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            pages.push(page(sub.clone())?);
+            below(sub, page, pages)?;
+        }
+        Ok(())
     }
+    let mut pages = vec![];
+    below(&cmd, &page, &mut pages)?;
     let (name, mut out) = page(cmd)?;
     out.extend_from_slice(
         br#".SH "EXIT STATUS"
@@ -69,7 +79,7 @@ the host key that encrypts TOTP secrets at rest (0600)
 \fI/var/lib/crm2fa/crm2fa.db\fR
 the store (0600)
 .SH "SEE ALSO"
-\fBpam_crm2fa\fR(8), \fBcrm2fa.toml\fR(5), \fBpam\fR(8)
+\fBpam_crm2fa\fR(8), \fBcrm2fad\fR(8), \fBcrm2fa.toml\fR(5), \fBpam\fR(8)
 "#,
     );
     pages.push((name, out));
