@@ -4,12 +4,16 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all deps build release test lint deps-check deny demo bench clean docs install install-files uninstall deb rpm fuzz
+.PHONY: all deps deps-demo build release test lint deps-check deny demo bench clean docs install install-files uninstall deb rpm fuzz
 
 all: build
 
 deps:
 	bash scripts/install-deps.sh
+
+# What building and the demo need, and no more (no sshd, no PostgreSQL).
+deps-demo:
+	bash scripts/install-deps.sh --demo
 
 build: deps
 	$(CARGO) build --workspace
@@ -40,7 +44,8 @@ test: deps lint deps-check
 	@awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$i ~ /^passed/) p += $$(i-1); if ($$i ~ /^failed/) f += $$(i-1) } } \
 	     END { printf "tests: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0) }' target/test.log
 
-demo: build
+demo: deps-demo
+	$(CARGO) build --workspace
 	bash scripts/demo.sh
 
 # ---- install on a host without packages --------------------------------------

@@ -20,7 +20,7 @@ cd "$ROOT"
 
 ADMIN="$TARGET/debug/crm2fa-admin"
 MODULE="$TARGET/debug/libpam_crm2fa.so"
-MATRIX=/usr/lib/x86_64-linux-gnu/pam_wrapper/pam_matrix.so
+MATRIX=$(ls /usr/lib/*/pam_wrapper/pam_matrix.so 2>/dev/null | head -n 1)
 SANDBOX=$(realpath -m "${DEMO_SANDBOX:-$ROOT/demo-sandbox}")
 CFG="$SANDBOX/crm2fa.toml"
 SERVICE=crm2fa-demo

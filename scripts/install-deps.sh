@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that building, testing, the demo and the
 # benchmark need. Safe to run again: it only installs what is missing.
+#   install-deps.sh [PACKAGE ...]         all of them (make test, make bench)
+#   install-deps.sh --demo [PACKAGE ...]  building and make demo only: no
+#                                         server (sshd, PostgreSQL) is installed
 set -euo pipefail
 
-pkgs=(
+demo=(
   build-essential pkg-config
   libpam0g-dev        # PAM headers (the module links against libpam)
-  pamtester           # drives a PAM service from tests
+  pamtester           # drives a PAM service from tests and the demo
   libpam-wrapper      # sandboxed PAM services (pam_wrapper, pam_matrix)
   libnss-wrapper      # test users and groups without touching /etc
-  oathtool            # reference TOTP implementation for tests
+  oathtool            # reference TOTP implementation for tests and the demo
   expect              # scripted terminal sessions in tests and the demo
-  sqlite3             # store inspection in tests
   python3             # demo and benchmark helpers
+)
+if [ "${1:-}" = --demo ]; then
+  shift
+  pkgs=("${demo[@]}" "$@")
+else
+pkgs=(
+  "${demo[@]}"
+  sqlite3             # store inspection in tests
   libpam-google-authenticator  # its tool writes the files the import tests read
   man-db groff-base   # man -l renders the man pages in a test
   openssh-server openssh-client  # a real sshd login in a test
@@ -25,6 +35,7 @@ pkgs=(
   rpm                 # rpmbuild for the .rpm (make rpm, and the packaging tests)
   "$@"
 )
+fi
 
 missing=()
 for p in "${pkgs[@]}"; do
