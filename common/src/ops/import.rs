@@ -150,6 +150,8 @@ pub fn parse_google_authenticator(
         .map_err(|_| refuse(path, 1, "the first line is not a base32 secret"))?;
     let secret = secret_of(path, 1, raw)?;
     let (mut totp_auth, mut period, mut used) = (false, 30u64, vec![]);
+    // The line that set the step, if one did: a mismatch is reported there.
+    let mut period_line = 1;
     let mut backup_codes = vec![];
     for (n, line) in lines {
         if line.is_empty() {
@@ -179,6 +181,7 @@ pub fn parse_google_authenticator(
                         .next()
                         .and_then(|w| w.parse().ok())
                         .ok_or_else(|| refuse(path, n, "STEP_SIZE without a number"))?;
+                    period_line = n;
                 }
                 "DISALLOW_REUSE" => {
                     for w in words {
@@ -211,7 +214,7 @@ pub fn parse_google_authenticator(
             "not a time-based (TOTP) secret: the file has no TOTP_AUTH line",
         ));
     }
-    check_fit(path, 1, cfg, 6, period)?;
+    check_fit(path, period_line, cfg, 6, period)?;
     Ok(ImportedFactor {
         user: user.into(),
         secret,
@@ -486,7 +489,7 @@ mod tests {
             ),
             (
                 GA.replace("\" TOTP_AUTH\n", "\" TOTP_AUTH\n\" STEP_SIZE 60\n"),
-                1,
+                6,
                 "every 60 s",
             ),
             (GA.replace("\" TOTP_AUTH\n", ""), 1, "TOTP_AUTH"),
