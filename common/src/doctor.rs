@@ -72,6 +72,11 @@ fn login_service_check(socket: &Path) -> Check {
                 socket.display()
             ),
         ),
+        Err(Unserved::Stalled(why)) => problem(
+            NAME,
+            why,
+            "see `systemctl status crm2fad` and its log, then `systemctl restart crm2fad`",
+        ),
     }
 }
 

@@ -160,7 +160,7 @@ impl PamHooks for Crm2fa {
         if let (0, Some(socket)) = (req.caller_uid, &args.socket) {
             match relay::relay(socket, &argv, &req, &mut conv, &mut log) {
                 Relayed::Done(outcome) => return pam_code(outcome),
-                Relayed::NotServed(Some(why)) => log.info(&why),
+                Relayed::NotServed(Some((level, why))) => log.log(level, &why),
                 Relayed::NotServed(None) => {}
             }
         }

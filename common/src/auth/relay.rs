@@ -30,7 +30,7 @@ use nix::sys::socket::MsgFlags;
 use zeroize::Zeroizing;
 
 use super::{run, ConvError, Conversation, ModuleArgs, Outcome, Request};
-use crate::audit::{Logger, SyslogConnection};
+use crate::audit::{Level, Logger, SyslogConnection};
 use crate::config::StoreConfig;
 use crate::store::{Store, Stores, TxBody, TxKind};
 
@@ -193,9 +193,9 @@ impl Hello {
 pub enum Relayed {
     /// crm2fad ran it: its outcome.
     Done(Outcome),
-    /// crm2fad did not take it (why, when worth a log line): the module
-    /// runs it itself.
-    NotServed(Option<String>),
+    /// crm2fad did not take it (why, when worth a log line, and how loud):
+    /// the module runs it itself.
+    NotServed(Option<(Level, String)>),
 }
 
 /// Offer the login to the crm2fad listening on `socket`, then converse
@@ -221,9 +221,12 @@ pub fn relay(
         args: argv.to_vec(),
     };
     if put(&stream, HELLO, &hello.encode()).is_err() {
-        return Relayed::NotServed(Some(format!(
-            "crm2fad ({}) closed the connection before the login began",
-            socket.display()
+        return Relayed::NotServed(Some((
+            Level::Info,
+            format!(
+                "crm2fad ({}) closed the connection before the login began",
+                socket.display()
+            ),
         )));
     }
     let mut begun = false;
@@ -244,9 +247,9 @@ pub fn relay(
                 // logins, another version, stopping): crm2fad has done
                 // nothing for it. A close before reading the hello is a
                 // reset, not an end.
-                return Relayed::NotServed(Some(format!(
-                    "crm2fad ({}) turned the login away",
-                    socket.display()
+                return Relayed::NotServed(Some((
+                    Level::Info,
+                    format!("crm2fad ({}) turned the login away", socket.display()),
                 )));
             }
             Err(e) => {
@@ -361,10 +364,13 @@ fn take_back(stream: &UnixStream, socket: &Path, req: &Request, log: &mut Logger
             ));
             Relayed::Done(Outcome::Unavailable)
         }
-        _ => Relayed::NotServed(Some(format!(
-            "crm2fad ({}) sent nothing within {} s; the module runs the login",
-            socket.display(),
-            FIRST_FRAME_WAIT.as_secs()
+        _ => Relayed::NotServed(Some((
+            Level::Warning,
+            format!(
+                "crm2fad ({}) sent nothing within {} s; the module runs the login",
+                socket.display(),
+                FIRST_FRAME_WAIT.as_secs()
+            ),
         ))),
     }
 }
@@ -379,14 +385,18 @@ pub enum Unserved {
     /// The socket, a directory above it or the process listening is not
     /// root's: it is never used.
     Untrusted(String),
+    /// It listens but takes no connection (its queue is full): stopped or
+    /// stuck.
+    Stalled(String),
 }
 
 impl Unserved {
-    /// What a log line says, if anything.
-    fn reason(self) -> Option<String> {
+    /// What a log line says, if anything, and how loud.
+    fn reason(self) -> Option<(Level, String)> {
         match self {
             Unserved::Absent => None,
-            Unserved::NotRunning(why) | Unserved::Untrusted(why) => Some(why),
+            Unserved::NotRunning(why) => Some((Level::Info, why)),
+            Unserved::Untrusted(why) | Unserved::Stalled(why) => Some((Level::Warning, why)),
         }
     }
 }
@@ -424,7 +434,7 @@ fn connect(socket: &Path) -> Result<UnixStream, Unserved> {
     let stream = connect_now(socket).map_err(|e| match e.raw_os_error() {
         // Its queue of connections not yet taken is full (it is stopped
         // or stuck): a blocking connect would wait for room for good.
-        Some(libc::EAGAIN) => Unserved::NotRunning(format!(
+        Some(libc::EAGAIN) => Unserved::Stalled(format!(
             "crm2fad ({}) is not taking logins (its queue is full); the module runs the login",
             socket.display()
         )),
