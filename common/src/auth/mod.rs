@@ -869,13 +869,8 @@ fn enroll_during_login(l: &mut Login<'_>) -> Result<Outcome, Error> {
         .begin_enrollment(&key, &user, l.req.now(), Origin::Login)
     {
         Ok(e) => e,
-        Err(Error::AlreadyEnrolled { .. }) => {
-            // Enrolled by someone else since this login read the store.
-            l.conv
-                .error("Your second factor changed during this login. Please log in again.");
-            l.record(Fact::EnrolmentChanged)?;
-            return Ok(Outcome::AuthErr);
-        }
+        // Enrolled by someone else since this login read the store.
+        Err(Error::AlreadyEnrolled { .. }) => return enrolment_changed(l),
         Err(e) => return Err(e),
     };
     show_setup(l, &e.secret);
@@ -884,7 +879,21 @@ fn enroll_during_login(l: &mut Login<'_>) -> Result<Outcome, Error> {
         .store
         .user(&user)?
         .ok_or_else(|| Error::NotEnrolled { user: user.clone() })?;
+    // An administrator's `enroll` may have replaced it meanwhile: the code
+    // from this login's secret must never activate theirs (and show its
+    // backup codes to whoever got past the password).
+    if record.secret.as_deref() != Some(e.sealed_secret.as_slice()) {
+        return enrolment_changed(l);
+    }
     ask_for_codes(l, &record, Some(&e.secret), Some(&key), false)
+}
+
+/// Someone else enrolled the user while this login was enrolling them.
+fn enrolment_changed(l: &mut Login<'_>) -> Result<Outcome, Error> {
+    l.conv
+        .error("Your second factor changed during this login. Please log in again.");
+    l.record(Fact::EnrolmentChanged)?;
+    Ok(Outcome::AuthErr)
 }
 
 /// Show what the user needs to set up their app: QR code, manual key, URI.

@@ -389,6 +389,69 @@ fn unenrolled_enroll_sets_up_totp_inside_the_login() {
     assert_eq!(state(&mut e, "gina"), TotpState::Active);
 }
 
+/// A new user setting up their app, while an administrator runs `enroll`
+/// for them the moment the login shows its QR code.
+struct Raced {
+    user: NewUser,
+    cfg: Config,
+    admin_enrolled: bool,
+}
+
+impl Conversation for Raced {
+    fn prompt_hidden(&mut self, msg: &str) -> Result<Option<String>, ConvError> {
+        self.user.prompt_hidden(msg)
+    }
+    fn prompt_visible(&mut self, msg: &str) -> Result<Option<String>, ConvError> {
+        self.user.prompt_visible(msg)
+    }
+    fn info(&mut self, msg: &str) {
+        self.user.info(msg);
+        if !self.admin_enrolled {
+            self.admin_enrolled = true;
+            let mut store = store::open(&self.cfg.store, None).unwrap();
+            let key = HostKey::load(&self.cfg.store.key_file).unwrap();
+            let mut log = Logger::new("crm2fa-test", false);
+            let mut ops = Ops {
+                cfg: &self.cfg,
+                store: store.as_mut(),
+                log: &mut log,
+                ctx: AuditCtx::default(),
+            };
+            ops.begin_enrollment(&key, "gina", NOW, Origin::Admin)
+                .unwrap();
+        }
+    }
+    fn error(&mut self, msg: &str) {
+        self.user.infos.push(msg.into());
+    }
+}
+
+#[test]
+fn a_login_enrolling_itself_never_activates_an_enrolment_an_admin_made_meanwhile() {
+    let mut e = env("[policy]\nenforce = \"all\"\nunenrolled = \"enroll\"\n");
+    let mut raced = Raced {
+        user: NewUser::new(&e, NOW),
+        cfg: e.cfg.clone(),
+        admin_enrolled: false,
+    };
+    let out = authenticate(
+        &e.cfg,
+        e.store.as_mut(),
+        &mut e.sender,
+        QrStyle::None,
+        &req("gina", NOW),
+        &mut raced,
+        &mut e.log,
+    )
+    .unwrap();
+    assert_eq!(out, Outcome::AuthErr);
+    let shown = raced.user.infos.join("\n");
+    assert!(shown.contains("changed during this login"), "{shown}");
+    assert!(!shown.contains("backup codes"), "{shown}");
+    // The administrator's enrolment is untouched, still pending.
+    assert_eq!(state(&mut e, "gina"), TotpState::Pending);
+}
+
 #[test]
 fn store_files_are_0600_and_hold_no_plain_secret() {
     use std::os::unix::fs::PermissionsExt;

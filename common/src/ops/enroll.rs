@@ -19,6 +19,9 @@ pub struct Enrollment {
     pub base32: Zeroizing<String>,
     /// The `otpauth://` URI the QR code holds.
     pub otpauth_uri: Zeroizing<String>,
+    /// The secret as the store holds it (sealed by the host key): a login
+    /// that made the enrolment checks that the row still holds this one.
+    pub sealed_secret: Vec<u8>,
 }
 
 impl std::fmt::Debug for Enrollment {
@@ -45,13 +48,15 @@ pub fn open_codes(key: &HostKey, user: &str, sealed: &[u8]) -> Result<Vec<Code>>
 }
 
 impl Ops<'_> {
-    /// What the user needs to set up their app for `secret`.
-    fn enrollment(&self, user: &str, secret: Secret) -> Enrollment {
+    /// What the user needs to set up their app for `secret`, stored as
+    /// `sealed_secret`.
+    fn enrollment(&self, user: &str, secret: Secret, sealed_secret: Vec<u8>) -> Enrollment {
         Enrollment {
             user: user.into(),
             base32: totp::secret_base32(&secret),
             otpauth_uri: totp::otpauth_uri(&self.cfg.totp, &secret, &account_name(user)),
             secret,
+            sealed_secret,
         }
     }
 
@@ -68,7 +73,7 @@ impl Ops<'_> {
         match (rec.state, &rec.secret) {
             (TotpState::Pending, Some(sealed)) => {
                 let secret = key.open(user, sealed)?;
-                Ok(self.enrollment(user, secret))
+                Ok(self.enrollment(user, secret, sealed.clone()))
             }
             _ => Err(Error::NotPending {
                 user: user.into(),
@@ -116,7 +121,7 @@ impl Ops<'_> {
             return Err(Error::AlreadyEnrolled { user: user.into() });
         }
         self.log.entry(&audit);
-        Ok(self.enrollment(user, secret))
+        Ok(self.enrollment(user, secret, sealed_secret))
     }
 
     /// Activate `user`'s pending enrolment with `code` from their app: the
