@@ -77,6 +77,12 @@ pub(crate) fn shown(codes: &[Code]) -> Shown {
 
 /// New backup codes, one per line under a heading.
 pub(crate) fn write_backup_codes(w: &mut dyn Write, codes: &[String]) -> io::Result<()> {
+    if codes.is_empty() {
+        return writeln!(
+            w,
+            "No new backup codes: the set made before (shown then) stays in force."
+        );
+    }
     writeln!(
         w,
         "Backup codes (each works once; shown only now, keep them somewhere safe):"

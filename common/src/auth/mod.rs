@@ -762,7 +762,9 @@ fn ask_for_codes(
                 activated_codes,
                 backup_codes_left,
             } => {
-                match activated_codes {
+                // None kept to show: the set in force was shown when it
+                // was made (codes by email or SMS set up meanwhile).
+                match activated_codes.filter(|sealed| !sealed.is_empty()) {
                     Some(sealed) => {
                         let codes = match key {
                             Some(k) => ops::open_codes(k, &user, &sealed)?,

@@ -87,6 +87,7 @@ macro_rules! store_conformance {
             no_code_is_sent_to_a_locked_user,
             contacts_are_kept_and_a_removed_one_ends_its_channel,
             a_delivery_channel_is_a_factor_with_backup_codes,
+            a_delivery_channel_over_a_pending_enrolment_leaves_no_stale_codes_to_show,
             an_app_enrolment_replaces_a_delivery_channel_as_the_factor,
             parallel_sends_never_exceed_the_resend_limit,
             parallel_logins_with_one_sent_code_exactly_one_succeeds,
@@ -1997,6 +1998,51 @@ pub fn an_app_enrolment_replaces_a_delivery_channel_as_the_factor(b: &dyn Backen
 /// A delivery channel is a factor: the user is enrolled, gets backup codes
 /// that work at once if they held none, and `reset` removes it all but
 /// keeps the contacts.
+/// A delivery channel set up while an app's enrolment is pending gives the
+/// user a set of backup codes that works now. The app's activation later
+/// shows no other set: the one made with the enrolment is void.
+pub fn a_delivery_channel_over_a_pending_enrolment_leaves_no_stale_codes_to_show(b: &dyn Backend) {
+    let mut s = b.open();
+    let (salt, old) = pending_user(s.as_mut(), 2);
+    let to = audit(Fact::ContactSet {
+        channel: Channel::Email,
+        to: Some("x".into()),
+    });
+    s.set_contact("u", Channel::Email, Some("u@example.com"), &salt, NOW, &to)
+        .unwrap();
+    let set = codes::backup_set(2, &salt);
+    let hashes: Vec<_> = set.iter().map(|(_, h)| *h).collect();
+    let enrolled = audit(Fact::DeliveryEnrolled {
+        channel: Channel::Email,
+    });
+    assert!(s
+        .set_delivery("u", Channel::Email, &salt, &hashes, NOW, &enrolled)
+        .unwrap());
+    match redeem(s.as_mut(), &totp(11), NOW, 9) {
+        Verdict::Accepted {
+            factor: Factor::Totp,
+            activated_codes,
+            ..
+        } => assert!(
+            activated_codes.unwrap_or_default().is_empty(),
+            "codes that no longer work"
+        ),
+        v => panic!("the app's code: {v:?}"),
+    }
+    assert!(rejected(&redeem(
+        s.as_mut(),
+        &backup(&old[0], &salt),
+        NOW,
+        9
+    )));
+    assert!(accepted(&redeem(
+        s.as_mut(),
+        &backup(&set[0].0, &salt),
+        NOW,
+        9
+    )));
+}
+
 pub fn a_delivery_channel_is_a_factor_with_backup_codes(b: &dyn Backend) {
     let mut s = b.open();
     let salt = known_user(s.as_mut());

@@ -1106,6 +1106,9 @@ impl dyn Store + '_ {
             if add {
                 tx.delete_codes(CodeKind::Backup, name, false)?;
                 tx.insert_backup_codes(name, backup_hashes, now)?;
+                // A pending enrolment's set, kept to show at its
+                // activation, is void now.
+                tx.clear_pending_codes(name, now)?;
             }
             tx.insert_audit(audit)?;
             Ok(add)
