@@ -1995,9 +1995,6 @@ pub fn an_app_enrolment_replaces_a_delivery_channel_as_the_factor(b: &dyn Backen
     )));
 }
 
-/// A delivery channel is a factor: the user is enrolled, gets backup codes
-/// that work at once if they held none, and `reset` removes it all but
-/// keeps the contacts.
 /// A delivery channel set up while an app's enrolment is pending gives the
 /// user a set of backup codes that works now. The app's activation later
 /// shows no other set: the one made with the enrolment is void.
@@ -2043,6 +2040,9 @@ pub fn a_delivery_channel_over_a_pending_enrolment_leaves_no_stale_codes_to_show
     )));
 }
 
+/// A delivery channel is a factor: the user is enrolled, gets backup codes
+/// that work at once if they held none, and `reset` removes it all but
+/// keeps the contacts.
 pub fn a_delivery_channel_is_a_factor_with_backup_codes(b: &dyn Backend) {
     let mut s = b.open();
     let salt = known_user(s.as_mut());
