@@ -353,12 +353,19 @@ impl SqliteStore {
     }
 
     /// Sync the store's directory, so the `-wal` file this process created
-    /// (and what was just committed in it) survives a power cut.
+    /// (and what was just committed in it) survives a power cut. A failure
+    /// is the store's: it comes after the store answered for the user, and
+    /// `failmode = "safe"` must not skip the code for it.
     fn sync_dir(&mut self) -> Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new("/"));
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(dir, e))?;
+            .map_err(|e| {
+                Error::store(
+                    self.location.clone(),
+                    format!("cannot sync its directory {}: {e}", dir.display()),
+                )
+            })?;
         self.wal_created = false;
         Ok(())
     }
