@@ -549,15 +549,14 @@ fn send_code(l: &mut Login<'_>, record: &UserRecord, channel: Channel) -> Result
                  min. Use the last code sent, or another method.",
                 channel.label()
             ));
-            let e = l
-                .ops
-                .entry(now, &user, &Fact::SendLimited { channel, until });
-            l.ops.log.entry(&e);
-            l.ops.store.record(&e)?;
+            l.record(Fact::SendLimited { channel, until })?;
             return Ok(Sent::No);
         }
+        // Locked since the login read the user (failures on another host,
+        // or another login): refused, and recorded, as any locked login is.
         SendGrant::Locked { until } => {
             l.locked_message(until);
+            l.record(Fact::Locked { until })?;
             return Ok(Sent::Locked);
         }
         SendGrant::ContactChanged => {
@@ -566,6 +565,10 @@ fn send_code(l: &mut Login<'_>, record: &UserRecord, channel: Channel) -> Result
                  there, or use another method.",
                 channel.label()
             ));
+            l.record(Fact::SendFailed {
+                channel,
+                reason: "the address or number was changed meanwhile; nothing was sent".into(),
+            })?;
             return Ok(Sent::No);
         }
     };

@@ -230,6 +230,84 @@ fn a_locked_user_gets_no_code() {
     assert_eq!(e.sender.count(), before);
 }
 
+/// Asks for a code by email, after another login (another host) locked
+/// the user while this one was at its prompt.
+struct LockedMeanwhile {
+    other: Box<dyn Store>,
+    cfg: Config,
+    errors: Vec<String>,
+}
+
+impl Conversation for LockedMeanwhile {
+    fn prompt_hidden(&mut self, _msg: &str) -> Result<Option<String>, ConvError> {
+        let wrong = Candidate::default();
+        let v = self
+            .other
+            .redeem(
+                "hal",
+                &wrong,
+                NOW + 1,
+                &self.cfg.lockout,
+                &AuditCtx::default(),
+                None,
+            )
+            .unwrap();
+        assert!(
+            matches!(
+                v,
+                Verdict::Rejected {
+                    locked_until: Some(_),
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
+        Ok(Some("email".into()))
+    }
+    fn prompt_visible(&mut self, msg: &str) -> Result<Option<String>, ConvError> {
+        self.prompt_hidden(msg)
+    }
+    fn info(&mut self, _msg: &str) {}
+    fn error(&mut self, msg: &str) {
+        self.errors.push(msg.into());
+    }
+}
+
+#[test]
+fn a_lock_found_when_a_code_is_asked_for_is_refused_and_recorded() {
+    let mut e = env_for("hal", &format!("{EMAIL}[lockout]\nmax_failures = 1\n"));
+    enrolled(&mut e, "hal");
+    let mut conv = LockedMeanwhile {
+        other: store::open(&e.cfg.store, None).unwrap(),
+        cfg: e.cfg.clone(),
+        errors: vec![],
+    };
+    let out = authenticate(
+        &e.cfg,
+        e.store.as_mut(),
+        &mut e.sender,
+        QrStyle::None,
+        &req("hal", NOW + 2),
+        &mut conv,
+        &mut e.log,
+    )
+    .unwrap();
+    assert_eq!(out, Outcome::MaxTries);
+    assert_eq!(e.sender.count(), 0, "no code is sent to a locked user");
+    assert!(
+        conv.errors.iter().any(|m| m.contains("locked")),
+        "{:?}",
+        conv.errors
+    );
+    let recorded = events(&mut e, "hal");
+    assert!(
+        recorded
+            .iter()
+            .any(|r| r.starts_with("login locked") && r.contains("no code checked")),
+        "{recorded:?}"
+    );
+}
+
 #[test]
 fn failmode_safe_denies_when_the_automatic_send_cannot_be_recorded() {
     let mut e = env_for("liam", EMAIL);
