@@ -1,4 +1,6 @@
 //! Who must use a second factor, and why; whose 2FA may never be removed.
+use std::net::IpAddr;
+
 use crate::config::{Enforce, GroupRef, PolicyConfig, Unenrolled};
 use crate::error::{Error, ProtectedAction, Result};
 use crate::model::UserRecord;
@@ -69,17 +71,39 @@ pub fn ensure_unprotected(cfg: &PolicyConfig, user: &str, action: ProtectedActio
 
 /// Can a login from `rhost` be remembered? Never an empty or local one:
 /// "remember this computer" is about the remote client, and a login with no
-/// remote host (a console, su, sudo) or from this very machine says nothing
-/// about which computer it is.
-pub fn rememberable_host(rhost: &str, this_host: &str) -> bool {
+/// remote host (a console, su, sudo) or from this very machine (its name,
+/// a loopback address, or one of `own_addresses`, those of its interfaces)
+/// says nothing about which computer it is: anyone with an account here
+/// could log in from it.
+pub fn rememberable_host(rhost: &str, this_host: &str, own_addresses: &[IpAddr]) -> bool {
     let h = rhost.trim().trim_start_matches('[').trim_end_matches(']');
     if h.is_empty() || crate::config::loopback(h) || h.eq_ignore_ascii_case(this_host) {
         return false;
     }
-    match h.parse::<std::net::IpAddr>() {
-        Ok(ip) => !ip.is_unspecified(),
+    match h.parse::<IpAddr>() {
+        Ok(ip) => {
+            let ip = ip.to_canonical();
+            !ip.is_unspecified() && !own_addresses.contains(&ip)
+        }
         Err(_) => !h.to_ascii_lowercase().ends_with(".localhost"),
     }
+}
+
+/// The addresses of this machine's interfaces; `None` if they cannot be
+/// listed (then no host is remembered).
+pub fn own_addresses() -> Option<Vec<IpAddr>> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    Some(
+        addrs
+            .filter_map(|a| a.address)
+            .filter_map(|sa| {
+                sa.as_sockaddr_in()
+                    .map(|s| IpAddr::V4(s.ip()))
+                    .or_else(|| sa.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+            })
+            .map(|ip| ip.to_canonical())
+            .collect(),
+    )
 }
 
 /// Decide for `user`, who is in the groups with ids `gids`, with what the
@@ -230,7 +254,7 @@ mod tests {
             "me",
             "x.localhost",
         ] {
-            assert!(!rememberable_host(h, "me"), "{h:?}");
+            assert!(!rememberable_host(h, "me", &[]), "{h:?}");
         }
         for h in [
             "10.0.0.5",
@@ -239,7 +263,22 @@ mod tests {
             "laptop.example.org",
             "laptop",
         ] {
-            assert!(rememberable_host(h, "me"), "{h:?}");
+            assert!(rememberable_host(h, "me", &[]), "{h:?}");
+        }
+        // This machine's own addresses (as an IPv4-mapped IPv6 one too).
+        let own: Vec<IpAddr> = ["10.0.0.5", "2001:db8::1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        for h in ["10.0.0.5", "::ffff:10.0.0.5", "[2001:db8::1]"] {
+            assert!(!rememberable_host(h, "me", &own), "{h:?}");
+        }
+        assert!(rememberable_host("203.0.113.9", "me", &own));
+        // And those of the machine the test runs on, loopback among them.
+        let here = own_addresses().expect("this machine's interfaces");
+        assert!(here.iter().any(IpAddr::is_loopback), "{here:?}");
+        for ip in &here {
+            assert!(!rememberable_host(&ip.to_string(), "me", &here), "{ip}");
         }
     }
 

@@ -298,8 +298,11 @@ impl Login<'_> {
     /// can be remembered.
     fn remembered_host(&self) -> Option<String> {
         let rhost = self.req.rhost.as_str();
-        (self.ops.cfg.remember_days > 0 && policy::rememberable_host(rhost, &self.ops.ctx.host))
-            .then(|| rhost.to_string())
+        (self.ops.cfg.remember_days > 0
+            && !rhost.is_empty()
+            && policy::own_addresses()
+                .is_some_and(|own| policy::rememberable_host(rhost, &self.ops.ctx.host, &own)))
+        .then(|| rhost.to_string())
     }
 
     /// Record a login that needs no code and let it through: if the audit
