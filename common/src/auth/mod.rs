@@ -623,7 +623,7 @@ fn send_code(l: &mut Login<'_>, record: &UserRecord, channel: Channel) -> Result
                 .ops
                 .entry(l.req.now(), &user, &Fact::SendFailed { channel, reason });
             l.ops.log.entry(&failed);
-            l.ops.store.withdraw_send(channel, id, &failed)?;
+            l.ops.store.withdraw_send(&user, channel, id, &failed)?;
             let others = other_methods(l, record, channel);
             l.conv.error(&format!(
                 "The code could not be sent by {}. {others}",

@@ -79,6 +79,7 @@ macro_rules! store_conformance {
             a_withdrawn_code_neither_works_nor_counts,
             a_withdrawn_code_gives_back_the_one_sent_before,
             a_code_used_before_its_withdrawal_stays_used_and_counted,
+            a_withdrawal_takes_back_only_its_own_users_code,
             an_earlier_sent_code_is_void_on_every_clock,
             a_changed_contact_voids_the_codes_sent_to_the_old_one,
             a_changed_contact_does_not_lift_the_resend_limit,
@@ -1339,7 +1340,7 @@ fn withdraw(s: &mut dyn Store, channel: Channel, id: i64) {
         channel,
         reason: "down".into(),
     });
-    s.withdraw_send(channel, id, &failed).unwrap();
+    s.withdraw_send("u", channel, id, &failed).unwrap();
 }
 
 fn sent_offer(channel: Channel, code: &Code, salt: &[u8]) -> Candidate {
@@ -1554,7 +1555,7 @@ pub fn a_withdrawn_code_neither_works_nor_counts(b: &dyn Backend) {
             channel: Channel::Email,
             reason: "down".into(),
         });
-        s.withdraw_send(Channel::Email, id, &failed).unwrap();
+        s.withdraw_send("u", Channel::Email, id, &failed).unwrap();
     }
     assert!(rejected(&redeem_sent(
         s.as_mut(),
@@ -1562,6 +1563,30 @@ pub fn a_withdrawn_code_neither_works_nor_counts(b: &dyn Backend) {
         &c,
         &salt,
         NOW
+    )));
+}
+
+/// A withdrawal names its user: a row id another user's code holds now
+/// (SQLite gives a deleted id again, after a reset) is left alone.
+pub fn a_withdrawal_takes_back_only_its_own_users_code(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = known_user(s.as_mut());
+    let c = Code::generate_digits(6);
+    let SendGrant::Granted { id } = send(s.as_mut(), Channel::Sms, &salt, &c, NOW) else {
+        panic!("the code was not granted");
+    };
+    let failed = audit(Fact::SendFailed {
+        channel: Channel::Sms,
+        reason: "down".into(),
+    });
+    s.withdraw_send("someone-else", Channel::Sms, id, &failed)
+        .unwrap();
+    assert!(accepted(&redeem_sent(
+        s.as_mut(),
+        Channel::Sms,
+        &c,
+        &salt,
+        NOW + 1
     )));
 }
 

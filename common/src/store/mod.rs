@@ -200,9 +200,10 @@ pub trait Tx {
     /// oldest first (used, expired or not).
     fn codes_made_since(&mut self, kind: CodeKind, name: &str, since: i64) -> Result<Vec<i64>>;
 
-    /// Delete the code in row `id` unless it was used: a used code stays,
-    /// as a record and toward the resend limit.
-    fn delete_unused_code(&mut self, kind: CodeKind, id: i64) -> Result<()>;
+    /// Delete `name`'s code in row `id` unless it was used: a used code
+    /// stays, as a record and toward the resend limit. A row of another
+    /// user (an id used again after a reset) is left alone.
+    fn delete_unused_code(&mut self, kind: CodeKind, name: &str, id: i64) -> Result<()>;
 
     /// Set (or with `None` remove) where the user's `channel` codes go.
     /// False for an unknown user.
@@ -1047,9 +1048,15 @@ impl dyn Store + '_ {
     /// unexpired, works again. A code used meanwhile (the sender failed
     /// after the message went out) stays: it still counts, and the one
     /// before it stays void.
-    pub fn withdraw_send(&mut self, channel: Channel, id: i64, audit: &AuditEntry) -> Result<()> {
+    pub fn withdraw_send(
+        &mut self,
+        name: &str,
+        channel: Channel,
+        id: i64,
+        audit: &AuditEntry,
+    ) -> Result<()> {
         self.write(Durability::Full, |tx| {
-            tx.delete_unused_code(CodeKind::sent(channel), id)?;
+            tx.delete_unused_code(CodeKind::sent(channel), name, id)?;
             tx.insert_audit(audit)
         })
     }

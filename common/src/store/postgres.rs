@@ -1150,13 +1150,13 @@ impl Tx for PgTx<'_> {
         rows.iter().map(|r| self.row(r).int(0)).collect()
     }
 
-    fn delete_unused_code(&mut self, kind: CodeKind, id: i64) -> Result<()> {
+    fn delete_unused_code(&mut self, kind: CodeKind, name: &str, id: i64) -> Result<()> {
         self.exec(
             &format!(
-                "DELETE FROM {} WHERE id = $1 AND used_at IS NULL",
+                "DELETE FROM {} WHERE id = $1 AND username = $2 AND used_at IS NULL",
                 table(kind)
             ),
-            &[Param::Int(id)],
+            &[Param::Int(id), Param::Text(name)],
         )
         .map(drop)
     }

@@ -891,13 +891,13 @@ impl Tx for SqliteTx<'_> {
         )
     }
 
-    fn delete_unused_code(&mut self, kind: CodeKind, id: i64) -> Result<()> {
+    fn delete_unused_code(&mut self, kind: CodeKind, name: &str, id: i64) -> Result<()> {
         self.exec(
             &format!(
-                "DELETE FROM {} WHERE id = ?1 AND used_at IS NULL",
+                "DELETE FROM {} WHERE id = ?1 AND user = ?2 AND used_at IS NULL",
                 table(kind)
             ),
-            params![id],
+            params![id, name],
         )
         .map(drop)
     }
