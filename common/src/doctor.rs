@@ -479,7 +479,7 @@ mod tests {
             .unwrap();
         std::fs::write(
             &cfg_path,
-            "[store]\npath = \"db\"\nkey_file = \"key\"\n[sms]\nurl = \"http://sms.example/send\"\n",
+            "[store]\npath = \"db\"\nkey_file = \"key\"\n[sms]\nurl = \"https://sms.example/send\"\n",
         )
         .unwrap();
         let gateway = |checks: Vec<Check>| checks.into_iter().find(|c| c.check == "sms gateway");

@@ -696,17 +696,18 @@ impl Config {
                         "set either command or url, not both".into(),
                     ));
                 }
-                if !s.credentials_file.as_os_str().is_empty()
-                    && s.url
-                        .get(..7)
-                        .is_some_and(|p| p.eq_ignore_ascii_case("http://"))
+                // The code goes in every request (and credentials_file
+                // as HTTP Basic auth): never in clear across a network.
+                if s.url
+                    .get(..7)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("http://"))
                     && !loopback(url_host(&s.url))
                 {
                     return Err(invalid(
                         "sms",
                         "url",
-                        "credentials_file goes as HTTP Basic auth, in clear over http://: use an \
-                         https:// gateway (http:// only to one on this host)"
+                        "the code (and credentials_file) would cross the network in clear over \
+                         http://: use an https:// gateway (http:// only to one on this host)"
                             .into(),
                     ));
                 }
@@ -905,7 +906,10 @@ mod tests {
         ] {
             assert!(gateway(fine).is_ok(), "{fine}");
         }
-        assert!(parse("[sms]\nurl = \"http://sms.example/send\"\n").is_ok());
+        // Without credentials too: the code itself is in the request.
+        let e = parse("[sms]\nurl = \"http://sms.example/send\"\n").unwrap_err();
+        assert!(e.to_string().contains("in clear"), "{e}");
+        assert!(parse("[sms]\nurl = \"http://127.0.0.1:8080/send\"\n").is_ok());
     }
 
     #[test]
