@@ -92,9 +92,14 @@ pub fn open_if_present(path: &Path, secrecy: Secrecy) -> Result<Option<File>> {
 /// it to read (see [`Use::Look`]); `Ok(false)` if not.
 pub fn check_if_present(path: &Path, secrecy: Secrecy) -> Result<bool> {
     // A directory above it missing: it is not there either.
-    let checked =
-        check_parent_dirs(path).and_then(|()| open_beside_checked(path, secrecy, Use::Look));
-    if_present(checked).map(|f| f.is_some())
+    if_present(look_trusted(path, secrecy)).map(|m| m.is_some())
+}
+
+/// [`open_trusted`]'s checks, without opening the file to read (see
+/// [`Use::Look`]): what the file is.
+fn look_trusted(path: &Path, secrecy: Secrecy) -> Result<std::fs::Metadata> {
+    check_parent_dirs(path)?;
+    open_beside_checked(path, secrecy, Use::Look).map(|(_, meta)| meta)
 }
 
 /// Check, as [`open_trusted`] does but without opening any to read (see
@@ -106,8 +111,7 @@ pub fn check_with_siblings(
     suffixes: &[&str],
     secrecy: Secrecy,
 ) -> Result<(std::fs::Metadata, Vec<bool>)> {
-    check_parent_dirs(path)?;
-    let (_, meta) = open_beside_checked(path, secrecy, Use::Look)?;
+    let meta = look_trusted(path, secrecy)?;
     let present = suffixes
         .iter()
         .map(|suffix| {

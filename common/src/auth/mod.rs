@@ -281,6 +281,10 @@ struct Login<'a> {
     prompted: bool,
     /// The channels by which the user holds an unused sent code.
     sent: Vec<Channel>,
+    /// The login's remote host, if `[remember]` is on and it is one that
+    /// can be remembered: worked out once (it lists the machine's
+    /// addresses), used at the read and at each attempt.
+    remembered_host: Option<String>,
 }
 
 impl Login<'_> {
@@ -292,17 +296,6 @@ impl Login<'_> {
     fn record(&mut self, fact: Fact) -> Result<(), Error> {
         let now = self.req.now();
         self.ops.record(now, &self.req.user, &fact)
-    }
-
-    /// The login's remote host, if `[remember]` is on and it is one that
-    /// can be remembered.
-    fn remembered_host(&self) -> Option<String> {
-        let rhost = self.req.rhost.as_str();
-        (self.ops.cfg.remember_days > 0
-            && !rhost.is_empty()
-            && policy::own_addresses()
-                .is_some_and(|own| policy::rememberable_host(rhost, &self.ops.ctx.host, &own)))
-        .then(|| rhost.to_string())
     }
 
     /// Record a login that needs no code and let it through: if the audit
@@ -355,7 +348,14 @@ pub fn authenticate(
         answered: false,
         prompted: false,
         sent: vec![],
+        remembered_host: None,
     };
+    let rhost = req.rhost.as_str();
+    l.remembered_host = (cfg.remember_days > 0
+        && !rhost.is_empty()
+        && policy::own_addresses()
+            .is_some_and(|own| policy::rememberable_host(rhost, &l.ops.ctx.host, &own)))
+    .then(|| rhost.to_string());
     steps(&mut l).map_err(|error| Failure {
         error,
         answered: l.answered,
@@ -367,7 +367,7 @@ pub fn authenticate(
 fn steps(l: &mut Login<'_>) -> Result<Outcome, Error> {
     let (cfg, req) = (l.ops.cfg, l.req);
     let user = req.user.as_str();
-    let host = l.remembered_host();
+    let host = l.remembered_host.clone();
     let configured: Vec<Channel> = Channel::ALL
         .into_iter()
         .filter(|c| c.configured(cfg))
@@ -746,8 +746,8 @@ fn ask_for_codes(
         attempted = true;
         let now = l.req.now();
         let offer = candidate(l, record, secret, has_recovery, &answer, now);
-        let host = l.remembered_host();
-        let remember = host
+        let remember = l
+            .remembered_host
             .as_deref()
             .map(|h| (h, now + i64::from(l.ops.cfg.remember_days) * 86_400));
         // For the first code only: a refused one changed the row.

@@ -129,7 +129,18 @@ pub trait PgClient: Send {
     /// Run one query with `params`; its rows, each a value per column in
     /// the order of the select list.
     fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Value>>, PgError> {
-        match one(self.pipeline(&[Stmt::Query(sql, params)]))? {
+        self.query_within(sql, params, None)
+    }
+
+    /// [`query`](Self::query), answered within `limit` as
+    /// [`pipeline_within`](Self::pipeline_within) says.
+    fn query_within(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+        limit: Option<Duration>,
+    ) -> Result<Vec<Vec<Value>>, PgError> {
+        match one(self.pipeline_within(&[Stmt::Query(sql, params)], limit))? {
             Done::Rows(rows) => Ok(rows),
             _ => Err(mismatched()),
         }

@@ -201,19 +201,15 @@ impl PgStore {
     /// The schema version, 0 without one: one query, answered within
     /// `connect_timeout`.
     fn version(&mut self) -> Result<i64> {
-        let answer = self.client.pipeline_within(
-            &[Stmt::Query(
-                "SELECT value FROM crm2fa_meta WHERE key = 'schema_version'",
-                &[],
-            )],
+        let rows = match self.client.query_within(
+            "SELECT value FROM crm2fa_meta WHERE key = 'schema_version'",
+            &[],
             Some(self.answer_within),
-        );
-        let rows = match answer.into_iter().next() {
-            Some(Ok(Done::Rows(rows))) => rows,
+        ) {
+            Ok(rows) => rows,
             // undefined_table: no schema yet.
-            Some(Err(e)) if e.sqlstate.as_deref() == Some("42P01") => return Ok(0),
-            Some(Err(e)) => return Err(self.err(e)),
-            _ => return Err(self.err(super::pg::mismatched())),
+            Err(e) if e.sqlstate.as_deref() == Some("42P01") => return Ok(0),
+            Err(e) => return Err(self.err(e)),
         };
         match rows.first().and_then(|r| r.first()) {
             Some(Value::Text(t)) => t.parse().map_err(|_| {
