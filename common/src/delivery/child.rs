@@ -9,6 +9,12 @@
 //! a send that failed or took too long. When the caller's effective uid is
 //! 0 it runs with every uid and gid 0 and no supplementary groups, whoever
 //! the real user is (a setuid caller: su, polkit's helpers).
+//!
+//! A caller that ignores SIGCHLD (or sets `SA_NOCLDWAIT`) has its children
+//! reaped by the kernel, and the program's exit status would be lost: a
+//! message handed over would read as failed. While a program runs, such a
+//! caller's SIGCHLD is set to its default, as pam_unix does around its
+//! helper, then put back (a handler the caller set is left alone).
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -16,6 +22,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{ChildStderr, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -119,6 +126,7 @@ pub enum RunError {
 
 /// Run `job` to its end or its deadline.
 pub fn run(job: &Job<'_>) -> Result<Outcome, RunError> {
+    let _kept = ExitStatusKept::new();
     let mut command = Command::new(job.program);
     if let Some(arg0) = job.arg0 {
         command.arg0(arg0);
@@ -215,6 +223,73 @@ pub fn run(job: &Job<'_>) -> Result<Outcome, RunError> {
         .find(|l| !l.is_empty())
         .map(str::to_string);
     Ok(Outcome { ended, said })
+}
+
+/// While one exists, the exit status of this process's children is kept
+/// for it to read: a SIGCHLD that the caller ignores (or whose
+/// `SA_NOCLDWAIT` has the kernel reap them) is set to its default, and put
+/// back when the last one ends. Counted, for programs run at once by
+/// several threads.
+struct ExitStatusKept;
+
+/// How many [`ExitStatusKept`] there are, and the caller's SIGCHLD action
+/// to put back after the last (`None`: nothing was changed).
+static KEPT: Mutex<(usize, Option<libc::sigaction>)> = Mutex::new((0, None));
+
+impl ExitStatusKept {
+    fn new() -> ExitStatusKept {
+        let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.0 == 0 {
+            kept.1 = sigchld_action()
+                .filter(|old| {
+                    old.sa_sigaction == libc::SIG_IGN || old.sa_flags & libc::SA_NOCLDWAIT != 0
+                })
+                .filter(|_| set_sigchld(&default_action()));
+        }
+        kept.0 += 1;
+        ExitStatusKept
+    }
+}
+
+impl Drop for ExitStatusKept {
+    fn drop(&mut self) {
+        let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+        kept.0 -= 1;
+        if kept.0 == 0 {
+            if let Some(old) = kept.1.take() {
+                set_sigchld(&old);
+            }
+        }
+    }
+}
+
+/// SIGCHLD's default action: SIG_DFL, no flags, an empty mask.
+fn default_action() -> libc::sigaction {
+    #[allow(unsafe_code)]
+    // SAFETY: `sigaction` is a plain C struct; all zeroes is SIG_DFL (0)
+    // with no flags and an empty mask.
+    unsafe {
+        std::mem::zeroed()
+    }
+}
+
+/// The process's SIGCHLD action, read without changing it.
+fn sigchld_action() -> Option<libc::sigaction> {
+    let mut old = default_action();
+    #[allow(unsafe_code)]
+    // SAFETY: with a null new action, sigaction(2) only writes the current
+    // one into `old`, a valid `sigaction`.
+    let read = unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) };
+    (read == 0).then_some(old)
+}
+
+/// Set the process's SIGCHLD action to `action`; true if it was.
+fn set_sigchld(action: &libc::sigaction) -> bool {
+    #[allow(unsafe_code)]
+    // SAFETY: `action` is a valid `sigaction`, either the default or one
+    // that sigaction(2) itself returned; the old one is not asked for.
+    let set = unsafe { libc::sigaction(libc::SIGCHLD, action, std::ptr::null_mut()) };
+    set == 0
 }
 
 /// The caller's end of the program's standard input.
