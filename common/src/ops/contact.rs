@@ -1,7 +1,7 @@
 //! Where codes and notices go: contacts, a delivery channel as a factor,
 //! and the email that tells a user their 2FA was changed.
 use super::Ops;
-use crate::audit::Fact;
+use crate::audit::{AuditEntry, Fact};
 use crate::codes::{self, Code};
 use crate::delivery::{self, Channel, Message, Sender};
 use crate::error::{Error, Result};
@@ -118,16 +118,25 @@ impl Ops<'_> {
             None => None,
         };
         let salt = codes::new_salt();
-        for (channel, to) in [(Channel::Email, email), (Channel::Sms, phone)] {
-            let Some(to) = to else { continue };
-            let fact = Fact::ContactSet {
-                channel,
-                to: to.as_deref().map(|t| delivery::mask(channel, t)),
-            };
-            let audit = self.entry(now, user, &fact);
-            self.store
-                .set_contact(user, channel, to.as_deref(), &salt, now, &audit)?;
-            self.log.entry(&audit);
+        let changes: Vec<(Channel, Option<String>, AuditEntry)> =
+            [(Channel::Email, email), (Channel::Sms, phone)]
+                .into_iter()
+                .filter_map(|(channel, to)| {
+                    let to = to?;
+                    let fact = Fact::ContactSet {
+                        channel,
+                        to: to.as_deref().map(|t| delivery::mask(channel, t)),
+                    };
+                    Some((channel, to, self.entry(now, user, &fact)))
+                })
+                .collect();
+        let all: Vec<(Channel, Option<&str>, &AuditEntry)> = changes
+            .iter()
+            .map(|(channel, to, audit)| (*channel, to.as_deref(), audit))
+            .collect();
+        self.store.set_contacts(user, &all, &salt, now)?;
+        for (_, _, audit) in &changes {
+            self.log.entry(audit);
         }
         Ok(())
     }

@@ -1077,18 +1077,33 @@ impl dyn Store + '_ {
         now: i64,
         audit: &AuditEntry,
     ) -> Result<()> {
+        self.set_contacts(name, &[(channel, to, audit)], code_salt_if_new, now)
+    }
+
+    /// [`Store::set_contact`] for each of `changes` (a channel, its new
+    /// contact, the audit row), all or none in one transaction.
+    pub fn set_contacts(
+        &mut self,
+        name: &str,
+        changes: &[(Channel, Option<&str>, &AuditEntry)],
+        code_salt_if_new: &[u8],
+        now: i64,
+    ) -> Result<()> {
         self.write(Durability::Full, |tx| {
             tx.insert_user(name, code_salt_if_new, now)?;
             let before = tx.lock_user(name)?;
-            tx.set_contact(name, channel, to, now)?;
-            if before.as_ref().and_then(|u| u.contact(channel)) != to {
-                void_sent_codes(tx, channel, name, now)?;
+            for &(channel, to, audit) in changes {
+                tx.set_contact(name, channel, to, now)?;
+                if before.as_ref().and_then(|u| u.contact(channel)) != to {
+                    void_sent_codes(tx, channel, name, now)?;
+                }
+                if to.is_none() && before.as_ref().and_then(|u| u.delivery) == Some(channel) {
+                    // Nowhere to send them: the channel is no factor any more.
+                    tx.set_delivery(name, None, now)?;
+                }
+                tx.insert_audit(audit)?;
             }
-            if to.is_none() && before.and_then(|u| u.delivery) == Some(channel) {
-                // Nowhere to send them: the channel is no factor any more.
-                tx.set_delivery(name, None, now)?;
-            }
-            tx.insert_audit(audit)
+            Ok(())
         })
     }
 

@@ -1206,6 +1206,73 @@ mod tests {
     }
 
     #[test]
+    fn contacts_set_together_are_set_all_or_none() {
+        use crate::audit::AuditFilter;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("db");
+        let mut store = SqliteStore::create(&p).unwrap();
+        let s: &mut dyn Store = &mut store;
+        let ctx = AuditCtx {
+            host: "h".into(),
+            service: "s".into(),
+            rhost: String::new(),
+        };
+        let set = |channel, to: &str| {
+            ctx.entry(
+                1,
+                "u",
+                &Fact::ContactSet {
+                    channel,
+                    to: Some(to.into()),
+                },
+            )
+        };
+        let salt = crate::codes::new_salt();
+        let (email, phone) = (set(Channel::Email, "a"), set(Channel::Sms, "p"));
+        s.set_contacts(
+            "u",
+            &[
+                (Channel::Email, Some("a@example.com"), &email),
+                (Channel::Sms, Some("+15550100"), &phone),
+            ],
+            &salt,
+            1,
+        )
+        .unwrap();
+        let u = s.user("u").unwrap().unwrap();
+        assert_eq!(
+            (u.email.as_deref(), u.phone.as_deref()),
+            (Some("a@example.com"), Some("+15550100"))
+        );
+        // The second change fails in the store: the first is not kept.
+        let conn = Connection::open(&p).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER no_phone BEFORE UPDATE OF phone ON users
+             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .unwrap();
+        drop(conn);
+        let err = s
+            .set_contacts(
+                "u",
+                &[
+                    (Channel::Email, Some("b@example.com"), &email),
+                    (Channel::Sms, Some("+15550101"), &phone),
+                ],
+                &salt,
+                2,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("refused"), "{err}");
+        let u = s.user("u").unwrap().unwrap();
+        assert_eq!(
+            (u.email.as_deref(), u.phone.as_deref()),
+            (Some("a@example.com"), Some("+15550100"))
+        );
+        assert_eq!(s.audit(&AuditFilter::default()).unwrap().len(), 2);
+    }
+
+    #[test]
     fn corrupt_store_is_an_error_naming_the_file() {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
