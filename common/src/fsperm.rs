@@ -112,6 +112,9 @@ pub fn check_with_siblings(
     secrecy: Secrecy,
 ) -> Result<(std::fs::Metadata, Vec<bool>)> {
     let meta = look_trusted(path, secrecy)?;
+    if !suffixes.is_empty() {
+        check_no_one_else_adds_beside(path)?;
+    }
     let present = suffixes
         .iter()
         .map(|suffix| {
@@ -200,6 +203,34 @@ pub fn check_parent_dirs(path: &Path) -> Result<()> {
             ));
         }
         dir = d.parent();
+    }
+    Ok(())
+}
+
+/// The directory holding `path` lets no one but its owner (root, see
+/// [`check_parent_dirs`]) add files: not even a sticky one, such as /tmp,
+/// where another user may create a name beside `path` that a program
+/// later opens as its own (SQLite's `-wal` and `-shm` files).
+pub fn check_no_one_else_adds_beside(path: &Path) -> Result<()> {
+    let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    let meta = std::fs::metadata(d).map_err(|e| Error::io(d, e))?;
+    if meta.mode() & 0o022 != 0 {
+        return Err(Error::Permissions {
+            path: d.into(),
+            problem: format!(
+                "has mode {:04o}: other users can create files beside {} (its -wal and -shm \
+                 files)",
+                meta.mode() & 0o7777,
+                path.display()
+            ),
+            fix: format!(
+                "keep {} in a directory of its own that only root writes, such as \
+                 /var/lib/crm2fa",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            ),
+        });
     }
     Ok(())
 }

@@ -226,6 +226,7 @@ impl SqliteStore {
             if let Some(dir) = path.parent() {
                 fsperm::ensure_dir(dir, 0o700)?;
             }
+            fsperm::check_no_one_else_adds_beside(path)?;
             fsperm::create_private_file(path, b"")?;
         }
         SqliteStore::open(path)
@@ -1270,6 +1271,38 @@ mod tests {
             (Some("a@example.com"), Some("+15550100"))
         );
         assert_eq!(s.audit(&AuditFilter::default()).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_store_is_refused_in_a_directory_where_others_can_add_files() {
+        use std::os::unix::fs::PermissionsExt;
+        // The ownership checks refuse a directory root does not own.
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let shared = d.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        // As /tmp: sticky, and anyone may create a name in it.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let p = shared.join("crm2fa.db");
+        let Err(err) = SqliteStore::create(&p) else {
+            panic!("a store made in a shared directory")
+        };
+        assert!(
+            matches!(&err, Error::Permissions { path, .. } if path == &shared),
+            "{err}"
+        );
+        assert!(err.to_string().contains("-wal"), "{err}");
+        assert!(!p.exists(), "nothing is created there");
+        // Made elsewhere, then its directory opened to others: not opened.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o700)).unwrap();
+        drop(SqliteStore::create(&p).unwrap());
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let Err(err) = SqliteStore::open(&p) else {
+            panic!("a store opened in a shared directory")
+        };
+        assert!(matches!(err, Error::Permissions { .. }), "{err}");
     }
 
     #[test]
