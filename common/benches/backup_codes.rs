@@ -60,7 +60,7 @@ fn main() {
         log: &mut log,
         ctx: AuditCtx::default(),
     };
-    ops.begin_enrollment(&key, "bench", NOW, Origin::Admin)
+    ops.begin_enrollment(&key, "bench", NOW, Origin::Admin, None)
         .expect("enrol");
     let totp = TotpMatch {
         step: crm2fa_common::totp::step_at(&cfg.totp, NOW),

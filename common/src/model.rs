@@ -437,8 +437,34 @@ pub struct NewEnrollment<'a> {
     /// Replace a pending or active enrolment; otherwise only a user with no
     /// factor is enrolled.
     pub replace: bool,
+    /// The user's factors as whoever agreed to replace them saw them: the
+    /// enrolment is written only while they are still these (else
+    /// [`crate::Error::Changed`], and nothing is written). `None`: not
+    /// checked.
+    pub seen: Option<&'a SeenFactors>,
     /// Who makes it.
     pub origin: Origin,
+}
+
+/// A user's factors as an administrator saw them before agreeing to
+/// replace them (or seeing none, to replace nothing): the TOTP state and
+/// sealed secret, and the delivery channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenFactors {
+    state: TotpState,
+    secret: Option<Vec<u8>>,
+    delivery: Option<Channel>,
+}
+
+impl SeenFactors {
+    /// The factors of `record`; none for a user the store does not know.
+    pub fn of(record: Option<&UserRecord>) -> SeenFactors {
+        SeenFactors {
+            state: record.map_or(TotpState::None, |r| r.state),
+            secret: record.and_then(|r| r.secret.clone()),
+            delivery: record.and_then(|r| r.delivery),
+        }
+    }
 }
 
 /// The outcome of one login attempt.

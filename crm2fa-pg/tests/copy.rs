@@ -35,6 +35,7 @@ fn filled(dir: &tempfile::TempDir) -> Box<dyn Store> {
             backup_hashes: &hashes,
             sealed_codes: b"codes",
             replace: true,
+            seen: None,
             origin: Origin::Admin,
         };
         s.begin_enrollment(user, &new, NOW, &audit(user, Fact::Enrolled))

@@ -874,7 +874,7 @@ fn enroll_during_login(l: &mut Login<'_>) -> Result<Outcome, Error> {
     let user = l.user().to_string();
     let e = match l
         .ops
-        .begin_enrollment(&key, &user, l.req.now(), Origin::Login)
+        .begin_enrollment(&key, &user, l.req.now(), Origin::Login, None)
     {
         Ok(e) => e,
         // Enrolled by someone else since this login read the store.

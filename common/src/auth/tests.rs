@@ -166,7 +166,7 @@ fn enrolment(e: &mut Env, user: &str) -> ops::Enrollment {
         log: &mut e.log,
         ctx: AuditCtx::default(),
     };
-    ops.begin_enrollment(&e.key, user, NOW - 600, Origin::Admin)
+    ops.begin_enrollment(&e.key, user, NOW - 600, Origin::Admin, None)
         .unwrap()
 }
 
@@ -417,7 +417,7 @@ impl Conversation for Raced {
                 log: &mut log,
                 ctx: AuditCtx::default(),
             };
-            ops.begin_enrollment(&key, "gina", NOW, Origin::Admin)
+            ops.begin_enrollment(&key, "gina", NOW, Origin::Admin, None)
                 .unwrap();
         }
     }

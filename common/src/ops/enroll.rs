@@ -6,7 +6,7 @@ use crate::audit::Fact;
 use crate::codes::{self, Code};
 use crate::crypto::{HostKey, Secret};
 use crate::error::{Error, Result};
-use crate::model::{NewEnrollment, Origin, TotpMatch, TotpState};
+use crate::model::{NewEnrollment, Origin, SeenFactors, TotpMatch, TotpState};
 use crate::totp;
 
 /// A new, pending enrolment: what the user needs to set up their app.
@@ -84,7 +84,8 @@ impl Ops<'_> {
 
     /// Start a new TOTP enrolment for `user`, pending until a first valid
     /// code, with its backup codes made and hashed now, so activation costs
-    /// nothing. An administrator's enrolment replaces an existing factor; a
+    /// nothing. An administrator's enrolment replaces an existing factor,
+    /// only while it is still `seen` when given ([`Error::Changed`]); a
     /// login's never does ([`Error::AlreadyEnrolled`]).
     pub fn begin_enrollment(
         &mut self,
@@ -92,6 +93,7 @@ impl Ops<'_> {
         user: &str,
         now: i64,
         origin: Origin,
+        seen: Option<&SeenFactors>,
     ) -> Result<Enrollment> {
         let secret = Secret::random(totp::SECRET_LEN);
         let salt = match self.store.user(user)? {
@@ -115,6 +117,7 @@ impl Ops<'_> {
             backup_hashes: &hashes,
             sealed_codes: &sealed_codes,
             replace: origin == Origin::Admin,
+            seen,
             origin,
         };
         if !self.store.begin_enrollment(user, &new, now, &audit)? {

@@ -14,7 +14,7 @@ use crate::codes::{self, Code};
 use crate::config::TotpConfig;
 use crate::crypto::Secret;
 use crate::error::{Error, Result};
-use crate::model::{NewEnrollment, Origin};
+use crate::model::{NewEnrollment, Origin, SeenFactors};
 use crate::store::Imported;
 use crate::totp;
 
@@ -79,6 +79,9 @@ pub struct ImportPlan {
     pub backup_codes: usize,
     /// The newest step counted as used.
     pub last_step: i64,
+    /// The user's factors as read for this plan: the import replaces only
+    /// these (see [`NewEnrollment::seen`]).
+    pub seen: SeenFactors,
 }
 
 fn refuse(path: &Path, line: usize, message: impl Into<String>) -> Error {
@@ -386,24 +389,39 @@ impl Ops<'_> {
                 Ok(ImportPlan {
                     user: f.user.clone(),
                     replaces,
-                    voids_backup_codes: record.map_or(0, |r| r.unused_backup_codes),
+                    voids_backup_codes: record.as_ref().map_or(0, |r| r.unused_backup_codes),
                     backup_codes: f.backup_codes.len(),
                     last_step: f.last_step,
+                    seen: SeenFactors::of(record.as_ref()),
                 })
             })
             .collect()
     }
 
-    /// Import `factors` from `source`, all or none: each user's secret
-    /// becomes their active factor, with the old tool's single-use codes as
-    /// backup codes and its used steps still used.
+    /// Import `factors` from `source` as `plans` ([`Ops::plan_import`] of
+    /// them, what the administrator agreed to) say, all or none: each
+    /// user's secret becomes their active factor, with the old tool's
+    /// single-use codes as backup codes and its used steps still used. A
+    /// user whose factors changed since the plan was read:
+    /// [`Error::Changed`], and nothing is imported.
     pub fn import(
         &mut self,
         source: Source,
         factors: &[ImportedFactor],
+        plans: &[ImportPlan],
         now: i64,
-    ) -> Result<Vec<ImportPlan>> {
-        let plans = self.plan_import(factors)?;
+    ) -> Result<()> {
+        // A plan that is not these factors' plan was not agreed to either.
+        if let Some(f) = factors
+            .iter()
+            .enumerate()
+            .find(|&(i, f)| plans.get(i).is_none_or(|p| p.user != f.user))
+            .map(|(_, f)| f)
+        {
+            return Err(Error::Changed {
+                user: f.user.clone(),
+            });
+        }
         let key = self.key()?;
         struct Prepared {
             salt: Vec<u8>,
@@ -432,7 +450,8 @@ impl Ops<'_> {
         let imported: Vec<Imported<'_>> = factors
             .iter()
             .zip(&prepared)
-            .map(|(f, p)| Imported {
+            .zip(plans)
+            .map(|((f, p), plan)| Imported {
                 user: &f.user,
                 new: NewEnrollment {
                     sealed_secret: &p.sealed,
@@ -440,6 +459,7 @@ impl Ops<'_> {
                     backup_hashes: &p.hashes,
                     sealed_codes: b"",
                     replace: true,
+                    seen: Some(&plan.seen),
                     origin: Origin::Admin,
                 },
                 last_step: f.last_step,
@@ -450,7 +470,7 @@ impl Ops<'_> {
         for p in &prepared {
             self.log.entry(&p.audit);
         }
-        Ok(plans)
+        Ok(())
     }
 }
 

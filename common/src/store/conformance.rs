@@ -20,8 +20,8 @@ use crate::config::LockoutConfig;
 use crate::delivery::{self, Channel};
 use crate::error::Error;
 use crate::model::{
-    Candidate, CodeKind, Factor, LockState, NewEnrollment, Origin, Snapshot, TotpMatch, TotpState,
-    UserRecord, UserRow, Verdict,
+    Candidate, CodeKind, Factor, LockState, NewEnrollment, Origin, SeenFactors, Snapshot,
+    TotpMatch, TotpState, UserRecord, UserRow, Verdict,
 };
 
 /// A store backend under test.
@@ -59,6 +59,7 @@ macro_rules! store_conformance {
             a_failed_statement_fails_the_whole_transaction,
             users_are_listed_by_name,
             an_import_is_active_with_its_history_all_or_none,
+            a_replacement_goes_ahead_only_over_the_factors_seen,
             a_host_is_remembered_on_success_and_forgotten_on_a_lock_reset_or_disable,
             a_new_factor_forgets_the_hosts_and_sent_codes_of_the_old,
             the_code_salt_never_changes_and_a_stale_one_is_refused,
@@ -148,6 +149,7 @@ fn pending_with(s: &mut dyn Store, salt: &[u8], set: &[(Code, [u8; codes::HASH_L
         backup_hashes: &hashes,
         sealed_codes: b"sealed codes",
         replace: true,
+        seen: None,
         origin: Origin::Admin,
     };
     assert!(s
@@ -239,6 +241,7 @@ pub fn enrolment_without_replace_never_overwrites_a_factor(b: &dyn Backend) {
         backup_hashes: &[],
         sealed_codes: b"",
         replace: false,
+        seen: None,
         origin: Origin::Login,
     };
     assert!(!s
@@ -265,6 +268,7 @@ pub fn code_of_a_replaced_secret_is_refused(b: &dyn Backend) {
         backup_hashes: &[],
         sealed_codes: b"new codes",
         replace: true,
+        seen: None,
         origin: Origin::Admin,
     };
     s.begin_enrollment("u", &new, NOW, &audit(Fact::Enrolled))
@@ -661,6 +665,7 @@ pub fn enrolment_keeps_who_made_it(b: &dyn Backend) {
         backup_hashes: &[],
         sealed_codes: b"",
         replace: false,
+        seen: None,
         origin: Origin::Login,
     };
     assert!(s
@@ -813,6 +818,7 @@ pub fn the_code_salt_never_changes_and_a_stale_one_is_refused(b: &dyn Backend) {
         backup_hashes: &[],
         sealed_codes: b"",
         replace: true,
+        seen: None,
         origin: Origin::Admin,
     };
     let err = s
@@ -908,6 +914,67 @@ pub fn a_stale_lock_count_is_not_written(b: &dyn Backend) {
     assert_eq!(s.user("u").unwrap().unwrap().lock.failures, 7);
 }
 
+/// An enrolment or import agreed on over the factors seen replaces only
+/// those: one made meanwhile (by a login, another administrator or host)
+/// is kept, and nothing is written.
+pub fn a_replacement_goes_ahead_only_over_the_factors_seen(b: &dyn Backend) {
+    let mut s = b.open();
+    let salt = codes::new_salt();
+    let hashes: Vec<_> = codes::backup_set(2, &salt)
+        .iter()
+        .map(|(_, h)| *h)
+        .collect();
+    let saw_nothing = SeenFactors::of(None);
+    let new = |seen| NewEnrollment {
+        sealed_secret: b"new secret",
+        code_salt: &salt,
+        backup_hashes: &hashes,
+        sealed_codes: b"sealed codes",
+        replace: true,
+        seen: Some(seen),
+        origin: Origin::Admin,
+    };
+    // Seen with no factor, enrolled meanwhile: kept.
+    pending_with(s.as_mut(), &salt, &codes::backup_set(1, &salt));
+    let before = s.user("u").unwrap().unwrap();
+    let enrolled = audit(Fact::Enrolled);
+    assert!(matches!(
+        s.begin_enrollment("u", &new(&saw_nothing), NOW, &enrolled),
+        Err(Error::Changed { .. })
+    ));
+    let entry = audit(Fact::Imported {
+        from: "oath",
+        backup_codes: 2,
+    });
+    let import = |seen| Imported {
+        user: "u",
+        new: new(seen),
+        last_step: 5,
+        audit: &entry,
+    };
+    assert!(matches!(
+        s.import(&[import(&saw_nothing)], NOW),
+        Err(Error::Changed { .. })
+    ));
+    assert_eq!(s.user("u").unwrap().unwrap(), before);
+    // Seen as it is: replaced.
+    let seen = SeenFactors::of(Some(&before));
+    assert!(s
+        .begin_enrollment("u", &new(&seen), NOW, &enrolled)
+        .unwrap());
+    let after = s.user("u").unwrap().unwrap();
+    assert_eq!(after.secret.as_deref(), Some(&b"new secret"[..]));
+    // The factors changed since `seen` (the new secret): the import is
+    // refused; over what is there now, it goes ahead.
+    assert!(matches!(
+        s.import(&[import(&seen)], NOW),
+        Err(Error::Changed { .. })
+    ));
+    s.import(&[import(&SeenFactors::of(Some(&after)))], NOW)
+        .unwrap();
+    assert_eq!(s.user("u").unwrap().unwrap().state, TotpState::Active);
+}
+
 /// An import makes the secret active at once with every step up to
 /// `last_step` used and its codes usable; several users go in together
 /// or not at all.
@@ -926,6 +993,7 @@ pub fn an_import_is_active_with_its_history_all_or_none(b: &dyn Backend) {
         backup_hashes: &[],
         sealed_codes: b"",
         replace: true,
+        seen: None,
         origin: Origin::Admin,
     };
     let stale: &'static [u8] = Box::leak(codes::new_salt().into_boxed_slice());
@@ -1257,6 +1325,7 @@ pub fn parallel_enrolments_keep_one_factor(b: &dyn Backend) {
                     backup_hashes: &[],
                     sealed_codes: b"",
                     replace: false,
+                    seen: None,
                     origin: Origin::Login,
                 };
                 gate.wait();

@@ -20,8 +20,8 @@ use crate::config::{LockoutConfig, StoreConfig};
 use crate::delivery::Channel;
 use crate::error::{Error, Result};
 use crate::model::{
-    Candidate, CodeKind, Factor, LockState, NewEnrollment, Snapshot, StoredCode, TotpMatch,
-    TotpState, UserRecord, Verdict,
+    Candidate, CodeKind, Factor, LockState, NewEnrollment, SeenFactors, Snapshot, StoredCode,
+    TotpMatch, TotpState, UserRecord, Verdict,
 };
 
 #[cfg(any(test, feature = "conformance"))]
@@ -523,6 +523,17 @@ fn replace_codes(
 
 /// Lock the user's row; [`Error::Changed`] unless codes hashed with `salt`
 /// are theirs to keep (the salt was read, or made, before the transaction).
+/// [`Error::Changed`] unless `user`'s factors are still those `new` was
+/// agreed on over ([`NewEnrollment::seen`]).
+fn ensure_seen(user: &UserRecord, new: &NewEnrollment<'_>) -> Result<()> {
+    match new.seen {
+        Some(seen) if *seen != SeenFactors::of(Some(user)) => Err(Error::Changed {
+            user: user.name.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn lock_with_salt(tx: &mut dyn Tx, name: &str, salt: &[u8]) -> Result<UserRecord> {
     match tx.lock_user(name)? {
         Some(u) if u.code_salt == salt => Ok(u),
@@ -751,7 +762,8 @@ impl dyn Store + '_ {
     ) -> Result<bool> {
         self.write(Durability::Full, |tx| {
             tx.insert_user(name, new.code_salt, now)?;
-            lock_with_salt(tx, name, new.code_salt)?;
+            let user = lock_with_salt(tx, name, new.code_salt)?;
+            ensure_seen(&user, new)?;
             if !tx.set_enrollment(name, new, now)? {
                 return Ok(false);
             }
@@ -933,7 +945,8 @@ impl dyn Store + '_ {
         self.write(Durability::Full, |tx| {
             for f in factors {
                 tx.insert_user(f.user, f.new.code_salt, now)?;
-                lock_with_salt(tx, f.user, f.new.code_salt)?;
+                let user = lock_with_salt(tx, f.user, f.new.code_salt)?;
+                ensure_seen(&user, &f.new)?;
                 if !tx.set_enrollment(f.user, &f.new, now)?
                     || !tx.activate(f.user, f.last_step, now)?
                 {

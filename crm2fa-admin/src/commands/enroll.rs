@@ -3,7 +3,7 @@ use std::io::{self, Write};
 
 use crm2fa_common::codes::Code;
 use crm2fa_common::delivery::Channel;
-use crm2fa_common::model::{Origin, TotpState};
+use crm2fa_common::model::{Origin, SeenFactors, TotpState};
 use crm2fa_common::qr::{self, QrStyle};
 use crm2fa_common::Error;
 use serde::Serialize;
@@ -160,6 +160,9 @@ pub(super) fn enroll(
         && record
             .as_ref()
             .is_some_and(|r| r.state == TotpState::Pending);
+    // What the question below asked about (or found nothing to ask about):
+    // the new secret replaces only that.
+    let seen = SeenFactors::of(record.as_ref());
     if let Some(r) = record.filter(|_| !confirm_pending) {
         let factor = match (r.state, r.delivery) {
             (TotpState::None, Some(c)) => Some(format!("an {} factor", c.label())),
@@ -178,7 +181,7 @@ pub(super) fn enroll(
     let e = if confirm_pending {
         ops.pending_enrollment(&key, user)?
     } else {
-        ops.begin_enrollment(&key, user, now, Origin::Admin)?
+        ops.begin_enrollment(&key, user, now, Origin::Admin, Some(&seen))?
     };
     let setup = SetupReport {
         user: user.into(),

@@ -163,13 +163,10 @@ pub(super) fn import(
         }
     }
     let now = ctx.now;
-    let plans = if dry_run {
-        ctx.ops().plan_import(&factors)?
-    } else {
-        let replaced: Vec<String> = ctx
-            .ops()
-            .plan_import(&factors)?
-            .into_iter()
+    let plans = ctx.ops().plan_import(&factors)?;
+    if !dry_run {
+        let replaced: Vec<String> = plans
+            .iter()
             .filter_map(|p| {
                 let mut what: Vec<String> = p
                     .replaces
@@ -185,8 +182,10 @@ pub(super) fn import(
         if !replaced.is_empty() {
             ctx.confirm(&format!("This replaces {}", replaced.join("; ")))?;
         }
-        ctx.ops().import(kind, &factors, now)?
-    };
+        // Only what was shown: a user whose factors changed since is not
+        // imported over (nothing is).
+        ctx.ops().import(kind, &factors, &plans, now)?;
+    }
     Done::ok(report(kind, file, dry_run, plans))
 }
 
