@@ -8,24 +8,81 @@ use std::time::Duration;
 
 use crm2fa_common::config::{EmailConfig, Tls};
 use crm2fa_common::delivery::{mask_email, Message};
+use lettre::address::Envelope;
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls as SmtpTls, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
-use lettre::{SmtpTransport, Transport};
+use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
+use lettre::transport::smtp::client::{SmtpConnection, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, MailBodyParameter, MailParameter};
 
 use crate::{secret, Failure};
 
 /// Send `msg` as [email] says; each network step may take `timeout`.
+///
+/// Until the message's last line is written, a failure means it was not
+/// sent. After that, only the server's answer says whether it took the
+/// message: a refusal is [`Failure::NotSent`], but no answer (a timeout, a
+/// connection dropped) is [`Failure::Unconfirmed`], since the server may
+/// have queued it already.
 pub(crate) fn send(cfg: &EmailConfig, timeout: Duration, msg: &Message) -> Result<(), Failure> {
     let server = format!("{}:{}", cfg.smtp_host, cfg.smtp_port);
+    let not_sent =
+        |e: lettre::transport::smtp::Error| Failure::NotSent(reason(&e, &server, timeout, cfg));
     let email = build(cfg, msg)?;
-    let transport = transport(cfg, timeout)?;
-    transport
-        .send(&email)
-        .map(drop)
-        .map_err(|e| Failure::NotSent(reason(&e, &server, timeout, cfg)))
+    let session = Session::new(cfg, timeout)?;
+    let mut conn = session.connect().map_err(not_sent)?;
+    let envelope = email.envelope();
+    let body = email.formatted();
+    if let Err(e) = begin_data(&mut conn, envelope, &body) {
+        conn.abort();
+        return Err(not_sent(e));
+    }
+    match conn.message(&body) {
+        Ok(_) => {
+            conn.abort();
+            Ok(())
+        }
+        Err(e) => {
+            conn.abort();
+            if e.status().is_some() {
+                Err(not_sent(e))
+            } else {
+                Err(Failure::Unconfirmed(format!(
+                    "the message went to the mail server {server}, which did not confirm \
+                     it: {}",
+                    reason(&e, &server, timeout, cfg)
+                )))
+            }
+        }
+    }
+}
+
+/// MAIL, RCPT and DATA, as lettre's own send does them: after these the
+/// server waits for the message.
+fn begin_data(
+    conn: &mut SmtpConnection,
+    envelope: &Envelope,
+    body: &[u8],
+) -> Result<(), lettre::transport::smtp::Error> {
+    let mut options = vec![];
+    let non_ascii = envelope
+        .from()
+        .into_iter()
+        .chain(envelope.to())
+        .any(|a| !a.to_string().is_ascii());
+    if non_ascii {
+        options.push(MailParameter::SmtpUtfEight);
+    }
+    if !body.is_ascii() {
+        options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    conn.command(Mail::new(envelope.from().cloned(), options))?;
+    for to in envelope.to() {
+        conn.command(Rcpt::new(to.clone(), vec![]))?;
+    }
+    conn.command(Data)?;
+    Ok(())
 }
 
 /// The message: From, To, Subject, a plain-text body, Date and Message-ID.
@@ -83,39 +140,83 @@ fn message_id() -> String {
     )
 }
 
-fn transport(cfg: &EmailConfig, timeout: Duration) -> Result<SmtpTransport, Failure> {
-    let tls_params = || {
-        TlsParameters::builder(cfg.smtp_host.clone())
-            .build_rustls()
-            .map_err(|e| Failure::Config(format!("[email] tls: cannot set up TLS: {e}")))
-    };
-    let tls = match cfg.tls {
-        Tls::None => SmtpTls::None,
-        Tls::Starttls => SmtpTls::Required(tls_params()?),
-        Tls::Tls => SmtpTls::Wrapper(tls_params()?),
-    };
-    let mut builder = SmtpTransport::builder_dangerous(cfg.smtp_host.as_str())
-        .port(cfg.smtp_port)
-        .tls(tls)
-        .timeout(Some(timeout));
-    if let Some(name) = hostname() {
-        builder = builder.hello_name(ClientId::Domain(name));
+/// How to reach the mail server: [email] as a connection's settings.
+struct Session {
+    host: String,
+    port: u16,
+    timeout: Duration,
+    tls: Tls,
+    tls_params: Option<TlsParameters>,
+    hello: ClientId,
+    credentials: Option<Credentials>,
+}
+
+impl Session {
+    fn new(cfg: &EmailConfig, timeout: Duration) -> Result<Session, Failure> {
+        let tls_params = match cfg.tls {
+            Tls::None => None,
+            Tls::Starttls | Tls::Tls => Some(
+                TlsParameters::builder(cfg.smtp_host.clone())
+                    .build_rustls()
+                    .map_err(|e| Failure::Config(format!("[email] tls: cannot set up TLS: {e}")))?,
+            ),
+        };
+        let credentials = if cfg.username.is_empty() {
+            None
+        } else {
+            let path = cfg.password_file.as_ref().ok_or_else(|| {
+                Failure::Config(
+                    "[email] username is set but password_file is not: name the root-only \
+                     file that holds the SMTP password"
+                        .into(),
+                )
+            })?;
+            let password = secret::read_file(path, "[email] password_file")?;
+            Some(Credentials::new(
+                cfg.username.clone(),
+                password.as_str().to_owned(),
+            ))
+        };
+        Ok(Session {
+            host: cfg.smtp_host.clone(),
+            port: cfg.smtp_port,
+            timeout,
+            tls: cfg.tls,
+            tls_params,
+            hello: hostname().map_or_else(ClientId::default, ClientId::Domain),
+            credentials,
+        })
     }
-    if !cfg.username.is_empty() {
-        let path = cfg.password_file.as_ref().ok_or_else(|| {
-            Failure::Config(
-                "[email] username is set but password_file is not: name the root-only file \
-                 that holds the SMTP password"
-                    .into(),
-            )
-        })?;
-        let password = secret::read_file(path, "[email] password_file")?;
-        builder = builder.credentials(Credentials::new(
-            cfg.username.clone(),
-            password.as_str().to_owned(),
-        ));
+
+    /// Connected, greeted, encrypted as [email] tls says (STARTTLS is
+    /// never skipped), logged in when a username is set: as lettre's
+    /// transport connects.
+    fn connect(&self) -> Result<SmtpConnection, lettre::transport::smtp::Error> {
+        let wrapper = match self.tls {
+            Tls::Tls => self.tls_params.as_ref(),
+            Tls::None | Tls::Starttls => None,
+        };
+        let mut conn = SmtpConnection::connect(
+            (self.host.as_str(), self.port),
+            Some(self.timeout),
+            &self.hello,
+            wrapper,
+            None,
+        )?;
+        if let (Tls::Starttls, Some(params)) = (self.tls, &self.tls_params) {
+            if let Err(e) = conn.starttls(params, &self.hello) {
+                conn.abort();
+                return Err(e);
+            }
+        }
+        if let Some(credentials) = &self.credentials {
+            if let Err(e) = conn.auth(DEFAULT_MECHANISMS, credentials) {
+                conn.abort();
+                return Err(e);
+            }
+        }
+        Ok(conn)
     }
-    Ok(builder.build())
 }
 
 /// The first I/O error under `e`, if any.

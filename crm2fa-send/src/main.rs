@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crm2fa_common::config::{self, Config};
-use crm2fa_common::delivery::{Channel, Message, EXIT_NOT_SENT, EXIT_USAGE};
+use crm2fa_common::delivery::{Channel, Message, EXIT_NOT_SENT, EXIT_UNCONFIRMED, EXIT_USAGE};
 use zeroize::Zeroizing;
 
 mod email;
@@ -40,7 +40,9 @@ Options:
   --version       the version
 
 Exit status: 0 handed to the mail server or the SMS gateway, 1 not sent,
-2 bad usage or configuration. The first line of standard error says why.
+2 bad usage or configuration, 3 sent but not confirmed (the mail server
+did not answer after the message: it may arrive). The first line of
+standard error says why.
 The PAM module runs it; by hand it helps to check a configuration.
 ";
 
@@ -61,6 +63,10 @@ pub(crate) enum Failure {
     /// message (exit 1).
     #[error("{0}")]
     NotSent(String),
+    /// The message went out, but the server's answer never came (exit 3):
+    /// it may still arrive.
+    #[error("{0}")]
+    Unconfirmed(String),
 }
 
 impl Failure {
@@ -68,6 +74,7 @@ impl Failure {
         let code = match self {
             Failure::Usage(_) | Failure::Config(_) | Failure::Input(_) => EXIT_USAGE,
             Failure::NotSent(_) => EXIT_NOT_SENT,
+            Failure::Unconfirmed(_) => EXIT_UNCONFIRMED,
         };
         u8::try_from(code).unwrap_or(1)
     }
@@ -81,6 +88,7 @@ impl Failure {
             Failure::Config(s) => Failure::Config(clean(s)),
             Failure::Input(s) => Failure::Input(clean(s)),
             Failure::NotSent(s) => Failure::NotSent(clean(s)),
+            Failure::Unconfirmed(s) => Failure::Unconfirmed(clean(s)),
         }
     }
 }

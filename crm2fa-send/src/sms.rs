@@ -85,22 +85,28 @@ fn command(argv: &[String], timeout: Duration, msg: &Message) -> Result<(), Fail
             Failure::NotSent(format!("cannot wait for the SMS command: {}", plain_io(&e)))
         }
     })?;
-    let how = match outcome.ended {
+    // Stopped or killed before it said: it may have sent the SMS.
+    let (how, unconfirmed) = match outcome.ended {
         Ended::Exited(0) => return Ok(()),
         Ended::TimedOut => {
-            return Err(Failure::NotSent(format!(
+            return Err(Failure::Unconfirmed(format!(
                 "the SMS command did not finish within {:.1} s and was stopped",
                 timeout.as_secs_f64()
             )))
         }
-        Ended::Exited(code) => format!("the SMS command exited with status {code}"),
-        Ended::Killed(Some(sig)) => format!("the SMS command was killed by signal {sig}"),
-        Ended::Killed(None) => "the SMS command failed".to_string(),
+        Ended::Exited(code) => (format!("the SMS command exited with status {code}"), false),
+        Ended::Killed(Some(sig)) => (format!("the SMS command was killed by signal {sig}"), true),
+        Ended::Killed(None) => ("the SMS command failed".to_string(), true),
     };
-    Err(Failure::NotSent(match outcome.said {
+    let why = match outcome.said {
         Some(line) => format!("{how}: {line}"),
         None => how,
-    }))
+    };
+    Err(if unconfirmed {
+        Failure::Unconfirmed(why)
+    } else {
+        Failure::NotSent(why)
+    })
 }
 
 /// `path` followed to the file it names, which must be root's and closed

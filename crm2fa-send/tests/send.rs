@@ -303,6 +303,87 @@ fn a_mail_server_that_never_answers_times_out() {
     drop(silent);
 }
 
+/// A mail server on 127.0.0.1 that speaks SMTP up to the end of the
+/// message, then gives `after_message` (nothing: it never answers) and
+/// holds the connection for 10 s: the port, and the bytes it was sent.
+fn scripted_smtp(after_message: Option<&'static str>) -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        let mut got = Vec::new();
+        let said = |conn: &mut std::net::TcpStream, line: &str| {
+            let _ = conn.write_all(format!("{line}\r\n").as_bytes());
+        };
+        said(&mut conn, "220 test ESMTP");
+        let mut buf = [0u8; 4096];
+        let mut in_data = false;
+        let mut pending = Vec::new();
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            pending.extend_from_slice(&buf[..n]);
+            if in_data {
+                if pending.ends_with(b"\r\n.\r\n") {
+                    if let Some(line) = after_message {
+                        said(&mut conn, line);
+                    }
+                    let _ = tx.send(got.clone());
+                    std::thread::sleep(Duration::from_secs(10));
+                    return;
+                }
+                continue;
+            }
+            while let Some(end) = pending.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&pending[..end]).to_uppercase();
+                pending.drain(..end + 2);
+                if line.starts_with("EHLO") {
+                    said(&mut conn, "250 test");
+                } else if line.starts_with("DATA") {
+                    said(&mut conn, "354 go on");
+                    in_data = true;
+                } else {
+                    said(&mut conn, "250 ok");
+                }
+            }
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn a_message_sent_whose_answer_never_comes_is_unconfirmed() {
+    let dir = Dir::new();
+    let (port, got) = scripted_smtp(None);
+    let config = dir.config(&format!(
+        "[delivery]\ntimeout = \"2s\"\n\n{}",
+        email_section_at(port, "")
+    ));
+    let run = send(&config, &message("email", "alice@example.com"));
+    run.failed(3, "did not confirm it");
+    assert!(run.stderr.contains("timed out"), "{run:?}");
+    let got = String::from_utf8_lossy(&got.recv_timeout(Duration::from_secs(5)).expect("data"))
+        .into_owned();
+    assert!(got.contains("Your code is"), "the message went out: {got}");
+}
+
+#[test]
+fn a_message_the_server_refuses_after_reading_it_is_not_sent() {
+    let dir = Dir::new();
+    let (port, _got) = scripted_smtp(Some("554 5.6.0 message refused"));
+    let config = dir.config(&format!(
+        "[delivery]\ntimeout = \"2s\"\n\n{}",
+        email_section_at(port, "")
+    ));
+    let run = send(&config, &message("email", "alice@example.com"));
+    run.failed(1, "refused the message for good: 554");
+}
+
 #[test]
 fn starttls_required_by_the_config_is_not_skipped_when_the_server_lacks_it() {
     let dir = Dir::new();
@@ -542,7 +623,8 @@ fn an_sms_command_that_hangs_is_stopped_after_the_timeout() {
         "[delivery]\ntimeout = \"1s\"\n\n[sms]\ncommand = [\"{}\"]\n",
         script.display()
     ));
-    send(&config, &message("sms", "+441234567890")).failed(1, "did not finish");
+    // It may have sent the SMS before it hung: not confirmed.
+    send(&config, &message("sms", "+441234567890")).failed(3, "did not finish");
 }
 
 #[test]
@@ -709,7 +791,7 @@ fn leading_its_group_its_own_timeout_stops_all_the_sms_command_started() {
     ));
     let mut cmd = send_command(&config, &[]);
     cmd.process_group(0);
-    run(cmd, message("sms", "+441234567890").to_string().as_bytes()).failed(1, "did not finish");
+    run(cmd, message("sms", "+441234567890").to_string().as_bytes()).failed(3, "did not finish");
     assert_eq!(left_in(&dir), Vec::<i32>::new(), "still running");
 }
 

@@ -212,6 +212,14 @@ pub enum Fact {
         /// Why, as the sending program said (never the code).
         reason: String,
     },
+    /// A code went to the sending program, which could not confirm that it
+    /// was handed over (it may still arrive): the code is kept.
+    SendUnconfirmed {
+        /// How.
+        channel: Channel,
+        /// Why, as the sending program said (never the code).
+        reason: String,
+    },
     /// A code was not sent: the resend limit is reached.
     SendLimited {
         /// How.
@@ -361,6 +369,14 @@ impl Fact {
                 Event::Send,
                 Outcome::Failure,
                 format!("code could not be sent by {}: {reason}", channel.label()),
+            ),
+            F::SendUnconfirmed { channel, reason } => (
+                Event::Send,
+                Outcome::Issued,
+                format!(
+                    "code sent by {}, delivery not confirmed (kept): {reason}",
+                    channel.label()
+                ),
             ),
             F::SendLimited { channel, until: t } => (
                 Event::Send,

@@ -11,7 +11,7 @@ use crate::audit::{AuditCtx, Fact, Logger};
 use crate::codes::Code;
 use crate::config::{Config, FailMode, Unenrolled};
 use crate::crypto::{HostKey, Secret};
-use crate::delivery::{self, Channel, Message, Sender};
+use crate::delivery::{self, Channel, Message, SendError, Sender};
 use crate::error::Error;
 use crate::model::{
     Candidate, CodeKind, Factor, Origin, TotpMatch, TotpState, UserRecord, Verdict,
@@ -618,7 +618,24 @@ fn send_code(l: &mut Login<'_>, record: &UserRecord, channel: Channel) -> Result
             ));
             Ok(Sent::Yes)
         }
-        Err(reason) => {
+        // It may arrive: the code is kept, and counts toward the resend
+        // limit as any code sent.
+        Err(SendError::Unconfirmed(reason)) => {
+            l.ops.log.entry(&audit);
+            l.record(Fact::SendUnconfirmed { channel, reason })?;
+            if !l.sent.contains(&channel) {
+                l.sent.push(channel);
+            }
+            let others = other_methods(l, record, channel);
+            l.conv.error(&format!(
+                "A code was sent by {} to {masked}, but its delivery was not confirmed. If it \
+                 arrives, type it (valid for {minutes} minute{}). {others}",
+                channel.label(),
+                if minutes == "1" { "" } else { "s" }
+            ));
+            Ok(Sent::Yes)
+        }
+        Err(SendError::NotSent(reason)) => {
             let failed = l
                 .ops
                 .entry(l.req.now(), &user, &Fact::SendFailed { channel, reason });

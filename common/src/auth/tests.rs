@@ -85,7 +85,7 @@ struct Env {
 #[derive(Debug, Default, Clone)]
 struct Outbox {
     sent: std::rc::Rc<std::cell::RefCell<Vec<Message>>>,
-    fail: Option<String>,
+    fail: Option<SendError>,
 }
 
 impl Outbox {
@@ -98,8 +98,13 @@ impl Outbox {
 }
 
 impl Sender for Outbox {
-    fn send(&mut self, msg: &Message) -> Result<(), String> {
+    fn send(&mut self, msg: &Message) -> Result<(), SendError> {
         match &self.fail {
+            // Unconfirmed: it may arrive all the same.
+            Some(e @ SendError::Unconfirmed(_)) => {
+                self.sent.borrow_mut().push(msg.clone());
+                Err(e.clone())
+            }
             Some(why) => Err(why.clone()),
             None => {
                 self.sent.borrow_mut().push(msg.clone());

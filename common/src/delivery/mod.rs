@@ -107,8 +107,28 @@ impl std::fmt::Debug for Message {
 /// Sends messages.
 pub trait Sender {
     /// Send `msg`; `Err` with the reason (never containing the code) when it
-    /// could not be handed over.
-    fn send(&mut self, msg: &Message) -> std::result::Result<(), String>;
+    /// was not handed over, or may not have been.
+    fn send(&mut self, msg: &Message) -> std::result::Result<(), SendError>;
+}
+
+/// Why a message is not known to be handed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// It was not: the mail server or gateway refused it, or could not be
+    /// reached; nothing will arrive.
+    NotSent(String),
+    /// It may have been: the sending program lost the server's answer
+    /// after the message went out (a timeout, a dropped connection), or
+    /// was stopped before it said. It may still arrive.
+    Unconfirmed(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::NotSent(why) | SendError::Unconfirmed(why) => f.write_str(why),
+        }
+    }
 }
 
 /// The sending program, run once per message: `PROGRAM --config CONFIG`,
@@ -135,6 +155,9 @@ pub const EXIT_SENT: i32 = 0;
 pub const EXIT_NOT_SENT: i32 = 1;
 /// Exit status of the sending program: bad usage or configuration.
 pub const EXIT_USAGE: i32 = 2;
+/// Exit status of the sending program: the message went out but the server
+/// did not confirm it (the reason on stderr); it may still arrive.
+pub const EXIT_UNCONFIRMED: i32 = 3;
 
 impl Program {
     /// The program `cfg` names, reading `cfg`'s own file.
@@ -146,17 +169,19 @@ impl Program {
         }
     }
 
-    fn run(&self, msg: &Message) -> std::result::Result<(), String> {
+    fn run(&self, msg: &Message) -> std::result::Result<(), SendError> {
         // It runs as root with a code in its input: it must be root's.
+        let not_sent = SendError::NotSent;
         fsperm::open_trusted(&self.path, Secrecy::NotWritableByOthers)
-            .map_err(|e| format!("will not run the sending program: {e}"))?;
+            .map_err(|e| not_sent(format!("will not run the sending program: {e}")))?;
         let input = zeroize::Zeroizing::new(
-            serde_json::to_vec(msg).map_err(|e| format!("cannot encode the message: {e}"))?,
+            serde_json::to_vec(msg)
+                .map_err(|e| not_sent(format!("cannot encode the message: {e}")))?,
         );
         // It runs in `/`: a config named relative to where the caller runs
         // is made absolute.
         let config = std::path::absolute(&self.config)
-            .map_err(|e| format!("cannot name {}: {e}", self.config.display()))?;
+            .map_err(|e| not_sent(format!("cannot name {}: {e}", self.config.display())))?;
         let outcome = child::run(&child::Job {
             program: &self.path,
             arg0: None,
@@ -168,30 +193,39 @@ impl Program {
             group: child::Group::Own,
         })
         .map_err(|e| match e {
-            child::RunError::Start(e) => format!("cannot run {}: {e}", self.path.display()),
-            child::RunError::Wait(e) => format!("cannot wait for {}: {e}", self.path.display()),
+            child::RunError::Start(e) => {
+                not_sent(format!("cannot run {}: {e}", self.path.display()))
+            }
+            // Started, and then not waited for: it may have sent it.
+            child::RunError::Wait(e) => {
+                SendError::Unconfirmed(format!("cannot wait for {}: {e}", self.path.display()))
+            }
         })?;
         // What crm2fa-send says on failure is the reason, worded for the log.
+        let program = self.path.display();
         Err(match (outcome.ended, outcome.said) {
             (child::Ended::Exited(EXIT_SENT), _) => return Ok(()),
-            (child::Ended::TimedOut, _) => format!(
-                "{} did not finish within {} s and was stopped",
-                self.path.display(),
+            // Stopped (or killed) before it said: it may have handed the
+            // message over.
+            (child::Ended::TimedOut, _) => SendError::Unconfirmed(format!(
+                "{program} did not finish within {} s and was stopped",
                 self.timeout.as_secs()
+            )),
+            (child::Ended::Killed(_), said) => SendError::Unconfirmed(
+                said.unwrap_or_else(|| format!("{program} was killed by a signal")),
             ),
-            (_, Some(said)) => said,
-            (child::Ended::Exited(c), None) => {
-                format!("{} exited with status {c}", self.path.display())
-            }
-            (child::Ended::Killed(_), None) => {
-                format!("{} was killed by a signal", self.path.display())
+            (child::Ended::Exited(EXIT_UNCONFIRMED), said) => SendError::Unconfirmed(
+                said.unwrap_or_else(|| format!("{program} could not confirm the send")),
+            ),
+            (child::Ended::Exited(c), said) => {
+                not_sent(said.unwrap_or_else(|| format!("{program} exited with status {c}")))
             }
         })
     }
 }
 
 impl Sender for Program {
-    fn send(&mut self, msg: &Message) -> std::result::Result<(), String> {
+    fn send(&mut self, msg: &Message) -> std::result::Result<(), SendError> {
         self.run(msg)
     }
 }
@@ -397,12 +431,27 @@ mod tests {
         );
         assert_eq!(
             p.send(&message()),
-            Err("no route to the mail server".into())
+            Err(SendError::NotSent("no route to the mail server".into()))
         );
         // Exits before reading its input: the write fails quietly.
-        let mut p = program(&dir, "exit 3", 10);
+        let mut p = program(&dir, "exit 4", 10);
         let e = p.send(&message()).unwrap_err();
-        assert!(e.ends_with("exited with status 3"), "{e}");
+        assert!(matches!(e, SendError::NotSent(_)), "{e:?}");
+        assert!(e.to_string().ends_with("exited with status 4"), "{e}");
+    }
+
+    #[test]
+    fn a_send_the_program_could_not_confirm_is_unconfirmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = program(&dir, "echo 'no answer after the message' >&2; exit 3", 10);
+        assert_eq!(
+            p.send(&message()),
+            Err(SendError::Unconfirmed("no answer after the message".into()))
+        );
+        let mut p = program(&dir, "kill -9 $$", 10);
+        let e = p.send(&message()).unwrap_err();
+        assert!(matches!(e, SendError::Unconfirmed(_)), "{e:?}");
+        assert!(e.to_string().ends_with("was killed by a signal"), "{e}");
     }
 
     #[test]
@@ -410,8 +459,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut p = program(&dir, "exec sleep 30", 1);
         let e = p.send(&message()).unwrap_err();
+        // It may have handed the message over before it hung.
+        assert!(matches!(e, SendError::Unconfirmed(_)), "{e:?}");
         assert!(
-            e.contains("did not finish within 1 s and was stopped"),
+            e.to_string()
+                .contains("did not finish within 1 s and was stopped"),
             "{e}"
         );
     }
@@ -461,7 +513,7 @@ mod tests {
         nap(&dir);
         let mut p = program(&dir, "\"${0%/*}/nap\" 30 &\nexec \"${0%/*}/nap\" 30", 1);
         let e = p.send(&message()).unwrap_err();
-        assert!(e.contains("did not finish"), "{e}");
+        assert!(e.to_string().contains("did not finish"), "{e}");
         assert_eq!(left_in(&dir), Vec::<i32>::new(), "still running");
     }
 
@@ -477,7 +529,10 @@ mod tests {
             5,
         );
         let started = Instant::now();
-        assert_eq!(p.send(&message()), Err("modem refused".into()));
+        assert_eq!(
+            p.send(&message()),
+            Err(SendError::NotSent("modem refused".into()))
+        );
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "{:?}",
@@ -495,7 +550,7 @@ mod tests {
         let e = p.send(&message()).unwrap_err();
         let took = started.elapsed();
         left_in(&dir);
-        assert!(e.ends_with("exited with status 1"), "{e}");
+        assert!(e.to_string().ends_with("exited with status 1"), "{e}");
         assert!(took < Duration::from_secs(4), "{took:?}");
     }
 
@@ -516,7 +571,9 @@ mod tests {
             );
             assert_eq!(
                 p.send(&message()),
-                Err("Uid: 0 0 0 0 Gid: 0 0 0 0 Groups:".into())
+                Err(SendError::NotSent(
+                    "Uid: 0 0 0 0 Gid: 0 0 0 0 Groups:".into()
+                ))
             );
             return;
         }
@@ -543,7 +600,11 @@ mod tests {
         let mut p = program(&dir, &format!("touch {}", out.display()), 10);
         std::fs::set_permissions(&p.path, std::fs::Permissions::from_mode(0o777)).unwrap();
         let e = p.send(&message()).unwrap_err();
-        assert!(e.starts_with("will not run the sending program"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("will not run the sending program"),
+            "{e}"
+        );
         assert!(!out.exists());
     }
 

@@ -3,7 +3,7 @@
 use super::Ops;
 use crate::audit::{AuditEntry, Fact};
 use crate::codes::{self, Code};
-use crate::delivery::{self, Channel, Message, Sender};
+use crate::delivery::{self, Channel, Message, SendError, Sender};
 use crate::error::{Error, Result};
 
 /// A change to a user's 2FA that they are told of by email.
@@ -231,13 +231,19 @@ impl Ops<'_> {
                     Notice::Sent(masked),
                 )
             }
-            Err(reason) => (
-                Fact::NoticeFailed {
-                    what,
-                    reason: reason.clone(),
-                },
-                Notice::Failed(reason),
-            ),
+            Err(e) => {
+                let reason = match e {
+                    SendError::NotSent(why) => why,
+                    SendError::Unconfirmed(why) => format!("{why} (it may still arrive)"),
+                };
+                (
+                    Fact::NoticeFailed {
+                        what,
+                        reason: reason.clone(),
+                    },
+                    Notice::Failed(reason),
+                )
+            }
         };
         self.record(now, user, &fact)?;
         Ok(notice)

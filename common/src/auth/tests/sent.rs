@@ -130,7 +130,9 @@ fn a_sent_code_expires_and_a_wrong_one_counts() {
 fn a_failed_send_says_so_offers_the_rest_and_counts_nothing() {
     let mut e = env_for("cat", &format!("{EMAIL}{SMS}"));
     by_channel(&mut e, "cat", Channel::Email);
-    e.sender.fail = Some("cannot connect to the mail server localhost:25".into());
+    e.sender.fail = Some(SendError::NotSent(
+        "cannot connect to the mail server localhost:25".into(),
+    ));
     let mut sc = Script::new(&[Some(""), Some(""), Some("")]);
     assert_eq!(login(&mut e, "cat", NOW, &mut sc), Outcome::AuthErr);
     assert_eq!(
@@ -154,6 +156,50 @@ fn a_failed_send_says_so_offers_the_rest_and_counts_nothing() {
             == "send failure code could not be sent by email: cannot connect to \
                                 the mail server localhost:25"),
         "{ev:?}"
+    );
+}
+
+#[test]
+fn a_send_not_confirmed_keeps_the_code_which_may_arrive_and_counts_it() {
+    let mut e = env_for("cid", &format!("{EMAIL}{SMS}"));
+    by_channel(&mut e, "cid", Channel::Email);
+    e.sender.fail = Some(SendError::Unconfirmed(
+        "the mail server did not confirm it".into(),
+    ));
+    let outbox = e.sender.clone();
+    // It arrived after all: the code works.
+    let mut sc = Script::new(&[Some(SENT)]).reading(&outbox);
+    assert_eq!(login(&mut e, "cid", NOW, &mut sc), Outcome::Success);
+    assert_eq!(
+        sc.errors,
+        vec![
+            "A code was sent by email to u***@example.com, but its delivery was not confirmed. \
+             If it arrives, type it (valid for 10 minutes). Enter a backup code, or type \
+             \"sms\" to get a code by SMS."
+        ]
+    );
+    let ev = events(&mut e, "cid");
+    assert!(
+        ev.iter().any(|l| l
+            == "send issued code sent by email, delivery not confirmed (kept): the mail server \
+                did not confirm it"),
+        "{ev:?}"
+    );
+    // Each counts toward the resend limit, as any code sent: the default
+    // allows 3 in 15 minutes.
+    for i in 1..=2 {
+        let mut sc = Script::new(&[Some("email"), Some("")]);
+        e.cfg.policy.prompts = 1;
+        login(&mut e, "cid", NOW + 60 * i, &mut sc);
+    }
+    let before = outbox.count();
+    let mut sc = Script::new(&[Some("email"), Some("")]);
+    login(&mut e, "cid", NOW + 200, &mut sc);
+    assert_eq!(outbox.count(), before, "limited: {:?}", sc.errors);
+    assert!(
+        sc.errors[0].starts_with("Too many codes were sent by email"),
+        "{:?}",
+        sc.errors
     );
 }
 
