@@ -34,28 +34,23 @@ pub(crate) fn send(cfg: &EmailConfig, timeout: Duration, msg: &Message) -> Resul
     let mut conn = session.connect().map_err(not_sent)?;
     let envelope = email.envelope();
     let body = email.formatted();
-    if let Err(e) = begin_data(&mut conn, envelope, &body) {
-        conn.abort();
-        return Err(not_sent(e));
-    }
-    match conn.message(&body) {
-        Ok(_) => {
-            conn.abort();
-            Ok(())
-        }
-        Err(e) => {
-            conn.abort();
-            if e.status().is_some() {
-                Err(not_sent(e))
-            } else {
-                Err(Failure::Unconfirmed(format!(
-                    "the message went to the mail server {server}, which did not confirm \
-                     it: {}",
-                    reason(&e, &server, timeout, cfg)
-                )))
-            }
-        }
-    }
+    let sent = begin_data(&mut conn, envelope, &body)
+        .map_err(not_sent)
+        .and_then(|()| {
+            conn.message(&body).map(drop).map_err(|e| {
+                if e.status().is_some() {
+                    not_sent(e)
+                } else {
+                    Failure::Unconfirmed(format!(
+                        "the message went to the mail server {server}, which did not confirm \
+                         it: {}",
+                        reason(&e, &server, timeout, cfg)
+                    ))
+                }
+            })
+        });
+    conn.abort();
+    sent
 }
 
 /// MAIL, RCPT and DATA, as lettre's own send does them: after these the
@@ -203,19 +198,22 @@ impl Session {
             wrapper,
             None,
         )?;
-        if let (Tls::Starttls, Some(params)) = (self.tls, &self.tls_params) {
-            if let Err(e) = conn.starttls(params, &self.hello) {
+        let mut secure_and_log_in = || {
+            if let (Tls::Starttls, Some(params)) = (self.tls, &self.tls_params) {
+                conn.starttls(params, &self.hello)?;
+            }
+            if let Some(credentials) = &self.credentials {
+                conn.auth(DEFAULT_MECHANISMS, credentials)?;
+            }
+            Ok(())
+        };
+        match secure_and_log_in() {
+            Ok(()) => Ok(conn),
+            Err(e) => {
                 conn.abort();
-                return Err(e);
+                Err(e)
             }
         }
-        if let Some(credentials) = &self.credentials {
-            if let Err(e) = conn.auth(DEFAULT_MECHANISMS, credentials) {
-                conn.abort();
-                return Err(e);
-            }
-        }
-        Ok(conn)
     }
 }
 

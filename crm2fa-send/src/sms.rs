@@ -85,24 +85,22 @@ fn command(argv: &[String], timeout: Duration, msg: &Message) -> Result<(), Fail
             Failure::NotSent(format!("cannot wait for the SMS command: {}", plain_io(&e)))
         }
     })?;
-    // Stopped or killed before it said: it may have sent the SMS.
-    let (how, unconfirmed) = match outcome.ended {
+    let how = match outcome.ended {
         Ended::Exited(0) => return Ok(()),
-        Ended::TimedOut => {
-            return Err(Failure::Unconfirmed(format!(
-                "the SMS command did not finish within {:.1} s and was stopped",
-                timeout.as_secs_f64()
-            )))
-        }
-        Ended::Exited(code) => (format!("the SMS command exited with status {code}"), false),
-        Ended::Killed(Some(sig)) => (format!("the SMS command was killed by signal {sig}"), true),
-        Ended::Killed(None) => ("the SMS command failed".to_string(), true),
+        Ended::TimedOut => format!(
+            "the SMS command did not finish within {:.1} s and was stopped",
+            timeout.as_secs_f64()
+        ),
+        Ended::Exited(code) => format!("the SMS command exited with status {code}"),
+        Ended::Killed(Some(sig)) => format!("the SMS command was killed by signal {sig}"),
+        Ended::Killed(None) => "the SMS command failed".to_string(),
     };
     let why = match outcome.said {
         Some(line) => format!("{how}: {line}"),
         None => how,
     };
-    Err(if unconfirmed {
+    // Stopped or killed before it said: it may have sent the SMS.
+    Err(if outcome.ended.cut_short() {
         Failure::Unconfirmed(why)
     } else {
         Failure::NotSent(why)

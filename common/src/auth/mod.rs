@@ -605,36 +605,9 @@ fn send_code(l: &mut Login<'_>, record: &UserRecord, channel: Channel) -> Result
             code: code.as_str().into(),
         },
     };
-    match l.sender.send(&msg) {
-        Ok(()) => {
-            l.ops.log.entry(&audit);
-            if !l.sent.contains(&channel) {
-                l.sent.push(channel);
-            }
-            l.conv.info(&format!(
-                "A code was sent by {} to {masked}. It is valid for {minutes} minute{}.",
-                channel.label(),
-                if minutes == "1" { "" } else { "s" }
-            ));
-            Ok(Sent::Yes)
-        }
-        // It may arrive: the code is kept, and counts toward the resend
-        // limit as any code sent.
-        Err(SendError::Unconfirmed(reason)) => {
-            l.ops.log.entry(&audit);
-            l.record(Fact::SendUnconfirmed { channel, reason })?;
-            if !l.sent.contains(&channel) {
-                l.sent.push(channel);
-            }
-            let others = other_methods(l, record, channel);
-            l.conv.error(&format!(
-                "A code was sent by {} to {masked}, but its delivery was not confirmed. If it \
-                 arrives, type it (valid for {minutes} minute{}). {others}",
-                channel.label(),
-                if minutes == "1" { "" } else { "s" }
-            ));
-            Ok(Sent::Yes)
-        }
+    let unconfirmed = match l.sender.send(&msg) {
+        Ok(()) => None,
+        Err(SendError::Unconfirmed(reason)) => Some(reason),
         Err(SendError::NotSent(reason)) => {
             let failed = l
                 .ops
@@ -646,9 +619,35 @@ fn send_code(l: &mut Login<'_>, record: &UserRecord, channel: Channel) -> Result
                 "The code could not be sent by {}. {others}",
                 channel.label()
             ));
-            Ok(Sent::No)
+            return Ok(Sent::No);
+        }
+    };
+    // It went out, or may have (it may still arrive): the code is kept, and
+    // counts toward the resend limit.
+    l.ops.log.entry(&audit);
+    if !l.sent.contains(&channel) {
+        l.sent.push(channel);
+    }
+    let valid = format!(
+        "valid for {minutes} minute{}",
+        if minutes == "1" { "" } else { "s" }
+    );
+    match unconfirmed {
+        None => l.conv.info(&format!(
+            "A code was sent by {} to {masked}. It is {valid}.",
+            channel.label()
+        )),
+        Some(reason) => {
+            l.record(Fact::SendUnconfirmed { channel, reason })?;
+            let others = other_methods(l, record, channel);
+            l.conv.error(&format!(
+                "A code was sent by {} to {masked}, but its delivery was not confirmed. If it \
+                 arrives, type it ({valid}). {others}",
+                channel.label()
+            ));
         }
     }
+    Ok(Sent::Yes)
 }
 
 /// The text of a code by SMS.

@@ -96,6 +96,14 @@ pub enum Ended {
     TimedOut,
 }
 
+impl Ended {
+    /// It did not end by itself (stopped at the deadline, or killed): what
+    /// it did before, such as handing a message over, is not known.
+    pub fn cut_short(self) -> bool {
+        matches!(self, Ended::TimedOut | Ended::Killed(_))
+    }
+}
+
 /// How it went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -240,11 +248,16 @@ impl ExitStatusKept {
     fn new() -> ExitStatusKept {
         let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
         if kept.0 == 0 {
-            kept.1 = sigchld_action()
-                .filter(|old| {
-                    old.sa_sigaction == libc::SIG_IGN || old.sa_flags & libc::SA_NOCLDWAIT != 0
-                })
-                .filter(|_| set_sigchld(&default_action()));
+            kept.1 = match sigchld_action() {
+                Some(old)
+                    if (old.sa_sigaction == libc::SIG_IGN
+                        || old.sa_flags & libc::SA_NOCLDWAIT != 0)
+                        && set_sigchld(&default_action()) =>
+                {
+                    Some(old)
+                }
+                _ => None,
+            };
         }
         kept.0 += 1;
         ExitStatusKept

@@ -201,26 +201,33 @@ impl Program {
                 SendError::Unconfirmed(format!("cannot wait for {}: {e}", self.path.display()))
             }
         })?;
+        let ended = outcome.ended;
+        if ended == child::Ended::Exited(EXIT_SENT) {
+            return Ok(());
+        }
         // What crm2fa-send says on failure is the reason, worded for the log.
         let program = self.path.display();
-        Err(match (outcome.ended, outcome.said) {
-            (child::Ended::Exited(EXIT_SENT), _) => return Ok(()),
-            // Stopped (or killed) before it said: it may have handed the
-            // message over.
-            (child::Ended::TimedOut, _) => SendError::Unconfirmed(format!(
+        let why = match (ended, outcome.said) {
+            (child::Ended::TimedOut, _) => format!(
                 "{program} did not finish within {} s and was stopped",
                 self.timeout.as_secs()
-            )),
-            (child::Ended::Killed(_), said) => SendError::Unconfirmed(
-                said.unwrap_or_else(|| format!("{program} was killed by a signal")),
             ),
-            (child::Ended::Exited(EXIT_UNCONFIRMED), said) => SendError::Unconfirmed(
-                said.unwrap_or_else(|| format!("{program} could not confirm the send")),
-            ),
-            (child::Ended::Exited(c), said) => {
-                not_sent(said.unwrap_or_else(|| format!("{program} exited with status {c}")))
+            (_, Some(said)) => said,
+            (child::Ended::Killed(_), None) => format!("{program} was killed by a signal"),
+            (child::Ended::Exited(EXIT_UNCONFIRMED), None) => {
+                format!("{program} could not confirm the send")
             }
-        })
+            (child::Ended::Exited(c), None) => format!("{program} exited with status {c}"),
+        };
+        // Stopped or killed before it said, or saying it could not tell:
+        // it may have handed the message over.
+        Err(
+            if ended.cut_short() || ended == child::Ended::Exited(EXIT_UNCONFIRMED) {
+                SendError::Unconfirmed(why)
+            } else {
+                not_sent(why)
+            },
+        )
     }
 }
 

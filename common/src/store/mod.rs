@@ -521,8 +521,6 @@ fn replace_codes(
     Ok(())
 }
 
-/// Lock the user's row; [`Error::Changed`] unless codes hashed with `salt`
-/// are theirs to keep (the salt was read, or made, before the transaction).
 /// [`Error::Changed`] unless `user`'s factors are still those `new` was
 /// agreed on over ([`NewEnrollment::seen`]).
 fn ensure_seen(user: &UserRecord, new: &NewEnrollment<'_>) -> Result<()> {
@@ -534,6 +532,8 @@ fn ensure_seen(user: &UserRecord, new: &NewEnrollment<'_>) -> Result<()> {
     }
 }
 
+/// Lock the user's row; [`Error::Changed`] unless codes hashed with `salt`
+/// are theirs to keep (the salt was read, or made, before the transaction).
 fn lock_with_salt(tx: &mut dyn Tx, name: &str, salt: &[u8]) -> Result<UserRecord> {
     match tx.lock_user(name)? {
         Some(u) if u.code_salt == salt => Ok(u),
