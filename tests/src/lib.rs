@@ -1081,20 +1081,37 @@ impl Sandbox {
             "crm2fad.{}.log",
             self.serial.fetch_add(1, Ordering::SeqCst)
         ));
+        // crm2fad looks accounts up from several threads at once, which
+        // nss_wrapper does not always survive (a name it knows is now and
+        // then not found). It runs instead as on a host, with glibc's own
+        // `files` module, in a mount namespace of its own where the
+        // sandbox's passwd and group files are bound over /etc's (a
+        // rewrite of them, in place, is seen there too). prlimit, unshare
+        // and the shell each run the next in their place: the pid is
+        // crm2fad's.
         let mut cmd = match files {
-            None => Command::new(daemon_path()),
+            None => Command::new("unshare"),
             Some(n) => {
-                // prlimit sets the limit on itself, then runs crm2fad in
-                // its place (the same pid).
                 let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}"))
-                    .arg("--")
-                    .arg(daemon_path());
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg("unshare");
                 c
             }
         };
-        cmd.arg("--socket").arg(&socket);
-        self.nss_env(&mut cmd);
+        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(
+                "mount --bind \"$1\" /etc/passwd && mount --bind \"$2\" /etc/group \
+                 && shift 2 && exec \"$@\"",
+            )
+            .arg("sh")
+            .arg(&self.passwd)
+            .arg(&self.group)
+            .arg(daemon_path())
+            .arg("--socket")
+            .arg(&socket);
+        cmd.env_remove("CRM2FA_CONFIG")
+            .env_remove("PAM_WRAPPER")
+            .env_remove("LD_PRELOAD")
+            .env("LC_ALL", "C.UTF-8");
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&stderr).expect("crm2fad log"));
