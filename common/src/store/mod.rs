@@ -85,7 +85,11 @@ pub trait Store: Send {
 ///
 /// Writes whose result is a `bool` are conditional: they report whether
 /// they changed a row, and that count is what decides (never a read made
-/// before them).
+/// before them). A store may report a code's consumption
+/// ([`Tx::consume_step`], [`Tx::consume_code`]) as made before it knows:
+/// if it was not, the transaction then fails with [`Error::Conflict`],
+/// nothing of it is written, and the body, run again ([`Store::write`]
+/// does), hears the true count.
 pub trait Tx {
     /// One user, if the store knows them, and their row locked against
     /// other writers until the transaction ends: what a write operation
@@ -827,9 +831,9 @@ impl dyn Store + '_ {
     /// [`redeem`](Self::redeem) by a login that read the user as `seen`
     /// before it asked for the code: the attempt is decided from `seen`
     /// while the row is locked, and stands only if the row is still
-    /// `seen` (on PostgreSQL the lock, the count and the code check then go
-    /// in one round trip). If the row changed meanwhile, the attempt is
-    /// made again from the row as it is, as `redeem` makes it.
+    /// `seen` (on PostgreSQL the whole write then goes in one round
+    /// trip). If the row changed meanwhile, the attempt is made again from
+    /// the row as it is, as `redeem` makes it.
     #[allow(clippy::too_many_arguments)]
     pub fn redeem_seen(
         &mut self,

@@ -13,9 +13,18 @@
 //! Round trips are what a login waits for, so statements that need no
 //! answer before the next one are sent with it ([`PgClient::pipeline`]):
 //! `BEGIN` goes with the transaction's first statement, and writes whose
-//! outcome nothing in the transaction reads (the success, the audit rows,
-//! the attempt's count) go with the next statement or the `COMMIT`. A write
-//! whose count must be checked is answered before the `COMMIT` is sent.
+//! outcome nothing in the transaction reads (the success, the audit rows)
+//! go with the next statement or the `COMMIT`. A statement whose outcome
+//! must hold for the transaction to stand (the user's row still as the
+//! login read it, the attempt's count made from the counters it read) is
+//! a *guard*: the server itself fails it, and with it the transaction,
+//! when it does not hold (a division by zero, [`GUARD_FAILED`]), so it too
+//! goes with the `COMMIT`, which then rolls back. A code's consumption is
+//! such a guard as well, reported as made, unless the transaction is run
+//! again after a conflict: then its count is answered before anything is
+//! decided from it. A TOTP login's write is thus one round trip (the lock,
+//! the row's check, the count, the step, the success, the audit and the
+//! `COMMIT`), and a code already used costs a second transaction.
 //!
 //! The schema is versioned in `crm2fa_meta`; [`PgStore::create`] (run by
 //! `crm2fa-admin init`, as a role that may create tables) creates or
@@ -123,6 +132,10 @@ pub struct PgStore {
     /// The next read transaction is the first of a login on a kept
     /// session: each of its answers must come within `answer_within`.
     first_read: bool,
+    /// The last write transaction failed on a concurrent change (or a
+    /// code already used): the next, which runs its body again, hears the
+    /// count of each code's consumption before it decides from it.
+    careful: bool,
 }
 
 /// How long a session kept between logins trusts the schema version it
@@ -191,6 +204,7 @@ impl PgStore {
             checked: std::time::Instant::now(),
             answer_within: target.connect_timeout,
             first_read: false,
+            careful: false,
         }
     }
 
@@ -388,6 +402,10 @@ impl Store for PgStore {
             }
         };
         let first_read = std::mem::take(&mut self.first_read);
+        let careful = match kind {
+            TxKind::Read => true,
+            TxKind::Write(_) => std::mem::take(&mut self.careful),
+        };
         let mut tx = PgTx {
             client: self.client.as_mut(),
             limit: (first_read && kind == TxKind::Read).then_some(self.answer_within),
@@ -397,6 +415,7 @@ impl Store for PgStore {
             begun: false,
             read_only: kind == TxKind::Read,
             committed: false,
+            careful,
         };
         // A COMMIT after a failed statement is answered as a success (the
         // server rolls back instead): one that failed, even if the body went
@@ -408,6 +427,7 @@ impl Store for PgStore {
                 if tx.begun {
                     let _ = self.client.batch("ROLLBACK");
                 }
+                self.careful = matches!(e, Error::Conflict { .. });
                 Err(e)
             }
         }
@@ -452,6 +472,9 @@ struct PgTx<'a> {
     /// The `COMMIT` of a read transaction went with its last reads
     /// ([`Tx::last_reads`]).
     committed: bool,
+    /// A code's consumption is answered before the body goes on (see
+    /// [`PgStore::careful`]); else it is a guard that goes with the commit.
+    careful: bool,
 }
 
 /// At most this many statements are held back (a copy of a store inserts
@@ -465,12 +488,10 @@ struct Later {
     params: Option<Vec<Value>>,
     /// A query: its rows are read (and else dropped).
     query: bool,
-    /// The number of rows it must change; any other is a concurrent
-    /// change, and the transaction fails as an [`Error::Conflict`].
-    must_change: Option<u64>,
-    /// The user its rows must be, as [`Tx::lock_user_as`] expects; any
-    /// other (or none) fails the transaction as an [`Error::Conflict`].
-    must_read: Option<UserRecord>,
+    /// A guard ([`guarded_write`], [`PgTx::lock_user_as`]): its one row
+    /// is the number 1, or it fails with [`GUARD_FAILED`], and the
+    /// transaction with it, as an [`Error::Conflict`].
+    guard: bool,
 }
 
 impl Later {
@@ -479,16 +500,65 @@ impl Later {
             sql: sql.to_owned(),
             params: None,
             query: false,
-            must_change: None,
-            must_read: None,
+            guard: false,
         }
     }
+
+    fn statement(sql: String, params: &[Param<'_>], query: bool, guard: bool) -> Later {
+        Later {
+            sql,
+            params: Some(params.iter().map(|&p| Value::from(p)).collect()),
+            query,
+            guard,
+        }
+    }
+}
+
+/// The SQLSTATE of a guard that does not hold: `division_by_zero`, the
+/// one division in a guard, by the number of rows that hold.
+const GUARD_FAILED: &str = "22012";
+
+/// `update` (an `UPDATE` of one row at most) as a guard: it fails, and
+/// the transaction with it, unless it changed exactly one row.
+fn guarded_write(update: &str) -> String {
+    format!("WITH done AS ({update} RETURNING 1) SELECT 1 / count(*)::int FROM done")
 }
 
 const USER_COLUMNS: &str = "name, state, disabled, secret, code_salt, last_step, failures,
      locked_until, last_success,
      (SELECT count(*) FROM backup_codes b WHERE b.username = users.name AND b.used_at IS NULL),
      email, phone, lock_level, enrolled_by, delivery";
+
+/// The type of each of [`USER_COLUMNS`], in order, as [`user_values`]
+/// gives them back.
+const USER_COLUMN_TYPES: [&str; 15] = [
+    "text", "text", "boolean", "bytea", "bytea", "bigint", "bigint", "bigint", "bigint", "bigint",
+    "text", "text", "bigint", "text", "text",
+];
+
+/// `u` as the values of [`USER_COLUMNS`] it was read from ([`Row::user`]
+/// backwards).
+fn user_values(u: &UserRecord) -> [Value; 15] {
+    let opt_int = |v: Option<i64>| v.map_or(Value::Null, Value::Int);
+    let opt_text = |v: Option<&str>| v.map_or(Value::Null, |t| Value::Text(t.into()));
+    [
+        Value::Text(u.name.clone()),
+        Value::Text(u.state.as_str().into()),
+        Value::Bool(u.disabled),
+        u.secret.clone().map_or(Value::Null, Value::Bytes),
+        Value::Bytes(u.code_salt.clone()),
+        Value::Int(u.last_step),
+        Value::Int(i64::from(u.lock.failures)),
+        opt_int(u.lock.locked_until),
+        opt_int(u.last_success),
+        Value::Int(i64::from(u.unused_backup_codes)),
+        opt_text(u.email.as_deref()),
+        opt_text(u.phone.as_deref()),
+        Value::Int(i64::from(u.lock.level)),
+        Value::Text(u.enrolled_by.as_str().into()),
+        opt_text(u.delivery.map(Channel::as_str)),
+    ]
+}
 
 fn table(kind: CodeKind) -> &'static str {
     match kind {
@@ -651,8 +721,8 @@ fn read_statement<'a>(read: &Read<'a>) -> (String, Vec<Param<'a>>) {
 
 impl PgTx<'_> {
     /// Send what was held back, then `now`, together; the outcome of each
-    /// of `now`. A held-back statement that failed, or changed other than
-    /// the rows it must, fails the transaction.
+    /// of `now`. A held-back statement that failed, or a guard that did
+    /// not hold, fails the transaction.
     fn run(&mut self, now: &[Stmt<'_>]) -> Result<Vec<Done>> {
         self.failure.check(self.location)?;
         if self.committed {
@@ -690,24 +760,21 @@ impl PgTx<'_> {
         }
         let mut results = results.into_iter();
         for (l, result) in later.iter().zip(results.by_ref()) {
-            // A check that cannot be made (an answer of another kind)
-            // fails the transaction too.
-            let changed = match (result, &l.must_read, l.must_change) {
-                (Err(e), _, _) => return Err(self.failure.note(pg_err(self.location, e))),
-                (Ok(Done::Rows(rows)), Some(seen), _) => {
-                    match rows.first().map(|r| self.row(r).user()).transpose() {
-                        Ok(found) => found.as_ref() != Some(seen),
-                        Err(e) => return Err(self.failure.note(e)),
-                    }
+            match result {
+                Err(e) if l.guard && e.sqlstate.as_deref() == Some(GUARD_FAILED) => {
+                    return Err(self.failure.note(Error::Conflict {
+                        location: self.location.into(),
+                    }));
                 }
-                (Ok(Done::Changed(n)), None, Some(m)) => n != m,
-                (Ok(_), None, None) => false,
-                (Ok(_), _, _) => return Err(self.unanswered()),
-            };
-            if changed {
-                return Err(self.failure.note(Error::Conflict {
-                    location: self.location.into(),
-                }));
+                Err(e) => return Err(self.failure.note(pg_err(self.location, e))),
+                // A guard answered otherwise than the server answers one
+                // that holds: the client is not what it should be.
+                Ok(Done::Rows(rows)) if l.guard && rows != [vec![Value::Int(1)]] => {
+                    return Err(self.unanswered())
+                }
+                Ok(Done::Rows(_)) => {}
+                Ok(_) if l.guard => return Err(self.unanswered()),
+                Ok(_) => {}
             }
         }
         results
@@ -716,19 +783,26 @@ impl PgTx<'_> {
     }
 
     /// Hold `sql` back to go with the next statement (see [`Later`]).
-    fn exec_later(
-        &mut self,
-        sql: &str,
-        params: &[Param<'_>],
-        must_change: Option<u64>,
-    ) -> Result<()> {
-        self.hold(Later {
-            sql: sql.to_owned(),
-            params: Some(params.iter().map(|&p| Value::from(p)).collect()),
-            query: false,
-            must_change,
-            must_read: None,
-        })
+    fn exec_later(&mut self, sql: &str, params: &[Param<'_>]) -> Result<()> {
+        self.hold(Later::statement(sql.to_owned(), params, false, false))
+    }
+
+    /// Hold `update` back as a guard ([`guarded_write`]): the transaction
+    /// stands only if it changed exactly one row.
+    fn guard_later(&mut self, update: &str, params: &[Param<'_>]) -> Result<()> {
+        self.hold(Later::statement(guarded_write(update), params, true, true))
+    }
+
+    /// Consume one row with `update`: whether it changed it. Unless
+    /// careful, it goes with the commit as a guard and is reported as
+    /// made: if it changed nothing, the transaction fails as a conflict,
+    /// and the body, run again, hears the count.
+    fn consume(&mut self, update: &str, params: &[Param<'_>]) -> Result<bool> {
+        if self.careful {
+            Ok(self.exec(update, params)? == 1)
+        } else {
+            self.guard_later(update, params).map(|()| true)
+        }
     }
 
     /// Hold `later` back to go with the next statement.
@@ -741,23 +815,15 @@ impl PgTx<'_> {
         Ok(())
     }
 
-    /// Send what is held back and `COMMIT`. A statement whose count or
-    /// rows must be checked is answered first: a `COMMIT` never goes with
-    /// a write that may turn out not to have happened, or to have been
-    /// decided from a row that changed.
+    /// Send what is held back and `COMMIT`, together: a guard among them
+    /// that does not hold fails the transaction on the server, whose
+    /// `COMMIT` then rolls back.
     fn commit(&mut self) -> Result<()> {
         if let Some(e) = std::mem::take(&mut self.failure).into_error(self.location) {
             return Err(e);
         }
         if self.committed {
             return Ok(());
-        }
-        if self
-            .later
-            .iter()
-            .any(|l| l.must_change.is_some() || l.must_read.is_some())
-        {
-            self.run(&[])?;
         }
         self.run(&[Stmt::Batch("COMMIT")]).map(drop)
     }
@@ -861,24 +927,27 @@ impl Tx for PgTx<'_> {
 
     fn lock_user_as(&mut self, seen: &UserRecord) -> Result<()> {
         // Held back, to go with the count and the code check that follow
-        // (decided from `seen`), and checked when they are answered.
-        let (read, _) = read_statement(&Read::User(&seen.name));
-        for (sql, must_read) in [
-            (
-                "SELECT 1 FROM users WHERE name = $1 FOR UPDATE".to_string(),
-                None,
-            ),
-            (read, Some(seen.clone())),
-        ] {
-            self.hold(Later {
-                sql,
-                params: Some(vec![Value::Text(seen.name.clone())]),
-                query: true,
-                must_change: None,
-                must_read,
-            })?;
-        }
-        Ok(())
+        // (decided from `seen`): the lock, then a guard that the row, read
+        // anew once the lock is granted, is still `seen`, column by column.
+        self.hold(Later::statement(
+            "SELECT 1 FROM users WHERE name = $1 FOR UPDATE".into(),
+            &[Param::Text(&seen.name)],
+            true,
+            false,
+        ))?;
+        let values = user_values(seen);
+        let params: Vec<Param<'_>> = values.iter().map(Value::as_param).collect();
+        let typed: Vec<String> = USER_COLUMN_TYPES
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("${}::{t}", i + 1))
+            .collect();
+        let sql = format!(
+            "SELECT 1 / count(*)::int FROM users WHERE name = $1
+             AND ROW({USER_COLUMNS}) IS NOT DISTINCT FROM ROW({})",
+            typed.join(", ")
+        );
+        self.hold(Later::statement(sql, &params, true, true))
     }
 
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>> {
@@ -970,16 +1039,15 @@ impl Tx for PgTx<'_> {
                     opt(from.locked_until),
                     Param::Int(i64::from(from.level)),
                 ]);
-                // Nothing before the commit reads the count: it goes with
-                // the next statement, and a lost race fails the transaction
-                // as a conflict (which runs it again).
-                self.exec_later(
+                // Nothing before the commit reads the count: a guard, it
+                // goes with the next statement, and a lost race fails the
+                // transaction as a conflict (which runs it again).
+                self.guard_later(
                     "UPDATE users SET failures = $2, locked_until = $3, lock_level = $4,
                             updated_at = $5
                      WHERE name = $1 AND failures = $6
                        AND locked_until IS NOT DISTINCT FROM $7::bigint AND lock_level = $8",
                     &params,
-                    Some(1),
                 )?;
                 1
             }
@@ -999,7 +1067,6 @@ impl Tx for PgTx<'_> {
                     lock_level = 0
              WHERE name = $1",
             &[Param::Text(name), Param::Int(now)],
-            None,
         )
     }
 
@@ -1014,7 +1081,7 @@ impl Tx for PgTx<'_> {
             StepUse::Login => "('pending', 'active')",
             StepUse::Activation => "('pending')",
         };
-        let n = self.exec(
+        self.consume(
             &format!(
                 "UPDATE users SET last_step = $2, state = 'active', pending_codes = NULL,
                         updated_at = $3
@@ -1026,8 +1093,7 @@ impl Tx for PgTx<'_> {
                 Param::Int(now),
                 Param::Bytes(&totp.sealed_secret),
             ],
-        )?;
-        Ok(n == 1)
+        )
     }
 
     fn consume_code(&mut self, kind: CodeKind, id: i64, now: i64) -> Result<bool> {
@@ -1037,11 +1103,10 @@ impl Tx for PgTx<'_> {
         } else {
             String::new()
         };
-        let n = self.exec(
+        self.consume(
             &format!("UPDATE {t} SET used_at = $2 WHERE id = $1 AND used_at IS NULL{newest}"),
             &[Param::Int(id), Param::Int(now)],
-        )?;
-        Ok(n == 1)
+        )
     }
 
     fn set_enrollment(&mut self, name: &str, new: &NewEnrollment<'_>, now: i64) -> Result<bool> {
@@ -1246,7 +1311,6 @@ impl Tx for PgTx<'_> {
             "INSERT INTO remembered(username, host, until) VALUES ($1, $2, $3)
              ON CONFLICT(username, host) DO UPDATE SET until = excluded.until",
             &[Param::Text(name), Param::Text(host), Param::Int(until)],
-            None,
         )
     }
 
@@ -1428,7 +1492,6 @@ impl Tx for PgTx<'_> {
                 Param::Text(&e.detail),
                 Param::Text(&e.host),
             ],
-            None,
         )
     }
 }
@@ -1450,7 +1513,8 @@ mod tests {
         calls: Calls,
         /// A statement starting with this fails (insufficient privilege).
         fail: Option<&'static str>,
-        /// What an `UPDATE` changes.
+        /// What an `UPDATE` changes; 0 also fails every guard (the row
+        /// seen before is not found).
         changed: u64,
         /// The schema version in the database.
         schema: Arc<AtomicI64>,
@@ -1471,6 +1535,15 @@ mod tests {
                     sqlstate: Some("42501".into()),
                     message: "permission denied".into(),
                 });
+            }
+            if sql.starts_with("WITH done AS") || sql.starts_with("SELECT 1 / count(*)") {
+                return match self.changed {
+                    1 => Ok(Done::Rows(vec![vec![Value::Int(1)]])),
+                    _ => Err(PgError {
+                        sqlstate: Some(GUARD_FAILED.into()),
+                        message: "division by zero".into(),
+                    }),
+                };
             }
             Ok(if !query {
                 Done::Changed(if sql.starts_with("UPDATE") {
@@ -1548,6 +1621,7 @@ mod tests {
             checked: std::time::Instant::now(),
             answer_within: ANSWER_WITHIN,
             first_read: false,
+            careful: false,
         }
     }
 
@@ -1599,27 +1673,81 @@ mod tests {
     }
 
     #[test]
-    fn a_row_seen_before_goes_with_the_next_statement_and_must_be_found() {
-        // The script has no user row: the one seen is gone, so the
-        // statement sent with the lock is undone, and nothing commits.
+    fn a_login_write_is_one_round_trip_its_guards_going_with_the_commit() {
         let (mut s, c) = store(None, 1);
-        let done = write(&mut s, &mut |tx| {
+        let lock = LockState::default();
+        let totp = TotpMatch {
+            step: 7,
+            sealed_secret: vec![1; 4],
+        };
+        write(&mut s, &mut |tx| {
             tx.lock_user_as(&seen())?;
-            tx.consume_code(CodeKind::Backup, 1, 1).map(drop)
-        });
-        assert!(matches!(done, Err(Error::Conflict { .. })), "{done:?}");
+            assert!(tx.update_lock("u", Some(&lock), &lock, 1)?);
+            assert!(tx.consume_step("u", &totp, StepUse::Login, 1)?);
+            tx.record_success("u", 1)?;
+            tx.insert_audit(&entry())
+        })
+        .unwrap();
+        assert_eq!(
+            calls(&c),
+            [vec![
+                "BEGIN ISOLATION LEVEL",
+                "SELECT 1 FROM",
+                "SELECT 1 /",
+                "WITH done AS",
+                "WITH done AS",
+                "UPDATE users SET",
+                "INSERT INTO audit(time,",
+                "COMMIT"
+            ]]
+        );
+    }
+
+    #[test]
+    fn a_code_already_used_fails_the_transaction_and_its_next_run_hears_the_count() {
+        let (mut s, c) = store(None, 0);
+        let body = |tx: &mut dyn Tx| -> Result<bool> {
+            let used = tx.consume_code(CodeKind::Backup, 1, 1)?;
+            tx.insert_audit(&entry())?;
+            Ok(used)
+        };
+        let store: &mut dyn Store = &mut s;
+        assert!(!store.write(Durability::Full, body).unwrap());
         assert_eq!(
             calls(&c),
             [
                 vec![
                     "BEGIN ISOLATION LEVEL",
-                    "SELECT 1 FROM",
-                    "SELECT name, state,",
-                    "UPDATE backup_codes SET"
+                    "WITH done AS",
+                    "INSERT INTO audit(time,",
+                    "COMMIT"
                 ],
                 vec!["ROLLBACK"],
+                vec!["BEGIN ISOLATION LEVEL", "UPDATE backup_codes SET"],
+                vec!["INSERT INTO audit(time,", "COMMIT"],
             ]
         );
+        // The run after it goes back to one round trip.
+        c.lock().unwrap().clear();
+        let store: &mut dyn Store = &mut s;
+        let _ = store.write(Durability::Full, body);
+        assert_eq!(calls(&c)[0][1], "WITH done AS");
+    }
+
+    #[test]
+    fn a_user_read_back_as_its_values_is_the_same_user() {
+        let mut u = seen();
+        u.secret = Some(vec![9; 8]);
+        u.email = Some("u@example.org".into());
+        u.lock.locked_until = Some(5);
+        u.delivery = Some(Channel::Sms);
+        let values = user_values(&u);
+        let row = Row {
+            values: &values,
+            location: "test",
+        };
+        assert_eq!(row.user().unwrap(), u);
+        assert_eq!(values.len(), USER_COLUMN_TYPES.len());
     }
 
     #[test]
@@ -1635,6 +1763,8 @@ mod tests {
         };
         let mut s = scripted(client);
         let lock = LockState::default();
+        // The guards go with the commit; the server, not this client,
+        // decides whether it stands, and the transaction fails here.
         let bodies: [&mut TxBody<'_>; 2] = [
             &mut |tx| {
                 tx.lock_user_as(&seen())?;
@@ -1649,25 +1779,29 @@ mod tests {
             let done = write(&mut s, body);
             assert!(matches!(done, Err(Error::Store { .. })), "{done:?}");
         }
-        assert!(
-            !calls
-                .lock()
-                .unwrap()
-                .concat()
-                .contains(&"COMMIT".to_string()),
-            "{calls:?}"
-        );
     }
 
     #[test]
-    fn a_row_seen_before_is_checked_before_the_commit_is_sent() {
-        let (mut s, c) = store(None, 1);
+    fn a_row_seen_before_that_changed_rolls_the_commit_back() {
+        let (mut s, c) = store(None, 0);
         let done = write(&mut s, &mut |tx| {
             tx.lock_user_as(&seen())?;
             tx.insert_audit(&entry())
         });
         assert!(matches!(done, Err(Error::Conflict { .. })), "{done:?}");
-        assert!(!calls(&c).concat().contains(&"COMMIT".to_string()), "{c:?}");
+        assert_eq!(
+            calls(&c),
+            [
+                vec![
+                    "BEGIN ISOLATION LEVEL",
+                    "SELECT 1 FROM",
+                    "SELECT 1 /",
+                    "INSERT INTO audit(time,",
+                    "COMMIT"
+                ],
+                vec!["ROLLBACK"],
+            ]
+        );
     }
 
     #[test]
@@ -1729,7 +1863,7 @@ mod tests {
     }
 
     #[test]
-    fn a_count_that_must_hold_is_answered_before_the_commit_is_sent() {
+    fn a_count_that_must_hold_goes_with_the_commit_as_a_guard() {
         let lock = LockState::default();
         for (changed, committed) in [(1, true), (0, false)] {
             let (mut s, c) = store(None, changed);
@@ -1738,22 +1872,17 @@ mod tests {
                 tx.insert_audit(&entry())
             });
             assert_eq!(done.is_ok(), committed, "{done:?}");
-            let last = if committed { "COMMIT" } else { "ROLLBACK" };
-            assert_eq!(
-                calls(&c),
-                [
-                    vec![
-                        "BEGIN ISOLATION LEVEL",
-                        "UPDATE users SET",
-                        "INSERT INTO audit(time,"
-                    ],
-                    vec![last]
-                ],
-                "changed {changed}"
-            );
+            let mut want = vec![vec![
+                "BEGIN ISOLATION LEVEL",
+                "WITH done AS",
+                "INSERT INTO audit(time,",
+                "COMMIT",
+            ]];
             if !committed {
+                want.push(vec!["ROLLBACK"]);
                 assert!(matches!(done, Err(Error::Conflict { .. })), "{done:?}");
             }
+            assert_eq!(calls(&c), want, "changed {changed}");
         }
     }
 

@@ -1,0 +1,123 @@
+//! How many round trips a login's write takes on a real server, and that
+//! the one-round-trip write decides as the careful one does: a TOTP code
+//! accepted once, a replay refused and counted.
+mod testdb;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crm2fa_common::audit::AuditCtx;
+use crm2fa_common::codes::SALT_LEN;
+use crm2fa_common::config::LockoutConfig;
+use crm2fa_common::model::{Candidate, TotpMatch, Verdict};
+use crm2fa_common::store::pg::{Done, Param, PgClient, PgConnect, PgError, SslMode, Stmt};
+use crm2fa_common::store::postgres::PgStore;
+use crm2fa_common::store::Store;
+use crm2fa_pg::Connector;
+use crm2fa_tests::pg::PgServer;
+
+const NOW: i64 = 1_800_000_000;
+const SECRET: &[u8] = b"sealed secret";
+
+/// The round trips of a session: the first words of each statement, one
+/// list per round trip.
+type Trips = Arc<Mutex<Vec<Vec<String>>>>;
+
+/// A real session that notes its round trips.
+struct Counting {
+    inner: Box<dyn PgClient>,
+    trips: Trips,
+}
+
+impl PgClient for Counting {
+    fn pipeline_within(
+        &mut self,
+        statements: &[Stmt<'_>],
+        limit: Option<Duration>,
+    ) -> Vec<Result<Done, PgError>> {
+        let words = statements
+            .iter()
+            .map(|s| {
+                let (Stmt::Batch(sql) | Stmt::Execute(sql, _) | Stmt::Query(sql, _)) = *s;
+                sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+            })
+            .collect();
+        self.trips.lock().unwrap().push(words);
+        self.inner.pipeline_within(statements, limit)
+    }
+}
+
+/// A login with TOTP step `step`, from the row read before its prompt:
+/// the verdict, and the round trips of its write.
+fn login(store: &mut dyn Store, trips: &Trips, step: i64) -> (Verdict, Vec<Vec<String>>) {
+    let seen = store.user("u").unwrap().expect("the user");
+    let before = trips.lock().unwrap().len();
+    let code = Candidate {
+        totp: Some(TotpMatch {
+            step,
+            sealed_secret: SECRET.to_vec(),
+        }),
+        ..Candidate::default()
+    };
+    let lockout = LockoutConfig {
+        max_failures: 5,
+        lock_seconds: 60,
+        max_lock_seconds: 240,
+    };
+    let ctx = AuditCtx::here("sshd", "203.0.113.7");
+    let verdict = store
+        .redeem_seen("u", Some(&seen), &code, NOW, &lockout, &ctx, None)
+        .unwrap();
+    (verdict, trips.lock().unwrap()[before..].to_vec())
+}
+
+#[test]
+fn a_totp_logins_write_is_one_round_trip_and_a_replay_is_refused_and_counted() {
+    let target = testdb::new_db(PgServer::shared(), "trips", SslMode::Disable);
+    let mut admin = Connector.connect(&target).expect("connect");
+    PgStore::create(Connector.connect(&target).expect("connect"), &target).expect("schema");
+    admin
+        .execute(
+            "INSERT INTO users(name, state, secret, code_salt, created_at, updated_at)
+             VALUES ('u', 'active', $1, $2, 0, 0)",
+            &[Param::Bytes(SECRET), Param::Bytes(&[7; SALT_LEN])],
+        )
+        .unwrap();
+    let trips = Trips::default();
+    let client = Counting {
+        inner: Connector.connect(&target).expect("connect"),
+        trips: Arc::clone(&trips),
+    };
+    let mut store = PgStore::open(Box::new(client), &target).expect("open");
+    let store: &mut dyn Store = &mut store;
+
+    let (v, write) = login(store, &trips, 5);
+    assert!(matches!(v, Verdict::Accepted { .. }), "{v:?}");
+    assert_eq!(write.len(), 1, "one round trip: {write:?}");
+    assert_eq!(write[0].last().map(String::as_str), Some("COMMIT"));
+
+    // The same step again: the guard fails, the server rolls the write
+    // back, and the write run again hears the count and counts the try.
+    let (v, write) = login(store, &trips, 5);
+    assert!(
+        matches!(
+            v,
+            Verdict::Rejected {
+                failures: 1,
+                reused: true,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+    assert!(write.len() > 2, "{write:?}");
+    let row = store.user("u").unwrap().unwrap();
+    assert_eq!((row.last_step, row.lock.failures), (5, 1));
+
+    // A new step: one round trip again, and the count cleared.
+    let (v, write) = login(store, &trips, 6);
+    assert!(matches!(v, Verdict::Accepted { .. }), "{v:?}");
+    assert_eq!(write.len(), 1, "{write:?}");
+    let row = store.user("u").unwrap().unwrap();
+    assert_eq!((row.last_step, row.lock.failures), (6, 0));
+}
