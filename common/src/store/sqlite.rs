@@ -253,6 +253,14 @@ impl SqliteStore {
         // close; past a bound, a write starts it over instead.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
             .map_err(err)?;
+        // Plans that never depend on the values bound: else SQLite marks a
+        // statement whose plan a value might change (an `=` it checks row
+        // by row, as the newest sent code's `user = ?1`) to be compiled
+        // again whenever its values are cleared, which a kept statement's
+        // are after each use: a store kept open (crm2fad) parsed and
+        // planned those statements anew at every login.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+            .map_err(err)?;
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL;
              PRAGMA foreign_keys = ON;
@@ -402,6 +410,23 @@ impl SqliteStore {
             let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
         }
     }
+}
+
+/// The statement of [`Tx::unused_codes`] for codes of `kind`: `?1` the
+/// user, and `?2` the time now for codes that expire.
+fn unused_codes_sql(kind: CodeKind) -> String {
+    let t = table(kind);
+    if !kind.expires() {
+        return format!("SELECT id, hash FROM {t} WHERE user = ?1 AND used_at IS NULL");
+    }
+    let newest = if kind.newest_only() {
+        format!(" AND id = (SELECT max(id) FROM {t} WHERE user = ?1)")
+    } else {
+        String::new()
+    };
+    format!(
+        "SELECT id, hash FROM {t} WHERE user = ?1 AND used_at IS NULL AND expires_at > ?2{newest}"
+    )
 }
 
 /// The store file, its `-wal` and `-shm` files, and the directories above
@@ -640,29 +665,11 @@ impl Tx for SqliteTx<'_> {
                 hash: r.get(1)?,
             })
         };
+        let sql = unused_codes_sql(kind);
         if kind.expires() {
-            let t = table(kind);
-            let newest = if kind.newest_only() {
-                format!(" AND id = (SELECT max(id) FROM {t} WHERE user = ?1)")
-            } else {
-                String::new()
-            };
-            self.rows(
-                &format!(
-                    "SELECT id, hash FROM {t} WHERE user = ?1 AND used_at IS NULL AND expires_at > ?2{newest}"
-                ),
-                params![name, now],
-                code,
-            )
+            self.rows(&sql, params![name, now], code)
         } else {
-            self.rows(
-                &format!(
-                    "SELECT id, hash FROM {} WHERE user = ?1 AND used_at IS NULL",
-                    table(kind)
-                ),
-                params![name],
-                code,
-            )
+            self.rows(&sql, params![name], code)
         }
     }
 
@@ -1460,6 +1467,33 @@ mod tests {
             .unwrap();
         let err = store.user("u").unwrap_err();
         assert!(err.to_string().contains("damaged"), "{err}");
+    }
+
+    #[test]
+    fn a_kept_stores_reads_are_not_compiled_again_at_each_login() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::create(&d.path().join("db")).unwrap();
+        s.conn
+            .execute(
+                "INSERT INTO users(name, state, code_salt, created_at, updated_at, email, phone)
+                 VALUES ('u', 'active', zeroblob(16), 0, 0, 'u@example.org', '+15550100')",
+                [],
+            )
+            .unwrap();
+        for _ in 0..3 {
+            let store: &mut dyn Store = &mut s;
+            store
+                .login_view("u", None, &[Channel::Email, Channel::Sms], 100)
+                .unwrap();
+        }
+        for kind in [CodeKind::Recovery, CodeKind::Email, CodeKind::Sms] {
+            let stmt = s.conn.prepare_cached(&unused_codes_sql(kind)).unwrap();
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "{kind:?}"
+            );
+        }
     }
 
     fn synchronous(s: &SqliteStore) -> i64 {
