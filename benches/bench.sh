@@ -36,6 +36,8 @@
 #                              (valgrind) and system calls (strace); 0 skips
 #        BENCH_DIR=...         scratch directory (default: <target>/bench-sandbox)
 #        BENCH_KEEP=1          keep the scratch directory afterwards
+#        BENCH_SAMPLES=FILE    also write every login's wall time (s) there, as
+#                              JSON: per_login[kind], throughput["kind clients"]
 #        BENCH_NSS=files       how the logins find the bench's accounts: files
 #                              (default) = glibc's own /etc/passwd lookup, in a
 #                              private mount namespace where /etc/passwd and
@@ -572,6 +574,7 @@ for r, user in enumerate(users):
 # --- 2. throughput: concurrent clients ---------------------------------------
 TPUT_KINDS = KINDS
 tput = {}  # (kind, clients) -> dict(rate, failed, n, p95, first failure)
+tput_times = {}  # "kind clients" -> every login's wall time, s
 
 def cell(kind, clients, pool):
     """`clients` threads, each running one pamtester at a time, take the users
@@ -635,6 +638,12 @@ if TPUT > 0:
                 parts[k].append(cell(k, clients, chunk))
         for k in TPUT_KINDS:
             tput[(k, clients)] = merged(parts[k])
+            tput_times[f"{k} {clients}"] = [dt for part in parts[k] for dt in part["times"]]
+
+# Every login's wall time, for a closer look than the tables' (BENCH_SAMPLES).
+if os.environ.get("BENCH_SAMPLES"):
+    with open(os.environ["BENCH_SAMPLES"], "w") as f:
+        json.dump({"per_login": times, "throughput": tput_times}, f)
 
 # --- 3. counts of one login: instructions and system calls -------------------
 # Not timed, so the machine's other load does not move them.
