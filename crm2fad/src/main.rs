@@ -199,15 +199,20 @@ impl Workers {
     /// A login that panics ends alone (its connection closed: denied, or
     /// left to the module if nothing was sent yet); the thread goes on.
     fn serve(&self, stream: UnixStream, syslog: &mut SyslogConnection) {
-        if self.stopping.load(Ordering::SeqCst) {
-            return;
-        }
         let admitted = self
             .active
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < self.max).then_some(n + 1)
             });
         if admitted.is_err() {
+            return;
+        }
+        // Counted first, then the stop looked at: a stop that found no
+        // login in progress (it sets `stopping` before it counts them)
+        // is seen here, and the login goes back to the module; one that
+        // came later waits for this login.
+        if self.stopping.load(Ordering::SeqCst) {
+            self.active.fetch_sub(1, Ordering::SeqCst);
             return;
         }
         let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
