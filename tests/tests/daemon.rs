@@ -418,3 +418,37 @@ fn past_its_logins_at_once_crm2fad_turns_the_next_away_to_the_module() {
         login.finish().assert_success();
     }
 }
+
+#[test]
+fn connections_that_send_half_a_frame_hold_up_no_other_login() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let (sb, e) = sandbox("ivy");
+    let d = sb.start_daemon();
+    let connect = || UnixStream::connect(sb.daemon_socket()).expect("connect to crm2fad");
+    // Half a frame's head, then silence; a head whose body stops halfway,
+    // then silence; a head announcing a body far too long; half a head,
+    // then gone.
+    let mut stalled = connect();
+    stalled.write_all(&[1, 0, 0]).unwrap();
+    let mut halfway = connect();
+    halfway.write_all(&[1, 0, 0, 0, 100]).unwrap();
+    halfway.write_all(&[b'x'; 50]).unwrap();
+    let mut huge = connect();
+    huge.write_all(&[1, 0xff, 0xff, 0xff, 0xff]).unwrap();
+    let mut gone = connect();
+    gone.write_all(&[1, 0]).unwrap();
+    drop(gone);
+
+    let r = sb.login("ivy", &[PW, &totp(&e.secret, 0)]);
+    r.assert_success();
+    assert!(
+        r.debug_lines_with(&["sent nothing"]).is_empty(),
+        "served by crm2fad at once: {r}"
+    );
+    assert!(d.holds_open(&sb.store_path()), "{}", d.stderr());
+    drop((stalled, halfway, huge));
+    let r = sb.login("ivy", &[PW, &totp(&e.secret, 1)]);
+    r.assert_success();
+    assert!(r.debug_lines_with(&["sent nothing"]).is_empty(), "{r}");
+}
