@@ -16,6 +16,8 @@
 use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -25,6 +27,10 @@ use crm2fa_common::delivery::{fill, Message};
 use crm2fa_common::fsperm::{self, Secrecy};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use ureq::http::{HeaderName, HeaderValue, Uri};
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, DefaultConnector, NextTimeout, Transport,
+};
 use zeroize::Zeroizing;
 
 use crate::email::plain_io;
@@ -253,6 +259,13 @@ fn http(cfg: &SmsConfig, timeout: Duration, msg: &Message) -> Result<(), Failure
         let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
             Failure::Config(format!("[sms] headers: {name:?} is not a header name"))
         })?;
+        if n == ureq::http::header::EXPECT {
+            // The request must go out whole before any answer is awaited
+            // (see Watched).
+            return Err(Failure::Config(format!(
+                "[sms] headers: {name:?} is not supported"
+            )));
+        }
         let v = HeaderValue::from_str(value).map_err(|_| {
             Failure::Config(format!(
                 "[sms] headers: the value of {name:?} is not a header value"
@@ -282,7 +295,7 @@ fn http(cfg: &SmsConfig, timeout: Duration, msg: &Message) -> Result<(), Failure
     if uri.scheme_str() == Some("https") {
         tls = tls.root_certs(system_roots()?);
     }
-    let agent = ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .timeout_connect(Some(timeout))
         // A redirect would take the code somewhere not configured: a 3xx
@@ -293,8 +306,13 @@ fn http(cfg: &SmsConfig, timeout: Duration, msg: &Message) -> Result<(), Failure
         .proxy(None)
         .user_agent(concat!("crm2fa-send/", env!("CARGO_PKG_VERSION")))
         .tls_config(tls.build())
-        .build()
-        .new_agent();
+        .build();
+    let sent = Arc::new(AtomicBool::new(false));
+    let agent = ureq::Agent::with_parts(
+        config,
+        DefaultConnector::new().chain(Watch(Arc::clone(&sent))),
+        DefaultResolver::default(),
+    );
 
     let result = match cfg.method.as_str() {
         "GET" => {
@@ -318,7 +336,18 @@ fn http(cfg: &SmsConfig, timeout: Duration, msg: &Message) -> Result<(), Failure
             req.send(body.as_bytes())
         }
     };
-    let mut response = result.map_err(|e| Failure::NotSent(http_reason(&e, &gateway, timeout)))?;
+    let mut response = result.map_err(|e| {
+        let why = http_reason(&e, &gateway, timeout);
+        if sent.load(Ordering::SeqCst) {
+            // The gateway may have taken the message and then failed to
+            // answer, or been slow to: it may still arrive.
+            Failure::Unconfirmed(format!(
+                "the message went to the SMS gateway {gateway}, which did not confirm it: {why}"
+            ))
+        } else {
+            Failure::NotSent(why)
+        }
+    })?;
     let status = response.status();
     if status.is_success() {
         return Ok(());
@@ -349,6 +378,61 @@ fn http(cfg: &SmsConfig, timeout: Duration, msg: &Message) -> Result<(), Failure
         why.push_str(&first);
     }
     Err(Failure::NotSent(why))
+}
+
+/// The last link of ureq's connector chain: it hands on the connection
+/// (TCP, then TLS) as it is, watched by [`Watched`].
+#[derive(Debug)]
+struct Watch(Arc<AtomicBool>);
+
+impl Connector<Box<dyn Transport>> for Watch {
+    type Out = Watched;
+
+    fn connect(
+        &self,
+        _: &ConnectionDetails,
+        chained: Option<Box<dyn Transport>>,
+    ) -> Result<Option<Watched>, ureq::Error> {
+        Ok(chained.map(|inner| Watched {
+            inner,
+            sent: Arc::clone(&self.0),
+        }))
+    }
+}
+
+/// A connection to the gateway that notes when the request went out whole:
+/// ureq first waits for input once it has written the request line, the
+/// headers and the body (the config may not set `Expect`, which would have
+/// it wait for `100 Continue` before the body). Before that a
+/// failure means the gateway cannot have the message; after it, only the
+/// gateway's answer says whether it took it.
+#[derive(Debug)]
+struct Watched {
+    inner: Box<dyn Transport>,
+    sent: Arc<AtomicBool>,
+}
+
+impl Transport for Watched {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        self.inner.buffers()
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        self.inner.transmit_output(amount, timeout)
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        self.sent.store(true, Ordering::SeqCst);
+        self.inner.await_input(timeout)
+    }
+
+    fn is_open(&mut self) -> bool {
+        self.inner.is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        self.inner.is_tls()
+    }
 }
 
 /// The system's CA certificates (`/etc/ssl/certs`), for an https gateway.

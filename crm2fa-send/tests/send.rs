@@ -303,17 +303,28 @@ fn a_mail_server_that_never_answers_times_out() {
     drop(silent);
 }
 
-/// A mail server on 127.0.0.1 that speaks SMTP up to the end of the
-/// message, then gives `after_message` (nothing: it never answers) and
-/// holds the connection for 10 s: the port, and the bytes it was sent.
-fn scripted_smtp(after_message: Option<&'static str>) -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
+/// A server on 127.0.0.1 for one connection, which `serve` handles in a
+/// thread of its own, sending what it got to the receiver returned with
+/// the port.
+fn scripted_server(
+    serve: impl FnOnce(std::net::TcpStream, std::sync::mpsc::Sender<Vec<u8>>) + Send + 'static,
+) -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let Ok((mut conn, _)) = listener.accept() else {
-            return;
-        };
+        if let Ok((conn, _)) = listener.accept() {
+            serve(conn, tx);
+        }
+    });
+    (port, rx)
+}
+
+/// A mail server on 127.0.0.1 that speaks SMTP up to the end of the
+/// message, then gives `after_message` (nothing: it never answers) and
+/// holds the connection for 10 s: the port, and the bytes it was sent.
+fn scripted_smtp(after_message: Option<&'static str>) -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
+    scripted_server(move |mut conn, tx| {
         let mut got = Vec::new();
         let said = |conn: &mut std::net::TcpStream, line: &str| {
             let _ = conn.write_all(format!("{line}\r\n").as_bytes());
@@ -352,8 +363,7 @@ fn scripted_smtp(after_message: Option<&'static str>) -> (u16, std::sync::mpsc::
                 }
             }
         }
-    });
-    (port, rx)
+    })
 }
 
 #[test]
@@ -527,16 +537,86 @@ fn a_closed_gateway_port_fails_with_connection_refused() {
     );
 }
 
+/// A gateway on 127.0.0.1 that reads one whole request (its headers and
+/// the body its Content-Length gives), then says nothing: it holds the
+/// connection for 10 s, or with `hang_up` closes it. The port, and the
+/// bytes it got.
+fn gateway_that_takes_the_request(hang_up: bool) -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
+    scripted_server(move |mut conn, tx| {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            got.extend_from_slice(&buf[..n]);
+            let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().expect("length"));
+            if got.len() >= end + 4 + length {
+                let _ = tx.send(got.clone());
+                if !hang_up {
+                    std::thread::sleep(Duration::from_secs(10));
+                }
+                return;
+            }
+        }
+    })
+}
+
+fn sms_post_to(dir: &Dir, port: u16) -> PathBuf {
+    dir.config(&format!(
+        "[delivery]\ntimeout = \"1s\"\n\n[sms]\nurl = \"http://127.0.0.1:{port}/send\"\n\
+         body_template = \"{{code}}\"\n"
+    ))
+}
+
 #[test]
-fn a_gateway_that_never_answers_times_out() {
+fn a_request_the_gateway_took_and_never_answered_is_unconfirmed() {
+    for hang_up in [false, true] {
+        let dir = Dir::new();
+        let (port, got) = gateway_that_takes_the_request(hang_up);
+        let run = send(&sms_post_to(&dir, port), &message("sms", "+441234567890"));
+        run.failed(3, "did not confirm it");
+        let why = if hang_up { "" } else { "timed out" };
+        assert!(run.stderr.contains(why), "{run:?}");
+        let got = got.recv_timeout(Duration::from_secs(5)).expect("request");
+        assert!(
+            String::from_utf8_lossy(&got).ends_with(CODE),
+            "the whole request reached the gateway"
+        );
+    }
+}
+
+#[test]
+fn a_gateway_that_never_completes_the_connection_has_not_got_the_message() {
+    // A listening socket whose accept queue (backlog 0) one connection
+    // fills: the kernel drops every further SYN, and a connect hangs.
+    let full = TcpListener::bind("127.0.0.1:0").expect("bind");
+    nix::sys::socket::listen(&full, nix::sys::socket::Backlog::new(0).expect("backlog"))
+        .expect("listen");
+    let port = full.local_addr().expect("addr").port();
+    let _queued = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let dir = Dir::new();
-    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = silent.local_addr().expect("addr").port();
-    let config = dir.config(&format!(
-        "[delivery]\ntimeout = \"1s\"\n\n[sms]\nurl = \"http://127.0.0.1:{port}/send\"\n"
-    ));
-    send(&config, &message("sms", "+441234567890")).failed(1, "timed out");
-    drop(silent);
+    let started = Instant::now();
+    let run = send(&sms_post_to(&dir, port), &message("sms", "+441234567890"));
+    run.failed(1, "timed out");
+    assert!(started.elapsed() < Duration::from_secs(5), "{run:?}");
+}
+
+#[test]
+fn an_expect_header_is_refused() {
+    let dir = Dir::new();
+    let config = dir.config(
+        "[sms]\nurl = \"http://127.0.0.1:9/send\"\nbody_template = \"{code}\"\n\n\
+         [sms.headers]\nExpect = \"100-continue\"\n",
+    );
+    send(&config, &message("sms", "+441234567890")).failed(2, "\"Expect\" is not supported");
 }
 
 // ---- SMS by command ----------------------------------------------------------
