@@ -705,19 +705,24 @@ mod tests {
         fn error(&mut self, _: &str) {}
     }
 
+    /// alice logging in over ssh, as root's sshd offers it.
+    fn alice() -> Request {
+        Request {
+            user: "alice".into(),
+            service: "sshd".into(),
+            rhost: String::new(),
+            clock: Arc::new(|| 0),
+            caller_uid: 0,
+        }
+    }
+
     /// Offer a login to a listener that does `serve` with its connection.
     fn offer(serve: impl FnOnce(UnixStream) + Send + 'static) -> (Relayed, usize) {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("crm2fad.sock");
         let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
         let server = std::thread::spawn(move || serve(listener.accept().unwrap().0));
-        let req = Request {
-            user: "alice".into(),
-            service: "sshd".into(),
-            rhost: String::new(),
-            clock: Arc::new(|| 0),
-            caller_uid: 0,
-        };
+        let req = alice();
         let mut conv = Answers("123456", 0);
         let mut log = Logger::new("crm2fa-test", false);
         let relayed = relay(&socket, &[], &req, &mut conv, &mut log);
@@ -742,6 +747,34 @@ mod tests {
             take(&s).unwrap();
         });
         assert!(matches!(r, Relayed::NotServed(Some(_))), "{r:?}");
+    }
+
+    #[test]
+    fn a_crm2fad_whose_queue_is_full_leaves_the_login_to_the_module_at_once() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // the socket must be root's
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("crm2fad.sock");
+        // A crm2fad that takes no connection, its queue (backlog 0) filled
+        // by one that waits there.
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::new(0).unwrap()).unwrap();
+        let _waiting = connect_now(&socket).unwrap();
+        let req = alice();
+        let mut conv = Answers("123456", 0);
+        let mut log = Logger::new("crm2fa-test", false);
+        let started = std::time::Instant::now();
+        let relayed = relay(&socket, &[], &req, &mut conv, &mut log);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "it waited for room"
+        );
+        match relayed {
+            Relayed::NotServed(Some((_, why))) => assert!(why.contains("queue is full"), "{why}"),
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(conv.1, 0);
     }
 
     #[test]
