@@ -9,6 +9,7 @@ use std::time::Duration;
 use crm2fa_common::audit::AuditCtx;
 use crm2fa_common::codes::SALT_LEN;
 use crm2fa_common::config::LockoutConfig;
+use crm2fa_common::delivery::Channel;
 use crm2fa_common::model::{Candidate, TotpMatch, Verdict};
 use crm2fa_common::store::pg::{Done, Param, PgClient, PgConnect, PgError, SslMode, Stmt};
 use crm2fa_common::store::postgres::PgStore;
@@ -71,9 +72,10 @@ fn login(store: &mut dyn Store, trips: &Trips, step: i64) -> (Verdict, Vec<Vec<S
     (verdict, trips.lock().unwrap()[before..].to_vec())
 }
 
-#[test]
-fn a_totp_logins_write_is_one_round_trip_and_a_replay_is_refused_and_counted() {
-    let target = testdb::new_db(PgServer::shared(), "trips", SslMode::Disable);
+/// A store on a new database `db` with user `u`, active with TOTP, whose
+/// session notes its round trips.
+fn counting_store(db: &str) -> (PgStore, Trips) {
+    let target = testdb::new_db(PgServer::shared(), db, SslMode::Disable);
     let mut admin = Connector.connect(&target).expect("connect");
     PgStore::create(Connector.connect(&target).expect("connect"), &target).expect("schema");
     admin
@@ -88,7 +90,33 @@ fn a_totp_logins_write_is_one_round_trip_and_a_replay_is_refused_and_counted() {
         inner: Connector.connect(&target).expect("connect"),
         trips: Arc::clone(&trips),
     };
-    let mut store = PgStore::open(Box::new(client), &target).expect("open");
+    (
+        PgStore::open(Box::new(client), &target).expect("open"),
+        trips,
+    )
+}
+
+#[test]
+fn a_logins_first_read_is_one_statement() {
+    let (mut store, trips) = counting_store("first_read");
+    let store: &mut dyn Store = &mut store;
+    let before = trips.lock().unwrap().len();
+    let view = store
+        .login_view("u", Some("laptop"), &Channel::ALL, NOW)
+        .unwrap();
+    assert_eq!(view.user.map(|u| u.last_step), Some(-1));
+    let reads = trips.lock().unwrap()[before..].to_vec();
+    assert_eq!(reads.len(), 1, "one round trip: {reads:?}");
+    assert_eq!(
+        reads[0].len(),
+        1,
+        "one statement, with no BEGIN or COMMIT around it: {reads:?}"
+    );
+}
+
+#[test]
+fn a_totp_logins_write_is_one_round_trip_and_a_replay_is_refused_and_counted() {
+    let (mut store, trips) = counting_store("trips");
     let store: &mut dyn Store = &mut store;
 
     let (v, write) = login(store, &trips, 5);

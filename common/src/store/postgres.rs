@@ -8,7 +8,9 @@
 //! so of N hosts offering one code exactly one changes the row. A write
 //! that reads before it writes (the lockout count, the resend limit) first
 //! locks the user's row (`SELECT … FOR UPDATE`). Reads run in `REPEATABLE
-//! READ READ ONLY` transactions: one consistent view.
+//! READ READ ONLY` transactions: one consistent view. A login's first
+//! read ([`Tx::last_reads`]) is one statement, whose branches see one
+//! snapshot, with no `BEGIN` or `COMMIT` around it.
 //!
 //! Round trips are what a login waits for, so statements that need no
 //! answer before the next one are sent with it ([`PgClient::pipeline`]):
@@ -30,6 +32,8 @@
 //! `crm2fa-admin init`, as a role that may create tables) creates or
 //! upgrades it; [`PgStore::open`] (the login) never changes it, so the
 //! module's role needs only row rights.
+use std::ops::Range;
+
 use super::pg::{Done, Param, PgClient, PgError, PgTarget, Stmt, Value};
 use super::{Durability, Found, Read, StepUse, Store, Tx, TxBody, TxFailure, TxKind};
 use crate::audit::{AuditEntry, AuditFilter, Event, Outcome};
@@ -679,44 +683,101 @@ fn opt_text(v: Option<&str>) -> Param<'_> {
     v.map_or(Param::Null, Param::Text)
 }
 
-/// The statement of one read and its parameters.
-fn read_statement<'a>(read: &Read<'a>) -> (String, Vec<Param<'a>>) {
+/// One read as a branch of [`reads_statement`]: the types of its
+/// columns, its select list and the rest of its `SELECT` (`FROM …`).
+struct ReadSql {
+    types: &'static [&'static str],
+    columns: String,
+    rest: String,
+}
+
+const CODE_TYPES: &[&str] = &["bigint", "bytea"];
+const REMEMBERED_TYPES: &[&str] = &["text", "bigint"];
+
+/// `read` as a branch of a statement whose parameters so far are `params`
+/// (its own are added).
+fn read_sql<'a>(read: &Read<'a>, params: &mut Vec<Param<'a>>) -> ReadSql {
+    let mut param = |p: Param<'a>| {
+        params.push(p);
+        format!("${}", params.len())
+    };
     match *read {
-        Read::User(name) => (
-            format!("SELECT {USER_COLUMNS} FROM users WHERE name = $1"),
-            vec![Param::Text(name)],
-        ),
+        Read::User(name) => ReadSql {
+            types: &USER_COLUMN_TYPES,
+            columns: USER_COLUMNS.to_string(),
+            rest: format!("FROM users WHERE name = {}", param(Param::Text(name))),
+        },
         Read::UnusedCodes(kind, name, now) => {
             let t = table(kind);
-            if kind.expires() {
+            let name = param(Param::Text(name));
+            let rest = if kind.expires() {
                 // Newest by id: ids come from a sequence, and a sent code is
                 // stored only with its user's row locked, so a later code of
                 // a user always has a larger id, whichever host stored it.
                 let newest = if kind.newest_only() {
-                    format!(" AND id = (SELECT max(id) FROM {t} WHERE username = $1)")
+                    format!(" AND id = (SELECT max(id) FROM {t} WHERE username = {name})")
                 } else {
                     String::new()
                 };
-                (
-                    format!(
-                        "SELECT id, hash FROM {t} WHERE username = $1 AND used_at IS NULL \
-                         AND expires_at > $2{newest}"
-                    ),
-                    vec![Param::Text(name), Param::Int(now)],
+                let now = param(Param::Int(now));
+                format!(
+                    "FROM {t} WHERE username = {name} AND used_at IS NULL \
+                     AND expires_at > {now}{newest}"
                 )
             } else {
-                (
-                    format!("SELECT id, hash FROM {t} WHERE username = $1 AND used_at IS NULL"),
-                    vec![Param::Text(name)],
-                )
+                format!("FROM {t} WHERE username = {name} AND used_at IS NULL")
+            };
+            ReadSql {
+                types: CODE_TYPES,
+                columns: "id, hash".into(),
+                rest,
             }
         }
-        Read::Remembered(name, now) => (
-            "SELECT host, until FROM remembered WHERE username = $1 AND until > $2 ORDER BY host"
-                .to_string(),
-            vec![Param::Text(name), Param::Int(now)],
-        ),
+        Read::Remembered(name, now) => ReadSql {
+            types: REMEMBERED_TYPES,
+            columns: "host, until".into(),
+            rest: format!(
+                "FROM remembered WHERE username = {} AND until > {}",
+                param(Param::Text(name)),
+                param(Param::Int(now))
+            ),
+        },
     }
+}
+
+/// `reads` as one statement, its parameters, and where each read's columns
+/// are in its rows: the first column is the read's position in `reads`,
+/// and each read has columns of its own (NULL in the other reads' rows).
+/// One statement sees one snapshot of the database: the reads agree with
+/// each other without a transaction around them.
+fn reads_statement<'a>(reads: &[Read<'a>]) -> (String, Vec<Param<'a>>, Vec<Range<usize>>) {
+    let mut params = Vec::new();
+    let parts: Vec<ReadSql> = reads.iter().map(|r| read_sql(r, &mut params)).collect();
+    let mut ranges = Vec::with_capacity(parts.len());
+    let mut at = 1;
+    for part in &parts {
+        ranges.push(at..at + part.types.len());
+        at += part.types.len();
+    }
+    let branches: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| {
+            let mut select = vec![i.to_string()];
+            for (other, range) in parts.iter().zip(&ranges) {
+                if std::ptr::eq(other, part) {
+                    select.push(part.columns.clone());
+                } else {
+                    // Typed: a union's columns take their types pairwise,
+                    // and two untyped NULLs would make one `text`.
+                    select.extend(other.types.iter().map(|t| format!("NULL::{t}")));
+                }
+                debug_assert_eq!(range.len(), other.types.len());
+            }
+            format!("(SELECT {} {})", select.join(", "), part.rest)
+        })
+        .collect();
+    (branches.join(" UNION ALL "), params, ranges)
 }
 
 impl PgTx<'_> {
@@ -860,21 +921,54 @@ impl PgTx<'_> {
         }
     }
 
+    /// `reads` in one statement ([`reads_statement`]), sent with `then`
+    /// after it; what each found.
+    fn read_all(&mut self, reads: &[Read<'_>], then: &[Stmt<'_>]) -> Result<Vec<Found>> {
+        let (sql, params, ranges) = reads_statement(reads);
+        let mut statements = vec![Stmt::Query(&sql, &params)];
+        statements.extend_from_slice(then);
+        let rows = match self.run(&statements)?.into_iter().next() {
+            Some(Done::Rows(rows)) => rows,
+            _ => return Err(self.unanswered()),
+        };
+        let mut parts: Vec<Vec<Row<'_>>> = reads.iter().map(|_| Vec::new()).collect();
+        for values in &rows {
+            let part = match values.first() {
+                Some(&Value::Int(i)) => usize::try_from(i).ok(),
+                _ => None,
+            };
+            match part.and_then(|i| Some((i, values.get(ranges.get(i)?.clone())?))) {
+                Some((i, values)) => parts[i].push(self.row(values)),
+                None => return Err(self.bad_read()),
+            }
+        }
+        reads
+            .iter()
+            .zip(parts)
+            .map(|(read, rows)| self.found(read, &rows))
+            .collect()
+    }
+
+    fn bad_read(&self) -> Error {
+        Error::store(
+            self.location,
+            "a read was answered with rows of no read: the client is not what it should be",
+        )
+    }
+
     /// One read on its own.
     fn read_one(&mut self, read: Read<'_>) -> Result<Found> {
-        let (sql, params) = read_statement(&read);
-        let rows = self.rows(&sql, &params)?;
-        self.found(&read, &rows)
+        let mut found = self.read_all(&[read], &[])?;
+        found.pop().ok_or_else(|| self.bad_read())
     }
 
     /// What `read`'s rows say.
-    fn found(&self, read: &Read<'_>, rows: &[Vec<Value>]) -> Result<Found> {
+    fn found(&self, read: &Read<'_>, rows: &[Row<'_>]) -> Result<Found> {
         Ok(match read {
-            Read::User(_) => Found::User(rows.first().map(|r| self.row(r).user()).transpose()?),
+            Read::User(_) => Found::User(rows.first().map(Row::user).transpose()?),
             Read::UnusedCodes(..) => Found::Codes(
                 rows.iter()
-                    .map(|r| {
-                        let row = self.row(r);
+                    .map(|row| {
                         Ok(StoredCode {
                             id: row.int(0)?,
                             hash: row.bytes(1)?,
@@ -882,14 +976,14 @@ impl PgTx<'_> {
                     })
                     .collect::<Result<_>>()?,
             ),
-            Read::Remembered(..) => Found::Remembered(
-                rows.iter()
-                    .map(|r| {
-                        let row = self.row(r);
-                        Ok((row.text(0)?, row.int(1)?))
-                    })
-                    .collect::<Result<_>>()?,
-            ),
+            Read::Remembered(..) => {
+                let mut hosts = rows
+                    .iter()
+                    .map(|row| Ok((row.text(0)?, row.int(1)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                hosts.sort();
+                Found::Remembered(hosts)
+            }
         })
     }
 
@@ -1281,29 +1375,24 @@ impl Tx for PgTx<'_> {
     }
 
     fn last_reads(&mut self, reads: &[Read<'_>]) -> Result<Vec<Found>> {
-        let asked: Vec<(String, Vec<Param<'_>>)> = reads.iter().map(read_statement).collect();
-        let mut statements: Vec<Stmt<'_>> = asked
-            .iter()
-            .map(|(sql, params)| Stmt::Query(sql, params))
-            .collect();
-        if self.read_only {
-            statements.push(Stmt::Batch("COMMIT"));
+        // One statement is consistent on its own: a read transaction that
+        // has sent nothing yet sends neither its `BEGIN` nor a `COMMIT`.
+        let alone = self.read_only && !self.begun && self.later.len() == 1;
+        if alone {
+            self.later.clear();
         }
-        let done = self.run(&statements)?;
-        self.committed = self.read_only;
-        let found = reads
-            .iter()
-            .zip(done)
-            .map(|(r, d)| match d {
-                Done::Rows(rows) => self.found(r, &rows),
-                _ => Err(self.unanswered()),
-            })
-            .collect::<Result<Vec<Found>>>()?;
-        if found.len() == reads.len() {
-            Ok(found)
+        let commit = [Stmt::Batch("COMMIT")];
+        let then: &[Stmt<'_>] = if self.read_only && !alone {
+            &commit
         } else {
-            Err(self.unanswered())
+            &[]
+        };
+        let found = self.read_all(reads, then);
+        if alone {
+            self.begun = false;
         }
+        self.committed = self.read_only;
+        found
     }
 
     fn remember(&mut self, name: &str, host: &str, until: i64) -> Result<()> {
