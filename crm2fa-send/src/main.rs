@@ -41,8 +41,8 @@ Options:
 
 Exit status: 0 handed to the mail server or the SMS gateway, 1 not sent,
 2 bad usage or configuration, 3 sent but not confirmed (the mail server
-or gateway did not answer after the whole message: it may arrive). The first line of
-standard error says why.
+or gateway did not answer after the whole message: it may arrive). The
+first line of standard error says why.
 The PAM module runs it; by hand it helps to check a configuration.
 ";
 

@@ -764,15 +764,14 @@ fn reads_statement<'a>(reads: &[Read<'a>]) -> (String, Vec<Param<'a>>, Vec<Range
         .enumerate()
         .map(|(i, part)| {
             let mut select = vec![i.to_string()];
-            for (other, range) in parts.iter().zip(&ranges) {
-                if std::ptr::eq(other, part) {
+            for (j, other) in parts.iter().enumerate() {
+                if j == i {
                     select.push(part.columns.clone());
                 } else {
                     // Typed: a union's columns take their types pairwise,
                     // and two untyped NULLs would make one `text`.
                     select.extend(other.types.iter().map(|t| format!("NULL::{t}")));
                 }
-                debug_assert_eq!(range.len(), other.types.len());
             }
             format!("(SELECT {} {})", select.join(", "), part.rest)
         })
@@ -807,7 +806,9 @@ impl PgTx<'_> {
             })
             .collect();
         statements.extend_from_slice(now);
-        self.begun = true;
+        // The `BEGIN` is the first statement held back: it goes with the
+        // first that is sent, unless a read alone took its place.
+        self.begun |= !later.is_empty();
         let results = self.client.pipeline_within(&statements, self.limit);
         if results.len() != statements.len() {
             return Err(self.failure.note(Error::store(
@@ -1388,9 +1389,6 @@ impl Tx for PgTx<'_> {
             &[]
         };
         let found = self.read_all(reads, then);
-        if alone {
-            self.begun = false;
-        }
         self.committed = self.read_only;
         found
     }
