@@ -490,10 +490,17 @@ fn in_throwaway_root(files: &[&Path], script: &str) -> Output {
         .expect("run unshare")
 }
 
-/// [`in_throwaway_root`], checked: the script succeeded and announced each
-/// of `steps` (`say STEP` prints `== STEP`).
+/// Shell functions for the scripts of [`run_steps`]. `early_in_step`:
+/// with less than 5 s left of the current 30 s TOTP step, wait for the
+/// next, so that a code made for the step before stays within the window
+/// until the command that reads it has read the clock.
+const PRELUDE: &str =
+    "early_in_step() { s=$(( $(date +%s) % 30 )); if [ $s -ge 25 ]; then sleep $(( 30 - s )); fi; }\n";
+
+/// [`in_throwaway_root`], checked: the script (after [`PRELUDE`])
+/// succeeded and announced each of `steps` (`say STEP` prints `== STEP`).
 fn run_steps(files: &[&Path], script: &str, steps: &[&str]) {
-    let out = in_throwaway_root(files, script);
+    let out = in_throwaway_root(files, &format!("{PRELUDE}{script}"));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", show_output(&out));
     for step in steps {
@@ -532,6 +539,7 @@ login 'Tr0ub4dor&3'
 say password alone before the profile is enabled
 crm2fa-admin init >/dev/null
 secret=$(crm2fa-admin --json enroll tess --no-qr | sed -n 's/.*"secret": "\([A-Z2-7]*\)".*/\1/p')
+early_in_step
 crm2fa-admin confirm tess "$(oathtool --totp -b -N 'now - 30 seconds' "$secret")" >/dev/null
 pam-auth-update --enable crm2fa
 grep -q pam_crm2fa /etc/pam.d/common-auth
@@ -607,6 +615,7 @@ useradd -m tess
 echo 'tess:Tr0ub4dor&3' | chpasswd
 crm2fa-admin init >/dev/null
 secret=$(crm2fa-admin --json enroll tess --no-qr | sed -n 's/.*"secret": "\([A-Z2-7]*\)".*/\1/p')
+early_in_step
 crm2fa-admin confirm tess "$(code -30)" >/dev/null
 [ -e /etc/pam.d/sshd ] || echo '@include common-auth' >/etc/pam.d/sshd
 sed -i 's/^@include common-auth$/&\nauth required pam_crm2fa.so/' /etc/pam.d/sshd
