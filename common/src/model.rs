@@ -6,6 +6,7 @@ use crate::config::LockoutConfig;
 use crate::crypto::{HostKey, Secret};
 use crate::delivery::Channel;
 use crate::error::Result;
+use subtle::ConstantTimeEq;
 
 /// Enrolment state of a user's TOTP factor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +196,22 @@ impl UserRecord {
     /// codes wait for its first TOTP code).
     pub fn backup_codes_usable(&self) -> bool {
         self.state == TotpState::Active || self.delivery.is_some()
+    }
+
+    /// Whether `totp` may be used for `use_`: its secret is still the
+    /// user's, the enrolment in a state `use_` allows, and its step newer
+    /// than every step used before.
+    pub fn step_usable(&self, totp: &TotpMatch, use_: StepUse) -> bool {
+        let state = match use_ {
+            StepUse::Login => matches!(self.state, TotpState::Pending | TotpState::Active),
+            StepUse::Activation => self.state == TotpState::Pending,
+        };
+        state
+            && totp.step > self.last_step
+            && self
+                .secret
+                .as_deref()
+                .is_some_and(|s| bool::from(s.ct_eq(&totp.sealed_secret)))
     }
 
     /// Where codes sent by `channel` go, if the user has that contact.
@@ -389,6 +406,15 @@ pub struct TotpMatch {
     pub step: i64,
     /// The sealed secret it was computed from.
     pub sealed_secret: Vec<u8>,
+}
+
+/// What a TOTP step is used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepUse {
+    /// A login: the enrolment may be pending (then activated) or active.
+    Login,
+    /// `confirm`: only a pending enrolment.
+    Activation,
 }
 
 /// What a login attempt offers, worked out before the write lock is taken:

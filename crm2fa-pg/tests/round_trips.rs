@@ -1,6 +1,7 @@
-//! How many round trips a login's write takes on a real server, and that
-//! the one-round-trip write decides as the careful one does: a TOTP code
-//! accepted once, a replay refused and counted.
+//! How many round trips and statements a login takes on a real server,
+//! and that the one-statement write decides as the careful one does: a
+//! TOTP code accepted once, a replay refused and counted, also when the
+//! row the login read before its prompt changed meanwhile.
 mod testdb;
 
 use std::sync::{Arc, Mutex};
@@ -10,7 +11,7 @@ use crm2fa_common::audit::AuditCtx;
 use crm2fa_common::codes::SALT_LEN;
 use crm2fa_common::config::LockoutConfig;
 use crm2fa_common::delivery::Channel;
-use crm2fa_common::model::{Candidate, TotpMatch, Verdict};
+use crm2fa_common::model::{Candidate, TotpMatch, UserRecord, Verdict};
 use crm2fa_common::store::pg::{Done, Param, PgClient, PgConnect, PgError, SslMode, Stmt};
 use crm2fa_common::store::postgres::PgStore;
 use crm2fa_common::store::Store;
@@ -52,6 +53,16 @@ impl PgClient for Counting {
 /// the verdict, and the round trips of its write.
 fn login(store: &mut dyn Store, trips: &Trips, step: i64) -> (Verdict, Vec<Vec<String>>) {
     let seen = store.user("u").unwrap().expect("the user");
+    login_from(store, trips, &seen, step)
+}
+
+/// [`login`] from the row as `seen`.
+fn login_from(
+    store: &mut dyn Store,
+    trips: &Trips,
+    seen: &UserRecord,
+    step: i64,
+) -> (Verdict, Vec<Vec<String>>) {
     let before = trips.lock().unwrap().len();
     let code = Candidate {
         totp: Some(TotpMatch {
@@ -67,7 +78,7 @@ fn login(store: &mut dyn Store, trips: &Trips, step: i64) -> (Verdict, Vec<Vec<S
     };
     let ctx = AuditCtx::here("sshd", "203.0.113.7");
     let verdict = store
-        .redeem_seen("u", Some(&seen), &code, NOW, &lockout, &ctx, None)
+        .redeem_seen("u", Some(seen), &code, NOW, &lockout, &ctx, None)
         .unwrap();
     (verdict, trips.lock().unwrap()[before..].to_vec())
 }
@@ -114,19 +125,14 @@ fn a_logins_first_read_is_one_statement() {
     );
 }
 
-#[test]
-fn a_totp_logins_write_is_one_round_trip_and_a_replay_is_refused_and_counted() {
-    let (mut store, trips) = counting_store("trips");
-    let store: &mut dyn Store = &mut store;
-
-    let (v, write) = login(store, &trips, 5);
-    assert!(matches!(v, Verdict::Accepted { .. }), "{v:?}");
+/// One round trip of one statement, with no BEGIN or COMMIT around it.
+fn one_statement(write: &[Vec<String>]) {
     assert_eq!(write.len(), 1, "one round trip: {write:?}");
-    assert_eq!(write[0].last().map(String::as_str), Some("COMMIT"));
+    assert_eq!(write[0].len(), 1, "one statement: {write:?}");
+}
 
-    // The same step again: the guard fails, the server rolls the write
-    // back, and the write run again hears the count and counts the try.
-    let (v, write) = login(store, &trips, 5);
+/// The verdict on a step already used, the first failure counted.
+fn refused_as_reused_and_counted(v: &Verdict) {
     assert!(
         matches!(
             v,
@@ -138,14 +144,44 @@ fn a_totp_logins_write_is_one_round_trip_and_a_replay_is_refused_and_counted() {
         ),
         "{v:?}"
     );
-    assert!(write.len() > 2, "{write:?}");
+}
+
+#[test]
+fn a_totp_logins_write_is_one_statement_and_a_replay_is_refused_and_counted() {
+    let (mut store, trips) = counting_store("trips");
+    let store: &mut dyn Store = &mut store;
+
+    let (v, write) = login(store, &trips, 5);
+    assert!(matches!(v, Verdict::Accepted { .. }), "{v:?}");
+    one_statement(&write);
+
+    // The same step again, from the row as it now is: refused and
+    // counted, in one statement too.
+    let (v, write) = login(store, &trips, 5);
+    refused_as_reused_and_counted(&v);
+    one_statement(&write);
     let row = store.user("u").unwrap().unwrap();
     assert_eq!((row.last_step, row.lock.failures), (5, 1));
 
-    // A new step: one round trip again, and the count cleared.
+    // Two logins read the row before their prompts; the first uses step
+    // 6 and clears the count. The second offers step 6 too, decided from
+    // the row it read (where step 6 is new): the server refuses its write
+    // (the row is no longer what it read), and the write run again from
+    // the row as it is hears the step used and counts the try.
+    let stale = store.user("u").unwrap().unwrap();
     let (v, write) = login(store, &trips, 6);
     assert!(matches!(v, Verdict::Accepted { .. }), "{v:?}");
-    assert_eq!(write.len(), 1, "{write:?}");
+    one_statement(&write);
+    let (v, write) = login_from(store, &trips, &stale, 6);
+    refused_as_reused_and_counted(&v);
+    assert!(write.len() > 1, "{write:?}");
     let row = store.user("u").unwrap().unwrap();
-    assert_eq!((row.last_step, row.lock.failures), (6, 0));
+    assert_eq!((row.last_step, row.lock.failures), (6, 1));
+
+    // A new step: one statement again, and the count cleared.
+    let (v, write) = login(store, &trips, 7);
+    assert!(matches!(v, Verdict::Accepted { .. }), "{v:?}");
+    one_statement(&write);
+    let row = store.user("u").unwrap().unwrap();
+    assert_eq!((row.last_step, row.lock.failures), (7, 0));
 }

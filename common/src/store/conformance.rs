@@ -13,7 +13,7 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use super::{Durability, Found, Imported, Read, SendGrant, SendLimit, Store};
+use super::{Attempt, Durability, Found, Imported, Read, SendGrant, SendLimit, Store};
 use crate::audit::{AuditCtx, AuditEntry, AuditFilter, Event, Fact, Outcome};
 use crate::codes::{self, Code};
 use crate::config::LockoutConfig;
@@ -65,7 +65,7 @@ macro_rules! store_conformance {
             the_code_salt_never_changes_and_a_stale_one_is_refused,
             confirm_never_reactivates_an_active_enrolment,
             a_code_row_is_consumed_once,
-            a_stale_lock_count_is_not_written,
+            an_attempt_decided_from_a_stale_row_is_not_written,
             parallel_wrong_guesses_never_exceed_max_failures,
             parallel_logins_with_one_totp_step_exactly_one_succeeds,
             an_attempt_from_a_row_seen_before_is_made_as_from_the_row,
@@ -884,33 +884,32 @@ pub fn a_code_row_is_consumed_once(b: &dyn Backend) {
         .is_empty());
 }
 
-/// [`Tx::update_lock`] with counters that are no longer the stored ones
-/// writes nothing and says so: false, or the transaction fails as a
-/// conflict.
-pub fn a_stale_lock_count_is_not_written(b: &dyn Backend) {
+/// [`Tx::write_attempt`] decided from a row that is no longer the stored
+/// one writes nothing: the transaction fails as a conflict. Over the
+/// stored row it is written.
+pub fn an_attempt_decided_from_a_stale_row_is_not_written(b: &dyn Backend) {
     let mut s = b.open();
     active_user(s.as_mut(), 0);
+    let before = s.user("u").unwrap().unwrap();
     redeem(s.as_mut(), &Candidate::default(), NOW, 9);
-    let stored = s.user("u").unwrap().unwrap().lock;
-    let stale = LockState::default();
-    let to = LockState {
-        failures: 7,
-        ..LockState::default()
+    let stored = s.user("u").unwrap().unwrap();
+    assert_eq!(stored.lock.failures, 1);
+    let to = Attempt {
+        lock: LockState {
+            failures: 7,
+            ..LockState::default()
+        },
+        step: None,
+        success: false,
     };
-    let written = s.write(Durability::Full, |tx| {
-        tx.update_lock("u", Some(&stale), &to, NOW)
-    });
+    let written = s.write(Durability::Full, |tx| tx.write_attempt(&before, &to, NOW));
     assert!(
-        matches!(written, Ok(false) | Err(Error::Conflict { .. })),
+        matches!(written, Err(Error::Conflict { .. })),
         "{written:?}"
     );
-    assert_eq!(s.user("u").unwrap().unwrap().lock, stored);
-    let written = s
-        .write(Durability::Full, |tx| {
-            tx.update_lock("u", Some(&stored), &to, NOW)
-        })
+    assert_eq!(s.user("u").unwrap().unwrap(), stored);
+    s.write(Durability::Full, |tx| tx.write_attempt(&stored, &to, NOW))
         .unwrap();
-    assert!(written);
     assert_eq!(s.user("u").unwrap().unwrap().lock.failures, 7);
 }
 

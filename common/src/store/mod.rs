@@ -1,6 +1,6 @@
 //! The store contract: everything crm2fa keeps, behind one trait.
 //!
-//! A backend ([`sqlite`]; a server database later) implements [`Store`],
+//! A backend ([`sqlite`], [`postgres`]) implements [`Store`],
 //! which runs transactions, and [`Tx`], the reads and conditional writes
 //! inside one. Each write's promise is in its documentation, and the
 //! [`conformance`] suite checks every backend against them, races included.
@@ -10,8 +10,9 @@
 //! from data (the lockout arithmetic in [`crate::model`], the audit wording
 //! in [`crate::audit`]) never live in a backend. Every check-and-consume is
 //! one conditional write whose affected-row count decides (`… WHERE
-//! last_step < ?`, `… WHERE used_at IS NULL`), inside one transaction: that
-//! is exactly-once in SQLite and in a server database, on one host or many.
+//! used_at IS NULL`; the user's row written only if it is still the row
+//! the attempt was decided from), inside one transaction: that is
+//! exactly-once in SQLite and in a server database, on one host or many.
 use subtle::ConstantTimeEq;
 
 use crate::audit::{AuditCtx, AuditEntry, AuditFilter, Fact};
@@ -20,8 +21,8 @@ use crate::config::{LockoutConfig, StoreConfig};
 use crate::delivery::Channel;
 use crate::error::{Error, Result};
 use crate::model::{
-    Candidate, CodeKind, Factor, LockState, NewEnrollment, SeenFactors, Snapshot, StoredCode,
-    TotpMatch, TotpState, UserRecord, Verdict,
+    Candidate, CodeKind, Factor, LockState, NewEnrollment, SeenFactors, Snapshot, StepUse,
+    StoredCode, TotpMatch, TotpState, UserRecord, Verdict,
 };
 
 #[cfg(any(test, feature = "conformance"))]
@@ -86,7 +87,7 @@ pub trait Store: Send {
 /// Writes whose result is a `bool` are conditional: they report whether
 /// they changed a row, and that count is what decides (never a read made
 /// before them). A store may report a code's consumption
-/// ([`Tx::consume_step`], [`Tx::consume_code`]) as made before it knows:
+/// ([`Tx::consume_code`]) as made before it knows:
 /// if it was not, the transaction then fails with [`Error::Conflict`],
 /// nothing of it is written, and the body, run again ([`Store::write`]
 /// does), hears the true count.
@@ -96,13 +97,14 @@ pub trait Tx {
     /// decides from this read stays true while it writes.
     fn lock_user(&mut self, name: &str) -> Result<Option<UserRecord>>;
 
-    /// Lock the user's row as [`Tx::lock_user`] does, expecting it to be
-    /// `seen` still (read earlier, outside this transaction): if it is
-    /// not, or is gone, the transaction fails with [`Error::Conflict`]
-    /// and nothing of it is written. A store may find that only when the
-    /// next statement runs or the transaction commits, so that a write can
-    /// go with the lock, decided from `seen`.
-    fn lock_user_as(&mut self, seen: &UserRecord) -> Result<()>;
+    /// Expect the user's row to be `seen` still (read earlier, outside
+    /// this transaction): if it is not, or is gone, the transaction fails
+    /// with [`Error::Conflict`] and nothing of it is written. A store may
+    /// find that only when the transaction commits, so that the writes
+    /// decided from `seen` go with the check: each of them is conditional
+    /// itself ([`Tx::write_attempt`] is made only over `seen`, a code is
+    /// consumed only if unused), so none stands on a row that changed.
+    fn expect_user(&mut self, seen: &UserRecord) -> Result<()>;
 
     /// One user, if the store knows them.
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>>;
@@ -126,37 +128,21 @@ pub trait Tx {
     /// Add a user with no factor, unless the store knows them already.
     fn insert_user(&mut self, name: &str, code_salt: &[u8], now: i64) -> Result<()>;
 
-    /// Set the user's lock counters to `to` if they are still `expected`
-    /// (any value when `None`). False when the user is unknown, or when a
-    /// concurrent attempt changed the counters first: two attempts never
-    /// both count from the same value. With `expected`, a store may instead
-    /// find the lost race only when the next statement runs or the
-    /// transaction commits: the transaction then fails with
-    /// [`Error::Conflict`] and nothing of it is written.
-    fn update_lock(
-        &mut self,
-        name: &str,
-        expected: Option<&LockState>,
-        to: &LockState,
-        now: i64,
-    ) -> Result<bool>;
+    /// Set the user's lock counters to `to`. False when the user is
+    /// unknown.
+    fn update_lock(&mut self, name: &str, to: &LockState, now: i64) -> Result<bool>;
 
-    /// Note a successful code at `now`, and clear the lock counters.
-    fn record_success(&mut self, name: &str, now: i64) -> Result<()>;
-
-    /// Accept TOTP step `totp.step` of the secret `totp.sealed_secret`:
-    /// only if that secret is still the user's, in a state `use_` allows,
-    /// and the step is newer than every step accepted before. Activates a
-    /// pending enrolment and drops its kept codes. True for exactly one
-    /// caller per step, ever, across every process and host sharing this
-    /// store.
-    fn consume_step(
-        &mut self,
-        name: &str,
-        totp: &TotpMatch,
-        use_: StepUse,
-        now: i64,
-    ) -> Result<bool>;
+    /// Write `to`, the outcome of an attempt decided from `from`, into the
+    /// user's row: `from` is the row as [`Tx::lock_user`] read it or as
+    /// [`Tx::expect_user`] expects it. The write stands only if the row
+    /// is still `from` when it is made (its count of unused backup codes
+    /// aside, which a consumed code in this transaction changes): else the
+    /// transaction fails with [`Error::Conflict`] and nothing of it is
+    /// written. A store may find that only when the transaction commits.
+    /// A step `to` uses was found usable in `from`
+    /// ([`UserRecord::step_usable`]): as the row is still `from`, it is
+    /// used once, ever, across every process and host sharing this store.
+    fn write_attempt(&mut self, from: &UserRecord, to: &Attempt, now: i64) -> Result<()>;
 
     /// Mark the code in row `id` used at `now`, if it is still unused (and,
     /// of a kind that is [`CodeKind::newest_only`], still the newest row of
@@ -362,13 +348,16 @@ pub struct Imported<'a> {
     pub audit: &'a AuditEntry,
 }
 
-/// What a TOTP step is consumed for.
+/// What one attempt writes to the user's row ([`Tx::write_attempt`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StepUse {
-    /// A login: the enrolment may be pending (then activated) or active.
-    Login,
-    /// `confirm`: only a pending enrolment.
-    Activation,
+pub struct Attempt {
+    /// The lock counters after it.
+    pub lock: LockState,
+    /// The TOTP step it used, if it used one: the newest used from now on;
+    /// a pending enrolment becomes active and its kept codes are dropped.
+    pub step: Option<i64>,
+    /// It succeeded: the time of the last success is the attempt's.
+    pub success: bool,
 }
 
 /// How often a write transaction is run again after [`Error::Conflict`].
@@ -794,26 +783,36 @@ impl dyn Store + '_ {
         audit: &AuditEntry,
     ) -> Result<Option<Vec<u8>>> {
         self.write(Durability::Full, |tx| {
-            tx.lock_user(name)?;
+            let Some(user) = tx.lock_user(name)? else {
+                return Ok(None);
+            };
             let Some(codes) = tx.pending_codes(name)? else {
                 return Ok(None);
             };
-            if !tx.consume_step(name, totp, StepUse::Activation, now)? {
+            if !user.step_usable(totp, StepUse::Activation) {
                 return Ok(None);
             }
+            let used = Attempt {
+                lock: user.lock,
+                step: Some(totp.step),
+                success: false,
+            };
+            tx.write_attempt(&user, &used, now)?;
             tx.insert_audit(audit)?;
             Ok(Some(codes))
         })
     }
 
     /// One login attempt, in one transaction. A locked user is refused and
-    /// nothing is checked. Otherwise the attempt is counted as a failure
-    /// before it is checked (so parallel guesses never exceed
-    /// `max_failures`), then the first factor that matches is consumed — a
-    /// TOTP step newer than the last one used, an unused backup code of an
-    /// active enrolment, an unused unexpired recovery code — and the count
-    /// cleared if one did (a code sent by email or SMS is used up like a
-    /// recovery code). The audit rows go in with it. A success
+    /// nothing is checked. Otherwise the first factor that matches is
+    /// consumed — a TOTP step newer than the last one used, an unused
+    /// backup code of an active enrolment, an unused unexpired recovery
+    /// code (a code sent by email or SMS is used up like a recovery code)
+    /// — and the failure count cleared, or else the attempt counted as a
+    /// failure: one write of the user's row, made only if the row is still
+    /// the one the attempt was decided from, so that parallel attempts
+    /// never count from the same value nor use the same step. The audit
+    /// rows go in with it. A success
     /// remembers `remember`'s host until its time; a lock forgets every
     /// remembered host of the user.
     pub fn redeem(
@@ -829,10 +828,9 @@ impl dyn Store + '_ {
     }
 
     /// [`redeem`](Self::redeem) by a login that read the user as `seen`
-    /// before it asked for the code: the attempt is decided from `seen`
-    /// while the row is locked, and stands only if the row is still
-    /// `seen` (on PostgreSQL the whole write then goes in one round
-    /// trip). If the row changed meanwhile, the attempt is made again from
+    /// before it asked for the code: the attempt is decided from `seen`,
+    /// and stands only if the row is still `seen` (on PostgreSQL the whole
+    /// write is then one statement). If the row changed meanwhile, the attempt is made again from
     /// the row as it is, as `redeem` makes it.
     #[allow(clippy::too_many_arguments)]
     pub fn redeem_seen(
@@ -845,13 +843,12 @@ impl dyn Store + '_ {
         ctx: &AuditCtx,
         remember: Option<(&str, i64)>,
     ) -> Result<Verdict> {
-        let location = self.location().to_string();
         let mut seen = seen.filter(|u| u.name == name);
         self.write(Durability::Full, |tx| {
             // Once only: a transaction run again after a conflict reads.
             let user = match seen.take() {
                 Some(user) => {
-                    tx.lock_user_as(user)?;
+                    tx.expect_user(user)?;
                     user.clone()
                 }
                 None => match tx.lock_user(name)? {
@@ -861,42 +858,47 @@ impl dyn Store + '_ {
             };
             let verdict = match user.locked_at(now) {
                 Some(until) => Verdict::Locked { until },
-                None => {
-                    let counted = user.lock.after_attempt(lockout, now);
-                    if !tx.update_lock(name, Some(&user.lock), &counted, now)? {
-                        return Err(Error::Conflict {
-                            location: location.clone(),
-                        });
-                    }
-                    match consume_first_match(tx, &user, candidate, now)? {
-                        Some((factor, activated_codes)) => {
-                            tx.record_success(name, now)?;
-                            if let Some((host, until)) = remember {
-                                tx.remember(name, host, until)?;
-                            }
-                            Verdict::Accepted {
-                                factor,
-                                activated_codes,
-                                backup_codes_left: user
-                                    .after_success(factor, now)
-                                    .backup_codes_left(),
-                            }
+                None => match first_match(tx, &user, candidate, now)? {
+                    Some((factor, activated_codes)) => {
+                        let done = Attempt {
+                            lock: LockState::default(),
+                            step: match factor {
+                                Factor::Totp => candidate.totp.as_ref().map(|m| m.step),
+                                _ => None,
+                            },
+                            success: true,
+                        };
+                        tx.write_attempt(&user, &done, now)?;
+                        if let Some((host, until)) = remember {
+                            tx.remember(name, host, until)?;
                         }
-                        None => {
-                            if counted.locked_until.is_some() {
-                                tx.forget(name, None)?;
-                            }
-                            Verdict::Rejected {
-                                failures: counted.failures,
-                                reused: candidate
-                                    .totp
-                                    .as_ref()
-                                    .is_some_and(|m| m.step <= user.last_step),
-                                locked_until: counted.locked_until,
-                            }
+                        Verdict::Accepted {
+                            factor,
+                            activated_codes,
+                            backup_codes_left: user.after_success(factor, now).backup_codes_left(),
                         }
                     }
-                }
+                    None => {
+                        let counted = user.lock.after_attempt(lockout, now);
+                        let failed = Attempt {
+                            lock: counted,
+                            step: None,
+                            success: false,
+                        };
+                        tx.write_attempt(&user, &failed, now)?;
+                        if counted.locked_until.is_some() {
+                            tx.forget(name, None)?;
+                        }
+                        Verdict::Rejected {
+                            failures: counted.failures,
+                            reused: candidate
+                                .totp
+                                .as_ref()
+                                .is_some_and(|m| m.step <= user.last_step),
+                            locked_until: counted.locked_until,
+                        }
+                    }
+                },
             };
             for e in ctx.entries(now, name, &Fact::of_verdict(&verdict)) {
                 tx.insert_audit(&e)?;
@@ -959,7 +961,7 @@ impl dyn Store + '_ {
                     });
                 }
                 replace_codes(tx, f.user, f.new.backup_hashes, now)?;
-                tx.update_lock(f.user, None, &LockState::default(), now)?;
+                tx.update_lock(f.user, &LockState::default(), now)?;
                 tx.insert_audit(f.audit)?;
             }
             Ok(())
@@ -1010,7 +1012,7 @@ impl dyn Store + '_ {
             lock_with_salt(tx, name, salt)?;
             tx.delete_codes(CodeKind::Recovery, name, true)?;
             tx.insert_expiring_code(CodeKind::Recovery, name, hash, expires_at, now)?;
-            tx.update_lock(name, None, &LockState::default(), now)?;
+            tx.update_lock(name, &LockState::default(), now)?;
             tx.insert_audit(audit)
         })
     }
@@ -1157,7 +1159,7 @@ impl dyn Store + '_ {
     /// Clear the lockout. False for an unknown user.
     pub fn unlock(&mut self, name: &str, now: i64, audit: &AuditEntry) -> Result<bool> {
         self.write(Durability::Full, |tx| {
-            let done = tx.update_lock(name, None, &LockState::default(), now)?;
+            let done = tx.update_lock(name, &LockState::default(), now)?;
             if done {
                 tx.insert_audit(audit)?;
             }
@@ -1203,7 +1205,7 @@ impl dyn Store + '_ {
             if !tx.clear_factors(name, now)? {
                 return Ok(false);
             }
-            tx.update_lock(name, None, &LockState::default(), now)?;
+            tx.update_lock(name, &LockState::default(), now)?;
             for kind in CodeKind::ALL {
                 tx.delete_codes(kind, name, false)?;
             }
@@ -1214,22 +1216,23 @@ impl dyn Store + '_ {
     }
 }
 
-/// Consume the first factor of `candidate` that matches: TOTP, then a
-/// backup code, a recovery code, a code sent by email, by SMS. The factor, and the sealed codes to
-/// show when a TOTP code activated a pending enrolment.
-fn consume_first_match(
+/// The first factor of `candidate` that `user` accepts: a usable TOTP
+/// step (written by [`Tx::write_attempt`]), else a backup code, a recovery
+/// code, a code sent by email, by SMS (consumed here). The factor, and the
+/// sealed codes to show when a TOTP code activates a pending enrolment.
+fn first_match(
     tx: &mut dyn Tx,
     user: &UserRecord,
     candidate: &Candidate,
     now: i64,
 ) -> Result<Option<(Factor, Option<Vec<u8>>)>> {
     if let Some(totp) = &candidate.totp {
-        // `user` was read with its row locked: its state is still so.
-        let pending = match user.state {
-            TotpState::Pending => tx.pending_codes(&user.name)?,
-            TotpState::None | TotpState::Active => None,
-        };
-        if tx.consume_step(&user.name, totp, StepUse::Login, now)? {
+        if user.step_usable(totp, StepUse::Login) {
+            // `user` is the row as it stands while the attempt is written.
+            let pending = match user.state {
+                TotpState::Pending => tx.pending_codes(&user.name)?,
+                TotpState::None | TotpState::Active => None,
+            };
             return Ok(Some((Factor::Totp, pending)));
         }
     }

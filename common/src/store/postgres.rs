@@ -24,9 +24,11 @@
 //! goes with the `COMMIT`, which then rolls back. A code's consumption is
 //! such a guard as well, reported as made, unless the transaction is run
 //! again after a conflict: then its count is answered before anything is
-//! decided from it. A TOTP login's write is thus one round trip (the lock,
-//! the row's check, the count, the step, the success, the audit and the
-//! `COMMIT`), and a code already used costs a second transaction.
+//! decided from it. A write whose every statement was held back goes as
+//! one statement instead ([`PgTx::commit`]): a login's write (the row's
+//! check, the attempt written over the row it read, the audit) is one
+//! statement, with no `BEGIN` or `COMMIT`, and a row changed meanwhile or
+//! a code already used costs a second, careful transaction.
 //!
 //! The schema is versioned in `crm2fa_meta`; [`PgStore::create`] (run by
 //! `crm2fa-admin init`, as a role that may create tables) creates or
@@ -35,14 +37,14 @@
 use std::ops::Range;
 
 use super::pg::{Done, Param, PgClient, PgError, PgTarget, Stmt, Value};
-use super::{Durability, Found, Read, StepUse, Store, Tx, TxBody, TxFailure, TxKind};
+use super::{Attempt, Durability, Found, Read, Store, Tx, TxBody, TxFailure, TxKind};
 use crate::audit::{AuditEntry, AuditFilter, Event, Outcome};
 use crate::codes::{HASH_LEN, SALT_LEN};
 use crate::delivery::Channel;
 use crate::error::{Error, Result};
 use crate::model::{
-    CodeKind, CodeRow, LockState, NewEnrollment, Origin, Snapshot, StoredCode, TotpMatch,
-    TotpState, UserRecord, UserRow,
+    CodeKind, CodeRow, LockState, NewEnrollment, Origin, Snapshot, StoredCode, TotpState,
+    UserRecord, UserRow,
 };
 
 /// Schema version this build reads and writes.
@@ -420,6 +422,7 @@ impl Store for PgStore {
             read_only: kind == TxKind::Read,
             committed: false,
             careful,
+            one_statement: kind == TxKind::Write(Durability::Full),
         };
         // A COMMIT after a failed statement is answered as a success (the
         // server rolls back instead): one that failed, even if the body went
@@ -479,22 +482,25 @@ struct PgTx<'a> {
     /// A code's consumption is answered before the body goes on (see
     /// [`PgStore::careful`]); else it is a guard that goes with the commit.
     careful: bool,
+    /// What is held back may go as one statement ([`PgTx::commit`]):
+    /// a write at the default isolation and durability.
+    one_statement: bool,
 }
 
 /// At most this many statements are held back (a copy of a store inserts
 /// rows by the thousand).
 const MAX_LATER: usize = 64;
 
-/// A statement held back to go with the next one.
+/// A statement held back to go with the next one. Statements held back
+/// may also all go as one statement ([`PgTx::commit`]), each seeing the
+/// rows as they were before it: none may depend on another's effect.
 struct Later {
     sql: String,
     /// `None`: a batch without parameters.
     params: Option<Vec<Value>>,
-    /// A query: its rows are read (and else dropped).
-    query: bool,
-    /// A guard ([`guarded_write`], [`PgTx::lock_user_as`]): its one row
-    /// is the number 1, or it fails with [`GUARD_FAILED`], and the
-    /// transaction with it, as an [`Error::Conflict`].
+    /// A guard: `sql` gives rows (`UPDATE … RETURNING 1`, `SELECT 1 …`),
+    /// and the transaction stands only if it gives exactly one; else it
+    /// fails with [`GUARD_FAILED`], as an [`Error::Conflict`].
     guard: bool,
 }
 
@@ -503,17 +509,24 @@ impl Later {
         Later {
             sql: sql.to_owned(),
             params: None,
-            query: false,
             guard: false,
         }
     }
 
-    fn statement(sql: String, params: &[Param<'_>], query: bool, guard: bool) -> Later {
+    fn statement(sql: String, params: Vec<Value>, guard: bool) -> Later {
         Later {
             sql,
-            params: Some(params.iter().map(|&p| Value::from(p)).collect()),
-            query,
+            params: Some(params),
             guard,
+        }
+    }
+
+    /// The statement as sent on its own.
+    fn text(&self) -> std::borrow::Cow<'_, str> {
+        if self.guard {
+            guarded(&self.sql).into()
+        } else {
+            self.sql.as_str().into()
         }
     }
 }
@@ -522,23 +535,97 @@ impl Later {
 /// one division in a guard, by the number of rows that hold.
 const GUARD_FAILED: &str = "22012";
 
-/// `update` (an `UPDATE` of one row at most) as a guard: it fails, and
-/// the transaction with it, unless it changed exactly one row.
-fn guarded_write(update: &str) -> String {
-    format!("WITH done AS ({update} RETURNING 1) SELECT 1 / count(*)::int FROM done")
+/// `serialization_failure`.
+const SERIALIZATION_FAILED: &str = "40001";
+
+/// `sql` with each parameter `$n` numbered `$(n + by)`.
+fn renumber(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + by).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
-const USER_COLUMNS: &str = "name, state, disabled, secret, code_salt, last_step, failures,
-     locked_until, last_success,
-     (SELECT count(*) FROM backup_codes b WHERE b.username = users.name AND b.used_at IS NULL),
-     email, phone, lock_level, enrolled_by, delivery";
+/// `rows` as a guard: a statement whose one row is the number 1 if `rows`
+/// gave exactly one row, and which fails with [`GUARD_FAILED`] if it gave
+/// none.
+fn guarded(rows: &str) -> String {
+    format!("WITH done AS ({rows}) SELECT 1 / count(*)::int FROM done")
+}
 
-/// The type of each of [`USER_COLUMNS`], in order, as [`user_values`]
-/// gives them back.
-const USER_COLUMN_TYPES: [&str; 15] = [
-    "text", "text", "boolean", "bytea", "bytea", "bigint", "bigint", "bigint", "bigint", "bigint",
-    "text", "text", "bigint", "text", "text",
+/// The columns a user is read from ([`Row::user`]), and the type of each.
+const USER_COLUMNS: [(&str, &str); 15] = [
+    ("name", "text"),
+    ("state", "text"),
+    ("disabled", "boolean"),
+    ("secret", "bytea"),
+    ("code_salt", "bytea"),
+    ("last_step", "bigint"),
+    ("failures", "bigint"),
+    ("locked_until", "bigint"),
+    ("last_success", "bigint"),
+    (
+        "(SELECT count(*) FROM backup_codes b WHERE b.username = users.name AND b.used_at IS NULL)",
+        "bigint",
+    ),
+    ("email", "text"),
+    ("phone", "text"),
+    ("lock_level", "bigint"),
+    ("enrolled_by", "text"),
+    ("delivery", "text"),
 ];
+
+/// The type of each of [`USER_COLUMNS`].
+const USER_TYPES: [&str; USER_COLUMNS.len()] = {
+    let mut types = [""; USER_COLUMNS.len()];
+    let mut i = 0;
+    while i < types.len() {
+        types[i] = USER_COLUMNS[i].1;
+        i += 1;
+    }
+    types
+};
+
+/// Which of [`USER_COLUMNS`] is the count of unused backup codes.
+const UNUSED_BACKUP_CODES: usize = 9;
+
+/// The select list of a user ([`USER_COLUMNS`]).
+fn user_columns() -> String {
+    let names: Vec<&str> = USER_COLUMNS.iter().map(|&(c, _)| c).collect();
+    names.join(", ")
+}
+
+/// The condition that the user's row is `u`, column by column, compared
+/// with parameters added to `params`; with `count` false, the count of
+/// unused backup codes is left out.
+fn row_is(u: &UserRecord, count: bool, params: &mut Vec<Value>) -> String {
+    let (mut columns, mut values) = (Vec::new(), Vec::new());
+    for (i, ((column, type_), value)) in USER_COLUMNS.iter().zip(user_values(u)).enumerate() {
+        if i == UNUSED_BACKUP_CODES && !count {
+            continue;
+        }
+        params.push(value);
+        columns.push(*column);
+        values.push(format!("${}::{type_}", params.len()));
+    }
+    format!(
+        "ROW({}) IS NOT DISTINCT FROM ROW({})",
+        columns.join(", "),
+        values.join(", ")
+    )
+}
 
 /// `u` as the values of [`USER_COLUMNS`] it was read from ([`Row::user`]
 /// backwards).
@@ -703,8 +790,8 @@ fn read_sql<'a>(read: &Read<'a>, params: &mut Vec<Param<'a>>) -> ReadSql {
     };
     match *read {
         Read::User(name) => ReadSql {
-            types: &USER_COLUMN_TYPES,
-            columns: USER_COLUMNS.to_string(),
+            types: &USER_TYPES,
+            columns: user_columns(),
             rest: format!("FROM users WHERE name = {}", param(Param::Text(name))),
         },
         Read::UnusedCodes(kind, name, now) => {
@@ -796,13 +883,14 @@ impl PgTx<'_> {
             .iter()
             .map(|l| l.params.iter().flatten().map(Value::as_param).collect())
             .collect();
+        let texts: Vec<_> = later.iter().map(Later::text).collect();
         let mut statements: Vec<Stmt<'_>> = later
             .iter()
-            .zip(&params)
-            .map(|(l, p)| match (&l.params, l.query) {
-                (None, _) => Stmt::Batch(&l.sql),
-                (Some(_), false) => Stmt::Execute(&l.sql, p),
-                (Some(_), true) => Stmt::Query(&l.sql, p),
+            .zip(texts.iter().zip(&params))
+            .map(|(l, (sql, p))| match (&l.params, l.guard) {
+                (None, _) => Stmt::Batch(sql),
+                (Some(_), false) => Stmt::Execute(sql, p),
+                (Some(_), true) => Stmt::Query(sql, p),
             })
             .collect();
         statements.extend_from_slice(now);
@@ -846,13 +934,13 @@ impl PgTx<'_> {
 
     /// Hold `sql` back to go with the next statement (see [`Later`]).
     fn exec_later(&mut self, sql: &str, params: &[Param<'_>]) -> Result<()> {
-        self.hold(Later::statement(sql.to_owned(), params, false, false))
+        let params = params.iter().map(|&p| Value::from(p)).collect();
+        self.hold(Later::statement(sql.to_owned(), params, false))
     }
 
-    /// Hold `update` back as a guard ([`guarded_write`]): the transaction
-    /// stands only if it changed exactly one row.
-    fn guard_later(&mut self, update: &str, params: &[Param<'_>]) -> Result<()> {
-        self.hold(Later::statement(guarded_write(update), params, true, true))
+    /// Hold `rows` back as a guard (see [`Later::guard`]).
+    fn guard_later(&mut self, rows: String, params: Vec<Value>) -> Result<()> {
+        self.hold(Later::statement(rows, params, true))
     }
 
     /// Consume one row with `update`: whether it changed it. Unless
@@ -863,7 +951,9 @@ impl PgTx<'_> {
         if self.careful {
             Ok(self.exec(update, params)? == 1)
         } else {
-            self.guard_later(update, params).map(|()| true)
+            let params = params.iter().map(|&p| Value::from(p)).collect();
+            self.guard_later(format!("{update} RETURNING 1"), params)
+                .map(|()| true)
         }
     }
 
@@ -887,7 +977,63 @@ impl PgTx<'_> {
         if self.committed {
             return Ok(());
         }
+        if self.one_statement && !self.begun && self.later.len() > 1 {
+            return self.commit_as_one();
+        }
         self.run(&[Stmt::Batch("COMMIT")]).map(drop)
+    }
+
+    /// Nothing was sent yet and the `BEGIN` is all that is held back
+    /// besides statements: send them as one statement instead, each a
+    /// part of its `WITH` (all see the rows as they were before it; each
+    /// modifying part runs, to its end), the guards' checks its select
+    /// list. One statement is one transaction: no `BEGIN`, no `COMMIT`.
+    fn commit_as_one(&mut self) -> Result<()> {
+        let later = std::mem::take(&mut self.later);
+        let mut parts = Vec::new();
+        let mut checks = Vec::new();
+        let mut values: Vec<&Value> = Vec::new();
+        for (i, l) in later.iter().enumerate().skip(1) {
+            let Some(params) = &l.params else {
+                return Err(self.failure.note(Error::store(
+                    self.location,
+                    "a batch was held back after the transaction's BEGIN",
+                )));
+            };
+            parts.push(format!("s{i} AS ({})", renumber(&l.sql, values.len())));
+            values.extend(params);
+            if l.guard {
+                checks.push(format!("1 / (SELECT count(*)::int FROM s{i})"));
+            }
+        }
+        let want = vec![vec![Value::Int(1); checks.len().max(1)]];
+        if checks.is_empty() {
+            checks.push("1".into());
+        }
+        let sql = format!("WITH {} SELECT {}", parts.join(", "), checks.join(", "));
+        let params: Vec<Param<'_>> = values.into_iter().map(Value::as_param).collect();
+        let done = self
+            .client
+            .pipeline_within(&[Stmt::Query(&sql, &params)], self.limit)
+            .pop();
+        self.committed = true;
+        match done {
+            Some(Ok(Done::Rows(rows))) if rows == want => Ok(()),
+            // A server whose sessions default to a stricter isolation
+            // level refuses the statement on a concurrent change instead.
+            Some(Err(e))
+                if matches!(
+                    e.sqlstate.as_deref(),
+                    Some(GUARD_FAILED | SERIALIZATION_FAILED)
+                ) =>
+            {
+                Err(self.failure.note(Error::Conflict {
+                    location: self.location.into(),
+                }))
+            }
+            Some(Err(e)) => Err(self.failure.note(pg_err(self.location, e))),
+            _ => Err(self.unanswered()),
+        }
     }
 
     /// Run one statement; the number of rows it changed.
@@ -990,7 +1136,7 @@ impl PgTx<'_> {
 
     fn users_where(&mut self, clause: &str, params: &[Param<'_>]) -> Result<Vec<UserRecord>> {
         let rows = self.rows(
-            &format!("SELECT {USER_COLUMNS} FROM users {clause}"),
+            &format!("SELECT {} FROM users {clause}", user_columns()),
             params,
         )?;
         rows.iter().map(|r| self.row(r).user()).collect()
@@ -1004,7 +1150,7 @@ impl Tx for PgTx<'_> {
         // true until the transaction ends, on every host. Sent together:
         // the server runs the read once the lock is granted.
         let key = [Param::Text(name)];
-        let read = format!("SELECT {USER_COLUMNS} FROM users WHERE name = $1");
+        let read = format!("SELECT {} FROM users WHERE name = $1", user_columns());
         let mut done = self
             .run(&[
                 Stmt::Query("SELECT 1 FROM users WHERE name = $1 FOR UPDATE", &key),
@@ -1020,29 +1166,18 @@ impl Tx for PgTx<'_> {
         }
     }
 
-    fn lock_user_as(&mut self, seen: &UserRecord) -> Result<()> {
-        // Held back, to go with the count and the code check that follow
-        // (decided from `seen`): the lock, then a guard that the row, read
-        // anew once the lock is granted, is still `seen`, column by column.
-        self.hold(Later::statement(
-            "SELECT 1 FROM users WHERE name = $1 FOR UPDATE".into(),
-            &[Param::Text(&seen.name)],
-            true,
-            false,
-        ))?;
-        let values = user_values(seen);
-        let params: Vec<Param<'_>> = values.iter().map(Value::as_param).collect();
-        let typed: Vec<String> = USER_COLUMN_TYPES
-            .iter()
-            .enumerate()
-            .map(|(i, t)| format!("${}::{t}", i + 1))
-            .collect();
+    fn expect_user(&mut self, seen: &UserRecord) -> Result<()> {
+        // A guard, held back: it goes with the writes decided from `seen`,
+        // which are conditional themselves (`write_attempt` over the row's
+        // columns as `seen` has them, a code only if unused). Here the
+        // count of unused backup codes is checked too, as the statement
+        // finds it before any of them is consumed.
+        let mut params = vec![Value::Text(seen.name.clone())];
         let sql = format!(
-            "SELECT 1 / count(*)::int FROM users WHERE name = $1
-             AND ROW({USER_COLUMNS}) IS NOT DISTINCT FROM ROW({})",
-            typed.join(", ")
+            "SELECT 1 FROM users WHERE name = $1 AND {}",
+            row_is(seen, true, &mut params)
         );
-        self.hold(Later::statement(sql, &params, true, true))
+        self.guard_later(sql, params)
     }
 
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>> {
@@ -1112,83 +1247,47 @@ impl Tx for PgTx<'_> {
         .map(drop)
     }
 
-    fn update_lock(
-        &mut self,
-        name: &str,
-        expected: Option<&LockState>,
-        to: &LockState,
-        now: i64,
-    ) -> Result<bool> {
-        let set = [
-            Param::Text(name),
-            Param::Int(i64::from(to.failures)),
-            opt(to.locked_until),
-            Param::Int(i64::from(to.level)),
-            Param::Int(now),
-        ];
-        let n = match expected {
-            Some(from) => {
-                let mut params = set.to_vec();
-                params.extend([
-                    Param::Int(i64::from(from.failures)),
-                    opt(from.locked_until),
-                    Param::Int(i64::from(from.level)),
-                ]);
-                // Nothing before the commit reads the count: a guard, it
-                // goes with the next statement, and a lost race fails the
-                // transaction as a conflict (which runs it again).
-                self.guard_later(
-                    "UPDATE users SET failures = $2, locked_until = $3, lock_level = $4,
-                            updated_at = $5
-                     WHERE name = $1 AND failures = $6
-                       AND locked_until IS NOT DISTINCT FROM $7::bigint AND lock_level = $8",
-                    &params,
-                )?;
-                1
-            }
-            None => self.exec(
-                "UPDATE users SET failures = $2, locked_until = $3, lock_level = $4,
-                        updated_at = $5
-                 WHERE name = $1",
-                &set,
-            )?,
-        };
+    fn update_lock(&mut self, name: &str, to: &LockState, now: i64) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE users SET failures = $2, locked_until = $3, lock_level = $4, updated_at = $5
+             WHERE name = $1",
+            &[
+                Param::Text(name),
+                Param::Int(i64::from(to.failures)),
+                opt(to.locked_until),
+                Param::Int(i64::from(to.level)),
+                Param::Int(now),
+            ],
+        )?;
         Ok(n == 1)
     }
 
-    fn record_success(&mut self, name: &str, now: i64) -> Result<()> {
-        self.exec_later(
-            "UPDATE users SET last_success = $2, failures = 0, locked_until = NULL,
-                    lock_level = 0
-             WHERE name = $1",
-            &[Param::Text(name), Param::Int(now)],
-        )
-    }
-
-    fn consume_step(
-        &mut self,
-        name: &str,
-        totp: &TotpMatch,
-        use_: StepUse,
-        now: i64,
-    ) -> Result<bool> {
-        let states = match use_ {
-            StepUse::Login => "('pending', 'active')",
-            StepUse::Activation => "('pending')",
-        };
-        self.consume(
-            &format!(
-                "UPDATE users SET last_step = $2, state = 'active', pending_codes = NULL,
-                        updated_at = $3
-                 WHERE name = $1 AND state IN {states} AND last_step < $2 AND secret = $4"
-            ),
-            &[
-                Param::Text(name),
-                Param::Int(totp.step),
-                Param::Int(now),
-                Param::Bytes(&totp.sealed_secret),
-            ],
-        )
+    fn write_attempt(&mut self, from: &UserRecord, to: &Attempt, now: i64) -> Result<()> {
+        // A guard that goes with the commit: the row is written only if it
+        // is still `from` once this statement holds it (a row another
+        // host changed meanwhile is read anew, as it now is, and then
+        // differs). The count of unused backup codes is left out: a code
+        // this transaction consumed changes it.
+        let mut params = vec![
+            Value::Text(from.name.clone()),
+            Value::Int(i64::from(to.lock.failures)),
+            to.lock.locked_until.map_or(Value::Null, Value::Int),
+            Value::Int(i64::from(to.lock.level)),
+            Value::Int(now),
+            to.step.map_or(Value::Null, Value::Int),
+            Value::Bool(to.success),
+        ];
+        let sql = format!(
+            "UPDATE users SET failures = $2, locked_until = $3, lock_level = $4, updated_at = $5,
+                    last_step = coalesce($6::bigint, last_step),
+                    state = CASE WHEN $6::bigint IS NULL THEN state ELSE 'active' END,
+                    pending_codes = CASE WHEN $6::bigint IS NULL THEN pending_codes END,
+                    last_success = CASE WHEN $7::boolean THEN $5 ELSE last_success END
+             WHERE name = $1 AND {}
+             RETURNING 1",
+            row_is(from, false, &mut params)
+        );
+        self.guard_later(sql, params)
     }
 
     fn consume_code(&mut self, kind: CodeKind, id: i64, now: i64) -> Result<bool> {
@@ -1617,13 +1716,28 @@ mod tests {
 
     impl Scripted {
         fn answer(&self, sql: &str, query: bool) -> std::result::Result<Done, PgError> {
-            if self.fail.is_some_and(|f| sql.starts_with(f)) {
+            if self
+                .fail
+                .is_some_and(|f| sql.starts_with(f) || sql.contains(&format!(" AS ({f}")))
+            {
                 return Err(PgError {
                     sqlstate: Some("42501".into()),
                     message: "permission denied".into(),
                 });
             }
-            if sql.starts_with("WITH done AS") || sql.starts_with("SELECT 1 / count(*)") {
+            if sql.starts_with("WITH s1 AS") {
+                // One statement ([`PgTx::commit_as_one`]): a check per guard.
+                let guards = sql.matches("1 / (SELECT count(*)::int FROM s").count();
+                return match (guards, self.changed) {
+                    (0, _) => Ok(Done::Rows(vec![vec![Value::Int(1)]])),
+                    (n, 1) => Ok(Done::Rows(vec![vec![Value::Int(1); n]])),
+                    _ => Err(PgError {
+                        sqlstate: Some(GUARD_FAILED.into()),
+                        message: "division by zero".into(),
+                    }),
+                };
+            }
+            if sql.starts_with("WITH done AS") {
                 return match self.changed {
                     1 => Ok(Done::Rows(vec![vec![Value::Int(1)]])),
                     _ => Err(PgError {
@@ -1738,7 +1852,7 @@ mod tests {
         let (mut s, c) = store(None, 1);
         write(&mut s, &mut |tx| {
             assert!(tx.lock_user("u")?.is_none(), "no row from the script");
-            tx.record_success("u", 1)?;
+            tx.write_attempt(&seen(), &attempt(), 1)?;
             tx.insert_audit(&entry())
         })
         .unwrap();
@@ -1750,7 +1864,7 @@ mod tests {
                     "SELECT 1 FROM",
                     "SELECT name, state,"
                 ],
-                vec!["UPDATE users SET", "INSERT INTO audit(time,", "COMMIT"],
+                vec!["WITH done AS", "INSERT INTO audit(time,", "COMMIT"],
             ]
         );
     }
@@ -1759,35 +1873,41 @@ mod tests {
         UserRecord::new("u", vec![0; SALT_LEN])
     }
 
+    /// A successful TOTP attempt.
+    fn attempt() -> Attempt {
+        Attempt {
+            lock: LockState::default(),
+            step: Some(7),
+            success: true,
+        }
+    }
+
     #[test]
-    fn a_login_write_is_one_round_trip_its_guards_going_with_the_commit() {
-        let (mut s, c) = store(None, 1);
-        let lock = LockState::default();
-        let totp = TotpMatch {
-            step: 7,
-            sealed_secret: vec![1; 4],
-        };
-        write(&mut s, &mut |tx| {
-            tx.lock_user_as(&seen())?;
-            assert!(tx.update_lock("u", Some(&lock), &lock, 1)?);
-            assert!(tx.consume_step("u", &totp, StepUse::Login, 1)?);
-            tx.record_success("u", 1)?;
-            tx.insert_audit(&entry())
-        })
-        .unwrap();
+    fn a_login_write_is_one_statement_and_stands_only_over_the_row_seen() {
+        for (changed, stands) in [(1, true), (0, false)] {
+            let (mut s, c) = store(None, changed);
+            let done = write(&mut s, &mut |tx| {
+                tx.expect_user(&seen())?;
+                tx.write_attempt(&seen(), &attempt(), 1)?;
+                tx.insert_audit(&entry())
+            });
+            assert_eq!(done.is_ok(), stands, "{done:?}");
+            if !stands {
+                assert!(matches!(done, Err(Error::Conflict { .. })), "{done:?}");
+            }
+            // No BEGIN, COMMIT or ROLLBACK: one statement is one
+            // transaction, all of it or none.
+            assert_eq!(calls(&c), [vec!["WITH s1 AS"]], "changed {changed}");
+        }
+    }
+
+    #[test]
+    fn one_statement_numbers_the_parameters_of_its_parts_in_turn() {
         assert_eq!(
-            calls(&c),
-            [vec![
-                "BEGIN ISOLATION LEVEL",
-                "SELECT 1 FROM",
-                "SELECT 1 /",
-                "WITH done AS",
-                "WITH done AS",
-                "UPDATE users SET",
-                "INSERT INTO audit(time,",
-                "COMMIT"
-            ]]
+            renumber("UPDATE t SET a = $1, b = $2::bigint WHERE c = $10", 3),
+            "UPDATE t SET a = $4, b = $5::bigint WHERE c = $13"
         );
+        assert_eq!(renumber("SELECT 1", 5), "SELECT 1");
     }
 
     #[test]
@@ -1803,22 +1923,16 @@ mod tests {
         assert_eq!(
             calls(&c),
             [
-                vec![
-                    "BEGIN ISOLATION LEVEL",
-                    "WITH done AS",
-                    "INSERT INTO audit(time,",
-                    "COMMIT"
-                ],
-                vec!["ROLLBACK"],
+                vec!["WITH s1 AS"],
                 vec!["BEGIN ISOLATION LEVEL", "UPDATE backup_codes SET"],
                 vec!["INSERT INTO audit(time,", "COMMIT"],
             ]
         );
-        // The run after it goes back to one round trip.
+        // The run after it goes back to one statement.
         c.lock().unwrap().clear();
         let store: &mut dyn Store = &mut s;
         let _ = store.write(Durability::Full, body);
-        assert_eq!(calls(&c)[0][1], "WITH done AS");
+        assert_eq!(calls(&c)[0], ["WITH s1 AS"]);
     }
 
     #[test]
@@ -1834,7 +1948,7 @@ mod tests {
             location: "test",
         };
         assert_eq!(row.user().unwrap(), u);
-        assert_eq!(values.len(), USER_COLUMN_TYPES.len());
+        assert_eq!(values.len(), USER_TYPES.len());
     }
 
     #[test]
@@ -1849,16 +1963,15 @@ mod tests {
             limits: Arc::default(),
         };
         let mut s = scripted(client);
-        let lock = LockState::default();
         // The guards go with the commit; the server, not this client,
         // decides whether it stands, and the transaction fails here.
         let bodies: [&mut TxBody<'_>; 2] = [
             &mut |tx| {
-                tx.lock_user_as(&seen())?;
+                tx.expect_user(&seen())?;
                 tx.insert_audit(&entry())
             },
             &mut |tx| {
-                tx.update_lock("u", Some(&lock), &lock, 1)?;
+                tx.write_attempt(&seen(), &attempt(), 1)?;
                 tx.insert_audit(&entry())
             },
         ];
@@ -1870,22 +1983,19 @@ mod tests {
 
     #[test]
     fn a_row_seen_before_that_changed_rolls_the_commit_back() {
+        // A read in the transaction: the guard goes with it, and the
+        // transaction fails there.
         let (mut s, c) = store(None, 0);
         let done = write(&mut s, &mut |tx| {
-            tx.lock_user_as(&seen())?;
+            tx.expect_user(&seen())?;
+            tx.unused_codes(CodeKind::Backup, "u", 1)?;
             tx.insert_audit(&entry())
         });
         assert!(matches!(done, Err(Error::Conflict { .. })), "{done:?}");
         assert_eq!(
             calls(&c),
             [
-                vec![
-                    "BEGIN ISOLATION LEVEL",
-                    "SELECT 1 FROM",
-                    "SELECT 1 /",
-                    "INSERT INTO audit(time,",
-                    "COMMIT"
-                ],
+                vec!["BEGIN ISOLATION LEVEL", "WITH done AS", "(SELECT 0, id,"],
                 vec!["ROLLBACK"],
             ]
         );
@@ -1941,42 +2051,27 @@ mod tests {
     }
 
     #[test]
-    fn a_count_that_must_hold_goes_with_the_commit_as_a_guard() {
-        let lock = LockState::default();
-        for (changed, committed) in [(1, true), (0, false)] {
-            let (mut s, c) = store(None, changed);
-            let done = write(&mut s, &mut |tx| {
-                assert!(tx.update_lock("u", Some(&lock), &lock, 1)?);
+    fn a_held_back_write_that_failed_fails_the_transaction() {
+        // Sent with the COMMIT (an audit row alone commits without
+        // waiting for the disk: no one statement then), or as one.
+        for (durability, want) in [
+            (
+                Durability::Light,
+                vec![
+                    vec!["BEGIN ISOLATION LEVEL", "INSERT INTO audit(time,", "COMMIT"],
+                    vec!["ROLLBACK"],
+                ],
+            ),
+            (Durability::Full, vec![vec!["WITH s1 AS"]]),
+        ] {
+            let (mut s, c) = store(Some("INSERT INTO audit"), 1);
+            let done = s.transaction(TxKind::Write(durability), &mut |tx| {
                 tx.insert_audit(&entry())
             });
-            assert_eq!(done.is_ok(), committed, "{done:?}");
-            let mut want = vec![vec![
-                "BEGIN ISOLATION LEVEL",
-                "WITH done AS",
-                "INSERT INTO audit(time,",
-                "COMMIT",
-            ]];
-            if !committed {
-                want.push(vec!["ROLLBACK"]);
-                assert!(matches!(done, Err(Error::Conflict { .. })), "{done:?}");
-            }
-            assert_eq!(calls(&c), want, "changed {changed}");
+            let e = done.unwrap_err().to_string();
+            assert!(e.contains("permission denied"), "{e}");
+            assert_eq!(calls(&c), want, "{durability:?}");
         }
-    }
-
-    #[test]
-    fn a_held_back_write_that_failed_fails_the_transaction() {
-        let (mut s, c) = store(Some("INSERT INTO audit"), 1);
-        let done = write(&mut s, &mut |tx| tx.insert_audit(&entry()));
-        let e = done.unwrap_err().to_string();
-        assert!(e.contains("permission denied"), "{e}");
-        assert_eq!(
-            calls(&c),
-            [
-                vec!["BEGIN ISOLATION LEVEL", "INSERT INTO audit(time,", "COMMIT"],
-                vec!["ROLLBACK"],
-            ]
-        );
     }
 
     #[test]

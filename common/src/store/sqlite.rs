@@ -12,15 +12,15 @@ use rusqlite::{
     params, Connection, FileControl, OpenFlags, OptionalExtension, TransactionBehavior,
 };
 
-use super::{Durability, StepUse, Store, Tx, TxBody, TxFailure, TxKind};
+use super::{Attempt, Durability, Store, Tx, TxBody, TxFailure, TxKind};
 use crate::audit::{AuditEntry, AuditFilter, Event, Outcome};
 use crate::codes::{HASH_LEN, SALT_LEN};
 use crate::delivery::Channel;
 use crate::error::{Error, Result};
 use crate::fsperm::{self, Secrecy};
 use crate::model::{
-    CodeKind, CodeRow, LockState, NewEnrollment, Origin, Snapshot, StoredCode, TotpMatch,
-    TotpState, UserRecord, UserRow,
+    CodeKind, CodeRow, LockState, NewEnrollment, Origin, Snapshot, StoredCode, TotpState,
+    UserRecord, UserRow,
 };
 
 /// WAL size past which a write first checkpoints the WAL and starts it over
@@ -633,7 +633,7 @@ impl Tx for SqliteTx<'_> {
         self.user(name)
     }
 
-    fn lock_user_as(&mut self, seen: &UserRecord) -> Result<()> {
+    fn expect_user(&mut self, seen: &UserRecord) -> Result<()> {
         if self.lock_user(&seen.name)?.as_ref() == Some(seen) {
             return Ok(());
         }
@@ -732,65 +732,51 @@ impl Tx for SqliteTx<'_> {
         .map(drop)
     }
 
-    fn update_lock(
-        &mut self,
-        name: &str,
-        expected: Option<&LockState>,
-        to: &LockState,
-        now: i64,
-    ) -> Result<bool> {
-        let n = match expected {
-            Some(from) => self.exec(
-                "UPDATE users SET failures = ?2, locked_until = ?3, lock_level = ?4, updated_at = ?5
-                 WHERE name = ?1 AND failures = ?6 AND locked_until IS ?7 AND lock_level = ?8",
-                params![
-                    name,
-                    to.failures,
-                    to.locked_until,
-                    to.level,
-                    now,
-                    from.failures,
-                    from.locked_until,
-                    from.level
-                ],
-            )?,
-            None => self.exec(
-                "UPDATE users SET failures = ?2, locked_until = ?3, lock_level = ?4, updated_at = ?5
-                 WHERE name = ?1",
-                params![name, to.failures, to.locked_until, to.level, now],
-            )?,
-        };
-        Ok(n == 1)
-    }
-
-    fn record_success(&mut self, name: &str, now: i64) -> Result<()> {
-        self.exec(
-            "UPDATE users SET last_success = ?2, failures = 0, locked_until = NULL, lock_level = 0
-             WHERE name = ?1",
-            params![name, now],
-        )
-        .map(drop)
-    }
-
-    fn consume_step(
-        &mut self,
-        name: &str,
-        totp: &TotpMatch,
-        use_: StepUse,
-        now: i64,
-    ) -> Result<bool> {
-        let states = match use_ {
-            StepUse::Login => "('pending', 'active')",
-            StepUse::Activation => "('pending')",
-        };
+    fn update_lock(&mut self, name: &str, to: &LockState, now: i64) -> Result<bool> {
         let n = self.exec(
-            &format!(
-                "UPDATE users SET last_step = ?2, state = 'active', pending_codes = NULL, updated_at = ?3
-                 WHERE name = ?1 AND state IN {states} AND last_step < ?2 AND secret = ?4"
-            ),
-            params![name, totp.step, now, totp.sealed_secret],
+            "UPDATE users SET failures = ?2, locked_until = ?3, lock_level = ?4, updated_at = ?5
+             WHERE name = ?1",
+            params![name, to.failures, to.locked_until, to.level, now],
         )?;
         Ok(n == 1)
+    }
+
+    fn write_attempt(&mut self, from: &UserRecord, to: &Attempt, now: i64) -> Result<()> {
+        // The transaction holds SQLite's one write lock: the row is `from`
+        // if it was read (lock_user) or checked (expect_user) in it. This
+        // read makes sure, as the contract says, for any caller.
+        let stored = self.user(&from.name)?.map(|mut u| {
+            u.unused_backup_codes = from.unused_backup_codes;
+            u
+        });
+        if stored.as_ref() != Some(from) {
+            return Err(Error::Conflict {
+                location: self.location.into(),
+            });
+        }
+        let n = self.exec(
+            "UPDATE users SET failures = ?2, locked_until = ?3, lock_level = ?4, updated_at = ?5,
+                    last_step = coalesce(?6, last_step),
+                    state = CASE WHEN ?6 IS NULL THEN state ELSE 'active' END,
+                    pending_codes = CASE WHEN ?6 IS NULL THEN pending_codes END,
+                    last_success = CASE WHEN ?7 THEN ?5 ELSE last_success END
+             WHERE name = ?1",
+            params![
+                from.name,
+                to.lock.failures,
+                to.lock.locked_until,
+                to.lock.level,
+                now,
+                to.step,
+                to.success
+            ],
+        )?;
+        if n == 1 {
+            return Ok(());
+        }
+        Err(Error::Conflict {
+            location: self.location.into(),
+        })
     }
 
     fn consume_code(&mut self, kind: CodeKind, id: i64, now: i64) -> Result<bool> {
