@@ -5,9 +5,11 @@
 //! conditional `UPDATE … WHERE …` whose affected-row count decides, in a
 //! `READ COMMITTED` transaction: a concurrent update of the same row waits
 //! for the first to commit and then re-checks its `WHERE` on the new row,
-//! so of N hosts offering one code exactly one changes the row. A write
-//! that reads before it writes (the lockout count, the resend limit) first
-//! locks the user's row (`SELECT … FOR UPDATE`). Reads run in `REPEATABLE
+//! so of N hosts offering one code exactly one changes the row. A login's
+//! attempt is written over the row it was decided from, the row's columns
+//! in the `WHERE`; another write that reads before it writes (the resend
+//! limit, an enrolment), and a login run again after a conflict, first
+//! lock the user's row (`SELECT … FOR UPDATE`). Reads run in `REPEATABLE
 //! READ READ ONLY` transactions: one consistent view. A login's first
 //! read ([`Tx::last_reads`]) is one statement, whose branches see one
 //! snapshot, with no `BEGIN` or `COMMIT` around it.
@@ -423,6 +425,7 @@ impl Store for PgStore {
             committed: false,
             careful,
             one_statement: kind == TxKind::Write(Durability::Full),
+            locked: Vec::new(),
         };
         // A COMMIT after a failed statement is answered as a success (the
         // server rolls back instead): one that failed, even if the body went
@@ -485,6 +488,8 @@ struct PgTx<'a> {
     /// What is held back may go as one statement ([`PgTx::commit`]):
     /// a write at the default isolation and durability.
     one_statement: bool,
+    /// The users whose rows this transaction locked ([`Tx::lock_user`]).
+    locked: Vec<String>,
 }
 
 /// At most this many statements are held back (a copy of a store inserts
@@ -538,7 +543,9 @@ const GUARD_FAILED: &str = "22012";
 /// `serialization_failure`.
 const SERIALIZATION_FAILED: &str = "40001";
 
-/// `sql` with each parameter `$n` numbered `$(n + by)`.
+/// `sql` with each parameter `$n` numbered `$(n + by)`. A statement held
+/// back has no `$` but its parameters' (no literal, comment or quoting
+/// with one): its values are all parameters.
 fn renumber(sql: &str, by: usize) -> String {
     let mut out = String::with_capacity(sql.len() + 8);
     let mut rest = sql;
@@ -1160,7 +1167,9 @@ impl Tx for PgTx<'_> {
         match (done.next(), done.next()) {
             (Some(Done::Rows(locked)), _) if locked.is_empty() => Ok(None),
             (Some(Done::Rows(_)), Some(Done::Rows(users))) => {
-                users.first().map(|r| self.row(r).user()).transpose()
+                let user = users.first().map(|r| self.row(r).user()).transpose()?;
+                self.locked.extend(user.as_ref().map(|u| u.name.clone()));
+                Ok(user)
             }
             _ => Err(self.unanswered()),
         }
@@ -1263,11 +1272,16 @@ impl Tx for PgTx<'_> {
     }
 
     fn write_attempt(&mut self, from: &UserRecord, to: &Attempt, now: i64) -> Result<()> {
-        // A guard that goes with the commit: the row is written only if it
-        // is still `from` once this statement holds it (a row another
-        // host changed meanwhile is read anew, as it now is, and then
-        // differs). The count of unused backup codes is left out: a code
-        // this transaction consumed changes it.
+        // Over a row this transaction locked and read (`lock_user`), the
+        // row is `from`. Else a guard that goes with the commit: the row
+        // is written only if it is still `from` once this statement holds
+        // it (a row another host changed meanwhile is read anew, as it now
+        // is, and then differs). The count of unused backup codes is left
+        // out: a code this transaction consumed changes it. A row whose
+        // values do not read back as they are stored (a state or channel
+        // this build does not know) fails the guard: the attempt is then
+        // made again with the row locked.
+        let locked = self.locked.contains(&from.name);
         let mut params = vec![
             Value::Text(from.name.clone()),
             Value::Int(i64::from(to.lock.failures)),
@@ -1277,17 +1291,18 @@ impl Tx for PgTx<'_> {
             to.step.map_or(Value::Null, Value::Int),
             Value::Bool(to.success),
         ];
-        let sql = format!(
-            "UPDATE users SET failures = $2, locked_until = $3, lock_level = $4, updated_at = $5,
-                    last_step = coalesce($6::bigint, last_step),
+        let update = "UPDATE users SET failures = $2, locked_until = $3, lock_level = $4,
+                    updated_at = $5, last_step = coalesce($6::bigint, last_step),
                     state = CASE WHEN $6::bigint IS NULL THEN state ELSE 'active' END,
                     pending_codes = CASE WHEN $6::bigint IS NULL THEN pending_codes END,
                     last_success = CASE WHEN $7::boolean THEN $5 ELSE last_success END
-             WHERE name = $1 AND {}
-             RETURNING 1",
-            row_is(from, false, &mut params)
-        );
-        self.guard_later(sql, params)
+             WHERE name = $1";
+        if locked {
+            let params: Vec<Param<'_>> = params.iter().map(Value::as_param).collect();
+            return self.exec_later(update, &params);
+        }
+        let still_from = row_is(from, false, &mut params);
+        self.guard_later(format!("{update} AND {still_from} RETURNING 1"), params)
     }
 
     fn consume_code(&mut self, kind: CodeKind, id: i64, now: i64) -> Result<bool> {
