@@ -830,8 +830,8 @@ impl dyn Store + '_ {
     /// [`redeem`](Self::redeem) by a login that read the user as `seen`
     /// before it asked for the code: the attempt is decided from `seen`,
     /// and stands only if the row is still `seen` (on PostgreSQL the whole
-    /// write is then one statement). If the row changed meanwhile, the attempt is made again from
-    /// the row as it is, as `redeem` makes it.
+    /// write is then one statement). If the row changed meanwhile, the
+    /// attempt is made again from the row as it is, as `redeem` makes it.
     #[allow(clippy::too_many_arguments)]
     pub fn redeem_seen(
         &mut self,

@@ -1298,8 +1298,7 @@ impl Tx for PgTx<'_> {
                     last_success = CASE WHEN $7::boolean THEN $5 ELSE last_success END
              WHERE name = $1";
         if locked {
-            let params: Vec<Param<'_>> = params.iter().map(Value::as_param).collect();
-            return self.exec_later(update, &params);
+            return self.hold(Later::statement(update.into(), params, false));
         }
         let still_from = row_is(from, false, &mut params);
         self.guard_later(format!("{update} AND {still_from} RETURNING 1"), params)

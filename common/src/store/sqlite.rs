@@ -488,6 +488,7 @@ impl Store for SqliteStore {
             conn: &tx,
             location,
             failure: RefCell::default(),
+            locked: Vec::new(),
         };
         // On an error the transaction is dropped: rolled back.
         body(&mut stx)?;
@@ -525,6 +526,9 @@ struct SqliteTx<'a> {
     /// The first statement that failed: then none runs after it, and the
     /// transaction is rolled back.
     failure: RefCell<TxFailure>,
+    /// The users whose rows this transaction read with [`Tx::lock_user`]
+    /// (under its write lock, as PostgreSQL's reads them under a row lock).
+    locked: Vec<String>,
 }
 
 const USER_COLUMNS: &str = "name, state, disabled, secret, code_salt, last_step, failures,
@@ -630,7 +634,9 @@ impl SqliteTx<'_> {
 impl Tx for SqliteTx<'_> {
     fn lock_user(&mut self, name: &str) -> Result<Option<UserRecord>> {
         // The transaction holds SQLite's one write lock already.
-        self.user(name)
+        let user = self.user(name)?;
+        self.locked.extend(user.as_ref().map(|u| u.name.clone()));
+        Ok(user)
     }
 
     fn expect_user(&mut self, seen: &UserRecord) -> Result<()> {
@@ -742,17 +748,19 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn write_attempt(&mut self, from: &UserRecord, to: &Attempt, now: i64) -> Result<()> {
-        // The transaction holds SQLite's one write lock: the row is `from`
-        // if it was read (lock_user) or checked (expect_user) in it. This
-        // read makes sure, as the contract says, for any caller.
-        let stored = self.user(&from.name)?.map(|mut u| {
-            u.unused_backup_codes = from.unused_backup_codes;
-            u
-        });
-        if stored.as_ref() != Some(from) {
-            return Err(Error::Conflict {
-                location: self.location.into(),
+        // The transaction holds SQLite's one write lock: a row it read
+        // (lock_user, expect_user) is still `from`. Any other is read now
+        // and compared, as the contract says.
+        if !self.locked.contains(&from.name) {
+            let stored = self.user(&from.name)?.map(|mut u| {
+                u.unused_backup_codes = from.unused_backup_codes;
+                u
             });
+            if stored.as_ref() != Some(from) {
+                return Err(Error::Conflict {
+                    location: self.location.into(),
+                });
+            }
         }
         let n = self.exec(
             "UPDATE users SET failures = ?2, locked_until = ?3, lock_level = ?4, updated_at = ?5,
