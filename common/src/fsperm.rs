@@ -235,6 +235,43 @@ pub fn check_no_one_else_adds_beside(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `dir`, holding a PostgreSQL server's Unix-domain socket, must be a
+/// directory that other users cannot write: whoever may create a file in
+/// it can stand in for the server while it is down and answer the logins
+/// (Debian's /run/postgresql, writable by its owner and group `postgres`,
+/// passes; /tmp does not, sticky or not).
+pub fn check_socket_dir(dir: &Path) -> Result<()> {
+    let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+    let refuse = |problem: String, fix: String| Error::Permissions {
+        path: dir.into(),
+        problem,
+        fix,
+    };
+    if !meta.is_dir() {
+        return Err(refuse(
+            "is not a directory: [store] url names the directory of the server's socket".into(),
+            "write the directory the server's unix_socket_directories names, \
+             such as %2Frun%2Fpostgresql"
+                .into(),
+        ));
+    }
+    if meta.mode() & 0o002 != 0 {
+        return Err(refuse(
+            format!(
+                "has mode {:04o}: any user can create a socket in it that stands in for the \
+                 server",
+                meta.mode() & 0o7777
+            ),
+            format!(
+                "chmod o-w {} (or point unix_socket_directories at a directory of the \
+                 server's own)",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Create `path` with mode 0600 (failing if it exists) and write `contents`.
 pub fn create_private_file(path: &Path, contents: &[u8]) -> Result<()> {
     let mut f = open_private_new(path)?;

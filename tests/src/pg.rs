@@ -395,7 +395,9 @@ impl PgServer {
         self.dir.join("data")
     }
 
-    fn socket_dir(&self) -> PathBuf {
+    /// The directory of the server's Unix-domain socket (local logins
+    /// there are trusted: the tests' admin connections).
+    pub fn socket_dir(&self) -> PathBuf {
         self.dir.join("s")
     }
 

@@ -590,3 +590,55 @@ fn a_kept_session_is_not_used_once_the_password_file_is_open_to_others() {
     mode(0o600).unwrap();
     h.login("fay", &[PW, &totp(&e.secret, 1)]).assert_success();
 }
+
+#[test]
+fn a_host_beside_the_server_logs_in_over_its_unix_socket() {
+    let pg = PgServer::shared();
+    let f = fleet_on(pg, "[policy]\nenforce = \"all\"\n", &["gus"], "3s", None);
+    let e = f.hosts[0].enroll_active("gus");
+    let h = &f.hosts[1];
+    // The url as libpq writes it: the socket's directory, percent-encoded,
+    // and no sslmode (TLS does not apply there).
+    let on_socket = |dir: &Path| {
+        let encoded = dir.display().to_string().replace('/', "%2F");
+        f.host_url
+            .replace("@127.0.0.1:", &format!("@{encoded}:"))
+            .replace("?sslmode=disable", "")
+    };
+    let config = |url: &str| {
+        format!(
+            "{}\n[policy]\nenforce = \"all\"\n",
+            store_section(
+                url,
+                &h.root().join("host.password"),
+                &h.key_path(),
+                "3s",
+                None
+            )
+        )
+    };
+    h.write_config(&config(&on_socket(&pg.socket_dir())));
+    h.login("gus", &[PW, &totp(&e.secret, 0)]).assert_success();
+    // The same store as the hosts on TCP: the step is used fleet-wide.
+    f.hosts[2]
+        .login("gus", &[PW, &totp(&e.secret, 0)])
+        .assert_denied();
+    let doctor = h.admin(&["doctor"]);
+    assert!(doctor.status.success(), "{}", show_output(&doctor));
+
+    // A socket directory any user may write: whoever creates a socket
+    // there answers the logins, so nothing is connected to, no code asked.
+    let open_dir = h.root().join("anyone");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(
+        &open_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    h.write_config(&config(&on_socket(&open_dir)));
+    let r = h.login("gus", &[PW, &e.backup_codes[0]]);
+    r.assert_unavailable_naming(&["anyone", "chmod o-w"]);
+    assert_eq!(r.prompts_seen, 0, "{r}");
+    let doctor = show_output(&h.admin(&["doctor"]));
+    assert!(doctor.contains("stands in for the server"), "{doctor}");
+}

@@ -172,8 +172,12 @@ impl PostgresConfig {
     /// `password_file` (which must be root's and closed to others). With
     /// `verify-full`, `ca_file` decides which server is trusted with the
     /// logins, so it must be root's and closed to writes by others, as the
-    /// config is.
+    /// config is; so must a socket directory be closed to other users'
+    /// writes, where the server is whoever made the socket.
     pub fn target(&self) -> Result<PgTarget> {
+        if crate::store::pg::on_socket(&self.host) {
+            crate::fsperm::check_socket_dir(Path::new(&self.host))?;
+        }
         if let (SslMode::VerifyFull, Some(ca)) = (self.sslmode, &self.ca_file) {
             crate::fsperm::open_trusted(ca, crate::fsperm::Secrecy::NotWritableByOthers)?;
         }
@@ -204,10 +208,7 @@ impl PostgresConfig {
 
     /// The address for messages, without a password.
     pub fn location(&self) -> String {
-        format!(
-            "postgres://{}@{}:{}/{}",
-            self.user, self.host, self.port, self.dbname
-        )
+        crate::store::pg::location(&self.user, &self.host, self.port, &self.dbname)
     }
 }
 
@@ -264,7 +265,10 @@ fn tls_companions(
 }
 
 /// Read `postgres://USER@HOST[:PORT]/DB[?sslmode=MODE]`; a password in it
-/// is refused (it belongs in `password_file`).
+/// is refused (it belongs in `password_file`). HOST may be a server on this
+/// host's Unix-domain socket: its directory, percent-encoded as libpq
+/// writes it (`%2Frun%2Fpostgresql`); TLS does not apply there, so
+/// `sslmode` is then `disable`, and no other mode is accepted.
 fn parse_postgres_url(
     url: &str,
 ) -> std::result::Result<(String, String, u16, String, SslMode), String> {
@@ -301,12 +305,17 @@ fn parse_postgres_url(
     if user.is_empty() || host.is_empty() || db.is_empty() || db.contains('/') {
         return Err("must be postgres://USER@HOST:PORT/DB".into());
     }
-    let mut sslmode = SslMode::VerifyFull;
+    let host = percent_decoded(host)?;
+    let socket = crate::store::pg::on_socket(&host);
+    if socket && host.split('/').any(|part| part == "..") {
+        return Err(format!("names the socket directory {host:?} with \"..\""));
+    }
+    let mut sslmode = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
-            Some(("sslmode", "disable")) => sslmode = SslMode::Disable,
-            Some(("sslmode", "require")) => sslmode = SslMode::Require,
-            Some(("sslmode", "verify-full")) => sslmode = SslMode::VerifyFull,
+            Some(("sslmode", "disable")) => sslmode = Some(SslMode::Disable),
+            Some(("sslmode", "require")) => sslmode = Some(SslMode::Require),
+            Some(("sslmode", "verify-full")) => sslmode = Some(SslMode::VerifyFull),
             Some(("sslmode", m)) => {
                 return Err(format!(
                     "sslmode must be disable, require or verify-full, not {m:?}"
@@ -315,7 +324,37 @@ fn parse_postgres_url(
             _ => return Err(format!("has an unknown parameter {pair:?} (only sslmode)")),
         }
     }
-    Ok((user.into(), host.into(), port, db.into(), sslmode))
+    let sslmode = match (socket, sslmode) {
+        (false, mode) => mode.unwrap_or(SslMode::VerifyFull),
+        (true, None | Some(SslMode::Disable)) => SslMode::Disable,
+        (true, Some(_)) => {
+            return Err(format!(
+                "names the Unix-domain socket directory {host}, where TLS does not apply: \
+                 leave sslmode out (or set sslmode=disable)"
+            ))
+        }
+    };
+    Ok((user.into(), host, port, db.into(), sslmode))
+}
+
+/// `text` with each `%XX` replaced by the byte it encodes.
+fn percent_decoded(text: &str) -> std::result::Result<String, String> {
+    let bad = || format!("has a bad %-escape in the host {text:?}");
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next().ok_or_else(bad)?, bytes.next().ok_or_else(bad)?];
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err(bad());
+            }
+            let hex = std::str::from_utf8(&hex).map_err(|_| bad())?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
 }
 
 /// `[totp]`.
@@ -1110,6 +1149,94 @@ mod tests {
         }
         let e = parse_postgres_url("postgres://u:hunter2@h/d").unwrap_err();
         assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn a_postgres_url_may_name_the_servers_socket_directory() {
+        let ok = |u: &str| parse_postgres_url(u).unwrap();
+        // As libpq writes it: the directory percent-encoded; no TLS there.
+        assert_eq!(
+            ok("postgres://crm2fa@%2Frun%2Fpostgresql/crm2fa"),
+            (
+                "crm2fa".into(),
+                "/run/postgresql".into(),
+                5432,
+                "crm2fa".into(),
+                SslMode::Disable
+            )
+        );
+        assert_eq!(
+            ok("postgres://u@%2fvar%2Frun%2Fpg:5433/d?sslmode=disable").1,
+            "/var/run/pg"
+        );
+        for (bad, says) in [
+            (
+                "postgres://u@%2Frun%2Fpostgresql/d?sslmode=require",
+                "TLS does not apply",
+            ),
+            (
+                "postgres://u@%2Frun%2Fpostgresql/d?sslmode=verify-full",
+                "TLS does not apply",
+            ),
+            ("postgres://u@%2Frun%2F..%2Ftmp/d", "\"..\""),
+            ("postgres://u@%2Frun%2/d", "bad %-escape"),
+            ("postgres://u@%2Frun%+1/d", "bad %-escape"),
+            ("postgres://u@%2Frun%ff/d", "bad %-escape"),
+        ] {
+            let e = parse_postgres_url(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let path = Path::new("/etc/crm2fa/crm2fa.toml");
+        let c = Config::parse(
+            "[store]\nurl = \"postgres://crm2fa@%2Frun%2Fpostgresql:5433/crm2fa\"\n",
+            path,
+        )
+        .unwrap();
+        let pg = c.store.postgres.unwrap();
+        // Messages write the url as the config does.
+        assert_eq!(
+            pg.location(),
+            "postgres://crm2fa@%2Frun%2Fpostgresql:5433/crm2fa"
+        );
+        assert_eq!(
+            crate::store::pg::location("u", "::1", 5432, "d"),
+            "postgres://u@[::1]:5432/d"
+        );
+    }
+
+    #[test]
+    fn a_socket_directory_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let socket_dir = dir.path().join("pg");
+        std::fs::create_dir(&socket_dir).unwrap();
+        let url = |d: &Path| {
+            format!(
+                "postgres://crm2fa@{}/crm2fa",
+                d.display().to_string().replace('/', "%2F")
+            )
+        };
+        let cfg =
+            |d: &Path| PostgresConfig::from_url(&url(d), None, None, 3, PathBuf::new()).unwrap();
+        // Debian's /run/postgresql: its owner's and group's to write.
+        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o2775)).unwrap();
+        let target = cfg(&socket_dir).target().unwrap();
+        assert!(target.on_socket());
+        assert_eq!(target.host, socket_dir.to_str().unwrap());
+        // Any user could stand in for the server: refused, saying how to fix it.
+        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let e = cfg(&socket_dir).target().unwrap_err().to_string();
+        assert!(e.contains("stands in for the server"), "{e}");
+        assert!(e.contains("chmod o-w"), "{e}");
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let e = cfg(&file).target().unwrap_err().to_string();
+        assert!(e.contains("not a directory"), "{e}");
+        let e = cfg(&dir.path().join("gone"))
+            .target()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gone"), "{e}");
     }
 
     #[test]

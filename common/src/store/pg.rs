@@ -224,11 +224,34 @@ impl PgTarget {
     /// The address for messages: `postgres://USER@HOST:PORT/DB`, never a
     /// password.
     pub fn location(&self) -> String {
-        format!(
-            "postgres://{}@{}:{}/{}",
-            self.user, self.host, self.port, self.dbname
-        )
+        location(&self.user, &self.host, self.port, &self.dbname)
     }
+
+    /// Whether `host` is the directory of the server's Unix-domain socket
+    /// on this host rather than a name or address to reach over TCP.
+    pub fn on_socket(&self) -> bool {
+        on_socket(&self.host)
+    }
+}
+
+/// Whether `host` (of `[store] url`) is the directory of a server's
+/// Unix-domain socket.
+pub fn on_socket(host: &str) -> bool {
+    host.starts_with('/')
+}
+
+/// `postgres://USER@HOST:PORT/DB`, as `[store] url` is written (an IPv6
+/// address in brackets, a socket directory percent-encoded): never a
+/// password.
+pub fn location(user: &str, host: &str, port: u16, dbname: &str) -> String {
+    let host = if on_socket(host) {
+        host.replace('%', "%25").replace('/', "%2F")
+    } else if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    format!("postgres://{user}@{host}:{port}/{dbname}")
 }
 
 /// Opens sessions: what a PostgreSQL client library provides.

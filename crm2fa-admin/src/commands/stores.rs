@@ -119,15 +119,8 @@ fn hosts_url(p: &PostgresConfig) -> String {
         config::SslMode::Require => "require",
         config::SslMode::VerifyFull => "verify-full",
     };
-    let host = if p.host.contains(':') {
-        format!("[{}]", p.host)
-    } else {
-        p.host.clone()
-    };
-    format!(
-        "postgres://HOSTS_ROLE@{host}:{}/{}?sslmode={mode}",
-        p.port, p.dbname
-    )
+    let at = store::pg::location("HOSTS_ROLE", &p.host, p.port, &p.dbname);
+    format!("{at}?sslmode={mode}")
 }
 
 /// The store `to` names, with this config's key file and timeouts.
