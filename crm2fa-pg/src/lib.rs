@@ -41,7 +41,10 @@
 //! statement goes as the unnamed statement the first two times a session
 //! runs it, then prepared by name; a session that
 //! serves one login prepares nothing, one kept by crm2fad does not have
-//! the server parse and plan its statements again. Each parameter's type
+//! the server parse and plan its statements again. A prepared query can be
+//! sent ahead ([`PgClient::send_ahead`]): a task on the session's runtime
+//! holds the client until its answer is in, and the next call takes that
+//! answer if it asks for the same query, or waits for it and drops it. Each parameter's type
 //! is declared by its kind: [`Param::Int`] `bigint`,
 //! [`Param::Text`] `text`, [`Param::Bytes`] `bytea`, [`Param::Bool`]
 //! `boolean`, and [`Param::Null`] unknown (the server infers it from where
@@ -152,6 +155,23 @@ struct Session {
     /// The statements this session has run, by SQL and declared parameter
     /// types (at most [`MAX_KNOWN`]).
     known: HashMap<Key, Known>,
+    /// A statement sent ahead ([`PgClient::send_ahead`]), not yet answered.
+    ahead: Option<Ahead>,
+    /// How long a statement sent ahead and then not asked for may take to
+    /// be answered before the next call (the target's `connect_timeout`).
+    drain_within: Duration,
+}
+
+/// A query sent ahead, answered: its statement, its parameters and what
+/// came back.
+type Answered = (Key, Vec<Value>, Result<Vec<Row>, tokio_postgres::Error>);
+
+/// A query sent ahead: what it was, and the task that runs it, holding the
+/// client until the answer is in.
+struct Ahead {
+    key: Key,
+    params: Vec<Value>,
+    task: JoinHandle<(Client, Result<Vec<Row>, tokio_postgres::Error>)>,
 }
 
 /// A statement as a session knows it: its SQL and declared parameter types.
@@ -243,6 +263,8 @@ impl Session {
                 server,
                 call_timeout,
                 known: HashMap::new(),
+                ahead: None,
+                drain_within: target.connect_timeout,
             }),
             outcome => {
                 // A name lookup may still run on a blocking thread: leave it.
@@ -290,21 +312,26 @@ impl Session {
             }
             Err(_elapsed) => {
                 drop(client);
-                if let Some(connection) = self.connection.take() {
-                    connection.abort();
-                    // Lets the runtime drop the aborted task, and with it
-                    // the socket.
-                    let _ = self.rt.block_on(connection);
-                }
-                Err(PgError {
-                    sqlstate: None,
-                    message: format!(
-                        "no answer from {} within {}; the session is closed",
-                        self.server,
-                        seconds(limit)
-                    ),
-                })
+                Err(self.close(&format!(
+                    "no answer from {} within {}",
+                    self.server,
+                    seconds(limit)
+                )))
             }
+        }
+    }
+
+    /// Close the session after a call that got no answer (`why`): every
+    /// later call fails.
+    fn close(&mut self, why: &str) -> PgError {
+        if let Some(connection) = self.connection.take() {
+            connection.abort();
+            // Lets the runtime drop the aborted task, and with it the socket.
+            let _ = self.rt.block_on(connection);
+        }
+        PgError {
+            sqlstate: None,
+            message: format!("{why}; the session is closed"),
         }
     }
 
@@ -331,6 +358,10 @@ impl Drop for Session {
         // Dropping the client ends the request channel: the connection task
         // sends Terminate and finishes.
         self.client = None;
+        if let Some(ahead) = self.ahead.take() {
+            ahead.task.abort();
+            let _ = self.rt.block_on(ahead.task);
+        }
         if let Some(connection) = self.connection.take() {
             let _ = within(&self.rt, CLOSE_TIMEOUT, connection);
         }
@@ -342,6 +373,8 @@ impl PgClient for Session {
     /// sent since the last call, and a server that ended the session (a
     /// restart, an idle timeout) has sent its end, so the client is closed.
     fn still_open(&mut self) -> bool {
+        // One sent ahead for a login that ended without asking for it.
+        let _ = self.answer_ahead(self.drain_within);
         let Some(client) = self.client.as_ref() else {
             return false;
         };
@@ -352,6 +385,44 @@ impl PgClient for Session {
             tokio::task::yield_now().await;
         });
         !client.is_closed()
+    }
+
+    /// Sent ahead only once the session has prepared the statement (from
+    /// its third run on), as that is the statement of each login's first
+    /// read on a session crm2fad keeps: run by name, its answer is the
+    /// same whenever it is read.
+    fn send_ahead(&mut self, statement: Stmt<'_>) {
+        let Stmt::Query(sql, params) = statement else {
+            return;
+        };
+        if self.ahead.is_some() {
+            return;
+        }
+        let types = typed(params).into_iter().map(|(_, t)| t).collect();
+        let key = (sql.to_owned(), types);
+        let Some(Known::Prepared(prepared)) = self.known.get(&key) else {
+            return;
+        };
+        let prepared = prepared.clone();
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let params: Vec<Value> = params.iter().map(|&p| Value::from(p)).collect();
+        let owned = params.clone();
+        let task = self.rt.spawn(async move {
+            let params: Vec<Param<'_>> = owned.iter().map(Value::as_param).collect();
+            let values: Vec<&(dyn ToSql + Sync)> =
+                typed(&params).into_iter().map(|(v, _)| v).collect();
+            let answer = client.query(&prepared, &values).await;
+            (client, answer)
+        });
+        // Each yield lets the runtime run the task (which queues the
+        // query's messages) and the connection task (which writes them).
+        self.rt.block_on(async {
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+        });
+        self.ahead = Some(Ahead { key, params, task });
     }
 
     /// All sent at once: tokio-postgres queues each call's messages when
@@ -370,6 +441,23 @@ impl PgClient for Session {
         limit: Option<Duration>,
     ) -> Vec<Result<Done, PgError>> {
         let limit = limit.map_or(self.call_timeout, |l| l.min(self.call_timeout));
+        match self.answer_ahead(limit) {
+            Err(e) => return statements.iter().map(|_| Err(e.clone())).collect(),
+            Ok(Some((key, params, answer))) => {
+                if let [Stmt::Query(sql, p)] = statements {
+                    let same = key.0 == *sql
+                        && typed(p).iter().map(|(_, t)| t).eq(key.1.iter())
+                        && p.iter().map(|&v| Value::from(v)).eq(params);
+                    if same {
+                        return vec![answer
+                            .map_err(|e| self.error(&e))
+                            .and_then(|rows| rows.iter().map(values).collect())
+                            .map(Done::Rows)];
+                    }
+                }
+            }
+            Ok(None) => {}
+        }
         let client = match self.take_client() {
             Ok(client) => client,
             Err(e) => return statements.iter().map(|_| Err(e.clone())).collect(),
@@ -471,6 +559,33 @@ impl PgClient for Session {
 }
 
 impl Session {
+    /// The answer to the query sent ahead, if one was: what it was and what
+    /// came back, the client given back to the session. Past `limit` the
+    /// session is closed, as for any call without an answer.
+    fn answer_ahead(&mut self, limit: Duration) -> Result<Option<Answered>, PgError> {
+        let Some(mut ahead) = self.ahead.take() else {
+            return Ok(None);
+        };
+        match within(&self.rt, limit, &mut ahead.task) {
+            Ok(Ok((client, answer))) => {
+                self.client = Some(client);
+                Ok(Some((ahead.key, ahead.params, answer)))
+            }
+            outcome => {
+                // No answer in time, or the task failed: the client went
+                // with it, so the session is closed.
+                ahead.task.abort();
+                let _ = self.rt.block_on(ahead.task);
+                Err(self.close(&match outcome {
+                    Err(_elapsed) => {
+                        format!("no answer from {} within {}", self.server, seconds(limit))
+                    }
+                    _ => format!("the call to {} failed", self.server),
+                }))
+            }
+        }
+    }
+
     /// For each of `keys` (`None`: a batch), the prepared statement to run
     /// it by, if it has one now. Those that ran [`PREPARE_AFTER`] times
     /// unnamed are prepared first; a run without a prepared statement is

@@ -707,3 +707,65 @@ fn a_statement_run_a_third_time_is_prepared_and_one_whose_plan_broke_runs_unname
         assert_eq!(db.query(read, &[Param::Int(1)]).unwrap(), [[Value::Int(7)]]);
     }
 }
+
+#[test]
+fn a_query_sent_ahead_runs_once_and_answers_only_the_call_that_asks_for_it() {
+    let mut db = connect(&plain("ahead"));
+    db.batch("CREATE SEQUENCE s").unwrap();
+    let next = "SELECT nextval('s') + $1";
+    let run = |db: &mut Box<dyn PgClient>, plus: i64| match db.query(next, &[Param::Int(plus)]) {
+        Ok(rows) => rows,
+        Err(e) => panic!("{e}"),
+    };
+    // Sent ahead once prepared (from its third run): before, it goes when
+    // it is run, as usual.
+    db.send_ahead(Stmt::Query(next, &[Param::Int(0)]));
+    for n in 1..=3 {
+        assert_eq!(run(&mut db, 0), [[Value::Int(n)]]);
+    }
+    assert_eq!(prepared(&mut db), [next]);
+    // Asked for: answered by what was sent ahead, run once.
+    db.send_ahead(Stmt::Query(next, &[Param::Int(0)]));
+    assert_eq!(run(&mut db, 0), [[Value::Int(4)]]);
+    // Another call (other parameters, another statement): it waits for
+    // the answer sent ahead, drops it, and is answered itself.
+    db.send_ahead(Stmt::Query(next, &[Param::Int(0)]));
+    assert_eq!(run(&mut db, 100), [[Value::Int(106)]]);
+    db.send_ahead(Stmt::Query(next, &[Param::Int(0)]));
+    assert_eq!(
+        db.query("SELECT currval('s')", &[]).unwrap(),
+        [[Value::Int(7)]]
+    );
+    // Never asked for: a kept session is still open and serves on.
+    db.send_ahead(Stmt::Query(next, &[Param::Int(0)]));
+    assert!(db.still_open());
+    assert_eq!(run(&mut db, 0), [[Value::Int(9)]]);
+    // The server's error to a statement sent ahead is the asker's.
+    let div = "SELECT 1 / $1";
+    for _ in 0..3 {
+        db.query(div, &[Param::Int(1)]).unwrap();
+    }
+    db.send_ahead(Stmt::Query(div, &[Param::Int(0)]));
+    let e = db.query(div, &[Param::Int(0)]).unwrap_err();
+    assert_eq!(e.sqlstate.as_deref(), Some("22012"), "{e}");
+    assert_eq!(run(&mut db, 0), [[Value::Int(10)]]);
+}
+
+#[test]
+fn a_query_sent_ahead_and_not_answered_in_time_closes_the_session() {
+    let mut db = Connector
+        .connect_with_call_timeout(&plain("aheadslow"), Duration::from_millis(500))
+        .unwrap();
+    let nap = "SELECT 1 FROM pg_sleep($1::float8 / 1000)";
+    for _ in 0..3 {
+        assert_eq!(db.query(nap, &[Param::Int(0)]).unwrap(), [[Value::Int(1)]]);
+    }
+    db.send_ahead(Stmt::Query(nap, &[Param::Int(10_000)]));
+    let started = Instant::now();
+    let e = db.query("SELECT 1", &[]).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "{e}");
+    assert!(e.message.contains("no answer"), "{e}");
+    let e = db.batch("SELECT 1").unwrap_err();
+    assert!(e.message.contains("closed"), "{e}");
+    assert!(!db.still_open());
+}

@@ -160,6 +160,19 @@ pub fn run(
             return Outcome::Unavailable;
         }
     };
+    // The store first, and the login's first read sent (to a server, which
+    // answers while the account is looked up), by the name as given: the
+    // spelling is nearly always the account's. Whatever the answer, nothing
+    // of it is used unless the login reads for that very name.
+    let mut store = stores.open(&cfg.store);
+    if let Ok(store) = &mut store {
+        store.login_view_ahead(
+            &req.user,
+            remembered_host(&cfg, req).as_deref(),
+            &configured_channels(&cfg),
+            req.now(),
+        );
+    }
     // The account, not the spelling: the store, groups, protected users and
     // the audit all use the canonical name.
     let account = match Account::lookup(&req.user) {
@@ -180,7 +193,7 @@ pub fn run(
         user: account.name,
         ..req.clone()
     };
-    let mut store = match stores.open(&cfg.store) {
+    let mut store = match store {
         Ok(s) => s,
         Err(error) => {
             let f = Failure {
@@ -350,12 +363,7 @@ pub fn authenticate(
         sent: vec![],
         remembered_host: None,
     };
-    let rhost = req.rhost.as_str();
-    l.remembered_host = (cfg.remember_days > 0
-        && !rhost.is_empty()
-        && policy::own_addresses()
-            .is_some_and(|own| policy::rememberable_host(rhost, &l.ops.ctx.host, &own)))
-    .then(|| rhost.to_string());
+    l.remembered_host = remembered_host(cfg, req);
     steps(&mut l).map_err(|error| Failure {
         error,
         answered: l.answered,
@@ -363,15 +371,31 @@ pub fn authenticate(
     })
 }
 
+/// The remote host a login may be remembered from: `req`'s, if the config
+/// remembers hosts and it is another machine's address.
+fn remembered_host(cfg: &Config, req: &Request) -> Option<String> {
+    let rhost = req.rhost.as_str();
+    (cfg.remember_days > 0
+        && !rhost.is_empty()
+        && policy::own_addresses()
+            .is_some_and(|own| policy::rememberable_host(rhost, &crate::hostname(), &own)))
+    .then(|| rhost.to_string())
+}
+
+/// The channels codes may be sent by, as configured.
+fn configured_channels(cfg: &Config) -> Vec<Channel> {
+    Channel::ALL
+        .into_iter()
+        .filter(|c| c.configured(cfg))
+        .collect()
+}
+
 /// The steps of the login, in order.
 fn steps(l: &mut Login<'_>) -> Result<Outcome, Error> {
     let (cfg, req) = (l.ops.cfg, l.req);
     let user = req.user.as_str();
     let host = l.remembered_host.clone();
-    let configured: Vec<Channel> = Channel::ALL
-        .into_iter()
-        .filter(|c| c.configured(cfg))
-        .collect();
+    let configured = configured_channels(cfg);
     let view = l
         .ops
         .store

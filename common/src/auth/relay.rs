@@ -609,6 +609,10 @@ impl Store for Accepting<'_> {
     fn check_integrity(&mut self) -> crate::Result<Vec<String>> {
         self.store.check_integrity()
     }
+
+    fn read_ahead(&mut self, reads: &[crate::store::Read<'_>]) {
+        self.store.read_ahead(reads);
+    }
 }
 
 /// Serve one connection to crm2fad: a login offered by a PAM module

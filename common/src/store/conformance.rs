@@ -75,6 +75,7 @@ macro_rules! store_conformance {
             parallel_enrolments_keep_one_factor,
             a_sent_code_works_once_and_not_after_expiry,
             last_reads_answer_as_each_read_does,
+            a_read_sent_ahead_answers_only_that_read_and_never_hides_a_write,
             one_sent_code_is_outstanding_per_channel,
             the_resend_limit_counts_every_send_in_the_window,
             a_withdrawn_code_neither_works_nor_counts,
@@ -1483,6 +1484,36 @@ pub fn last_reads_answer_as_each_read_does(b: &dyn Backend) {
             "[]",
         ]
     );
+}
+
+/// A login's first read sent ahead ([`Store::read_ahead`]) answers the
+/// login's read of the same user; a read of another user, or a write
+/// after it, is served as if nothing had been sent (a backend with a server
+/// prepares its statements after a few runs, hence the rounds).
+pub fn a_read_sent_ahead_answers_only_that_read_and_never_hides_a_write(b: &dyn Backend) {
+    let mut s = b.open();
+    active_user(s.as_mut(), 2);
+    let channels = [Channel::Email];
+    let failures = |s: &mut dyn Store, name: &str| {
+        s.login_view(name, Some("laptop"), &channels, NOW)
+            .unwrap()
+            .user
+            .map(|u| u.lock.failures)
+    };
+    for round in 0..4 {
+        assert_eq!(failures(s.as_mut(), "u"), Some(round), "round {round}");
+        // Ahead for u; the read that comes is another user's.
+        s.login_view_ahead("u", Some("laptop"), &channels, NOW);
+        assert_eq!(failures(s.as_mut(), "nobody"), None, "round {round}");
+        // Ahead for u, at another time: not the read that comes.
+        s.login_view_ahead("u", Some("laptop"), &channels, NOW + 1);
+        assert_eq!(failures(s.as_mut(), "u"), Some(round), "round {round}");
+        // Ahead, then a write: the read after it sees the write.
+        s.login_view_ahead("u", Some("laptop"), &channels, NOW);
+        assert!(rejected(&redeem(s.as_mut(), &totp(1), NOW, 99)));
+        s.login_view_ahead("u", Some("laptop"), &channels, NOW);
+    }
+    assert_eq!(failures(s.as_mut(), "u"), Some(4));
 }
 
 /// `u` types `code`, sent by `channel`, at `now` (lockout after 9).

@@ -80,6 +80,15 @@ pub trait Store: Send {
     /// The backend's own consistency check: a list of problems, empty when
     /// all is well.
     fn check_integrity(&mut self) -> Result<Vec<String>>;
+
+    /// Start `reads` now, as the next read transaction will make them
+    /// ([`Tx::last_reads`] of exactly these, first and alone), so that the
+    /// caller's work until then overlaps the wait for a server. Nothing to
+    /// do for a store whose reads do not wait on one (the default); any
+    /// other call after it is served as usual.
+    fn read_ahead(&mut self, reads: &[Read<'_>]) {
+        let _ = reads;
+    }
 }
 
 /// The reads and conditional writes inside one transaction.
@@ -483,6 +492,31 @@ fn connect(
     Ok((client, target))
 }
 
+/// What [`login_view`](<dyn Store>::login_view) reads: all at once,
+/// whatever the user turns out to be (on a server that is one round trip,
+/// where reading the user first cost one more for each read that depends
+/// on it).
+fn login_reads<'a>(
+    name: &'a str,
+    rhost: Option<&str>,
+    channels: &[Channel],
+    now: i64,
+) -> Vec<Read<'a>> {
+    let mut reads = vec![
+        Read::User(name),
+        Read::UnusedCodes(CodeKind::Recovery, name, now),
+    ];
+    if rhost.is_some() {
+        reads.push(Read::Remembered(name, now));
+    }
+    reads.extend(
+        channels
+            .iter()
+            .map(|&c| Read::UnusedCodes(CodeKind::sent(c), name, now)),
+    );
+    reads
+}
+
 /// Void the user's unused codes sent by `channel`: marked used, they log
 /// in no more but still count toward the resend limit, which a new
 /// address or factor does not lift.
@@ -633,21 +667,7 @@ impl dyn Store + '_ {
         channels: &[Channel],
         now: i64,
     ) -> Result<LoginView> {
-        // All at once, whatever the user turns out to be: on a server
-        // that is one round trip, where reading the user first cost one
-        // more for each read that depends on it.
-        let mut reads = vec![
-            Read::User(name),
-            Read::UnusedCodes(CodeKind::Recovery, name, now),
-        ];
-        if rhost.is_some() {
-            reads.push(Read::Remembered(name, now));
-        }
-        reads.extend(
-            channels
-                .iter()
-                .map(|&c| Read::UnusedCodes(CodeKind::sent(c), name, now)),
-        );
+        let reads = login_reads(name, rhost, channels, now);
         let location = self.location().to_string();
         let found = self.read(|tx| tx.last_reads(&reads))?;
         let mismatch = || {
@@ -691,6 +711,18 @@ impl dyn Store + '_ {
             remembered_until,
             sent,
         })
+    }
+
+    /// Start what [`login_view`](Self::login_view) with the same
+    /// arguments reads first ([`Store::read_ahead`]).
+    pub fn login_view_ahead(
+        &mut self,
+        name: &str,
+        rhost: Option<&str>,
+        channels: &[Channel],
+        now: i64,
+    ) {
+        self.read_ahead(&login_reads(name, rhost, channels, now));
     }
 
     /// The remote hosts `name` is remembered from at `now`, until when.

@@ -104,6 +104,18 @@ pub trait PgClient: Send {
         limit: Option<Duration>,
     ) -> Vec<Result<Done, PgError>>;
 
+    /// Send `statement` (a [`Stmt::Query`]) now, without waiting for its
+    /// answer, so that the caller can do other work while the server runs
+    /// it: the next call, if it is [`pipeline_within`](Self::pipeline_within)
+    /// of that statement alone (the same text and parameters), is answered
+    /// by it without sending it again; any other call first waits for its
+    /// answer (within that call's bound) and drops it. A client that
+    /// cannot send ahead does nothing: the statement then goes when it is
+    /// run.
+    fn send_ahead(&mut self, statement: Stmt<'_>) {
+        let _ = statement;
+    }
+
     /// [`pipeline_within`](Self::pipeline_within) the session's own bound.
     fn pipeline(&mut self, statements: &[Stmt<'_>]) -> Vec<Result<Done, PgError>> {
         self.pipeline_within(statements, None)

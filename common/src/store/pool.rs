@@ -219,6 +219,10 @@ impl Store for Lent<'_> {
     fn check_integrity(&mut self) -> Result<Vec<String>> {
         self.inner().check_integrity()
     }
+
+    fn read_ahead(&mut self, reads: &[super::Read<'_>]) {
+        self.inner().read_ahead(reads);
+    }
 }
 
 impl Drop for Lent<'_> {

@@ -443,6 +443,13 @@ impl Store for PgStore {
         }
     }
 
+    /// Sent now as the read transaction's one statement will be: no
+    /// `BEGIN`, the reads as one statement.
+    fn read_ahead(&mut self, reads: &[Read<'_>]) {
+        let (sql, params, _) = reads_statement(reads);
+        self.client.send_ahead(Stmt::Query(&sql, &params));
+    }
+
     fn check_integrity(&mut self) -> Result<Vec<String>> {
         let mut problems = self.missing_rights()?;
         let rows = self
