@@ -174,6 +174,12 @@ fn check_meta(path: &Path, meta: &std::fs::Metadata, secrecy: Secrecy) -> Result
 /// writes by group and others (or be sticky, like /tmp): whoever may write
 /// a directory may replace the files in it.
 pub fn check_parent_dirs(path: &Path) -> Result<()> {
+    check_dirs_above(path, None)
+}
+
+/// [`check_parent_dirs`], where the directories may also belong to the
+/// account `also`, if given.
+fn check_dirs_above(path: &Path, also: Option<u32>) -> Result<()> {
     let mut dir = path.parent();
     while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
         let meta = std::fs::metadata(d).map_err(|e| Error::io(d, e))?;
@@ -182,11 +188,12 @@ pub fn check_parent_dirs(path: &Path) -> Result<()> {
             problem,
             fix,
         };
-        if meta.uid() != 0 {
+        if meta.uid() != 0 && Some(meta.uid()) != also {
             return Err(refuse(
                 format!(
-                    "is owned by uid {}, not root, so it can replace {}",
+                    "is owned by uid {}, not root{}, so it can replace {}",
                     meta.uid(),
+                    also.map_or(String::new(), |a| format!(" nor uid {a}")),
                     path.display()
                 ),
                 format!("chown root:root {}", d.display()),
@@ -235,28 +242,64 @@ pub fn check_no_one_else_adds_beside(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `dir`, holding a PostgreSQL server's Unix-domain socket, must be a
-/// directory that other users cannot write: whoever may create a file in
-/// it can stand in for the server while it is down and answer the logins
-/// (Debian's /run/postgresql, writable by its owner and group `postgres`,
-/// passes; /tmp does not, sticky or not).
+/// The first uid of ordinary users' accounts (Debian's and Fedora's
+/// `FIRST_UID`); below it, root and the system's own accounts, such as the
+/// one a PostgreSQL server runs as.
+const FIRST_USER_UID: u32 = 1000;
+
+/// `dir`, holding a PostgreSQL server's Unix-domain socket: whoever can
+/// create a file in it, or put another directory in its place, can stand
+/// in for the server while it is down and answer the logins. So it must be
+/// a directory itself (not a symbolic link), owned by root or a system
+/// account (as the server's own user is), closed to other users' writes
+/// (Debian's /run/postgresql, its owner's and group `postgres`'s to write,
+/// passes; a directory in /tmp that a user made does not); and each
+/// directory above it owned by root or by the same account, closed to
+/// writes by group and others unless sticky (like /tmp).
 pub fn check_socket_dir(dir: &Path) -> Result<()> {
-    let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
-    let refuse = |problem: String, fix: String| Error::Permissions {
-        path: dir.into(),
+    let refuse = |d: &Path, problem: String, fix: String| Error::Permissions {
+        path: d.into(),
         problem,
         fix,
     };
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| Error::io(dir, e))?;
+    if meta.file_type().is_symlink() {
+        return Err(refuse(
+            dir,
+            "is a symbolic link: [store] url must name the socket's directory itself".into(),
+            format!(
+                "write the directory it points to in place of {}",
+                dir.display()
+            ),
+        ));
+    }
     if !meta.is_dir() {
         return Err(refuse(
+            dir,
             "is not a directory: [store] url names the directory of the server's socket".into(),
             "write the directory the server's unix_socket_directories names, \
              such as %2Frun%2Fpostgresql"
                 .into(),
         ));
     }
+    let owner = meta.uid();
+    if owner >= FIRST_USER_UID {
+        return Err(refuse(
+            dir,
+            format!(
+                "is owned by uid {owner}, an ordinary user, who can put a socket in it that \
+                 stands in for the server"
+            ),
+            format!(
+                "keep the server's socket in a directory of root's or the server's own user \
+                 (chown postgres {})",
+                dir.display()
+            ),
+        ));
+    }
     if meta.mode() & 0o002 != 0 {
         return Err(refuse(
+            dir,
             format!(
                 "has mode {:04o}: any user can create a socket in it that stands in for the \
                  server",
@@ -269,7 +312,7 @@ pub fn check_socket_dir(dir: &Path) -> Result<()> {
             ),
         ));
     }
-    Ok(())
+    check_dirs_above(dir, Some(owner))
 }
 
 /// Create `path` with mode 0600 (failing if it exists) and write `contents`.

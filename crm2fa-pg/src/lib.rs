@@ -441,6 +441,7 @@ impl PgClient for Session {
         limit: Option<Duration>,
     ) -> Vec<Result<Done, PgError>> {
         let limit = limit.map_or(self.call_timeout, |l| l.min(self.call_timeout));
+        let started = std::time::Instant::now();
         match self.answer_ahead(limit) {
             Err(e) => return statements.iter().map(|_| Err(e.clone())).collect(),
             Ok(Some((key, params, answer))) => {
@@ -458,6 +459,9 @@ impl PgClient for Session {
             }
             Ok(None) => {}
         }
+        // One bound for the answer sent ahead and these together (messages
+        // name the bound).
+        let left = limit.saturating_sub(started.elapsed());
         let client = match self.take_client() {
             Ok(client) => client,
             Err(e) => return statements.iter().map(|_| Err(e.clone())).collect(),
@@ -479,7 +483,7 @@ impl PgClient for Session {
                 }
             })
             .collect();
-        let prepared = match self.prepared_for(&client, &keys, limit) {
+        let prepared = match self.prepared_for(&client, &keys, left) {
             Ok(prepared) => prepared,
             Err(elapsed) => {
                 let e = self
@@ -526,7 +530,7 @@ impl PgClient for Session {
                     }
                 })
                 .collect();
-        let answer = within(&self.rt, limit, join_all(calls));
+        let answer = within(&self.rt, left, join_all(calls));
         let answers = match self.give_back(client, answer, limit) {
             Ok(answers) => answers,
             Err(e) => return statements.iter().map(|_| Err(e.clone())).collect(),
@@ -543,13 +547,8 @@ impl PgClient for Session {
                     .collect::<Result<_, _>>()
                     .map(Done::Rows),
                 Err(e) => {
-                    // The schema changed under a plan, a pooler lost the
-                    // prepared statement …: run it unnamed from now on.
                     if let (Some(key), Some(_)) = (key, prepared) {
-                        self.known.insert(key.clone(), Known::Unnamed);
-                        if e.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) {
-                            PREPARING_FAILED.store(true, Ordering::Relaxed);
-                        }
+                        self.failed_prepared(key, &e);
                     }
                     Err(self.error(&e))
                 }
@@ -569,20 +568,32 @@ impl Session {
         match within(&self.rt, limit, &mut ahead.task) {
             Ok(Ok((client, answer))) => {
                 self.client = Some(client);
+                if let Err(e) = &answer {
+                    self.failed_prepared(&ahead.key, e);
+                }
                 Ok(Some((ahead.key, ahead.params, answer)))
             }
-            outcome => {
-                // No answer in time, or the task failed: the client went
-                // with it, so the session is closed.
+            // The task failed (it is over): the client went with it.
+            Ok(Err(_failed)) => Err(self.close(&format!("the call to {} failed", self.server))),
+            Err(_elapsed) => {
                 ahead.task.abort();
                 let _ = self.rt.block_on(ahead.task);
-                Err(self.close(&match outcome {
-                    Err(_elapsed) => {
-                        format!("no answer from {} within {}", self.server, seconds(limit))
-                    }
-                    _ => format!("the call to {} failed", self.server),
-                }))
+                Err(self.close(&format!(
+                    "no answer from {} within {}",
+                    self.server,
+                    seconds(limit)
+                )))
             }
+        }
+    }
+
+    /// A prepared statement failed with `e`: it runs unnamed from now on
+    /// (the schema changed under its plan, a pooler lost it …); a lost one
+    /// (SQLSTATE `26000`) means nothing is prepared any more.
+    fn failed_prepared(&mut self, key: &Key, e: &tokio_postgres::Error) {
+        self.known.insert(key.clone(), Known::Unnamed);
+        if e.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) {
+            PREPARING_FAILED.store(true, Ordering::Relaxed);
         }
     }
 

@@ -749,6 +749,20 @@ fn a_query_sent_ahead_runs_once_and_answers_only_the_call_that_asks_for_it() {
     let e = db.query(div, &[Param::Int(0)]).unwrap_err();
     assert_eq!(e.sqlstate.as_deref(), Some("22012"), "{e}");
     assert_eq!(run(&mut db, 0), [[Value::Int(10)]]);
+    // A plan broken under a statement sent ahead: that answer fails, and
+    // the statement runs unnamed from then on, as after any run by name.
+    db.batch("CREATE TABLE r (v INTEGER); INSERT INTO r VALUES (7)")
+        .unwrap();
+    let read = "SELECT v FROM r WHERE v = $1";
+    for _ in 0..3 {
+        assert_eq!(db.query(read, &[Param::Int(7)]).unwrap(), [[Value::Int(7)]]);
+    }
+    db.batch("ALTER TABLE r ALTER v TYPE BIGINT").unwrap();
+    db.send_ahead(Stmt::Query(read, &[Param::Int(7)]));
+    let e = db.query(read, &[Param::Int(7)]).unwrap_err();
+    assert_eq!(e.sqlstate.as_deref(), Some("0A000"), "{e}");
+    db.send_ahead(Stmt::Query(read, &[Param::Int(7)]));
+    assert_eq!(db.query(read, &[Param::Int(7)]).unwrap(), [[Value::Int(7)]]);
 }
 
 #[test]

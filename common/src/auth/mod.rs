@@ -160,19 +160,22 @@ pub fn run(
             return Outcome::Unavailable;
         }
     };
-    // The store first, and the login's first read sent (to a server, which
-    // answers while the account is looked up), by the name as given: the
-    // spelling is nearly always the account's. Whatever the answer, nothing
-    // of it is used unless the login reads for that very name.
-    let mut store = stores.open(&cfg.store);
-    if let Ok(store) = &mut store {
-        store.login_view_ahead(
-            &req.user,
-            remembered_host(&cfg, req).as_deref(),
-            &configured_channels(&cfg),
-            req.now(),
-        );
-    }
+    // A store kept open is lent first, and the login's first read sent (to
+    // a server, which answers while the account is looked up), by the name
+    // as given: the spelling is nearly always the account's. Nothing of the
+    // answer is used unless the login reads for that very name.
+    let early = stores.keeps_open().then(|| {
+        let mut store = stores.open(&cfg.store);
+        if let Ok(store) = &mut store {
+            store.login_view_ahead(
+                &req.user,
+                remembered_host(&cfg, req).as_deref(),
+                &configured_channels(&cfg),
+                req.now(),
+            );
+        }
+        store
+    });
     // The account, not the spelling: the store, groups, protected users and
     // the audit all use the canonical name.
     let account = match Account::lookup(&req.user) {
@@ -193,7 +196,7 @@ pub fn run(
         user: account.name,
         ..req.clone()
     };
-    let mut store = match store {
+    let mut store = match early.unwrap_or_else(|| stores.open(&cfg.store)) {
         Ok(s) => s,
         Err(error) => {
             let f = Failure {

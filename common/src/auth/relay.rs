@@ -572,6 +572,10 @@ struct AcceptBeforeWrite<'a> {
 }
 
 impl Stores for AcceptBeforeWrite<'_> {
+    fn keeps_open(&self) -> bool {
+        self.stores.keeps_open()
+    }
+
     fn open(&self, cfg: &StoreConfig) -> crate::Result<Box<dyn Store + '_>> {
         Ok(Box::new(Accepting {
             store: self.stores.open(cfg)?,

@@ -911,3 +911,51 @@ fn a_login_that_needs_no_code_is_not_refused_for_a_busy_audit_table() {
 
 mod hostile;
 mod sent;
+
+/// Stores that count the times a login asks for one, and have none.
+struct NoStores {
+    opens: std::cell::Cell<u32>,
+    keeps_open: bool,
+}
+
+impl Stores for NoStores {
+    fn open(&self, cfg: &crate::config::StoreConfig) -> crate::Result<Box<dyn Store + '_>> {
+        self.opens.set(self.opens.get() + 1);
+        Err(Error::store(
+            cfg.path.display().to_string(),
+            "no store here",
+        ))
+    }
+
+    fn keeps_open(&self) -> bool {
+        self.keeps_open
+    }
+}
+
+#[test]
+fn a_name_nss_does_not_know_opens_no_store_unless_stores_are_kept_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crm2fa.toml");
+    crate::fsperm::create_private_file(&path, b"[store]\npath = \"db\"\nkey_file = \"key\"\n")
+        .unwrap();
+    let config = format!("config={}", path.display());
+    let args = ModuleArgs::parse([config.as_str()]);
+    let mut log = Logger::new("crm2fa-test", false);
+    for keeps_open in [false, true] {
+        let stores = NoStores {
+            opens: std::cell::Cell::new(0),
+            keeps_open,
+        };
+        let mut sc = Script::new(&[]);
+        let unknown = req("no-such-account-crm2fa", NOW);
+        assert_eq!(
+            run(&args, &unknown, &mut sc, &mut log, &stores),
+            Outcome::UserUnknown,
+            "the unknown account decides, not the store"
+        );
+        // A store opened afresh is not opened for a name NSS does not
+        // know; a kept one is lent before the lookup, so that the login's
+        // first read goes ahead.
+        assert_eq!(stores.opens.get(), u32::from(keeps_open));
+    }
+}

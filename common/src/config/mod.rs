@@ -155,6 +155,14 @@ impl PostgresConfig {
             parse_postgres_url(url).map_err(|m| ("url", m))?;
         tls_companions(sslmode, password_file.is_some(), ca_file.is_some())
             .map_err(|(key, m)| (key, m.to_string()))?;
+        if crate::store::pg::on_socket(&host) && ca_file.is_some() {
+            return Err((
+                "ca_file",
+                "the url names the server's Unix-domain socket, where TLS does not apply: \
+                 leave ca_file out"
+                    .into(),
+            ));
+        }
         Ok(PostgresConfig {
             host,
             port,
@@ -305,8 +313,14 @@ fn parse_postgres_url(
     if user.is_empty() || host.is_empty() || db.is_empty() || db.contains('/') {
         return Err("must be postgres://USER@HOST:PORT/DB".into());
     }
-    let host = percent_decoded(host)?;
-    let socket = crate::store::pg::on_socket(&host);
+    // libpq's way to write a socket's directory: percent-encoded, from its
+    // leading slash on. Any other host is a name or an address, as written.
+    let socket = host.len() >= 3 && host[..3].eq_ignore_ascii_case("%2F");
+    let host = if socket {
+        percent_decoded(host)?
+    } else {
+        host.to_owned()
+    };
     if socket && host.split('/').any(|part| part == "..") {
         return Err(format!("names the socket directory {host:?} with \"..\""));
     }
@@ -1202,6 +1216,24 @@ mod tests {
             crate::store::pg::location("u", "::1", 5432, "d"),
             "postgres://u@[::1]:5432/d"
         );
+        // Whatever the directory's name, its url reads back as it.
+        let odd = "/run/pg@x?y#z%20 é";
+        let url = crate::store::pg::location("u", odd, 5433, "d");
+        assert_eq!(ok(&url).1, odd, "{url}");
+        // Only a socket's directory is percent-encoded: other hosts are
+        // read as written.
+        assert_eq!(ok("postgres://u@db%41/d").1, "db%41");
+        // No TLS there, so no CA file either.
+        let e = PostgresConfig::from_url(
+            "postgres://u@%2Frun%2Fpostgresql/d",
+            None,
+            Some(PathBuf::from("/etc/ssl/ca.pem")),
+            3,
+            PathBuf::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "ca_file", "{e:?}");
+        assert!(e.1.contains("TLS does not apply"), "{e:?}");
     }
 
     #[test]
@@ -1237,6 +1269,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("gone"), "{e}");
+        // A link to the directory: the link could be pointed elsewhere.
+        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&socket_dir, &link).unwrap();
+        let e = cfg(&link).target().unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        // An ordinary user's directory, or one under such a user's: they
+        // could put their own socket there.
+        let chown = |p: &Path, uid: u32| std::os::unix::fs::chown(p, Some(uid), None).unwrap();
+        chown(&socket_dir, 1000);
+        let e = cfg(&socket_dir).target().unwrap_err().to_string();
+        assert!(e.contains("uid 1000, an ordinary user"), "{e}");
+        chown(&socket_dir, 101);
+        assert!(cfg(&socket_dir).target().is_ok());
+        chown(dir.path(), 1000);
+        let e = cfg(&socket_dir).target().unwrap_err().to_string();
+        assert!(e.contains("uid 1000, not root nor uid 101"), "{e}");
+        // The server's own account may own the directories above too.
+        chown(dir.path(), 101);
+        assert!(cfg(&socket_dir).target().is_ok());
+        chown(dir.path(), 0);
     }
 
     #[test]

@@ -432,6 +432,15 @@ impl TxFailure {
 pub trait Stores {
     /// The configured store, open, for one login.
     fn open(&self, cfg: &StoreConfig) -> Result<Box<dyn Store + '_>>;
+
+    /// Whether the stores stay open between logins (crm2fad's pool): then
+    /// lending one opens nothing, and a login takes it before it looks the
+    /// account up, so that its first read goes ahead
+    /// ([`Store::read_ahead`]). A login that opens its store afresh looks
+    /// the account up first: a name NSS does not know opens nothing.
+    fn keeps_open(&self) -> bool {
+        false
+    }
 }
 
 /// Opens the configured store afresh at every call ([`open`]), a PostgreSQL

@@ -149,6 +149,10 @@ impl Pool {
 }
 
 impl Stores for Pool {
+    fn keeps_open(&self) -> bool {
+        true
+    }
+
     fn open(&self, cfg: &StoreConfig) -> Result<Box<dyn Store + '_>> {
         let key = Key::of(cfg);
         // A kept PostgreSQL session also needs the files a new connection
