@@ -36,6 +36,15 @@ pub mod totp;
 
 pub use error::{Error, Result};
 
+/// What a URL carries as it is: RFC 3986's unreserved characters; every
+/// other byte is percent-encoded (a socket directory in `[store] url`, a
+/// value in an SMS gateway's URL).
+pub const URL_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Seconds since the Unix epoch, read once at the edge of the program.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()

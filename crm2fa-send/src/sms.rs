@@ -25,6 +25,7 @@ use crm2fa_common::config::SmsConfig;
 use crm2fa_common::delivery::child::{self, Ended, Group, Job, RunError, Stdin, PATH};
 use crm2fa_common::delivery::{fill, Message};
 use crm2fa_common::fsperm::{self, Secrecy};
+use crm2fa_common::URL_UNRESERVED;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use ureq::http::{HeaderName, HeaderValue, Uri};
 use ureq::unversioned::resolver::DefaultResolver;
@@ -152,13 +153,6 @@ fn resolve(program: &str) -> Result<PathBuf, Failure> {
 
 // ---- HTTP gateway ----------------------------------------------------------
 
-/// What stays as it is in a URL: RFC 3986's unreserved characters.
-const URL_VALUE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
 /// What stays as it is in an `application/x-www-form-urlencoded` value.
 const FORM_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -248,7 +242,7 @@ fn http(cfg: &SmsConfig, timeout: Duration, msg: &Message) -> Result<(), Failure
         }
     }
     let url = fill_message(&cfg.url, msg, |v| {
-        Zeroizing::new(utf8_percent_encode(v, URL_VALUE).to_string())
+        Zeroizing::new(utf8_percent_encode(v, URL_UNRESERVED).to_string())
     });
     let uri: Uri = url.parse().map_err(|_| {
         Failure::Config("[sms] url: not a URL once {phone}, {message} and {code} are filled".into())
@@ -525,7 +519,7 @@ mod tests {
             "to=%2B44+20+7946&text=Code+%221234%22+%26+go%0A"
         );
         let url = fill_message("https://g/s?to={phone}&c={code}", &m, |v| {
-            Zeroizing::new(utf8_percent_encode(v, URL_VALUE).to_string())
+            Zeroizing::new(utf8_percent_encode(v, URL_UNRESERVED).to_string())
         });
         assert_eq!(url.as_str(), "https://g/s?to=%2B44%2020%207946&c=1234");
     }

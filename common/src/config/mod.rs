@@ -351,24 +351,23 @@ fn parse_postgres_url(
     Ok((user.into(), host, port, db.into(), sslmode))
 }
 
-/// `text` with each `%XX` replaced by the byte it encodes.
+/// `text` with each `%XX` replaced by the byte it encodes; a `%` without
+/// two hex digits after it is an error (not kept as it is).
 fn percent_decoded(text: &str) -> std::result::Result<String, String> {
     let bad = || format!("has a bad %-escape in the host {text:?}");
-    let mut out = Vec::with_capacity(text.len());
-    let mut bytes = text.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hex = [bytes.next().ok_or_else(bad)?, bytes.next().ok_or_else(bad)?];
-            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                return Err(bad());
-            }
-            let hex = std::str::from_utf8(&hex).map_err(|_| bad())?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
-        } else {
-            out.push(b);
-        }
+    let escapes_whole = text.split('%').skip(1).all(|after| {
+        after
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !escapes_whole {
+        return Err(bad());
     }
-    String::from_utf8(out).map_err(|_| bad())
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map(String::from)
+        .map_err(|_| bad())
 }
 
 /// `[totp]`.

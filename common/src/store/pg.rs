@@ -257,16 +257,8 @@ pub fn on_socket(host: &str) -> bool {
 /// password.
 pub fn location(user: &str, host: &str, port: u16, dbname: &str) -> String {
     let host = if on_socket(host) {
-        // Every byte but the unreserved ones of a URL (RFC 3986), so that
-        // the url reads back as the same directory.
-        host.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    char::from(b).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
+        // So that the url reads back as the same directory.
+        percent_encoding::utf8_percent_encode(host, crate::URL_UNRESERVED).to_string()
     } else if host.contains(':') {
         format!("[{host}]")
     } else {
