@@ -177,6 +177,14 @@ struct Ahead {
 /// A statement as a session knows it: its SQL and declared parameter types.
 type Key = (String, Vec<Type>);
 
+/// The [`Key`] of `sql` run with `params` (as [`typed`] gives them).
+fn key_of(sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Key {
+    (
+        sql.to_owned(),
+        params.iter().map(|(_, t)| t.clone()).collect(),
+    )
+}
+
 /// What a session knows of a statement.
 enum Known {
     /// Run this many times, as the unnamed statement.
@@ -398,8 +406,7 @@ impl PgClient for Session {
         if self.ahead.is_some() {
             return;
         }
-        let types = typed(params).into_iter().map(|(_, t)| t).collect();
-        let key = (sql.to_owned(), types);
+        let key = key_of(sql, &typed(params));
         let Some(Known::Prepared(prepared)) = self.known.get(&key) else {
             return;
         };
@@ -446,8 +453,7 @@ impl PgClient for Session {
             Err(e) => return statements.iter().map(|_| Err(e.clone())).collect(),
             Ok(Some((key, params, answer))) => {
                 if let [Stmt::Query(sql, p)] = statements {
-                    let same = key.0 == *sql
-                        && typed(p).iter().map(|(_, t)| t).eq(key.1.iter())
+                    let same = key == key_of(sql, &typed(p))
                         && p.iter().map(|&v| Value::from(v)).eq(params);
                     if same {
                         return vec![answer
@@ -478,9 +484,7 @@ impl PgClient for Session {
             .zip(&params)
             .map(|(s, p)| match *s {
                 Stmt::Batch(_) => None,
-                Stmt::Execute(sql, _) | Stmt::Query(sql, _) => {
-                    Some((sql.to_owned(), p.iter().map(|(_, t)| t.clone()).collect()))
-                }
+                Stmt::Execute(sql, _) | Stmt::Query(sql, _) => Some(key_of(sql, p)),
             })
             .collect();
         let prepared = match self.prepared_for(&client, &keys, left) {
