@@ -186,15 +186,19 @@ if [ "$BENCH_PG" = 1 ]; then
   PG_HOST_PW=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
   pg_sql postgres <<SQL
 CREATE ROLE $PG_OWNER LOGIN PASSWORD '$PG_OWNER_PW';
-CREATE DATABASE $PG_DB OWNER $PG_OWNER;
 CREATE ROLE $PG_HOST_ROLE LOGIN PASSWORD '$PG_HOST_PW';
 ALTER ROLE $PG_HOST_ROLE SET statement_timeout = '5s';
 SQL
-  pg_sql "$PG_DB" <<SQL
+  # A database the owner role owns, its schema closed to everyone else.
+  owned_db() {
+    pg_sql postgres <<<"CREATE DATABASE $1 OWNER $PG_OWNER;"
+    pg_sql "$1" <<SQL
 ALTER SCHEMA public OWNER TO $PG_OWNER;
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
-REVOKE TEMPORARY ON DATABASE $PG_DB FROM PUBLIC;
+REVOKE TEMPORARY ON DATABASE $1 FROM PUBLIC;
 SQL
+  }
+  owned_db "$PG_DB"
   # The roles' passwords, one a line, 0600 root, as password_file wants.
   (umask 077
    printf '%s\n' "$PG_OWNER_PW" >"$BENCH_DIR/pg-owner.password"
@@ -207,12 +211,7 @@ SQL
   # there (this throwaway cluster's pg_hba.conf); crm2fad keeps its session
   # open, so how the role logs in is not part of a login's time.
   PG_LOCAL_DB="${PG_DB}_local"
-  pg_sql postgres <<<"CREATE DATABASE $PG_LOCAL_DB OWNER $PG_OWNER;"
-  pg_sql "$PG_LOCAL_DB" <<SQL
-ALTER SCHEMA public OWNER TO $PG_OWNER;
-REVOKE CREATE ON SCHEMA public FROM PUBLIC;
-REVOKE TEMPORARY ON DATABASE $PG_LOCAL_DB FROM PUBLIC;
-SQL
+  owned_db "$PG_LOCAL_DB"
   PG_SOCK_URL=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$PG_SOCK")
   PG_LOCAL_ADMIN_URL="postgres://$PG_OWNER@$PG_SOCK_URL:$PG_PORT/$PG_LOCAL_DB"
   PG_LOCAL_URL="postgres://$PG_HOST_ROLE@$PG_SOCK_URL:$PG_PORT/$PG_LOCAL_DB"
