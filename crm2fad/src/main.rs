@@ -85,23 +85,17 @@ fn main() -> ExitCode {
         "listening on {}, up to {max} logins at once",
         cli.socket.display()
     ));
-    let workers = Arc::new(Workers {
-        listener,
-        pool: Pool::new(Some(Box::new(crm2fa_pg::Connector))),
-        max,
-        active: AtomicUsize::new(0),
-        waiting: AtomicUsize::new(0),
-        threads: AtomicUsize::new(0),
-        stopping: AtomicBool::new(false),
-    });
-    if let Err(e) = nix::sys::socket::setsockopt(
-        &workers.listener,
-        nix::sys::socket::sockopt::ReceiveTimeout,
-        &nix::sys::time::TimeVal::new(IDLE_EXIT.as_secs() as i64, 0),
-    ) {
-        log.error(&format!("cannot set a timeout on the socket: {e}"));
-        return ExitCode::from(1);
-    }
+    let pool = Pool::new(Some(Box::new(crm2fa_pg::Connector)));
+    let login: Login = |stream, pool, syslog| {
+        relay::serve(stream, pool, syslog);
+    };
+    let workers = match Workers::new(listener, pool, max, IDLE_EXIT, login) {
+        Ok(w) => w,
+        Err(e) => {
+            log.error(&format!("cannot set a timeout on the socket: {e}"));
+            return ExitCode::from(1);
+        }
+    };
     {
         let (workers, socket) = (Arc::clone(&workers), cli.socket.clone());
         let spawned = std::thread::Builder::new()
@@ -113,15 +107,16 @@ fn main() -> ExitCode {
         }
     }
     // The main thread is the first of the workers, and never ends.
-    workers.threads.fetch_add(1, Ordering::SeqCst);
-    workers.waiting.fetch_add(1, Ordering::SeqCst);
-    workers.work(true);
+    workers.first();
     ExitCode::SUCCESS
 }
 
 /// How long a thread waits for a login before it ends, unless it is the
 /// last one waiting.
 const IDLE_EXIT: Duration = Duration::from_secs(60);
+
+/// Runs one login on a connection ([`relay::serve`]).
+type Login = fn(UnixStream, &Pool, &mut SyslogConnection);
 
 /// The threads that run logins. Each waits in `accept` on the socket,
 /// serves the connection it gets, and waits again: no thread is started
@@ -133,6 +128,7 @@ const IDLE_EXIT: Duration = Duration::from_secs(60);
 struct Workers {
     listener: UnixListener,
     pool: Pool,
+    login: Login,
     /// How many logins may run at once ([`max_logins`]).
     max: usize,
     /// Logins being served.
@@ -146,6 +142,39 @@ struct Workers {
 }
 
 impl Workers {
+    /// Workers on `listener`, whose threads beyond the first end after
+    /// `idle` without a connection.
+    fn new(
+        listener: UnixListener,
+        pool: Pool,
+        max: usize,
+        idle: Duration,
+        login: Login,
+    ) -> nix::Result<Arc<Workers>> {
+        nix::sys::socket::setsockopt(
+            &listener,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(idle.as_secs() as i64, idle.subsec_micros().into()),
+        )?;
+        Ok(Arc::new(Workers {
+            listener,
+            pool,
+            login,
+            max,
+            active: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            threads: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+        }))
+    }
+
+    /// The first thread's life, on the calling thread: it never ends.
+    fn first(self: &Arc<Self>) {
+        self.threads.fetch_add(1, Ordering::SeqCst);
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        self.work(true);
+    }
+
     /// One thread's life; `waiting` and `threads` already count it. The
     /// main thread (`forever`) never ends.
     fn work(self: &Arc<Self>, forever: bool) {
@@ -216,7 +245,7 @@ impl Workers {
             return;
         }
         let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            relay::serve(stream, &self.pool, syslog)
+            (self.login)(stream, &self.pool, syslog)
         }));
         self.active.fetch_sub(1, Ordering::SeqCst);
         if served.is_err() {
@@ -319,4 +348,99 @@ fn listen(path: &Path) -> Result<UnixListener, String> {
     let bound = UnixListener::bind(path);
     nix::sys::stat::umask(umask);
     bound.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A login that reads one byte: `p` is a bug (it panics), anything
+    /// else is answered `ok`.
+    fn echo(mut stream: UnixStream, _: &Pool, _: &mut SyslogConnection) {
+        let mut byte = [0u8];
+        stream.read_exact(&mut byte).expect("a byte");
+        assert_ne!(&byte, b"p", "a login's bug");
+        stream.write_all(b"ok").expect("the answer");
+    }
+
+    /// Workers with `idle` on a socket in `dir`, the first thread started.
+    fn start(dir: &Path, idle: Duration) -> (Arc<Workers>, PathBuf) {
+        let path = dir.join("crm2fad.sock");
+        let listener = UnixListener::bind(&path).expect("listen");
+        let workers = Workers::new(listener, Pool::new(None), 16, idle, echo).expect("workers");
+        let first = Arc::clone(&workers);
+        std::thread::spawn(move || first.first());
+        (workers, path)
+    }
+
+    /// What a connection that sends `byte` hears back.
+    fn ask(path: &Path, byte: &[u8]) -> Vec<u8> {
+        let mut c = UnixStream::connect(path).expect("connect");
+        c.write_all(byte).expect("send");
+        let mut heard = Vec::new();
+        let _ = c.read_to_end(&mut heard);
+        heard
+    }
+
+    /// Wait up to 10 s for `what` to hold.
+    fn eventually(what: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !what() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    #[test]
+    fn a_login_that_panics_ends_alone_and_its_thread_serves_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let (workers, path) = start(dir.path(), IDLE_EXIT);
+        assert_eq!(
+            ask(&path, b"p"),
+            b"",
+            "the panicking login's connection is closed"
+        );
+        assert!(
+            eventually(|| workers.active.load(Ordering::SeqCst) == 0),
+            "the login that panicked is no longer counted"
+        );
+        // The thread that took it and the one it started both wait again.
+        assert!(eventually(|| workers.waiting.load(Ordering::SeqCst) == 2));
+        assert_eq!(workers.threads.load(Ordering::SeqCst), 2);
+        for _ in 0..3 {
+            assert_eq!(ask(&path, b"o"), b"ok");
+        }
+        assert!(eventually(|| workers.active.load(Ordering::SeqCst) == 0));
+    }
+
+    #[test]
+    fn threads_started_for_a_burst_end_when_idle_but_the_first_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let (workers, path) = start(dir.path(), Duration::from_millis(300));
+        // Three logins at once, each waiting for its byte: each thread
+        // that takes one starts another to wait in its place.
+        let mut held: Vec<UnixStream> = (0..3)
+            .map(|_| UnixStream::connect(&path).expect("connect"))
+            .collect();
+        assert!(eventually(|| workers.active.load(Ordering::SeqCst) == 3));
+        assert_eq!(workers.threads.load(Ordering::SeqCst), 4);
+        for c in &mut held {
+            c.write_all(b"o").unwrap();
+            let mut answer = [0u8; 2];
+            c.read_exact(&mut answer).unwrap();
+            assert_eq!(&answer, b"ok");
+        }
+        assert!(
+            eventually(|| workers.threads.load(Ordering::SeqCst) == 1),
+            "idle threads end: {} left",
+            workers.threads.load(Ordering::SeqCst)
+        );
+        assert_eq!(workers.waiting.load(Ordering::SeqCst), 1);
+        // The one left still serves.
+        assert_eq!(ask(&path, b"o"), b"ok");
+    }
 }
