@@ -1208,6 +1208,62 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_that_cannot_be_synced_after_the_wal_is_made_fails_the_write() {
+        // The ownership checks refuse a store root does not own.
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let (dir, moved) = (d.path().join("a"), d.path().join("b"));
+        std::fs::create_dir(&dir).unwrap();
+        let p = dir.join("db");
+        drop(SqliteStore::create(&p).unwrap());
+        // The WAL emptied and removed, as after a checkpoint on close.
+        Connection::open(&p)
+            .unwrap()
+            .pragma_update(None, "journal_mode", "DELETE")
+            .unwrap();
+        assert!(!dir.join("db-wal").exists());
+        let mut s = SqliteStore::open(&p).unwrap();
+        // The directory moves away: its old path cannot be opened to sync.
+        std::fs::rename(&dir, &moved).unwrap();
+        let store: &mut dyn Store = &mut s;
+        let e = store
+            .transaction(TxKind::Write(Durability::Full), &mut |tx| {
+                tx.insert_user("u", &[0; SALT_LEN], 1)
+            })
+            .expect_err("the directory entry of the new -wal file is not known durable");
+        let why = e.to_string();
+        assert!(why.contains("cannot sync its directory"), "{why}");
+        assert!(why.contains(&dir.display().to_string()), "{why}");
+        // Until a sync succeeds, every write says so.
+        let e = store
+            .transaction(TxKind::Write(Durability::Full), &mut |tx| {
+                tx.insert_user("v", &[0; SALT_LEN], 1)
+            })
+            .expect_err("still not synced");
+        assert!(e.to_string().contains("cannot sync its directory"));
+        // Back in place, the next write syncs it, and the rows are there.
+        std::fs::rename(&moved, &dir).unwrap();
+        store
+            .transaction(TxKind::Write(Durability::Full), &mut |tx| {
+                tx.insert_user("w", &[0; SALT_LEN], 1)
+            })
+            .unwrap();
+        assert!(!s.wal_created);
+        drop(s);
+        let mut names = Vec::new();
+        let again: &mut dyn Store = &mut SqliteStore::open(&p).unwrap();
+        again
+            .transaction(TxKind::Read, &mut |tx| {
+                names = tx.users()?.into_iter().map(|u| u.name).collect();
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(names, ["u", "v", "w"]);
+    }
+
+    #[test]
     fn contacts_set_together_are_set_all_or_none() {
         use crate::audit::AuditFilter;
         let d = tempfile::tempdir().unwrap();
