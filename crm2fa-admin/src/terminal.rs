@@ -11,13 +11,14 @@ pub(crate) fn interactive() -> bool {
     io::stdin().is_terminal()
 }
 
-/// Ask before a destructive action: on a terminal, ask; otherwise require
-/// `--yes` (`yes`). JSON output never asks.
-pub(crate) fn confirm(what: &str, yes: bool, json: bool) -> Result<(), CliError> {
+/// Ask before a destructive action: on a terminal, ask (on standard
+/// error, so `--json`'s output stays one document); otherwise require
+/// `--yes` (`yes`).
+pub(crate) fn confirm(what: &str, yes: bool) -> Result<(), CliError> {
     if yes {
         return Ok(());
     }
-    if json || !interactive() {
+    if !interactive() {
         return Err(CliError::NeedsYes { what: what.into() });
     }
     let mut err = io::stderr();

@@ -162,6 +162,26 @@ fn disable_without_a_terminal_needs_yes() {
 }
 
 #[test]
+fn a_destructive_command_on_a_terminal_asks_also_with_json() {
+    let sb = Sandbox::new();
+    sb.add_user("carol", PW);
+    let asked = [("Continue? [y/N] ", "n")];
+    let out = sb.admin_on_terminal(&["--json", "disable", "carol"], &asked);
+    assert_eq!(out.status.code(), Some(1), "{}", show_output(&out));
+    assert_eq!(
+        sb.status("carol")["state"],
+        "none",
+        "declined: nothing changed"
+    );
+    let out = sb.admin_on_terminal(
+        &["--json", "disable", "carol"],
+        &[("Continue? [y/N] ", "y")],
+    );
+    assert!(out.status.success(), "{}", show_output(&out));
+    assert_eq!(sb.status("carol")["state"], "disabled");
+}
+
+#[test]
 fn enroll_without_a_qr_code_says_to_type_the_key() {
     let sb = Sandbox::new();
     sb.add_user("kim", "pw");

@@ -121,7 +121,7 @@ impl Ctx {
 
     /// Ask before a destructive action (see [`crate::terminal::confirm`]).
     fn confirm(&self, what: &str) -> Result<(), CliError> {
-        crate::terminal::confirm(what, self.yes, self.json)
+        crate::terminal::confirm(what, self.yes)
     }
 }
 
