@@ -404,12 +404,17 @@ if not os.path.exists("/dev/log"):
               fi
             done""", "sh", host_dev], check=True)
         sink = subprocess.Popen([sys.executable, "-c", (
-            "import os, socket\n"
+            "import os, socket, sys\n"
             "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
             "s.bind('/dev/log')\n"
             "os.chmod('/dev/log', 0o666)\n"
-            "while True:\n"
-            "    s.recv(65536)\n")], stdin=subprocess.DEVNULL)
+            "s.settimeout(1)\n"
+            # Gone with the driver, however it ends.
+            "while os.getppid() == int(sys.argv[1]):\n"
+            "    try:\n"
+            "        s.recv(65536)\n"
+            "    except socket.timeout:\n"
+            "        pass\n"), str(os.getpid())], stdin=subprocess.DEVNULL)
         atexit.register(sink.kill)
         for _ in range(500):
             if os.path.exists("/dev/log") or sink.poll() is not None:
