@@ -949,6 +949,13 @@ impl Sandbox {
         self.write_accounts(&acc);
     }
 
+    /// Remove the Unix group `name` from the group database.
+    pub fn remove_group(&self, name: &str) {
+        let mut acc = self.accounts.lock().unwrap();
+        acc.groups.remove(name);
+        self.write_accounts(&acc);
+    }
+
     /// A user known to NSS whose primary group has no entry in the group
     /// database (as with some directory setups), member of `groups`.
     pub fn add_user_without_primary_group(&self, name: &str, password: &str, groups: &[&str]) {

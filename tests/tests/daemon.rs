@@ -452,3 +452,31 @@ fn connections_that_send_half_a_frame_hold_up_no_other_login() {
     r.assert_success();
     assert!(r.debug_lines_with(&["sent nothing"]).is_empty(), "{r}");
 }
+
+#[test]
+fn crm2fad_sees_a_group_the_config_names_removed_though_the_config_is_unchanged() {
+    let sb = Sandbox::with_config_and_groups(
+        "[policy]\nenforce = \"groups\"\nenforce_groups = [\"twofa\"]\nunenrolled = \"deny\"\n",
+        &["twofa"],
+    );
+    sb.add_user_in_groups("member", PW, &["twofa"]);
+    sb.add_user("outsider", PW);
+    sb.offer_to_crm2fad();
+    let d = sb.start_daemon();
+    let r = sb.login("member", &[PW, "123456"]);
+    r.assert_denied();
+    assert_eq!(r.prompts_seen, 0, "{r}");
+    sb.login("outsider", &[PW]).assert_success();
+    assert!(d.holds_open(&sb.store_path()), "crm2fad ran them");
+
+    // The group is gone: the configuration names a group that no longer
+    // exists, so it no longer loads, as when read afresh.
+    sb.remove_group("twofa");
+    let r = sb.login("outsider", &[PW]);
+    r.assert_denied();
+    assert!(r.output.contains("no group named \"twofa\""), "{r}");
+
+    // Back (another id): the configuration loads again.
+    sb.add_group("twofa");
+    sb.login("outsider", &[PW]).assert_success();
+}

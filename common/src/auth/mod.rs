@@ -149,7 +149,7 @@ pub fn run(
         ));
         return Outcome::Unavailable;
     }
-    let cfg = match Config::load(&args.config) {
+    let cfg = match stores.config(&args.config) {
         Ok(c) => c,
         Err(e) => {
             // An unreadable or invalid config always denies.

@@ -576,6 +576,10 @@ impl Stores for AcceptBeforeWrite<'_> {
         self.stores.keeps_open()
     }
 
+    fn config(&self, path: &Path) -> crate::Result<crate::config::Config> {
+        self.stores.config(path)
+    }
+
     fn open(&self, cfg: &StoreConfig) -> crate::Result<Box<dyn Store + '_>> {
         Ok(Box::new(Accepting {
             store: self.stores.open(cfg)?,

@@ -539,9 +539,62 @@ pub struct Config {
     pub delivery: DeliveryConfig,
 }
 
+/// The configuration a process last loaded, with the text it was parsed
+/// from: crm2fad, which reads the file at every login, parses it again only
+/// when the text changed (see [`Config::load_reusing`]).
+#[derive(Debug, Default)]
+pub struct LastLoaded(std::sync::Mutex<Option<(PathBuf, String, Config)>>);
+
+impl LastLoaded {
+    /// The configuration parsed from `text` at `path`, if that is the one
+    /// kept.
+    fn parsed(&self, path: &Path, text: &str) -> Option<Config> {
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match &*kept {
+            Some((p, t, cfg)) if p == path && t == text => Some(cfg.clone()),
+            _ => None,
+        }
+    }
+
+    fn keep(&self, path: &Path, text: String, cfg: &Config) {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *kept = Some((path.into(), text, cfg.clone()));
+    }
+}
+
 impl Config {
     /// Read, check ownership and permissions, parse and validate `path`.
     pub fn load(path: &Path) -> Result<Config> {
+        let text = Config::read(path)?;
+        Config::parse(&text, path)
+    }
+
+    /// [`Config::load`], reusing `last`'s parse while the file holds the
+    /// same text: the file is opened, checked and read as by `load`, and
+    /// its groups looked up again (NSS may have changed them); a group
+    /// that no longer resolves to the same id parses the text afresh, which
+    /// says why. The same configuration as `load` gives, without parsing
+    /// the TOML again.
+    pub fn load_reusing(path: &Path, last: &LastLoaded) -> Result<Config> {
+        let text = Config::read(path)?;
+        if let Some(cfg) = last.parsed(path, &text) {
+            let unchanged = |groups: &[GroupRef]| {
+                groups
+                    .iter()
+                    .all(|g| GroupRef::resolve(&g.name).as_ref() == Ok(g))
+            };
+            if unchanged(&cfg.policy.enforce_groups) && unchanged(&cfg.policy.exempt_groups) {
+                return Ok(cfg);
+            }
+        }
+        let cfg = Config::parse(&text, path)?;
+        last.keep(path, text, &cfg);
+        Ok(cfg)
+    }
+
+    /// The text of the configuration file `path`, opened without following
+    /// a symbolic link and checked (owner, mode, parent directories).
+    fn read(path: &Path) -> Result<String> {
         use std::io::Read;
         let not_found = |e: Error| match e {
             Error::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
@@ -567,7 +620,7 @@ impl Config {
                 message: "not UTF-8 text".into(),
             }
         })?;
-        Config::parse(&text, path)
+        Ok(text)
     }
 
     /// Parse and validate configuration text; `path` names it in errors and
@@ -1335,5 +1388,59 @@ mod tests {
         assert_eq!(parse_duration("2d").unwrap(), 172800);
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn a_config_read_again_is_parsed_again_only_when_its_text_changed() {
+        use std::os::unix::fs::PermissionsExt;
+        // The ownership checks refuse a file root does not own.
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crm2fa.toml");
+        let write = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        let text = |failures: &str| {
+            format!(
+                "[policy]\nenforce = \"groups\"\nenforce_groups = [\"root\"]\n\
+                 [lockout]\nmax_failures = {failures}\n"
+            )
+        };
+        let last = LastLoaded::default();
+        write(&text("4"));
+        let first = Config::load_reusing(&path, &last).unwrap();
+        assert_eq!(
+            format!("{first:?}"),
+            format!("{:?}", Config::load(&path).unwrap())
+        );
+        assert!(
+            last.parsed(&path, &text("4")).is_some(),
+            "the parse is kept"
+        );
+        assert!(last
+            .parsed(&dir.path().join("other.toml"), &text("4"))
+            .is_none());
+        let again = Config::load_reusing(&path, &last).unwrap();
+        assert_eq!(format!("{again:?}"), format!("{first:?}"));
+        // Another value of the same length: read, compared, parsed anew.
+        write(&text("6"));
+        assert_eq!(
+            Config::load_reusing(&path, &last)
+                .unwrap()
+                .lockout
+                .max_failures,
+            6
+        );
+        // A file broken since is refused, never answered from the kept parse.
+        write("[lockout\n");
+        let e = Config::load_reusing(&path, &last).unwrap_err().to_string();
+        assert!(e.contains("crm2fa.toml:1:"), "{e}");
+        // And so is one others may now write.
+        write(&text("6"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(Config::load_reusing(&path, &last).is_err());
     }
 }

@@ -441,6 +441,12 @@ pub trait Stores {
     fn keeps_open(&self) -> bool {
         false
     }
+
+    /// The configuration at `path`, read for one login ([`Config::load`]).
+    /// crm2fad's pool parses it again only when its text changed.
+    fn config(&self, path: &std::path::Path) -> Result<crate::config::Config> {
+        crate::config::Config::load(path)
+    }
 }
 
 /// Opens the configured store afresh at every call ([`open`]), a PostgreSQL

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::pg::PgConnect;
 use super::{Store, Stores, TxBody, TxKind};
-use crate::config::{PostgresConfig, StoreConfig};
+use crate::config::{Config, LastLoaded, PostgresConfig, StoreConfig};
 use crate::error::Result;
 
 /// Open stores kept at most, over every `[store]` served.
@@ -47,11 +47,13 @@ impl Key {
 /// A kept store, what it was opened for and when it was given back.
 type Kept = (Key, Box<dyn Store>, Instant);
 
-/// Open stores, by the `[store]` they were opened for.
+/// Open stores, by the `[store]` they were opened for; and the
+/// configuration last read, so that a login parses it only if it changed.
 pub struct Pool {
     /// Kept stores, the oldest given back first.
     idle: Mutex<Vec<Kept>>,
     pg: Option<Box<dyn PgConnect + Send + Sync>>,
+    config: LastLoaded,
 }
 
 impl std::fmt::Debug for Pool {
@@ -66,6 +68,7 @@ impl Pool {
         Pool {
             idle: Mutex::new(Vec::new()),
             pg,
+            config: LastLoaded::default(),
         }
     }
 
@@ -151,6 +154,10 @@ impl Pool {
 impl Stores for Pool {
     fn keeps_open(&self) -> bool {
         true
+    }
+
+    fn config(&self, path: &std::path::Path) -> Result<Config> {
+        Config::load_reusing(path, &self.config)
     }
 
     fn open(&self, cfg: &StoreConfig) -> Result<Box<dyn Store + '_>> {
