@@ -29,6 +29,9 @@ pub struct Logger {
     /// Where mirrored lines go instead of standard error (crm2fad sends
     /// them to the module it runs a login for).
     sink: Option<Sink>,
+    /// Lines held back from syslog until [`Logger::release`], in order
+    /// ([`Logger::holding`]).
+    held: Option<Vec<(Level, String)>>,
 }
 
 /// A logger's connection to syslog.
@@ -94,6 +97,26 @@ impl Logger {
             syslog: Syslog::Unopened(SyslogConnection::default()),
             mirror,
             sink: None,
+            held: None,
+        }
+    }
+
+    /// The same logger, holding its syslog lines back until
+    /// [`Logger::release`] (or its end): crm2fad sends a login's outcome
+    /// first and its lines right after, and the login releases them before
+    /// it waits on the user. Mirrored lines still go at once.
+    pub fn holding(mut self) -> Logger {
+        self.held = Some(Vec::new());
+        self
+    }
+
+    /// Write the lines held back to syslog, in order.
+    pub fn release(&mut self) {
+        let Some(held) = self.held.as_mut() else {
+            return;
+        };
+        for (level, msg) in std::mem::take(held) {
+            self.write_syslog(level, &msg);
         }
     }
 
@@ -113,9 +136,11 @@ impl Logger {
         self
     }
 
-    /// The logger's connection to syslog, to keep for the next one.
-    pub fn into_connection(self) -> SyslogConnection {
-        match self.syslog {
+    /// The logger's connection to syslog, to keep for the next one (the
+    /// lines held back written first).
+    pub fn into_connection(mut self) -> SyslogConnection {
+        self.release();
+        match std::mem::replace(&mut self.syslog, Syslog::Unavailable) {
             Syslog::Open(s) => SyslogConnection(Some(s.backend)),
             Syslog::Unopened(kept) => kept,
             Syslog::Unavailable => SyslogConnection::default(),
@@ -166,7 +191,10 @@ impl Logger {
 
     /// Log one line.
     pub fn log(&mut self, level: Level, msg: &str) {
-        self.write_syslog(level, msg);
+        match self.held.as_mut() {
+            Some(held) => held.push((level, msg.to_string())),
+            None => self.write_syslog(level, msg),
+        }
         if self.mirror {
             let line = format!("{}: {msg}", self.ident);
             match self.sink.as_mut() {
@@ -220,6 +248,21 @@ impl Logger {
 }
 
 #[cfg(test)]
+impl SyslogConnection {
+    /// A connection to `socket`, a test's syslogd.
+    pub(crate) fn to_socket(socket: std::os::unix::net::UnixDatagram) -> SyslogConnection {
+        SyslogConnection(Some(syslog::LoggerBackend::Unix(socket)))
+    }
+}
+
+impl Drop for Logger {
+    /// Nothing held back is lost, whatever ends the logger.
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::cell::RefCell;
@@ -244,6 +287,54 @@ mod tests {
         let mut buf = [0u8; 512];
         let n = syslogd.recv(&mut buf).unwrap();
         String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// The lines `syslogd` has now, without waiting.
+    fn lines_now(syslogd: &UnixDatagram) -> Vec<String> {
+        syslogd.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while let Ok(n) = syslogd.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        syslogd.set_nonblocking(false).unwrap();
+        got
+    }
+
+    #[test]
+    fn held_lines_go_to_syslog_in_order_when_released_or_when_the_logger_ends() {
+        let (ours, syslogd) = UnixDatagram::pair().unwrap();
+        let mirrored = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = std::sync::Arc::clone(&mirrored);
+        let mut log = Logger::with_pid("crm2fa-test", true, 61)
+            .mirrored_to(move |l| into.lock().unwrap().push(l.to_string()))
+            .through(SyslogConnection::to_socket(ours))
+            .holding();
+        log.info("one");
+        log.warn("two");
+        assert!(lines_now(&syslogd).is_empty(), "held back");
+        assert_eq!(mirrored.lock().unwrap().len(), 2, "mirrored at once");
+        log.release();
+        let got = lines_now(&syslogd);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(
+            got[0].ends_with("one") && got[1].ends_with("two"),
+            "{got:?}"
+        );
+        // Still holding after a release; the end writes what is left.
+        log.error("three");
+        assert!(lines_now(&syslogd).is_empty());
+        let kept = log.into_connection();
+        let got = lines_now(&syslogd);
+        assert!(got.len() == 1 && got[0].ends_with("three"), "{got:?}");
+        // A logger dropped (a login that panicked) loses nothing either.
+        let mut next = Logger::with_pid("crm2fa-test", false, 62)
+            .through(kept)
+            .holding();
+        next.info("four");
+        drop(next);
+        let got = lines_now(&syslogd);
+        assert!(got.len() == 1 && got[0].ends_with("four"), "{got:?}");
     }
 
     #[test]

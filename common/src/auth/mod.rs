@@ -308,6 +308,12 @@ impl Login<'_> {
         &self.req.user
     }
 
+    /// Before the login waits on the user or on a sender: the syslog lines
+    /// held back so far go out (see [`Logger::holding`]).
+    fn before_waiting(&mut self) {
+        self.ops.log.release();
+    }
+
     /// Write a decision to the audit table and syslog.
     fn record(&mut self, fact: Fact) -> Result<(), Error> {
         let now = self.req.now();
@@ -538,6 +544,7 @@ enum Sent {
 /// and the one-outstanding rule hold across every login), then handed to
 /// the sending program; withdrawn again if that fails, counting nothing.
 fn send_code(l: &mut Login<'_>, record: &UserRecord, channel: Channel) -> Result<Sent, Error> {
+    l.before_waiting();
     let cfg = l.ops.cfg;
     let user = l.user().to_string();
     let (Some(to), Some(ttl)) = (record.contact(channel), channel.code_ttl(cfg)) else {
@@ -757,6 +764,7 @@ fn ask_for_codes(
     while prompts > 0 {
         prompts -= 1;
         l.prompted = true;
+        l.before_waiting();
         let answer = match l.conv.prompt_hidden(PROMPT) {
             Ok(a) => zeroize::Zeroizing::new(a.unwrap_or_default()),
             Err(ConvError) => {
@@ -907,6 +915,7 @@ fn show_backup_codes(l: &mut Login<'_>, codes: &[Code]) {
         text.push('\n');
     }
     l.conv.essential(&text);
+    l.before_waiting();
     let _ = l.conv.prompt_visible(SAVED_PROMPT);
 }
 

@@ -654,8 +654,11 @@ pub fn serve(
     };
     // Shared with the debug mirror, which sends its log lines as frames.
     let link = Arc::new(Link::new(stream));
-    let mut log =
-        Logger::with_pid("pam_crm2fa", args.debug, hello.pid).through(std::mem::take(syslog));
+    // The login's syslog lines are held back while it runs (released
+    // before it waits on the user) and written after the outcome is sent.
+    let mut log = Logger::with_pid("pam_crm2fa", args.debug, hello.pid)
+        .through(std::mem::take(syslog))
+        .holding();
     if args.debug {
         let mirror = Arc::clone(&link);
         log = log.mirrored_to(move |line| {
@@ -672,9 +675,9 @@ pub fn serve(
             link: &link,
         },
     );
-    *syslog = log.into_connection();
     let code = OUTCOMES.iter().position(|&o| o == outcome).unwrap_or(4) as u8;
     let _ = link.send(DONE, &[code]);
+    *syslog = log.into_connection();
     Some(outcome)
 }
 

@@ -265,6 +265,96 @@ fn wrong_codes_reprompt_then_fail_and_count() {
     );
 }
 
+/// Answers in order; at each prompt notes the lines its syslogd has.
+struct SyslogAtPrompt {
+    answers: VecDeque<String>,
+    syslogd: std::os::unix::net::UnixDatagram,
+    /// Per prompt, the syslog lines received by then.
+    seen: Vec<Vec<String>>,
+}
+
+impl SyslogAtPrompt {
+    fn lines_now(&self) -> Vec<String> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while let Ok(n) = self.syslogd.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        got
+    }
+}
+
+impl Conversation for SyslogAtPrompt {
+    fn prompt_hidden(&mut self, _msg: &str) -> Result<Option<String>, ConvError> {
+        let lines = self.lines_now();
+        self.seen.push(lines);
+        Ok(self.answers.pop_front())
+    }
+    fn prompt_visible(&mut self, msg: &str) -> Result<Option<String>, ConvError> {
+        self.prompt_hidden(msg)
+    }
+    fn info(&mut self, _msg: &str) {}
+    fn error(&mut self, _msg: &str) {}
+}
+
+#[test]
+fn lines_held_back_reach_syslog_before_the_login_waits_on_the_user() {
+    let mut e = env("[policy]\nenforce = \"all\"\nprompts = 2\n");
+    let s = enrolled(&mut e, "hal");
+    let good = code(&e, &s, NOW);
+    let bad = if good == "000000" { "111111" } else { "000000" };
+    let (ours, syslogd) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    syslogd.set_nonblocking(true).unwrap();
+    e.log = Logger::new("crm2fa-test", false)
+        .through(crate::audit::SyslogConnection::to_socket(ours))
+        .holding();
+    let mut conv = SyslogAtPrompt {
+        answers: [bad, good.as_str(), ""].map(String::from).into(),
+        syslogd,
+        seen: vec![],
+    };
+    let log_in = |conv: &mut SyslogAtPrompt, e: &mut Env, now: i64| {
+        authenticate(
+            &e.cfg,
+            e.store.as_mut(),
+            &mut e.sender,
+            QrStyle::None,
+            &req("hal", now),
+            conv,
+            &mut e.log,
+        )
+        .unwrap()
+    };
+    // A wrong code, the right one (activating), "saved" for the codes shown.
+    assert_eq!(log_in(&mut conv, &mut e, NOW), Outcome::Success);
+    assert_eq!(conv.seen.len(), 3);
+    assert!(conv.seen[0].is_empty(), "{:?}", conv.seen);
+    // Each line went out before the next wait on the user.
+    assert!(
+        conv.seen[1].len() == 1 && conv.seen[1][0].contains("wrong code"),
+        "{:?}",
+        conv.seen
+    );
+    assert!(
+        conv.seen[2].iter().any(|l| l.contains("login success")),
+        "{:?}",
+        conv.seen
+    );
+    // A login with nothing to wait for after its code: its success line is
+    // held until the logger lets go (crm2fad: after the outcome is sent).
+    let next = code(&e, &s, NOW + 30);
+    conv.answers = [next].into();
+    assert_eq!(log_in(&mut conv, &mut e, NOW + 30), Outcome::Success);
+    assert!(conv.seen[3].is_empty(), "{:?}", conv.seen);
+    assert!(conv.lines_now().is_empty(), "held back");
+    e.log.release();
+    let after = conv.lines_now();
+    assert!(
+        after.len() == 1 && after[0].contains("login success"),
+        "{after:?}"
+    );
+}
+
 #[test]
 fn totp_step_is_accepted_once() {
     let mut e = env("[policy]\nenforce = \"all\"\nprompts = 1\n");
