@@ -320,13 +320,15 @@ impl Session {
             }
             Err(_elapsed) => {
                 drop(client);
-                Err(self.close(&format!(
-                    "no answer from {} within {}",
-                    self.server,
-                    seconds(limit)
-                )))
+                Err(self.unanswered(limit))
             }
         }
+    }
+
+    /// Close the session after a call that got no answer within `limit`.
+    fn unanswered(&mut self, limit: Duration) -> PgError {
+        let why = format!("no answer from {} within {}", self.server, seconds(limit));
+        self.close(&why)
     }
 
     /// Close the session after a call that got no answer (`why`): every
@@ -582,11 +584,7 @@ impl Session {
             Err(_elapsed) => {
                 ahead.task.abort();
                 let _ = self.rt.block_on(ahead.task);
-                Err(self.close(&format!(
-                    "no answer from {} within {}",
-                    self.server,
-                    seconds(limit)
-                )))
+                Err(self.unanswered(limit))
             }
         }
     }
