@@ -257,15 +257,14 @@ const FIRST_USER_UID: u32 = 1000;
 /// directory above it owned by root or by the same account, closed to
 /// writes by group and others unless sticky (like /tmp).
 pub fn check_socket_dir(dir: &Path) -> Result<()> {
-    let refuse = |d: &Path, problem: String, fix: String| Error::Permissions {
-        path: d.into(),
+    let refuse = |problem: String, fix: String| Error::Permissions {
+        path: dir.into(),
         problem,
         fix,
     };
     let meta = std::fs::symlink_metadata(dir).map_err(|e| Error::io(dir, e))?;
     if meta.file_type().is_symlink() {
         return Err(refuse(
-            dir,
             "is a symbolic link: [store] url must name the socket's directory itself".into(),
             format!(
                 "write the directory it points to in place of {}",
@@ -275,7 +274,6 @@ pub fn check_socket_dir(dir: &Path) -> Result<()> {
     }
     if !meta.is_dir() {
         return Err(refuse(
-            dir,
             "is not a directory: [store] url names the directory of the server's socket".into(),
             "write the directory the server's unix_socket_directories names, \
              such as %2Frun%2Fpostgresql"
@@ -285,7 +283,6 @@ pub fn check_socket_dir(dir: &Path) -> Result<()> {
     let owner = meta.uid();
     if owner >= FIRST_USER_UID {
         return Err(refuse(
-            dir,
             format!(
                 "is owned by uid {owner}, an ordinary user, who can put a socket in it that \
                  stands in for the server"
@@ -299,7 +296,6 @@ pub fn check_socket_dir(dir: &Path) -> Result<()> {
     }
     if meta.mode() & 0o002 != 0 {
         return Err(refuse(
-            dir,
             format!(
                 "has mode {:04o}: any user can create a socket in it that stands in for the \
                  server",
