@@ -169,7 +169,7 @@ pub fn run(
         if let Ok(store) = &mut store {
             store.login_view_ahead(
                 &req.user,
-                remembered_host(&cfg, req).as_deref(),
+                remembered_host(&cfg, req, &crate::hostname()).as_deref(),
                 &configured_channels(&cfg),
                 req.now(),
             );
@@ -372,7 +372,7 @@ pub fn authenticate(
         sent: vec![],
         remembered_host: None,
     };
-    l.remembered_host = remembered_host(cfg, req);
+    l.remembered_host = remembered_host(cfg, req, &l.ops.ctx.host);
     steps(&mut l).map_err(|error| Failure {
         error,
         answered: l.answered,
@@ -381,13 +381,13 @@ pub fn authenticate(
 }
 
 /// The remote host a login may be remembered from: `req`'s, if the config
-/// remembers hosts and it is another machine's address.
-fn remembered_host(cfg: &Config, req: &Request) -> Option<String> {
+/// remembers hosts and it is another machine's than this one (named
+/// `host`).
+fn remembered_host(cfg: &Config, req: &Request, host: &str) -> Option<String> {
     let rhost = req.rhost.as_str();
     (cfg.remember_days > 0
         && !rhost.is_empty()
-        && policy::own_addresses()
-            .is_some_and(|own| policy::rememberable_host(rhost, &crate::hostname(), &own)))
+        && policy::own_addresses().is_some_and(|own| policy::rememberable_host(rhost, host, &own)))
     .then(|| rhost.to_string())
 }
 
