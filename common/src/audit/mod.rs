@@ -6,6 +6,8 @@ use crate::model::{Factor, Verdict};
 
 mod syslog;
 
+#[cfg(test)]
+pub(crate) use self::syslog::lines_now;
 pub use self::syslog::{Level, Logger, SyslogConnection};
 
 /// What kind of thing happened.

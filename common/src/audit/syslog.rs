@@ -255,6 +255,19 @@ impl SyslogConnection {
     }
 }
 
+/// The lines a test's `syslogd` has received by now, without waiting.
+#[cfg(test)]
+pub(crate) fn lines_now(syslogd: &std::os::unix::net::UnixDatagram) -> Vec<String> {
+    syslogd.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while let Ok(n) = syslogd.recv(&mut buf) {
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    syslogd.set_nonblocking(false).unwrap();
+    got
+}
+
 impl Drop for Logger {
     /// Nothing held back is lost, whatever ends the logger.
     fn drop(&mut self) {
@@ -287,18 +300,6 @@ mod tests {
         let mut buf = [0u8; 512];
         let n = syslogd.recv(&mut buf).unwrap();
         String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
-
-    /// The lines `syslogd` has now, without waiting.
-    fn lines_now(syslogd: &UnixDatagram) -> Vec<String> {
-        syslogd.set_nonblocking(true).unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 512];
-        while let Ok(n) = syslogd.recv(&mut buf) {
-            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-        syslogd.set_nonblocking(false).unwrap();
-        got
     }
 
     #[test]

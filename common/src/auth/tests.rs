@@ -179,6 +179,15 @@ fn code(e: &Env, s: &Secret, now: i64) -> String {
     totp::code_at_step(&e.cfg.totp, s, totp::step_at(&e.cfg.totp, now)).to_string()
 }
 
+/// A six-digit code that is not `good`.
+fn wrong_code(good: &str) -> &'static str {
+    if good == "000000" {
+        "111111"
+    } else {
+        "000000"
+    }
+}
+
 #[test]
 fn first_valid_code_activates_and_shows_backup_codes_before_a_final_prompt() {
     let mut e = env("[policy]\nenforce = \"opt-in\"\n[backup_codes]\ncount = 3\n");
@@ -253,7 +262,7 @@ fn wrong_codes_reprompt_then_fail_and_count() {
     let mut e = env("[policy]\nenforce = \"all\"\nprompts = 3\n");
     let s = enrolled(&mut e, "bob");
     let good = code(&e, &s, NOW);
-    let bad = if good == "000000" { "111111" } else { "000000" };
+    let bad = wrong_code(&good);
     let mut sc = Script::new(&[Some(bad), Some(""), Some(bad)]);
     assert_eq!(login(&mut e, "bob", NOW, &mut sc), Outcome::AuthErr);
     assert_eq!(sc.prompts, vec![PROMPT; 3]);
@@ -275,12 +284,7 @@ struct SyslogAtPrompt {
 
 impl SyslogAtPrompt {
     fn lines_now(&self) -> Vec<String> {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 512];
-        while let Ok(n) = self.syslogd.recv(&mut buf) {
-            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-        got
+        crate::audit::lines_now(&self.syslogd)
     }
 }
 
@@ -302,9 +306,8 @@ fn lines_held_back_reach_syslog_before_the_login_waits_on_the_user() {
     let mut e = env("[policy]\nenforce = \"all\"\nprompts = 2\n");
     let s = enrolled(&mut e, "hal");
     let good = code(&e, &s, NOW);
-    let bad = if good == "000000" { "111111" } else { "000000" };
+    let bad = wrong_code(&good);
     let (ours, syslogd) = std::os::unix::net::UnixDatagram::pair().unwrap();
-    syslogd.set_nonblocking(true).unwrap();
     e.log = Logger::new("crm2fa-test", false)
         .through(crate::audit::SyslogConnection::to_socket(ours))
         .holding();
@@ -391,7 +394,7 @@ fn lockout_after_max_failures_checks_no_more_codes() {
     let mut e = env("[policy]\nenforce = \"all\"\nprompts = 3\n[lockout]\nmax_failures = 3\nlock_seconds = 60\n");
     let s = enrolled(&mut e, "frank");
     let good = code(&e, &s, NOW);
-    let bad = if good == "000000" { "111111" } else { "000000" };
+    let bad = wrong_code(&good);
     let mut sc = Script::new(&[Some(bad), Some(bad), Some(bad)]);
     assert_eq!(login(&mut e, "frank", NOW, &mut sc), Outcome::MaxTries);
     assert_eq!(
@@ -771,7 +774,7 @@ fn failmode_safe_never_skips_a_store_error_after_the_prompt() {
     let mut e = env("[policy]\nenforce = \"all\"\nfailmode = \"safe\"\n");
     let s = enrolled(&mut e, "lena");
     let good = code(&e, &s, NOW);
-    let wrong = if good == "000000" { "111111" } else { "000000" };
+    let wrong = wrong_code(&good);
     let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen = broken.clone();
     let mut flaky = failing(&mut e, move |_| {

@@ -116,7 +116,7 @@ fn a_sent_code_expires_and_a_wrong_one_counts() {
     let mut sc = Script::new(&[Some("email"), Some("")]).reading(&outbox);
     login(&mut e, "bea", NOW, &mut sc);
     let code = outbox.last().unwrap().code.clone();
-    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let wrong = wrong_code(&code);
     let mut sc = Script::new(&[Some(wrong)]);
     e.cfg.policy.prompts = 1;
     assert_eq!(login(&mut e, "bea", NOW + 10, &mut sc), Outcome::AuthErr);
