@@ -463,8 +463,8 @@ impl Store for SqliteStore {
     }
 
     fn transaction(&mut self, kind: TxKind, body: &mut TxBody<'_>) -> Result<()> {
-        let behavior = match kind {
-            TxKind::Read => TransactionBehavior::Deferred,
+        let begin = match kind {
+            TxKind::Read => "BEGIN",
             TxKind::Write(durability) => {
                 if self.durability != Some(durability) {
                     // Set before the transaction (SQLite refuses it inside
@@ -476,16 +476,13 @@ impl Store for SqliteStore {
                     self.durability = Some(durability);
                 }
                 self.restart_wal();
-                TransactionBehavior::Immediate
+                "BEGIN IMMEDIATE"
             }
         };
         let location = &self.location;
-        let tx = self
-            .conn
-            .transaction_with_behavior(behavior)
-            .map_err(|e| Error::store(location.clone(), e))?;
+        let tx = Begun::new(&self.conn, begin).map_err(|e| Error::store(location.clone(), e))?;
         let mut stx = SqliteTx {
-            conn: &tx,
+            conn: &self.conn,
             location,
             failure: RefCell::default(),
             locked: Vec::new(),
@@ -516,6 +513,39 @@ impl Store for SqliteStore {
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(|e| Error::store(self.location.clone(), e))?;
         Ok(rows.into_iter().filter(|r| r != "ok").collect())
+    }
+}
+
+/// A transaction begun on a connection: `BEGIN` and `COMMIT` run as kept
+/// statements, parsed once per connection (rusqlite's `Transaction` parses
+/// them at every transaction), and a transaction still open when this is
+/// dropped (an error, a failed `COMMIT`) is rolled back.
+struct Begun<'c> {
+    conn: &'c Connection,
+}
+
+impl<'c> Begun<'c> {
+    /// `begin`: `BEGIN` (reads) or `BEGIN IMMEDIATE` (writes).
+    fn new(conn: &'c Connection, begin: &str) -> rusqlite::Result<Begun<'c>> {
+        conn.prepare_cached(begin)?.execute([])?;
+        Ok(Begun { conn })
+    }
+
+    fn commit(self) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([]).map(drop)
+    }
+}
+
+impl Drop for Begun<'_> {
+    fn drop(&mut self) {
+        // SQLite may already have rolled it back itself (after some
+        // errors): then there is nothing to roll back.
+        if !self.conn.is_autocommit() {
+            let _ = self
+                .conn
+                .prepare_cached("ROLLBACK")
+                .and_then(|mut s| s.execute([]));
+        }
     }
 }
 
@@ -1181,6 +1211,43 @@ mod tests {
             })
             .map(|f| f.join(" "))
             .collect()
+    }
+
+    #[test]
+    fn a_failed_transaction_is_rolled_back_and_the_next_one_begins() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("db");
+        let mut s = SqliteStore::create(&p).unwrap();
+        let salt = [7u8; SALT_LEN];
+        for kind in [TxKind::Write(Durability::Full), TxKind::Read] {
+            let store: &mut dyn Store = &mut s;
+            let failed = store.transaction(kind, &mut |tx| {
+                if kind != TxKind::Read {
+                    tx.insert_user("alice", &salt, 1)?;
+                }
+                Err(Error::store("test", "the body failed"))
+            });
+            assert!(failed.is_err());
+            assert!(s.conn.is_autocommit(), "{kind:?}: still in a transaction");
+        }
+        let store: &mut dyn Store = &mut s;
+        assert!(store.read(|tx| tx.user("alice")).unwrap().is_none());
+        store
+            .write(Durability::Full, |tx| tx.insert_user("alice", &salt, 1))
+            .unwrap();
+        assert!(store.read(|tx| tx.user("alice")).unwrap().is_some());
+        assert!(s.conn.is_autocommit());
+        // BEGIN and COMMIT are kept prepared, as every statement is.
+        let runs = |sql: &str| {
+            s.conn
+                .prepare_cached(sql)
+                .unwrap()
+                .get_status(rusqlite::StatementStatus::Run)
+        };
+        assert_eq!(runs("BEGIN IMMEDIATE"), 2);
+        assert_eq!(runs("BEGIN"), 3);
+        assert_eq!(runs("COMMIT"), 3);
+        assert_eq!(runs("ROLLBACK"), 2);
     }
 
     #[test]
