@@ -71,13 +71,9 @@ impl std::fmt::Debug for HostKey {
 impl HostKey {
     /// Read the key file: 64 hex digits, owned by root, mode 0600.
     pub fn load(path: &Path) -> Result<HostKey> {
-        use std::io::Read;
-        let mut file = fsperm::open_trusted(path, Secrecy::OwnerOnly)?;
-        let mut text = Zeroizing::new(String::new());
-        file.read_to_string(&mut text)
-            .map_err(|e| Error::io(path, e))?;
+        let text = fsperm::read_trusted(path, Secrecy::OwnerOnly)?;
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
-        hex::decode_to_slice(text.trim(), &mut key[..]).map_err(|_| Error::Key {
+        hex::decode_to_slice(text.trim_ascii(), &mut key[..]).map_err(|_| Error::Key {
             path: path.into(),
             message: "is not 64 hexadecimal digits; restore it from backup (without it no \
                       enrolled secret can be read)"

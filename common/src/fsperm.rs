@@ -28,6 +28,32 @@ pub fn open_trusted(path: &Path, secrecy: Secrecy) -> Result<File> {
     open_beside_checked(path, secrecy, Use::Read).map(|(file, _)| file)
 }
 
+/// The whole of the file [`open_trusted`] opens and checks. Read into a
+/// buffer of the size the check found, so that a secret's bytes are never
+/// left behind in a buffer outgrown and freed, and without the size
+/// lookups `read_to_end` makes for itself; a file that grew since is read
+/// on to its end.
+pub fn read_trusted(path: &Path, secrecy: Secrecy) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    check_parent_dirs(path)?;
+    let (file, meta) = open_beside_checked(path, secrecy, Use::Read)?;
+    let room = usize::try_from(meta.len())
+        .unwrap_or(usize::MAX)
+        .saturating_add(1);
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(room));
+    (&file)
+        .take(room as u64)
+        .read_to_end(&mut bytes)
+        .and_then(|n| {
+            if n < room {
+                return Ok(n);
+            }
+            (&file).read_to_end(&mut bytes)
+        })
+        .map_err(|e| Error::io(path, e))?;
+    Ok(bytes)
+}
+
 /// What a trusted file is opened for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Use {
@@ -371,6 +397,29 @@ mod tests {
         assert!(err.contains("chmod 0644"), "{err}");
         let ok = file_with_mode(d.path(), "ok", 0o644);
         open_trusted(&ok, Secrecy::NotWritableByOthers).unwrap();
+    }
+
+    #[test]
+    fn a_trusted_file_is_read_whole_into_a_buffer_of_its_size() {
+        if nix::unistd::geteuid().as_raw() != 0 {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k");
+        // Larger than any first read `read_to_end` would guess.
+        let text: Vec<u8> = (0..20_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        std::fs::write(&p, &text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let got = read_trusted(&p, Secrecy::OwnerOnly).unwrap();
+        assert_eq!(*got, text);
+        // Never outgrown: no copy of a secret left in a freed buffer.
+        assert_eq!(got.capacity(), text.len() + 1);
+        std::fs::write(&p, b"").unwrap();
+        assert!(read_trusted(&p, Secrecy::OwnerOnly).unwrap().is_empty());
+        // The checks are open_trusted's.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(read_trusted(&p, Secrecy::OwnerOnly).is_err());
+        assert!(read_trusted(&d.path().join("none"), Secrecy::OwnerOnly).is_err());
     }
 
     #[test]

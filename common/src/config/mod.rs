@@ -191,11 +191,14 @@ impl PostgresConfig {
         }
         let password = match &self.password_file {
             Some(p) => {
-                let mut f = crate::fsperm::open_trusted(p, crate::fsperm::Secrecy::OwnerOnly)?;
-                let mut text = zeroize::Zeroizing::new(String::new());
-                std::io::Read::read_to_string(&mut f, &mut text).map_err(|e| Error::io(p, e))?;
-                let line = text.lines().next().unwrap_or("");
-                Some(zeroize::Zeroizing::new(line.to_string()))
+                let text = crate::fsperm::read_trusted(p, crate::fsperm::Secrecy::OwnerOnly)?;
+                let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+                let line = std::str::from_utf8(line).map_err(|e| {
+                    Error::io(p, std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+                })?;
+                Some(zeroize::Zeroizing::new(
+                    line.trim_end_matches('\r').to_string(),
+                ))
             }
             None => None,
         };
@@ -595,20 +598,16 @@ impl Config {
     /// The text of the configuration file `path`, opened without following
     /// a symbolic link and checked (owner, mode, parent directories).
     fn read(path: &Path) -> Result<String> {
-        use std::io::Read;
         let not_found = |e: Error| match e {
             Error::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
                 Error::ConfigMissing { path }
             }
             e => e,
         };
-        let mut file =
-            crate::fsperm::open_trusted(path, crate::fsperm::Secrecy::NotWritableByOthers)
+        let mut bytes =
+            crate::fsperm::read_trusted(path, crate::fsperm::Secrecy::NotWritableByOthers)
                 .map_err(not_found)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| Error::io(path, e))?;
-        let text = String::from_utf8(bytes).map_err(|e| {
+        let text = String::from_utf8(std::mem::take(&mut *bytes)).map_err(|e| {
             let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
             let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
             let column =
@@ -1342,6 +1341,38 @@ mod tests {
         chown(dir.path(), 101);
         assert!(cfg(&socket_dir).target().is_ok());
         chown(dir.path(), 0);
+    }
+
+    #[test]
+    fn the_password_is_the_first_line_of_password_file() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // the file must be root's
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("db.password");
+        let text = format!(
+            "[store]\nurl = \"postgres://u@h/d?sslmode=require\"\npassword_file = \"{}\"\n",
+            pw.display()
+        );
+        let cfg = Config::parse(&text, &dir.path().join("crm2fa.toml")).unwrap();
+        let pg = cfg.store.postgres.unwrap();
+        let password = |bytes: &[u8]| {
+            std::fs::write(&pw, bytes).unwrap();
+            std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+            pg.target().map(|t| t.password.map(|p| p.to_string()))
+        };
+        assert_eq!(password(b"s3cret\n").unwrap().as_deref(), Some("s3cret"));
+        assert_eq!(
+            password(b"s3cret\r\nnot this\n").unwrap().as_deref(),
+            Some("s3cret")
+        );
+        assert_eq!(password(b"s3cret").unwrap().as_deref(), Some("s3cret"));
+        let e = password(b"s3\xffcret\n").unwrap_err().to_string();
+        assert!(e.contains("db.password"), "{e}");
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = pg.target().unwrap_err().to_string();
+        assert!(e.contains("db.password"), "{e}");
     }
 
     #[test]
