@@ -164,12 +164,13 @@ pub fn run(
     // a server, which answers while the account is looked up), by the name
     // as given: the spelling is nearly always the account's. Nothing of the
     // answer is used unless the login reads for that very name.
+    let site = LoginSite::of(&cfg, req);
     let early = stores.keeps_open().then(|| {
         let mut store = stores.open(&cfg.store);
         if let Ok(store) = &mut store {
             store.login_view_ahead(
                 &req.user,
-                remembered_host(&cfg, req, &crate::hostname()).as_deref(),
+                site.remembered_host.as_deref(),
                 &configured_channels(&cfg),
                 req.now(),
             );
@@ -208,7 +209,16 @@ pub fn run(
         }
     };
     let mut sender = delivery::Program::from_config(&cfg);
-    match authenticate(&cfg, store.as_mut(), &mut sender, args.qr, &req, conv, log) {
+    match authenticate_from(
+        &cfg,
+        store.as_mut(),
+        &mut sender,
+        args.qr,
+        &req,
+        site,
+        conv,
+        log,
+    ) {
         Ok(o) => o,
         Err(f) => failed(&cfg, &req, log, &f),
     }
@@ -356,12 +366,28 @@ pub fn authenticate(
     conv: &mut dyn Conversation,
     log: &mut Logger,
 ) -> Result<Outcome, Failure> {
+    let site = LoginSite::of(cfg, req);
+    authenticate_from(cfg, store, sender, qr, req, site, conv, log)
+}
+
+/// [`authenticate`] of a login made at `site`.
+#[allow(clippy::too_many_arguments)]
+fn authenticate_from(
+    cfg: &Config,
+    store: &mut dyn Store,
+    sender: &mut dyn Sender,
+    qr: QrStyle,
+    req: &Request,
+    site: LoginSite,
+    conv: &mut dyn Conversation,
+    log: &mut Logger,
+) -> Result<Outcome, Failure> {
     let mut l = Login {
         ops: Ops {
             cfg,
             store,
             log,
-            ctx: req.audit_ctx(),
+            ctx: site.ctx,
         },
         req,
         conv,
@@ -370,9 +396,8 @@ pub fn authenticate(
         answered: false,
         prompted: false,
         sent: vec![],
-        remembered_host: None,
+        remembered_host: site.remembered_host,
     };
-    l.remembered_host = remembered_host(cfg, req, &l.ops.ctx.host);
     steps(&mut l).map_err(|error| Failure {
         error,
         answered: l.answered,
@@ -380,15 +405,31 @@ pub fn authenticate(
     })
 }
 
-/// The remote host a login may be remembered from: `req`'s, if the config
-/// remembers hosts and it is another machine's than this one (named
-/// `host`).
-fn remembered_host(cfg: &Config, req: &Request, host: &str) -> Option<String> {
-    let rhost = req.rhost.as_str();
-    (cfg.remember_days > 0
-        && !rhost.is_empty()
-        && policy::own_addresses().is_some_and(|own| policy::rememberable_host(rhost, host, &own)))
-    .then(|| rhost.to_string())
+/// Where a login is made and where it comes from: its audit context (with
+/// this machine's name) and the remote host it may be remembered from.
+/// Worked out once per login: the name and the machine's addresses are
+/// asked of the system.
+struct LoginSite {
+    ctx: AuditCtx,
+    /// `req`'s remote host, if the config remembers hosts and it is
+    /// another machine's than this one.
+    remembered_host: Option<String>,
+}
+
+impl LoginSite {
+    fn of(cfg: &Config, req: &Request) -> LoginSite {
+        let ctx = req.audit_ctx();
+        let rhost = req.rhost.as_str();
+        let remembered_host = (cfg.remember_days > 0
+            && !rhost.is_empty()
+            && policy::own_addresses()
+                .is_some_and(|own| policy::rememberable_host(rhost, &ctx.host, &own)))
+        .then(|| rhost.to_string());
+        LoginSite {
+            ctx,
+            remembered_host,
+        }
+    }
 }
 
 /// The channels codes may be sent by, as configured.
