@@ -542,26 +542,38 @@ pub struct Config {
     pub delivery: DeliveryConfig,
 }
 
-/// The configuration a process last loaded, with the text it was parsed
-/// from: crm2fad, which reads the file at every login, parses it again only
-/// when the text changed (see [`Config::load_reusing`]).
+/// How many configuration files [`LastLoaded`] keeps parsed: PAM services
+/// may each name their own (`config=`), and crm2fad serves them all.
+const KEPT_CONFIGS: usize = 8;
+
+/// The configuration a process last loaded from each path (up to
+/// [`KEPT_CONFIGS`] paths, the one used longest ago forgotten first), with
+/// the text it was parsed from: crm2fad, which reads the file at every
+/// login, parses it again only when the text changed (see
+/// [`Config::load_reusing`]).
 #[derive(Debug, Default)]
-pub struct LastLoaded(std::sync::Mutex<Option<(PathBuf, String, Config)>>);
+pub struct LastLoaded(std::sync::Mutex<Vec<(PathBuf, String, Config)>>);
 
 impl LastLoaded {
     /// The configuration parsed from `text` at `path`, if that is the one
-    /// kept.
+    /// kept for `path`.
     fn parsed(&self, path: &Path, text: &str) -> Option<Config> {
-        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match &*kept {
-            Some((p, t, cfg)) if p == path && t == text => Some(cfg.clone()),
-            _ => None,
-        }
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let at = kept.iter().position(|(p, t, _)| p == path && t == text)?;
+        // Now the one used last.
+        let entry = kept.remove(at);
+        let cfg = entry.2.clone();
+        kept.push(entry);
+        Some(cfg)
     }
 
     fn keep(&self, path: &Path, text: String, cfg: &Config) {
         let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *kept = Some((path.into(), text, cfg.clone()));
+        kept.retain(|(p, _, _)| p != path);
+        if kept.len() >= KEPT_CONFIGS {
+            kept.remove(0);
+        }
+        kept.push((path.into(), text, cfg.clone()));
     }
 }
 
@@ -1473,5 +1485,52 @@ mod tests {
         write(&text("6"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         assert!(Config::load_reusing(&path, &last).is_err());
+    }
+
+    #[test]
+    fn each_services_configuration_is_kept_parsed_up_to_a_bound() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // the files must be root's
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = |i: usize| dir.path().join(format!("service{i}.toml"));
+        let text = |i: usize| format!("[lockout]\nmax_failures = {}\n", i + 1);
+        for i in 0..=KEPT_CONFIGS {
+            std::fs::write(path(i), text(i)).unwrap();
+            std::fs::set_permissions(path(i), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let last = LastLoaded::default();
+        // Two services' logins in turn: each finds its own kept.
+        for _ in 0..2 {
+            for i in [0, 1] {
+                let cfg = Config::load_reusing(&path(i), &last).unwrap();
+                assert_eq!(cfg.lockout.max_failures, i as u32 + 1);
+            }
+        }
+        assert!(last.parsed(&path(1), &text(1)).is_some());
+        assert!(last.parsed(&path(0), &text(0)).is_some());
+        // Past the bound the one used longest ago goes: 0 was used after 1
+        // (just above), so 1 goes when the last of the others is loaded.
+        for i in 2..=KEPT_CONFIGS {
+            Config::load_reusing(&path(i), &last).unwrap();
+        }
+        assert!(last.parsed(&path(1), &text(1)).is_none());
+        for i in (0..=KEPT_CONFIGS).filter(|&i| i != 1) {
+            assert!(last.parsed(&path(i), &text(i)).is_some(), "{i}");
+        }
+        // A path's new text replaces its old parse, not another path's.
+        std::fs::write(path(0), text(5)).unwrap();
+        assert_eq!(
+            Config::load_reusing(&path(0), &last)
+                .unwrap()
+                .lockout
+                .max_failures,
+            6
+        );
+        assert!(last.parsed(&path(0), &text(0)).is_none());
+        assert!(last.parsed(&path(0), &text(5)).is_some());
+        assert!(last.parsed(&path(2), &text(2)).is_some());
+        assert_eq!(last.0.lock().unwrap().len(), KEPT_CONFIGS);
     }
 }
