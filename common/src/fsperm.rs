@@ -28,29 +28,47 @@ pub fn open_trusted(path: &Path, secrecy: Secrecy) -> Result<File> {
     open_beside_checked(path, secrecy, Use::Read).map(|(file, _)| file)
 }
 
+/// The largest file [`read_trusted`] reads: the config, a key or a
+/// password file is a few kilobytes at most.
+const MAX_TRUSTED_FILE: u64 = 1 << 20;
+
 /// The whole of the file [`open_trusted`] opens and checks. Read into a
 /// buffer of the size the check found, so that a secret's bytes are never
 /// left behind in a buffer outgrown and freed, and without the size
 /// lookups `read_to_end` makes for itself; a file that grew since is read
-/// on to its end.
+/// on to its end. A file larger than 1 MiB is refused.
 pub fn read_trusted(path: &Path, secrecy: Secrecy) -> Result<zeroize::Zeroizing<Vec<u8>>> {
     use std::io::Read;
     check_parent_dirs(path)?;
     let (file, meta) = open_beside_checked(path, secrecy, Use::Read)?;
-    let room = usize::try_from(meta.len())
-        .unwrap_or(usize::MAX)
-        .saturating_add(1);
-    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(room));
-    (&file)
-        .take(room as u64)
+    let too_large = || {
+        Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("larger than {} kB", MAX_TRUSTED_FILE / 1024),
+            ),
+        )
+    };
+    if meta.len() > MAX_TRUSTED_FILE {
+        return Err(too_large());
+    }
+    // One byte more than the file had: reading it means the file grew.
+    let room = meta.len() + 1;
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(room as usize));
+    let n = (&file)
+        .take(room)
         .read_to_end(&mut bytes)
-        .and_then(|n| {
-            if n < room {
-                return Ok(n);
-            }
-            (&file).read_to_end(&mut bytes)
-        })
         .map_err(|e| Error::io(path, e))?;
+    if n as u64 == room {
+        (&file)
+            .take(MAX_TRUSTED_FILE + 1 - room)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(path, e))?;
+        if bytes.len() as u64 > MAX_TRUSTED_FILE {
+            return Err(too_large());
+        }
+    }
     Ok(bytes)
 }
 
@@ -416,6 +434,14 @@ mod tests {
         assert_eq!(got.capacity(), text.len() + 1);
         std::fs::write(&p, b"").unwrap();
         assert!(read_trusted(&p, Secrecy::OwnerOnly).unwrap().is_empty());
+        // Nothing near a config's, a key's or a password's size: refused.
+        std::fs::write(&p, vec![b'a'; MAX_TRUSTED_FILE as usize + 1]).unwrap();
+        let e = read_trusted(&p, Secrecy::OwnerOnly)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("larger than 1024 kB"), "{e}");
+        std::fs::write(&p, vec![b'a'; MAX_TRUSTED_FILE as usize]).unwrap();
+        assert_eq!(read_trusted(&p, Secrecy::OwnerOnly).unwrap().len(), 1 << 20);
         // The checks are open_trusted's.
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert!(read_trusted(&p, Secrecy::OwnerOnly).is_err());
