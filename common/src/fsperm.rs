@@ -32,43 +32,42 @@ pub fn open_trusted(path: &Path, secrecy: Secrecy) -> Result<File> {
 /// password file is a few kilobytes at most.
 const MAX_TRUSTED_FILE: u64 = 1 << 20;
 
-/// The whole of the file [`open_trusted`] opens and checks. Read into a
-/// buffer of the size the check found, so that a secret's bytes are never
-/// left behind in a buffer outgrown and freed, and without the size
-/// lookups `read_to_end` makes for itself; a file that grew since is read
-/// on to its end. A file larger than 1 MiB is refused.
+/// The whole of the file [`open_trusted`] opens and checks, read into a
+/// buffer of the size the check found: a secret's bytes are never copied
+/// into a buffer outgrown and freed (nor into `read_to_end`'s small
+/// stack buffer), and no further system call asks the size. A file larger
+/// than 1 MiB, or one that grew while it was read, is refused.
 pub fn read_trusted(path: &Path, secrecy: Secrecy) -> Result<zeroize::Zeroizing<Vec<u8>>> {
     use std::io::Read;
     check_parent_dirs(path)?;
-    let (file, meta) = open_beside_checked(path, secrecy, Use::Read)?;
-    let too_large = || {
+    let (mut file, meta) = open_beside_checked(path, secrecy, Use::Read)?;
+    let refuse = |why: String| {
         Error::io(
             path,
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("larger than {} kB", MAX_TRUSTED_FILE / 1024),
-            ),
+            std::io::Error::new(std::io::ErrorKind::InvalidData, why),
         )
     };
     if meta.len() > MAX_TRUSTED_FILE {
-        return Err(too_large());
+        return Err(refuse(format!(
+            "larger than {} kB",
+            MAX_TRUSTED_FILE / 1024
+        )));
     }
-    // One byte more than the file had: reading it means the file grew.
-    let room = meta.len() + 1;
-    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(room as usize));
-    let n = (&file)
-        .take(room)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, e))?;
-    if n as u64 == room {
-        (&file)
-            .take(MAX_TRUSTED_FILE + 1 - room)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::io(path, e))?;
-        if bytes.len() as u64 > MAX_TRUSTED_FILE {
-            return Err(too_large());
+    // One byte more than the file had: filling it means the file grew.
+    let mut bytes = zeroize::Zeroizing::new(vec![0u8; meta.len() as usize + 1]);
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match file.read(&mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(path, e)),
         }
     }
+    if filled == bytes.len() {
+        return Err(refuse("changed while it was read; try again".into()));
+    }
+    bytes.truncate(filled);
     Ok(bytes)
 }
 
@@ -442,6 +441,10 @@ mod tests {
         assert!(e.contains("larger than 1024 kB"), "{e}");
         std::fs::write(&p, vec![b'a'; MAX_TRUSTED_FILE as usize]).unwrap();
         assert_eq!(read_trusted(&p, Secrecy::OwnerOnly).unwrap().len(), 1 << 20);
+        // A short one (a password) is read straight into its buffer.
+        std::fs::write(&p, b"pw\n").unwrap();
+        let got = read_trusted(&p, Secrecy::OwnerOnly).unwrap();
+        assert_eq!((got.as_slice(), got.capacity()), (&b"pw\n"[..], 4));
         // The checks are open_trusted's.
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert!(read_trusted(&p, Secrecy::OwnerOnly).is_err());

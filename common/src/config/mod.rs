@@ -193,8 +193,16 @@ impl PostgresConfig {
             Some(p) => {
                 let text = crate::fsperm::read_trusted(p, crate::fsperm::Secrecy::OwnerOnly)?;
                 let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
-                let line = std::str::from_utf8(line).map_err(|e| {
-                    Error::io(p, std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+                // Where in it the bad byte is would say something of the
+                // password: the message does not.
+                let line = std::str::from_utf8(line).map_err(|_| {
+                    Error::io(
+                        p,
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "its first line is not UTF-8",
+                        ),
+                    )
                 })?;
                 Some(zeroize::Zeroizing::new(
                     line.trim_end_matches('\r').to_string(),
@@ -1382,6 +1390,7 @@ mod tests {
         assert_eq!(password(b"s3cret").unwrap().as_deref(), Some("s3cret"));
         let e = password(b"s3\xffcret\n").unwrap_err().to_string();
         assert!(e.contains("db.password"), "{e}");
+        assert!(e.contains("not UTF-8") && !e.contains("index"), "{e}");
         std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o640)).unwrap();
         let e = pg.target().unwrap_err().to_string();
         assert!(e.contains("db.password"), "{e}");
