@@ -1,6 +1,5 @@
 //! The secrets this program handles: passwords read from root-only files,
 //! and the code and text of the message, kept out of every reason it gives.
-use std::io::Read;
 use std::path::Path;
 
 use crm2fa_common::delivery::Message;
@@ -16,11 +15,8 @@ const MAX_REASON: usize = 400;
 /// tighter, in root's directories), without its trailing newline. `what`
 /// names the setting in errors, e.g. `[email] password_file`.
 pub(crate) fn read_file(path: &Path, what: &str) -> Result<Zeroizing<String>, Failure> {
-    let mut file = fsperm::open_trusted(path, Secrecy::OwnerOnly)
+    let bytes = fsperm::read_trusted(path, Secrecy::OwnerOnly)
         .map_err(|e| Failure::Config(format!("{what}: {e}")))?;
-    let mut bytes = Zeroizing::new(Vec::new());
-    file.read_to_end(&mut bytes)
-        .map_err(|e| Failure::Config(format!("{what}: {}: {e}", path.display())))?;
     let mut text = match std::str::from_utf8(&bytes) {
         Ok(t) => Zeroizing::new(t.to_string()),
         Err(_) => {
