@@ -126,11 +126,6 @@ fn if_present<T>(opened: Result<T>) -> Result<Option<T>> {
     }
 }
 
-/// [`open_trusted`], if `path` exists; `Ok(None)` if not.
-pub fn open_if_present(path: &Path, secrecy: Secrecy) -> Result<Option<File>> {
-    if_present(open_trusted(path, secrecy))
-}
-
 /// Check `path` as [`open_trusted`] does, if it exists, without opening
 /// it to read (see [`Use::Look`]); `Ok(false)` if not.
 pub fn check_if_present(path: &Path, secrecy: Secrecy) -> Result<bool> {
