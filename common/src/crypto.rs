@@ -53,6 +53,17 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
     v
 }
 
+/// `parts` joined in one buffer allocated at its full size, wiped when
+/// dropped: text with a secret in it (a setup block, new backup codes)
+/// leaves no copy behind in a buffer that grew and was freed.
+pub fn joined(parts: &[&str]) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::with_capacity(parts.iter().map(|p| p.len()).sum()));
+    for part in parts {
+        out.push_str(part);
+    }
+    out
+}
+
 /// The host key that encrypts secrets in the store, and the file it came
 /// from (named when a secret does not open).
 pub struct HostKey {
@@ -164,6 +175,16 @@ impl HostKey {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn joined_text_is_built_in_one_buffer_of_its_size() {
+        let parts = ["Manual key: ", "ABCD EFGH", "\n", &"x".repeat(300), "\n"];
+        let text = joined(&parts);
+        assert_eq!(*text, parts.concat());
+        // Grown by pushes, the buffer would have been reallocated (and
+        // the earlier, shorter copy freed unwiped) and left with slack.
+        assert_eq!(text.capacity(), text.len());
+    }
+
     use super::*;
 
     #[test]

@@ -55,22 +55,13 @@ pub fn render(data: &str, style: QrStyle) -> Option<Zeroizing<String>> {
 /// What a user needs to set up an authenticator app: the QR code of `uri`
 /// in `style`, then the manual key and the URI (labelled `uri_label`).
 pub fn setup_block(uri: &str, base32: &str, style: QrStyle, uri_label: &str) -> Zeroizing<String> {
-    let mut text = Zeroizing::new(String::new());
-    if let Some(q) = render(uri, style) {
-        text.push_str(&q);
-        text.push('\n');
-    }
-    for part in [
-        "Manual key: ",
-        &crate::totp::grouped(base32),
-        "\n",
-        uri_label,
-        uri,
-        "\n",
-    ] {
-        text.push_str(part);
-    }
-    text
+    let qr = render(uri, style);
+    let key = crate::totp::grouped(base32);
+    let (qr, qr_end) = match &qr {
+        Some(q) => (q.as_str(), "\n"),
+        None => ("", ""),
+    };
+    crate::crypto::joined(&[qr, qr_end, "Manual key: ", &key, "\n", uri_label, uri, "\n"])
 }
 
 #[cfg(test)]

@@ -945,16 +945,16 @@ fn after_success(l: &mut Login<'_>, factor: Factor, left: u32) {
 
 /// Show new backup codes before a final prompt, so `ssh host command` shows them too.
 fn show_backup_codes(l: &mut Login<'_>, codes: &[Code]) {
-    let mut text = zeroize::Zeroizing::new(String::from(
+    let shown: Vec<_> = codes.iter().map(|c| c.display()).collect();
+    let mut parts = vec![
         "Two-factor authentication is now active.\n\
          Your backup codes: each works once if you lose your phone. Keep them somewhere safe;\n\
          they will not be shown again.\n",
-    ));
-    for c in codes {
-        text.push_str("    ");
-        text.push_str(&c.display());
-        text.push('\n');
+    ];
+    for code in &shown {
+        parts.extend(["    ", code.as_str(), "\n"]);
     }
+    let text = crate::crypto::joined(&parts);
     l.conv.essential(&text);
     l.before_waiting();
     let _ = l.conv.prompt_visible(SAVED_PROMPT);
