@@ -536,6 +536,8 @@ impl PgClient for Session {
                     }
                 })
                 .collect();
+        // What the preparing took comes off the same bound.
+        let left = limit.saturating_sub(started.elapsed());
         let answer = within(&self.rt, left, join_all(calls));
         let answers = match self.give_back(client, answer, limit) {
             Ok(answers) => answers,
