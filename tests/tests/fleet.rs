@@ -529,6 +529,59 @@ fn crm2fad_keeps_a_hosts_session_between_logins_and_opens_another_after_a_restar
 }
 
 #[test]
+fn logins_waiting_on_their_users_hold_no_postgresql_session() {
+    // Logins parked at their prompts (a user who walked away, or one who
+    // parks many on purpose) must not use up the server's connections,
+    // which every host of the fleet shares.
+    let users = ["pia", "quin", "rue", "sal", "tam", "uma"];
+    let pg = PgServer::shared();
+    let f = fleet_on(pg, "[policy]\nenforce = \"all\"\n", &users, "3s", None);
+    let h = &f.hosts[0];
+    let codes: Vec<String> = users
+        .iter()
+        .map(|u| h.enroll_active(u).backup_codes[0].clone())
+        .collect();
+    h.offer_to_crm2fad();
+    let _d = h.start_daemon();
+    let role = f.host_url["postgres://".len()..]
+        .split('@')
+        .next()
+        .expect("a role in the url")
+        .to_string();
+    let sessions = || -> usize {
+        let n = pg.psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = {}",
+            quote_literal(&role)
+        ));
+        n.trim().parse().expect("a count")
+    };
+    let mut waiting: Vec<PendingLogin> = users
+        .iter()
+        .map(|u| {
+            let mut p = h.spawn_login(u, &[]);
+            p.wait_for("Password:", Duration::from_secs(30));
+            p.send_line(PW);
+            p.wait_for("Verification code:", Duration::from_secs(30));
+            p
+        })
+        .collect();
+    let held = sessions();
+    assert!(
+        // crm2fad keeps at most 4 idle sessions a store (MAX_IDLE_PER_STORE).
+        (1..=4).contains(&held),
+        "{} logins at their prompts, {held} sessions of the hosts' role open",
+        users.len()
+    );
+    // Each answers: its write takes a session again, and it gets in.
+    for (p, code) in waiting.iter_mut().zip(&codes) {
+        p.send_line(code);
+    }
+    for p in waiting {
+        p.finish().assert_success();
+    }
+}
+
+#[test]
 fn a_server_that_stops_answering_under_a_kept_session_denies_within_the_connect_timeout() {
     // Its own server: this test suspends it.
     let pg = PgServer::start();

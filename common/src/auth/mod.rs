@@ -319,9 +319,11 @@ impl Login<'_> {
     }
 
     /// Before the login waits on the user or on a sender: the syslog lines
-    /// held back so far go out (see [`Logger::holding`]).
+    /// held back so far go out (see [`Logger::holding`]), and a server
+    /// session lent by crm2fad goes back meanwhile ([`Store::set_aside`]).
     fn before_waiting(&mut self) {
         self.ops.log.release();
+        self.ops.store.set_aside();
     }
 
     /// Write a decision to the audit table and syslog.

@@ -621,6 +621,10 @@ impl Store for Accepting<'_> {
     fn read_ahead(&mut self, reads: &[crate::store::Read<'_>]) {
         self.store.read_ahead(reads);
     }
+
+    fn set_aside(&mut self) {
+        self.store.set_aside();
+    }
 }
 
 /// Serve one connection to crm2fad: a login offered by a PAM module

@@ -89,6 +89,14 @@ pub trait Store: Send {
     fn read_ahead(&mut self, reads: &[Read<'_>]) {
         let _ = reads;
     }
+
+    /// The login is about to wait on the person logging in (a prompt) or
+    /// on a sender, for as long as they take. A store lent by crm2fad's
+    /// pool that holds a server session gives it back meanwhile, so that
+    /// logins parked at their prompts do not use up the server's
+    /// connections (shared by every host of a fleet); the next call takes
+    /// one again. Nothing to do for other stores (the default).
+    fn set_aside(&mut self) {}
 }
 
 /// The reads and conditional writes inside one transaction.

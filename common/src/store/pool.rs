@@ -161,6 +161,21 @@ impl Stores for Pool {
     }
 
     fn open(&self, cfg: &StoreConfig) -> Result<Box<dyn Store + '_>> {
+        let (key, store) = self.take_or_open(cfg)?;
+        Ok(Box::new(Lent {
+            pool: self,
+            cfg: cfg.clone(),
+            location: store.location().to_string(),
+            key: Some(key),
+            store: Some(store),
+            failed: false,
+        }))
+    }
+}
+
+impl Pool {
+    /// A kept store for `cfg` that may serve again, or one opened afresh.
+    fn take_or_open(&self, cfg: &StoreConfig) -> Result<(Key, Box<dyn Store>)> {
         let key = Key::of(cfg);
         // A kept PostgreSQL session also needs the files a new connection
         // reads to pass its checks (`password_file` root's and closed to
@@ -170,7 +185,7 @@ impl Stores for Pool {
         let files_pass = || cfg.postgres.as_ref().is_none_or(|pg| pg.target().is_ok());
         if let Some(mut kept) = self.take(&key) {
             if kept.still_current() && files_pass() {
-                return Ok(Box::new(Lent::new(self, key, kept)));
+                return Ok((key, kept));
             }
             // Closed here, and the others kept for this store with it:
             // what ended this one (the file replaced, the server restarted
@@ -180,59 +195,75 @@ impl Stores for Pool {
             self.forget(&key);
         }
         let store = super::open(cfg, self.pg.as_deref().map(|c| c as &dyn PgConnect))?;
-        Ok(Box::new(Lent::new(self, key, store)))
+        Ok((key, store))
     }
 }
 
 /// A store lent to one login: back to the pool when the login drops it,
-/// unless one of its transactions failed.
+/// unless one of its transactions failed; a PostgreSQL session also while
+/// the login waits on its user ([`Store::set_aside`]).
 struct Lent<'p> {
     pool: &'p Pool,
+    /// What it was lent for: a store set aside is taken again for it.
+    cfg: StoreConfig,
+    location: String,
     key: Option<Key>,
+    /// `None` once set aside (or dropped).
     store: Option<Box<dyn Store>>,
     failed: bool,
 }
 
-impl<'p> Lent<'p> {
-    fn new(pool: &'p Pool, key: Key, store: Box<dyn Store>) -> Lent<'p> {
-        Lent {
-            pool,
-            key: Some(key),
-            store: Some(store),
-            failed: false,
+impl Lent<'_> {
+    /// The store, taken again from the pool (or opened) if it was set aside.
+    fn inner(&mut self) -> Result<&mut dyn Store> {
+        if self.store.is_none() {
+            let (key, store) = self.pool.take_or_open(&self.cfg)?;
+            self.key = Some(key);
+            self.store = Some(store);
         }
-    }
-
-    fn inner(&mut self) -> &mut dyn Store {
         match self.store.as_mut() {
-            Some(s) => s.as_mut(),
-            // Taken only in drop.
-            None => unreachable!("a lent store is present until dropped"),
+            Some(s) => Ok(s.as_mut()),
+            None => unreachable!("set just above"),
         }
     }
 }
 
 impl Store for Lent<'_> {
     fn location(&self) -> &str {
-        self.store.as_ref().map_or("", |s| s.location())
+        &self.location
     }
 
     fn still_current(&mut self) -> bool {
-        self.inner().still_current()
+        self.inner().is_ok_and(|s| s.still_current())
     }
 
     fn transaction(&mut self, kind: TxKind, body: &mut TxBody<'_>) -> Result<()> {
-        let result = self.inner().transaction(kind, body);
+        let result = self.inner().and_then(|s| s.transaction(kind, body));
         self.failed |= result.is_err();
         result
     }
 
     fn check_integrity(&mut self) -> Result<Vec<String>> {
-        self.inner().check_integrity()
+        self.inner()?.check_integrity()
     }
 
     fn read_ahead(&mut self, reads: &[super::Read<'_>]) {
-        self.inner().read_ahead(reads);
+        // A store that cannot be had now fails the read that follows.
+        if let Ok(s) = self.inner() {
+            s.read_ahead(reads);
+        }
+    }
+
+    fn set_aside(&mut self) {
+        // A SQLite connection holds no server's session: kept, it spares
+        // the login its checks when taken again.
+        let session = self.key.as_ref().is_some_and(|k| k.postgres.is_some());
+        if !session || self.failed {
+            return;
+        }
+        if let (Some(key), Some(store)) = (self.key.clone(), self.store.take()) {
+            self.pool.give_back(key, store);
+        }
     }
 }
 
