@@ -31,6 +31,20 @@ struct Fleet {
     host_url: String,
 }
 
+impl Fleet {
+    /// `what` (an aggregate) over the server's sessions of the hosts' role.
+    fn hosts_sessions(&self, pg: &PgServer, what: &str) -> String {
+        let role = self.host_url["postgres://".len()..]
+            .split('@')
+            .next()
+            .expect("a role in the url");
+        pg.psql(&format!(
+            "SELECT {what} FROM pg_stat_activity WHERE usename = {}",
+            quote_literal(role)
+        ))
+    }
+}
+
 /// The `[store]` section for `url`, with the password in `pw_file`, and
 /// `ca_file` if given.
 fn store_section(
@@ -496,18 +510,7 @@ fn crm2fad_keeps_a_hosts_session_between_logins_and_opens_another_after_a_restar
     let e = h.enroll_active("erin");
     h.offer_to_crm2fad();
     let _d = h.start_daemon();
-    let role = f.host_url["postgres://".len()..]
-        .split('@')
-        .next()
-        .expect("a role in the url")
-        .to_string();
-    let sessions = || {
-        pg.psql(&format!(
-            "SELECT coalesce(string_agg(pid::text, ','), '') FROM pg_stat_activity \
-             WHERE usename = {}",
-            quote_literal(&role)
-        ))
-    };
+    let sessions = || f.hosts_sessions(&pg, "coalesce(string_agg(pid::text, ','), '')");
     h.login("erin", &[PW, &totp(&e.secret, 0)]).assert_success();
     let first = sessions();
     assert!(
@@ -543,16 +546,8 @@ fn logins_waiting_on_their_users_hold_no_postgresql_session() {
         .collect();
     h.offer_to_crm2fad();
     let _d = h.start_daemon();
-    let role = f.host_url["postgres://".len()..]
-        .split('@')
-        .next()
-        .expect("a role in the url")
-        .to_string();
     let sessions = || -> usize {
-        let n = pg.psql(&format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = {}",
-            quote_literal(&role)
-        ));
+        let n = f.hosts_sessions(pg, "count(*)");
         n.trim().parse().expect("a count")
     };
     let mut waiting: Vec<PendingLogin> = users
