@@ -175,6 +175,8 @@ impl HostKey {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn joined_text_is_built_in_one_buffer_of_its_size() {
         let parts = ["Manual key: ", "ABCD EFGH", "\n", &"x".repeat(300), "\n"];
@@ -184,8 +186,6 @@ mod tests {
         // the earlier, shorter copy freed unwiped) and left with slack.
         assert_eq!(text.capacity(), text.len());
     }
-
-    use super::*;
 
     #[test]
     fn sealed_secret_opens_only_for_its_user_and_key() {

@@ -161,12 +161,11 @@ impl Stores for Pool {
     }
 
     fn open(&self, cfg: &StoreConfig) -> Result<Box<dyn Store + '_>> {
-        let (key, store) = self.take_or_open(cfg)?;
+        let store = self.take_or_open(cfg)?;
         Ok(Box::new(Lent {
             pool: self,
             cfg: cfg.clone(),
             location: store.location().to_string(),
-            key: Some(key),
             store: Some(store),
             failed: false,
         }))
@@ -175,7 +174,7 @@ impl Stores for Pool {
 
 impl Pool {
     /// A kept store for `cfg` that may serve again, or one opened afresh.
-    fn take_or_open(&self, cfg: &StoreConfig) -> Result<(Key, Box<dyn Store>)> {
+    fn take_or_open(&self, cfg: &StoreConfig) -> Result<Box<dyn Store>> {
         let key = Key::of(cfg);
         // A kept PostgreSQL session also needs the files a new connection
         // reads to pass its checks (`password_file` root's and closed to
@@ -185,7 +184,7 @@ impl Pool {
         let files_pass = || cfg.postgres.as_ref().is_none_or(|pg| pg.target().is_ok());
         if let Some(mut kept) = self.take(&key) {
             if kept.still_current() && files_pass() {
-                return Ok((key, kept));
+                return Ok(kept);
             }
             // Closed here, and the others kept for this store with it:
             // what ended this one (the file replaced, the server restarted
@@ -195,7 +194,7 @@ impl Pool {
             self.forget(&key);
         }
         let store = super::open(cfg, self.pg.as_deref().map(|c| c as &dyn PgConnect))?;
-        Ok((key, store))
+        Ok(store)
     }
 }
 
@@ -204,10 +203,10 @@ impl Pool {
 /// the login waits on its user ([`Store::set_aside`]).
 struct Lent<'p> {
     pool: &'p Pool,
-    /// What it was lent for: a store set aside is taken again for it.
+    /// What it was lent for: a store set aside is taken again for it,
+    /// and given back under its [`Key`].
     cfg: StoreConfig,
     location: String,
-    key: Option<Key>,
     /// `None` once set aside (or dropped).
     store: Option<Box<dyn Store>>,
     failed: bool,
@@ -216,14 +215,20 @@ struct Lent<'p> {
 impl Lent<'_> {
     /// The store, taken again from the pool (or opened) if it was set aside.
     fn inner(&mut self) -> Result<&mut dyn Store> {
-        if self.store.is_none() {
-            let (key, store) = self.pool.take_or_open(&self.cfg)?;
-            self.key = Some(key);
-            self.store = Some(store);
+        let store = match self.store.take() {
+            Some(store) => store,
+            None => self.pool.take_or_open(&self.cfg)?,
+        };
+        Ok(self.store.insert(store).as_mut())
+    }
+
+    /// The store back to the pool, unless a transaction of it failed.
+    fn give_back(&mut self) {
+        if self.failed {
+            return;
         }
-        match self.store.as_mut() {
-            Some(s) => Ok(s.as_mut()),
-            None => unreachable!("set just above"),
+        if let Some(store) = self.store.take() {
+            self.pool.give_back(Key::of(&self.cfg), store);
         }
     }
 }
@@ -257,12 +262,8 @@ impl Store for Lent<'_> {
     fn set_aside(&mut self) {
         // A SQLite connection holds no server's session: kept, it spares
         // the login its checks when taken again.
-        let session = self.key.as_ref().is_some_and(|k| k.postgres.is_some());
-        if !session || self.failed {
-            return;
-        }
-        if let (Some(key), Some(store)) = (self.key.clone(), self.store.take()) {
-            self.pool.give_back(key, store);
+        if self.cfg.postgres.is_some() {
+            self.give_back();
         }
     }
 }
@@ -270,11 +271,8 @@ impl Store for Lent<'_> {
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
         // Not after a panic: a transaction may have been left open.
-        if self.failed || std::thread::panicking() {
-            return;
-        }
-        if let (Some(key), Some(store)) = (self.key.take(), self.store.take()) {
-            self.pool.give_back(key, store);
+        if !std::thread::panicking() {
+            self.give_back();
         }
     }
 }
