@@ -161,40 +161,43 @@ impl Stores for Pool {
     }
 
     fn open(&self, cfg: &StoreConfig) -> Result<Box<dyn Store + '_>> {
-        let store = self.take_or_open(cfg)?;
+        let (store, kept) = self.take_or_open(cfg)?;
         Ok(Box::new(Lent {
             pool: self,
             cfg: cfg.clone(),
             location: store.location().to_string(),
             store: Some(store),
             failed: false,
+            unchecked: kept,
         }))
     }
 }
 
 impl Pool {
-    /// A kept store for `cfg` that may serve again, or one opened afresh.
-    fn take_or_open(&self, cfg: &StoreConfig) -> Result<Box<dyn Store>> {
+    /// A kept store for `cfg` that may serve again (and true), or one
+    /// opened afresh.
+    fn take_or_open(&self, cfg: &StoreConfig) -> Result<(Box<dyn Store>, bool)> {
         let key = Key::of(cfg);
-        // A kept PostgreSQL session also needs the files a new connection
-        // reads to pass its checks (`password_file` root's and closed to
-        // others, `ca_file` closed to others' writes): otherwise the fresh
-        // open below fails on them, as the module's would. Checked only for
-        // a store about to be lent again: a fresh open checks them itself.
-        let files_pass = || cfg.postgres.as_ref().is_none_or(|pg| pg.target().is_ok());
         if let Some(mut kept) = self.take(&key) {
-            if kept.still_current() && files_pass() {
-                return Ok(kept);
+            if kept.still_current() {
+                return Ok((kept, true));
             }
-            // Closed here, and the others kept for this store with it:
-            // what ended this one (the file replaced, the server restarted
-            // or no longer answering) most likely ended them too, and each
-            // would make this login wait again. A fresh one serves.
-            drop(kept);
-            self.forget(&key);
+            self.closed_stale(kept, &key);
         }
-        let store = super::open(cfg, self.pg.as_deref().map(|c| c as &dyn PgConnect))?;
-        Ok(store)
+        Ok((self.open_fresh(cfg)?, false))
+    }
+
+    /// `stale` closed, and the others kept for its store with it: what
+    /// ended this one (the file replaced, the server restarted or no longer
+    /// answering, its files no longer passing their checks) most likely
+    /// ended them too, and each would make a login wait again.
+    fn closed_stale(&self, stale: Box<dyn Store>, key: &Key) {
+        drop(stale);
+        self.forget(key);
+    }
+
+    fn open_fresh(&self, cfg: &StoreConfig) -> Result<Box<dyn Store>> {
+        super::open(cfg, self.pg.as_deref().map(|c| c as &dyn PgConnect))
     }
 }
 
@@ -210,14 +213,42 @@ struct Lent<'p> {
     /// `None` once set aside (or dropped).
     store: Option<Box<dyn Store>>,
     failed: bool,
+    /// A kept store was lent, and the files a new connection to its
+    /// server reads are not checked yet: see [`Lent::inner`].
+    unchecked: bool,
 }
 
 impl Lent<'_> {
-    /// The store, taken again from the pool (or opened) if it was set aside.
+    /// The store, as [`Lent::sending`] has it, checked.
+    ///
+    /// A kept PostgreSQL session also needs the files a new connection
+    /// reads to pass their checks (`password_file` root's and closed to
+    /// others, `ca_file` closed to others' writes, the socket's directory
+    /// closed to others): otherwise it is closed and the store opened
+    /// afresh, which fails on them as the module's open would. Checked
+    /// once a login, before the store's first use but after the read sent
+    /// ahead ([`Store::read_ahead`]), which goes on the session already
+    /// open and whose answer nothing uses unless the checks pass; a store
+    /// taken again after [`Store::set_aside`] is not checked again.
     fn inner(&mut self) -> Result<&mut dyn Store> {
+        if std::mem::take(&mut self.unchecked)
+            && (self.cfg.postgres.as_ref()).is_some_and(|pg| pg.target().is_err())
+        {
+            if let Some(stale) = self.store.take() {
+                self.pool.closed_stale(stale, &Key::of(&self.cfg));
+            }
+            // Fails on the files, as the module's open would.
+            self.store = Some(self.pool.open_fresh(&self.cfg)?);
+        }
+        self.sending()
+    }
+
+    /// The store, taken again from the pool (or opened) if it was set
+    /// aside; its files not checked.
+    fn sending(&mut self) -> Result<&mut dyn Store> {
         let store = match self.store.take() {
             Some(store) => store,
-            None => self.pool.take_or_open(&self.cfg)?,
+            None => self.pool.take_or_open(&self.cfg)?.0,
         };
         Ok(self.store.insert(store).as_mut())
     }
@@ -254,7 +285,7 @@ impl Store for Lent<'_> {
 
     fn read_ahead(&mut self, reads: &[super::Read<'_>]) {
         // A store that cannot be had now fails the read that follows.
-        if let Ok(s) = self.inner() {
+        if let Ok(s) = self.sending() {
             s.read_ahead(reads);
         }
     }
