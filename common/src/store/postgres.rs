@@ -550,11 +550,11 @@ const GUARD_FAILED: &str = "22012";
 /// `serialization_failure`.
 const SERIALIZATION_FAILED: &str = "40001";
 
-/// `sql` with each parameter `$n` numbered `$(n + by)`. A statement held
+/// `sql` onto `out`, each parameter `$n` numbered `$(n + by)`. A statement held
 /// back has no `$` but its parameters' (no literal, comment or quoting
 /// with one): its values are all parameters.
-fn renumber(sql: &str, by: usize) -> String {
-    let mut out = String::with_capacity(sql.len() + 8);
+fn renumber(out: &mut String, sql: &str, by: usize) {
+    use std::fmt::Write;
     let mut rest = sql;
     while let Some(at) = rest.find('$') {
         out.push_str(&rest[..=at]);
@@ -563,13 +563,14 @@ fn renumber(sql: &str, by: usize) -> String {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
         match rest[..digits].parse::<usize>() {
-            Ok(n) => out.push_str(&(n + by).to_string()),
+            Ok(n) => {
+                let _ = write!(out, "{}", n + by);
+            }
             Err(_) => out.push_str(&rest[..digits]),
         }
         rest = &rest[digits..];
     }
     out.push_str(rest);
-    out
 }
 
 /// `rows` as a guard: a statement whose one row is the number 1 if `rows`
@@ -616,29 +617,33 @@ const USER_TYPES: [&str; USER_COLUMNS.len()] = {
 const UNUSED_BACKUP_CODES: usize = 9;
 
 /// The select list of a user ([`USER_COLUMNS`]).
-fn user_columns() -> String {
-    let names: Vec<&str> = USER_COLUMNS.iter().map(|&(c, _)| c).collect();
-    names.join(", ")
+fn user_columns() -> &'static str {
+    static LIST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let names: Vec<&str> = USER_COLUMNS.iter().map(|&(c, _)| c).collect();
+        names.join(", ")
+    });
+    &LIST
 }
 
 /// The condition that the user's row is `u`, column by column, compared
 /// with parameters added to `params`; with `count` false, the count of
 /// unused backup codes is left out.
 fn row_is(u: &UserRecord, count: bool, params: &mut Vec<Value>) -> String {
-    let (mut columns, mut values) = (Vec::new(), Vec::new());
+    use std::fmt::Write;
+    let (mut columns, mut values) = (String::with_capacity(256), String::with_capacity(256));
     for (i, ((column, type_), value)) in USER_COLUMNS.iter().zip(user_values(u)).enumerate() {
         if i == UNUSED_BACKUP_CODES && !count {
             continue;
         }
         params.push(value);
-        columns.push(*column);
-        values.push(format!("${}::{type_}", params.len()));
+        if !columns.is_empty() {
+            columns.push_str(", ");
+            values.push_str(", ");
+        }
+        columns.push_str(column);
+        let _ = write!(values, "${}::{type_}", params.len());
     }
-    format!(
-        "ROW({}) IS NOT DISTINCT FROM ROW({})",
-        columns.join(", "),
-        values.join(", ")
-    )
+    format!("ROW({columns}) IS NOT DISTINCT FROM ROW({values})")
 }
 
 /// `u` as the values of [`USER_COLUMNS`] it was read from ([`Row::user`]
@@ -788,7 +793,7 @@ fn opt_text(v: Option<&str>) -> Param<'_> {
 /// columns, its select list and the rest of its `SELECT` (`FROM …`).
 struct ReadSql {
     types: &'static [&'static str],
-    columns: String,
+    columns: &'static str,
     rest: String,
 }
 
@@ -830,13 +835,13 @@ fn read_sql<'a>(read: &Read<'a>, params: &mut Vec<Param<'a>>) -> ReadSql {
             };
             ReadSql {
                 types: CODE_TYPES,
-                columns: "id, hash".into(),
+                columns: "id, hash",
                 rest,
             }
         }
         Read::Remembered(name, now) => ReadSql {
             types: REMEMBERED_TYPES,
-            columns: "host, until".into(),
+            columns: "host, until",
             rest: format!(
                 "FROM remembered WHERE username = {} AND until > {}",
                 param(Param::Text(name)),
@@ -852,6 +857,7 @@ fn read_sql<'a>(read: &Read<'a>, params: &mut Vec<Param<'a>>) -> ReadSql {
 /// One statement sees one snapshot of the database: the reads agree with
 /// each other without a transaction around them.
 fn reads_statement<'a>(reads: &[Read<'a>]) -> (String, Vec<Param<'a>>, Vec<Range<usize>>) {
+    use std::fmt::Write;
     let mut params = Vec::new();
     let parts: Vec<ReadSql> = reads.iter().map(|r| read_sql(r, &mut params)).collect();
     let mut ranges = Vec::with_capacity(parts.len());
@@ -860,24 +866,29 @@ fn reads_statement<'a>(reads: &[Read<'a>]) -> (String, Vec<Param<'a>>, Vec<Range
         ranges.push(at..at + part.types.len());
         at += part.types.len();
     }
-    let branches: Vec<String> = parts
-        .iter()
-        .enumerate()
-        .map(|(i, part)| {
-            let mut select = vec![i.to_string()];
-            for (j, other) in parts.iter().enumerate() {
-                if j == i {
-                    select.push(part.columns.clone());
-                } else {
-                    // Typed: a union's columns take their types pairwise,
-                    // and two untyped NULLs would make one `text`.
-                    select.extend(other.types.iter().map(|t| format!("NULL::{t}")));
+    // Written into one buffer: this is on the way of each login's first
+    // read, and a string for each piece would be an allocation each.
+    let mut sql = String::with_capacity(1024);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(" UNION ALL ");
+        }
+        let _ = write!(sql, "(SELECT {i}");
+        for (j, other) in parts.iter().enumerate() {
+            if j == i {
+                sql.push_str(", ");
+                sql.push_str(part.columns);
+            } else {
+                // Typed: a union's columns take their types pairwise,
+                // and two untyped NULLs would make one `text`.
+                for t in other.types {
+                    let _ = write!(sql, ", NULL::{t}");
                 }
             }
-            format!("(SELECT {} {})", select.join(", "), part.rest)
-        })
-        .collect();
-    (branches.join(" UNION ALL "), params, ranges)
+        }
+        let _ = write!(sql, " {})", part.rest);
+    }
+    (sql, params, ranges)
 }
 
 impl PgTx<'_> {
@@ -1003,9 +1014,11 @@ impl PgTx<'_> {
     /// modifying part runs, to its end), the guards' checks its select
     /// list. One statement is one transaction: no `BEGIN`, no `COMMIT`.
     fn commit_as_one(&mut self) -> Result<()> {
+        use std::fmt::Write;
         let later = std::mem::take(&mut self.later);
-        let mut parts = Vec::new();
-        let mut checks = Vec::new();
+        // Written into one buffer, as the login's write is on its way.
+        let mut sql = String::with_capacity(4096);
+        let (mut checks, mut guards) = (String::new(), 0);
         let mut values: Vec<&Value> = Vec::new();
         for (i, l) in later.iter().enumerate().skip(1) {
             let Some(params) = &l.params else {
@@ -1014,17 +1027,20 @@ impl PgTx<'_> {
                     "a batch was held back after the transaction's BEGIN",
                 )));
             };
-            parts.push(format!("s{i} AS ({})", renumber(&l.sql, values.len())));
+            sql.push_str(if i == 1 { "WITH " } else { ", " });
+            let _ = write!(sql, "s{i} AS (");
+            renumber(&mut sql, &l.sql, values.len());
+            sql.push(')');
             values.extend(params);
             if l.guard {
-                checks.push(format!("1 / (SELECT count(*)::int FROM s{i})"));
+                let comma = if guards == 0 { "" } else { ", " };
+                let _ = write!(checks, "{comma}1 / (SELECT count(*)::int FROM s{i})");
+                guards += 1;
             }
         }
-        let want = vec![vec![Value::Int(1); checks.len().max(1)]];
-        if checks.is_empty() {
-            checks.push("1".into());
-        }
-        let sql = format!("WITH {} SELECT {}", parts.join(", "), checks.join(", "));
+        sql.push_str(" SELECT ");
+        sql.push_str(if guards == 0 { "1" } else { &checks });
+        let want = vec![vec![Value::Int(1); guards.max(1)]];
         let params: Vec<Param<'_>> = values.into_iter().map(Value::as_param).collect();
         let done = self
             .client
@@ -1924,11 +1940,16 @@ mod tests {
 
     #[test]
     fn one_statement_numbers_the_parameters_of_its_parts_in_turn() {
+        let renumbered = |sql, by| {
+            let mut out = String::new();
+            renumber(&mut out, sql, by);
+            out
+        };
         assert_eq!(
-            renumber("UPDATE t SET a = $1, b = $2::bigint WHERE c = $10", 3),
+            renumbered("UPDATE t SET a = $1, b = $2::bigint WHERE c = $10", 3),
             "UPDATE t SET a = $4, b = $5::bigint WHERE c = $13"
         );
-        assert_eq!(renumber("SELECT 1", 5), "SELECT 1");
+        assert_eq!(renumbered("SELECT 1", 5), "SELECT 1");
     }
 
     #[test]
