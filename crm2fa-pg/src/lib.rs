@@ -356,6 +356,22 @@ impl Session {
     }
 }
 
+/// Why a call sent ahead has no answer; the session is closed either way.
+enum Unanswered {
+    /// The call failed, and the session with it.
+    Failed(PgError),
+    /// No answer came within the bound.
+    Within(PgError),
+}
+
+impl Unanswered {
+    fn error(self) -> PgError {
+        match self {
+            Unanswered::Failed(e) | Unanswered::Within(e) => e,
+        }
+    }
+}
+
 /// What one call of a pipeline got, before its rows are read.
 enum Answer {
     Batch,
@@ -382,11 +398,16 @@ impl PgClient for Session {
     /// Without a round trip: the connection task reads what the server
     /// sent since the last call, and a server that ended the session (a
     /// restart, an idle timeout) has sent its end, so the client is closed.
-    fn still_open(&mut self) -> bool {
-        // One sent ahead for a login that ended without asking for it.
-        let _ = self.answer_ahead(self.drain_within);
+    fn still_open(&mut self) -> Result<bool, PgError> {
+        // One sent ahead for a login that ended without asking for it. Not
+        // answered within `connect_timeout`: the server is not answering,
+        // and the login fails now rather than wait as long again for a new
+        // session.
+        if let Err(Unanswered::Within(e)) = self.answer_ahead(self.drain_within) {
+            return Err(e);
+        }
         let Some(client) = self.client.as_ref() else {
-            return false;
+            return Ok(false);
         };
         // Each yield lets the runtime poll the socket and run the
         // connection task once.
@@ -394,7 +415,7 @@ impl PgClient for Session {
             tokio::task::yield_now().await;
             tokio::task::yield_now().await;
         });
-        !client.is_closed()
+        Ok(!client.is_closed())
     }
 
     /// Sent ahead only once the session has prepared the statement (from
@@ -451,7 +472,7 @@ impl PgClient for Session {
     ) -> Vec<Result<Done, PgError>> {
         let limit = limit.map_or(self.call_timeout, |l| l.min(self.call_timeout));
         let started = std::time::Instant::now();
-        match self.answer_ahead(limit) {
+        match self.answer_ahead(limit).map_err(Unanswered::error) {
             Err(e) => return statements.iter().map(|_| Err(e.clone())).collect(),
             Ok(Some((key, params, answer))) => {
                 if let [Stmt::Query(sql, p)] = statements {
@@ -569,7 +590,7 @@ impl Session {
     /// The answer to the query sent ahead, if one was: what it was and what
     /// came back, the client given back to the session. Past `limit` the
     /// session is closed, as for any call without an answer.
-    fn answer_ahead(&mut self, limit: Duration) -> Result<Option<Answered>, PgError> {
+    fn answer_ahead(&mut self, limit: Duration) -> Result<Option<Answered>, Unanswered> {
         let Some(mut ahead) = self.ahead.take() else {
             return Ok(None);
         };
@@ -582,11 +603,13 @@ impl Session {
                 Ok(Some((ahead.key, ahead.params, answer)))
             }
             // The task failed (it is over): the client went with it.
-            Ok(Err(_failed)) => Err(self.close(&format!("the call to {} failed", self.server))),
+            Ok(Err(_failed)) => Err(Unanswered::Failed(
+                self.close(&format!("the call to {} failed", self.server)),
+            )),
             Err(_elapsed) => {
                 ahead.task.abort();
                 let _ = self.rt.block_on(ahead.task);
-                Err(self.unanswered(limit))
+                Err(Unanswered::Within(self.unanswered(limit)))
             }
         }
     }

@@ -738,7 +738,7 @@ fn a_query_sent_ahead_runs_once_and_answers_only_the_call_that_asks_for_it() {
     );
     // Never asked for: a kept session is still open and serves on.
     db.send_ahead(Stmt::Query(next, &[Param::Int(0)]));
-    assert!(db.still_open());
+    assert!(db.still_open().unwrap());
     assert_eq!(run(&mut db, 0), [[Value::Int(9)]]);
     // The server's error to a statement sent ahead is the asker's.
     let div = "SELECT 1 / $1";
@@ -781,5 +781,24 @@ fn a_query_sent_ahead_and_not_answered_in_time_closes_the_session() {
     assert!(e.message.contains("no answer"), "{e}");
     let e = db.batch("SELECT 1").unwrap_err();
     assert!(e.message.contains("closed"), "{e}");
-    assert!(!db.still_open());
+    assert!(!db.still_open().unwrap());
+
+    // Kept between logins, a session with a query sent ahead that its
+    // login did not wait for: not answered within connect_timeout, the
+    // server is taken to have stopped answering (an error, not a closed
+    // session that a new one replaces), and the session is closed.
+    let target = plain("aheadslow");
+    let mut db = Connector.connect(&target).unwrap();
+    for _ in 0..3 {
+        assert_eq!(db.query(nap, &[Param::Int(0)]).unwrap(), [[Value::Int(1)]]);
+    }
+    db.send_ahead(Stmt::Query(nap, &[Param::Int(10_000)]));
+    let started = Instant::now();
+    let e = db.still_open().unwrap_err();
+    assert!(
+        started.elapsed() < target.connect_timeout + Duration::from_secs(2),
+        "{e}"
+    );
+    assert!(e.message.contains("no answer"), "{e}");
+    assert!(!db.still_open().unwrap());
 }

@@ -617,6 +617,37 @@ fn a_server_that_stops_answering_under_a_kept_session_denies_within_the_connect_
     );
     // Back: a new session serves, and the code not used works.
     h.login("gus", &[PW, &e.backup_codes[1]]).assert_success();
+
+    // A read sent ahead that no login waited for: crm2fad sends a login's
+    // first read (once the session has it prepared, from its third login)
+    // before NSS is asked for the name, and this name is unknown. The
+    // server stopped answering before it answered that read: the next
+    // login waits for it once, then fails; it does not wait as long again
+    // to connect anew.
+    for code in &e.backup_codes[2..4] {
+        h.login("gus", &[PW, code]).assert_success();
+    }
+    h.add_password_only("nosuchuser", PW);
+    pg.freeze();
+    let unknown = h.login("nosuchuser", &[PW]);
+    assert_eq!(unknown.pam_result(), PamResult::UserUnknown, "{unknown}");
+    let started = Instant::now();
+    let r = h.login("gus", &[PW, &e.backup_codes[4]]);
+    let took = started.elapsed();
+    pg.resume();
+    r.assert_denied();
+    assert_eq!(r.prompts_seen, 0, "{r}");
+    assert_eq!(
+        r.debug_lines_with(&["denied (failmode = secure)", "within 2s"])
+            .len(),
+        1,
+        "{r}"
+    );
+    assert!(
+        took < Duration::from_millis(3500),
+        "a login waited {took:?}: connect_timeout (2s) once for the read and again to connect: {r}"
+    );
+    h.login("gus", &[PW, &e.backup_codes[4]]).assert_success();
     pg.stop();
 }
 

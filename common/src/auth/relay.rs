@@ -598,7 +598,7 @@ impl Store for Accepting<'_> {
         self.store.location()
     }
 
-    fn still_current(&mut self) -> bool {
+    fn still_current(&mut self) -> crate::Result<bool> {
         self.store.still_current()
     }
 
@@ -624,6 +624,10 @@ impl Store for Accepting<'_> {
 
     fn set_aside(&mut self) {
         self.store.set_aside();
+    }
+
+    fn login_read_next(&mut self) {
+        self.store.login_read_next();
     }
 }
 

@@ -723,7 +723,7 @@ impl Store for Failing {
     fn location(&self) -> &str {
         self.inner.location()
     }
-    fn still_current(&mut self) -> bool {
+    fn still_current(&mut self) -> crate::Result<bool> {
         self.inner.still_current()
     }
     fn transaction(

@@ -66,8 +66,11 @@ pub trait Store: Send {
 
     /// Whether this store, opened for an earlier login and kept, may serve
     /// another: still the file at its path (not one moved away since), a
-    /// session the server still answers. False means: open it afresh.
-    fn still_current(&mut self) -> bool;
+    /// session the server has not ended. False means: open it afresh. An
+    /// error when its server left a call unanswered past `connect_timeout`:
+    /// the login fails now, rather than wait as long again for a new
+    /// session.
+    fn still_current(&mut self) -> Result<bool>;
 
     /// Run `body` in one transaction and commit if it returns `Ok`; roll
     /// back if it returns an error, if any call inside it failed (even one
@@ -97,6 +100,14 @@ pub trait Store: Send {
     /// connections (shared by every host of a fleet); the next call takes
     /// one again. Nothing to do for other stores (the default).
     fn set_aside(&mut self) {}
+
+    /// The next read is a login's first (`login_view`'s):
+    /// a store whose server may have stopped answering bounds that read's
+    /// answers by `connect_timeout`, as a new session must connect within
+    /// it, so that a login fails within it when the server is down or cut
+    /// off. Other calls keep their own bound: a write may wait for a row
+    /// another host holds. Nothing to do for other stores (the default).
+    fn login_read_next(&mut self) {}
 }
 
 /// The reads and conditional writes inside one transaction.
@@ -692,6 +703,7 @@ impl dyn Store + '_ {
     ) -> Result<LoginView> {
         let reads = login_reads(name, rhost, channels, now);
         let location = self.location().to_string();
+        self.login_read_next();
         let found = self.read(|tx| tx.last_reads(&reads))?;
         let mismatch = || {
             Error::store(

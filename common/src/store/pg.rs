@@ -160,10 +160,12 @@ pub trait PgClient: Send {
 
     /// Whether the session is still open, for a session kept between
     /// logins: the server may have ended it since (a restart, an idle
-    /// timeout). By default a round trip; a client that can tell without
-    /// one says so.
-    fn still_open(&mut self) -> bool {
-        self.batch("SELECT 1").is_ok()
+    /// timeout). An error when the server left a call unanswered past its
+    /// bound: it is not answering, and a new session would wait on it
+    /// again. By default a round trip; a client that can tell without one
+    /// says so.
+    fn still_open(&mut self) -> Result<bool, PgError> {
+        Ok(self.batch("SELECT 1").is_ok())
     }
 }
 

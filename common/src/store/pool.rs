@@ -169,6 +169,7 @@ impl Stores for Pool {
             store: Some(store),
             failed: false,
             unchecked: kept,
+            login_read: false,
         }))
     }
 }
@@ -179,10 +180,12 @@ impl Pool {
     fn take_or_open(&self, cfg: &StoreConfig) -> Result<(Box<dyn Store>, bool)> {
         let key = Key::of(cfg);
         if let Some(mut kept) = self.take(&key) {
-            if kept.still_current() {
+            let current = kept.still_current();
+            if let Ok(true) = current {
                 return Ok((kept, true));
             }
             self.closed_stale(kept, &key);
+            current?;
         }
         Ok((self.open_fresh(cfg)?, false))
     }
@@ -216,6 +219,8 @@ struct Lent<'p> {
     /// A kept store was lent, and the files a new connection to its
     /// server reads are not checked yet: see [`Lent::inner`].
     unchecked: bool,
+    /// [`Store::login_read_next`] is to be passed on to the store.
+    login_read: bool,
 }
 
 impl Lent<'_> {
@@ -250,7 +255,11 @@ impl Lent<'_> {
             Some(store) => store,
             None => self.pool.take_or_open(&self.cfg)?.0,
         };
-        Ok(self.store.insert(store).as_mut())
+        let store = self.store.insert(store);
+        if std::mem::take(&mut self.login_read) {
+            store.login_read_next();
+        }
+        Ok(store.as_mut())
     }
 
     /// The store back to the pool, unless a transaction of it failed.
@@ -269,8 +278,8 @@ impl Store for Lent<'_> {
         &self.location
     }
 
-    fn still_current(&mut self) -> bool {
-        self.inner().is_ok_and(|s| s.still_current())
+    fn still_current(&mut self) -> Result<bool> {
+        self.inner()?.still_current()
     }
 
     fn transaction(&mut self, kind: TxKind, body: &mut TxBody<'_>) -> Result<()> {
@@ -288,6 +297,11 @@ impl Store for Lent<'_> {
         if let Ok(s) = self.sending() {
             s.read_ahead(reads);
         }
+    }
+
+    fn login_read_next(&mut self) {
+        // Passed on when the store is next used (see `sending`).
+        self.login_read = true;
     }
 
     fn set_aside(&mut self) {
@@ -358,7 +372,7 @@ mod tests {
         drop(super::super::create(&other_cfg, None).unwrap());
         std::fs::rename(&other_cfg.path, &cfg.path).unwrap();
         let mut s = pool.open(&cfg).unwrap();
-        assert!(s.still_current());
+        assert!(s.still_current().unwrap());
         read(s.as_mut()).unwrap();
         drop(s);
         assert_eq!(pool.idle(), 1, "the old one closed, the new one kept");

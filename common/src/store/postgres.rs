@@ -134,11 +134,13 @@ pub struct PgStore {
     location: String,
     /// When the schema version was last found to be this build's.
     checked: std::time::Instant,
-    /// `connect_timeout`: how long a session kept between logins may take
-    /// to answer the next login's first read (see [`Store::still_current`]).
+    /// `connect_timeout`: how long the server may take to answer a login's
+    /// first read, and the checks of a session kept between logins (see
+    /// [`Store::still_current`]).
     answer_within: std::time::Duration,
-    /// The next read transaction is the first of a login on a kept
-    /// session: each of its answers must come within `answer_within`.
+    /// The next read transaction is a login's first
+    /// ([`Store::login_read_next`]): each of its answers must come within
+    /// `answer_within`.
     first_read: bool,
     /// The last write transaction failed on a concurrent change (or a
     /// code already used): the next, which runs its body again, hears the
@@ -380,23 +382,27 @@ impl Store for PgStore {
     /// minute, the schema is still this build's.
     ///
     /// A server that stopped answering (suspended, or cut off by the
-    /// network) leaves the session open: so the next login's first read,
-    /// and the schema check, must be answered within `connect_timeout`, as
-    /// a new session must connect within it. A write may wait longer (up
-    /// to the session's own bound), as it may for a row another host holds.
-    fn still_current(&mut self) -> bool {
-        if !self.client.still_open() {
-            return false;
+    /// network) leaves the session open: so a read sent ahead for an
+    /// earlier login and the schema check must be answered within
+    /// `connect_timeout`, as a new session must connect within it, and the
+    /// login fails if they are not (a new session would wait as long
+    /// again); so must the login's first read ([`Store::login_read_next`]).
+    fn still_current(&mut self) -> Result<bool> {
+        if !self.client.still_open().map_err(|e| self.err(e))? {
+            return Ok(false);
         }
-        self.first_read = true;
         if self.checked.elapsed() < SCHEMA_RECHECK {
-            return true;
+            return Ok(true);
         }
-        let current = self.version().is_ok_and(|v| v == SCHEMA_VERSION);
+        let current = self.version()? == SCHEMA_VERSION;
         if current {
             self.checked = std::time::Instant::now();
         }
-        current
+        Ok(current)
+    }
+
+    fn login_read_next(&mut self) {
+        self.first_read = true;
     }
 
     fn transaction(&mut self, kind: TxKind, body: &mut TxBody<'_>) -> Result<()> {
@@ -2149,24 +2155,33 @@ mod tests {
                 .filter(|w| w.starts_with("SELECT value FROM"))
                 .count()
         };
-        assert!(s.still_current());
+        assert!(s.still_current().unwrap());
         schema.store(SCHEMA_VERSION + 1, Ordering::Relaxed);
-        assert!(s.still_current(), "within the minute, not looked at");
+        assert!(
+            s.still_current().unwrap(),
+            "within the minute, not looked at"
+        );
         assert_eq!(looked(&c), 0);
         s.checked = std::time::Instant::now()
             .checked_sub(SCHEMA_RECHECK + std::time::Duration::from_secs(1))
             .expect("the clock started over a minute ago");
-        assert!(!s.still_current(), "another host's init upgraded it");
-        assert!(!s.still_current(), "and it stays refused");
+        assert!(
+            !s.still_current().unwrap(),
+            "another host's init upgraded it"
+        );
+        assert!(!s.still_current().unwrap(), "and it stays refused");
         assert_eq!(looked(&c), 2);
         schema.store(SCHEMA_VERSION, Ordering::Relaxed);
-        assert!(s.still_current());
-        assert!(s.still_current(), "looked at again only after a minute");
+        assert!(s.still_current().unwrap());
+        assert!(
+            s.still_current().unwrap(),
+            "looked at again only after a minute"
+        );
         assert_eq!(looked(&c), 3);
     }
 
     #[test]
-    fn a_kept_sessions_first_read_and_schema_check_answer_within_connect_timeout() {
+    fn a_logins_first_read_and_a_kept_sessions_schema_check_answer_within_connect_timeout() {
         let limits = Arc::default();
         let client = Scripted {
             calls: Calls::default(),
@@ -2181,32 +2196,37 @@ mod tests {
             let store: &mut dyn Store = s;
             store.login_view("u", None, &[], 1).unwrap();
         };
+        let read = |s: &mut PgStore| {
+            let store: &mut dyn Store = s;
+            store.read(|tx| tx.user("u")).unwrap();
+        };
         let taken = |limits: &Arc<Mutex<Vec<Option<std::time::Duration>>>>| {
             std::mem::take(&mut *limits.lock().unwrap())
         };
-        // A session just opened: its server answered a moment ago.
-        view(&mut s);
-        write(&mut s, &mut |tx| tx.insert_audit(&entry())).unwrap();
-        assert_eq!(taken(&limits), [None, None]);
-        // Lent again for a login (this client's `still_open` is a round
-        // trip, the first call each time): the first read is bounded, and
+        // A login's first read is bounded, on a session just opened too
+        // (its server answered a moment ago, and may have stopped since);
         // the write after it (which may wait for a row another host holds)
-        // is not.
-        assert!(s.still_current());
+        // is not, nor is any other read.
         view(&mut s);
         write(&mut s, &mut |tx| tx.insert_audit(&entry())).unwrap();
+        read(&mut s);
+        let limits_seen = taken(&limits);
+        assert_eq!(limits_seen[0], Some(ANSWER_WITHIN));
+        assert!(
+            limits_seen[1..].iter().all(Option::is_none),
+            "{limits_seen:?}"
+        );
+        // Lent again for a login (this client's `still_open` is a round
+        // trip, unbounded here): the same.
+        assert!(s.still_current().unwrap());
         view(&mut s);
-        assert_eq!(taken(&limits), [None, Some(ANSWER_WITHIN), None, None]);
-        // A write first is not bounded, and leaves no bound for later.
-        assert!(s.still_current());
         write(&mut s, &mut |tx| tx.insert_audit(&entry())).unwrap();
-        view(&mut s);
-        assert_eq!(taken(&limits), [None, None, None]);
+        assert_eq!(taken(&limits), [None, Some(ANSWER_WITHIN), None]);
         // The schema check, once a minute, is bounded too.
         s.checked = std::time::Instant::now()
             .checked_sub(SCHEMA_RECHECK + std::time::Duration::from_secs(1))
             .expect("the clock started over a minute ago");
-        assert!(s.still_current());
+        assert!(s.still_current().unwrap());
         view(&mut s);
         assert_eq!(
             taken(&limits),

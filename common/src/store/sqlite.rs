@@ -454,8 +454,8 @@ impl Store for SqliteStore {
     /// files pass the checks of an open (a store others may now read or
     /// write is not served from the open connection either: the open that
     /// follows refuses it).
-    fn still_current(&mut self) -> bool {
-        check_files(&self.path).is_ok_and(|(file, _)| Some(file) == self.file)
+    fn still_current(&mut self) -> Result<bool> {
+        Ok(check_files(&self.path).is_ok_and(|(file, _)| Some(file) == self.file))
     }
 
     fn transaction(&mut self, kind: TxKind, body: &mut TxBody<'_>) -> Result<()> {
