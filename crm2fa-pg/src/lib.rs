@@ -86,7 +86,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crm2fa_common::store::pg::{
-    Done, Param, PgClient, PgConnect, PgError, PgTarget, SslMode, Stmt, Value,
+    out_of_resources, Done, Param, PgClient, PgConnect, PgError, PgTarget, SslMode, Stmt, Value,
+    CLIENT_OUT_OF_RESOURCES,
 };
 use futures_util::future::join_all;
 use tokio::runtime::Runtime;
@@ -220,7 +221,10 @@ impl Session {
             .enable_io()
             .enable_time()
             .build()
-            .map_err(|e| fail(format!("cannot start the I/O runtime: {e}")))?;
+            .map_err(|e| PgError {
+                sqlstate: resources(&e),
+                ..fail(format!("cannot start the I/O runtime: {e}"))
+            })?;
 
         let mut config = tokio_postgres::Config::new();
         config
@@ -348,11 +352,11 @@ impl Session {
     /// A failed call's error, naming the server when the server did not
     /// send it.
     fn error(&self, e: &tokio_postgres::Error) -> PgError {
-        let mut e = convert(e);
-        if e.sqlstate.is_none() {
-            e.message = format!("{}: {}", self.server, e.message);
+        let mut converted = convert(e);
+        if e.as_db_error().is_none() {
+            converted.message = format!("{}: {}", self.server, converted.message);
         }
-        e
+        converted
     }
 }
 
@@ -836,9 +840,16 @@ fn convert(e: &tokio_postgres::Error) -> PgError {
         cause = c.source();
     }
     PgError {
-        sqlstate: None,
+        sqlstate: resources(e),
         message,
     }
+}
+
+/// A failure of this client for want of descriptors or memory (a socket,
+/// the runtime's): marked as such ([`CLIENT_OUT_OF_RESOURCES`]), which
+/// `failmode = "safe"` never skips.
+fn resources(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    out_of_resources(e).then(|| CLIENT_OUT_OF_RESOURCES.to_owned())
 }
 
 /// `3s`, `1.5s`, `250ms`.

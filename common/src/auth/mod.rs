@@ -237,15 +237,17 @@ fn store_failed(e: &Error) -> bool {
 }
 
 /// The store or the key cannot be used: what `failmode = "safe"` may skip.
-/// Not this process running out of file descriptors or memory: whoever
-/// could make crm2fad run out (many logins held at the prompt) would
-/// otherwise turn the second factor off.
+/// Not this process running out of file descriptors or memory, nor the
+/// PostgreSQL server running out of memory or connections
+/// ([`crate::store::out_of_resources`]): whoever could make crm2fad or the
+/// server run out (many logins held at the prompt, on one host or across
+/// a fleet) would otherwise turn the second factor off.
 fn store_or_key(e: &Error) -> bool {
-    let out_of_resources = matches!(
-        e,
-        Error::Io { source, .. }
-            if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM))
-    );
+    let out_of_resources = match e {
+        Error::Io { source, .. } => crate::store::out_of_resources(source),
+        Error::Store { source, .. } => crate::store::out_of_resources(source.as_ref()),
+        _ => false,
+    };
     !out_of_resources
         && (store_failed(e)
             || matches!(

@@ -910,6 +910,58 @@ fn failmode_safe_lets_the_password_decide_only_for_an_unusable_store_or_key() {
             "errno {errno}"
         );
     }
+    // The same said by a store: SQLite's failure to open its journal or
+    // allocate, the PostgreSQL server's or client's (SQLSTATE class 53:
+    // out of memory, connections or descriptors), the system's under the
+    // client's error; not a store's other failures.
+    let sqlite = |code| {
+        Error::store(
+            "crm2fa.db",
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+        )
+    };
+    let pg = |sqlstate: Option<&str>| {
+        Error::store(
+            "postgres://crm2fa@db",
+            store::pg::PgError {
+                sqlstate: sqlstate.map(Into::into),
+                message: "failed".into(),
+            },
+        )
+    };
+    let store_io = |errno| {
+        Error::store(
+            "postgres://crm2fa@db",
+            std::io::Error::from_raw_os_error(errno),
+        )
+    };
+    for (what, e) in [
+        ("SQLite cannot open", sqlite(rusqlite::ffi::SQLITE_CANTOPEN)),
+        ("SQLite out of memory", sqlite(rusqlite::ffi::SQLITE_NOMEM)),
+        ("too many connections", pg(Some("53300"))),
+        ("server out of memory", pg(Some("53200"))),
+        ("client out of descriptors", pg(Some("53000"))),
+        ("EMFILE under a store", store_io(libc::EMFILE)),
+    ] {
+        assert_eq!(
+            failed(&cfg, &r, &mut log, &f(e, false)),
+            Outcome::Unavailable,
+            "{what}"
+        );
+    }
+    for (what, e) in [
+        ("SQLite I/O error", sqlite(rusqlite::ffi::SQLITE_IOERR)),
+        ("SQLite corrupt", sqlite(rusqlite::ffi::SQLITE_CORRUPT)),
+        ("server unreachable", pg(None)),
+        ("server refuses the role", pg(Some("28P01"))),
+        ("EIO under a store", store_io(libc::EIO)),
+    ] {
+        assert_eq!(
+            failed(&cfg, &r, &mut log, &f(e, false)),
+            Outcome::Ignore,
+            "{what}"
+        );
+    }
     let secure = env("").cfg;
     assert_eq!(
         failed(&secure, &r, &mut log, &f(store_down(), false)),

@@ -57,6 +57,28 @@ pub enum TxKind {
 /// the backend reports [`Error::Conflict`].
 pub type TxBody<'a> = dyn FnMut(&mut dyn Tx) -> Result<()> + 'a;
 
+/// Whether a store's error `e` says that this process or the server ran
+/// out of descriptors, memory or connections, rather than that the store
+/// cannot be used: the system refused a descriptor or memory
+/// ([`pg::out_of_resources`]); the PostgreSQL server or client ran out
+/// (SQLSTATE class 53, [`pg::PgError::out_of_resources`]); SQLite could
+/// not allocate, or could not open a file once its own checks of the
+/// store's files had passed (its journal or lock files: what it reports
+/// when this process is out of descriptors, and the errno is not kept).
+pub fn out_of_resources(e: &(dyn std::error::Error + 'static)) -> bool {
+    use rusqlite::ErrorCode::{CannotOpen, OutOfMemory};
+    pg::out_of_resources(e)
+        || std::iter::successors(Some(e), |c| c.source()).any(|c| {
+            c.downcast_ref::<pg::PgError>()
+                .is_some_and(pg::PgError::out_of_resources)
+                || matches!(
+                    c.downcast_ref::<rusqlite::Error>(),
+                    Some(rusqlite::Error::SqliteFailure(f, _))
+                        if matches!(f.code, CannotOpen | OutOfMemory)
+                )
+        })
+}
+
 /// A store backend: opens transactions. `Send`, so that crm2fad can keep
 /// one open between the logins it serves, whichever thread serves them.
 pub trait Store: Send {

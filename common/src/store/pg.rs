@@ -88,6 +88,35 @@ impl std::fmt::Display for PgError {
 
 impl std::error::Error for PgError {}
 
+/// The SQLSTATE a client gives a failure of its own for want of file
+/// descriptors or memory (see [`out_of_resources`]): the server's
+/// `insufficient_resources`, of the class (53) the server uses when it
+/// runs out itself (memory, connections, disk).
+pub const CLIENT_OUT_OF_RESOURCES: &str = "53000";
+
+impl PgError {
+    /// The server or this client ran out of memory, descriptors,
+    /// connections or disk (SQLSTATE class 53).
+    pub fn out_of_resources(&self) -> bool {
+        self.sqlstate
+            .as_deref()
+            .is_some_and(|s| s.starts_with("53"))
+    }
+}
+
+/// Whether the system refused this process a file descriptor or memory
+/// (`EMFILE`, `ENFILE`, `ENOMEM`) anywhere in `e`'s chain of causes.
+pub fn out_of_resources(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |c| c.source()).any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+            )
+        })
+    })
+}
+
 /// One open session with the server. `Send`: crm2fad keeps sessions open
 /// between logins, served by different threads (one at a time).
 pub trait PgClient: Send {
