@@ -96,13 +96,23 @@ impl Pool {
 
     /// Close the stores kept longer than [`IDLE_TIME`]: crm2fad calls it
     /// when it has had nothing to do for a while, so that a quiet host does
-    /// not hold a PostgreSQL session for good.
+    /// not hold a PostgreSQL session for good. They are closed on a thread
+    /// of their own (this one, if none can be started): closing a session
+    /// may wait for a server that stopped answering, and the caller, the
+    /// thread left to accept crm2fad's connections, goes back to it.
     pub fn close_idle(&self) {
         let expired = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             Self::expired(&mut idle)
         };
-        drop(expired);
+        if expired.is_empty() {
+            return;
+        }
+        // A thread that cannot be started drops its closure, and with it
+        // the stores, here.
+        let _ = std::thread::Builder::new()
+            .name("close-idle".into())
+            .spawn(move || drop(expired));
     }
 
     /// Those of `idle` (oldest first) kept longer than [`IDLE_TIME`], taken
@@ -408,5 +418,60 @@ mod tests {
         assert_eq!(pool.idle(), 0, "every old one closed");
         drop(s);
         assert_eq!(pool.idle(), 1);
+    }
+
+    /// A store whose closing waits (up to 10 s) for the test to let it.
+    struct SlowToClose {
+        release: std::sync::mpsc::Receiver<()>,
+        closed: std::sync::mpsc::Sender<()>,
+    }
+
+    impl Store for SlowToClose {
+        fn location(&self) -> &str {
+            "slow"
+        }
+        fn still_current(&mut self) -> Result<bool> {
+            Ok(true)
+        }
+        fn transaction(&mut self, _: TxKind, _: &mut TxBody<'_>) -> Result<()> {
+            Ok(())
+        }
+        fn check_integrity(&mut self) -> Result<Vec<String>> {
+            Ok(vec![])
+        }
+    }
+
+    impl Drop for SlowToClose {
+        fn drop(&mut self) {
+            let _ = self.release.recv_timeout(Duration::from_secs(10));
+            let _ = self.closed.send(());
+        }
+    }
+
+    #[test]
+    fn closing_idle_stores_does_not_hold_up_the_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool::new(None);
+        let (release, released) = std::sync::mpsc::channel();
+        let (closed, was_closed) = std::sync::mpsc::channel();
+        let long_ago = Instant::now()
+            .checked_sub(IDLE_TIME + Duration::from_secs(1))
+            .expect("the clock started over a minute ago");
+        pool.idle.lock().unwrap().push((
+            Key::of(&config(dir.path())),
+            Box::new(SlowToClose {
+                release: released,
+                closed,
+            }),
+            long_ago,
+        ));
+        // Back before the store is closed: it waits for a server, say.
+        pool.close_idle();
+        assert_eq!(pool.idle(), 0);
+        assert!(was_closed.try_recv().is_err(), "closed before returning");
+        release.send(()).unwrap();
+        was_closed
+            .recv_timeout(Duration::from_secs(10))
+            .expect("closed meanwhile, on a thread of its own");
     }
 }
