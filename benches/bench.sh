@@ -309,7 +309,6 @@ tput_users = [f"t{i:05d}" for i in range(TPUT * len(CLIENTS))]
 # One user per counting tool (strace, callgrind), when counting.
 count_users = [f"c{i:05d}" for i in range(2 if PROFILE else 0)]
 everyone = users + tput_users + count_users
-tput_set = set(tput_users)
 
 # --- crm2fa: config, store, one enrolled (active) user per login -----------
 def write_config(path, store):
@@ -513,9 +512,7 @@ def enroll(u):
     # crm2fa_pg: the same steps in the PostgreSQL store (its own secret).
     if PG:
         out["crm2fa_pg"] = enroll_crm2fa(admin_pg, u)
-        # crm2fa_pg_local: one login at a time only (tables 1 and 3).
-        if u not in tput_set:
-            out["crm2fa_pg_local"] = enroll_crm2fa(admin_pg_local, u)
+        out["crm2fa_pg_local"] = enroll_crm2fa(admin_pg_local, u)
     for kind, d in ga_dir.items():
         gf = os.path.join(d, u)
         run(["google-authenticator", "-t", "-f", "-w", "3", "-Q", "NONE", "-q", "-s", gf]
@@ -656,8 +653,7 @@ for r, user in enumerate(users):
             times[k].append(dt)
 
 # --- 2. throughput: concurrent clients ---------------------------------------
-# crm2fa_pg_local is left out here: crm2fa_pg stands for a PostgreSQL store.
-TPUT_KINDS = [k for k in KINDS if k != "crm2fa_pg_local"]
+TPUT_KINDS = KINDS
 tput = {}  # (kind, clients) -> dict(rate, failed, n, p95, first failure)
 tput_times = {}  # "kind clients" -> every login's wall time, s
 
@@ -839,7 +835,7 @@ verdict("crm2fa", "ga", "      (and than GA with reuse protection, as its setup 
 # PostgreSQL store, against the same with SQLite; the interval by the same
 # bootstrap, resampling the three kinds' times.
 PG_GOAL = 1.5
-def pg_verdict(kind, how):
+def pg_verdict(kind, how, goal=True):
     rng = random.Random(1)
     def second(k, xs):
         return statistics.median(xs[k]) - statistics.median(xs["baseline"])
@@ -854,16 +850,18 @@ def pg_verdict(kind, how):
     lo = boot[int(0.025 * len(boot))] if boot else math.nan
     hi = boot[min(len(boot) - 1, int(0.975 * len(boot)))] if boot else math.nan
     v = ("MET" if ratio <= PG_GOAL else
-         "NOT MET, within noise" if lo <= PG_GOAL else "NOT MET")
+         "NOT MET, within noise" if lo <= PG_GOAL else "NOT MET") if goal else "for scale"
     print(f"      {how}: {v}: {ratio:.2f}x (95% interval {lo:.2f}..{hi:.2f}),"
           f" {kind} {ms(sf_pg):.2f} ms vs crm2fa {ms(sf):.2f} ms")
     return sf_pg
 
 if PG:
-    print(f"Goal: the second factor (median - baseline) with the PostgreSQL store at most {PG_GOAL}x"
+    print(f"Goal: the second factor (median - baseline) with a local PostgreSQL store at most {PG_GOAL}x"
           " what it costs with SQLite")
-    sf_pg = pg_verdict("crm2fa_pg", "over TCP (127.0.0.1), as a fleet's hosts reach theirs")
-    pg_verdict("crm2fa_pg_local", "by the server's socket, as a host running the server reaches it")
+    pg_verdict("crm2fa_pg_local", "the server on this host, reached by its socket (crm2fa_pg_local)")
+    print("      not the goal's setup, for a fleet's view: the same server over TCP, as a fleet's")
+    print("      hosts reach theirs (loopback TCP adds its own cost to each round trip):")
+    sf_pg = pg_verdict("crm2fa_pg", "over TCP to 127.0.0.1 (crm2fa_pg)", goal=False)
     # For scale, not the goal: SQLite in the module alone, where every login
     # opens the store (as crm2fa's SQLite logins all did before crm2fad).
     sf_alone = med["crm2fa_alone"] - med["baseline"]
@@ -877,7 +875,7 @@ if tput:
     print("   (the kinds take turns within each round), each login its own pamtester process with a")
     print("   fresh valid code for its own user; failed = a valid code refused")
     short = {"baseline": "baseline", "crm2fa": "crm2fa", "crm2fa_alone": "crm2fa-alone",
-             "crm2fa_pg": "crm2fa_pg", "ga": "GA",
+             "crm2fa_pg": "crm2fa_pg", "crm2fa_pg_local": "pg_local", "ga": "GA",
              "ga_fast": "GA-fast", "oath": "pam_oath"}
     print("   and the p95 of one login's wall time under that load")
     print(f"{'':10}" + "".join(f"{str(c) + ' client' + ('s' if c > 1 else ''):>27}" for c in CLIENTS))
@@ -919,15 +917,17 @@ if tput:
               f" crm2fa {mine:.1f}/s vs {label[best].split(':')[0]} {theirs:.1f}/s ({mine / theirs:.2f}x,"
               f" 95% interval {lo:.2f}..{hi:.2f}); crm2fa-alone {good('crm2fa_alone', c) / theirs:.2f}x")
     if PG:
-        pg_failed = sum(tput[("crm2fa_pg", c)]["failed"] for c in CLIENTS)
         conc = [c for c in CLIENTS if c > 1]
-        pg_failed_conc = sum(tput[("crm2fa_pg", c)]["failed"] for c in conc)
-        print("Goal: crm2fa_pg none failed under concurrency")
-        print(f"      {'MET' if pg_failed_conc == 0 else 'NOT MET'}: crm2fa_pg failed: {pg_failed_conc}"
-              f" ({', '.join(f'{c} clients' for c in conc) or 'no concurrent cell'};"
-              f" {pg_failed} at every client count)")
-        print("      crm2fa_pg / crm2fa logins/s: " + ", ".join(
-            f"{c} client{'s' if c > 1 else ''} {good('crm2fa_pg', c) / good('crm2fa', c):.2f}x" for c in CLIENTS))
+        print("Goal: crm2fa_pg_local and crm2fa_pg none failed under concurrency")
+        for k in ("crm2fa_pg_local", "crm2fa_pg"):
+            failed_all = sum(tput[(k, c)]["failed"] for c in CLIENTS)
+            failed_conc = sum(tput[(k, c)]["failed"] for c in conc)
+            print(f"      {'MET' if failed_conc == 0 else 'NOT MET'}: {k} failed: {failed_conc}"
+                  f" ({', '.join(f'{c} clients' for c in conc) or 'no concurrent cell'};"
+                  f" {failed_all} at every client count)")
+        for k in ("crm2fa_pg_local", "crm2fa_pg"):
+            print(f"      {k} / crm2fa logins/s: " + ", ".join(
+                f"{c} client{'s' if c > 1 else ''} {good(k, c) / good('crm2fa', c):.2f}x" for c in CLIENTS))
 
 if counts:
     print()
