@@ -453,6 +453,7 @@ fn steps(l: &mut Login<'_>) -> Result<Outcome, Error> {
     // Read while a server answers the read crm2fad sent ahead; used, and
     // a failure to read it reported, only for a user with a TOTP secret.
     let key = l.ops.key();
+    l.ops.store.login_read_next();
     let view = l
         .ops
         .store
@@ -497,7 +498,12 @@ fn steps(l: &mut Login<'_>) -> Result<Outcome, Error> {
     let record = record.ok_or_else(|| Error::NotEnrolled { user: user.into() })?;
     // Read once: the key that opens the secret also opens the backup codes
     // an activation shows, after the write that activated it.
-    let key = if record.has_totp() { Some(key?) } else { None };
+    let key = if record.has_totp() {
+        Some(key?)
+    } else {
+        drop(key);
+        None
+    };
     let secret = match &key {
         Some(k) => record.open_totp_secret(k)?,
         None => None,

@@ -62,21 +62,27 @@ pub type TxBody<'a> = dyn FnMut(&mut dyn Tx) -> Result<()> + 'a;
 /// cannot be used: the system refused a descriptor or memory
 /// ([`pg::out_of_resources`]); the PostgreSQL server or client ran out
 /// (SQLSTATE class 53, [`pg::PgError::out_of_resources`]); SQLite could
-/// not allocate, or could not open a file once its own checks of the
-/// store's files had passed (its journal or lock files: what it reports
-/// when this process is out of descriptors, and the errno is not kept).
+/// not allocate, or could not open a file (`CANTOPEN`, which keeps no
+/// errno: a read-only file system or a refusing security module says it
+/// too) while this process can open none.
 pub fn out_of_resources(e: &(dyn std::error::Error + 'static)) -> bool {
     use rusqlite::ErrorCode::{CannotOpen, OutOfMemory};
     pg::out_of_resources(e)
         || std::iter::successors(Some(e), |c| c.source()).any(|c| {
             c.downcast_ref::<pg::PgError>()
                 .is_some_and(pg::PgError::out_of_resources)
-                || matches!(
-                    c.downcast_ref::<rusqlite::Error>(),
-                    Some(rusqlite::Error::SqliteFailure(f, _))
-                        if matches!(f.code, CannotOpen | OutOfMemory)
-                )
+                || match c.downcast_ref::<rusqlite::Error>() {
+                    Some(rusqlite::Error::SqliteFailure(f, _)) => {
+                        f.code == OutOfMemory || (f.code == CannotOpen && no_file_opens())
+                    }
+                    _ => false,
+                }
         })
+}
+
+/// This process cannot open a file now, for want of descriptors or memory.
+fn no_file_opens() -> bool {
+    std::fs::File::open("/dev/null").is_err_and(|e| pg::out_of_resources(&e))
 }
 
 /// A store backend: opens transactions. `Send`, so that crm2fad can keep
@@ -123,7 +129,7 @@ pub trait Store: Send {
     /// one again. Nothing to do for other stores (the default).
     fn set_aside(&mut self) {}
 
-    /// The next read is a login's first (`login_view`'s):
+    /// The next read is a login's first (its `login_view`):
     /// a store whose server may have stopped answering bounds that read's
     /// answers by `connect_timeout`, as a new session must connect within
     /// it, so that a login fails within it when the server is down or cut
@@ -725,7 +731,6 @@ impl dyn Store + '_ {
     ) -> Result<LoginView> {
         let reads = login_reads(name, rhost, channels, now);
         let location = self.location().to_string();
-        self.login_read_next();
         let found = self.read(|tx| tx.last_reads(&reads))?;
         let mismatch = || {
             Error::store(

@@ -246,15 +246,15 @@ impl Lent<'_> {
     /// open and whose answer nothing uses unless the checks pass; a store
     /// taken again after [`Store::set_aside`] is not checked again.
     fn inner(&mut self) -> Result<&mut dyn Store> {
-        if std::mem::take(&mut self.unchecked)
-            && (self.cfg.postgres.as_ref()).is_some_and(|pg| pg.target().is_err())
-        {
+        if self.unchecked && (self.cfg.postgres.as_ref()).is_some_and(|pg| pg.target().is_err()) {
             if let Some(stale) = self.store.take() {
                 self.pool.closed_stale(stale, &Key::of(&self.cfg));
             }
-            // Fails on the files, as the module's open would.
+            // Fails on the files, as the module's open would (and then the
+            // next call checks again: no kept store is lent unchecked).
             self.store = Some(self.pool.open_fresh(&self.cfg)?);
         }
+        self.unchecked = false;
         self.sending()
     }
 

@@ -394,7 +394,15 @@ impl Store for PgStore {
         if self.checked.elapsed() < SCHEMA_RECHECK {
             return Ok(true);
         }
-        let current = self.version()? == SCHEMA_VERSION;
+        let asked = std::time::Instant::now();
+        let current = match self.version() {
+            Ok(v) => v == SCHEMA_VERSION,
+            // Unanswered for its whole bound: the server is not answering.
+            Err(e) if asked.elapsed() >= self.answer_within => return Err(e),
+            // Any other failure (a session the server ended without a word,
+            // found by this call): a new session is tried.
+            Err(_) => false,
+        };
         if current {
             self.checked = std::time::Instant::now();
         }
@@ -2181,6 +2189,24 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_schema_check_opens_afresh_unless_it_took_the_whole_bound() {
+        let stale = |s: &mut PgStore| {
+            s.checked = std::time::Instant::now()
+                .checked_sub(SCHEMA_RECHECK + std::time::Duration::from_secs(1))
+                .expect("the clock started over a minute ago");
+        };
+        // Failed at once (a session the server ended without a word): a
+        // new session is tried.
+        let (mut s, _) = store(Some("SELECT value FROM"), 1);
+        stale(&mut s);
+        assert!(!s.still_current().unwrap());
+        // Failed once its bound was over (here, none): the server is not
+        // answering, and a new session would wait as long again.
+        s.answer_within = std::time::Duration::ZERO;
+        assert!(s.still_current().is_err());
+    }
+
+    #[test]
     fn a_logins_first_read_and_a_kept_sessions_schema_check_answer_within_connect_timeout() {
         let limits = Arc::default();
         let client = Scripted {
@@ -2192,7 +2218,14 @@ mod tests {
             limits: Arc::clone(&limits),
         };
         let mut s = scripted(client);
+        // As a login reads first; `crm2fa-admin status` makes the same
+        // read without the mark.
         let view = |s: &mut PgStore| {
+            let store: &mut dyn Store = s;
+            store.login_read_next();
+            store.login_view("u", None, &[], 1).unwrap();
+        };
+        let status = |s: &mut PgStore| {
             let store: &mut dyn Store = s;
             store.login_view("u", None, &[], 1).unwrap();
         };
@@ -2210,6 +2243,7 @@ mod tests {
         view(&mut s);
         write(&mut s, &mut |tx| tx.insert_audit(&entry())).unwrap();
         read(&mut s);
+        status(&mut s);
         let limits_seen = taken(&limits);
         assert_eq!(limits_seen[0], Some(ANSWER_WITHIN));
         assert!(
