@@ -336,6 +336,7 @@ impl Drop for Lent<'_> {
 mod tests {
     use super::*;
     use crate::error::Error;
+    use crate::store::pg::{Done, PgClient, PgError, PgTarget, Stmt, Value};
 
     fn config(dir: &std::path::Path) -> StoreConfig {
         StoreConfig {
@@ -473,5 +474,81 @@ mod tests {
         was_closed
             .recv_timeout(Duration::from_secs(10))
             .expect("closed meanwhile, on a thread of its own");
+    }
+
+    /// A session that answers what a store's open and a read ask.
+    struct Answering;
+
+    impl PgClient for Answering {
+        fn pipeline_within(
+            &mut self,
+            statements: &[Stmt<'_>],
+            _: Option<Duration>,
+        ) -> Vec<std::result::Result<Done, PgError>> {
+            let version = crate::store::postgres::SCHEMA_VERSION.to_string();
+            statements
+                .iter()
+                .map(|s| {
+                    Ok(match s {
+                        Stmt::Batch(_) => Done::Batch,
+                        Stmt::Execute(..) => Done::Changed(0),
+                        Stmt::Query(sql, _) if sql.starts_with("SELECT value FROM crm2fa_meta") => {
+                            Done::Rows(vec![vec![Value::Text(version.clone())]])
+                        }
+                        Stmt::Query(..) => Done::Rows(vec![]),
+                    })
+                })
+                .collect()
+        }
+    }
+
+    struct Connecting;
+
+    impl PgConnect for Connecting {
+        fn connect(&self, _: &PgTarget) -> std::result::Result<Box<dyn PgClient>, PgError> {
+            Ok(Box::new(Answering))
+        }
+    }
+
+    #[test]
+    fn a_kept_session_whose_files_fail_is_never_lent_unchecked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("host.password");
+        std::fs::write(&password, "secret\n").unwrap();
+        let mode = |m| std::fs::set_permissions(&password, std::fs::Permissions::from_mode(m));
+        mode(0o600).unwrap();
+        let config = dir.path().join("crm2fa.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[store]\nurl = \"postgres://crm2fa@127.0.0.1:5432/crm2fa?sslmode=disable\"\n\
+                 password_file = \"{}\"\nkey_file = \"{}\"\n",
+                password.display(),
+                dir.path().join("secret.key").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let cfg = Config::load(&config).unwrap().store;
+        let pool = Pool::new(Some(Box::new(Connecting)));
+        drop(pool.open(&cfg).unwrap());
+        assert_eq!(pool.idle(), 1);
+
+        // Open to others now: the kept session is lent (its read may go
+        // ahead), then refused at its first use, and no fresh one opens.
+        mode(0o644).unwrap();
+        let mut lent = pool.open(&cfg).unwrap();
+        let first = read(lent.as_mut()).unwrap_err();
+        assert!(first.to_string().contains("host.password"), "{first}");
+        // Another login's session, opened before and given back since: the
+        // login whose check failed does not take it unchecked.
+        mode(0o600).unwrap();
+        let other = pool.open(&cfg).unwrap();
+        mode(0o644).unwrap();
+        drop(other);
+        assert_eq!(pool.idle(), 1);
+        let again = read(lent.as_mut()).unwrap_err();
+        assert!(again.to_string().contains("host.password"), "{again}");
     }
 }
