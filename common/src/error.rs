@@ -262,6 +262,17 @@ impl Error {
         }
     }
 
+    /// This process or the PostgreSQL server ran out of file descriptors,
+    /// memory or connections, as the error or its causes say
+    /// ([`crate::store::out_of_resources`]).
+    pub fn out_of_resources(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => crate::store::out_of_resources(source),
+            Error::Store { source, .. } => crate::store::out_of_resources(source.as_ref()),
+            _ => false,
+        }
+    }
+
     /// The command that fixes this error, when it has one.
     pub fn fix(&self) -> Option<&str> {
         match self {

@@ -3,7 +3,6 @@
 //! file. A test binary of its own: it lowers the process's descriptor
 //! limit.
 use crm2fa_common::error::Error;
-use crm2fa_common::store::out_of_resources;
 use crm2fa_tests::limits::with_descriptors_left;
 
 #[test]
@@ -17,10 +16,7 @@ fn sqlites_cannot_open_is_running_out_only_while_no_file_opens() {
             ),
         )
     };
-    let says_out = |e: &Error| match e {
-        Error::Store { source, .. } => out_of_resources(source.as_ref()),
-        _ => unreachable!("a store error"),
-    };
+    let says_out = Error::out_of_resources;
     assert!(!says_out(&cannot_open()), "descriptors to spare");
     let e = cannot_open();
     assert!(

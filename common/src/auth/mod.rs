@@ -239,16 +239,11 @@ fn store_failed(e: &Error) -> bool {
 /// The store or the key cannot be used: what `failmode = "safe"` may skip.
 /// Not this process running out of file descriptors or memory, nor the
 /// PostgreSQL server running out of memory or connections
-/// ([`crate::store::out_of_resources`]): whoever could make crm2fad or the
+/// ([`Error::out_of_resources`]): whoever could make crm2fad or the
 /// server run out (many logins held at the prompt, on one host or across
 /// a fleet) would otherwise turn the second factor off.
 fn store_or_key(e: &Error) -> bool {
-    let out_of_resources = match e {
-        Error::Io { source, .. } => crate::store::out_of_resources(source),
-        Error::Store { source, .. } => crate::store::out_of_resources(source.as_ref()),
-        _ => false,
-    };
-    !out_of_resources
+    !e.out_of_resources()
         && (store_failed(e)
             || matches!(
                 e,
